@@ -1,0 +1,227 @@
+//! The configuration model: what a node proxy knows about the cluster.
+//!
+//! Label selectors are already resolved by the control plane: a service lists
+//! its endpoints, a policy lists the workloads it selects. The proxy matches
+//! keys and addresses, never selectors.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+/// Default port of the HBONE (mTLS tunnel) listener of every node proxy.
+pub const HBONE_PORT: u16 = 15008;
+
+/// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
+
+/// Transport protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`).
+    pub fn from_k8s(value: &str) -> Option<Self> {
+        match value {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            "SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+}
+
+/// A named container port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A pod as the data path needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// Node the pod runs on; `None` while it is not scheduled.
+    pub node: Option<String>,
+    pub service_account: String,
+    pub addresses: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<NamedPort>,
+    pub ready: bool,
+    pub terminating: bool,
+    /// Its traffic is carried by the mesh (HBONE capable).
+    pub mesh: bool,
+}
+
+impl Workload {
+    /// The workload's resource name, `namespace/name`.
+    pub fn key_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The container port with this name and protocol, for a named targetPort.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+}
+
+/// Kubernetes Service type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+/// `internalTrafficPolicy` / `externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// `targetPort` as written in the Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target_port: TargetPort,
+    pub node_port: Option<u16>,
+}
+
+/// One backend of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// `namespace/name` of the backing workload; `None` for a bare address.
+    pub workload: Option<String>,
+    pub address: IpAddr,
+    pub node: Option<String>,
+    /// Resolved target port for each entry of [`Service::ports`], same order;
+    /// `None` where this endpoint does not serve that port.
+    pub ports: Vec<Option<u16>>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub hostname: Option<String>,
+}
+
+/// A Kubernetes Service with its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// `name.namespace.svc.<cluster domain>`.
+    pub hostname: String,
+    pub service_type: ServiceType,
+    pub cluster_ips: Vec<IpAddr>,
+    pub headless: bool,
+    pub ports: Vec<ServicePort>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub external_ips: Vec<IpAddr>,
+    pub external_name: Option<String>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
+    pub client_ip_affinity: Option<u32>,
+    pub internal_traffic_policy: TrafficPolicy,
+    pub external_traffic_policy: TrafficPolicy,
+    pub endpoints: Vec<Endpoint>,
+    /// Endpoints come from a label selector (not hand-written slices).
+    pub selector: bool,
+}
+
+impl Service {
+    /// The service's resource name, `namespace/name`.
+    pub fn key_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One address of a node as Kubernetes reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeAddress {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub address: String,
+}
+
+/// A node and where its proxy listens for HBONE.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub addresses: Vec<NodeAddress>,
+    pub hbone: Option<SocketAddr>,
+}
+
+/// An `ipBlock` peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IpBlock {
+    pub cidr: String,
+    pub except: Vec<String>,
+}
+
+/// A policy peer with its selectors resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyPeer {
+    pub workloads: Vec<String>,
+    pub ip_block: Option<IpBlock>,
+}
+
+/// A port (or port range) of a policy rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyPort {
+    pub protocol: Protocol,
+    /// `None` matches every port of the protocol.
+    pub port: Option<TargetPort>,
+    pub end_port: Option<u16>,
+}
+
+/// One ingress or egress rule; empty lists mean "all".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct PolicyRule {
+    pub peers: Vec<PolicyPeer>,
+    pub ports: Vec<PolicyPort>,
+}
+
+/// A NetworkPolicy compiled for evaluation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    /// Keys of the workloads the policy applies to.
+    pub selected: Vec<String>,
+    pub ingress: bool,
+    pub egress: bool,
+    pub ingress_rules: Vec<PolicyRule>,
+    pub egress_rules: Vec<PolicyRule>,
+}
+
+impl Policy {
+    /// The policy's resource name, `namespace/name`.
+    pub fn key_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}

@@ -1,0 +1,11 @@
+//! Ferry's control plane.
+//!
+//! Data flows one way: a [`source`] (a manifest folder, or the Kubernetes
+//! API) reports validated objects; the [`translate::Translator`] turns them
+//! into model resources, incrementally; the [`push`] layer keeps the
+//! versioned configuration and streams per-node deltas to every proxy.
+
+pub mod push;
+pub mod source;
+pub mod translate;
+pub mod validate;

@@ -1,0 +1,131 @@
+//! `ferry-control-plane`: watches a manifest folder, translates it, and
+//! streams per-node deltas to the proxies.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use ferry_control_plane::push::{ConfigCache, ConfigDiscoveryService};
+use ferry_control_plane::source::manifests::ManifestSource;
+use ferry_control_plane::translate::{TranslateOptions, Translator};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Ferry control plane")]
+struct Args {
+    /// Folder of Kubernetes manifests (multi-document YAML), watched for changes.
+    #[arg(long, env = "FERRY_MANIFESTS")]
+    manifests: PathBuf,
+    /// Address of the config stream (gRPC) that proxies connect to.
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:15010")]
+    listen: SocketAddr,
+    /// Cluster DNS domain.
+    #[arg(long, env = "FERRY_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Whether pods without a `ferry.dev/mesh` label (on them or their namespace) are in the mesh.
+    #[arg(long, env = "FERRY_MESH_BY_DEFAULT", default_value_t = true, action = clap::ArgAction::Set)]
+    mesh_by_default: bool,
+    /// Port of the node proxies' HBONE listener.
+    #[arg(long, env = "FERRY_HBONE_PORT", default_value_t = ferry_api::model::HBONE_PORT)]
+    hbone_port: u16,
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    anyhow::ensure!(
+        args.manifests.is_dir(),
+        "--manifests {}: not a readable folder",
+        args.manifests.display()
+    );
+    let options = TranslateOptions {
+        cluster_domain: args.cluster_domain.clone(),
+        mesh_by_default: args.mesh_by_default,
+        hbone_port: args.hbone_port,
+    };
+
+    let cache = ConfigCache::new();
+    let (events_tx, mut events_rx) = mpsc::channel(16);
+    let source = ManifestSource::new(&args.manifests);
+    let mut watch = tokio::spawn(source.watch(events_tx));
+
+    let translating = {
+        let cache = Arc::clone(&cache);
+        tokio::spawn(async move {
+            let mut translator = Translator::new(options);
+            while let Some(batch) = events_rx.recv().await {
+                let started = std::time::Instant::now();
+                let changes = translator.apply(batch);
+                let changed = changes.len();
+                cache.commit(changes);
+                tracing::info!(
+                    changed,
+                    revision = cache.revision(),
+                    resources = cache.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "configuration updated"
+                );
+            }
+        })
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, manifests = %args.manifests.display(), "control plane serving");
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(ConfigDiscoveryService::new(cache).into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown_signal(),
+        );
+
+    tokio::select! {
+        served = server => served.context("config server failed")?,
+        watched = &mut watch => {
+            watched.context("manifest watcher panicked")?.context("manifest watcher stopped")?;
+        }
+    }
+    translating.abort();
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or_default(),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or_default();
+}

@@ -1,0 +1,381 @@
+//! Pure translation rules: one Kubernetes object (plus what it refers to) in,
+//! one model resource out. The incremental bookkeeping lives in
+//! [`super::Translator`]; these functions hold the Kubernetes semantics.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use ferry_api::model::{self, Endpoint, Protocol, ServicePort, ServiceType, TargetPort, TrafficPolicy};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// Label (on a pod or its namespace) that puts pods in or out of the mesh:
+/// `enabled` or `disabled`. The pod's label wins over its namespace's.
+pub const MESH_LABEL: &str = "ferry.dev/mesh";
+
+/// Settings that shape translation.
+#[derive(Debug, Clone)]
+pub struct TranslateOptions {
+    /// Cluster DNS domain, for service hostnames.
+    pub cluster_domain: String,
+    /// Whether pods without a mesh label (on them or their namespace) are in the mesh.
+    pub mesh_by_default: bool,
+    /// Port of every node proxy's HBONE listener.
+    pub hbone_port: u16,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        Self {
+            cluster_domain: "cluster.local".into(),
+            mesh_by_default: true,
+            hbone_port: model::HBONE_PORT,
+        }
+    }
+}
+
+fn mesh_label(labels: Option<&BTreeMap<String, String>>) -> Option<bool> {
+    match labels?.get(MESH_LABEL)?.as_str() {
+        "enabled" => Some(true),
+        "disabled" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether a pod with these labels, in a namespace with these labels, is in the mesh.
+pub fn in_mesh(
+    pod_labels: &BTreeMap<String, String>,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    options: &TranslateOptions,
+) -> bool {
+    mesh_label(Some(pod_labels))
+        .or_else(|| mesh_label(namespace_labels))
+        .unwrap_or(options.mesh_by_default)
+}
+
+fn protocol(value: Option<&str>) -> Protocol {
+    value.and_then(Protocol::from_k8s).unwrap_or_default()
+}
+
+/// Port numbers come validated; anything else is treated as absent.
+fn port(value: i32) -> Option<u16> {
+    u16::try_from(value).ok().filter(|p| *p != 0)
+}
+
+/// A pod as a workload; `None` for pods that have finished (Succeeded or
+/// Failed), which are no longer anyone's backend.
+pub fn workload(
+    pod: &core::Pod,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    options: &TranslateOptions,
+) -> Option<model::Workload> {
+    let status = pod.status.as_ref();
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return None;
+    }
+    let spec = pod.spec.as_ref();
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let mut addresses: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.ip.parse().ok())
+        .collect();
+    if addresses.is_empty() {
+        addresses.extend(status.and_then(|s| s.pod_ip.as_deref()?.parse::<IpAddr>().ok()));
+    }
+    let ports = spec
+        .into_iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(model::NamedPort {
+                name: p.name.clone().filter(|n| !n.is_empty())?,
+                port: port(p.container_port)?,
+                protocol: protocol(p.protocol.as_deref()),
+            })
+        })
+        .collect();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    Some(model::Workload {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        node: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+        service_account: spec
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into()),
+        addresses,
+        ports,
+        ready,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        // Host-network pods share the node's address: nothing to capture.
+        mesh: !host_network && in_mesh(&labels, namespace_labels, options),
+        labels,
+    })
+}
+
+/// A node and the address of its proxy's HBONE listener (the first
+/// InternalIP, else the first ExternalIP).
+pub fn node(node: &core::Node, options: &TranslateOptions) -> model::Node {
+    let addresses: Vec<model::NodeAddress> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|a| model::NodeAddress {
+            kind: a.type_.clone(),
+            address: a.address.clone(),
+        })
+        .collect();
+    let first_ip = |kind: &str| {
+        addresses
+            .iter()
+            .filter(|a| a.kind == kind)
+            .find_map(|a| a.address.parse::<IpAddr>().ok())
+    };
+    let hbone = first_ip("InternalIP")
+        .or_else(|| first_ip("ExternalIP"))
+        .map(|ip| SocketAddr::new(ip, options.hbone_port));
+    model::Node {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        addresses,
+        hbone,
+    }
+}
+
+/// Whether a service selector (equality-based, non-empty) matches these labels.
+pub fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The service's selector when it selects pods (empty selectors select nothing).
+pub fn service_selector(service: &core::Service) -> Option<&BTreeMap<String, String>> {
+    let spec = service.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    spec.selector.as_ref().filter(|s| !s.is_empty())
+}
+
+fn service_ports(spec: &core::ServiceSpec) -> Vec<ServicePort> {
+    spec.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let number = port(p.port)?;
+            let target_port = match &p.target_port {
+                None => TargetPort::Number(number),
+                Some(IntOrString::Int(n)) => TargetPort::Number(port(*n)?),
+                Some(IntOrString::String(s)) => match s.parse::<i32>() {
+                    Ok(n) => TargetPort::Number(port(n)?),
+                    Err(_) => TargetPort::Name(s.clone()),
+                },
+            };
+            Some(ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                port: number,
+                protocol: protocol(p.protocol.as_deref()),
+                target_port,
+                node_port: p.node_port.and_then(port),
+            })
+        })
+        .collect()
+}
+
+fn traffic_policy(value: Option<&str>) -> TrafficPolicy {
+    match value {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    }
+}
+
+/// Where a service's endpoints come from.
+#[derive(Debug)]
+pub enum Backends<'a> {
+    /// EndpointSlices labelled with the service's name, sorted by name.
+    Slices(Vec<&'a EndpointSlice>),
+    /// Workloads selected by the service's selector, sorted by name.
+    Workloads(Vec<&'a model::Workload>),
+    None,
+}
+
+/// A Service with its endpoints.
+pub fn service(svc: &core::Service, backends: Backends<'_>, options: &TranslateOptions) -> model::Service {
+    let namespace = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let default_spec = core::ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&default_spec);
+    let service_type = match spec.type_.as_deref() {
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some("ExternalName") => ServiceType::ExternalName,
+        _ => ServiceType::ClusterIP,
+    };
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    let mut cluster_ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    if cluster_ips.is_empty() {
+        cluster_ips.extend(spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+    }
+    let load_balancer_ips = if service_type == ServiceType::LoadBalancer {
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let client_ip_affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(model::DEFAULT_AFFINITY_TIMEOUT_SECONDS)
+    });
+    let ports = service_ports(spec);
+    let endpoints = match (service_type, backends) {
+        (ServiceType::ExternalName, _) | (_, Backends::None) => Vec::new(),
+        (_, Backends::Slices(slices)) => slice_endpoints(&ports, &slices),
+        (_, Backends::Workloads(workloads)) => workload_endpoints(&ports, &workloads),
+    };
+    model::Service {
+        hostname: format!("{name}.{namespace}.svc.{}", options.cluster_domain),
+        service_type,
+        cluster_ips: if headless || service_type == ServiceType::ExternalName {
+            Vec::new()
+        } else {
+            cluster_ips
+        },
+        headless,
+        ports,
+        load_balancer_ips,
+        external_ips: spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| ip.parse().ok())
+            .collect(),
+        external_name: (service_type == ServiceType::ExternalName)
+            .then(|| spec.external_name.clone())
+            .flatten(),
+        client_ip_affinity,
+        internal_traffic_policy: traffic_policy(spec.internal_traffic_policy.as_deref()),
+        external_traffic_policy: traffic_policy(spec.external_traffic_policy.as_deref()),
+        endpoints,
+        selector: service_selector(svc).is_some(),
+        namespace,
+        name,
+    }
+}
+
+/// Endpoints from the pods a selector picked, as the EndpointSlice controller
+/// would write them: ready = Ready and not terminating, serving = Ready.
+fn workload_endpoints(ports: &[ServicePort], workloads: &[&model::Workload]) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for w in workloads {
+        let resolved: Vec<Option<u16>> = ports
+            .iter()
+            .map(|p| match &p.target_port {
+                TargetPort::Number(n) => Some(*n),
+                TargetPort::Name(name) => w.named_port(name, p.protocol),
+            })
+            .collect();
+        for address in &w.addresses {
+            out.push(Endpoint {
+                workload: Some(w.key_name()),
+                address: *address,
+                node: w.node.clone(),
+                ports: resolved.clone(),
+                ready: w.ready && !w.terminating,
+                serving: w.ready,
+                terminating: w.terminating,
+                hostname: None,
+            });
+        }
+    }
+    out
+}
+
+/// Endpoints from EndpointSlices. A service port maps to the slice port with
+/// the same name and protocol; absent conditions take the API's defaults
+/// (ready: true, serving: ready, terminating: false). FQDN slices carry no
+/// IP and are skipped; an address listed twice is used once.
+fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for slice in slices {
+        if slice.address_type == "FQDN" {
+            continue;
+        }
+        let slice_ports = slice.ports.as_deref().unwrap_or_default();
+        let resolved: Vec<Option<u16>> = ports
+            .iter()
+            .map(|sp| {
+                slice_ports
+                    .iter()
+                    .find(|p| {
+                        p.name.as_deref().unwrap_or("") == sp.name
+                            && protocol(p.protocol.as_deref()) == sp.protocol
+                    })
+                    .and_then(|p| p.port.and_then(port))
+            })
+            .collect();
+        for ep in &slice.endpoints {
+            let conditions = ep.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+            let workload = ep.target_ref.as_ref().and_then(|r| {
+                if r.kind.as_deref() != Some("Pod") {
+                    return None;
+                }
+                let ns = r
+                    .namespace
+                    .clone()
+                    .or_else(|| slice.metadata.namespace.clone())
+                    .unwrap_or_else(|| "default".into());
+                Some(format!("{ns}/{}", r.name.as_deref()?))
+            });
+            for address in &ep.addresses {
+                let Ok(address) = address.parse::<IpAddr>() else {
+                    continue;
+                };
+                if !seen.insert(address) {
+                    continue;
+                }
+                out.push(Endpoint {
+                    workload: workload.clone(),
+                    address,
+                    node: ep.node_name.clone(),
+                    ports: resolved.clone(),
+                    ready,
+                    serving,
+                    terminating,
+                    hostname: ep.hostname.clone(),
+                });
+            }
+        }
+    }
+    out
+}
