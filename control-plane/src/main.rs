@@ -70,10 +70,24 @@ async fn main() -> anyhow::Result<()> {
     let source = ManifestSource::new(&args.manifests);
     let mut watch = tokio::spawn(source.watch(events_tx));
 
+    // Serve nothing until the initial load is translated: a proxy resyncing
+    // against an empty cache would be told to drop everything it holds.
+    let mut translator = Translator::new(options);
+    let initial = tokio::select! {
+        batch = events_rx.recv() => batch,
+        watched = &mut watch => {
+            watched.context("manifest watcher panicked")?.context("manifest watcher stopped")?;
+            None
+        }
+    };
+    let initial = initial.context("manifest watcher stopped before the initial load")?;
+    let changes = translator.apply(initial);
+    cache.commit(changes);
+    tracing::info!(revision = cache.revision(), resources = cache.len(), "initial configuration loaded");
+
     let translating = {
         let cache = Arc::clone(&cache);
         tokio::spawn(async move {
-            let mut translator = Translator::new(options);
             while let Some(batch) = events_rx.recv().await {
                 let started = std::time::Instant::now();
                 let changes = translator.apply(batch);

@@ -440,8 +440,10 @@ impl ManifestSource {
         }
     }
 
-    /// Watches the folder until `events` is closed: an initial scan, then a
-    /// rescan on every file-system notification and every [`RESCAN_INTERVAL`].
+    /// Watches the folder until `events` is closed: an initial scan (always
+    /// sent, even when empty, so the receiver knows the initial load is
+    /// complete), then a rescan on every file-system notification and every
+    /// [`RESCAN_INTERVAL`].
     pub async fn watch(mut self, events: mpsc::Sender<Vec<SourceEvent>>) -> Result<(), SourceError> {
         let wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let notifier = wake.clone();
@@ -459,13 +461,17 @@ impl ManifestSource {
                 path: self.root.clone(),
                 source,
             })?;
+        let mut first = true;
         loop {
             match self.rescan() {
                 Ok((batch, problems)) => {
                     for p in &problems {
                         tracing::warn!(problem = %p, "manifest rejected; the last good version is kept");
                     }
-                    if !batch.is_empty() {
+                    // The first batch is sent even when empty: it marks the
+                    // initial load as complete.
+                    if !batch.is_empty() || first {
+                        first = false;
                         tracing::info!(changes = batch.len(), "manifests changed");
                         if events.send(batch).await.is_err() {
                             return Ok(());

@@ -378,3 +378,6 @@ impl Translator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

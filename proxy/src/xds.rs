@@ -1,0 +1,256 @@
+//! The config client: one delta stream to the control plane.
+//!
+//! On every (re)connect it reports what the store holds, so the control
+//! plane sends only the difference. Each response is applied to the
+//! [`ConfigStore`] atomically and answered with an ACK, or a NACK naming the
+//! resources refused. While the control plane is away the store keeps its
+//! last good configuration and the client reconnects with capped,
+//! jittered exponential backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_api::proto::config_discovery_client::ConfigDiscoveryClient;
+use ferry_api::proto::{DeltaRequest, ResourceError as WireError};
+use prost::Message;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::state::ConfigStore;
+
+/// Largest config message accepted (a full initial push at scale).
+const MAX_MESSAGE_BYTES: usize = 512 << 20;
+
+/// Errors of one stream session; all of them lead to a reconnect.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsError {
+    #[error("invalid control plane address {address:?}: {source}")]
+    Address {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to the control plane: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("config stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("config stream closed by the client side")]
+    Closed,
+}
+
+/// Capped exponential backoff with jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        Self {
+            initial,
+            max,
+            current: initial,
+            seed: seed | 1,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+
+    /// The next delay: between half and all of the current step, which then doubles up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        // xorshift64: jitter needs no cryptographic randomness.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let step = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = step / 2;
+        half + Duration::from_nanos(self.seed % (half.as_nanos() as u64).max(1))
+    }
+}
+
+/// What the client has seen, for `/config_dump`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct XdsStatus {
+    pub control_plane: String,
+    pub connected: bool,
+    /// Streams established since start.
+    pub connects: u64,
+    pub responses: u64,
+    pub resources_received: u64,
+    pub removals_received: u64,
+    pub nacks: u64,
+    pub last_error: Option<String>,
+    pub last_response: Option<LastResponse>,
+}
+
+/// Summary of the most recent response.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LastResponse {
+    pub nonce: String,
+    pub revision: u64,
+    pub resources: usize,
+    pub removed: usize,
+    pub rejected: Vec<String>,
+    pub bytes: usize,
+    /// Whether this was the first response of its stream (the resync).
+    pub first_of_stream: bool,
+    pub unix_time: u64,
+}
+
+/// The delta config client of one node proxy.
+#[derive(Debug, Clone)]
+pub struct XdsClient {
+    address: String,
+    node: String,
+    store: Arc<ConfigStore>,
+    status: Arc<Mutex<XdsStatus>>,
+}
+
+impl XdsClient {
+    pub fn new(address: impl Into<String>, node: impl Into<String>, store: Arc<ConfigStore>) -> Self {
+        let address = address.into();
+        Self {
+            status: Arc::new(Mutex::new(XdsStatus {
+                control_plane: address.clone(),
+                ..XdsStatus::default()
+            })),
+            address,
+            node: node.into(),
+            store,
+        }
+    }
+
+    /// A copy of the client's status.
+    pub fn status(&self) -> XdsStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut XdsStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Runs until the task is dropped: stream, and reconnect when it breaks.
+    pub async fn run(self) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let result = self.session(&mut backoff).await;
+            self.update(|s| {
+                s.connected = false;
+                s.last_error = result.as_ref().err().map(ToString::to_string);
+            });
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "config stream down; serving the last good configuration");
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    async fn session(&self, backoff: &mut Backoff) -> Result<(), XdsError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.address.clone())
+            .map_err(|source| XdsError::Address {
+                address: self.address.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(XdsError::Connect)?;
+        let mut client = ConfigDiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+        let (tx, rx) = mpsc::channel(4);
+        let held = self.store.snapshot().versions();
+        let held_count = held.len();
+        tx.send(DeltaRequest {
+            node: self.node.clone(),
+            initial_versions: held,
+            ..DeltaRequest::default()
+        })
+        .await
+        .map_err(|_| XdsError::Closed)?;
+        let mut responses = client.delta_config(ReceiverStream::new(rx)).await?.into_inner();
+        self.update(|s| {
+            s.connected = true;
+            s.connects += 1;
+            s.last_error = None;
+        });
+        tracing::info!(control_plane = %self.address, node = %self.node, held = held_count, "config stream established");
+
+        let mut first = true;
+        while let Some(response) = responses.message().await? {
+            backoff.reset();
+            let bytes = response.encoded_len();
+            let nonce = response.nonce.clone();
+            let revision = response.revision;
+            let report = self.store.apply(response);
+            let errors: Vec<WireError> = report
+                .rejected
+                .iter()
+                .map(|e| WireError {
+                    key: Some(e.key.to_proto()),
+                    message: e.message.clone(),
+                })
+                .collect();
+            for e in &report.rejected {
+                tracing::warn!(resource = %e.key, reason = %e.message, "rejected a resource; keeping its last good version");
+            }
+            tracing::info!(revision, applied = report.applied, removed = report.removed, rejected = errors.len(), bytes, "configuration applied");
+            self.update(|s| {
+                s.responses += 1;
+                s.resources_received += report.applied as u64 + report.rejected.len() as u64;
+                s.removals_received += report.removed as u64;
+                s.nacks += u64::from(!errors.is_empty());
+                s.last_response = Some(LastResponse {
+                    nonce: nonce.clone(),
+                    revision,
+                    resources: report.applied + report.rejected.len(),
+                    removed: report.removed,
+                    rejected: report.rejected.iter().map(ToString::to_string).collect(),
+                    bytes,
+                    first_of_stream: first,
+                    unix_time: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                });
+            });
+            first = false;
+            tx.send(DeltaRequest {
+                response_nonce: nonce,
+                errors,
+                ..DeltaRequest::default()
+            })
+            .await
+            .map_err(|_| XdsError::Closed)?;
+        }
+        Err(XdsError::Stream(tonic::Status::unavailable("control plane closed the stream")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        for d in &delays {
+            assert!(*d <= Duration::from_secs(1), "{d:?}");
+        }
+        assert!(delays[7] >= Duration::from_millis(500), "capped step is 1s, jitter keeps at least half");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}
