@@ -50,7 +50,11 @@ impl Cidr {
         if len == 0 {
             0
         } else {
-            let all = if width == 32 { u128::from(u32::MAX) } else { u128::MAX };
+            let all = if width == 32 {
+                u128::from(u32::MAX)
+            } else {
+                u128::MAX
+            };
             all & !((1u128 << (width - len)) - 1) & all
         }
     }
@@ -106,12 +110,16 @@ mod tests {
         assert!(c.contains("10.1.255.3".parse().unwrap()));
         assert!(!c.contains("10.2.0.1".parse().unwrap()));
         assert!(!c.contains("::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
         let v6 = Cidr::parse("fd00::/64").unwrap();
         assert!(v6.contains("fd00::5".parse().unwrap()));
         assert!(c.contains_cidr(&Cidr::parse("10.1.2.0/24").unwrap()));
         assert!(!c.contains_cidr(&Cidr::parse("10.0.0.0/8").unwrap()));
-        assert!(Cidr::parse("10.1.2.3/32").unwrap().contains("10.1.2.3".parse().unwrap()));
+        assert!(Cidr::parse("10.1.2.3/32")
+            .unwrap()
+            .contains("10.1.2.3".parse().unwrap()));
     }
 
     #[test]
@@ -122,6 +130,8 @@ mod tests {
         );
         assert!(Cidr::parse("10.0.0.0").unwrap_err().contains("not a CIDR"));
         assert!(Cidr::parse("10.0.0.0/33").unwrap_err().contains("0-32"));
-        assert!(Cidr::parse("x/8").unwrap_err().contains("not an IP address"));
+        assert!(Cidr::parse("x/8")
+            .unwrap_err()
+            .contains("not an IP address"));
     }
 }

@@ -278,7 +278,10 @@ fn protocol_from_proto(value: i32, field: impl FnOnce() -> String) -> Result<Pro
         Ok(proto::Protocol::Tcp) => Ok(Protocol::Tcp),
         Ok(proto::Protocol::Udp) => Ok(Protocol::Udp),
         Ok(proto::Protocol::Sctp) => Ok(Protocol::Sctp),
-        Err(_) => Err(FieldError::new(field(), format!("unknown protocol {value}"))),
+        Err(_) => Err(FieldError::new(
+            field(),
+            format!("unknown protocol {value}"),
+        )),
     }
 }
 
@@ -459,12 +462,7 @@ fn service_from_proto(s: proto::Service) -> Result<Service, FieldError> {
                 Some(proto::service_port::TargetPort::TargetPortName(n)) if !n.is_empty() => {
                     TargetPort::Name(n)
                 }
-                _ => {
-                    return Err(FieldError::new(
-                        format!("ports[{i}].targetPort"),
-                        "missing",
-                    ))
-                }
+                _ => return Err(FieldError::new(format!("ports[{i}].targetPort"), "missing")),
             };
             Ok(ServicePort {
                 port: port(p.port, || format!("ports[{i}].port"))?,
@@ -607,7 +605,10 @@ fn rules_to_proto(rules: &[PolicyRule]) -> Vec<proto::PolicyRule> {
         .collect()
 }
 
-fn rules_from_proto(rules: Vec<proto::PolicyRule>, field: &str) -> Result<Vec<PolicyRule>, FieldError> {
+fn rules_from_proto(
+    rules: Vec<proto::PolicyRule>,
+    field: &str,
+) -> Result<Vec<PolicyRule>, FieldError> {
     rules
         .into_iter()
         .enumerate()
@@ -832,9 +833,15 @@ mod tests {
         let mut wire = VersionedResource::encode(&ResourceBody::Workload(workload()));
         wire.key = Some(ResourceKey::new(Kind::Workload, "default/other").to_proto());
         let err = VersionedResource::decode(wire).unwrap_err();
-        assert!(err.message.contains("describes workload default/web-1"), "{err}");
+        assert!(
+            err.message.contains("describes workload default/web-1"),
+            "{err}"
+        );
         let mut wire = VersionedResource::encode(&ResourceBody::Workload(workload()));
         wire.key = None;
-        assert!(VersionedResource::decode(wire).unwrap_err().message.starts_with("key:"));
+        assert!(VersionedResource::decode(wire)
+            .unwrap_err()
+            .message
+            .starts_with("key:"));
     }
 }

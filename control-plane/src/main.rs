@@ -43,7 +43,9 @@ struct Args {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -83,7 +85,11 @@ async fn main() -> anyhow::Result<()> {
     let initial = initial.context("manifest watcher stopped before the initial load")?;
     let changes = translator.apply(initial);
     cache.commit(changes);
-    tracing::info!(revision = cache.revision(), resources = cache.len(), "initial configuration loaded");
+    tracing::info!(
+        revision = cache.revision(),
+        resources = cache.len(),
+        "initial configuration loaded"
+    );
 
     let translating = {
         let cache = Arc::clone(&cache);
@@ -131,10 +137,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or_default(),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or_default(),
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -157,7 +157,8 @@ impl ConfigCache {
         match since {
             Some(since) if since >= inner.log_floor => {
                 let start = inner.log.partition_point(|(rev, _)| *rev <= since);
-                let keys: BTreeSet<&ResourceKey> = inner.log.range(start..).map(|(_, k)| k).collect();
+                let keys: BTreeSet<&ResourceKey> =
+                    inner.log.range(start..).map(|(_, k)| k).collect();
                 for key in keys {
                     consider(key, &mut delta);
                 }
@@ -211,7 +212,9 @@ impl ConfigDiscovery for ConfigDiscoveryService {
             None => return Err(Status::invalid_argument("stream closed before subscribing")),
         };
         if first.node.is_empty() {
-            return Err(Status::invalid_argument("the first request must name the node"));
+            return Err(Status::invalid_argument(
+                "the first request must name the node",
+            ));
         }
         let (tx, rx) = mpsc::channel(4);
         let session = NodeSession::new(first, self.cache.clone());
@@ -261,14 +264,20 @@ impl NodeSession {
         }
     }
 
-    async fn run(mut self, mut requests: Streaming<DeltaRequest>, tx: mpsc::Sender<Result<DeltaResponse, Status>>) {
+    async fn run(
+        mut self,
+        mut requests: Streaming<DeltaRequest>,
+        tx: mpsc::Sender<Result<DeltaResponse, Status>>,
+    ) {
         let mut revisions = self.cache.subscribe();
         loop {
             if self.pending.is_none() {
                 let current = *revisions.borrow_and_update();
                 if self.seen.is_none_or(|seen| current > seen) {
                     let first = self.seen.is_none();
-                    let (revision, delta) = self.cache.delta(&self.node, self.seen, &self.client, &self.rejected);
+                    let (revision, delta) =
+                        self.cache
+                            .delta(&self.node, self.seen, &self.client, &self.rejected);
                     self.seen = Some(revision);
                     // The first response is sent even when empty: it tells
                     // the proxy it is in sync.
@@ -393,7 +402,10 @@ mod tests {
         let cache = ConfigCache::default();
         let (ka, a) = node("a", "10.0.0.1");
         let (kb, b) = node("b", "10.0.0.2");
-        cache.commit(vec![Change::Upsert(ka.clone(), a.clone()), Change::Upsert(kb.clone(), b.clone())]);
+        cache.commit(vec![
+            Change::Upsert(ka.clone(), a.clone()),
+            Change::Upsert(kb.clone(), b.clone()),
+        ]);
         let (rev, full) = cache.delta("x", None, &HashMap::new(), &HashMap::new());
         assert_eq!(rev, 1);
         assert_eq!(names(&full).0, ["a", "b"]);
@@ -404,7 +416,10 @@ mod tests {
         cache.commit(vec![Change::Remove(kb.clone())]);
         let (rev, delta) = cache.delta("x", Some(1), &client, &HashMap::new());
         assert_eq!(rev, 3);
-        assert_eq!(names(&delta), (vec!["a".to_string()], vec!["b".to_string()]));
+        assert_eq!(
+            names(&delta),
+            (vec!["a".to_string()], vec!["b".to_string()])
+        );
     }
 
     #[test]

@@ -75,7 +75,10 @@ fn is_dns_subdomain(s: &str) -> bool {
 
 /// IANA service name: what a named port must be (at most 15 characters, a letter in it).
 fn is_port_name(s: &str) -> bool {
-    is_dns_label(s) && s.len() <= 15 && s.bytes().any(|b| b.is_ascii_lowercase()) && !s.contains("--")
+    is_dns_label(s)
+        && s.len() <= 15
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.contains("--")
 }
 
 fn metadata(meta: &ObjectMeta, p: &mut Problems) {
@@ -125,7 +128,10 @@ fn int_or_port_name(value: &IntOrString, field: &str, p: &mut Problems) {
             if let Ok(n) = s.parse::<i32>() {
                 port_number(n, field, p);
             } else if !is_port_name(s) {
-                p.add(field, format!("{s:?} is neither a port number nor a valid port name"));
+                p.add(
+                    field,
+                    format!("{s:?} is neither a port number nor a valid port name"),
+                );
             }
         }
     }
@@ -136,12 +142,14 @@ fn label_selector(sel: &LabelSelector, field: &str, p: &mut Problems) {
         let at = format!("{field}.matchExpressions[{i}]");
         let values = expr.values.as_deref().unwrap_or_default();
         match expr.operator.as_str() {
-            "In" | "NotIn" if values.is_empty() => {
-                p.add(format!("{at}.values"), format!("must not be empty for operator {}", expr.operator))
-            }
-            "Exists" | "DoesNotExist" if !values.is_empty() => {
-                p.add(format!("{at}.values"), format!("must be empty for operator {}", expr.operator))
-            }
+            "In" | "NotIn" if values.is_empty() => p.add(
+                format!("{at}.values"),
+                format!("must not be empty for operator {}", expr.operator),
+            ),
+            "Exists" | "DoesNotExist" if !values.is_empty() => p.add(
+                format!("{at}.values"),
+                format!("must be empty for operator {}", expr.operator),
+            ),
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
             other => p.add(
                 format!("{at}.operator"),
@@ -171,7 +179,10 @@ fn pod(o: &Pod, p: &mut Problems) {
                 protocol(port.protocol.as_deref(), &format!("{at}.protocol"), p);
                 if let Some(name) = port.name.as_deref() {
                     if !is_port_name(name) {
-                        p.add(format!("{at}.name"), format!("{name:?} is not a valid port name"));
+                        p.add(
+                            format!("{at}.name"),
+                            format!("{name:?} is not a valid port name"),
+                        );
                     }
                 }
             }
@@ -191,7 +202,10 @@ fn service(o: &Service, p: &mut Problems) {
     metadata(&o.metadata, p);
     if let Some(name) = o.metadata.name.as_deref() {
         if !is_dns_label(name) {
-            p.add("metadata.name", format!("{name:?} is not a valid service name (a DNS label)"));
+            p.add(
+                "metadata.name",
+                format!("{name:?} is not a valid service name (a DNS label)"),
+            );
         }
     }
     let Some(spec) = &o.spec else {
@@ -199,10 +213,15 @@ fn service(o: &Service, p: &mut Problems) {
         return;
     };
     let service_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if !matches!(service_type, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    if !matches!(
+        service_type,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         p.add(
             "spec.type",
-            format!("{service_type:?} is not one of ClusterIP, NodePort, LoadBalancer, ExternalName"),
+            format!(
+                "{service_type:?} is not one of ClusterIP, NodePort, LoadBalancer, ExternalName"
+            ),
         );
     }
     if service_type == "ExternalName" && spec.external_name.as_deref().unwrap_or("").is_empty() {
@@ -235,12 +254,21 @@ fn service(o: &Service, p: &mut Problems) {
         }
         let name = port.name.as_deref().unwrap_or("");
         if ports.len() > 1 && name.is_empty() {
-            p.add(format!("{at}.name"), "required when the service has more than one port");
+            p.add(
+                format!("{at}.name"),
+                "required when the service has more than one port",
+            );
         } else if !name.is_empty() && !is_dns_label(name) {
-            p.add(format!("{at}.name"), format!("{name:?} is not a valid port name"));
+            p.add(
+                format!("{at}.name"),
+                format!("{name:?} is not a valid port name"),
+            );
         }
         if !name.is_empty() && !names.insert(name) {
-            p.add(format!("{at}.name"), format!("duplicate port name {name:?}"));
+            p.add(
+                format!("{at}.name"),
+                format!("duplicate port name {name:?}"),
+            );
         }
     }
     match spec.session_affinity.as_deref() {
@@ -264,8 +292,14 @@ fn service(o: &Service, p: &mut Problems) {
         }
     }
     for (field, value) in [
-        ("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref()),
-        ("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref()),
+        (
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        ),
+        (
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        ),
     ] {
         if let Some(v) = value {
             if v != "Cluster" && v != "Local" {
@@ -307,7 +341,10 @@ fn endpoint_slice(o: &EndpointSlice, p: &mut Problems) {
     }
     let family = o.address_type.as_str();
     if !matches!(family, "IPv4" | "IPv6" | "FQDN") {
-        p.add("addressType", format!("{family:?} is not one of IPv4, IPv6, FQDN"));
+        p.add(
+            "addressType",
+            format!("{family:?} is not one of IPv4, IPv6, FQDN"),
+        );
     }
     for (i, ep) in o.endpoints.iter().enumerate() {
         if ep.addresses.is_empty() {
@@ -343,7 +380,10 @@ fn policy_ports(ports: &[NetworkPolicyPort], field: &str, p: &mut Problems) {
                 Some(IntOrString::Int(start)) => {
                     port_number(end, &format!("{at}.endPort"), p);
                     if end < *start {
-                        p.add(format!("{at}.endPort"), format!("{end} is below port {start}"));
+                        p.add(
+                            format!("{at}.endPort"),
+                            format!("{end} is below port {start}"),
+                        );
                     }
                 }
                 _ => p.add(format!("{at}.endPort"), "needs a numeric port"),
@@ -363,7 +403,10 @@ fn policy_peers(peers: &[NetworkPolicyPeer], field: &str, p: &mut Problems) {
         }
         if let Some(block) = &peer.ip_block {
             if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
-                p.add(&at, "ipBlock cannot be combined with podSelector or namespaceSelector");
+                p.add(
+                    &at,
+                    "ipBlock cannot be combined with podSelector or namespaceSelector",
+                );
             }
             match ferry_api::cidr::Cidr::parse(&block.cidr) {
                 Err(e) => p.add(format!("{at}.ipBlock.cidr"), e),
@@ -381,8 +424,14 @@ fn policy_peers(peers: &[NetworkPolicyPeer], field: &str, p: &mut Problems) {
                 }
             }
         }
-        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() && peer.ip_block.is_none() {
-            p.add(&at, "a peer needs podSelector, namespaceSelector or ipBlock");
+        if peer.pod_selector.is_none()
+            && peer.namespace_selector.is_none()
+            && peer.ip_block.is_none()
+        {
+            p.add(
+                &at,
+                "a peer needs podSelector, namespaceSelector or ipBlock",
+            );
         }
     }
 }
@@ -398,15 +447,34 @@ fn network_policy(o: &NetworkPolicy, p: &mut Problems) {
     }
     for (i, t) in spec.policy_types.iter().flatten().enumerate() {
         if t != "Ingress" && t != "Egress" {
-            p.add(format!("spec.policyTypes[{i}]"), format!("{t:?} is not one of Ingress, Egress"));
+            p.add(
+                format!("spec.policyTypes[{i}]"),
+                format!("{t:?} is not one of Ingress, Egress"),
+            );
         }
     }
     for (i, rule) in spec.ingress.iter().flatten().enumerate() {
-        policy_peers(rule.from.as_deref().unwrap_or_default(), &format!("spec.ingress[{i}].from"), p);
-        policy_ports(rule.ports.as_deref().unwrap_or_default(), &format!("spec.ingress[{i}]"), p);
+        policy_peers(
+            rule.from.as_deref().unwrap_or_default(),
+            &format!("spec.ingress[{i}].from"),
+            p,
+        );
+        policy_ports(
+            rule.ports.as_deref().unwrap_or_default(),
+            &format!("spec.ingress[{i}]"),
+            p,
+        );
     }
     for (i, rule) in spec.egress.iter().flatten().enumerate() {
-        policy_peers(rule.to.as_deref().unwrap_or_default(), &format!("spec.egress[{i}].to"), p);
-        policy_ports(rule.ports.as_deref().unwrap_or_default(), &format!("spec.egress[{i}]"), p);
+        policy_peers(
+            rule.to.as_deref().unwrap_or_default(),
+            &format!("spec.egress[{i}].to"),
+            p,
+        );
+        policy_ports(
+            rule.ports.as_deref().unwrap_or_default(),
+            &format!("spec.egress[{i}]"),
+            p,
+        );
     }
 }

@@ -55,11 +55,14 @@ impl Admin {
             resources.insert(kind.as_str(), Vec::new());
         }
         for r in snapshot.iter() {
-            resources.entry(r.key.kind.as_str()).or_default().push(DumpEntry {
-                key: &r.key.name,
-                version: format!("{:016x}", r.version),
-                body: &r.body,
-            });
+            resources
+                .entry(r.key.kind.as_str())
+                .or_default()
+                .push(DumpEntry {
+                    key: &r.key.name,
+                    version: format!("{:016x}", r.version),
+                    body: &r.body,
+                });
         }
         for list in resources.values_mut() {
             list.sort_by(|a, b| a.key.cmp(b.key));
@@ -77,16 +80,23 @@ impl Admin {
         let reply = |status: StatusCode, content_type: &'static str, body: String| {
             let mut response = Response::new(Full::new(Bytes::from(body)));
             *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
             response
         };
         if req.method() != Method::GET {
-            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "only GET\n".into(),
+            );
         }
         match req.uri().path() {
-            "/healthz/ready" if self.store.is_ready() => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            "/healthz/ready" if self.store.is_ready() => {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            }
             "/healthz/ready" => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
@@ -94,7 +104,11 @@ impl Admin {
             ),
             "/config_dump" => match self.config_dump() {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
             },
             _ => reply(
                 StatusCode::NOT_FOUND,

@@ -21,7 +21,11 @@ struct Args {
     #[arg(long, env = "FERRY_NODE_NAME")]
     node: String,
     /// Control plane config stream URL.
-    #[arg(long, env = "FERRY_CONTROL_PLANE", default_value = "http://127.0.0.1:15010")]
+    #[arg(
+        long,
+        env = "FERRY_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:15010"
+    )]
     control_plane: String,
     /// Admin HTTP address (readiness, config dump).
     #[arg(long, env = "FERRY_ADMIN", default_value = "127.0.0.1:15000")]
@@ -33,7 +37,9 @@ struct Args {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -75,21 +75,30 @@ impl ProxyState {
     }
 
     pub fn service(&self, namespace_name: &str) -> Option<&Service> {
-        match &self.get(&ResourceKey::new(Kind::Service, namespace_name))?.body {
+        match &self
+            .get(&ResourceKey::new(Kind::Service, namespace_name))?
+            .body
+        {
             ResourceBody::Service(s) => Some(s),
             _ => None,
         }
     }
 
     pub fn workload(&self, namespace_name: &str) -> Option<&Workload> {
-        match &self.get(&ResourceKey::new(Kind::Workload, namespace_name))?.body {
+        match &self
+            .get(&ResourceKey::new(Kind::Workload, namespace_name))?
+            .body
+        {
             ResourceBody::Workload(w) => Some(w),
             _ => None,
         }
     }
 
     pub fn policy(&self, namespace_name: &str) -> Option<&Policy> {
-        match &self.get(&ResourceKey::new(Kind::Policy, namespace_name))?.body {
+        match &self
+            .get(&ResourceKey::new(Kind::Policy, namespace_name))?
+            .body
+        {
             ResourceBody::Policy(p) => Some(p),
             _ => None,
         }
@@ -223,7 +232,10 @@ impl ConfigStore {
                     }
                 }
                 None => report.rejected.push(ResourceError {
-                    key: ResourceKey::new(Kind::Workload, format!("<kind {}>/{}", key.kind, key.name)),
+                    key: ResourceKey::new(
+                        Kind::Workload,
+                        format!("<kind {}>/{}", key.kind, key.name),
+                    ),
                     message: "removed: unknown resource kind or empty name".into(),
                 }),
             }
@@ -279,12 +291,24 @@ mod tests {
             &[ResourceKey::new(Kind::Workload, "default/a")],
         ));
         // The old snapshot is untouched.
-        assert_eq!(before.workload_by_ip(&"10.0.0.1".parse().unwrap()).unwrap().name, "a");
+        assert_eq!(
+            before
+                .workload_by_ip(&"10.0.0.1".parse().unwrap())
+                .unwrap()
+                .name,
+            "a"
+        );
         assert!(before.workload("default/b").is_none());
         let after = store.snapshot();
         assert_eq!(after.revision(), 2);
         assert!(after.workload_by_ip(&"10.0.0.1".parse().unwrap()).is_none());
-        assert_eq!(after.workload_by_ip(&"10.0.0.2".parse().unwrap()).unwrap().name, "b");
+        assert_eq!(
+            after
+                .workload_by_ip(&"10.0.0.2".parse().unwrap())
+                .unwrap()
+                .name,
+            "b"
+        );
     }
 
     #[test]
@@ -302,7 +326,11 @@ mod tests {
     fn a_bad_resource_is_rejected_and_the_last_good_version_kept() {
         let store = ConfigStore::default();
         store.apply(response(1, &[workload("a", "10.0.0.1")], &[]));
-        let mut bad = response(2, &[workload("a", "10.0.0.9"), workload("b", "10.0.0.2")], &[]);
+        let mut bad = response(
+            2,
+            &[workload("a", "10.0.0.9"), workload("b", "10.0.0.2")],
+            &[],
+        );
         if let Some(proto::resource::Body::Workload(w)) = bad.resources[0].body.as_mut() {
             w.addresses = vec![vec![1, 2]];
         }
@@ -314,7 +342,10 @@ mod tests {
             "workload default/a: addresses[0]: an IP address has 4 or 16 bytes, not 2"
         );
         let s = store.snapshot();
-        assert_eq!(s.workload("default/a").unwrap().addresses[0].to_string(), "10.0.0.1");
+        assert_eq!(
+            s.workload("default/a").unwrap().addresses[0].to_string(),
+            "10.0.0.1"
+        );
         assert!(s.workload("default/b").is_some());
     }
 
@@ -334,6 +365,9 @@ mod tests {
         let versions = store.snapshot().versions();
         assert_eq!(versions.len(), 1);
         assert_eq!(versions[0].version, wire.version);
-        assert_eq!(store.snapshot().node("n1").unwrap().hbone.unwrap().port(), 15008);
+        assert_eq!(
+            store.snapshot().node("n1").unwrap().hbone.unwrap().port(),
+            15008
+        );
     }
 }

@@ -118,7 +118,11 @@ pub struct XdsClient {
 }
 
 impl XdsClient {
-    pub fn new(address: impl Into<String>, node: impl Into<String>, store: Arc<ConfigStore>) -> Self {
+    pub fn new(
+        address: impl Into<String>,
+        node: impl Into<String>,
+        store: Arc<ConfigStore>,
+    ) -> Self {
         let address = address.into();
         Self {
             status: Arc::new(Mutex::new(XdsStatus {
@@ -133,7 +137,10 @@ impl XdsClient {
 
     /// A copy of the client's status.
     pub fn status(&self) -> XdsStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut XdsStatus)) {
@@ -167,7 +174,8 @@ impl XdsClient {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect().await.map_err(XdsError::Connect)?;
-        let mut client = ConfigDiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client =
+            ConfigDiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
         let (tx, rx) = mpsc::channel(4);
         let held = self.store.snapshot().versions();
@@ -179,7 +187,10 @@ impl XdsClient {
         })
         .await
         .map_err(|_| XdsError::Closed)?;
-        let mut responses = client.delta_config(ReceiverStream::new(rx)).await?.into_inner();
+        let mut responses = client
+            .delta_config(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         self.update(|s| {
             s.connected = true;
             s.connects += 1;
@@ -205,7 +216,14 @@ impl XdsClient {
             for e in &report.rejected {
                 tracing::warn!(resource = %e.key, reason = %e.message, "rejected a resource; keeping its last good version");
             }
-            tracing::info!(revision, applied = report.applied, removed = report.removed, rejected = errors.len(), bytes, "configuration applied");
+            tracing::info!(
+                revision,
+                applied = report.applied,
+                removed = report.removed,
+                rejected = errors.len(),
+                bytes,
+                "configuration applied"
+            );
             self.update(|s| {
                 s.responses += 1;
                 s.resources_received += report.applied as u64 + report.rejected.len() as u64;
@@ -233,7 +251,9 @@ impl XdsClient {
             .await
             .map_err(|_| XdsError::Closed)?;
         }
-        Err(XdsError::Stream(tonic::Status::unavailable("control plane closed the stream")))
+        Err(XdsError::Stream(tonic::Status::unavailable(
+            "control plane closed the stream",
+        )))
     }
 }
 
@@ -249,7 +269,10 @@ mod tests {
         for d in &delays {
             assert!(*d <= Duration::from_secs(1), "{d:?}");
         }
-        assert!(delays[7] >= Duration::from_millis(500), "capped step is 1s, jitter keeps at least half");
+        assert!(
+            delays[7] >= Duration::from_millis(500),
+            "capped step is 1s, jitter keeps at least half"
+        );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }

@@ -56,7 +56,8 @@ pub struct Process {
 impl Process {
     /// Starts `program` with `args`; stdout and stderr go to `log`.
     pub fn start(name: &str, program: &Path, args: &[&str], log: PathBuf) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
@@ -205,7 +206,12 @@ impl LoopbackMesh {
         })
     }
 
-    fn start_control_plane(manifests: &Path, logs: &Path, port: u16, generation: u32) -> anyhow::Result<Process> {
+    fn start_control_plane(
+        manifests: &Path,
+        logs: &Path,
+        port: u16,
+        generation: u32,
+    ) -> anyhow::Result<Process> {
         Process::start(
             "control-plane",
             &binary("ferry-control-plane")?,
@@ -260,10 +266,14 @@ impl LoopbackMesh {
         mut check: impl FnMut(&serde_json::Value) -> bool,
     ) -> anyhow::Result<()> {
         for (node, _, _) in &self.proxies {
-            wait_for(&format!("{what} on {node}"), Duration::from_secs(20), || {
-                let dump = self.config_dump(node)?;
-                Ok(check(&dump).then_some(()))
-            })
+            wait_for(
+                &format!("{what} on {node}"),
+                Duration::from_secs(20),
+                || {
+                    let dump = self.config_dump(node)?;
+                    Ok(check(&dump).then_some(()))
+                },
+            )
             .with_context(|| self.diagnostics())?;
         }
         Ok(())
@@ -280,7 +290,11 @@ impl LoopbackMesh {
 }
 
 /// Finds a resource in a config dump by kind and key.
-pub fn resource<'a>(dump: &'a serde_json::Value, kind: &str, key: &str) -> Option<&'a serde_json::Value> {
+pub fn resource<'a>(
+    dump: &'a serde_json::Value,
+    kind: &str,
+    key: &str,
+) -> Option<&'a serde_json::Value> {
     dump["resources"][kind]
         .as_array()?
         .iter()

@@ -29,7 +29,11 @@ fn manifest_changes_reach_every_proxy_and_survive_a_control_plane_restart() -> a
         assert_eq!(mesh.ready_status(node)?, 200);
         let dump = mesh.config_dump(node)?;
         let backend = resource(&dump, "service", "shop/backend").unwrap();
-        assert_eq!(backend["endpoints"].as_array().unwrap().len(), 3, "{backend}");
+        assert_eq!(
+            backend["endpoints"].as_array().unwrap().len(),
+            3,
+            "{backend}"
+        );
         assert_eq!(dump["xds"]["last_response"]["first_of_stream"], true);
     }
 
@@ -38,7 +42,13 @@ fn manifest_changes_reach_every_proxy_and_survive_a_control_plane_restart() -> a
     let text = std::fs::read_to_string(&pods)?;
     let marker = "podIP: 10.244.2.12\n  conditions: [{type: Ready, status: \"True\"}]";
     assert!(text.contains(marker));
-    std::fs::write(&pods, text.replace(marker, "podIP: 10.244.2.12\n  conditions: [{type: Ready, status: \"False\"}]"))?;
+    std::fs::write(
+        &pods,
+        text.replace(
+            marker,
+            "podIP: 10.244.2.12\n  conditions: [{type: Ready, status: \"False\"}]",
+        ),
+    )?;
     mesh.wait_all("backend-3 not ready", |d| {
         endpoint_ready(d, "shop/backend", "10.244.2.12") == Some(false)
     })?;
@@ -55,18 +65,31 @@ fn manifest_changes_reach_every_proxy_and_survive_a_control_plane_restart() -> a
 
     // A broken edit keeps the last good version.
     std::fs::write(&extra, "apiVersion: v1\nkind: Service\nmetadata: {name: extra, namespace: shop}\nspec:\n  ports: [{port: -5}]\n")?;
-    let control_plane_saw_it = wait_for("the rejection in the control plane log", Duration::from_secs(10), || {
-        Ok(mesh.control_plane.log().contains("spec.ports[0].port: -5 is outside 1-65535").then_some(()))
-    });
+    let control_plane_saw_it = wait_for(
+        "the rejection in the control plane log",
+        Duration::from_secs(10),
+        || {
+            Ok(mesh
+                .control_plane
+                .log()
+                .contains("spec.ports[0].port: -5 is outside 1-65535")
+                .then_some(()))
+        },
+    );
     control_plane_saw_it.map_err(|e| e.context(mesh.diagnostics()))?;
     for node in ["node-a", "node-b"] {
         let dump = mesh.config_dump(node)?;
-        assert!(resource(&dump, "service", "shop/extra").is_some(), "last good version kept");
+        assert!(
+            resource(&dump, "service", "shop/extra").is_some(),
+            "last good version kept"
+        );
     }
 
     // Deletion.
     std::fs::remove_file(&extra)?;
-    mesh.wait_all("service removed", |d| resource(d, "service", "shop/extra").is_none())?;
+    mesh.wait_all("service removed", |d| {
+        resource(d, "service", "shop/extra").is_none()
+    })?;
 
     // The control plane goes away: proxies stay ready with their config.
     mesh.control_plane.kill();
@@ -75,24 +98,39 @@ fn manifest_changes_reach_every_proxy_and_survive_a_control_plane_restart() -> a
         Ok((mesh.config_dump("node-a")?["xds"]["connected"] == false).then_some(()))
     })?;
     for node in ["node-a", "node-b"] {
-        assert_eq!(mesh.ready_status(node)?, 200, "{node} serves its last good config");
+        assert_eq!(
+            mesh.ready_status(node)?,
+            200,
+            "{node} serves its last good config"
+        );
         let dump = mesh.config_dump(node)?;
-        assert_eq!(dump["resources"], before["resources"], "{node} kept everything");
+        assert_eq!(
+            dump["resources"], before["resources"],
+            "{node} kept everything"
+        );
     }
 
     // Change one thing while it is away, then restart it: each proxy
     // resynchronises with exactly that one resource.
     let services = dir.join("20-services.yaml");
     let text = std::fs::read_to_string(&services)?;
-    std::fs::write(&services, text.replace("timeoutSeconds: 600", "timeoutSeconds: 900"))?;
+    std::fs::write(
+        &services,
+        text.replace("timeoutSeconds: 600", "timeoutSeconds: 900"),
+    )?;
     mesh.restart_control_plane(1)?;
     mesh.wait_all("resync after restart", |d| {
-        d["xds"]["connects"] == 2 && d["xds"]["connected"] == true && d["xds"]["last_response"]["first_of_stream"] == true
+        d["xds"]["connects"] == 2
+            && d["xds"]["connected"] == true
+            && d["xds"]["last_response"]["first_of_stream"] == true
     })?;
     for node in ["node-a", "node-b"] {
         let dump = mesh.config_dump(node)?;
         let last = &dump["xds"]["last_response"];
-        assert_eq!(last["resources"], 1, "{node}: only the changed service is sent: {last}");
+        assert_eq!(
+            last["resources"], 1,
+            "{node}: only the changed service is sent: {last}"
+        );
         assert_eq!(last["removed"], 0, "{node}: {last}");
         let backend = resource(&dump, "service", "shop/backend").unwrap();
         assert_eq!(backend["client_ip_affinity"], 900);

@@ -35,7 +35,10 @@ fn main() -> ExitCode {
 
 fn check(dir: PathBuf) -> ExitCode {
     if !dir.is_dir() {
-        eprintln!("ferryctl: --manifests {}: not a readable folder", dir.display());
+        eprintln!(
+            "ferryctl: --manifests {}: not a readable folder",
+            dir.display()
+        );
         return ExitCode::from(2);
     }
     let mut source = ManifestSource::new(&dir);

@@ -37,7 +37,13 @@ pub struct ManifestProblem {
 
 impl fmt::Display for ManifestProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: document {}", self.file.display(), self.line, self.document)?;
+        write!(
+            f,
+            "{}:{}: document {}",
+            self.file.display(),
+            self.line,
+            self.document
+        )?;
         if let Some(object) = &self.object {
             write!(f, " ({object})")?;
         }
@@ -123,21 +129,23 @@ pub fn parse_manifest(file: &Path, text: &str) -> ParsedFile {
     let mut out = ParsedFile::default();
     let documents = split_documents(text);
     for (index, (line, doc)) in documents.into_iter().enumerate() {
-        let problem = |line: usize, object: Option<ObjectRef>, field: Option<String>, message: String| {
-            ManifestProblem {
-                file: file.to_path_buf(),
-                line,
-                document: index + 1,
-                object,
-                field,
-                message,
-            }
-        };
+        let problem =
+            |line: usize, object: Option<ObjectRef>, field: Option<String>, message: String| {
+                ManifestProblem {
+                    file: file.to_path_buf(),
+                    line,
+                    document: index + 1,
+                    object,
+                    field,
+                    message,
+                }
+            };
         let value: serde_yaml::Value = match serde_yaml::from_str(&doc) {
             Ok(v) => v,
             Err(e) => {
                 let at = e.location().map_or(line, |l| line + l.line() - 1);
-                out.problems.push(problem(at, None, None, format!("invalid YAML: {e}")));
+                out.problems
+                    .push(problem(at, None, None, format!("invalid YAML: {e}")));
                 out.unidentified_broken = true;
                 continue;
             }
@@ -145,13 +153,27 @@ pub fn parse_manifest(file: &Path, text: &str) -> ParsedFile {
         if value.is_null() {
             continue;
         }
-        let (Some(api_version), Some(kind)) = (str_at(&value, &["apiVersion"]), str_at(&value, &["kind"])) else {
-            out.problems.push(problem(line, None, Some("apiVersion/kind".into()), "missing".into()));
+        let (Some(api_version), Some(kind)) =
+            (str_at(&value, &["apiVersion"]), str_at(&value, &["kind"]))
+        else {
+            out.problems.push(problem(
+                line,
+                None,
+                Some("apiVersion/kind".into()),
+                "missing".into(),
+            ));
             out.unidentified_broken = true;
             continue;
         };
         let Some(object_kind) = ObjectKind::from_type(api_version, kind) else {
-            let known = ["Namespace", "Node", "Pod", "Service", "EndpointSlice", "NetworkPolicy"];
+            let known = [
+                "Namespace",
+                "Node",
+                "Pod",
+                "Service",
+                "EndpointSlice",
+                "NetworkPolicy",
+            ];
             if known.contains(&kind) {
                 out.problems.push(problem(
                     line,
@@ -163,25 +185,34 @@ pub fn parse_manifest(file: &Path, text: &str) -> ParsedFile {
             // Other kinds (Deployments, ConfigMaps...) are not Ferry's business.
             continue;
         };
-        let name = str_at(&value, &["metadata", "name"]).unwrap_or_default().to_string();
+        let name = str_at(&value, &["metadata", "name"])
+            .unwrap_or_default()
+            .to_string();
         let namespace = if object_kind.is_namespaced() {
-            str_at(&value, &["metadata", "namespace"]).unwrap_or("default").to_string()
+            str_at(&value, &["metadata", "namespace"])
+                .unwrap_or("default")
+                .to_string()
         } else {
             String::new()
         };
         let object_ref = (!name.is_empty()).then(|| ObjectRef::new(object_kind, namespace, name));
         let parsed = match object_kind {
-            ObjectKind::Namespace => typed(value).map(K8sObject::Namespace),
-            ObjectKind::Node => typed(value).map(K8sObject::Node),
-            ObjectKind::Pod => typed(value).map(K8sObject::Pod),
-            ObjectKind::Service => typed(value).map(K8sObject::Service),
-            ObjectKind::EndpointSlice => typed(value).map(K8sObject::EndpointSlice),
-            ObjectKind::NetworkPolicy => typed(value).map(K8sObject::NetworkPolicy),
+            ObjectKind::Namespace => typed(value).map(|o| K8sObject::Namespace(Box::new(o))),
+            ObjectKind::Node => typed(value).map(|o| K8sObject::Node(Box::new(o))),
+            ObjectKind::Pod => typed(value).map(|o| K8sObject::Pod(Box::new(o))),
+            ObjectKind::Service => typed(value).map(|o| K8sObject::Service(Box::new(o))),
+            ObjectKind::EndpointSlice => {
+                typed(value).map(|o| K8sObject::EndpointSlice(Box::new(o)))
+            }
+            ObjectKind::NetworkPolicy => {
+                typed(value).map(|o| K8sObject::NetworkPolicy(Box::new(o)))
+            }
         };
         let mut object = match parsed {
             Ok(o) => o,
             Err((field, message)) => {
-                out.problems.push(problem(line, object_ref.clone(), field, message));
+                out.problems
+                    .push(problem(line, object_ref.clone(), field, message));
                 match object_ref {
                     Some(r) => out.broken.push(r),
                     None => out.unidentified_broken = true,
@@ -196,7 +227,12 @@ pub fn parse_manifest(file: &Path, text: &str) -> ParsedFile {
             continue;
         }
         for fp in field_problems {
-            out.problems.push(problem(line, object_ref.clone(), Some(fp.field), fp.message));
+            out.problems.push(problem(
+                line,
+                object_ref.clone(),
+                Some(fp.field),
+                fp.message,
+            ));
         }
         match object_ref {
             Some(r) => out.broken.push(r),
@@ -303,7 +339,11 @@ impl ManifestSource {
             .values()
             .flat_map(|f| f.problems.iter().cloned())
             .collect();
-        let mut duplicates: Vec<_> = self.owners.iter().filter(|(_, files)| files.len() > 1).collect();
+        let mut duplicates: Vec<_> = self
+            .owners
+            .iter()
+            .filter(|(_, files)| files.len() > 1)
+            .collect();
         duplicates.sort();
         for (object, files) in duplicates {
             let mut files = files.iter();
@@ -315,7 +355,10 @@ impl ManifestSource {
                     document: 1,
                     object: Some(object.clone()),
                     field: None,
-                    message: format!("also defined in {}; that definition is used", first.display()),
+                    message: format!(
+                        "also defined in {}; that definition is used",
+                        first.display()
+                    ),
                 });
             }
         }
@@ -373,8 +416,11 @@ impl ManifestSource {
             };
             let parsed = parse_manifest(&path, &text);
             let previous = self.files.remove(&path);
-            let mut objects: BTreeMap<ObjectRef, K8sObject> =
-                parsed.objects.into_iter().map(|o| (o.object_ref(), o)).collect();
+            let mut objects: BTreeMap<ObjectRef, K8sObject> = parsed
+                .objects
+                .into_iter()
+                .map(|o| (o.object_ref(), o))
+                .collect();
             if let Some(prev) = &previous {
                 // Keep the last good version of objects whose document broke;
                 // if a broken document cannot be identified, keep them all.
@@ -392,7 +438,10 @@ impl ManifestSource {
                 }
             }
             for r in objects.keys() {
-                self.owners.entry(r.clone()).or_default().insert(path.clone());
+                self.owners
+                    .entry(r.clone())
+                    .or_default()
+                    .insert(path.clone());
                 affected.insert(r.clone());
             }
             new_problems.extend(parsed.problems.iter().cloned());
@@ -444,16 +493,20 @@ impl ManifestSource {
     /// sent, even when empty, so the receiver knows the initial load is
     /// complete), then a rescan on every file-system notification and every
     /// [`RESCAN_INTERVAL`].
-    pub async fn watch(mut self, events: mpsc::Sender<Vec<SourceEvent>>) -> Result<(), SourceError> {
+    pub async fn watch(
+        mut self,
+        events: mpsc::Sender<Vec<SourceEvent>>,
+    ) -> Result<(), SourceError> {
         let wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let notifier = wake.clone();
-        let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            notifier.notify_one();
-        })
-        .map_err(|source| SourceError::Watch {
-            path: self.root.clone(),
-            source,
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+                notifier.notify_one();
+            })
+            .map_err(|source| SourceError::Watch {
+                path: self.root.clone(),
+                source,
+            })?;
         use notify::Watcher;
         watcher
             .watch(&self.root, notify::RecursiveMode::Recursive)
@@ -478,7 +531,9 @@ impl ManifestSource {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "manifest scan failed; keeping the current objects"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "manifest scan failed; keeping the current objects")
+                }
             }
             tokio::select! {
                 _ = wake.notified() => tokio::time::sleep(SETTLE).await,
@@ -551,9 +606,16 @@ metadata: {name: shop}
 
     #[test]
     fn syntax_error_and_missing_kind_are_reported() {
-        let parsed = parse_manifest(Path::new("b.yaml"), "a: [unclosed\n---\nmetadata: {name: x}\n");
+        let parsed = parse_manifest(
+            Path::new("b.yaml"),
+            "a: [unclosed\n---\nmetadata: {name: x}\n",
+        );
         assert_eq!(parsed.problems.len(), 2);
-        assert!(parsed.problems[0].message.starts_with("invalid YAML"), "{}", parsed.problems[0]);
+        assert!(
+            parsed.problems[0].message.starts_with("invalid YAML"),
+            "{}",
+            parsed.problems[0]
+        );
         assert_eq!(
             parsed.problems[1].to_string(),
             "b.yaml:3: document 2: apiVersion/kind: missing"
@@ -593,8 +655,18 @@ metadata: {name: shop}
         assert_eq!(names(&source.rescan().unwrap().0), ["+Node n1"]);
 
         // Edit: the service's port changes, the namespace disappears.
-        std::fs::write(&a, GOOD.replace("port: 80,", "port: 81,").split("---").next().unwrap()).unwrap();
-        assert_eq!(names(&source.rescan().unwrap().0), ["-Namespace shop", "+Service shop/web"]);
+        std::fs::write(
+            &a,
+            GOOD.replace("port: 80,", "port: 81,")
+                .split("---")
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            names(&source.rescan().unwrap().0),
+            ["-Namespace shop", "+Service shop/web"]
+        );
 
         // Deletion.
         std::fs::remove_file(&b).unwrap();
@@ -613,7 +685,9 @@ metadata: {name: shop}
         let (events, problems) = source.rescan().unwrap();
         assert!(events.is_empty(), "{:?}", names(&events));
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].to_string().contains("(Service shop/web): spec.ports[0].port: -1 is outside 1-65535"));
+        assert!(problems[0]
+            .to_string()
+            .contains("(Service shop/web): spec.ports[0].port: -1 is outside 1-65535"));
         assert_eq!(source.objects().count(), 2);
         assert_eq!(source.problems().len(), 1);
 
@@ -635,20 +709,34 @@ metadata: {name: shop}
     #[test]
     fn duplicate_definitions_are_reported_and_the_first_wins() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.yaml"), "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {v: a}}\n").unwrap();
-        std::fs::write(dir.path().join("b.yaml"), "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {v: b}}\n").unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {v: a}}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {v: b}}\n",
+        )
+        .unwrap();
         let mut source = ManifestSource::new(dir.path());
         let (events, _) = source.rescan().unwrap();
         assert_eq!(events.len(), 1);
-        let SourceEvent::Apply(K8sObject::Node(n)) = &events[0] else { panic!() };
+        let SourceEvent::Apply(K8sObject::Node(n)) = &events[0] else {
+            panic!()
+        };
         assert_eq!(n.metadata.labels.as_ref().unwrap()["v"], "a");
         let problems = source.problems();
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].to_string().contains("b.yaml:1: document 1 (Node n1): also defined in"));
+        assert!(problems[0]
+            .to_string()
+            .contains("b.yaml:1: document 1 (Node n1): also defined in"));
         // Removing the winner promotes the other definition.
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
         let (events, _) = source.rescan().unwrap();
-        let SourceEvent::Apply(K8sObject::Node(n)) = &events[0] else { panic!() };
+        let SourceEvent::Apply(K8sObject::Node(n)) = &events[0] else {
+            panic!()
+        };
         assert_eq!(n.metadata.labels.as_ref().unwrap()["v"], "b");
     }
 }

@@ -81,15 +81,17 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// A typed Kubernetes object.
+/// A typed Kubernetes object. Boxed: the k8s-openapi types are large inline
+/// (a Pod is over 2 KiB), and events are moved and queued by the hundred
+/// thousand on a big cluster's initial load.
 #[derive(Debug, Clone, PartialEq)]
 pub enum K8sObject {
-    Namespace(Namespace),
-    Node(Node),
-    Pod(Pod),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    NetworkPolicy(NetworkPolicy),
+    Namespace(Box<Namespace>),
+    Node(Box<Node>),
+    Pod(Box<Pod>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    NetworkPolicy(Box<NetworkPolicy>),
 }
 
 impl K8sObject {
@@ -120,3 +122,15 @@ pub enum SourceEvent {
     /// The object is gone.
     Delete(ObjectRef),
 }
+
+macro_rules! object_from {
+    ($($kind:ident),*) => {$(
+        impl From<$kind> for K8sObject {
+            fn from(object: $kind) -> Self {
+                K8sObject::$kind(Box::new(object))
+            }
+        }
+    )*};
+}
+
+object_from!(Namespace, Node, Pod, Service, EndpointSlice, NetworkPolicy);

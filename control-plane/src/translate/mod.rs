@@ -16,9 +16,10 @@
 
 pub mod objects;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use ferry_api::model::Workload;
 use ferry_api::proto;
 use ferry_api::{Kind, ResourceBody, ResourceKey, VersionedResource};
 use k8s_openapi::api::core::v1 as core;
@@ -70,33 +71,104 @@ pub enum Change {
 
 type NsName = (String, String);
 
-fn ns_name(r: &ObjectRef) -> NsName {
-    (r.namespace.clone(), r.name.clone())
+/// Everything translation keeps about one namespace.
+#[derive(Debug, Default)]
+struct NamespaceState {
+    /// The Namespace object's labels; `None` until it is seen.
+    labels: Option<BTreeMap<String, String>>,
+    /// Pods, already translated (the only pod fields translation needs).
+    /// Finished pods are not kept: they are nobody's backend.
+    pods: HashMap<String, Workload>,
+    /// Pods on the host network: never in the mesh, whatever the labels say.
+    host_network: HashSet<String>,
+    services: HashMap<String, Box<core::Service>>,
+    /// Selector-based services indexed by the first pair of their selector:
+    /// a pod can only match services indexed under one of its own labels.
+    selector_index: HashMap<(String, String), BTreeSet<String>>,
+    /// Pods selected by each selector-based service.
+    members: HashMap<String, BTreeSet<String>>,
+    /// Services selecting each pod (the reverse of `members`).
+    pod_services: HashMap<String, BTreeSet<String>>,
+    slices: HashMap<String, Box<EndpointSlice>>,
+    slices_by_service: HashMap<String, BTreeSet<String>>,
+    policies: HashMap<String, Box<NetworkPolicy>>,
+}
+
+impl NamespaceState {
+    fn selector_pair(selector: &BTreeMap<String, String>) -> Option<(String, String)> {
+        selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))
+    }
+
+    /// Services whose selector matches these labels.
+    fn selecting(&self, labels: &BTreeMap<String, String>) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (k, v) in labels {
+            let Some(candidates) = self.selector_index.get(&(k.clone(), v.clone())) else {
+                continue;
+            };
+            for name in candidates {
+                let selects = self
+                    .services
+                    .get(name)
+                    .and_then(|s| objects::service_selector(s))
+                    .is_some_and(|sel| objects::selector_matches(sel, labels));
+                if selects {
+                    out.insert(name.clone());
+                }
+            }
+        }
+        out
+    }
+
+    fn unlink_service(&mut self, name: &str, selector: Option<&BTreeMap<String, String>>) {
+        if let Some(pair) = selector.and_then(Self::selector_pair) {
+            if let Some(set) = self.selector_index.get_mut(&pair) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.selector_index.remove(&pair);
+                }
+            }
+        }
+        for pod in self.members.remove(name).unwrap_or_default() {
+            if let Some(services) = self.pod_services.get_mut(&pod) {
+                services.remove(name);
+                if services.is_empty() {
+                    self.pod_services.remove(&pod);
+                }
+            }
+        }
+    }
+
+    fn link_service(&mut self, name: &str, selector: &BTreeMap<String, String>) {
+        if let Some(pair) = Self::selector_pair(selector) {
+            self.selector_index
+                .entry(pair)
+                .or_default()
+                .insert(name.to_string());
+        }
+        let members: BTreeSet<String> = self
+            .pods
+            .iter()
+            .filter(|(_, w)| objects::selector_matches(selector, &w.labels))
+            .map(|(pod, _)| pod.clone())
+            .collect();
+        for pod in &members {
+            self.pod_services
+                .entry(pod.clone())
+                .or_default()
+                .insert(name.to_string());
+        }
+        self.members.insert(name.to_string(), members);
+    }
 }
 
 /// Incremental Kubernetes-to-model translator.
 #[derive(Debug, Default)]
 pub struct Translator {
     options: TranslateOptions,
-    namespace_labels: HashMap<String, BTreeMap<String, String>>,
-    /// Pods, already translated (the only pod fields translation needs).
-    workloads: HashMap<NsName, model_workload::Entry>,
-    pods_by_namespace: HashMap<String, BTreeSet<String>>,
-    services: HashMap<NsName, core::Service>,
-    services_by_namespace: HashMap<String, BTreeSet<String>>,
-    /// Pods selected by each selector-based service.
-    members: HashMap<NsName, BTreeSet<String>>,
-    slices: HashMap<NsName, EndpointSlice>,
-    slices_by_service: HashMap<NsName, BTreeSet<String>>,
-    nodes: HashMap<String, core::Node>,
-    policies: HashMap<NsName, NetworkPolicy>,
+    namespaces: HashMap<String, NamespaceState>,
+    nodes: HashMap<String, Box<core::Node>>,
     output: HashMap<ResourceKey, Published>,
-}
-
-mod model_workload {
-    /// A translated pod. `None` when the pod has finished: it is kept for its
-    /// labels' sake but is nobody's backend.
-    pub type Entry = Option<ferry_api::model::Workload>;
 }
 
 #[derive(Default)]
@@ -121,7 +193,7 @@ impl Translator {
 
     /// NetworkPolicies received so far (compiled by the policy translation).
     pub fn policy_count(&self) -> usize {
-        self.policies.len()
+        self.namespaces.values().map(|n| n.policies.len()).sum()
     }
 
     /// Applies a batch of source events; returns the resources whose content
@@ -137,194 +209,241 @@ impl Translator {
         self.flush(dirty)
     }
 
+    fn namespace(&mut self, name: &str) -> &mut NamespaceState {
+        if !self.namespaces.contains_key(name) {
+            self.namespaces
+                .insert(name.to_string(), NamespaceState::default());
+        }
+        self.namespaces.entry(name.to_string()).or_default()
+    }
+
     fn upsert(&mut self, object: K8sObject, dirty: &mut Dirty) {
         let r = object.object_ref();
         match object {
             K8sObject::Namespace(ns) => {
                 let labels = ns.metadata.labels.unwrap_or_default();
-                let old = self.namespace_labels.insert(r.name.clone(), labels.clone());
-                self.namespace_changed(&r.name, old.as_ref(), Some(&labels), dirty);
+                self.set_namespace_labels(&r.name, Some(labels), dirty);
             }
             K8sObject::Node(node) => {
                 self.nodes.insert(r.name.clone(), node);
                 dirty.nodes.insert(r.name);
             }
             K8sObject::Pod(pod) => {
-                let ns_labels = self.namespace_labels.get(&r.namespace);
+                let ns_labels = self
+                    .namespaces
+                    .get(&r.namespace)
+                    .and_then(|n| n.labels.as_ref());
                 let workload = objects::workload(&pod, ns_labels, &self.options);
-                self.set_pod(ns_name(&r), Some(workload), dirty);
+                let ns = self.namespace(&r.namespace);
+                if objects::host_network(&pod) {
+                    ns.host_network.insert(r.name.clone());
+                } else {
+                    ns.host_network.remove(&r.name);
+                }
+                self.set_pod(&r.namespace, &r.name, workload, dirty);
             }
-            K8sObject::Service(svc) => self.set_service(ns_name(&r), Some(svc), dirty),
-            K8sObject::EndpointSlice(slice) => self.set_slice(ns_name(&r), Some(slice), dirty),
+            K8sObject::Service(svc) => self.set_service(&r.namespace, &r.name, Some(svc), dirty),
+            K8sObject::EndpointSlice(slice) => {
+                self.set_slice(&r.namespace, &r.name, Some(slice), dirty)
+            }
             K8sObject::NetworkPolicy(policy) => {
-                self.policies.insert(ns_name(&r), policy);
+                self.namespace(&r.namespace).policies.insert(r.name, policy);
             }
         }
     }
 
     fn delete(&mut self, r: &ObjectRef, dirty: &mut Dirty) {
         match r.kind {
-            ObjectKind::Namespace => {
-                let old = self.namespace_labels.remove(&r.name);
-                self.namespace_changed(&r.name, old.as_ref(), None, dirty);
-            }
+            ObjectKind::Namespace => self.set_namespace_labels(&r.name, None, dirty),
             ObjectKind::Node => {
                 self.nodes.remove(&r.name);
                 dirty.nodes.insert(r.name.clone());
             }
-            ObjectKind::Pod => self.set_pod(ns_name(r), None, dirty),
-            ObjectKind::Service => self.set_service(ns_name(r), None, dirty),
-            ObjectKind::EndpointSlice => self.set_slice(ns_name(r), None, dirty),
+            ObjectKind::Pod => {
+                if let Some(ns) = self.namespaces.get_mut(&r.namespace) {
+                    ns.host_network.remove(&r.name);
+                }
+                self.set_pod(&r.namespace, &r.name, None, dirty);
+            }
+            ObjectKind::Service => self.set_service(&r.namespace, &r.name, None, dirty),
+            ObjectKind::EndpointSlice => self.set_slice(&r.namespace, &r.name, None, dirty),
             ObjectKind::NetworkPolicy => {
-                self.policies.remove(&ns_name(r));
+                if let Some(ns) = self.namespaces.get_mut(&r.namespace) {
+                    ns.policies.remove(&r.name);
+                }
             }
         }
     }
 
     /// A namespace's labels decide mesh membership of its pods.
-    fn namespace_changed(
+    fn set_namespace_labels(
         &mut self,
         namespace: &str,
-        old: Option<&BTreeMap<String, String>>,
-        new: Option<&BTreeMap<String, String>>,
+        labels: Option<BTreeMap<String, String>>,
         dirty: &mut Dirty,
     ) {
-        let mesh_of = |l: Option<&BTreeMap<String, String>>| l.and_then(|l| l.get(MESH_LABEL)).cloned();
-        if mesh_of(old) == mesh_of(new) {
+        let options = self.options.clone();
+        let ns = self.namespace(namespace);
+        let mesh_of =
+            |l: Option<&BTreeMap<String, String>>| l.and_then(|l| l.get(MESH_LABEL)).cloned();
+        let mesh_changed = mesh_of(ns.labels.as_ref()) != mesh_of(labels.as_ref());
+        ns.labels = labels;
+        if !mesh_changed {
             return;
         }
-        let pods = self.pods_by_namespace.get(namespace).cloned().unwrap_or_default();
-        for pod in pods {
-            let key = (namespace.to_string(), pod);
-            if let Some(Some(w)) = self.workloads.get_mut(&key) {
-                w.mesh = objects::in_mesh(&w.labels, new, &self.options);
-                dirty.workloads.insert(key.clone());
+        for (pod, w) in ns.pods.iter_mut() {
+            let mesh = !ns.host_network.contains(pod)
+                && objects::in_mesh(&w.labels, ns.labels.as_ref(), &options);
+            if w.mesh != mesh {
+                w.mesh = mesh;
                 // Endpoints do not carry the mesh flag: services are unaffected.
+                dirty.workloads.insert((namespace.to_string(), pod.clone()));
             }
         }
     }
 
-    /// `pod`: `None` for a deletion, `Some(None)` for a finished pod.
-    fn set_pod(&mut self, key: NsName, pod: Option<model_workload::Entry>, dirty: &mut Dirty) {
-        let old = match pod {
-            Some(entry) => {
-                self.pods_by_namespace.entry(key.0.clone()).or_default().insert(key.1.clone());
-                self.workloads.insert(key.clone(), entry)
+    /// `workload`: `None` for a deletion or a finished pod.
+    fn set_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        workload: Option<Workload>,
+        dirty: &mut Dirty,
+    ) {
+        let ns = self.namespace(namespace);
+        let unchanged = ns.pods.get(name) == workload.as_ref();
+        if unchanged {
+            return;
+        }
+        dirty
+            .workloads
+            .insert((namespace.to_string(), name.to_string()));
+        let old_services = ns.pod_services.remove(name).unwrap_or_default();
+        let new_services = match &workload {
+            Some(w) => ns.selecting(&w.labels),
+            None => BTreeSet::new(),
+        };
+        match workload {
+            Some(w) => {
+                ns.pods.insert(name.to_string(), w);
             }
             None => {
-                if let Some(pods) = self.pods_by_namespace.get_mut(&key.0) {
-                    pods.remove(&key.1);
-                }
-                self.workloads.remove(&key)
+                ns.pods.remove(name);
             }
-        };
-        let new = self.workloads.get(&key);
-        let changed = old.as_ref() != new;
-        if !changed {
-            return;
         }
-        dirty.workloads.insert(key.clone());
-        let new_labels = new.and_then(|w| w.as_ref()).map(|w| &w.labels);
-        let services = self.services_by_namespace.get(&key.0).cloned().unwrap_or_default();
-        for service in services {
-            let skey = (key.0.clone(), service);
-            let Some(selector) = self.services.get(&skey).and_then(objects::service_selector) else {
-                continue;
-            };
-            // A finished pod keeps its labels but is no backend.
-            let selects = new_labels.is_some_and(|l| objects::selector_matches(selector, l));
-            let members = self.members.entry(skey.clone()).or_default();
-            let was_member = if selects {
-                !members.insert(key.1.clone())
-            } else {
-                members.remove(&key.1)
-            };
-            if selects || was_member {
-                dirty.services.insert(skey);
+        for service in old_services.difference(&new_services) {
+            if let Some(members) = ns.members.get_mut(service) {
+                members.remove(name);
             }
+        }
+        for service in &new_services {
+            ns.members
+                .entry(service.clone())
+                .or_default()
+                .insert(name.to_string());
+        }
+        for service in old_services.union(&new_services) {
+            dirty
+                .services
+                .insert((namespace.to_string(), service.clone()));
+        }
+        if !new_services.is_empty() {
+            ns.pod_services.insert(name.to_string(), new_services);
         }
     }
 
-    fn set_service(&mut self, key: NsName, svc: Option<core::Service>, dirty: &mut Dirty) {
-        dirty.services.insert(key.clone());
-        let Some(svc) = svc else {
-            self.services.remove(&key);
-            self.members.remove(&key);
-            if let Some(names) = self.services_by_namespace.get_mut(&key.0) {
-                names.remove(&key.1);
-            }
-            return;
-        };
-        let old_selector = self.services.get(&key).and_then(objects::service_selector).cloned();
-        let new_selector = objects::service_selector(&svc).cloned();
-        self.services_by_namespace.entry(key.0.clone()).or_default().insert(key.1.clone());
-        if old_selector != new_selector || !self.members.contains_key(&key) {
-            let members: BTreeSet<String> = match &new_selector {
-                None => BTreeSet::new(),
-                Some(selector) => self
-                    .pods_by_namespace
-                    .get(&key.0)
-                    .into_iter()
-                    .flatten()
-                    .filter(|pod| {
-                        self.workloads
-                            .get(&(key.0.clone(), (*pod).clone()))
-                            .and_then(|w| w.as_ref())
-                            .is_some_and(|w| objects::selector_matches(selector, &w.labels))
-                    })
-                    .cloned()
-                    .collect(),
-            };
-            self.members.insert(key.clone(), members);
+    fn set_service(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        svc: Option<Box<core::Service>>,
+        dirty: &mut Dirty,
+    ) {
+        dirty
+            .services
+            .insert((namespace.to_string(), name.to_string()));
+        let ns = self.namespace(namespace);
+        let old_selector = ns
+            .services
+            .get(name)
+            .and_then(|s| objects::service_selector(s))
+            .cloned();
+        let new_selector = svc.as_deref().and_then(objects::service_selector).cloned();
+        let relink = old_selector != new_selector || svc.is_none();
+        if relink {
+            ns.unlink_service(name, old_selector.as_ref());
         }
-        self.services.insert(key, svc);
+        match svc {
+            Some(svc) => {
+                ns.services.insert(name.to_string(), svc);
+                if relink {
+                    if let Some(selector) = &new_selector {
+                        ns.link_service(name, selector);
+                    }
+                }
+            }
+            None => {
+                ns.services.remove(name);
+            }
+        }
     }
 
     fn slice_service(slice: &EndpointSlice) -> Option<String> {
-        slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL).cloned()
+        slice
+            .metadata
+            .labels
+            .as_ref()?
+            .get(SERVICE_NAME_LABEL)
+            .cloned()
     }
 
-    fn set_slice(&mut self, key: NsName, slice: Option<EndpointSlice>, dirty: &mut Dirty) {
+    fn set_slice(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        slice: Option<Box<EndpointSlice>>,
+        dirty: &mut Dirty,
+    ) {
+        let ns = self.namespace(namespace);
         let old = match slice {
-            Some(s) => self.slices.insert(key.clone(), s),
-            None => self.slices.remove(&key),
+            Some(s) => ns.slices.insert(name.to_string(), s),
+            None => ns.slices.remove(name),
         };
-        let old_service = old.as_ref().and_then(Self::slice_service);
-        let new_service = self.slices.get(&key).and_then(Self::slice_service);
+        let old_service = old.as_deref().and_then(Self::slice_service);
+        let new_service = ns.slices.get(name).and_then(|s| Self::slice_service(s));
         if let Some(service) = old_service {
-            let skey = (key.0.clone(), service);
-            if let Some(slices) = self.slices_by_service.get_mut(&skey) {
-                slices.remove(&key.1);
+            if let Some(slices) = ns.slices_by_service.get_mut(&service) {
+                slices.remove(name);
                 if slices.is_empty() {
-                    self.slices_by_service.remove(&skey);
+                    ns.slices_by_service.remove(&service);
                 }
             }
-            dirty.services.insert(skey);
+            dirty.services.insert((namespace.to_string(), service));
         }
         if let Some(service) = new_service {
-            let skey = (key.0.clone(), service);
-            self.slices_by_service.entry(skey.clone()).or_default().insert(key.1.clone());
-            dirty.services.insert(skey);
+            ns.slices_by_service
+                .entry(service.clone())
+                .or_default()
+                .insert(name.to_string());
+            dirty.services.insert((namespace.to_string(), service));
         }
     }
 
-    fn translate_service(&self, key: &NsName) -> Option<ferry_api::model::Service> {
-        let svc = self.services.get(key)?;
-        let slices: Vec<&EndpointSlice> = self
+    fn translate_service(&self, namespace: &str, name: &str) -> Option<ferry_api::model::Service> {
+        let ns = self.namespaces.get(namespace)?;
+        let svc = ns.services.get(name)?;
+        let slices: Vec<&EndpointSlice> = ns
             .slices_by_service
-            .get(key)
+            .get(name)
             .into_iter()
             .flatten()
-            .filter_map(|name| self.slices.get(&(key.0.clone(), name.clone())))
+            .filter_map(|slice| ns.slices.get(slice).map(|s| &**s))
             .collect();
         let backends = if !slices.is_empty() {
             objects::Backends::Slices(slices)
-        } else if let Some(members) = self.members.get(key).filter(|m| !m.is_empty()) {
+        } else if let Some(members) = ns.members.get(name).filter(|m| !m.is_empty()) {
             objects::Backends::Workloads(
-                members
-                    .iter()
-                    .filter_map(|pod| self.workloads.get(&(key.0.clone(), pod.clone()))?.as_ref())
-                    .collect(),
+                members.iter().filter_map(|pod| ns.pods.get(pod)).collect(),
             )
         } else {
             objects::Backends::None
@@ -343,15 +462,26 @@ impl Translator {
         }
         for key in dirty.workloads {
             let body = self
-                .workloads
-                .get(&key)
-                .and_then(|w| w.clone())
+                .namespaces
+                .get(&key.0)
+                .and_then(|ns| ns.pods.get(&key.1))
+                .cloned()
                 .map(ResourceBody::Workload);
-            self.publish(ResourceKey::new(Kind::Workload, format!("{}/{}", key.0, key.1)), body, &mut changes);
+            self.publish(
+                ResourceKey::new(Kind::Workload, format!("{}/{}", key.0, key.1)),
+                body,
+                &mut changes,
+            );
         }
         for key in dirty.services {
-            let body = self.translate_service(&key).map(ResourceBody::Service);
-            self.publish(ResourceKey::new(Kind::Service, format!("{}/{}", key.0, key.1)), body, &mut changes);
+            let body = self
+                .translate_service(&key.0, &key.1)
+                .map(ResourceBody::Service);
+            self.publish(
+                ResourceKey::new(Kind::Service, format!("{}/{}", key.0, key.1)),
+                body,
+                &mut changes,
+            );
         }
         changes
     }

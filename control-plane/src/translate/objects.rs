@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use ferry_api::model::{self, Endpoint, Protocol, ServicePort, ServiceType, TargetPort, TrafficPolicy};
+use ferry_api::model::{
+    self, Endpoint, Protocol, ServicePort, ServiceType, TargetPort, TrafficPolicy,
+};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -105,12 +107,17 @@ pub fn workload(
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
     Some(model::Workload {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
-        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         name: pod.metadata.name.clone().unwrap_or_default(),
-        node: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+        node: spec
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty()),
         service_account: spec
             .and_then(|s| s.service_account_name.clone())
             .filter(|n| !n.is_empty())
@@ -120,9 +127,17 @@ pub fn workload(
         ready,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         // Host-network pods share the node's address: nothing to capture.
-        mesh: !host_network && in_mesh(&labels, namespace_labels, options),
+        mesh: !host_network(pod) && in_mesh(&labels, namespace_labels, options),
         labels,
     })
+}
+
+/// Whether the pod uses the node's network (and so is never in the mesh).
+pub fn host_network(pod: &core::Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
 }
 
 /// A node and the address of its proxy's HBONE listener (the first
@@ -156,7 +171,10 @@ pub fn node(node: &core::Node, options: &TranslateOptions) -> model::Node {
 }
 
 /// Whether a service selector (equality-based, non-empty) matches these labels.
-pub fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -212,8 +230,16 @@ pub enum Backends<'a> {
 }
 
 /// A Service with its endpoints.
-pub fn service(svc: &core::Service, backends: Backends<'_>, options: &TranslateOptions) -> model::Service {
-    let namespace = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+pub fn service(
+    svc: &core::Service,
+    backends: Backends<'_>,
+    options: &TranslateOptions,
+) -> model::Service {
+    let namespace = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = svc.metadata.name.clone().unwrap_or_default();
     let default_spec = core::ServiceSpec::default();
     let spec = svc.spec.as_ref().unwrap_or(&default_spec);
@@ -231,7 +257,11 @@ pub fn service(svc: &core::Service, backends: Backends<'_>, options: &TranslateO
         .filter_map(|ip| ip.parse().ok())
         .collect();
     if cluster_ips.is_empty() {
-        cluster_ips.extend(spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+        cluster_ips.extend(
+            spec.cluster_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
     }
     let load_balancer_ips = if service_type == ServiceType::LoadBalancer {
         svc.status
