@@ -41,6 +41,8 @@ struct DumpEntry<'a> {
 #[derive(Serialize)]
 struct ConfigDump<'a> {
     node: &'a str,
+    /// One line for people: counts per kind.
+    summary: String,
     ready: bool,
     revision: u64,
     xds: XdsStatus,
@@ -67,8 +69,26 @@ impl Admin {
         for list in resources.values_mut() {
             list.sort_by(|a, b| a.key.cmp(b.key));
         }
+        let count = |kind: ferry_api::Kind| resources.get(kind.as_str()).map_or(0, Vec::len);
+        let endpoints: usize = resources
+            .get(ferry_api::Kind::Service.as_str())
+            .into_iter()
+            .flatten()
+            .map(|e| match e.body {
+                ferry_api::ResourceBody::Service(s) => s.endpoints.len(),
+                _ => 0,
+            })
+            .sum();
+        let summary = format!(
+            "{} nodes, {} workloads, {} services ({endpoints} endpoints), {} policies",
+            count(ferry_api::Kind::Node),
+            count(ferry_api::Kind::Workload),
+            count(ferry_api::Kind::Service),
+            count(ferry_api::Kind::Policy),
+        );
         serde_json::to_string_pretty(&ConfigDump {
             node: &self.node,
+            summary,
             ready: self.store.is_ready(),
             revision: snapshot.revision(),
             xds: self.xds.status(),

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, then every test (unit,
+# integration and end-to-end) against freshly built binaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# End-to-end tests drive the real binaries: build them first.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked
