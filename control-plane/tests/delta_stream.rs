@@ -50,7 +50,9 @@ struct Stream {
 
 impl Stream {
     async fn open(url: &str, node: &str, held: Vec<ResourceVersion>) -> Self {
-        let mut client = ConfigDiscoveryClient::connect(url.to_string()).await.unwrap();
+        let mut client = ConfigDiscoveryClient::connect(url.to_string())
+            .await
+            .unwrap();
         let (tx, requests) = mpsc::channel(4);
         tx.send(DeltaRequest {
             node: node.into(),
@@ -176,7 +178,10 @@ async fn subscribe_ack_update_nack_and_resume() {
     ];
     let mut resumed = Stream::open(&url, "node-1", held.clone()).await;
     let first = resumed.next().await;
-    assert!(first.resources.is_empty() && first.removed.is_empty(), "{first:?}");
+    assert!(
+        first.resources.is_empty() && first.removed.is_empty(),
+        "{first:?}"
+    );
 
     // Resume holding a stale a and a resource that no longer exists.
     let stale = vec![

@@ -9,7 +9,11 @@ fn examples_are_clean() -> anyhow::Result<()> {
         .args(["check", "--manifests"])
         .arg(ferry_tests::repo_root().join("deploy/examples"))
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
     Ok(())
 }
@@ -45,6 +49,7 @@ fn a_missing_folder_is_a_usage_error() -> anyhow::Result<()> {
         .args(["check", "--manifests", "/nonexistent/ferry"])
         .output()?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr)?.contains("--manifests /nonexistent/ferry: not a readable folder"));
+    assert!(String::from_utf8(out.stderr)?
+        .contains("--manifests /nonexistent/ferry: not a readable folder"));
     Ok(())
 }
