@@ -2,6 +2,8 @@
 //! updates, NACK (the refused version is not sent again), and resume with
 //! what the proxy already holds.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
