@@ -10,6 +10,7 @@
 //!   wire form does not convert, naming the resource and the field.
 
 pub mod cidr;
+pub mod identity;
 pub mod model;
 pub mod resource;
 

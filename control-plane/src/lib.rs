@@ -5,6 +5,7 @@
 //! into model resources, incrementally; the [`push`] layer keeps the
 //! versioned configuration and streams per-node deltas to every proxy.
 
+pub mod ca;
 pub mod push;
 pub mod source;
 pub mod translate;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use ferry_control_plane::ca::{MeshCa, NodeAccounts};
 use ferry_control_plane::push::{ConfigCache, ConfigDiscoveryService};
 use ferry_control_plane::source::manifests::ManifestSource;
 use ferry_control_plane::translate::{TranslateOptions, Translator};
@@ -36,6 +37,15 @@ struct Args {
     /// Port of the node proxies' HBONE listener.
     #[arg(long, env = "FERRY_HBONE_PORT", default_value_t = ferry_api::model::HBONE_PORT)]
     hbone_port: u16,
+    /// Folder with the mesh PKI (`ferry-certs init`): ca.pem, ca-key.pem,
+    /// control-plane.pem, control-plane-key.pem. With it the control plane
+    /// serves over mTLS, authenticates proxies by node credential and signs
+    /// workload certificates; without it, it serves plaintext config only.
+    #[arg(long, env = "FERRY_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Longest lifetime of a workload certificate, in seconds.
+    #[arg(long, env = "FERRY_WORKLOAD_CERT_TTL", default_value_t = 86_400)]
+    workload_cert_ttl: u64,
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -83,7 +93,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let initial = initial.context("manifest watcher stopped before the initial load")?;
+    let accounts = NodeAccounts::new();
     let changes = translator.apply(initial);
+    accounts.update(&changes);
     cache.commit(changes);
     tracing::info!(
         revision = cache.revision(),
@@ -93,10 +105,12 @@ async fn main() -> anyhow::Result<()> {
 
     let translating = {
         let cache = Arc::clone(&cache);
+        let accounts = Arc::clone(&accounts);
         tokio::spawn(async move {
             while let Some(batch) = events_rx.recv().await {
                 let started = std::time::Instant::now();
                 let changes = translator.apply(batch);
+                accounts.update(&changes);
                 let changed = changes.len();
                 cache.commit(changes);
                 tracing::info!(
@@ -114,9 +128,52 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, manifests = %args.manifests.display(), "control plane serving");
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .add_service(ConfigDiscoveryService::new(cache).into_server())
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)));
+    let mut discovery = ConfigDiscoveryService::new(cache);
+    let ca = match &args.tls_dir {
+        Some(dir) => {
+            let authority = ferry_certs::Authority::load(dir)
+                .with_context(|| format!("--tls-dir {}: loading the mesh CA", dir.display()))?;
+            let server = ferry_certs::Credential::load(
+                &dir.join(ferry_certs::files::CONTROL_PLANE_CERT),
+                &dir.join(ferry_certs::files::CONTROL_PLANE_KEY),
+            )
+            .with_context(|| {
+                format!(
+                    "--tls-dir {}: loading the control plane credential",
+                    dir.display()
+                )
+            })?;
+            let tls = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(
+                    &server.cert_pem,
+                    &server.key_pem,
+                ))
+                .client_ca_root(tonic::transport::Certificate::from_pem(
+                    authority.cert_pem(),
+                ));
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+            discovery = discovery.with_node_authentication(authority.trust_domain());
+            tracing::info!(
+                trust_domain = authority.trust_domain(),
+                max_ttl_seconds = args.workload_cert_ttl,
+                "mesh CA enabled; proxies authenticate with node credentials"
+            );
+            Some(MeshCa::new(
+                Arc::new(authority),
+                accounts,
+                std::time::Duration::from_secs(args.workload_cert_ttl),
+            ))
+        }
+        None => {
+            tracing::warn!("no --tls-dir: serving config in plaintext, no certificates are issued");
+            None
+        }
+    };
+    let server = builder
+        .add_service(discovery.into_server())
+        .add_optional_service(ca.map(MeshCa::into_server))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown_signal(),

@@ -182,11 +182,23 @@ impl ConfigCache {
 #[derive(Debug, Clone)]
 pub struct ConfigDiscoveryService {
     cache: Arc<ConfigCache>,
+    /// Trust domain of node credentials, when proxies connect over mTLS.
+    trust_domain: Option<String>,
 }
 
 impl ConfigDiscoveryService {
     pub fn new(cache: Arc<ConfigCache>) -> Self {
-        Self { cache }
+        Self {
+            cache,
+            trust_domain: None,
+        }
+    }
+
+    /// Requires proxies that present a node credential to subscribe for
+    /// their own node only.
+    pub fn with_node_authentication(mut self, trust_domain: impl Into<String>) -> Self {
+        self.trust_domain = Some(trust_domain.into());
+        self
     }
 
     pub fn into_server(self) -> ConfigDiscoveryServer<Self> {
@@ -205,6 +217,10 @@ impl ConfigDiscovery for ConfigDiscoveryService {
         request: Request<Streaming<DeltaRequest>>,
     ) -> Result<Response<Self::DeltaConfigStream>, Status> {
         let peer = request.remote_addr();
+        let authenticated = match &self.trust_domain {
+            Some(td) => crate::ca::authenticated_node(&request, td)?,
+            None => None,
+        };
         let mut requests = request.into_inner();
         let first = match requests.next().await {
             Some(Ok(first)) => first,
@@ -215,6 +231,13 @@ impl ConfigDiscovery for ConfigDiscoveryService {
             return Err(Status::invalid_argument(
                 "the first request must name the node",
             ));
+        }
+        if let Some(node) = authenticated.filter(|n| *n != first.node) {
+            tracing::warn!(credential = %node, requested = %first.node, "proxy subscribed for another node: refused");
+            return Err(Status::permission_denied(format!(
+                "the node credential is for {node}, not {}",
+                first.node
+            )));
         }
         let (tx, rx) = mpsc::channel(4);
         let session = NodeSession::new(first, self.cache.clone());

@@ -1,0 +1,477 @@
+//! Ferry's development PKI, built on rcgen.
+//!
+//! - [`Authority`]: the mesh root CA. It carries its trust domain as a URI
+//!   SAN (`spiffe://<trust domain>`), issues node credentials
+//!   (`spiffe://<td>/ferry/node/<name>`, client auth) and the control
+//!   plane's server credential, and signs workload CSRs.
+//! - [`Credential`]: a certificate and its private key, loaded with a check
+//!   that they belong together.
+//!
+//! The control plane uses the same [`Authority`] as the mesh CA: the
+//! workload's private key never leaves the proxy, only its CSR does.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_api::identity::{Identity, NodeIdentity};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// File names inside a PKI folder.
+pub mod files {
+    pub const CA_CERT: &str = "ca.pem";
+    pub const CA_KEY: &str = "ca-key.pem";
+    pub const CONTROL_PLANE_CERT: &str = "control-plane.pem";
+    pub const CONTROL_PLANE_KEY: &str = "control-plane-key.pem";
+
+    /// `nodes/<name>.pem` and `nodes/<name>-key.pem`.
+    pub fn node(name: &str) -> (String, String) {
+        (format!("nodes/{name}.pem"), format!("nodes/{name}-key.pem"))
+    }
+}
+
+/// What can go wrong with keys and certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a {what}: {reason}")]
+    Parse {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("{key} is not the private key of {cert} (their public keys differ)")]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("{path}: the CA certificate carries no spiffe://<trust domain> URI SAN")]
+    NoTrustDomain { path: PathBuf },
+    #[error("certificate signing request refused: {0}")]
+    Csr(String),
+    #[error("signing failed: {0}")]
+    Sign(#[from] rcgen::Error),
+}
+
+fn read(path: &Path) -> Result<String, CertError> {
+    std::fs::read_to_string(path).map_err(|source| CertError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
+    let fail = |source| CertError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    std::fs::write(path, contents).map_err(fail)?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    Ok(())
+}
+
+/// The DER contents of the first PEM block.
+pub fn pem_der(pem: &str) -> Result<Vec<u8>, String> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map(|(_, block)| block.contents)
+        .map_err(|e| e.to_string())
+}
+
+fn pem_to_der(pem: &str, path: &Path, what: &'static str) -> Result<Vec<u8>, CertError> {
+    pem_der(pem).map_err(|reason| CertError::Parse {
+        path: path.to_path_buf(),
+        what,
+        reason,
+    })
+}
+
+/// A certificate (PEM) and its private key (PEM, PKCS#8).
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Credential {
+    /// Loads a certificate and key, checking that the key belongs to the certificate.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, CertError> {
+        let cert_pem = read(cert_path)?;
+        let key_pem = read(key_path)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| CertError::Parse {
+            path: key_path.to_path_buf(),
+            what: "PEM private key",
+            reason: e.to_string(),
+        })?;
+        let der = pem_to_der(&cert_pem, cert_path, "PEM certificate")?;
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| CertError::Parse {
+            path: cert_path.to_path_buf(),
+            what: "PEM certificate",
+            reason: e.to_string(),
+        })?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CertError::Mismatch {
+                cert: cert_path.to_path_buf(),
+                key: key_path.to_path_buf(),
+            });
+        }
+        Ok(Self { cert_pem, key_pem })
+    }
+
+    /// Writes `cert` and `key` (the key readable by the owner only).
+    pub fn write(&self, cert_path: &Path, key_path: &Path) -> Result<(), CertError> {
+        write(cert_path, &self.cert_pem, false)?;
+        write(key_path, &self.key_pem, true)
+    }
+}
+
+/// URI SANs of a DER certificate.
+pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::URI(uri) = name {
+                out.push((*uri).to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The mesh root CA.
+pub struct Authority {
+    trust_domain: String,
+    cert_pem: String,
+    key_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
+    // A minute of slack for clocks that are slightly behind.
+    params.not_before = now() - time::Duration::minutes(1);
+    params.not_after = now() + lifetime;
+}
+
+impl Authority {
+    /// Creates a new root CA for `trust_domain`, valid for `lifetime`.
+    pub fn generate(trust_domain: &str, lifetime: Duration) -> Result<Self, CertError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Ferry");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Ferry mesh root CA ({trust_domain})"),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.subject_alt_names =
+            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
+        validity(&mut params, lifetime);
+        let cert = params.self_signed(&key)?;
+        let cert_pem = cert.pem();
+        let key_pem = key.serialize_pem();
+        Ok(Self {
+            trust_domain: trust_domain.to_string(),
+            issuer: Issuer::new(params, key),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// Loads `ca.pem` and `ca-key.pem` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, CertError> {
+        let cert_path = dir.join(files::CA_CERT);
+        let key_path = dir.join(files::CA_KEY);
+        let credential = Credential::load(&cert_path, &key_path)?;
+        let der = pem_to_der(&credential.cert_pem, &cert_path, "PEM certificate")?;
+        let trust_domain = uri_sans(&der)
+            .map_err(|reason| CertError::Parse {
+                path: cert_path.clone(),
+                what: "certificate",
+                reason,
+            })?
+            .into_iter()
+            .find_map(|uri| {
+                let td = uri.strip_prefix("spiffe://")?;
+                (!td.is_empty() && !td.contains('/')).then(|| td.to_string())
+            })
+            .ok_or_else(|| CertError::NoTrustDomain {
+                path: cert_path.clone(),
+            })?;
+        let key = KeyPair::from_pem(&credential.key_pem)?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&credential.cert_pem, key).map_err(|e| CertError::Parse {
+                path: cert_path.clone(),
+                what: "CA certificate",
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            trust_domain,
+            cert_pem: credential.cert_pem,
+            key_pem: credential.key_pem,
+            issuer,
+        })
+    }
+
+    /// Writes `ca.pem` and `ca-key.pem` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), CertError> {
+        Credential {
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
+        .write(&dir.join(files::CA_CERT), &dir.join(files::CA_KEY))
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The root certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    fn issue(
+        &self,
+        mut params: CertificateParams,
+        lifetime: Duration,
+    ) -> Result<Credential, CertError> {
+        let key = KeyPair::generate()?;
+        validity(&mut params, lifetime);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Credential {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A node proxy's credential: `spiffe://<td>/ferry/node/<node>`, client auth.
+    pub fn issue_node(&self, node: &str, lifetime: Duration) -> Result<Credential, CertError> {
+        let id = NodeIdentity {
+            trust_domain: self.trust_domain.clone(),
+            node: node.to_string(),
+        };
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("ferry node {node}"));
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params, lifetime)
+    }
+
+    /// The control plane's server credential for these names and IPs.
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<Credential, CertError> {
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ferry control plane");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params, lifetime)
+    }
+
+    /// Reads a workload CSR: its signature must verify and it must carry
+    /// exactly one URI SAN, a workload identity in this trust domain.
+    pub fn read_csr(
+        &self,
+        csr_pem: &str,
+    ) -> Result<(Identity, CertificateSigningRequestParams), CertError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CertError::Csr(format!("unreadable or badly signed CSR: {e}")))?;
+        let uris: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .filter_map(|san| match san {
+                SanType::URI(uri) => Some(uri.as_str().to_string()),
+                _ => None,
+            })
+            .collect();
+        let [uri] = uris.as_slice() else {
+            return Err(CertError::Csr(format!(
+                "the CSR must carry exactly one URI SAN, it has {}",
+                uris.len()
+            )));
+        };
+        let identity: Identity = uri
+            .parse()
+            .map_err(|e: ferry_api::identity::IdentityError| CertError::Csr(e.to_string()))?;
+        if identity.trust_domain != self.trust_domain {
+            return Err(CertError::Csr(format!(
+                "{identity} is outside trust domain {}",
+                self.trust_domain
+            )));
+        }
+        Ok((identity, csr))
+    }
+
+    /// Signs a workload certificate for `identity` with the CSR's public key.
+    /// Only the identity and the key are taken from the CSR; everything else
+    /// is the CA's choice.
+    pub fn sign_workload(
+        &self,
+        identity: &Identity,
+        csr: &CertificateSigningRequestParams,
+        lifetime: Duration,
+    ) -> Result<String, CertError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, lifetime);
+        Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
+    }
+}
+
+/// Creates a CSR (PEM) for `identity` with a fresh P-256 key; returns the
+/// CSR and the private key (PKCS#8 DER), which never leaves the caller.
+pub fn workload_csr(identity: &Identity) -> Result<(String, Vec<u8>), CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_der()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn ca_round_trips_through_files_with_its_trust_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::generate("example.org", DAY).unwrap();
+        ca.write(dir.path()).unwrap();
+        let loaded = Authority::load(dir.path()).unwrap();
+        assert_eq!(loaded.trust_domain(), "example.org");
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+    }
+
+    #[test]
+    fn mismatched_key_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::generate("td", DAY).unwrap();
+        ca.write(dir.path()).unwrap();
+        let other = Authority::generate("td", DAY).unwrap();
+        std::fs::write(dir.path().join(files::CA_KEY), &other.key_pem).unwrap();
+        let err = Authority::load(dir.path()).unwrap_err();
+        assert!(matches!(err, CertError::Mismatch { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("ca-key.pem is not the private key of "),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("ca.pem (their public keys differ)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unreadable_and_garbage_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Authority::load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("ca.pem: cannot read"), "{err}");
+        std::fs::write(dir.path().join(files::CA_CERT), "junk").unwrap();
+        std::fs::write(dir.path().join(files::CA_KEY), "junk").unwrap();
+        let err = Authority::load(dir.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("ca-key.pem: not a PEM private key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn node_credentials_carry_the_node_identity() {
+        let ca = Authority::generate("td", DAY).unwrap();
+        let node = ca.issue_node("node-a", DAY).unwrap();
+        let der = pem_der(&node.cert_pem).unwrap();
+        assert_eq!(uri_sans(&der).unwrap(), ["spiffe://td/ferry/node/node-a"]);
+    }
+
+    #[test]
+    fn workload_csrs_are_signed_for_their_identity_only() {
+        let ca = Authority::generate("td", DAY).unwrap();
+        let id = Identity::new("td", "shop", "backend");
+        let (csr, _key) = workload_csr(&id).unwrap();
+        let (read, params) = ca.read_csr(&csr).unwrap();
+        assert_eq!(read, id);
+        let cert = ca
+            .sign_workload(&read, &params, Duration::from_secs(3600))
+            .unwrap();
+        let der = pem_der(&cert).unwrap();
+        assert_eq!(uri_sans(&der).unwrap(), ["spiffe://td/ns/shop/sa/backend"]);
+
+        let foreign = Identity::new("elsewhere", "shop", "backend");
+        let (csr, _) = workload_csr(&foreign).unwrap();
+        assert_eq!(
+            ca.read_csr(&csr).unwrap_err().to_string(),
+            "certificate signing request refused: spiffe://elsewhere/ns/shop/sa/backend is outside trust domain td"
+        );
+        assert!(ca
+            .read_csr(
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+            )
+            .is_err());
+    }
+}
