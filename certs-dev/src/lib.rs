@@ -21,6 +21,9 @@ use rcgen::{
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+/// A parsed certificate signing request.
+pub use rcgen::CertificateSigningRequestParams as CsrParams;
+
 /// File names inside a PKI folder.
 pub mod files {
     pub const CA_CERT: &str = "ca.pem";
@@ -157,6 +160,30 @@ pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
         }
     }
     Ok(out)
+}
+
+/// The trust domain a mesh root certificate carries (URI SAN `spiffe://<td>`).
+pub fn ca_trust_domain(cert_pem: &str, path: &Path) -> Result<String, CertError> {
+    let der = pem_to_der(cert_pem, path, "PEM certificate")?;
+    uri_sans(&der)
+        .map_err(|reason| CertError::Parse {
+            path: path.to_path_buf(),
+            what: "certificate",
+            reason,
+        })?
+        .into_iter()
+        .find_map(|uri| {
+            let td = uri.strip_prefix("spiffe://")?;
+            (!td.is_empty() && !td.contains('/')).then(|| td.to_string())
+        })
+        .ok_or_else(|| CertError::NoTrustDomain {
+            path: path.to_path_buf(),
+        })
+}
+
+/// Reads a PEM file.
+pub fn read_pem(path: &Path) -> Result<String, CertError> {
+    read(path)
 }
 
 /// The mesh root CA.

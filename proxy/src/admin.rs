@@ -27,6 +27,8 @@ pub struct Admin {
     pub node: String,
     pub store: Arc<ConfigStore>,
     pub xds: XdsClient,
+    pub identities: Option<Arc<crate::identity::IdentityManager>>,
+    pub pool: Option<Arc<crate::tunnel::HbonePool>>,
 }
 
 #[derive(Serialize)]
@@ -46,6 +48,8 @@ struct ConfigDump<'a> {
     ready: bool,
     revision: u64,
     xds: XdsStatus,
+    certificates: Vec<crate::identity::CertStatus>,
+    hbone_pool: Option<crate::tunnel::PoolStats>,
     resources: BTreeMap<&'static str, Vec<DumpEntry<'a>>>,
 }
 
@@ -92,6 +96,12 @@ impl Admin {
             ready: self.store.is_ready(),
             revision: snapshot.revision(),
             xds: self.xds.status(),
+            certificates: self
+                .identities
+                .as_ref()
+                .map(|i| i.status())
+                .unwrap_or_default(),
+            hbone_pool: self.pool.as_ref().map(|p| p.stats()),
             resources,
         })
     }

@@ -1,12 +1,19 @@
 //! `ferry-proxy`: the node proxy.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use ferry_proxy::admin::{self, Admin};
+use ferry_proxy::identity::IdentityManager;
+use ferry_proxy::inbound::Inbound;
+use ferry_proxy::outbound::Outbound;
 use ferry_proxy::state::ConfigStore;
-use ferry_proxy::xds::XdsClient;
+use ferry_proxy::tunnel::HbonePool;
+use ferry_proxy::xds::{control_plane_endpoint, XdsClient};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
@@ -20,16 +27,34 @@ struct Args {
     /// Name of the node this proxy serves (as in the Node object).
     #[arg(long, env = "FERRY_NODE_NAME")]
     node: String,
-    /// Control plane config stream URL.
+    /// Control plane URL (https:// when --certs is given).
     #[arg(
         long,
         env = "FERRY_CONTROL_PLANE",
         default_value = "http://127.0.0.1:15010"
     )]
     control_plane: String,
+    /// Mesh PKI folder (`ferry-certs init`): ca.pem and nodes/<node>.pem,
+    /// nodes/<node>-key.pem. Without it the proxy has no mesh identity:
+    /// config only, no HBONE.
+    #[arg(long, env = "FERRY_CERTS")]
+    certs: Option<PathBuf>,
     /// Admin HTTP address (readiness, config dump).
     #[arg(long, env = "FERRY_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// HBONE (mTLS tunnel) listener.
+    #[arg(long, env = "FERRY_HBONE", default_value = "0.0.0.0:15008")]
+    hbone: SocketAddr,
+    /// Explicit outbound listener (SOCKS5). Keep it on loopback unless every
+    /// client that can reach it may use the mesh as any pod of this node.
+    #[arg(long, env = "FERRY_SOCKS5", default_value = "127.0.0.1:15080")]
+    socks5: SocketAddr,
+    /// Requested workload certificate lifetime in seconds (0: the CA's maximum).
+    #[arg(long, env = "FERRY_CERT_TTL", default_value_t = 0)]
+    cert_ttl: u64,
+    /// Concurrent streams per pooled HBONE connection.
+    #[arg(long, env = "FERRY_HBONE_STREAMS", default_value_t = 100)]
+    hbone_streams: usize,
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -52,19 +77,132 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(args.log_format);
     anyhow::ensure!(!args.node.is_empty(), "--node must not be empty");
     let store = ConfigStore::new();
-    let xds = XdsClient::new(&args.control_plane, &args.node, store.clone());
-    let listener = admin::bind(args.admin)
+
+    // Mesh credentials: the node credential authenticates to the control
+    // plane (config stream and CA); workload certificates carry HBONE.
+    let (tls, identities) = match &args.certs {
+        Some(dir) => {
+            let ca_path = dir.join(ferry_certs::files::CA_CERT);
+            let ca_pem = ferry_certs::read_pem(&ca_path)
+                .with_context(|| format!("--certs {}", dir.display()))?;
+            let trust_domain = ferry_certs::ca_trust_domain(&ca_pem, &ca_path)?;
+            let (cert, key) = ferry_certs::files::node(&args.node);
+            let node = ferry_certs::Credential::load(&dir.join(cert), &dir.join(key))
+                .with_context(|| {
+                    format!(
+                        "--certs {}: the credential of node {}",
+                        dir.display(),
+                        args.node
+                    )
+                })?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
+                .identity(tonic::transport::Identity::from_pem(
+                    &node.cert_pem,
+                    &node.key_pem,
+                ));
+            let roots = ferry_proxy::identity::root_store(&ca_pem)?;
+            let ca_channel = control_plane_endpoint(&args.control_plane, Some(tls.clone()))
+                .context("--control-plane")?
+                .connect_lazy();
+            let identities = IdentityManager::new(
+                &args.node,
+                trust_domain,
+                roots,
+                Some(ca_channel),
+                Duration::from_secs(args.cert_ttl),
+            );
+            (Some(tls), Some(identities))
+        }
+        None => {
+            tracing::warn!(
+                "no --certs: no mesh identity, so no HBONE; config and direct connections only"
+            );
+            (None, None)
+        }
+    };
+    let endpoint = control_plane_endpoint(&args.control_plane, tls).context("--control-plane")?;
+    let xds = XdsClient::new(endpoint, &args.node, store.clone());
+
+    let trust_domain = identities
+        .as_ref()
+        .map_or(ferry_api::identity::DEFAULT_TRUST_DOMAIN.to_string(), |i| {
+            i.trust_domain().to_string()
+        });
+    let pool = identities.as_ref().map(|i| {
+        Arc::new(HbonePool::new(
+            i.clone(),
+            args.hbone_streams,
+            Duration::from_secs(5),
+        ))
+    });
+    let outbound = Arc::new(Outbound::new(
+        &args.node,
+        trust_domain,
+        store.clone(),
+        pool.clone(),
+    ));
+
+    let admin_listener = admin::bind(args.admin)
         .await
         .with_context(|| format!("--admin {}: cannot bind", args.admin))?;
-    tracing::info!(node = %args.node, admin = %listener.local_addr()?, control_plane = %args.control_plane, "proxy starting");
+    let socks_listener = tokio::net::TcpListener::bind(args.socks5)
+        .await
+        .with_context(|| format!("--socks5 {}: cannot bind", args.socks5))?;
+    let inbound = match &identities {
+        Some(identities) => {
+            let listener = tokio::net::TcpListener::bind(args.hbone)
+                .await
+                .with_context(|| format!("--hbone {}: cannot bind", args.hbone))?;
+            let tls = ferry_proxy::tls::server_config(identities.clone())?;
+            Some((
+                listener,
+                Inbound {
+                    node: args.node.clone(),
+                    store: store.clone(),
+                    tls: Arc::new(tls),
+                },
+            ))
+        }
+        None => None,
+    };
+    tracing::info!(node = %args.node, admin = %args.admin, socks5 = %args.socks5, hbone = %args.hbone, control_plane = %args.control_plane, mtls = identities.is_some(), "proxy starting");
+
     let admin = Admin {
         node: args.node.clone(),
-        store,
+        store: store.clone(),
         xds: xds.clone(),
+        identities: identities.clone(),
+        pool,
+    };
+    let identity_task = async {
+        match identities {
+            Some(identities) => identities.run(store.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let inbound_task = async {
+        match inbound {
+            Some((listener, inbound)) => inbound.serve(listener).await,
+            None => std::future::pending().await,
+        }
+    };
+    let sweeper = {
+        let outbound = outbound.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                outbound.load_balancer().sweep(std::time::Instant::now());
+            }
+        }
     };
     tokio::select! {
         _ = xds.run() => {}
-        _ = admin.serve(listener) => {}
+        _ = admin.serve(admin_listener) => {}
+        _ = ferry_proxy::socks5::serve(socks_listener, outbound.clone()) => {}
+        _ = identity_task => {}
+        _ = inbound_task => {}
+        _ = sweeper => {}
         _ = shutdown_signal() => tracing::info!("proxy stopping"),
     }
     Ok(())

@@ -7,12 +7,13 @@
 //! one (persistent maps: cloning is O(1), an update O(log n)) and publishes
 //! it with one atomic store, so a delta is applied all at once or not at all.
 
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use ferry_api::model::{Node, Policy, Service, Workload};
+use ferry_api::model::{Node, Policy, Service, ServiceType, Workload};
 use ferry_api::proto::{DeltaResponse, ResourceVersion};
 use ferry_api::{Kind, ResourceBody, ResourceError, ResourceKey, VersionedResource};
 use serde::Serialize;
@@ -26,6 +27,10 @@ pub struct ProxyState {
     resources: imbl::HashMap<ResourceKey, Entry>,
     workloads_by_ip: imbl::HashMap<IpAddr, Entry>,
     services_by_ip: imbl::HashMap<IpAddr, Entry>,
+    /// InternalIP and ExternalIP addresses of nodes.
+    nodes_by_ip: imbl::HashMap<IpAddr, Entry>,
+    /// Node ports of NodePort and LoadBalancer services.
+    services_by_node_port: imbl::HashMap<u16, Entry>,
 }
 
 impl ProxyState {
@@ -62,6 +67,23 @@ impl ProxyState {
     /// The service with this cluster, load-balancer or external IP.
     pub fn service_by_ip(&self, ip: &IpAddr) -> Option<&Service> {
         match &self.services_by_ip.get(ip)?.body {
+            ResourceBody::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The node with this InternalIP or ExternalIP address.
+    pub fn node_by_ip(&self, ip: &IpAddr) -> Option<&Node> {
+        match &self.nodes_by_ip.get(ip)?.body {
+            ResourceBody::Node(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The NodePort or LoadBalancer service that owns this node port (any
+    /// protocol: the caller checks the port's protocol).
+    pub fn service_by_node_port(&self, port: u16) -> Option<&Service> {
+        match &self.services_by_node_port.get(&port)?.body {
             ResourceBody::Service(s) => Some(s),
             _ => None,
         }
@@ -115,34 +137,77 @@ impl ProxyState {
             .collect()
     }
 
-    fn index_ips(body: &ResourceBody) -> (bool, Vec<IpAddr>) {
-        match body {
-            ResourceBody::Workload(w) => (true, w.addresses.clone()),
-            ResourceBody::Service(s) => (
-                false,
-                s.cluster_ips
-                    .iter()
-                    .chain(&s.load_balancer_ips)
-                    .chain(&s.external_ips)
-                    .copied()
-                    .collect(),
-            ),
-            ResourceBody::Node(_) | ResourceBody::Policy(_) => (false, Vec::new()),
+    /// Cluster, load-balancer and external IPs of a service.
+    fn service_ips(s: &Service) -> impl Iterator<Item = IpAddr> + '_ {
+        s.cluster_ips
+            .iter()
+            .chain(&s.load_balancer_ips)
+            .chain(&s.external_ips)
+            .copied()
+    }
+
+    /// Node ports of a NodePort or LoadBalancer service.
+    fn service_node_ports(s: &Service) -> impl Iterator<Item = u16> + '_ {
+        let has_node_ports = matches!(
+            s.service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        );
+        s.ports
+            .iter()
+            .filter(move |_| has_node_ports)
+            .filter_map(|p| p.node_port)
+    }
+
+    /// Parseable InternalIP and ExternalIP addresses of a node.
+    fn node_ips(n: &Node) -> impl Iterator<Item = IpAddr> + '_ {
+        n.addresses
+            .iter()
+            .filter(|a| a.kind == "InternalIP" || a.kind == "ExternalIP")
+            .filter_map(|a| a.address.trim().parse().ok())
+    }
+
+    /// Removes the index entries that still point at `owner`.
+    fn unindex_keys<K: Hash + Eq + Clone>(
+        index: &mut imbl::HashMap<K, Entry>,
+        keys: impl IntoIterator<Item = K>,
+        owner: &ResourceKey,
+    ) {
+        for k in keys {
+            // Another resource may have taken the key since.
+            if index.get(&k).is_some_and(|e| e.key == *owner) {
+                index.remove(&k);
+            }
+        }
+    }
+
+    fn index_keys<K: Hash + Eq + Clone>(
+        index: &mut imbl::HashMap<K, Entry>,
+        keys: impl IntoIterator<Item = K>,
+        entry: &Entry,
+    ) {
+        for k in keys {
+            index.insert(k, entry.clone());
         }
     }
 
     fn unindex(&mut self, old: &Entry) {
-        let (workload, ips) = Self::index_ips(&old.body);
-        let index = if workload {
-            &mut self.workloads_by_ip
-        } else {
-            &mut self.services_by_ip
-        };
-        for ip in ips {
-            // Another resource may have taken the address since.
-            if index.get(&ip).is_some_and(|e| e.key == old.key) {
-                index.remove(&ip);
+        let key = &old.key;
+        match &old.body {
+            ResourceBody::Workload(w) => {
+                Self::unindex_keys(&mut self.workloads_by_ip, w.addresses.iter().copied(), key);
             }
+            ResourceBody::Service(s) => {
+                Self::unindex_keys(&mut self.services_by_ip, Self::service_ips(s), key);
+                Self::unindex_keys(
+                    &mut self.services_by_node_port,
+                    Self::service_node_ports(s),
+                    key,
+                );
+            }
+            ResourceBody::Node(n) => {
+                Self::unindex_keys(&mut self.nodes_by_ip, Self::node_ips(n), key);
+            }
+            ResourceBody::Policy(_) => {}
         }
     }
 
@@ -150,17 +215,26 @@ impl ProxyState {
         if let Some(old) = self.resources.insert(entry.key.clone(), entry.clone()) {
             self.unindex(&old);
         }
-        let (workload, ips) = Self::index_ips(&entry.body);
-        if ips.is_empty() {
-            return;
-        }
-        let index = if workload {
-            &mut self.workloads_by_ip
-        } else {
-            &mut self.services_by_ip
-        };
-        for ip in ips {
-            index.insert(ip, entry.clone());
+        match &entry.body {
+            ResourceBody::Workload(w) => {
+                Self::index_keys(
+                    &mut self.workloads_by_ip,
+                    w.addresses.iter().copied(),
+                    &entry,
+                );
+            }
+            ResourceBody::Service(s) => {
+                Self::index_keys(&mut self.services_by_ip, Self::service_ips(s), &entry);
+                Self::index_keys(
+                    &mut self.services_by_node_port,
+                    Self::service_node_ports(s),
+                    &entry,
+                );
+            }
+            ResourceBody::Node(n) => {
+                Self::index_keys(&mut self.nodes_by_ip, Self::node_ips(n), &entry);
+            }
+            ResourceBody::Policy(_) => {}
         }
     }
 
@@ -186,10 +260,22 @@ pub struct ApplyReport {
 }
 
 /// The shared store: lock-free snapshots for readers, one writer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConfigStore {
     current: ArcSwap<ProxyState>,
     ready: AtomicBool,
+    /// Bumped after every applied delta, for tasks that follow the config.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ConfigStore {
+    fn default() -> Self {
+        Self {
+            current: ArcSwap::default(),
+            ready: AtomicBool::new(false),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl ConfigStore {
@@ -200,6 +286,11 @@ impl ConfigStore {
     /// A consistent view of the configuration; lock-free.
     pub fn snapshot(&self) -> Arc<ProxyState> {
         self.current.load_full()
+    }
+
+    /// Notified after every applied delta.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// True once a first complete configuration has been applied; stays true
@@ -242,6 +333,7 @@ impl ConfigStore {
         }
         self.current.store(Arc::new(next));
         self.ready.store(true, Ordering::Release);
+        self.changes.send_modify(|n| *n += 1);
         report
     }
 }
@@ -347,6 +439,160 @@ mod tests {
             "10.0.0.1"
         );
         assert!(s.workload("default/b").is_some());
+    }
+
+    fn node(name: &str, addresses: &[(&str, &str)]) -> ResourceBody {
+        ResourceBody::Node(Node {
+            name: name.into(),
+            addresses: addresses
+                .iter()
+                .map(|(kind, address)| NodeAddress {
+                    kind: (*kind).into(),
+                    address: (*address).into(),
+                })
+                .collect(),
+            hbone: None,
+        })
+    }
+
+    fn service(name: &str, service_type: ServiceType, node_ports: &[Option<u16>]) -> ResourceBody {
+        use ferry_api::model::{Protocol, ServicePort, TargetPort, TrafficPolicy};
+        ResourceBody::Service(Service {
+            namespace: "default".into(),
+            name: name.into(),
+            hostname: format!("{name}.default.svc.cluster.local"),
+            service_type,
+            cluster_ips: vec![],
+            headless: false,
+            ports: node_ports
+                .iter()
+                .enumerate()
+                .map(|(i, node_port)| ServicePort {
+                    name: format!("p{i}"),
+                    port: 80 + i as u16,
+                    protocol: Protocol::Tcp,
+                    target_port: TargetPort::Number(8080),
+                    node_port: *node_port,
+                })
+                .collect(),
+            load_balancer_ips: vec![],
+            external_ips: vec![],
+            external_name: None,
+            client_ip_affinity: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            endpoints: vec![],
+            selector: false,
+        })
+    }
+
+    #[test]
+    fn nodes_are_indexed_by_internal_and_external_ips() {
+        let store = ConfigStore::default();
+        store.apply(response(
+            1,
+            &[node(
+                "n1",
+                &[
+                    ("InternalIP", "10.1.0.1"),
+                    ("ExternalIP", "203.0.113.1"),
+                    ("InternalIP", "fd00::1"),
+                    ("Hostname", "10.1.0.99"),
+                    ("InternalDNS", "n1.internal"),
+                    ("InternalIP", "not-an-ip"),
+                ],
+            )],
+            &[],
+        ));
+        let s = store.snapshot();
+        for ip in ["10.1.0.1", "203.0.113.1", "fd00::1"] {
+            assert_eq!(
+                s.node_by_ip(&ip.parse().unwrap()).map(|n| n.name.as_str()),
+                Some("n1"),
+                "{ip}"
+            );
+        }
+        // Only InternalIP and ExternalIP addresses count.
+        assert!(s.node_by_ip(&"10.1.0.99".parse().unwrap()).is_none());
+
+        // An address change moves the index; removal clears it.
+        store.apply(response(
+            2,
+            &[node("n1", &[("InternalIP", "10.1.0.2")])],
+            &[],
+        ));
+        let s = store.snapshot();
+        assert!(s.node_by_ip(&"10.1.0.1".parse().unwrap()).is_none());
+        assert!(s.node_by_ip(&"203.0.113.1".parse().unwrap()).is_none());
+        assert!(s.node_by_ip(&"10.1.0.2".parse().unwrap()).is_some());
+        store.apply(response(3, &[], &[ResourceKey::new(Kind::Node, "n1")]));
+        assert!(store
+            .snapshot()
+            .node_by_ip(&"10.1.0.2".parse().unwrap())
+            .is_none());
+    }
+
+    #[test]
+    fn node_ports_of_node_port_and_load_balancer_services_are_indexed() {
+        let store = ConfigStore::default();
+        store.apply(response(
+            1,
+            &[
+                service("np", ServiceType::NodePort, &[Some(30080), None]),
+                service("lb", ServiceType::LoadBalancer, &[Some(30443)]),
+                // A ClusterIP service's stale nodePort is not served.
+                service("cip", ServiceType::ClusterIP, &[Some(30099)]),
+            ],
+            &[],
+        ));
+        let s = store.snapshot();
+        let owner = |port| s.service_by_node_port(port).map(|svc| svc.name.clone());
+        assert_eq!(owner(30080).as_deref(), Some("np"));
+        assert_eq!(owner(30443).as_deref(), Some("lb"));
+        assert_eq!(owner(30099), None);
+        assert_eq!(owner(80), None);
+
+        // The port moves to another service, which is applied first: the old
+        // owner's update, applied after, does not take it back.
+        store.apply(response(
+            2,
+            &[
+                service("lb", ServiceType::LoadBalancer, &[Some(30443), Some(30080)]),
+                service("np", ServiceType::NodePort, &[Some(30081), None]),
+            ],
+            &[],
+        ));
+        let s = store.snapshot();
+        let owner = |port| s.service_by_node_port(port).map(|svc| svc.name.clone());
+        assert_eq!(owner(30080).as_deref(), Some("lb"));
+        assert_eq!(owner(30081).as_deref(), Some("np"));
+
+        // Removing the old owner leaves the new owner's entry alone.
+        store.apply(response(
+            3,
+            &[],
+            &[ResourceKey::new(Kind::Service, "default/np")],
+        ));
+        let s = store.snapshot();
+        assert!(s.service_by_node_port(30081).is_none());
+        assert_eq!(
+            s.service_by_node_port(30080).map(|svc| svc.name.as_str()),
+            Some("lb")
+        );
+
+        // A type change to ClusterIP drops its node ports.
+        store.apply(response(
+            4,
+            &[service(
+                "lb",
+                ServiceType::ClusterIP,
+                &[Some(30443), Some(30080)],
+            )],
+            &[],
+        ));
+        let s = store.snapshot();
+        assert!(s.service_by_node_port(30080).is_none());
+        assert!(s.service_by_node_port(30443).is_none());
     }
 
     #[test]

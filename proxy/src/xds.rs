@@ -19,18 +19,29 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::state::ConfigStore;
 
+/// The control plane endpoint: `url` (http:// or https://) with keepalives,
+/// and mTLS with the node credential when `tls` is given.
+pub fn control_plane_endpoint(
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint)
+}
+
 /// Largest config message accepted (a full initial push at scale).
 const MAX_MESSAGE_BYTES: usize = 512 << 20;
 
 /// Errors of one stream session; all of them lead to a reconnect.
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
-    #[error("invalid control plane address {address:?}: {source}")]
-    Address {
-        address: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
     #[error("cannot connect to the control plane: {0}")]
     Connect(#[source] tonic::transport::Error),
     #[error("config stream failed: {0}")]
@@ -111,6 +122,7 @@ pub struct LastResponse {
 /// The delta config client of one node proxy.
 #[derive(Debug, Clone)]
 pub struct XdsClient {
+    endpoint: tonic::transport::Endpoint,
     address: String,
     node: String,
     store: Arc<ConfigStore>,
@@ -118,13 +130,16 @@ pub struct XdsClient {
 }
 
 impl XdsClient {
+    /// `endpoint`: the control plane, with TLS settings when the proxy has
+    /// node credentials (see [`control_plane_endpoint`]).
     pub fn new(
-        address: impl Into<String>,
+        endpoint: tonic::transport::Endpoint,
         node: impl Into<String>,
         store: Arc<ConfigStore>,
     ) -> Self {
-        let address = address.into();
+        let address = endpoint.uri().to_string();
         Self {
+            endpoint,
             status: Arc::new(Mutex::new(XdsStatus {
                 control_plane: address.clone(),
                 ..XdsStatus::default()
@@ -164,16 +179,7 @@ impl XdsClient {
     }
 
     async fn session(&self, backoff: &mut Backoff) -> Result<(), XdsError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(self.address.clone())
-            .map_err(|source| XdsError::Address {
-                address: self.address.clone(),
-                source,
-            })?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(XdsError::Connect)?;
+        let channel = self.endpoint.connect().await.map_err(XdsError::Connect)?;
         let mut client =
             ConfigDiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
 

@@ -6,12 +6,14 @@
 //! test cleans up as well as a passing one. All traffic stays on loopback.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+pub mod net;
 
 /// Path of a workspace binary, built next to the test executable.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -161,66 +163,192 @@ pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node of a loopback mesh: its name and the loopback address standing for it.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub ip: IpAddr,
+}
+
+impl NodeSpec {
+    pub fn new(name: &str, ip: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            name: name.into(),
+            ip: ip.parse().with_context(|| format!("node address {ip}"))?,
+        })
+    }
+}
+
+/// How to run a loopback mesh.
+#[derive(Debug, Clone, Default)]
+pub struct MeshOptions {
+    /// Create a PKI with `ferry-certs` and run with mTLS and the mesh CA.
+    pub pki: bool,
+    /// `--workload-cert-ttl` of the control plane, seconds.
+    pub workload_cert_ttl: Option<u64>,
+    /// Where a node's proxy really listens for HBONE, when something (a
+    /// recording relay) stands at the address the control plane announces.
+    pub hbone_listen: Vec<(String, SocketAddr)>,
+}
+
+/// A running proxy and its addresses.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    pub node: String,
+    pub admin: SocketAddr,
+    pub socks5: SocketAddr,
+    pub hbone: SocketAddr,
+    pub process: Process,
+}
+
 /// A control plane and node proxies on loopback, reading a manifest folder.
 #[derive(Debug)]
 pub struct LoopbackMesh {
     pub manifests: tempfile::TempDir,
     pub logs: tempfile::TempDir,
+    pub pki: Option<tempfile::TempDir>,
+    options: MeshOptions,
     pub control_plane_port: u16,
     pub control_plane: Process,
-    pub proxies: Vec<(String, SocketAddr, Process)>,
+    pub proxies: Vec<ProxyHandle>,
 }
 
 impl LoopbackMesh {
-    /// Starts a control plane on a copy of `manifests` and one proxy per node name.
+    /// Starts a control plane on a copy of `manifests` and one proxy per
+    /// node name, without mTLS, every listener on 127.0.0.1.
     pub fn start(manifests: &Path, nodes: &[&str]) -> anyhow::Result<Self> {
+        let specs = nodes
+            .iter()
+            .map(|n| NodeSpec::new(n, "127.0.0.1"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::start_with(manifests, &specs, MeshOptions::default())
+    }
+
+    /// Starts a control plane on a copy of `manifests` and one proxy per
+    /// node, listening on the node's loopback address.
+    pub fn start_with(
+        manifests: &Path,
+        nodes: &[NodeSpec],
+        options: MeshOptions,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         copy_dir(manifests, dir.path())?;
         let logs = tempfile::tempdir()?;
+        let pki = if options.pki {
+            let pki = tempfile::tempdir()?;
+            let mut args = vec![
+                "init".to_string(),
+                "--out".into(),
+                pki.path().display().to_string(),
+            ];
+            for node in nodes {
+                args.push("--node".into());
+                args.push(node.name.clone());
+            }
+            let out = Command::new(binary("ferry-certs")?).args(&args).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ferry-certs init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(pki)
+        } else {
+            None
+        };
         let port = free_port()?;
-        let control_plane = Self::start_control_plane(dir.path(), logs.path(), port, 0)?;
+        let control_plane = Self::spawn_control_plane(
+            dir.path(),
+            logs.path(),
+            pki.as_ref().map(|p| p.path()),
+            &options,
+            port,
+            0,
+        )?;
+        let scheme = if pki.is_some() { "https" } else { "http" };
         let mut proxies = Vec::new();
         for node in nodes {
-            let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-            let proxy = Process::start(
-                node,
+            let shared = node.ip.is_loopback() && node.ip == IpAddr::from([127, 0, 0, 1]);
+            let port_on = |fixed: u16| -> anyhow::Result<SocketAddr> {
+                Ok(SocketAddr::new(
+                    node.ip,
+                    if shared { free_port()? } else { fixed },
+                ))
+            };
+            let admin = port_on(15000)?;
+            let socks5 = port_on(1080)?;
+            let hbone = match options.hbone_listen.iter().find(|(n, _)| *n == node.name) {
+                Some((_, addr)) => *addr,
+                None => port_on(15008)?,
+            };
+            let mut args = vec![
+                "--node".to_string(),
+                node.name.clone(),
+                "--control-plane".into(),
+                format!("{scheme}://127.0.0.1:{port}"),
+                "--admin".into(),
+                admin.to_string(),
+                "--socks5".into(),
+                socks5.to_string(),
+                "--hbone".into(),
+                hbone.to_string(),
+            ];
+            if let Some(pki) = &pki {
+                args.push("--certs".into());
+                args.push(pki.path().display().to_string());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let process = Process::start(
+                &node.name,
                 &binary("ferry-proxy")?,
-                &[
-                    "--node",
-                    node,
-                    "--control-plane",
-                    &format!("http://127.0.0.1:{port}"),
-                    "--admin",
-                    &admin.to_string(),
-                ],
-                logs.path().join(format!("proxy-{node}.log")),
+                &args,
+                logs.path().join(format!("proxy-{}.log", node.name)),
             )?;
-            proxies.push((node.to_string(), admin, proxy));
+            proxies.push(ProxyHandle {
+                node: node.name.clone(),
+                admin,
+                socks5,
+                hbone,
+                process,
+            });
         }
         Ok(Self {
             manifests: dir,
             logs,
+            pki,
+            options,
             control_plane_port: port,
             control_plane,
             proxies,
         })
     }
 
-    fn start_control_plane(
+    fn spawn_control_plane(
         manifests: &Path,
         logs: &Path,
+        pki: Option<&Path>,
+        options: &MeshOptions,
         port: u16,
         generation: u32,
     ) -> anyhow::Result<Process> {
+        let mut args = vec![
+            "--manifests".to_string(),
+            manifests.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        if let Some(pki) = pki {
+            args.push("--tls-dir".into());
+            args.push(pki.display().to_string());
+        }
+        if let Some(ttl) = options.workload_cert_ttl {
+            args.push("--workload-cert-ttl".into());
+            args.push(ttl.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Process::start(
             "control-plane",
             &binary("ferry-control-plane")?,
-            &[
-                "--manifests",
-                &manifests.display().to_string(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ],
+            &args,
             logs.join(format!("control-plane-{generation}.log")),
         )
     }
@@ -228,35 +356,34 @@ impl LoopbackMesh {
     /// Kills the control plane and starts a new one on the same port.
     pub fn restart_control_plane(&mut self, generation: u32) -> anyhow::Result<()> {
         self.control_plane.kill();
-        self.control_plane = Self::start_control_plane(
+        self.control_plane = Self::spawn_control_plane(
             self.manifests.path(),
             self.logs.path(),
+            self.pki.as_ref().map(|p| p.path()),
+            &self.options,
             self.control_plane_port,
             generation,
         )?;
         Ok(())
     }
 
+    pub fn proxy(&self, node: &str) -> anyhow::Result<&ProxyHandle> {
+        self.proxies
+            .iter()
+            .find(|p| p.node == node)
+            .with_context(|| format!("no proxy for node {node}"))
+    }
+
     /// `/config_dump` of a proxy, parsed.
     pub fn config_dump(&self, node: &str) -> anyhow::Result<serde_json::Value> {
-        let (_, admin, _) = self
-            .proxies
-            .iter()
-            .find(|(n, _, _)| n == node)
-            .with_context(|| format!("no proxy for node {node}"))?;
-        let (status, body) = http_get(*admin, "/config_dump")?;
+        let (status, body) = http_get(self.proxy(node)?.admin, "/config_dump")?;
         anyhow::ensure!(status == 200, "config_dump answered {status}");
         Ok(serde_json::from_str(&body)?)
     }
 
     /// Status code of a proxy's `/healthz/ready`.
     pub fn ready_status(&self, node: &str) -> anyhow::Result<u16> {
-        let (_, admin, _) = self
-            .proxies
-            .iter()
-            .find(|(n, _, _)| n == node)
-            .with_context(|| format!("no proxy for node {node}"))?;
-        Ok(http_get(*admin, "/healthz/ready")?.0)
+        Ok(http_get(self.proxy(node)?.admin, "/healthz/ready")?.0)
     }
 
     /// Waits until `check` holds for every proxy's config dump.
@@ -265,7 +392,8 @@ impl LoopbackMesh {
         what: &str,
         mut check: impl FnMut(&serde_json::Value) -> bool,
     ) -> anyhow::Result<()> {
-        for (node, _, _) in &self.proxies {
+        for proxy in &self.proxies {
+            let node = &proxy.node;
             wait_for(
                 &format!("{what} on {node}"),
                 Duration::from_secs(20),
@@ -282,8 +410,12 @@ impl LoopbackMesh {
     /// Logs of every process, for failure messages.
     pub fn diagnostics(&self) -> String {
         let mut out = format!("--- control plane log ---\n{}", self.control_plane.log());
-        for (node, _, p) in &self.proxies {
-            out.push_str(&format!("\n--- proxy {node} log ---\n{}", p.log()));
+        for p in &self.proxies {
+            out.push_str(&format!(
+                "\n--- proxy {} log ---\n{}",
+                p.node,
+                p.process.log()
+            ));
         }
         out
     }

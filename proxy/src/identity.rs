@@ -1,0 +1,351 @@
+//! The identity manager: workload certificates for the pods of this node.
+//!
+//! It follows the config store: for every service account with a mesh pod
+//! on this node it generates a key (which never leaves this process), sends
+//! a CSR to the mesh CA over the node-authenticated channel, and keeps the
+//! signed certificate. Certificates are renewed at about half their
+//! lifetime; a failed request is retried with capped backoff while the
+//! current certificate stays in use for as long as it is valid. Open
+//! connections are unaffected by a renewal: a TLS session keeps the key it
+//! was established with.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use ferry_api::identity::Identity;
+use ferry_api::proto::certificate_authority_client::CertificateAuthorityClient;
+use ferry_api::proto::SignRequest;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::state::{ConfigStore, ProxyState};
+
+/// Errors of one certificate request.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("no mesh CA configured (the proxy runs without node credentials)")]
+    NoCa,
+    #[error("creating the CSR: {0}")]
+    Csr(#[from] ferry_certs::CertError),
+    #[error("the CA refused: {0}")]
+    Refused(#[from] tonic::Status),
+    #[error("the CA answered with an unusable certificate: {0}")]
+    BadCertificate(String),
+    #[error("mesh roots: {0}")]
+    Roots(String),
+}
+
+/// A certificate in use.
+#[derive(Debug)]
+pub struct WorkloadCert {
+    pub certified: Arc<CertifiedKey>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// When renewal starts (about half the lifetime).
+    pub refresh_at: SystemTime,
+}
+
+impl WorkloadCert {
+    fn valid_at(&self, now: SystemTime) -> bool {
+        self.not_before <= now && now < self.not_after
+    }
+}
+
+/// One line of `/config_dump`'s certificate section.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertStatus {
+    pub identity: String,
+    pub not_after_unix: u64,
+    pub refresh_at_unix: u64,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Parses PEM blocks into DER certificates.
+pub fn pem_certs(pems: &[String]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut out = Vec::new();
+    for pem in pems {
+        let mut rest = pem.as_bytes();
+        while let Ok((remaining, block)) = x509_parser::pem::parse_x509_pem(rest) {
+            out.push(CertificateDer::from(block.contents));
+            if remaining.len() == rest.len() {
+                break;
+            }
+            rest = remaining;
+        }
+    }
+    if out.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    Ok(out)
+}
+
+/// A root store from PEM certificates.
+pub fn root_store(pem: &str) -> Result<RootCertStore, IdentityError> {
+    let mut roots = RootCertStore::empty();
+    for cert in pem_certs(&[pem.to_string()]).map_err(IdentityError::Roots)? {
+        roots
+            .add(cert)
+            .map_err(|e| IdentityError::Roots(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// Keeps a certificate for every identity this node serves.
+#[derive(Debug)]
+pub struct IdentityManager {
+    node: String,
+    trust_domain: String,
+    roots: Arc<RootCertStore>,
+    ca: Option<CertificateAuthorityClient<tonic::transport::Channel>>,
+    ttl: Duration,
+    certs: ArcSwap<HashMap<Identity, Arc<WorkloadCert>>>,
+    /// Identities asked for on demand (before the config shows their pod).
+    requested: std::sync::Mutex<BTreeSet<Identity>>,
+    wake: Notify,
+    updates: watch::Sender<u64>,
+}
+
+impl IdentityManager {
+    pub fn new(
+        node: impl Into<String>,
+        trust_domain: impl Into<String>,
+        roots: RootCertStore,
+        ca: Option<tonic::transport::Channel>,
+        ttl: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node: node.into(),
+            trust_domain: trust_domain.into(),
+            roots: Arc::new(roots),
+            ca: ca.map(CertificateAuthorityClient::new),
+            ttl,
+            certs: ArcSwap::default(),
+            requested: std::sync::Mutex::default(),
+            wake: Notify::new(),
+            updates: watch::Sender::new(0),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn roots(&self) -> Arc<RootCertStore> {
+        self.roots.clone()
+    }
+
+    /// The certificate for `identity`, if one is held and valid now.
+    pub fn certified(&self, identity: &Identity) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.load();
+        let cert = certs.get(identity)?;
+        cert.valid_at(SystemTime::now())
+            .then(|| cert.certified.clone())
+    }
+
+    /// The certificate for `identity`, fetching it if needed and waiting up to `timeout`.
+    pub async fn wait_certified(
+        &self,
+        identity: &Identity,
+        timeout: Duration,
+    ) -> Option<Arc<CertifiedKey>> {
+        if let Some(cert) = self.certified(identity) {
+            return Some(cert);
+        }
+        self.requested
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(identity.clone());
+        self.wake.notify_one();
+        let mut updates = self.updates.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(cert) = self.certified(identity) {
+                return Some(cert);
+            }
+            match tokio::time::timeout_at(deadline, updates.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.certified(identity),
+            }
+        }
+    }
+
+    /// Held certificates, for `/config_dump` and metrics.
+    pub fn status(&self) -> Vec<CertStatus> {
+        let mut out: Vec<CertStatus> = self
+            .certs
+            .load()
+            .iter()
+            .map(|(id, c)| CertStatus {
+                identity: id.to_string(),
+                not_after_unix: unix(c.not_after),
+                refresh_at_unix: unix(c.refresh_at),
+            })
+            .collect();
+        out.sort_by(|a, b| a.identity.cmp(&b.identity));
+        out
+    }
+
+    /// Identities of the mesh pods on this node.
+    fn local_identities(&self, state: &ProxyState) -> BTreeSet<Identity> {
+        state
+            .iter()
+            .filter_map(|r| match &r.body {
+                ferry_api::ResourceBody::Workload(w)
+                    if w.mesh && w.node.as_deref() == Some(self.node.as_str()) =>
+                {
+                    Some(Identity::new(
+                        &self.trust_domain,
+                        &w.namespace,
+                        &w.service_account,
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Requests and parses one certificate.
+    pub async fn fetch(&self, identity: &Identity) -> Result<WorkloadCert, IdentityError> {
+        let mut ca = self.ca.clone().ok_or(IdentityError::NoCa)?;
+        let (csr_pem, key_der) = ferry_certs::workload_csr(identity)?;
+        let response = ca
+            .sign(SignRequest {
+                csr_pem,
+                ttl_seconds: u32::try_from(self.ttl.as_secs()).unwrap_or(u32::MAX),
+            })
+            .await?
+            .into_inner();
+        let chain = pem_certs(&response.cert_chain_pem).map_err(IdentityError::BadCertificate)?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| IdentityError::BadCertificate("empty chain".into()))?;
+        let presented = crate::tls::identity_of(leaf)
+            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+        if &presented != identity {
+            return Err(IdentityError::BadCertificate(format!(
+                "issued for {presented}, asked for {identity}"
+            )));
+        }
+        let (_, parsed) = X509Certificate::from_der(leaf.as_ref())
+            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+        let to_system = |t: x509_parser::time::ASN1Time| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+        };
+        let not_before = to_system(parsed.validity().not_before);
+        let not_after = to_system(parsed.validity().not_after);
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+        Ok(WorkloadCert {
+            certified: Arc::new(CertifiedKey::new(chain, signer)),
+            not_before,
+            not_after,
+            refresh_at: not_before + lifetime / 2,
+        })
+    }
+
+    fn publish(&self, identity: Identity, cert: Option<WorkloadCert>) {
+        let cert = cert.map(Arc::new);
+        self.certs.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            match &cert {
+                Some(c) => next.insert(identity.clone(), c.clone()),
+                None => next.remove(&identity),
+            };
+            next
+        });
+        self.updates.send_modify(|n| *n += 1);
+    }
+
+    /// Keeps certificates for this node's identities until dropped.
+    pub async fn run(self: Arc<Self>, store: Arc<ConfigStore>) {
+        let mut changes = store.subscribe();
+        let mut retry: HashMap<Identity, (Instant, Duration)> = HashMap::new();
+        loop {
+            let mut desired = self.local_identities(&store.snapshot());
+            desired.extend(
+                self.requested
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned(),
+            );
+            let mut next_wake = Instant::now() + Duration::from_secs(30);
+            for identity in &desired {
+                let now = SystemTime::now();
+                let due = self.certs.load().get(identity).map(|c| c.refresh_at);
+                if due.is_some_and(|at| now < at) {
+                    if let Some(at) = due {
+                        let wait = at.duration_since(now).unwrap_or_default();
+                        next_wake = next_wake.min(Instant::now() + wait);
+                    }
+                    continue;
+                }
+                if let Some((at, _)) = retry.get(identity) {
+                    if Instant::now() < *at {
+                        next_wake = next_wake.min(*at);
+                        continue;
+                    }
+                }
+                match self.fetch(identity).await {
+                    Ok(cert) => {
+                        tracing::info!(%identity, valid_seconds = cert.not_after.duration_since(cert.not_before).unwrap_or_default().as_secs(), "workload certificate obtained");
+                        let wait = cert
+                            .refresh_at
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default();
+                        next_wake = next_wake.min(Instant::now() + wait);
+                        retry.remove(identity);
+                        self.publish(identity.clone(), Some(cert));
+                        self.requested
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(identity);
+                    }
+                    Err(e) => {
+                        let backoff = retry
+                            .get(identity)
+                            .map_or(Duration::from_millis(500), |(_, b)| {
+                                (*b * 2).min(Duration::from_secs(30))
+                            });
+                        tracing::warn!(%identity, error = %e, retry_in_ms = backoff.as_millis() as u64, still_valid = self.certified(identity).is_some(), "certificate request failed");
+                        retry.insert(identity.clone(), (Instant::now() + backoff, backoff));
+                        next_wake = next_wake.min(Instant::now() + backoff);
+                        // Wake waiters so they can give up early if they must.
+                        self.updates.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+            // Identities no longer served: drop their certificates (sessions
+            // already established keep their own reference).
+            let stale: Vec<Identity> = self
+                .certs
+                .load()
+                .keys()
+                .filter(|id| !desired.contains(*id))
+                .cloned()
+                .collect();
+            for identity in stale {
+                tracing::info!(%identity, "no pod of this identity on the node any more; certificate dropped");
+                retry.remove(&identity);
+                self.publish(identity, None);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_wake.into()) => {}
+                changed = changes.changed() => if changed.is_err() { return; },
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}

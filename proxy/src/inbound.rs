@@ -1,0 +1,170 @@
+//! The HBONE listener (port 15008): terminates mutual TLS, accepts HTTP/2
+//! CONNECT streams for workloads on this node, and splices each to its pod.
+//!
+//! A stream is refused when its target is not a workload on this node (404)
+//! or the pod cannot be reached (503). Plaintext, a client without a mesh
+//! certificate, a certificate from another CA or trust domain, or an
+//! expired one fail the TLS handshake. The peer's verified identity is
+//! recorded with every stream for the policy and telemetry that use it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_api::identity::Identity;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::state::ConfigStore;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the listener needs.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub node: String,
+    pub store: Arc<ConfigStore>,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+impl Inbound {
+    /// Serves until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        let this = Arc::new(self);
+        let acceptor = TlsAcceptor::from(this.tls.clone());
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HBONE accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = this.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.connection(acceptor, tcp, peer).await {
+                    tracing::info!(%peer, error = %e, "HBONE connection refused");
+                }
+            });
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        acceptor: TlsAcceptor,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), String> {
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(crate::tls::identity_of)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .ok_or("no client certificate")?;
+        let mut connection = h2::server::Builder::new()
+            .initial_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .handshake::<_, bytes::Bytes>(tls)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tracing::debug!(%peer, %identity, "HBONE connection accepted");
+        let identity = Arc::new(identity);
+        while let Some(next) = connection.accept().await {
+            let (request, respond) = match next {
+                Ok(stream) => stream,
+                Err(e) => return Err(format!("HTTP/2: {e}")),
+            };
+            let this = self.clone();
+            let identity = identity.clone();
+            tokio::spawn(async move { this.stream(request, respond, identity, peer).await });
+        }
+        Ok(())
+    }
+
+    async fn stream(
+        &self,
+        request: http::Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<bytes::Bytes>,
+        identity: Arc<Identity>,
+        peer: SocketAddr,
+    ) {
+        let reply = |respond: &mut h2::server::SendResponse<bytes::Bytes>,
+                     status: http::StatusCode| {
+            let mut response = http::Response::new(());
+            *response.status_mut() = status;
+            let _ = respond.send_response(response, true);
+        };
+        if request.method() != http::Method::CONNECT {
+            reply(&mut respond, http::StatusCode::METHOD_NOT_ALLOWED);
+            return;
+        }
+        let Some(target) = request
+            .uri()
+            .authority()
+            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        else {
+            reply(&mut respond, http::StatusCode::BAD_REQUEST);
+            return;
+        };
+        let client = request
+            .headers()
+            .get(crate::tunnel::FORWARDED)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let local = {
+            let state = self.store.snapshot();
+            state
+                .workload_by_ip(&target.ip())
+                .is_some_and(|w| w.node.as_deref() == Some(self.node.as_str()))
+        };
+        if !local {
+            tracing::warn!(%peer, %identity, %target, "HBONE stream for a destination that is not a workload on this node: refused");
+            reply(&mut respond, http::StatusCode::NOT_FOUND);
+            return;
+        }
+        let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                tracing::info!(%identity, %target, error = %e, "pod unreachable");
+                reply(&mut respond, http::StatusCode::SERVICE_UNAVAILABLE);
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%identity, %target, "pod connect timed out");
+                reply(&mut respond, http::StatusCode::GATEWAY_TIMEOUT);
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let send = match respond.send_response(http::Response::new(()), false) {
+            Ok(send) => send,
+            Err(e) => {
+                tracing::debug!(error = %e, "client went away before the stream opened");
+                return;
+            }
+        };
+        let started = std::time::Instant::now();
+        let (to_pod, from_pod) = crate::tunnel::splice(upstream, send, request.into_body()).await;
+        tracing::debug!(
+            peer_identity = %identity,
+            client = client.as_deref().unwrap_or("-"),
+            %target,
+            bytes_to_pod = to_pod,
+            bytes_from_pod = from_pod,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "inbound connection closed"
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! The mTLS data path with the real binaries on loopback: a control plane
+//! with the mesh CA and two node proxies, each standing on its own
+//! 127.x.0.y address; pods are echo servers on 127.x.{1,2}.y; clients use
+//! the proxies' SOCKS5 listener from their pod's address.
+//!
+//! Each test uses its own 127.<n>.0.0/16 block so tests can run in parallel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ferry_tests::net::{read_banner, socks5_connect, who_answers, EchoServer, Relay};
+use ferry_tests::{wait_for, LoopbackMesh, MeshOptions, NodeSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Manifests of a two-node cluster in block 127.<n>.0.0/16.
+fn cluster(n: u8, affinity_timeout: u32) -> String {
+    let pod = |name: &str, node: &str, ip: String, sa: &str, app: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}\nspec:\n  nodeName: {node}\n  serviceAccountName: {sa}\n  containers: [{{name: c, image: echo, ports: [{{name: api, containerPort: 9090}}]}}]\nstatus:\n  phase: Running\n  podIP: {ip}\n  conditions: [{{type: Ready, status: \"True\"}}]\n---\n"
+        )
+    };
+    let mut out = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus: {{addresses: [{{type: InternalIP, address: 127.{n}.0.1}}]}}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {{name: node-b}}\nstatus: {{addresses: [{{type: InternalIP, address: 127.{n}.0.2}}]}}\n---\n"
+    );
+    out += &pod(
+        "client",
+        "node-a",
+        format!("127.{n}.1.10"),
+        "client",
+        "client",
+    );
+    out += &pod(
+        "backend-a",
+        "node-a",
+        format!("127.{n}.1.11"),
+        "backend",
+        "backend",
+    );
+    out += &pod(
+        "backend-b1",
+        "node-b",
+        format!("127.{n}.2.11"),
+        "backend",
+        "backend",
+    );
+    out += &pod(
+        "backend-b2",
+        "node-b",
+        format!("127.{n}.2.12"),
+        "backend",
+        "backend",
+    );
+    out += &format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: backend, namespace: shop}}\nspec:\n  clusterIP: 10.96.{n}.20\n  selector: {{app: backend}}\n  ports: [{{name: http, port: 80, targetPort: api}}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: sticky, namespace: shop}}\nspec:\n  clusterIP: 10.96.{n}.21\n  selector: {{app: backend}}\n  ports: [{{name: http, port: 80, targetPort: api}}]\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {affinity_timeout}}}}}\n"
+    );
+    out
+}
+
+struct Cluster {
+    mesh: LoopbackMesh,
+    _backends: Vec<EchoServer>,
+    _manifests: tempfile::TempDir,
+    n: u8,
+}
+
+impl Cluster {
+    async fn start(n: u8, options: MeshOptions) -> anyhow::Result<Self> {
+        let manifests = tempfile::tempdir()?;
+        std::fs::write(manifests.path().join("cluster.yaml"), cluster(n, 2))?;
+        let mut backends = Vec::new();
+        for (name, ip) in [
+            ("backend-a", format!("127.{n}.1.11")),
+            ("backend-b1", format!("127.{n}.2.11")),
+            ("backend-b2", format!("127.{n}.2.12")),
+        ] {
+            backends.push(EchoServer::start(format!("{ip}:9090").parse()?, name).await?);
+        }
+        let nodes = [
+            NodeSpec::new("node-a", &format!("127.{n}.0.1"))?,
+            NodeSpec::new("node-b", &format!("127.{n}.0.2"))?,
+        ];
+        let mesh = tokio::task::block_in_place(|| {
+            LoopbackMesh::start_with(manifests.path(), &nodes, options)
+        })?;
+        let cluster = Self {
+            mesh,
+            _backends: backends,
+            _manifests: manifests,
+            n,
+        };
+        // Ready, and each proxy holds certificates for its pods' identities.
+        tokio::task::block_in_place(|| {
+            cluster.mesh.wait_all("config and certificates", |d| {
+                d["ready"] == true
+                    && d["resources"]["service"]
+                        .as_array()
+                        .is_some_and(|s| s.len() == 2)
+                    && d["certificates"].as_array().is_some_and(|c| !c.is_empty())
+            })
+        })?;
+        Ok(cluster)
+    }
+
+    fn ip(&self, third: u8, fourth: u8) -> IpAddr {
+        IpAddr::from([127, self.n, third, fourth])
+    }
+
+    fn socks(&self, node: &str) -> SocketAddr {
+        self.mesh.proxy(node).unwrap().socks5
+    }
+
+    fn client(&self) -> IpAddr {
+        self.ip(1, 10)
+    }
+}
+
+fn mtls() -> MeshOptions {
+    MeshOptions {
+        pki: true,
+        ..MeshOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_traffic_is_mutual_tls_on_the_wire() -> anyhow::Result<()> {
+    let n = 31;
+    // node-b's proxy listens on :15018; a recording relay stands on the
+    // announced :15008, between the two proxies.
+    let hbone_b: SocketAddr = format!("127.{n}.0.2:15018").parse()?;
+    let relay = Relay::start(format!("127.{n}.0.2:15008").parse()?, hbone_b).await?;
+    let options = MeshOptions {
+        hbone_listen: vec![("node-b".into(), hbone_b)],
+        ..mtls()
+    };
+    let c = Cluster::start(n, options).await?;
+    let socks = c.socks("node-a");
+
+    // Cross node, by pod IP, with half-close: send, shut down our write
+    // side, and still receive the whole echo.
+    let marker = b"FERRY-PLAINTEXT-MARKER-";
+    let payload: Vec<u8> = marker.iter().copied().cycle().take(200_000).collect();
+    let mut stream = socks5_connect(socks, c.client(), &c.ip(2, 11).to_string(), 9090).await?;
+    assert_eq!(read_banner(&mut stream).await?, "backend-b1");
+    stream.write_all(&payload).await?;
+    stream.shutdown().await?;
+    let mut echoed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut echoed)).await??;
+    assert_eq!(
+        echoed.len(),
+        payload.len(),
+        "every byte comes back after half-close"
+    );
+    assert!(echoed == payload);
+
+    // What crossed the link between the proxies: TLS records only.
+    let wire = relay.bytes();
+    assert!(
+        wire.len() > payload.len(),
+        "the payload crossed the relay ({} bytes)",
+        wire.len()
+    );
+    assert_eq!(
+        &wire[..2],
+        &[0x16, 0x03],
+        "starts with a TLS handshake record"
+    );
+    let needle = &marker[..];
+    assert!(
+        !wire.windows(needle.len()).any(|w| w == needle),
+        "plaintext payload visible on the wire"
+    );
+    assert!(
+        !wire.windows(10).any(|w| w == b"backend-b1"),
+        "plaintext banner visible on the wire"
+    );
+
+    // Same node: direct, by pod IP and by service name.
+    assert_eq!(
+        who_answers(socks, c.client(), &c.ip(1, 11).to_string(), 9090).await?,
+        "backend-a"
+    );
+    let by_name = who_answers(socks, c.client(), "backend.shop.svc.cluster.local", 80).await?;
+    assert!(by_name.starts_with("backend-"), "{by_name}");
+    let short = who_answers(socks, c.client(), "backend", 80).await?;
+    assert!(short.starts_with("backend-"), "{short}");
+
+    // A stream reuses the pooled HBONE connection: one handshake for many connections.
+    for _ in 0..5 {
+        who_answers(socks, c.client(), &c.ip(2, 11).to_string(), 9090).await?;
+    }
+    let dump = tokio::task::block_in_place(|| c.mesh.config_dump("node-a"))?;
+    assert_eq!(
+        dump["hbone_pool"]["handshakes"], 1,
+        "{}",
+        dump["hbone_pool"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_affinity_and_endpoint_removal() -> anyhow::Result<()> {
+    let c = Cluster::start(32, mtls()).await?;
+    let socks = c.socks("node-a");
+    let vip = format!("10.96.{}.20", c.n);
+
+    // Round robin over three backends on two nodes: an even spread.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..30 {
+        *seen
+            .entry(who_answers(socks, c.client(), &vip, 80).await?)
+            .or_default() += 1;
+    }
+    assert_eq!(
+        seen,
+        BTreeMap::from([
+            ("backend-a".to_string(), 10),
+            ("backend-b1".to_string(), 10),
+            ("backend-b2".to_string(), 10)
+        ])
+    );
+
+    // ClientIP affinity: one backend while the entry is fresh, another after the timeout (2 s).
+    let sticky = format!("10.96.{}.21", c.n);
+    let first = who_answers(socks, c.client(), &sticky, 80).await?;
+    for _ in 0..10 {
+        assert_eq!(who_answers(socks, c.client(), &sticky, 80).await?, first);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let after = who_answers(socks, c.client(), &sticky, 80).await?;
+    assert_ne!(after, first, "affinity expired, round robin moved on");
+
+    // Endpoint removal: backend-b2 goes away; no connection reaches it afterwards.
+    let path = c.mesh.manifests.path().join("cluster.yaml");
+    let text = std::fs::read_to_string(&path)?;
+    let without: Vec<&str> = text
+        .split("---\n")
+        .filter(|doc| !doc.contains("name: backend-b2"))
+        .collect();
+    std::fs::write(&path, without.join("---\n"))?;
+    tokio::task::block_in_place(|| {
+        c.mesh.wait_all("backend-b2 removed", |d| {
+            ferry_tests::resource(d, "service", "shop/backend")
+                .and_then(|s| s["endpoints"].as_array().map(Vec::len))
+                == Some(2)
+        })
+    })?;
+    for _ in 0..20 {
+        let who = who_answers(socks, c.client(), &vip, 80).await?;
+        assert_ne!(who, "backend-b2");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_loses_no_byte_of_a_long_transfer() -> anyhow::Result<()> {
+    let options = MeshOptions {
+        workload_cert_ttl: Some(4),
+        ..mtls()
+    };
+    let c = Cluster::start(33, options).await?;
+    let socks = c.socks("node-a");
+    let not_after = |dump: &serde_json::Value| dump["certificates"][0]["not_after_unix"].as_u64();
+    let before = not_after(&tokio::task::block_in_place(|| {
+        c.mesh.config_dump("node-a")
+    })?);
+
+    let mut stream = socks5_connect(socks, c.client(), &c.ip(2, 11).to_string(), 9090).await?;
+    assert_eq!(read_banner(&mut stream).await?, "backend-b1");
+    let (mut reader, mut writer) = stream.into_split();
+    // 70 chunks of 16 KiB over ~7 s: longer than a certificate's life.
+    let sender = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        for i in 0..70u32 {
+            let chunk: Vec<u8> = (0..16_384u32).map(|j| ((i * 31 + j) % 251) as u8).collect();
+            writer.write_all(&chunk).await?;
+            sent.extend_from_slice(&chunk);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        writer.shutdown().await?;
+        Ok::<_, std::io::Error>(sent)
+    });
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut received)).await??;
+    let sent = sender.await??;
+    assert_eq!(received.len(), sent.len());
+    assert!(received == sent, "byte-exact echo across rotations");
+
+    let after = not_after(&tokio::task::block_in_place(|| {
+        c.mesh.config_dump("node-a")
+    })?);
+    assert!(
+        after > before,
+        "the certificate rotated during the transfer ({before:?} -> {after:?})"
+    );
+    // New connections work with the new certificate.
+    assert_eq!(
+        who_answers(socks, c.client(), &c.ip(2, 12).to_string(), 9090).await?,
+        "backend-b2"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_unknown_port_no_endpoints_and_no_identity() -> anyhow::Result<()> {
+    let c = Cluster::start(34, mtls()).await?;
+    let socks = c.socks("node-a");
+    // A cluster IP on a port the service does not define.
+    let err = socks5_connect(socks, c.client(), &format!("10.96.{}.20", c.n), 81)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // A source that is not a mesh workload cannot get a tunnel (no identity).
+    let stranger = c.ip(1, 99);
+    let err = socks5_connect(socks, stranger, &c.ip(2, 11).to_string(), 9090)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    // Every backend unready: refused.
+    let path = c.mesh.manifests.path().join("cluster.yaml");
+    let text = std::fs::read_to_string(&path)?;
+    std::fs::write(&path, text.replace("status: \"True\"", "status: \"False\""))?;
+    tokio::task::block_in_place(|| {
+        c.mesh.wait_all("all unready", |d| {
+            ferry_tests::resource(d, "service", "shop/backend")
+                .and_then(|s| s["endpoints"].as_array().cloned())
+                .is_some_and(|e| e.iter().all(|e| e["ready"] == false))
+        })
+    })?;
+    let err = socks5_connect(socks, c.client(), &format!("10.96.{}.20", c.n), 80)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    wait_for("log line", Duration::from_secs(5), || {
+        Ok(c.mesh
+            .proxy("node-a")?
+            .process
+            .log()
+            .contains("no ready endpoints")
+            .then_some(()))
+    })?;
+    Ok(())
+}
