@@ -142,15 +142,17 @@ impl Outbound {
                     service,
                     port,
                     policy,
+                    node,
                     ..
                 } => {
+                    let serving_node = node.unwrap_or(&self.node);
                     let (endpoint, address) = self
                         .lb
                         .pick(
                             service,
                             port,
                             policy,
-                            &self.node,
+                            serving_node,
                             client.ip(),
                             Instant::now(),
                         )

@@ -104,6 +104,10 @@ pub enum Plan<'s> {
         port: usize,
         access: Access,
         policy: TrafficPolicy,
+        /// For a node port: the node whose address was dialled. As with
+        /// kube-proxy, that node handles the connection, so a `Local`
+        /// policy means *its* endpoints, not those of the client's node.
+        node: Option<&'s str>,
     },
     /// ExternalName service reached by name: connect to `host:port` outside
     /// the mesh.
@@ -132,13 +136,19 @@ fn tcp_port(service: &Service, port: u16) -> Option<usize> {
         .position(|p| p.port == port && p.protocol == Protocol::Tcp)
 }
 
-/// The plan for a service port reached by `access`.
-fn service_plan(service: &Service, port: usize, access: Access) -> Plan<'_> {
+/// The plan for a service port reached by `access` (at `node`'s address for a node port).
+fn service_plan<'s>(
+    service: &'s Service,
+    port: usize,
+    access: Access,
+    node: Option<&'s str>,
+) -> Plan<'s> {
     Plan::Service {
         service,
         port,
         access,
         policy: access.policy(service),
+        node,
     }
 }
 
@@ -166,7 +176,7 @@ pub fn plan(state: &ProxyState, destination: SocketAddr) -> Plan<'_> {
             Access::ExternalIp
         };
         match tcp_port(service, port) {
-            Some(index) => return service_plan(service, index, access),
+            Some(index) => return service_plan(service, index, access, None),
             None if access == Access::ClusterIp => {
                 return Plan::Refused {
                     service: Some(service),
@@ -178,14 +188,14 @@ pub fn plan(state: &ProxyState, destination: SocketAddr) -> Plan<'_> {
         }
     }
 
-    if state.node_by_ip(&ip).is_some() {
+    if let Some(node) = state.node_by_ip(&ip) {
         if let Some(service) = state.service_by_node_port(port) {
             let index = service
                 .ports
                 .iter()
                 .position(|p| p.node_port == Some(port) && p.protocol == Protocol::Tcp);
             if let Some(index) = index {
-                return service_plan(service, index, Access::NodePort);
+                return service_plan(service, index, Access::NodePort, Some(node.name.as_str()));
             }
         }
     }
@@ -851,7 +861,7 @@ fn plan_by_name<'s>(
         };
     }
     match tcp_port(service, port) {
-        Some(index) => (service_plan(service, index, Access::ClusterIp), None),
+        Some(index) => (service_plan(service, index, Access::ClusterIp, None), None),
         None => (
             Plan::Refused {
                 service: Some(service),
@@ -945,9 +955,11 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
             service,
             port,
             policy,
+            node,
             ..
         } => {
-            let endpoints: Vec<RouteEndpoint> = eligible(service, port, policy, local_node)
+            let serving_node = node.unwrap_or(local_node);
+            let endpoints: Vec<RouteEndpoint> = eligible(service, port, policy, serving_node)
                 .iter()
                 .filter_map(|e| {
                     Some(RouteEndpoint {
@@ -965,7 +977,7 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
             let (mode, reason) = if endpoints.is_empty() {
                 (
                     Mode::Refused,
-                    Some(no_endpoints(service, port, policy, local_node)),
+                    Some(no_endpoints(service, port, policy, serving_node)),
                 )
             } else if endpoints
                 .iter()
@@ -1160,6 +1172,7 @@ mod tests {
                 port,
                 access,
                 policy,
+                ..
             } => (service, port, access, policy),
             other => panic!("expected a service plan, got {other:?}"),
         }
@@ -1294,17 +1307,18 @@ mod tests {
                 TrafficPolicy::Local,
                 &local,
             ),
+            // Dialled at another node's address, that node serves it: its endpoints.
             (
                 "10.1.0.2:30080",
                 Access::NodePort,
                 TrafficPolicy::Local,
-                &local,
+                &["10.0.2.1"],
             ),
             (
                 "[::ffff:10.1.0.3]:30080",
                 Access::NodePort,
                 TrafficPolicy::Local,
-                &local,
+                &["10.0.3.1"],
             ),
             (
                 "198.51.100.10:80",
@@ -1320,13 +1334,18 @@ mod tests {
             ),
         ];
         for (dest, want_access, want_policy, want_eligible) in cases {
-            let (svc, index, access, policy) = expect_service(plan(&s, sa(dest)));
+            let planned = plan(&s, sa(dest));
+            let serving_node = match &planned {
+                Plan::Service { node, .. } => node.unwrap_or(LOCAL),
+                _ => LOCAL,
+            };
+            let (svc, index, access, policy) = expect_service(planned);
             assert_eq!(svc.name, "web", "{dest}");
             assert_eq!(index, 0, "{dest}");
             assert_eq!(access, want_access, "{dest}");
             assert_eq!(policy, want_policy, "{dest}");
             assert_eq!(
-                addresses(eligible(svc, index, policy, LOCAL).iter()),
+                addresses(eligible(svc, index, policy, serving_node).iter()),
                 want_eligible.to_vec(),
                 "{dest}"
             );

@@ -1,0 +1,99 @@
+//! `ferryctl route` on the example manifests: the JSON shape of the issue,
+//! with the proxy's own routing code behind it.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+fn route(from: &str, to: &str) -> anyhow::Result<(Option<i32>, Value)> {
+    let out = Command::new(ferry_tests::binary("ferryctl")?)
+        .args(["route", "--manifests"])
+        .arg(ferry_tests::repo_root().join("deploy/examples"))
+        .args(["--from", from, "--to", to, "--output", "json"])
+        .output()?;
+    let value = if out.stdout.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout)?
+    };
+    Ok((out.status.code(), value))
+}
+
+#[test]
+fn service_by_name_with_named_target_ports_and_affinity() -> anyhow::Result<()> {
+    let (code, v) = route("default/client", "backend.shop.svc.cluster.local:80")?;
+    assert_eq!(code, Some(0));
+    assert_eq!(v["service"], "shop/backend");
+    assert_eq!(
+        v["mode"], "hbone",
+        "client runs on node-b, backend-1 on node-a"
+    );
+    assert_eq!(
+        v["affinity"],
+        json!({"type": "ClientIP", "timeout_seconds": 600})
+    );
+    let ports: Vec<(String, u64)> = v["endpoints"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .map(|e| {
+            (
+                e["pod"].as_str().unwrap_or("").to_string(),
+                e["port"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("shop/backend-1".to_string(), 9090),
+            ("shop/backend-2".to_string(), 9090),
+            ("shop/backend-3".to_string(), 9091)
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+fn node_port_with_external_traffic_policy_local_uses_the_dialled_nodes_endpoints(
+) -> anyhow::Result<()> {
+    let (_, on_a) = route("default/client", "172.30.0.11:30080")?;
+    assert_eq!(on_a["service"], "shop/frontend");
+    assert_eq!(on_a["endpoints"][0]["pod"], "shop/frontend");
+    let (_, on_b) = route("default/client", "172.30.0.12:30080")?;
+    assert_eq!(on_b["mode"], "refused");
+    assert_eq!(
+        on_b["reason"],
+        "no ready endpoints for shop/frontend:80: none of its 1 endpoints is on node node-b (traffic policy Local)"
+    );
+    assert_eq!(on_b["endpoints"], json!([]));
+    Ok(())
+}
+
+#[test]
+fn terminating_fallback_external_name_and_pod_ip() -> anyhow::Result<()> {
+    // legacy: hand-written slice, internalTrafficPolicy Local; from shop/frontend on node-a.
+    let (_, legacy) = route("shop/frontend", "10.96.0.30:80")?;
+    assert_eq!(legacy["endpoints"].as_array().map(Vec::len), Some(1));
+    assert_eq!(legacy["endpoints"][0]["address"], "10.244.1.11");
+    assert_eq!(legacy["mode"], "direct");
+
+    let (_, search) = route("shop/frontend", "search:443")?;
+    assert_eq!(search["mode"], "passthrough");
+    assert_eq!(search["external_name"], "search.example.com");
+
+    let (_, pod) = route("shop/frontend", "10.244.2.20:5432")?;
+    assert_eq!(pod["service"], Value::Null);
+    assert_eq!(pod["mode"], "hbone");
+    assert_eq!(pod["endpoints"][0]["pod"], "shop/db-0");
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_a_usage_error() -> anyhow::Result<()> {
+    let (code, _) = route("shop/nobody", "10.96.0.20:80")?;
+    assert_eq!(code, Some(2));
+    let (code, _) = route("shop/frontend", "no-port")?;
+    assert_eq!(code, Some(2));
+    Ok(())
+}
