@@ -75,6 +75,8 @@ impl Inbound {
         let mut connection = h2::server::Builder::new()
             .initial_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
+            .max_frame_size(crate::tunnel::MAX_FRAME)
+            .max_send_buffer_size(1 << 20)
             .handshake::<_, bytes::Bytes>(tls)
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;

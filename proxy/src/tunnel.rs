@@ -32,7 +32,9 @@ use crate::identity::IdentityManager;
 /// Header carrying the original client address (`for=<ip>:<port>`).
 pub const FORWARDED: &str = "forwarded";
 
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+/// Largest HTTP/2 DATA frame we accept: big frames cut per-frame overhead on bulk transfers.
+pub const MAX_FRAME: u32 = 256 * 1024;
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
@@ -204,6 +206,8 @@ impl HbonePool {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_streams(self.stream_limit as u32)
+            .max_frame_size(MAX_FRAME)
+            .max_send_buffer_size(1 << 20)
             .handshake::<_, Bytes>(tls)
             .await?;
         self.handshakes.fetch_add(1, Ordering::Relaxed);

@@ -18,11 +18,13 @@ pub mod net;
 /// Path of a workspace binary, built next to the test executable.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target folder")?;
+    // target/<profile>/deps/<test> or target/<profile>/<bin> -> target/<profile>/<name>
+    let mut dir = exe.parent().context("test executable has no folder")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir
+            .parent()
+            .context("test executable has no target folder")?;
+    }
     let path = dir.join(name);
     if !path.is_file() {
         bail!(

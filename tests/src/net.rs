@@ -15,6 +15,12 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct TaskGuard(JoinHandle<()>);
 
+impl TaskGuard {
+    pub fn new(task: JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
+
 impl Drop for TaskGuard {
     fn drop(&mut self) {
         self.0.abort();

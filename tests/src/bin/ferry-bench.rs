@@ -1,0 +1,292 @@
+//! `ferry-bench`: the data path benchmark. One run measures, through the
+//! mesh (client pod -> SOCKS5 -> node-a proxy -> HBONE mTLS -> node-b proxy
+//! -> server pod) and directly (client -> server), on loopback:
+//!
+//! - single-stream throughput,
+//! - p50/p99 latency of a small request/response on a persistent connection,
+//! - new connections per second (connect, one round trip, close),
+//! - proxy memory (RSS of both proxies) per 1,000 open connections,
+//!
+//! and prints a table with mesh/direct ratios. Every loop is bounded in
+//! count and time. Run with the release binaries:
+//! `cargo build --release --bins && cargo run --release -p ferry-tests --bin ferry-bench`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferry_tests::net::{socks5_connect, TaskGuard};
+use ferry_tests::{LoopbackMesh, MeshOptions, NodeSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BLOCK: u8 = 77;
+const THROUGHPUT_BYTES: usize = 512 << 20;
+const LATENCY_ROUNDS: usize = 5_000;
+const CONNECTIONS: usize = 2_000;
+const OPEN_CONNECTIONS: usize = 1_000;
+const PHASE_LIMIT: Duration = Duration::from_secs(60);
+
+fn manifests() -> String {
+    let n = BLOCK;
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus: {{addresses: [{{type: InternalIP, address: 127.{n}.0.1}}]}}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {{name: node-b}}\nstatus: {{addresses: [{{type: InternalIP, address: 127.{n}.0.2}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: bench}}\nspec: {{nodeName: node-a, serviceAccountName: client, containers: [{{name: c, image: x}}]}}\nstatus: {{phase: Running, podIP: 127.{n}.1.10, conditions: [{{type: Ready, status: \"True\"}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: server, namespace: bench}}\nspec: {{nodeName: node-b, serviceAccountName: server, containers: [{{name: c, image: x}}]}}\nstatus: {{phase: Running, podIP: 127.{n}.2.10, conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+    )
+}
+
+/// Server: "s" = sink (read to EOF, answer with the byte count), "e" =
+/// echo; the first byte of a connection chooses.
+async fn server(address: SocketAddr) -> anyhow::Result<TaskGuard> {
+    let listener = TcpListener::bind(address).await?;
+    Ok(TaskGuard::new(tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut mode = [0u8; 1];
+                if stream.read_exact(&mut mode).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                if mode[0] == b's' {
+                    let mut total = 0u64;
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                    let _ = stream.write_all(&total.to_be_bytes()).await;
+                } else {
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    })))
+}
+
+#[derive(Clone, Copy)]
+enum Path {
+    Direct,
+    Mesh { socks: SocketAddr },
+}
+
+async fn connect(path: Path, client: IpAddr, server: SocketAddr) -> anyhow::Result<TcpStream> {
+    let stream = match path {
+        Path::Direct => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(client, 0))?;
+            socket.connect(server).await?
+        }
+        Path::Mesh { socks } => {
+            socks5_connect(socks, client, &server.ip().to_string(), server.port()).await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn throughput(path: Path, client: IpAddr, server: SocketAddr) -> anyhow::Result<f64> {
+    let mut stream = connect(path, client, server).await?;
+    stream.write_all(b"s").await?;
+    let chunk = vec![0x5au8; 256 * 1024];
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < THROUGHPUT_BYTES && started.elapsed() < PHASE_LIMIT {
+        stream.write_all(&chunk).await?;
+        sent += chunk.len();
+    }
+    stream.shutdown().await?;
+    let mut count = [0u8; 8];
+    stream.read_exact(&mut count).await?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        u64::from_be_bytes(count) == sent as u64,
+        "byte count mismatch"
+    );
+    Ok(sent as f64 / elapsed.as_secs_f64() / (1024.0 * 1024.0))
+}
+
+async fn latency(
+    path: Path,
+    client: IpAddr,
+    server: SocketAddr,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut stream = connect(path, client, server).await?;
+    stream.write_all(b"e").await?;
+    let request = [7u8; 64];
+    let mut response = [0u8; 64];
+    // Warm up.
+    for _ in 0..200 {
+        stream.write_all(&request).await?;
+        stream.read_exact(&mut response).await?;
+    }
+    let mut samples = Vec::with_capacity(LATENCY_ROUNDS);
+    let deadline = Instant::now() + PHASE_LIMIT;
+    for _ in 0..LATENCY_ROUNDS {
+        if Instant::now() > deadline {
+            break;
+        }
+        let started = Instant::now();
+        stream.write_all(&request).await?;
+        stream.read_exact(&mut response).await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Ok((at(0.50), at(0.99)))
+}
+
+async fn connections_per_second(
+    path: Path,
+    client: IpAddr,
+    server: SocketAddr,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut done = 0;
+    while done < CONNECTIONS && started.elapsed() < PHASE_LIMIT {
+        let mut stream = connect(path, client, server).await?;
+        stream.write_all(b"ex").await?;
+        let mut one = [0u8; 1];
+        stream.read_exact(&mut one).await?;
+        drop(stream);
+        done += 1;
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+async fn memory_per_thousand(
+    mesh: &LoopbackMesh,
+    socks: SocketAddr,
+    client: IpAddr,
+    server: SocketAddr,
+) -> anyhow::Result<f64> {
+    let pids: Vec<u32> = mesh
+        .proxies
+        .iter()
+        .filter_map(|p| p.process.pid())
+        .collect();
+    let rss = |pids: &[u32]| -> anyhow::Result<u64> { pids.iter().map(|p| rss_kib(*p)).sum() };
+    let before = rss(&pids)?;
+    let mut open = Vec::with_capacity(OPEN_CONNECTIONS);
+    for _ in 0..OPEN_CONNECTIONS {
+        let mut stream = connect(Path::Mesh { socks }, client, server).await?;
+        stream.write_all(b"ex").await?;
+        let mut one = [0u8; 1];
+        stream.read_exact(&mut one).await?;
+        open.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss(&pids)?;
+    drop(open);
+    Ok((after.saturating_sub(before)) as f64 / 1024.0 * (1000.0 / OPEN_CONNECTIONS as f64))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Enough descriptors for the open-connection phase.
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("bench.yaml"), manifests())?;
+    let client: IpAddr = format!("127.{BLOCK}.1.10").parse()?;
+    let server_addr: SocketAddr = format!("127.{BLOCK}.2.10:9000").parse()?;
+    let _server = server(server_addr).await?;
+    let nodes = [
+        NodeSpec::new("node-a", &format!("127.{BLOCK}.0.1"))?,
+        NodeSpec::new("node-b", &format!("127.{BLOCK}.0.2"))?,
+    ];
+    let options = MeshOptions {
+        pki: true,
+        ..MeshOptions::default()
+    };
+    let mesh =
+        tokio::task::block_in_place(|| LoopbackMesh::start_with(dir.path(), &nodes, options))?;
+    tokio::task::block_in_place(|| {
+        mesh.wait_all("certificates", |d| {
+            d["certificates"].as_array().is_some_and(|c| !c.is_empty())
+        })
+    })?;
+    let socks = mesh.proxy("node-a")?.socks5;
+    let mesh_path = Path::Mesh { socks };
+
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let ratio = |m: f64, d: f64| format!("{:.2}x", m / d);
+
+    let direct = throughput(Path::Direct, client, server_addr).await?;
+    let meshed = throughput(mesh_path, client, server_addr).await?;
+    rows.push((
+        "throughput, 1 stream (MiB/s)".into(),
+        format!("{meshed:.0}"),
+        format!("{direct:.0}"),
+        ratio(meshed, direct),
+    ));
+
+    let (d50, d99) = latency(Path::Direct, client, server_addr).await?;
+    let (m50, m99) = latency(mesh_path, client, server_addr).await?;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    rows.push((
+        "latency p50, 64 B echo (µs)".into(),
+        format!("{:.0}", us(m50)),
+        format!("{:.0}", us(d50)),
+        ratio(us(m50), us(d50)),
+    ));
+    rows.push((
+        "latency p99, 64 B echo (µs)".into(),
+        format!("{:.0}", us(m99)),
+        format!("{:.0}", us(d99)),
+        ratio(us(m99), us(d99)),
+    ));
+
+    let dc = connections_per_second(Path::Direct, client, server_addr).await?;
+    let mc = connections_per_second(mesh_path, client, server_addr).await?;
+    rows.push((
+        "new connections per second".into(),
+        format!("{mc:.0}"),
+        format!("{dc:.0}"),
+        ratio(mc, dc),
+    ));
+
+    let mib = memory_per_thousand(&mesh, socks, client, server_addr).await?;
+    rows.push((
+        "proxy RSS per 1,000 open connections (MiB, both proxies)".into(),
+        format!("{mib:.1}"),
+        "-".into(),
+        "-".into(),
+    ));
+
+    let dump = tokio::task::block_in_place(|| mesh.config_dump("node-a"))?;
+    println!(
+        "\nFerry data path benchmark (loopback, mesh = SOCKS5 + HBONE mTLS between two proxies)"
+    );
+    println!(
+        "HBONE handshakes during the run: {}",
+        dump["hbone_pool"]["handshakes"]
+    );
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    println!(
+        "{:<w$} | {:>8} | {:>8} | {:>6}",
+        "measure", "mesh", "direct", "ratio"
+    );
+    println!("{:-<w$}-+-{:->8}-+-{:->8}-+-{:->6}", "", "", "", "");
+    for (name, m, d, r) in rows {
+        println!("{name:<w$} | {m:>8} | {d:>8} | {r:>6}");
+    }
+    Ok(())
+}
