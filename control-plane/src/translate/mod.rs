@@ -15,6 +15,7 @@
 //! translated once, encoded, and reported only if its content version changed.
 
 pub mod objects;
+pub mod policy;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -76,6 +77,9 @@ type NsName = (String, String);
 struct NamespaceState {
     /// The Namespace object's labels; `None` until it is seen.
     labels: Option<BTreeMap<String, String>>,
+    /// Labels policies match against: the object's plus the implicit
+    /// `kubernetes.io/metadata.name`.
+    effective_labels: Option<BTreeMap<String, String>>,
     /// Pods, already translated (the only pod fields translation needs).
     /// Finished pods are not kept: they are nobody's backend.
     pods: HashMap<String, Workload>,
@@ -168,6 +172,10 @@ pub struct Translator {
     options: TranslateOptions,
     namespaces: HashMap<String, NamespaceState>,
     nodes: HashMap<String, Box<core::Node>>,
+    /// Compiled NetworkPolicies, and those with namespaceSelector peers
+    /// (the only ones a pod of another namespace can affect).
+    compiled: HashMap<NsName, policy::CompiledPolicy>,
+    spanning: BTreeSet<NsName>,
     output: HashMap<ResourceKey, Published>,
 }
 
@@ -176,6 +184,7 @@ struct Dirty {
     workloads: BTreeSet<NsName>,
     services: BTreeSet<NsName>,
     nodes: BTreeSet<String>,
+    policies: BTreeSet<NsName>,
 }
 
 impl Translator {
@@ -211,8 +220,11 @@ impl Translator {
 
     fn namespace(&mut self, name: &str) -> &mut NamespaceState {
         if !self.namespaces.contains_key(name) {
-            self.namespaces
-                .insert(name.to_string(), NamespaceState::default());
+            let state = NamespaceState {
+                effective_labels: Some(policy::namespace_labels(name, None)),
+                ..NamespaceState::default()
+            };
+            self.namespaces.insert(name.to_string(), state);
         }
         self.namespaces.entry(name.to_string()).or_default()
     }
@@ -247,7 +259,16 @@ impl Translator {
                 self.set_slice(&r.namespace, &r.name, Some(slice), dirty)
             }
             K8sObject::NetworkPolicy(policy) => {
+                let key = (r.namespace.clone(), r.name.clone());
+                let compiled = policy::CompiledPolicy::compile(&policy, self.pod_views());
+                if compiled.spans_namespaces() {
+                    self.spanning.insert(key.clone());
+                } else {
+                    self.spanning.remove(&key);
+                }
+                self.compiled.insert(key.clone(), compiled);
                 self.namespace(&r.namespace).policies.insert(r.name, policy);
+                dirty.policies.insert(key);
             }
         }
     }
@@ -271,6 +292,10 @@ impl Translator {
                 if let Some(ns) = self.namespaces.get_mut(&r.namespace) {
                     ns.policies.remove(&r.name);
                 }
+                let key = (r.namespace.clone(), r.name.clone());
+                self.compiled.remove(&key);
+                self.spanning.remove(&key);
+                dirty.policies.insert(key);
             }
         }
     }
@@ -287,7 +312,14 @@ impl Translator {
         let mesh_of =
             |l: Option<&BTreeMap<String, String>>| l.and_then(|l| l.get(MESH_LABEL)).cloned();
         let mesh_changed = mesh_of(ns.labels.as_ref()) != mesh_of(labels.as_ref());
+        let effective = policy::namespace_labels(namespace, labels.as_ref());
+        let labels_changed = ns.effective_labels.as_ref() != Some(&effective);
+        ns.effective_labels = Some(effective);
         ns.labels = labels;
+        if labels_changed {
+            self.namespace_labels_changed_for_policies(namespace, dirty);
+        }
+        let ns = self.namespace(namespace);
         if !mesh_changed {
             return;
         }
@@ -349,6 +381,78 @@ impl Translator {
         }
         if !new_services.is_empty() {
             ns.pod_services.insert(name.to_string(), new_services);
+        }
+        self.pod_changed_for_policies(namespace, name, dirty);
+    }
+
+    /// Every pod, as policy compilation sees it.
+    fn pod_views(&self) -> impl Iterator<Item = policy::PodView<'_>> {
+        self.namespaces.iter().flat_map(|(ns_name, ns)| {
+            let labels = ns.effective_labels.as_ref();
+            ns.pods.iter().filter_map(move |(pod, w)| {
+                Some(policy::PodView {
+                    namespace: ns_name,
+                    name: pod,
+                    labels: &w.labels,
+                    namespace_labels: labels?,
+                })
+            })
+        })
+    }
+
+    /// Re-checks one pod against the policies that could select it: those of
+    /// its namespace and those with namespaceSelector peers.
+    fn pod_changed_for_policies(&mut self, namespace: &str, name: &str, dirty: &mut Dirty) {
+        let key = format!("{namespace}/{name}");
+        let ns = self.namespaces.get(namespace);
+        let view = ns.and_then(|ns| {
+            Some(policy::PodView {
+                namespace,
+                name,
+                labels: &ns.pods.get(name)?.labels,
+                namespace_labels: ns.effective_labels.as_ref()?,
+            })
+        });
+        let local = ns
+            .into_iter()
+            .flat_map(|ns| ns.policies.keys())
+            .map(|p| (namespace.to_string(), p.clone()));
+        let candidates: BTreeSet<NsName> = local.chain(self.spanning.iter().cloned()).collect();
+        for policy_key in candidates {
+            let Some(compiled) = self.compiled.get_mut(&policy_key) else {
+                continue;
+            };
+            // A selected pod's node decides which proxies get the policy.
+            let selects = compiled.selected.contains(&key);
+            if compiled.update_pod(&key, view) || selects {
+                dirty.policies.insert(policy_key);
+            }
+        }
+    }
+
+    /// Re-checks a namespace's pods against namespaceSelector peers.
+    fn namespace_labels_changed_for_policies(&mut self, namespace: &str, dirty: &mut Dirty) {
+        let Some(ns) = self.namespaces.get(namespace) else {
+            return;
+        };
+        let Some(ns_labels) = ns.effective_labels.as_ref() else {
+            return;
+        };
+        for policy_key in &self.spanning {
+            let Some(compiled) = self.compiled.get_mut(policy_key) else {
+                continue;
+            };
+            for (pod, w) in &ns.pods {
+                let view = policy::PodView {
+                    namespace,
+                    name: pod,
+                    labels: &w.labels,
+                    namespace_labels: ns_labels,
+                };
+                if compiled.update_pod(&view.key(), Some(view)) {
+                    dirty.policies.insert(policy_key.clone());
+                }
+            }
         }
     }
 
@@ -483,19 +587,49 @@ impl Translator {
                 &mut changes,
             );
         }
+        for key in dirty.policies {
+            let resource_key = ResourceKey::new(Kind::Policy, format!("{}/{}", key.0, key.1));
+            let Some(compiled) = self.compiled.get(&key) else {
+                self.publish_scoped(resource_key, None, Scope::AllNodes, &mut changes);
+                continue;
+            };
+            // Enforced where the selected pods run: ingress on the
+            // destination's node, egress on the source's.
+            let nodes: BTreeSet<String> = compiled
+                .selected
+                .iter()
+                .filter_map(|w| {
+                    let (ns, pod) = w.split_once('/')?;
+                    self.namespaces.get(ns)?.pods.get(pod)?.node.clone()
+                })
+                .collect();
+            let body = ResourceBody::Policy(compiled.to_model());
+            self.publish_scoped(resource_key, Some(body), Scope::Nodes(nodes), &mut changes);
+        }
         changes
     }
 
     fn publish(&mut self, key: ResourceKey, body: Option<ResourceBody>, changes: &mut Vec<Change>) {
+        self.publish_scoped(key, body, Scope::AllNodes, changes);
+    }
+
+    fn publish_scoped(
+        &mut self,
+        key: ResourceKey,
+        body: Option<ResourceBody>,
+        scope: Scope,
+        changes: &mut Vec<Change>,
+    ) {
         match body {
             Some(body) => {
                 let resource = VersionedResource::encode(&body);
-                if self.output.get(&key).map(Published::version) == Some(resource.version) {
+                let current = self.output.get(&key);
+                if current.is_some_and(|p| p.version() == resource.version && p.scope == scope) {
                     return;
                 }
                 let published = Published {
                     resource: Arc::new(resource),
-                    scope: Scope::AllNodes,
+                    scope,
                 };
                 self.output.insert(key.clone(), published.clone());
                 changes.push(Change::Upsert(key, published));
