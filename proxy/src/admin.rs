@@ -29,6 +29,14 @@ pub struct Admin {
     pub xds: XdsClient,
     pub identities: Option<Arc<crate::identity::IdentityManager>>,
     pub pool: Option<Arc<crate::tunnel::HbonePool>>,
+    pub tracker: Arc<crate::policy::ConnectionTracker>,
+}
+
+#[derive(Serialize)]
+struct PolicyStats {
+    open_connections: usize,
+    denied: u64,
+    closed_by_update: u64,
 }
 
 #[derive(Serialize)]
@@ -50,6 +58,7 @@ struct ConfigDump<'a> {
     xds: XdsStatus,
     certificates: Vec<crate::identity::CertStatus>,
     hbone_pool: Option<crate::tunnel::PoolStats>,
+    policy: PolicyStats,
     resources: BTreeMap<&'static str, Vec<DumpEntry<'a>>>,
 }
 
@@ -102,6 +111,17 @@ impl Admin {
                 .map(|i| i.status())
                 .unwrap_or_default(),
             hbone_pool: self.pool.as_ref().map(|p| p.stats()),
+            policy: PolicyStats {
+                open_connections: self.tracker.open_connections(),
+                denied: self
+                    .tracker
+                    .denied
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                closed_by_update: self
+                    .tracker
+                    .closed_by_update
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            },
             resources,
         })
     }

@@ -26,6 +26,7 @@ pub struct Inbound {
     pub node: String,
     pub store: Arc<ConfigStore>,
     pub tls: Arc<rustls::ServerConfig>,
+    pub tracker: Arc<crate::policy::ConnectionTracker>,
 }
 
 impl Inbound {
@@ -94,6 +95,41 @@ impl Inbound {
         Ok(())
     }
 
+    /// The source pod address from the `forwarded` header, checked against
+    /// the peer's identity.
+    fn verified_source(
+        &self,
+        forwarded: Option<&str>,
+        identity: &Identity,
+    ) -> Result<Option<std::net::IpAddr>, String> {
+        let Some(value) = forwarded else {
+            return Ok(None);
+        };
+        let address = value
+            .trim()
+            .strip_prefix("for=")
+            .map(|v| v.trim_matches('"'))
+            .and_then(|v| v.parse::<SocketAddr>().ok())
+            .ok_or_else(|| format!("malformed forwarded header {value:?}"))?;
+        let state = self.store.snapshot();
+        match state.workload_by_ip(&address.ip()) {
+            Some(w)
+                if w.namespace == identity.namespace
+                    && w.service_account == identity.service_account =>
+            {
+                Ok(Some(address.ip()))
+            }
+            Some(w) => Err(format!(
+                "source {} is {}/{} (service account {}), not the peer identity {identity}",
+                address.ip(),
+                w.namespace,
+                w.name,
+                w.service_account
+            )),
+            None => Err(format!("source {} is not a known workload", address.ip())),
+        }
+    }
+
     async fn stream(
         &self,
         request: http::Request<h2::RecvStream>,
@@ -135,6 +171,36 @@ impl Inbound {
             reply(&mut respond, http::StatusCode::NOT_FOUND);
             return;
         }
+        // The source pod, as the client proxy reports it, must carry the
+        // identity the TLS handshake proved; otherwise the peer's own
+        // address stands for the source.
+        let source = match self.verified_source(client.as_deref(), &identity) {
+            Ok(source) => source.unwrap_or(peer.ip()),
+            Err(reason) => {
+                tracing::warn!(%peer, %identity, %target, %reason, "HBONE stream refused");
+                self.tracker
+                    .denied
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                reply(&mut respond, http::StatusCode::FORBIDDEN);
+                return;
+            }
+        };
+        let check = crate::policy::Check {
+            source,
+            destination: target.ip(),
+            port: target.port(),
+            egress: false,
+            ingress: true,
+        };
+        if let Err(reason) = check.allowed(&self.store.snapshot()) {
+            tracing::info!(%identity, %source, %target, %reason, "inbound connection denied by policy");
+            self.tracker
+                .denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            reply(&mut respond, http::StatusCode::FORBIDDEN);
+            return;
+        }
+        let tracked = self.tracker.track(check);
         let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
         {
             Ok(Ok(tcp)) => tcp,
@@ -158,7 +224,10 @@ impl Inbound {
             }
         };
         let started = std::time::Instant::now();
-        let (to_pod, from_pod) = crate::tunnel::splice(upstream, send, request.into_body()).await;
+        let (to_pod, from_pod) = tokio::select! {
+            copied = crate::tunnel::splice(upstream, send, request.into_body()) => copied,
+            _ = tracked.revoked() => (0, 0),
+        };
         tracing::debug!(
             peer_identity = %identity,
             client = client.as_deref().unwrap_or("-"),

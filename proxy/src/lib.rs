@@ -8,6 +8,8 @@
 //!   upstream (direct or HBONE); fed by [`socks5`] (and capture later).
 //! - [`tunnel`]: the HBONE client pool and the splice of TCP into HTTP/2.
 //! - [`inbound`]: the HBONE listener.
+//! - [`policy`]: NetworkPolicy evaluation (shared with `ferryctl policy`)
+//!   and the tracker that closes connections a policy update disallows.
 //! - [`identity`] and [`tls`]: workload certificates and mTLS.
 //! - [`admin`]: readiness and the configuration dump.
 
@@ -15,6 +17,7 @@ pub mod admin;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;
+pub mod policy;
 pub mod route;
 pub mod socks5;
 pub mod state;

@@ -136,11 +136,13 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(5),
         ))
     });
+    let tracker = ferry_proxy::policy::ConnectionTracker::new();
     let outbound = Arc::new(Outbound::new(
         &args.node,
         trust_domain,
         store.clone(),
         pool.clone(),
+        tracker.clone(),
     ));
 
     let admin_listener = admin::bind(args.admin)
@@ -161,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
                     node: args.node.clone(),
                     store: store.clone(),
                     tls: Arc::new(tls),
+                    tracker: tracker.clone(),
                 },
             ))
         }
@@ -174,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
         xds: xds.clone(),
         identities: identities.clone(),
         pool,
+        tracker: tracker.clone(),
     };
     let identity_task = async {
         match identities {
@@ -203,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
         _ = identity_task => {}
         _ = inbound_task => {}
         _ = sweeper => {}
+        _ = tracker.clone().run(store.clone()) => {}
         _ = shutdown_signal() => tracing::info!("proxy stopping"),
     }
     Ok(())

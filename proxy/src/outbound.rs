@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use ferry_api::identity::Identity;
 use tokio::net::TcpStream;
 
+use crate::policy::{Check, ConnectionTracker, TrackedConnection};
 use crate::route::{self, LoadBalancer, Mode, Plan};
 use crate::state::{ConfigStore, ProxyState};
 use crate::tunnel::{HbonePool, HboneStream, PoolKey, TunnelError};
@@ -33,6 +34,9 @@ pub enum OutboundError {
     /// The mesh rules refuse it (no endpoints, unknown service port...).
     #[error("refused: {0}")]
     Refused(String),
+    /// A NetworkPolicy does not allow it.
+    #[error("denied by policy: {0}")]
+    Denied(String),
     /// Name resolution failed.
     #[error("cannot resolve {0}")]
     Unresolved(String),
@@ -53,6 +57,8 @@ pub enum Upstream {
 #[derive(Debug)]
 pub struct Connected {
     pub upstream: Upstream,
+    /// Closed when a policy update no longer allows the connection.
+    pub tracked: TrackedConnection,
     pub service: Option<String>,
     pub endpoint: SocketAddr,
     pub mode: Mode,
@@ -66,6 +72,7 @@ pub struct Outbound {
     store: Arc<ConfigStore>,
     lb: LoadBalancer,
     pool: Option<Arc<HbonePool>>,
+    tracker: Arc<ConnectionTracker>,
     connect_timeout: Duration,
 }
 
@@ -82,6 +89,7 @@ impl Outbound {
         trust_domain: impl Into<String>,
         store: Arc<ConfigStore>,
         pool: Option<Arc<HbonePool>>,
+        tracker: Arc<ConnectionTracker>,
     ) -> Self {
         Self {
             node: node.into(),
@@ -89,6 +97,7 @@ impl Outbound {
             store,
             lb: LoadBalancer::new(),
             pool,
+            tracker,
             connect_timeout: Duration::from_secs(5),
         }
     }
@@ -233,6 +242,22 @@ impl Outbound {
             }
         };
         let choice = self.choose(&state, client, destination)?;
+        // Egress is judged here, on the source's node; ingress too when the
+        // destination is on this node (no other proxy sees the connection).
+        let check = Check {
+            source: client.ip(),
+            destination: choice.endpoint.ip(),
+            port: choice.endpoint.port(),
+            egress: true,
+            ingress: choice.mode == Mode::Direct,
+        };
+        if let Err(reason) = check.allowed(&state) {
+            self.tracker
+                .denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(OutboundError::Denied(reason));
+        }
+        let tracked = self.tracker.track(check);
         let upstream = match choice.hbone {
             None => Upstream::Tcp(self.connect_tcp(choice.endpoint).await?),
             Some((destination_identity, node)) => {
@@ -262,6 +287,7 @@ impl Outbound {
         };
         Ok(Connected {
             upstream,
+            tracked,
             service: choice.service,
             endpoint: choice.endpoint,
             mode: choice.mode,
@@ -284,17 +310,26 @@ impl Outbound {
     }
 
     /// Copies between the client and its upstream until both sides are done.
+    /// Copies between the client and its upstream until both sides are
+    /// done, or until a policy update revokes the connection.
     pub async fn relay(mut client: TcpStream, connected: Connected) -> (u64, u64) {
-        match connected.upstream {
-            Upstream::Tcp(mut upstream) => {
-                tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                    .await
-                    .unwrap_or((0, 0))
+        let tracked = connected.tracked;
+        let copy = async move {
+            match connected.upstream {
+                Upstream::Tcp(mut upstream) => {
+                    tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                        .await
+                        .unwrap_or((0, 0))
+                }
+                Upstream::Hbone(stream) => {
+                    let _slot = stream.slot;
+                    crate::tunnel::splice(client, stream.send, stream.recv).await
+                }
             }
-            Upstream::Hbone(stream) => {
-                let _slot = stream.slot;
-                crate::tunnel::splice(client, stream.send, stream.recv).await
-            }
+        };
+        tokio::select! {
+            copied = copy => copied,
+            _ = tracked.revoked() => (0, 0),
         }
     }
 }

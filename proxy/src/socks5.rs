@@ -123,6 +123,7 @@ async fn session(
         Err(e) => {
             let code = match &e {
                 OutboundError::Refused(_) => reply::CONNECTION_REFUSED,
+                OutboundError::Denied(_) => reply::NOT_ALLOWED,
                 OutboundError::Unresolved(_) | OutboundError::Unreachable { .. } => {
                     reply::HOST_UNREACHABLE
                 }

@@ -31,6 +31,10 @@ pub struct ProxyState {
     nodes_by_ip: imbl::HashMap<IpAddr, Entry>,
     /// Node ports of NodePort and LoadBalancer services.
     services_by_node_port: imbl::HashMap<u16, Entry>,
+    /// Policies ready for evaluation, by policy name, and the policies
+    /// selecting each workload.
+    policies: imbl::HashMap<String, Arc<crate::policy::CompiledPolicy>>,
+    policies_by_workload: imbl::HashMap<String, imbl::OrdSet<String>>,
 }
 
 impl ProxyState {
@@ -158,6 +162,18 @@ impl ProxyState {
             .filter_map(|p| p.node_port)
     }
 
+    /// The policies that select a workload (`namespace/name`).
+    pub fn policies_selecting<'a>(
+        &'a self,
+        workload: &str,
+    ) -> impl Iterator<Item = &'a crate::policy::CompiledPolicy> + 'a {
+        self.policies_by_workload
+            .get(workload)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.policies.get(name).map(|p| p.as_ref()))
+    }
+
     /// Parseable InternalIP and ExternalIP addresses of a node.
     fn node_ips(n: &Node) -> impl Iterator<Item = IpAddr> + '_ {
         n.addresses
@@ -207,7 +223,17 @@ impl ProxyState {
             ResourceBody::Node(n) => {
                 Self::unindex_keys(&mut self.nodes_by_ip, Self::node_ips(n), key);
             }
-            ResourceBody::Policy(_) => {}
+            ResourceBody::Policy(p) => {
+                self.policies.remove(&key.name);
+                for w in &p.selected {
+                    if let Some(set) = self.policies_by_workload.get_mut(w) {
+                        set.remove(&key.name);
+                        if set.is_empty() {
+                            self.policies_by_workload.remove(w);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -234,7 +260,18 @@ impl ProxyState {
             ResourceBody::Node(n) => {
                 Self::index_keys(&mut self.nodes_by_ip, Self::node_ips(n), &entry);
             }
-            ResourceBody::Policy(_) => {}
+            ResourceBody::Policy(p) => {
+                self.policies.insert(
+                    entry.key.name.clone(),
+                    Arc::new(crate::policy::CompiledPolicy::compile(p)),
+                );
+                for w in &p.selected {
+                    self.policies_by_workload
+                        .entry(w.clone())
+                        .or_default()
+                        .insert(entry.key.name.clone());
+                }
+            }
         }
     }
 
