@@ -102,10 +102,7 @@ impl Cluster {
             .flat_map(|ns| PODS.iter().map(move |p| format!("{ns}/{p}")))
             .map(|key| state.workload(&key).unwrap_or_else(|| panic!("{key}")))
             .collect();
-        let party = |w: &Workload| Party {
-            workload: Some(state.workload(&w.key_name()).unwrap()),
-            ip: w.addresses[0],
-        };
+        let party = |w: &Workload| Party::workload(&state, &w.key_name()).unwrap();
         pods.iter()
             .map(|from| {
                 pods.iter()

@@ -41,8 +41,8 @@ struct CompiledPeer {
 
 impl CompiledPeer {
     fn matches(&self, other: &Party<'_>) -> bool {
-        if let Some(w) = other.workload {
-            if self.workloads.contains(&w.key_name()) {
+        if let Some(key) = other.key {
+            if self.workloads.contains(key) {
                 return true;
             }
         }
@@ -112,20 +112,45 @@ impl CompiledPolicy {
     }
 }
 
-/// One end of a connection: an address, and the workload behind it if any.
+/// One end of a connection: an address, and the workload behind it if any
+/// (with its key, `namespace/name`, borrowed from the config so that
+/// evaluation allocates nothing).
 #[derive(Debug, Clone, Copy)]
 pub struct Party<'a> {
     pub workload: Option<&'a Workload>,
+    pub key: Option<&'a str>,
     pub ip: IpAddr,
 }
 
 impl<'a> Party<'a> {
     /// The party at `ip`, with its workload if the config knows one.
     pub fn at(state: &'a ProxyState, ip: IpAddr) -> Self {
-        Self {
-            workload: state.workload_by_ip(&ip),
-            ip,
+        match state.workload_entry_by_ip(&ip) {
+            Some((key, w)) => Self {
+                workload: Some(w),
+                key: Some(key),
+                ip,
+            },
+            None => Self {
+                workload: None,
+                key: None,
+                ip,
+            },
         }
+    }
+
+    /// A workload by key, at its first address (unspecified when it has none).
+    pub fn workload(state: &'a ProxyState, key: &str) -> Option<Self> {
+        let (key, w) = state.workload_entry(key)?;
+        Some(Self {
+            workload: Some(w),
+            key: Some(key),
+            ip: w
+                .addresses
+                .first()
+                .copied()
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        })
     }
 }
 
@@ -174,9 +199,100 @@ enum Direction {
     Egress,
 }
 
+impl CompiledRule {
+    fn matches(
+        &self,
+        other: &Party<'_>,
+        port: u16,
+        protocol: Protocol,
+        destination: Option<&Workload>,
+    ) -> bool {
+        let peer_ok = self
+            .peers
+            .as_ref()
+            .is_none_or(|peers| peers.iter().any(|p| p.matches(other)));
+        peer_ok
+            && (self.ports.is_empty()
+                || self
+                    .ports
+                    .iter()
+                    .any(|p| port_matches(p, port, protocol, destination)))
+    }
+}
+
+impl CompiledPolicy {
+    fn rules(&self, direction: Direction) -> Option<&[CompiledRule]> {
+        match direction {
+            Direction::Ingress => self.ingress.then_some(&self.ingress_rules[..]),
+            Direction::Egress => self.egress.then_some(&self.egress_rules[..]),
+        }
+    }
+}
+
+/// The hot path: whether `subject` may have this connection in `direction`.
+/// Allocates nothing.
+fn allows(
+    state: &ProxyState,
+    subject: &str,
+    other: &Party<'_>,
+    port: u16,
+    protocol: Protocol,
+    destination: Option<&Workload>,
+    direction: Direction,
+) -> bool {
+    let mut isolated = false;
+    for policy in state.policies_selecting(subject) {
+        let Some(rules) = policy.rules(direction) else {
+            continue;
+        };
+        isolated = true;
+        if rules
+            .iter()
+            .any(|r| r.matches(other, port, protocol, destination))
+        {
+            return true;
+        }
+    }
+    !isolated
+}
+
+/// Whether NetworkPolicy allows a connection, both directions; allocates nothing.
+pub fn allowed(
+    state: &ProxyState,
+    source: &Party<'_>,
+    destination: &Party<'_>,
+    port: u16,
+    protocol: Protocol,
+) -> bool {
+    let egress_ok = source.key.is_none_or(|key| {
+        allows(
+            state,
+            key,
+            destination,
+            port,
+            protocol,
+            destination.workload,
+            Direction::Egress,
+        )
+    });
+    egress_ok
+        && destination.key.is_none_or(|key| {
+            allows(
+                state,
+                key,
+                source,
+                port,
+                protocol,
+                destination.workload,
+                Direction::Ingress,
+            )
+        })
+}
+
+/// The detailed verdict of one direction (for explanations and messages).
 fn judge(
     state: &ProxyState,
-    subject: &Workload,
+    subject: &str,
     other: &Party<'_>,
     port: u16,
     protocol: Protocol,
@@ -184,30 +300,18 @@ fn judge(
     direction: Direction,
 ) -> DirectionVerdict {
     let mut isolating = Vec::new();
-    for policy in state.policies_selecting(&subject.key_name()) {
-        let (applies, rules) = match direction {
-            Direction::Ingress => (policy.ingress, &policy.ingress_rules),
-            Direction::Egress => (policy.egress, &policy.egress_rules),
-        };
-        if !applies {
+    for policy in state.policies_selecting(subject) {
+        let Some(rules) = policy.rules(direction) else {
             continue;
-        }
-        for (index, rule) in rules.iter().enumerate() {
-            let peer_ok = rule
-                .peers
-                .as_ref()
-                .is_none_or(|peers| peers.iter().any(|p| p.matches(other)));
-            let port_ok = rule.ports.is_empty()
-                || rule
-                    .ports
-                    .iter()
-                    .any(|p| port_matches(p, port, protocol, destination));
-            if peer_ok && port_ok {
-                return DirectionVerdict::Allowed {
-                    policy: policy.key.clone(),
-                    rule: index,
-                };
-            }
+        };
+        if let Some(index) = rules
+            .iter()
+            .position(|r| r.matches(other, port, protocol, destination))
+        {
+            return DirectionVerdict::Allowed {
+                policy: policy.key.clone(),
+                rule: index,
+            };
         }
         isolating.push(policy.key.clone());
     }
@@ -229,10 +333,10 @@ pub fn egress(
     port: u16,
     protocol: Protocol,
 ) -> DirectionVerdict {
-    match source.workload {
-        Some(w) => judge(
+    match source.key {
+        Some(key) => judge(
             state,
-            w,
+            key,
             destination,
             port,
             protocol,
@@ -251,14 +355,14 @@ pub fn ingress(
     port: u16,
     protocol: Protocol,
 ) -> DirectionVerdict {
-    match destination.workload {
-        Some(w) => judge(
+    match destination.key {
+        Some(key) => judge(
             state,
-            w,
+            key,
             source,
             port,
             protocol,
-            Some(w),
+            destination.workload,
             Direction::Ingress,
         ),
         None => DirectionVerdict::NotIsolated,
@@ -306,14 +410,39 @@ impl Check {
     pub fn allowed(&self, state: &ProxyState) -> Result<(), String> {
         let source = Party::at(state, self.source);
         let destination = Party::at(state, self.destination);
-        if self.egress {
+        let fast = |direction| match direction {
+            Direction::Egress => source.key.is_none_or(|key| {
+                allows(
+                    state,
+                    key,
+                    &destination,
+                    self.port,
+                    Protocol::Tcp,
+                    destination.workload,
+                    direction,
+                )
+            }),
+            Direction::Ingress => destination.key.is_none_or(|key| {
+                allows(
+                    state,
+                    key,
+                    &source,
+                    self.port,
+                    Protocol::Tcp,
+                    destination.workload,
+                    direction,
+                )
+            }),
+        };
+        // Only a denial pays for the detailed verdict (it names the policies).
+        if self.egress && !fast(Direction::Egress) {
             if let DirectionVerdict::Denied { policies } =
                 egress(state, &source, &destination, self.port, Protocol::Tcp)
             {
                 return Err(format!("egress denied by {}", policies.join(", ")));
             }
         }
-        if self.ingress {
+        if self.ingress && !fast(Direction::Ingress) {
             if let DirectionVerdict::Denied { policies } =
                 ingress(state, &source, &destination, self.port, Protocol::Tcp)
             {

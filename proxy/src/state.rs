@@ -162,6 +162,24 @@ impl ProxyState {
             .filter_map(|p| p.node_port)
     }
 
+    /// The workload that owns a pod IP, with its key.
+    pub fn workload_entry_by_ip(&self, ip: &IpAddr) -> Option<(&str, &Workload)> {
+        let entry = self.workloads_by_ip.get(ip)?;
+        match &entry.body {
+            ResourceBody::Workload(w) => Some((entry.key.name.as_str(), w)),
+            _ => None,
+        }
+    }
+
+    /// A workload by key (`namespace/name`), with the key as stored.
+    pub fn workload_entry(&self, key: &str) -> Option<(&str, &Workload)> {
+        let entry = self.resources.get(&ResourceKey::new(Kind::Workload, key))?;
+        match &entry.body {
+            ResourceBody::Workload(w) => Some((entry.key.name.as_str(), w)),
+            _ => None,
+        }
+    }
+
     /// The policies that select a workload (`namespace/name`).
     pub fn policies_selecting<'a>(
         &'a self,

@@ -233,15 +233,12 @@ fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
-fn party(w: &Workload) -> Party<'_> {
-    Party {
-        workload: Some(w),
-        ip: w
-            .addresses
-            .first()
-            .copied()
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-    }
+fn party<'a>(state: &'a ferry_proxy::state::ProxyState, w: &Workload) -> Party<'a> {
+    Party::workload(state, &w.key_name()).unwrap_or(Party {
+        workload: None,
+        key: None,
+        ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    })
 }
 
 #[derive(serde::Serialize)]
@@ -286,7 +283,13 @@ fn reachability(dir: PathBuf, ports: Vec<u16>, output: Output) -> ExitCode {
         for to in &pods {
             for port in &ports {
                 for protocol in PROTOCOLS {
-                    let verdict = evaluate(&state, &party(from), &party(to), *port, protocol);
+                    let verdict = evaluate(
+                        &state,
+                        &party(&state, from),
+                        &party(&state, to),
+                        *port,
+                        protocol,
+                    );
                     results.push(Reach {
                         from: from.key_name(),
                         to: to.key_name(),
@@ -392,7 +395,13 @@ fn explain_policy(dir: PathBuf, from: &str, to: &str, output: Output) -> ExitCod
         eprintln!("ferryctl: --to {to}: no such pod {pod}");
         return ExitCode::from(2);
     };
-    let verdict = evaluate(&state, &party(source), &party(destination), port, protocol);
+    let verdict = evaluate(
+        &state,
+        &party(&state, source),
+        &party(&state, destination),
+        port,
+        protocol,
+    );
     match output {
         Output::Json => match serde_json::to_string_pretty(&verdict) {
             Ok(json) => println!("{json}"),

@@ -413,20 +413,29 @@ impl Translator {
                 namespace_labels: ns.effective_labels.as_ref()?,
             })
         });
-        let local = ns
-            .into_iter()
-            .flat_map(|ns| ns.policies.keys())
-            .map(|p| (namespace.to_string(), p.clone()));
-        let candidates: BTreeSet<NsName> = local.chain(self.spanning.iter().cloned()).collect();
-        for policy_key in candidates {
-            let Some(compiled) = self.compiled.get_mut(&policy_key) else {
-                continue;
+        // Split borrows: the namespace and the spanning set are read while
+        // the compiled policies are patched; nothing is cloned per policy.
+        let compiled = &mut self.compiled;
+        let mut patch = |policy_key: &NsName, dirty: &mut Dirty| {
+            let Some(policy) = compiled.get_mut(policy_key) else {
+                return;
             };
             // A selected pod's node decides which proxies get the policy.
-            let selects = compiled.selected.contains(&key);
-            if compiled.update_pod(&key, view) || selects {
-                dirty.policies.insert(policy_key);
+            let selects = policy.selected.contains(&key);
+            if policy.update_pod(&key, view) || selects {
+                dirty.policies.insert(policy_key.clone());
             }
+        };
+        if let Some(ns) = ns {
+            for policy_name in ns.policies.keys() {
+                let policy_key = (namespace.to_string(), policy_name.clone());
+                if !self.spanning.contains(&policy_key) {
+                    patch(&policy_key, dirty);
+                }
+            }
+        }
+        for policy_key in &self.spanning {
+            patch(policy_key, dirty);
         }
     }
 

@@ -17,7 +17,7 @@
 //! ports may be named (resolved by the proxy against the destination pod)
 //! and carry an endPort range.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use ferry_api::model::{self, IpBlock, PolicyPeer, PolicyPort, PolicyRule, Protocol, TargetPort};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -127,7 +127,7 @@ impl Slot {
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
     /// `None`: every peer (empty or absent `from`/`to`).
-    pub peers: Option<Vec<(Slot, BTreeSet<String>)>>,
+    pub peers: Option<Vec<(Slot, HashSet<String>)>>,
     pub ports: Vec<PolicyPort>,
 }
 
@@ -137,7 +137,7 @@ pub struct CompiledPolicy {
     pub namespace: String,
     pub name: String,
     pub select: Slot,
-    pub selected: BTreeSet<String>,
+    pub selected: HashSet<String>,
     pub ingress: bool,
     pub egress: bool,
     pub ingress_rules: Vec<CompiledRule>,
@@ -171,13 +171,20 @@ fn rule(
 ) -> CompiledRule {
     let peers = peers.filter(|p| !p.is_empty()).map(|p| {
         p.iter()
-            .map(|peer| (Slot::from_peer(peer), BTreeSet::new()))
+            .map(|peer| (Slot::from_peer(peer), HashSet::new()))
             .collect()
     });
     CompiledRule {
         peers,
         ports: ports(port_list),
     }
+}
+
+/// A set's members in order: the published form (and so its version) is deterministic.
+fn sorted(set: &HashSet<String>) -> Vec<String> {
+    let mut members: Vec<String> = set.iter().cloned().collect();
+    members.sort_unstable();
+    members
 }
 
 /// A pod as policy compilation sees it.
@@ -215,7 +222,7 @@ impl CompiledPolicy {
         };
         let mut compiled = Self {
             select: Slot::Pods(spec.pod_selector.clone().unwrap_or_default()),
-            selected: BTreeSet::new(),
+            selected: HashSet::new(),
             ingress,
             egress,
             ingress_rules: spec
@@ -251,23 +258,26 @@ impl CompiledPolicy {
     /// Re-checks one pod (`None`: it is gone) against every slot; returns
     /// whether any set changed.
     pub fn update_pod(&mut self, key: &str, pod: Option<PodView<'_>>) -> bool {
-        let namespace = self.namespace.clone();
-        let check = |slot: &Slot, set: &mut BTreeSet<String>| -> bool {
+        let Self {
+            namespace,
+            select,
+            selected,
+            ingress_rules,
+            egress_rules,
+            ..
+        } = self;
+        let check = |slot: &Slot, set: &mut HashSet<String>| -> bool {
             let now = pod.is_some_and(|p| {
-                slot.matches(&namespace, p.namespace, p.labels, p.namespace_labels)
+                slot.matches(namespace, p.namespace, p.labels, p.namespace_labels)
             });
-            if now {
-                set.insert(key.to_string())
-            } else {
-                set.remove(key)
+            match (now, set.contains(key)) {
+                (true, false) => set.insert(key.to_string()),
+                (false, true) => set.remove(key),
+                _ => false,
             }
         };
-        let mut changed = check(&self.select, &mut self.selected);
-        for rule in self
-            .ingress_rules
-            .iter_mut()
-            .chain(self.egress_rules.iter_mut())
-        {
+        let mut changed = check(select, selected);
+        for rule in ingress_rules.iter_mut().chain(egress_rules.iter_mut()) {
             for (slot, set) in rule.peers.iter_mut().flatten() {
                 changed |= check(slot, set);
             }
@@ -286,7 +296,7 @@ impl CompiledPolicy {
                         .iter()
                         .flatten()
                         .map(|(slot, set)| PolicyPeer {
-                            workloads: set.iter().cloned().collect(),
+                            workloads: sorted(set),
                             ip_block: match slot {
                                 Slot::Block(b) => Some(b.clone()),
                                 _ => None,
@@ -300,7 +310,7 @@ impl CompiledPolicy {
         model::Policy {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
-            selected: self.selected.iter().cloned().collect(),
+            selected: sorted(&self.selected),
             ingress: self.ingress,
             egress: self.egress,
             ingress_rules: rules(&self.ingress_rules),
