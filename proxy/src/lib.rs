@@ -5,7 +5,7 @@
 //! - [`route`]: kube-proxy-compatible service resolution and load balancing
 //!   (shared with `ferryctl route`).
 //! - [`outbound`]: from a client connection and its destination to an
-//!   upstream (direct or HBONE); fed by [`socks5`] (and capture later).
+//!   upstream (direct or HBONE); fed by [`socks5`] and [`capture`].
 //! - [`tunnel`]: the HBONE client pool and the splice of TCP into HTTP/2.
 //! - [`inbound`]: the HBONE listener.
 //! - [`policy`]: NetworkPolicy evaluation (shared with `ferryctl policy`)
@@ -14,6 +14,7 @@
 //! - [`admin`]: readiness and the configuration dump.
 
 pub mod admin;
+pub mod capture;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;

@@ -49,6 +49,14 @@ struct Args {
     /// client that can reach it may use the mesh as any pod of this node.
     #[arg(long, env = "FERRY_SOCKS5", default_value = "127.0.0.1:15080")]
     socks5: SocketAddr,
+    /// Transparent capture listener (iptables REDIRECT target). Off unless set.
+    #[arg(long, env = "FERRY_CAPTURE_LISTEN")]
+    capture_listen: Option<SocketAddr>,
+    /// Install redirect rules for TCP entering on this interface (the
+    /// pod-facing bridge); removed on shutdown. Needs --capture-listen and
+    /// CAP_NET_ADMIN.
+    #[arg(long, env = "FERRY_CAPTURE_INTERFACE", requires = "capture_listen")]
+    capture_interface: Option<String>,
     /// Requested workload certificate lifetime in seconds (0: the CA's maximum).
     #[arg(long, env = "FERRY_CERT_TTL", default_value_t = 0)]
     cert_ttl: u64,
@@ -169,6 +177,26 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let capture_listener = match args.capture_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--capture-listen {addr}: cannot bind"))?,
+        ),
+        None => None,
+    };
+    let capture_rules = match (&args.capture_interface, args.capture_listen) {
+        (Some(interface), Some(addr)) => {
+            let rules = ferry_proxy::capture::CaptureRules {
+                interface: interface.clone(),
+                capture_port: addr.port(),
+                hbone_port: args.hbone.port(),
+            };
+            rules.install().context("installing capture rules")?;
+            Some(rules)
+        }
+        _ => None,
+    };
     tracing::info!(node = %args.node, admin = %args.admin, socks5 = %args.socks5, hbone = %args.hbone, control_plane = %args.control_plane, mtls = identities.is_some(), "proxy starting");
 
     let admin = Admin {
@@ -191,6 +219,12 @@ async fn main() -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    let capture_task = async {
+        match capture_listener {
+            Some(listener) => ferry_proxy::capture::serve(listener, outbound.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     let sweeper = {
         let outbound = outbound.clone();
         async move {
@@ -207,8 +241,14 @@ async fn main() -> anyhow::Result<()> {
         _ = identity_task => {}
         _ = inbound_task => {}
         _ = sweeper => {}
+        _ = capture_task => {}
         _ = tracker.clone().run(store.clone()) => {}
         _ = shutdown_signal() => tracing::info!("proxy stopping"),
+    }
+    if let Some(rules) = capture_rules {
+        if let Err(e) = rules.remove() {
+            tracing::warn!(error = %e, "removing capture rules failed; the next start repairs them");
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub mod net;
+pub mod netns;
 
 /// Path of a workspace binary, built next to the test executable.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -86,6 +87,27 @@ impl Process {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `timeout` for it
+    /// to exit; kills it if it does not. Returns whether it exited on its own.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        false
     }
 
     /// Kills the process and waits for it.

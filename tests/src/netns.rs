@@ -1,0 +1,92 @@
+//! Network namespaces for end-to-end tests. Every namespace is deleted when
+//! its guard drops (pass or fail); the namespaces a test makes have no link
+//! to the machine's real interfaces.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// Whether this process runs as root (needed for namespaces and iptables).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// For tests that need root: `true` to go on. Without root the test fails
+/// when `FERRY_E2E=required`, and is skipped with a printed reason otherwise.
+pub fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("FERRY_E2E").is_ok_and(|v| v == "required") {
+        panic!("{test}: needs root (network namespaces, iptables) and FERRY_E2E=required is set");
+    }
+    eprintln!("skipping {test}: needs root (network namespaces, iptables); set FERRY_E2E=required to make this a failure");
+    false
+}
+
+/// Runs a command; fails with its stderr.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        // A leftover of a crashed run with the same name goes first.
+        let _ = run("ip", &["netns", "del", name]);
+        run("ip", &["netns", "add", name])?;
+        let ns = Self { name: name.into() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Arguments that start `program` inside the namespace (for [`crate::Process`]).
+    pub fn command<'a>(&'a self, program: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        all
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}

@@ -1,0 +1,182 @@
+//! Transparent capture in a network namespace standing for a node: pods
+//! (namespaces wired to the node's bridge) reach a ClusterIP, which exists
+//! nowhere but in the proxy, with an unmodified curl and an unmodified HTTP
+//! server; the redirect rules are idempotent, removed on clean shutdown and
+//! repaired after a crash. Needs root (see `netns::root_or_skip`).
+
+use std::time::Duration;
+
+use ferry_tests::netns::{root_or_skip, Netns};
+use ferry_tests::{binary, wait_for, Process};
+
+const MANIFESTS: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.250.1.1}]}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {app: client}}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.250.1.10, conditions: [{type: Ready, status: \"True\"}]}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: default, labels: {app: web}}\nspec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}\nstatus: {phase: Running, podIP: 10.250.1.11, conditions: [{type: Ready, status: \"True\"}]}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.250.10, selector: {app: web}, ports: [{port: 80, targetPort: http}]}\n";
+
+fn pod(node: &Netns, name: &str, veth: &str, ip: &str) -> anyhow::Result<Netns> {
+    let pod = Netns::new(name)?;
+    node.ip(&[
+        "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+    ])?;
+    node.ip(&["link", "set", veth, "master", "br0", "up"])?;
+    pod.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    pod.ip(&["link", "set", "eth0", "up"])?;
+    pod.ip(&["route", "add", "default", "via", "10.250.1.1"])?;
+    Ok(pod)
+}
+
+fn start_proxy(node: &Netns, logs: &std::path::Path, generation: u32) -> anyhow::Result<Process> {
+    let proxy = binary("ferry-proxy")?.display().to_string();
+    let args = node.command(
+        &proxy,
+        &[
+            "--node",
+            "n1",
+            "--control-plane",
+            "http://127.0.0.1:15010",
+            "--admin",
+            "127.0.0.1:15000",
+            "--socks5",
+            "127.0.0.1:15080",
+            "--hbone",
+            "10.250.1.1:15008",
+            "--capture-listen",
+            "0.0.0.0:15001",
+            "--capture-interface",
+            "br0",
+        ],
+    );
+    Process::start(
+        "proxy",
+        std::path::Path::new("ip"),
+        &args,
+        logs.join(format!("proxy-{generation}.log")),
+    )
+}
+
+fn curl(pod: &Netns, url: &str) -> anyhow::Result<String> {
+    pod.exec(
+        "curl",
+        &[
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ],
+    )
+}
+
+fn jumps(node: &Netns) -> anyhow::Result<usize> {
+    Ok(node
+        .exec("iptables", &["-t", "nat", "-S", "PREROUTING"])?
+        .lines()
+        .filter(|l| l.contains("FERRY_OUTBOUND"))
+        .count())
+}
+
+#[test]
+fn pods_reach_a_cluster_ip_through_capture() -> anyhow::Result<()> {
+    if !root_or_skip("pods_reach_a_cluster_ip_through_capture") {
+        return Ok(());
+    }
+    let tag = std::process::id() % 10_000;
+    let node = Netns::new(&format!("fc{tag}-node"))?;
+    node.ip(&["link", "add", "br0", "type", "bridge"])?;
+    node.ip(&["addr", "add", "10.250.1.1/24", "dev", "br0"])?;
+    node.ip(&["link", "set", "br0", "up"])?;
+    let client = pod(&node, &format!("fc{tag}-client"), "vclient", "10.250.1.10")?;
+    let web = pod(&node, &format!("fc{tag}-web"), "vweb", "10.250.1.11")?;
+
+    let dir = tempfile::tempdir()?;
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests)?;
+    std::fs::write(manifests.join("cluster.yaml"), MANIFESTS)?;
+    let logs = dir.path();
+    let cp = binary("ferry-control-plane")?.display().to_string();
+    let manifests_arg = manifests.display().to_string();
+    let _control_plane = Process::start(
+        "control-plane",
+        std::path::Path::new("ip"),
+        &node.command(
+            &cp,
+            &["--manifests", &manifests_arg, "--listen", "127.0.0.1:15010"],
+        ),
+        logs.join("control-plane.log"),
+    )?;
+    let _server = Process::start(
+        "web",
+        std::path::Path::new("ip"),
+        &web.command(
+            "python3",
+            &["-m", "http.server", "8080", "--bind", "10.250.1.11"],
+        ),
+        logs.join("web.log"),
+    )?;
+    let mut proxy = start_proxy(&node, logs, 0)?;
+    let ready = |p: &Process| {
+        wait_for("proxy ready", Duration::from_secs(20), || {
+            Ok((node
+                .exec("curl", &["-sf", "127.0.0.1:15000/healthz/ready"])
+                .is_ok())
+            .then_some(()))
+        })
+        .with_context_log(p)
+    };
+    ready(&proxy)?;
+    wait_for("web server up", Duration::from_secs(20), || {
+        Ok(
+            (curl(&client, "http://10.250.1.11:8080/").ok().as_deref() == Some("200"))
+                .then_some(()),
+        )
+    })?;
+
+    // The cluster IP exists only in the proxy: only capture can answer it.
+    assert_eq!(
+        curl(&client, "http://10.96.250.10/")?,
+        "200",
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(jumps(&node)?, 1);
+
+    // Clean shutdown removes every rule.
+    assert!(
+        proxy.terminate(Duration::from_secs(10)),
+        "proxy did not stop on SIGTERM"
+    );
+    assert_eq!(jumps(&node)?, 0, "rules left after a clean shutdown");
+    assert!(!node
+        .exec("iptables", &["-t", "nat", "-S"])?
+        .contains("FERRY_OUTBOUND"));
+
+    // A crash leaves them; the next start repairs them without duplicates.
+    let mut proxy = start_proxy(&node, logs, 1)?;
+    ready(&proxy)?;
+    proxy.kill();
+    assert_eq!(jumps(&node)?, 1, "a crash leaves the rules in place");
+    let proxy = start_proxy(&node, logs, 2)?;
+    ready(&proxy)?;
+    assert_eq!(jumps(&node)?, 1, "restart repaired, not duplicated");
+    assert_eq!(
+        curl(&client, "http://10.96.250.10/")?,
+        "200",
+        "{}",
+        proxy.log()
+    );
+    Ok(())
+}
+
+trait WithLog<T> {
+    fn with_context_log(self, p: &Process) -> anyhow::Result<T>;
+}
+
+impl<T> WithLog<T> for anyhow::Result<T> {
+    fn with_context_log(self, p: &Process) -> anyhow::Result<T> {
+        self.map_err(|e| e.context(format!("--- {} log ---\n{}", p.name(), p.log())))
+    }
+}
