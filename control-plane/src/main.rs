@@ -7,17 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use ferry_api::process::{init_tracing, shutdown_signal, LogFormat};
 use ferry_control_plane::ca::{MeshCa, NodeAccounts};
 use ferry_control_plane::push::{ConfigCache, ConfigDiscoveryService};
 use ferry_control_plane::source::manifests::ManifestSource;
 use ferry_control_plane::translate::{TranslateOptions, Translator};
 use tokio::sync::mpsc;
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Ferry control plane")]
@@ -48,18 +43,6 @@ struct Args {
     workload_cert_ttl: u64,
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 #[tokio::main]
@@ -188,22 +171,4 @@ async fn main() -> anyhow::Result<()> {
     translating.abort();
     tracing::info!("control plane stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or_default(),
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or_default();
 }

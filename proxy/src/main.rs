@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use ferry_api::process::{init_tracing, shutdown_signal, LogFormat};
 use ferry_proxy::admin::{self, Admin};
 use ferry_proxy::identity::IdentityManager;
 use ferry_proxy::inbound::Inbound;
@@ -14,12 +15,6 @@ use ferry_proxy::outbound::Outbound;
 use ferry_proxy::state::ConfigStore;
 use ferry_proxy::tunnel::HbonePool;
 use ferry_proxy::xds::{control_plane_endpoint, XdsClient};
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Ferry node proxy")]
@@ -65,18 +60,6 @@ struct Args {
     hbone_streams: usize,
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 #[tokio::main]
@@ -251,15 +234,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return tokio::signal::ctrl_c().await.unwrap_or_default(),
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
