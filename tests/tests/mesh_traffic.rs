@@ -48,11 +48,12 @@ fn cluster(n: u8, affinity_timeout: u32) -> String {
         "backend",
         "backend",
     );
+    // Another service account: connections to it need their own HBONE connection.
     out += &pod(
         "backend-b2",
         "node-b",
         format!("127.{n}.2.12"),
-        "backend",
+        "backend2",
         "backend",
     );
     out += &format!(
@@ -345,5 +346,45 @@ async fn refusals_unknown_port_no_endpoints_and_no_identity() -> anyhow::Result<
             .contains("no ready endpoints")
             .then_some(()))
     })?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_keeps_flowing_while_the_control_plane_is_away() -> anyhow::Result<()> {
+    let mut c = Cluster::start(37, mtls()).await?;
+    let socks = c.socks("node-a");
+    assert_eq!(
+        who_answers(socks, c.client(), &c.ip(2, 11).to_string(), 9090).await?,
+        "backend-b1"
+    );
+    let handshakes = |c: &Cluster| -> anyhow::Result<u64> {
+        let dump = tokio::task::block_in_place(|| c.mesh.config_dump("node-a"))?;
+        Ok(dump["hbone_pool"]["handshakes"].as_u64().unwrap_or(0))
+    };
+    assert_eq!(handshakes(&c)?, 1);
+
+    // The control plane (and with it the CA) goes away.
+    c.mesh.control_plane.kill();
+    // A destination with another identity needs a new mTLS handshake: both
+    // proxies still hold valid certificates and the config, so it works.
+    assert_eq!(
+        who_answers(socks, c.client(), &c.ip(2, 12).to_string(), 9090).await?,
+        "backend-b2"
+    );
+    assert_eq!(
+        handshakes(&c)?,
+        2,
+        "a new handshake with the certificates held"
+    );
+    let vip = format!("10.96.{}.20", c.n);
+    assert!(who_answers(socks, c.client(), &vip, 80)
+        .await?
+        .starts_with("backend-"));
+    for node in ["node-a", "node-b"] {
+        assert_eq!(
+            tokio::task::block_in_place(|| c.mesh.ready_status(node))?,
+            200
+        );
+    }
     Ok(())
 }
