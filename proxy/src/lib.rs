@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod capture;
+pub mod dns;
 pub mod identity;
 pub mod inbound;
 pub mod outbound;

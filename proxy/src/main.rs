@@ -52,6 +52,16 @@ struct Args {
     /// CAP_NET_ADMIN.
     #[arg(long, env = "FERRY_CAPTURE_INTERFACE", requires = "capture_listen")]
     capture_interface: Option<String>,
+    /// DNS listener (UDP) answering for services; off unless set.
+    #[arg(long, env = "FERRY_DNS_LISTEN")]
+    dns_listen: Option<SocketAddr>,
+    /// Resolver for names outside the mesh (default: the first nameserver
+    /// of /etc/resolv.conf).
+    #[arg(long, env = "FERRY_DNS_UPSTREAM")]
+    dns_upstream: Option<SocketAddr>,
+    /// Cluster DNS domain.
+    #[arg(long, env = "FERRY_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
     /// Requested workload certificate lifetime in seconds (0: the CA's maximum).
     #[arg(long, env = "FERRY_CERT_TTL", default_value_t = 0)]
     cert_ttl: u64,
@@ -202,6 +212,33 @@ async fn main() -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    let dns_socket = match args.dns_listen {
+        Some(addr) => Some(
+            tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("--dns-listen {addr}: cannot bind"))?,
+        ),
+        None => None,
+    };
+    let dns_task = async {
+        match dns_socket {
+            Some(socket) => {
+                let upstream = args.dns_upstream.or_else(|| {
+                    std::fs::read_to_string("/etc/resolv.conf")
+                        .ok()
+                        .and_then(|t| ferry_proxy::dns::upstream_from_resolv_conf(&t))
+                });
+                ferry_proxy::dns::DnsServer {
+                    store: store.clone(),
+                    domain: args.cluster_domain.clone(),
+                    upstream,
+                }
+                .serve(socket)
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let capture_task = async {
         match capture_listener {
             Some(listener) => ferry_proxy::capture::serve(listener, outbound.clone()).await,
@@ -225,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
         _ = inbound_task => {}
         _ = sweeper => {}
         _ = capture_task => {}
+        _ = dns_task => {}
         _ = tracker.clone().run(store.clone()) => {}
         _ = shutdown_signal() => tracing::info!("proxy stopping"),
     }

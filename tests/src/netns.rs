@@ -63,6 +63,15 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Gives processes started in the namespace (through `ip netns exec`)
+    /// their own /etc/resolv.conf; removed with the namespace.
+    pub fn set_resolv_conf(&self, text: &str) -> anyhow::Result<()> {
+        let dir = std::path::Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("resolv.conf"), text)?;
+        Ok(())
+    }
+
     /// `ip -n <ns> ...`
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut all = vec!["-n", self.name.as_str()];
@@ -88,5 +97,6 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = run("ip", &["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.name));
     }
 }

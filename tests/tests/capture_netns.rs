@@ -1,7 +1,7 @@
 //! Transparent capture in a network namespace standing for a node: pods
 //! (namespaces wired to the node's bridge) reach a ClusterIP, which exists
 //! nowhere but in the proxy, with an unmodified curl and an unmodified HTTP
-//! server; the redirect rules are idempotent, removed on clean shutdown and
+//! server, by address and by name (the proxy answers the pod's DNS); the redirect rules are idempotent, removed on clean shutdown and
 //! repaired after a crash. Needs root (see `netns::root_or_skip`).
 
 use std::time::Duration;
@@ -45,6 +45,8 @@ fn start_proxy(node: &Netns, logs: &std::path::Path, generation: u32) -> anyhow:
             "0.0.0.0:15001",
             "--capture-interface",
             "br0",
+            "--dns-listen",
+            "10.250.1.1:53",
         ],
     );
     Process::start(
@@ -90,6 +92,10 @@ fn pods_reach_a_cluster_ip_through_capture() -> anyhow::Result<()> {
     node.ip(&["addr", "add", "10.250.1.1/24", "dev", "br0"])?;
     node.ip(&["link", "set", "br0", "up"])?;
     let client = pod(&node, &format!("fc{tag}-client"), "vclient", "10.250.1.10")?;
+    // The pod's resolver is the node proxy, with the pod's search path.
+    client.set_resolv_conf(
+        "nameserver 10.250.1.1\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+    )?;
     let web = pod(&node, &format!("fc{tag}-web"), "vweb", "10.250.1.11")?;
 
     let dir = tempfile::tempdir()?;
