@@ -33,6 +33,13 @@ enum Command {
         #[arg(long)]
         manifests: PathBuf,
     },
+    /// The local multi-node mesh in network namespaces: `ferryctl lab up
+    /// [--manifests DIR] [--check]` (needs root; runs `ferry-lab`, built
+    /// with the workspace, from the same folder as ferryctl).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// NetworkPolicy: reachability matrix and explanations.
     Policy {
         #[command(subcommand)]
@@ -90,6 +97,7 @@ enum Output {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { manifests } => check(manifests),
+        Command::Lab { args } => lab(&args),
         Command::Route {
             manifests,
             from,
@@ -413,4 +421,22 @@ fn explain_policy(dir: PathBuf, from: &str, to: &str, output: Output) -> ExitCod
         Output::Table => print!("{}", describe(&verdict)),
     }
     ExitCode::SUCCESS
+}
+
+/// Runs the lab tool that sits next to ferryctl.
+fn lab(args: &[String]) -> ExitCode {
+    let tool = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("ferry-lab")));
+    let Some(tool) = tool.filter(|t| t.is_file()) else {
+        eprintln!("ferryctl: ferry-lab not found next to ferryctl: build it with `cargo build --workspace --bins`");
+        return ExitCode::from(2);
+    };
+    match std::process::Command::new(&tool).args(args).status() {
+        Ok(status) => ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("ferryctl: running {}: {e}", tool.display());
+            ExitCode::FAILURE
+        }
+    }
 }
