@@ -29,6 +29,7 @@ const SERVER: &str = r#"
 import http.server, socketserver, sys, threading
 name, ip, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
 class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
     def do_GET(self):
         body = (name + "\n").encode()
         self.send_response(200)
@@ -269,7 +270,11 @@ impl Lab {
             lab.namespaces
                 .insert(format!("{}/{}", pod.namespace, pod.name), ns);
         }
-        lab.start(manifests)?;
+        // The control plane watches a copy: edits in the lab never touch the source folder.
+        let copy = lab.work.path().join("manifests");
+        std::fs::create_dir(&copy)?;
+        crate::copy_dir(manifests, &copy)?;
+        lab.start(&copy)?;
         Ok(lab)
     }
 
@@ -395,6 +400,42 @@ impl Lab {
             .with_context(|| self.logs())?;
         }
         Ok(())
+    }
+
+    /// The folder of manifests the lab's control plane watches (edit it to
+    /// change the cluster).
+    pub fn manifests(&self) -> PathBuf {
+        self.work.path().join("manifests")
+    }
+
+    /// Starts a long-lived connection from `pod` to `address` (one HTTP
+    /// request, then the connection is kept open); the process prints
+    /// `closed` when the connection is closed by the other side, `timeout`
+    /// after `seconds`.
+    pub fn hold_connection(
+        &self,
+        pod: &str,
+        address: &str,
+        seconds: u32,
+    ) -> anyhow::Result<Process> {
+        let ns = self
+            .namespaces
+            .get(pod)
+            .with_context(|| format!("no pod {pod}"))?;
+        let (host, port) = address.rsplit_once(':').context("address is HOST:PORT")?;
+        let script = format!(
+            "import socket,sys\ns=socket.create_connection(('{host}',{port}),timeout=5)\ns.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\nprint('open', s.recv(4096).split(b'\\r\\n\\r\\n')[-1].decode().strip(), flush=True)\ns.settimeout({seconds})\ntry:\n    data=s.recv(4096)\n    print('closed' if not data else 'data', flush=True)\nexcept socket.timeout:\n    print('timeout', flush=True)\nexcept OSError:\n    print('closed', flush=True)\n"
+        );
+        let log = self
+            .work
+            .path()
+            .join(format!("hold-{}.log", pod.replace('/', "-")));
+        Process::start(
+            "hold",
+            Path::new("ip"),
+            &ns.command("python3", &["-c", &script]),
+            log,
+        )
     }
 
     /// Runs `curl` in a pod; returns the body, or the error.

@@ -368,11 +368,10 @@ fn describe(verdict: &Verdict) -> String {
         ),
     };
     format!(
-        "{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n",
         if verdict.allowed { "ALLOWED" } else { "DENIED" },
         half("egress", &verdict.egress),
         half("ingress", &verdict.ingress),
-        ""
     )
 }
 
