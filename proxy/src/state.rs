@@ -62,10 +62,7 @@ impl ProxyState {
 
     /// The workload that owns a pod IP.
     pub fn workload_by_ip(&self, ip: &IpAddr) -> Option<&Workload> {
-        match &self.workloads_by_ip.get(ip)?.body {
-            ResourceBody::Workload(w) => Some(w),
-            _ => None,
-        }
+        self.workload_entry_by_ip(ip).map(|(_, w)| w)
     }
 
     /// The service with this cluster, load-balancer or external IP.
@@ -111,13 +108,7 @@ impl ProxyState {
     }
 
     pub fn workload(&self, namespace_name: &str) -> Option<&Workload> {
-        match &self
-            .get(&ResourceKey::new(Kind::Workload, namespace_name))?
-            .body
-        {
-            ResourceBody::Workload(w) => Some(w),
-            _ => None,
-        }
+        self.workload_entry(namespace_name).map(|(_, w)| w)
     }
 
     pub fn policy(&self, namespace_name: &str) -> Option<&Policy> {

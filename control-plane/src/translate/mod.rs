@@ -219,14 +219,12 @@ impl Translator {
     }
 
     fn namespace(&mut self, name: &str) -> &mut NamespaceState {
-        if !self.namespaces.contains_key(name) {
-            let state = NamespaceState {
+        self.namespaces
+            .entry(name.to_string())
+            .or_insert_with(|| NamespaceState {
                 effective_labels: Some(policy::namespace_labels(name, None)),
                 ..NamespaceState::default()
-            };
-            self.namespaces.insert(name.to_string(), state);
-        }
-        self.namespaces.entry(name.to_string()).or_default()
+            })
     }
 
     fn upsert(&mut self, object: K8sObject, dirty: &mut Dirty) {
