@@ -3,18 +3,40 @@
 //! socket (`SO_ORIGINAL_DST`, IPv4 and IPv6) and hands the connection to
 //! the same outbound path as SOCKS5.
 //!
-//! [`CaptureRules`] owns the rules: a dedicated chain `FERRY_OUTBOUND` in the
-//! nat table, jumped to from PREROUTING for TCP entering on the pod-facing
-//! interface. Only PREROUTING is used, so the proxy's own connections
-//! (locally generated, OUTPUT) are never captured and nothing loops; the
-//! HBONE port is returned untouched. Installation is idempotent (the chain
-//! is flushed and refilled, the jump added once), repairs leftovers of a
-//! crashed run, and [`CaptureRules::remove`] undoes it on shutdown.
-//! iptables (the nft backend on Debian 12) is used rather than native nft
-//! so the same rules work with either backend a host has; see docs/.
+//! [`CaptureRules`] owns the rules: two chains of the nat table, rendered
+//! from the configuration and replaced atomically (`iptables-restore
+//! --noflush`) whenever what they would say changes, so capture follows
+//! pods and services as they come and go:
+//!
+//! - `FERRY_OUTBOUND`, for TCP entering from the pods (the pod-facing
+//!   interface): everything a mesh pod of this node sends goes to the
+//!   capture listener; from any pod, connections to service addresses
+//!   (cluster, load-balancer, external IPs) and node ports go there too
+//!   (kube-proxy's part); a pod outside the mesh connecting to a mesh pod
+//!   of this node goes to the inbound plaintext listener, to be policed.
+//!   Anything else (pods outside the mesh talking to pods outside the mesh
+//!   or to the world) is routed untouched, source address included.
+//! - `FERRY_INBOUND`, for TCP entering on any other interface: plaintext to
+//!   a mesh pod of this node goes to the inbound plaintext listener (policed
+//!   by source address, then passed through); load-balancer and external IPs
+//!   and node ports of this node go to the capture listener, which routes
+//!   them as services.
+//!
+//! Both return the HBONE port untouched. Only PREROUTING is used, so the
+//! proxy's own connections (locally generated, OUTPUT) are never captured
+//! and nothing loops. Installation is idempotent (chains declared in the
+//! restore input are flushed and refilled, each jump added once), repairs
+//! the leftovers of a crashed run, and [`CaptureRules::remove`] undoes it
+//! on shutdown. iptables (the nft backend on Debian 12) is used rather than
+//! native nft so the same rules work with either backend a host has; see
+//! docs/architecture.md. IPv4 only for now (pods' IPv6 addresses are not
+//! captured).
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::process::Command;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +44,12 @@ use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::outbound::{Destination, Outbound};
+use crate::state::{ConfigStore, ProxyState};
 
-/// The nat chain Ferry owns.
+/// The nat chain for traffic from the pods.
 pub const CHAIN: &str = "FERRY_OUTBOUND";
+/// The nat chain for traffic from elsewhere (other nodes, outside clients).
+pub const INBOUND_CHAIN: &str = "FERRY_INBOUND";
 
 /// The destination a redirected connection was sent to.
 pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
@@ -103,28 +128,48 @@ pub enum CaptureError {
     Failed { command: String, stderr: String },
 }
 
-/// The redirect rules for pod traffic entering on `interface`.
+/// The redirect rules of one node.
 #[derive(Debug, Clone)]
 pub struct CaptureRules {
+    /// The node whose pods are captured.
+    pub node: String,
+    /// The pod-facing interface (the pods' bridge).
     pub interface: String,
+    /// The capture (outbound) listener's port.
     pub capture_port: u16,
+    /// The inbound plaintext listener's port; `None`: plaintext to pods is
+    /// not intercepted.
+    pub inbound_port: Option<u16>,
     pub hbone_port: u16,
 }
 
-fn iptables(args: &[&str]) -> Result<bool, CaptureError> {
-    let command = format!("iptables {}", args.join(" "));
-    let out = Command::new("iptables")
+fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, CaptureError> {
+    let command = format!("{program} {}", args.join(" "));
+    let spawn = |source| CaptureError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut child = Command::new(program)
         .args(args)
-        .output()
-        .map_err(|source| CaptureError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).map_err(spawn)?;
+    }
+    let out = child.wait_with_output().map_err(spawn)?;
     if out.status.success() {
         return Ok(true);
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    // -C and -D of an absent rule, -N of an existing chain: not errors here.
+    // -C and -D of an absent rule, -N of an existing chain, -F/-X of an
+    // absent one: not errors here.
     if args
         .iter()
         .any(|a| matches!(*a, "-C" | "-D" | "-N" | "-X" | "-F"))
@@ -134,66 +179,319 @@ fn iptables(args: &[&str]) -> Result<bool, CaptureError> {
     Err(CaptureError::Failed { command, stderr })
 }
 
+fn iptables(args: &[&str]) -> Result<bool, CaptureError> {
+    run("iptables", args, None)
+}
+
 impl CaptureRules {
-    fn jump(&self) -> Vec<String> {
+    /// The PREROUTING jumps into the two chains.
+    fn jumps(&self) -> [Vec<&str>; 2] {
         [
-            "PREROUTING",
-            "-i",
-            &self.interface,
-            "-p",
-            "tcp",
-            "-j",
-            CHAIN,
+            vec![
+                "PREROUTING",
+                "-i",
+                &self.interface,
+                "-p",
+                "tcp",
+                "-j",
+                CHAIN,
+            ],
+            vec![
+                "PREROUTING",
+                "!",
+                "-i",
+                &self.interface,
+                "-p",
+                "tcp",
+                "-j",
+                INBOUND_CHAIN,
+            ],
         ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
     }
 
-    /// Installs (or repairs) the rules; safe to run any number of times.
-    pub fn install(&self) -> Result<(), CaptureError> {
-        iptables(&["-t", "nat", "-N", CHAIN])?;
-        iptables(&["-t", "nat", "-F", CHAIN])?;
-        let hbone = self.hbone_port.to_string();
-        let capture = self.capture_port.to_string();
-        iptables(&[
-            "-t", "nat", "-A", CHAIN, "-p", "tcp", "--dport", &hbone, "-j", "RETURN",
-        ])?;
-        iptables(&[
-            "-t",
-            "nat",
-            "-A",
-            CHAIN,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &capture,
-        ])?;
-        let jump = self.jump();
-        let jump: Vec<&str> = jump.iter().map(String::as_str).collect();
-        let mut check = vec!["-t", "nat", "-C"];
-        check.extend(&jump);
-        if !iptables(&check)? {
-            let mut insert = vec!["-t", "nat", "-I"];
-            insert.extend(&jump);
-            iptables(&insert)?;
+    /// The two chains for `state`, as `iptables-restore` input. The output
+    /// is sorted, so equal configurations render equal text.
+    pub fn render(&self, state: &ProxyState) -> String {
+        let local_mesh: BTreeSet<Ipv4Addr> = state
+            .workload_addresses()
+            .filter(|(_, w)| w.mesh && w.node.as_deref() == Some(self.node.as_str()))
+            .filter_map(|(ip, _)| v4(ip))
+            .collect();
+        let mut services = BTreeSet::new();
+        let mut published = BTreeSet::new();
+        for (ip, service) in state.service_addresses() {
+            let Some(v4) = v4(ip) else { continue };
+            services.insert(v4);
+            if service.load_balancer_ips.contains(&ip) || service.external_ips.contains(&ip) {
+                published.insert(v4);
+            }
         }
-        tracing::info!(interface = %self.interface, capture_port = self.capture_port, "capture rules installed");
+        let node_ports: BTreeSet<u16> = state.node_ports().collect();
+        let capture = self.capture_port;
+        let mut out = String::from("*nat\n");
+        let _ = writeln!(out, ":{CHAIN} - [0:0]");
+        let _ = writeln!(out, ":{INBOUND_CHAIN} - [0:0]");
+        for chain in [CHAIN, INBOUND_CHAIN] {
+            let _ = writeln!(
+                out,
+                "-A {chain} -p tcp --dport {} -j RETURN",
+                self.hbone_port
+            );
+        }
+        // From the pods: mesh pods entirely, then anyone to a service.
+        for ip in &local_mesh {
+            let _ = writeln!(
+                out,
+                "-A {CHAIN} -s {ip}/32 -p tcp -j REDIRECT --to-ports {capture}"
+            );
+        }
+        for ip in &services {
+            let _ = writeln!(
+                out,
+                "-A {CHAIN} -d {ip}/32 -p tcp -j REDIRECT --to-ports {capture}"
+            );
+        }
+        for port in &node_ports {
+            let _ = writeln!(
+                out,
+                "-A {CHAIN} -p tcp --dport {port} -j REDIRECT --to-ports {capture}"
+            );
+        }
+        if let Some(inbound) = self.inbound_port {
+            // A pod outside the mesh reaching a mesh pod of this node.
+            for ip in &local_mesh {
+                let _ = writeln!(
+                    out,
+                    "-A {CHAIN} -d {ip}/32 -p tcp -j REDIRECT --to-ports {inbound}"
+                );
+            }
+            // Plaintext from elsewhere to a mesh pod of this node.
+            for ip in &local_mesh {
+                let _ = writeln!(
+                    out,
+                    "-A {INBOUND_CHAIN} -d {ip}/32 -p tcp -j REDIRECT --to-ports {inbound}"
+                );
+            }
+        }
+        for ip in &published {
+            let _ = writeln!(
+                out,
+                "-A {INBOUND_CHAIN} -d {ip}/32 -p tcp -j REDIRECT --to-ports {capture}"
+            );
+        }
+        for port in &node_ports {
+            let _ = writeln!(
+                out,
+                "-A {INBOUND_CHAIN} -m addrtype --dst-type LOCAL -p tcp --dport {port} -j REDIRECT --to-ports {capture}"
+            );
+        }
+        out.push_str("COMMIT\n");
+        out
+    }
+
+    /// Replaces both chains with `rules` (from [`Self::render`]) in one
+    /// transaction.
+    pub fn apply(&self, rules: &str) -> Result<(), CaptureError> {
+        run("iptables-restore", &["--noflush"], Some(rules)).map(|_| ())
+    }
+
+    /// Installs (or repairs) the chains and the jumps with the rules for
+    /// `state`; safe to run any number of times.
+    pub fn install(&self, state: &ProxyState) -> Result<(), CaptureError> {
+        self.apply(&self.render(state))?;
+        for jump in self.jumps() {
+            let mut check = vec!["-t", "nat", "-C"];
+            check.extend(&jump);
+            if !iptables(&check)? {
+                let mut insert = vec!["-t", "nat", "-I"];
+                insert.extend(&jump);
+                iptables(&insert)?;
+            }
+        }
+        tracing::info!(interface = %self.interface, capture_port = self.capture_port, inbound_port = ?self.inbound_port, "capture rules installed");
         Ok(())
     }
 
-    /// Removes the rules (every copy of the jump, then the chain).
+    /// Keeps the rules in step with the configuration until the task is
+    /// dropped. A failed update is retried (the previous rules stay).
+    pub async fn follow(&self, store: std::sync::Arc<ConfigStore>, mut applied: String) {
+        let mut changes = store.subscribe();
+        loop {
+            let wanted = self.render(&store.snapshot());
+            if wanted != applied {
+                match self.apply(&wanted) {
+                    Ok(()) => {
+                        tracing::info!(
+                            rules = wanted.lines().filter(|l| l.starts_with("-A")).count(),
+                            "capture rules updated"
+                        );
+                        applied = wanted;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "updating capture rules failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        continue;
+                    }
+                }
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Removes the rules (every copy of each jump, then the chains).
     pub fn remove(&self) -> Result<(), CaptureError> {
-        let jump = self.jump();
-        let jump: Vec<&str> = jump.iter().map(String::as_str).collect();
-        let mut delete = vec!["-t", "nat", "-D"];
-        delete.extend(&jump);
-        while iptables(&delete)? {}
-        iptables(&["-t", "nat", "-F", CHAIN])?;
-        iptables(&["-t", "nat", "-X", CHAIN])?;
+        for jump in self.jumps() {
+            let mut delete = vec!["-t", "nat", "-D"];
+            delete.extend(&jump);
+            while iptables(&delete)? {}
+        }
+        for chain in [CHAIN, INBOUND_CHAIN] {
+            iptables(&["-t", "nat", "-F", chain])?;
+            iptables(&["-t", "nat", "-X", chain])?;
+        }
         tracing::info!(interface = %self.interface, "capture rules removed");
         Ok(())
+    }
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::model::{
+        Protocol, Service, ServicePort, ServiceType, TargetPort, TrafficPolicy, Workload,
+    };
+    use ferry_api::proto::DeltaResponse;
+    use ferry_api::{ResourceBody, VersionedResource};
+
+    fn pod(name: &str, ip: &str, node: &str, mesh: bool) -> ResourceBody {
+        ResourceBody::Workload(Workload {
+            uid: name.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            node: Some(node.into()),
+            service_account: "default".into(),
+            addresses: vec![ip.parse().unwrap()],
+            labels: Default::default(),
+            ports: vec![],
+            ready: true,
+            terminating: false,
+            mesh,
+        })
+    }
+
+    fn service(
+        name: &str,
+        cluster_ip: &str,
+        lb: Option<&str>,
+        node_port: Option<u16>,
+    ) -> ResourceBody {
+        ResourceBody::Service(Service {
+            namespace: "shop".into(),
+            name: name.into(),
+            hostname: format!("{name}.shop.svc.cluster.local"),
+            service_type: if lb.is_some() {
+                ServiceType::LoadBalancer
+            } else if node_port.is_some() {
+                ServiceType::NodePort
+            } else {
+                ServiceType::ClusterIP
+            },
+            cluster_ips: vec![cluster_ip.parse().unwrap()],
+            headless: false,
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                target_port: TargetPort::Number(8080),
+                node_port,
+            }],
+            load_balancer_ips: lb.iter().map(|ip| ip.parse().unwrap()).collect(),
+            external_ips: vec![],
+            external_name: None,
+            client_ip_affinity: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            endpoints: vec![],
+            selector: true,
+        })
+    }
+
+    fn state(bodies: &[ResourceBody]) -> std::sync::Arc<ProxyState> {
+        let store = ConfigStore::default();
+        let report = store.apply(DeltaResponse {
+            nonce: "1".into(),
+            revision: 1,
+            resources: bodies.iter().map(VersionedResource::encode).collect(),
+            removed: vec![],
+        });
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        store.snapshot()
+    }
+
+    fn rules() -> CaptureRules {
+        CaptureRules {
+            node: "node-a".into(),
+            interface: "br0".into(),
+            capture_port: 15001,
+            inbound_port: Some(15006),
+            hbone_port: 15008,
+        }
+    }
+
+    #[test]
+    fn rules_follow_the_mesh_pods_of_the_node_and_the_services() {
+        let s = state(&[
+            pod("web", "10.244.1.10", "node-a", true),
+            pod("legacy", "10.244.1.20", "node-a", false),
+            pod("remote", "10.244.2.10", "node-b", true),
+            service("api", "10.96.0.20", None, None),
+            service("web", "10.96.0.10", Some("192.0.2.10"), Some(30080)),
+        ]);
+        let text = rules().render(&s);
+        let want = "\
+*nat
+:FERRY_OUTBOUND - [0:0]
+:FERRY_INBOUND - [0:0]
+-A FERRY_OUTBOUND -p tcp --dport 15008 -j RETURN
+-A FERRY_INBOUND -p tcp --dport 15008 -j RETURN
+-A FERRY_OUTBOUND -s 10.244.1.10/32 -p tcp -j REDIRECT --to-ports 15001
+-A FERRY_OUTBOUND -d 10.96.0.10/32 -p tcp -j REDIRECT --to-ports 15001
+-A FERRY_OUTBOUND -d 10.96.0.20/32 -p tcp -j REDIRECT --to-ports 15001
+-A FERRY_OUTBOUND -d 192.0.2.10/32 -p tcp -j REDIRECT --to-ports 15001
+-A FERRY_OUTBOUND -p tcp --dport 30080 -j REDIRECT --to-ports 15001
+-A FERRY_OUTBOUND -d 10.244.1.10/32 -p tcp -j REDIRECT --to-ports 15006
+-A FERRY_INBOUND -d 10.244.1.10/32 -p tcp -j REDIRECT --to-ports 15006
+-A FERRY_INBOUND -d 192.0.2.10/32 -p tcp -j REDIRECT --to-ports 15001
+-A FERRY_INBOUND -m addrtype --dst-type LOCAL -p tcp --dport 30080 -j REDIRECT --to-ports 15001
+COMMIT
+";
+        assert_eq!(text, want);
+        // Deterministic: the same state renders the same text, so an
+        // unrelated change does not rewrite the rules.
+        assert_eq!(rules().render(&s), text);
+    }
+
+    #[test]
+    fn a_pod_leaving_the_mesh_gets_its_traffic_back() {
+        let before = rules().render(&state(&[pod("web", "10.244.1.10", "node-a", true)]));
+        assert!(before.contains("-s 10.244.1.10/32"));
+        let after = rules().render(&state(&[pod("web", "10.244.1.10", "node-a", false)]));
+        assert!(!after.contains("10.244.1.10"), "{after}");
+        // Without an inbound listener, plaintext to pods is left alone.
+        let no_inbound = CaptureRules {
+            inbound_port: None,
+            ..rules()
+        }
+        .render(&state(&[pod("web", "10.244.1.10", "node-a", true)]));
+        assert!(!no_inbound.contains("15006"), "{no_inbound}");
     }
 }

@@ -4,7 +4,11 @@
 //!
 //! - a service with cluster IPs: its cluster IPs (A / AAAA by family);
 //! - a headless service: the addresses of its ready endpoints (the pods);
-//! - an ExternalName service: a CNAME to its external name.
+//! - an ExternalName service: a CNAME to its external name, followed as a
+//!   recursive server would: a target that is itself a service name is
+//!   answered from the mesh in the same response, any other target is
+//!   asked of the upstream resolver and its records appended (stub
+//!   resolvers such as glibc's do not chase a CNAME themselves).
 //!
 //! Names under `svc.<domain>` that match nothing get NXDOMAIN from us, with
 //! authority; nothing about them leaves the node.
@@ -23,6 +27,8 @@ use crate::state::{ConfigStore, ProxyState};
 /// TTL of the answers (short: endpoints move).
 const TTL: u32 = 5;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest CNAME chain followed (ExternalName to ExternalName...).
+const MAX_CHAIN: usize = 8;
 
 /// What the mesh knows about a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,9 +77,19 @@ pub fn resolve(state: &ProxyState, name: &str, domain: &str) -> Answer {
 /// Builds the response to `query` from the mesh's answer, or `None` when the
 /// name is not ours.
 pub fn answer(state: &ProxyState, query: &Message, domain: &str) -> Option<Message> {
+    answer_chain(state, query, domain).map(|(response, _)| response)
+}
+
+/// Like [`answer`], and the end of a CNAME chain that leaves the mesh (an
+/// ExternalName's external target), for the caller to resolve upstream.
+fn answer_chain(
+    state: &ProxyState,
+    query: &Message,
+    domain: &str,
+) -> Option<(Message, Option<Name>)> {
     let question = query.queries.first()?;
-    let qname = question.name().clone();
-    let found = resolve(state, &qname.to_ascii(), domain);
+    let mut owner = question.name().clone();
+    let mut found = resolve(state, &owner.to_ascii(), domain);
     if found == Answer::NotOurs {
         return None;
     }
@@ -83,28 +99,52 @@ pub fn answer(state: &ProxyState, query: &Message, domain: &str) -> Option<Messa
     response.metadata.recursion_desired = query.metadata.recursion_desired;
     response.metadata.recursion_available = true;
     response.add_query(question.clone());
-    match found {
-        Answer::NotFound | Answer::NotOurs => {
-            response.metadata.response_code = ResponseCode::NXDomain
-        }
-        Answer::Alias(target) => match Name::from_ascii(format!("{target}.")) {
-            Ok(target) => {
-                response.add_answer(Record::from_rdata(qname, TTL, RData::CNAME(CNAME(target))));
+    let mut external = None;
+    for hop in 0..=MAX_CHAIN {
+        match found {
+            Answer::NotFound | Answer::NotOurs => {
+                response.metadata.response_code = ResponseCode::NXDomain;
+                break;
             }
-            Err(_) => response.metadata.response_code = ResponseCode::ServFail,
-        },
-        Answer::Addresses(addresses) => {
-            for ip in addresses {
-                let rdata = match (ip, question.query_type()) {
-                    (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
-                    (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(v6)),
-                    _ => continue,
+            Answer::Alias(_) if hop == MAX_CHAIN => {
+                response.metadata.response_code = ResponseCode::ServFail;
+                break;
+            }
+            Answer::Alias(target) => {
+                let Ok(target) = Name::from_ascii(format!("{}.", target.trim_end_matches('.')))
+                else {
+                    response.metadata.response_code = ResponseCode::ServFail;
+                    break;
                 };
-                response.add_answer(Record::from_rdata(qname.clone(), TTL, rdata));
+                response.add_answer(Record::from_rdata(
+                    owner,
+                    TTL,
+                    RData::CNAME(CNAME(target.clone())),
+                ));
+                found = resolve(state, &target.to_ascii(), domain);
+                owner = target;
+                if found == Answer::NotOurs {
+                    // Outside the mesh: the caller asks upstream.
+                    external = Some(owner);
+                    break;
+                }
+            }
+            Answer::Addresses(addresses) => {
+                for ip in addresses {
+                    let rdata = match (ip, question.query_type()) {
+                        (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
+                        (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
+                            RData::AAAA(AAAA(v6))
+                        }
+                        _ => continue,
+                    };
+                    response.add_answer(Record::from_rdata(owner.clone(), TTL, rdata));
+                }
+                break;
             }
         }
     }
-    Some(response)
+    Some((response, external))
 }
 
 /// The DNS server of a node proxy.
@@ -143,7 +183,11 @@ impl DnsServer {
 
     async fn handle(&self, packet: &[u8]) -> Option<Vec<u8>> {
         let query = Message::from_vec(packet).ok()?;
-        if let Some(response) = answer(&self.store.snapshot(), &query, &self.domain) {
+        let ours = answer_chain(&self.store.snapshot(), &query, &self.domain);
+        if let Some((mut response, external)) = ours {
+            if let Some(target) = external {
+                self.chase(&query, target, &mut response).await;
+            }
             return response.to_vec().ok();
         }
         match self.forward(packet).await {
@@ -155,6 +199,33 @@ impl DnsServer {
             )
             .to_vec()
             .ok(),
+        }
+    }
+
+    /// Appends the upstream's answer for an ExternalName's target (same
+    /// record type); without one the CNAME stands alone.
+    async fn chase(&self, query: &Message, target: Name, response: &mut Message) {
+        let Some(question) = query.queries.first() else {
+            return;
+        };
+        let mut ask = Message::query();
+        ask.metadata.id = query.metadata.id;
+        ask.metadata.recursion_desired = true;
+        ask.add_query(hickory_proto::op::Query::query(
+            target,
+            question.query_type(),
+        ));
+        let Some(reply) = (match ask.to_vec() {
+            Ok(packet) => self.forward(&packet).await,
+            Err(_) => None,
+        }) else {
+            return;
+        };
+        if let Ok(reply) = Message::from_vec(&reply) {
+            response.metadata.authoritative = false;
+            for record in reply.answers {
+                response.add_answer(record);
+            }
         }
     }
 
@@ -245,6 +316,9 @@ mod tests {
                 &[("10.0.0.5", true), ("10.0.0.6", false), ("10.0.0.4", true)],
             ),
             service("search", &[], Some("search.example.com"), &[]),
+            service("www", &[], Some("web.shop.svc.cluster.local"), &[]),
+            service("loop-a", &[], Some("loop-b.shop.svc.cluster.local"), &[]),
+            service("loop-b", &[], Some("loop-a.shop.svc.cluster.local"), &[]),
         ];
         store.apply(DeltaResponse {
             nonce: "1".into(),
@@ -308,7 +382,10 @@ mod tests {
         let upstream_addr = upstream.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
-            if let Ok((len, peer)) = upstream.recv_from(&mut buf).await {
+            for _ in 0..16 {
+                let Ok((len, peer)) = upstream.recv_from(&mut buf).await else {
+                    break;
+                };
                 let q = Message::from_vec(&buf[..len]).unwrap();
                 let mut r = Message::response(q.metadata.id, OpCode::Query);
                 let question = q.queries[0].clone();
@@ -369,8 +446,32 @@ mod tests {
             aaaa.answers[0].data,
             RData::AAAA(AAAA("fd00::10".parse().unwrap()))
         );
+        // An ExternalName: the CNAME, then the upstream's answer for its target.
         let cname = ask(query("search.shop.svc.cluster.local.", RecordType::A)).await;
-        assert!(matches!(cname.answers[0].data, RData::CNAME(_)));
+        assert_eq!(
+            cname.answers[0].data,
+            RData::CNAME(CNAME(Name::from_ascii("search.example.com.").unwrap()))
+        );
+        assert_eq!(cname.answers[1].name.to_ascii(), "search.example.com.");
+        assert_eq!(
+            cname.answers[1].data,
+            RData::A(A("192.0.2.1".parse().unwrap()))
+        );
+        // An ExternalName naming a service: answered from the mesh.
+        let alias = ask(query("www.shop.svc.cluster.local.", RecordType::A)).await;
+        assert_eq!(alias.answers.len(), 2, "{alias:?}");
+        assert_eq!(
+            alias.answers[1].name.to_ascii(),
+            "web.shop.svc.cluster.local."
+        );
+        assert_eq!(
+            alias.answers[1].data,
+            RData::A(A("10.96.0.10".parse().unwrap()))
+        );
+        // A loop ends in SERVFAIL after a bounded chain.
+        let looped = ask(query("loop-a.shop.svc.cluster.local.", RecordType::A)).await;
+        assert_eq!(looped.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(looped.answers.len(), MAX_CHAIN);
         let missing = ask(query("nope.shop.svc.cluster.local.", RecordType::A)).await;
         assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
         let forwarded = ask(query("example.com.", RecordType::A)).await;

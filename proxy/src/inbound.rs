@@ -239,3 +239,99 @@ impl Inbound {
         );
     }
 }
+
+/// Plaintext to a mesh pod of this node that did not come through a tunnel:
+/// from a pod outside the mesh (on this node or another), another node
+/// passing a connection through, or a client outside the cluster. The
+/// capture rules redirect it here; it is judged by its source address
+/// (ipBlocks, and the labels of a pod outside the mesh at that address) and
+/// passed through. A mesh pod's address never arrives in plaintext (its
+/// traffic is carried by HBONE), so plaintext claiming one is refused.
+#[derive(Debug, Clone)]
+pub struct PlaintextInbound {
+    pub node: String,
+    pub store: Arc<ConfigStore>,
+    pub tracker: Arc<crate::policy::ConnectionTracker>,
+}
+
+impl PlaintextInbound {
+    /// Serves until the task is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        let this = Arc::new(self);
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbound plaintext accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = this.clone();
+            tokio::spawn(async move {
+                if let Err(reason) = this.connection(tcp, peer).await {
+                    tracing::info!(%peer, %reason, "inbound plaintext connection refused");
+                }
+            });
+        }
+    }
+
+    /// The policy check for a plaintext connection, or why it is refused.
+    fn admit(&self, peer: SocketAddr, target: SocketAddr) -> Result<crate::policy::Check, String> {
+        let state = self.store.snapshot();
+        match state.workload_by_ip(&target.ip()) {
+            Some(w) if w.mesh && w.node.as_deref() == Some(self.node.as_str()) => {}
+            _ => return Err(format!("{target} is not a mesh pod of this node")),
+        }
+        if let Some(w) = state.workload_by_ip(&peer.ip()).filter(|w| w.mesh) {
+            return Err(format!(
+                "plaintext from {} claims mesh pod {}/{}, whose traffic arrives over mTLS",
+                peer.ip(),
+                w.namespace,
+                w.name
+            ));
+        }
+        let check = crate::policy::Check {
+            source: peer.ip(),
+            destination: target.ip(),
+            port: target.port(),
+            egress: false,
+            ingress: true,
+        };
+        check
+            .allowed(&state)
+            .map_err(|reason| format!("denied by policy: {reason}"))?;
+        Ok(check)
+    }
+
+    async fn connection(&self, mut client: TcpStream, peer: SocketAddr) -> Result<(), String> {
+        let target = crate::capture::original_destination(&client)
+            .map_err(|e| format!("no original destination (not redirected?): {e}"))?;
+        let check = self.admit(peer, target).inspect_err(|_| {
+            self.tracker
+                .denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
+        let tracked = self.tracker.track(check);
+        let mut upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
+            .await
+            .map_err(|_| format!("connecting to {target} timed out"))?
+            .map_err(|e| format!("connecting to {target}: {e}"))?;
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        let started = std::time::Instant::now();
+        let (to_pod, from_pod) = tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => copied.unwrap_or((0, 0)),
+            _ = tracked.revoked() => (0, 0),
+        };
+        tracing::debug!(
+            %peer,
+            %target,
+            bytes_to_pod = to_pod,
+            bytes_from_pod = from_pod,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "inbound plaintext connection closed"
+        );
+        Ok(())
+    }
+}

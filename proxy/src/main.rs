@@ -47,11 +47,16 @@ struct Args {
     /// Transparent capture listener (iptables REDIRECT target). Off unless set.
     #[arg(long, env = "FERRY_CAPTURE_LISTEN")]
     capture_listen: Option<SocketAddr>,
-    /// Install redirect rules for TCP entering on this interface (the
-    /// pod-facing bridge); removed on shutdown. Needs --capture-listen and
-    /// CAP_NET_ADMIN.
+    /// Install redirect rules for the pods behind this interface (the
+    /// pod-facing bridge), kept in step with the configuration and removed
+    /// on shutdown. Needs --capture-listen and CAP_NET_ADMIN.
     #[arg(long, env = "FERRY_CAPTURE_INTERFACE", requires = "capture_listen")]
     capture_interface: Option<String>,
+    /// Inbound plaintext listener: plaintext to this node's mesh pods that
+    /// did not come through a tunnel is redirected here, policed and passed
+    /// through. Off unless set.
+    #[arg(long, env = "FERRY_INBOUND_PLAINTEXT_LISTEN")]
+    inbound_plaintext_listen: Option<SocketAddr>,
     /// DNS listener (UDP) answering for services; off unless set.
     #[arg(long, env = "FERRY_DNS_LISTEN")]
     dns_listen: Option<SocketAddr>,
@@ -178,15 +183,27 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let plaintext_listener = match args.inbound_plaintext_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--inbound-plaintext-listen {addr}: cannot bind"))?,
+        ),
+        None => None,
+    };
     let capture_rules = match (&args.capture_interface, args.capture_listen) {
         (Some(interface), Some(addr)) => {
             let rules = ferry_proxy::capture::CaptureRules {
+                node: args.node.clone(),
                 interface: interface.clone(),
                 capture_port: addr.port(),
+                inbound_port: args.inbound_plaintext_listen.map(|a| a.port()),
                 hbone_port: args.hbone.port(),
             };
-            rules.install().context("installing capture rules")?;
-            Some(rules)
+            let state = store.snapshot();
+            rules.install(&state).context("installing capture rules")?;
+            let applied = rules.render(&state);
+            Some((rules, applied))
         }
         _ => None,
     };
@@ -245,6 +262,26 @@ async fn main() -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
+    let rules_task = async {
+        match &capture_rules {
+            Some((rules, applied)) => rules.follow(store.clone(), applied.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let plaintext_task = async {
+        match plaintext_listener {
+            Some(listener) => {
+                ferry_proxy::inbound::PlaintextInbound {
+                    node: args.node.clone(),
+                    store: store.clone(),
+                    tracker: tracker.clone(),
+                }
+                .serve(listener)
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let sweeper = {
         let outbound = outbound.clone();
         async move {
@@ -262,11 +299,13 @@ async fn main() -> anyhow::Result<()> {
         _ = inbound_task => {}
         _ = sweeper => {}
         _ = capture_task => {}
+        _ = rules_task => {}
+        _ = plaintext_task => {}
         _ = dns_task => {}
         _ = tracker.clone().run(store.clone()) => {}
         _ = shutdown_signal() => tracing::info!("proxy stopping"),
     }
-    if let Some(rules) = capture_rules {
+    if let Some((rules, _)) = capture_rules {
         if let Err(e) = rules.remove() {
             tracing::warn!(error = %e, "removing capture rules failed; the next start repairs them");
         }

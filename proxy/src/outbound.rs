@@ -143,6 +143,7 @@ impl Outbound {
         &self,
         state: &ProxyState,
         client: SocketAddr,
+        source_in_mesh: bool,
         destination: SocketAddr,
     ) -> Result<Choice, OutboundError> {
         let (service, endpoint, endpoint_node, endpoint_workload) =
@@ -192,7 +193,13 @@ impl Outbound {
         // Bare endpoint addresses may still belong to a known pod.
         let workload_key = endpoint_workload
             .or_else(|| state.workload_by_ip(&endpoint.ip()).map(|w| w.key_name()));
-        let mode = route::mode_for(state, &self.node, endpoint_node, workload_key.as_deref());
+        let mode = route::mode_for(
+            state,
+            &self.node,
+            source_in_mesh,
+            endpoint_node,
+            workload_key.as_deref(),
+        );
         let hbone = if mode == Mode::Hbone {
             let workload = workload_key
                 .as_deref()
@@ -241,7 +248,7 @@ impl Outbound {
                 self.resolve(&state, &name, port, namespace).await?
             }
         };
-        let choice = self.choose(&state, client, destination)?;
+        let choice = self.choose(&state, client, source.is_some_and(|w| w.mesh), destination)?;
         // Egress is judged here, on the source's node; ingress too when the
         // destination is on this node (no other proxy sees the connection).
         let check = Check {

@@ -43,9 +43,11 @@
 //! # Carrying ([`mode_for`])
 //!
 //! An endpoint on the local node is reached directly; one on another node
-//! through that node's proxy over HBONE when its pod is in the mesh and the
-//! node has an HBONE address; anything else (a bare address, a pod outside
-//! the mesh, an unknown node) by plain passthrough.
+//! through that node's proxy over HBONE when both the source and the
+//! destination pod are in the mesh and the node has an HBONE address;
+//! anything else (a source or a pod outside the mesh, a bare address, an
+//! unknown node) by plain passthrough, where the destination node's proxy
+//! polices it as inbound plaintext when the destination is in the mesh.
 //!
 //! # Names ([`service_by_name`])
 //!
@@ -420,6 +422,7 @@ impl Mode {
 pub fn mode_for(
     state: &ProxyState,
     local_node: &str,
+    source_in_mesh: bool,
     endpoint_node: Option<&str>,
     endpoint_workload: Option<&str>,
 ) -> Mode {
@@ -428,6 +431,10 @@ pub fn mode_for(
     };
     if node == local_node {
         return Mode::Direct;
+    }
+    if !source_in_mesh {
+        // No identity to present: plaintext, policed by the destination.
+        return Mode::Passthrough;
     }
     let in_mesh = endpoint_workload
         .and_then(|key| state.workload(key))
@@ -932,7 +939,13 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
         },
         Plan::Workload { workload, port } => {
             let key = workload.key_name();
-            let mode = mode_for(state, local_node, workload.node.as_deref(), Some(&key));
+            let mode = mode_for(
+                state,
+                local_node,
+                from.mesh,
+                workload.node.as_deref(),
+                Some(&key),
+            );
             let address = dialed.or_else(|| workload.addresses.first().copied());
             Explanation {
                 endpoints: address
@@ -970,7 +983,13 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
                         ready: e.ready,
                         serving: e.serving,
                         terminating: e.terminating,
-                        mode: mode_for(state, local_node, e.node.as_deref(), e.workload.as_deref()),
+                        mode: mode_for(
+                            state,
+                            local_node,
+                            from.mesh,
+                            e.node.as_deref(),
+                            e.workload.as_deref(),
+                        ),
                     })
                 })
                 .collect();
@@ -2015,8 +2034,18 @@ mod tests {
             ("no node", None, Some("shop/a2"), Mode::Passthrough),
         ];
         for (case, node, workload, want) in cases {
-            assert_eq!(mode_for(&s, LOCAL, node, workload), want, "{case}");
+            assert_eq!(mode_for(&s, LOCAL, true, node, workload), want, "{case}");
         }
+        // A source outside the mesh has no identity: plaintext to remote
+        // pods (the destination polices it), direct to local ones.
+        assert_eq!(
+            mode_for(&s, LOCAL, false, Some("n2"), Some("shop/a2")),
+            Mode::Passthrough
+        );
+        assert_eq!(
+            mode_for(&s, LOCAL, false, Some("n1"), Some("shop/a1")),
+            Mode::Direct
+        );
     }
 
     #[test]

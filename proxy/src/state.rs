@@ -132,6 +132,32 @@ impl ProxyState {
             .collect()
     }
 
+    /// Every pod address with its workload (unordered).
+    pub fn workload_addresses(&self) -> impl Iterator<Item = (IpAddr, &Workload)> {
+        self.workloads_by_ip
+            .iter()
+            .filter_map(|(ip, e)| match &e.body {
+                ResourceBody::Workload(w) => Some((*ip, w)),
+                _ => None,
+            })
+    }
+
+    /// Every service address (cluster, load-balancer and external IPs) with
+    /// its service (unordered).
+    pub fn service_addresses(&self) -> impl Iterator<Item = (IpAddr, &Service)> {
+        self.services_by_ip
+            .iter()
+            .filter_map(|(ip, e)| match &e.body {
+                ResourceBody::Service(s) => Some((*ip, s)),
+                _ => None,
+            })
+    }
+
+    /// Every node port in use (unordered).
+    pub fn node_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.services_by_node_port.keys().copied()
+    }
+
     /// Cluster, load-balancer and external IPs of a service.
     fn service_ips(s: &Service) -> impl Iterator<Item = IpAddr> + '_ {
         s.cluster_ips

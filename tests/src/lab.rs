@@ -47,6 +47,115 @@ for s in servers[1:]:
 servers[0].serve_forever()
 "#;
 
+/// A packet capture on one interface (AF_PACKET, so no tcpdump is needed):
+/// per TCP flow direction its payload bytes, whether its SYN was seen, and
+/// the first payload bytes; and how many payloads contained a marker. Stops
+/// when the stop file appears or after 60 s, then prints one JSON line.
+const SNIFFER: &str = r#"
+import json, os, socket, struct, sys, time
+iface, stop, markers = sys.argv[1], sys.argv[2], [m.encode() for m in sys.argv[3:]]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.bind((iface, 0))
+s.settimeout(0.1)
+print("ready", flush=True)
+flows, hits, packets, deadline = {}, 0, 0, time.time() + 60
+while time.time() < deadline and not os.path.exists(stop):
+    try:
+        frame = s.recv(262144)
+    except socket.timeout:
+        continue
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+        continue
+    ip = frame[14:]
+    ihl, total = (ip[0] & 15) * 4, struct.unpack("!H", ip[2:4])[0]
+    if ip[9] != 6:
+        continue
+    tcp = ip[ihl:total] if total else ip[ihl:]
+    sport, dport = struct.unpack("!HH", tcp[:4])
+    flags, payload = tcp[13], tcp[(tcp[12] >> 4) * 4:]
+    packets += 1
+    key = "%s:%d>%s:%d" % (socket.inet_ntoa(ip[12:16]), sport, socket.inet_ntoa(ip[16:20]), dport)
+    f = flows.setdefault(key, {"flow": key, "syn": False, "bytes": 0, "first": ""})
+    f["syn"] = f["syn"] or bool(flags & 2)
+    if payload:
+        if not f["first"]:
+            f["first"] = payload[:3].hex()
+        f["bytes"] += len(payload)
+        hits += sum(1 for m in markers if m in payload)
+print(json.dumps({"packets": packets, "marker_hits": hits, "flows": list(flows.values())}), flush=True)
+"#;
+
+/// One direction of a TCP flow seen on a link.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct LinkFlow {
+    /// `src:port>dst:port`
+    pub flow: String,
+    pub syn: bool,
+    pub bytes: u64,
+    /// The first three payload bytes, hex.
+    pub first: String,
+}
+
+/// What a capture on a link saw.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct LinkReport {
+    pub packets: u64,
+    pub marker_hits: u64,
+    pub flows: Vec<LinkFlow>,
+}
+
+impl LinkReport {
+    /// Checks that every TCP payload on the link belonged to TLS on the
+    /// given ports (every flow opened during the capture starts with a TLS
+    /// handshake record), that no marker was seen in the clear, and that at
+    /// least one new connection to `tunnel_port` was opened; returns a
+    /// summary of what was seen.
+    pub fn only_tls(&self, tunnel_port: u16, tls_ports: &[u16]) -> Result<String, String> {
+        let port_of = |end: &str| end.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+        let mut tunnels = 0;
+        let mut tunnel_bytes = 0;
+        for f in self.flows.iter().filter(|f| f.bytes > 0) {
+            let (from, to) = f.flow.split_once('>').unwrap_or((&f.flow, ""));
+            let ports = [port_of(from), port_of(to)];
+            if !ports.iter().flatten().any(|p| tls_ports.contains(p)) {
+                return Err(format!(
+                    "{} carried {} bytes outside TLS ports",
+                    f.flow, f.bytes
+                ));
+            }
+            // A TLS handshake record: type 22, version 3.x.
+            if f.syn && !f.first.starts_with("1603") {
+                return Err(format!(
+                    "{} did not start with a TLS record (first bytes {})",
+                    f.flow, f.first
+                ));
+            }
+            if ports.contains(&Some(tunnel_port)) {
+                tunnel_bytes += f.bytes;
+                if f.syn && port_of(to) == Some(tunnel_port) {
+                    tunnels += 1;
+                }
+            }
+        }
+        if self.marker_hits > 0 {
+            return Err(format!(
+                "{} packets carried the payload in the clear",
+                self.marker_hits
+            ));
+        }
+        if tunnels == 0 {
+            return Err(format!(
+                "no new connection to port {tunnel_port} was seen ({} packets)",
+                self.packets
+            ));
+        }
+        Ok(format!(
+            "{} packets, {tunnels} new TLS connection(s) to :{tunnel_port} ({tunnel_bytes} bytes), no plaintext payload",
+            self.packets
+        ))
+    }
+}
+
 /// A node of the lab.
 #[derive(Debug, Clone)]
 pub struct LabNode {
@@ -90,10 +199,23 @@ fn gateway_of(ip: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::new(o[0], o[1], o[2], 1)
 }
 
-/// Reads nodes and pods from the manifests (YAML documents).
-pub fn read_topology(dir: &Path) -> anyhow::Result<(Vec<LabNode>, Vec<LabPod>)> {
+/// What the lab builds from the manifests.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub nodes: Vec<LabNode>,
+    pub pods: Vec<LabPod>,
+    /// Load-balancer ingress and external IPs of services: the outside
+    /// client routes them through the first node, as a cloud load balancer
+    /// would hand them to a node.
+    pub published: Vec<Ipv4Addr>,
+}
+
+/// Reads nodes, pods and published service addresses from the manifests
+/// (YAML documents).
+pub fn read_topology(dir: &Path) -> anyhow::Result<Topology> {
     let mut nodes = Vec::new();
     let mut pods = Vec::new();
+    let mut published = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
@@ -169,10 +291,25 @@ pub fn read_topology(dir: &Path) -> anyhow::Result<(Vec<LabNode>, Vec<LabPod>)> 
                         ports,
                     });
                 }
+                "Service" => {
+                    let ingress = field(&v, &["status", "loadBalancer", "ingress"])
+                        .and_then(|i| i.as_sequence())
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i.get("ip")?.as_str()?.parse::<Ipv4Addr>().ok());
+                    let external = field(&v, &["spec", "externalIPs"])
+                        .and_then(|i| i.as_sequence())
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i.as_str()?.parse::<Ipv4Addr>().ok());
+                    published.extend(ingress.chain(external));
+                }
                 _ => {}
             }
         }
     }
+    published.sort();
+    published.dedup();
     for node in &mut nodes {
         let pod = pods.iter().find(|p| p.node == node.name).with_context(|| {
             format!(
@@ -182,13 +319,27 @@ pub fn read_topology(dir: &Path) -> anyhow::Result<(Vec<LabNode>, Vec<LabPod>)> 
         })?;
         node.gateway = gateway_of(pod.ip);
     }
-    Ok((nodes, pods))
+    Ok(Topology {
+        nodes,
+        pods,
+        published,
+    })
 }
+
+/// The name of the outside client's namespace in [`Lab::netns`], [`Lab::curl`].
+pub const OUTSIDE: &str = "outside";
+
+/// The outside client's address on the node network.
+pub const OUTSIDE_HOST: u8 = 200;
 
 impl Lab {
     /// Builds the lab for `manifests` with namespace names starting with `prefix`.
     pub fn up(manifests: &Path, prefix: &str) -> anyhow::Result<Self> {
-        let (nodes, pods) = read_topology(manifests)?;
+        let Topology {
+            nodes,
+            pods,
+            published,
+        } = read_topology(manifests)?;
         if nodes.is_empty() {
             bail!("{}: no nodes in the manifests", manifests.display());
         }
@@ -233,6 +384,10 @@ impl Lab {
             ns.ip(&["addr", "add", &format!("{}/24", node.gateway), "dev", "br0"])?;
             ns.ip(&["link", "set", "br0", "up"])?;
             ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+            // Pods reach each other through the node (their addresses are
+            // /32): no redirects telling them to go around it.
+            ns.exec("sysctl", &["-qw", "net.ipv4.conf.all.send_redirects=0"])?;
+            ns.exec("sysctl", &["-qw", "net.ipv4.conf.br0.send_redirects=0"])?;
             for other in nodes.iter().filter(|o| o.name != node.name) {
                 let o = other.gateway.octets();
                 let network = Ipv4Addr::new(o[0], o[1], o[2], 0);
@@ -260,15 +415,51 @@ impl Lab {
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
             ])?;
             node_ns.ip(&["link", "set", &veth, "master", "br0", "up"])?;
-            ns.ip(&["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"])?;
+            // A /32 and a route through the node, as routed CNIs do: even
+            // traffic between pods of one node crosses the node's stack,
+            // where the capture rules see it.
+            let gateway = node.gateway.to_string();
+            ns.ip(&["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
-            ns.ip(&["route", "add", "default", "via", &node.gateway.to_string()])?;
+            ns.ip(&["route", "add", &gateway, "dev", "eth0", "scope", "link"])?;
+            ns.ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
             ns.set_resolv_conf(&format!(
                 "nameserver {}\nsearch {}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
                 node.gateway, pod.namespace
             ))?;
             lab.namespaces
                 .insert(format!("{}/{}", pod.namespace, pod.name), ns);
+        }
+        // A client outside the cluster on the node network; load-balancer
+        // addresses are routed to the first node.
+        {
+            let outside = Netns::new(&format!("{prefix}-out"))?;
+            outside.ip(&[
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "out0",
+                "netns",
+                &lab.namespaces["net"].name,
+            ])?;
+            lab.namespaces["net"].ip(&["link", "set", "out0", "master", "sw0", "up"])?;
+            let address = Ipv4Addr::new(base[0], base[1], base[2], OUTSIDE_HOST);
+            outside.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+            outside.ip(&["link", "set", "eth0", "up"])?;
+            for ip in &published {
+                outside.ip(&[
+                    "route",
+                    "add",
+                    &format!("{ip}/32"),
+                    "via",
+                    &nodes[0].ip.to_string(),
+                ])?;
+            }
+            lab.namespaces.insert(OUTSIDE.into(), outside);
         }
         // The control plane watches a copy: edits in the lab never touch the source folder.
         let copy = lab.work.path().join("manifests");
@@ -342,6 +533,8 @@ impl Lab {
                     "0.0.0.0:15001",
                     "--capture-interface",
                     "br0",
+                    "--inbound-plaintext-listen",
+                    "0.0.0.0:15006",
                     "--dns-listen",
                     &dns,
                 ],
@@ -424,7 +617,7 @@ impl Lab {
             .with_context(|| format!("no pod {pod}"))?;
         let (host, port) = address.rsplit_once(':').context("address is HOST:PORT")?;
         let script = format!(
-            "import socket,sys\ns=socket.create_connection(('{host}',{port}),timeout=5)\ns.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\nprint('open', s.recv(4096).split(b'\\r\\n\\r\\n')[-1].decode().strip(), flush=True)\ns.settimeout({seconds})\ntry:\n    data=s.recv(4096)\n    print('closed' if not data else 'data', flush=True)\nexcept socket.timeout:\n    print('timeout', flush=True)\nexcept OSError:\n    print('closed', flush=True)\n"
+            "import socket,sys\ns=socket.create_connection(('{host}',{port}),timeout=5)\ns.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\nb=b''\nwhile not (b'\\r\\n\\r\\n' in b and b.endswith(b'\\n') and not b.endswith(b'\\r\\n\\r\\n')):\n    d=s.recv(4096)\n    if not d: break\n    b+=d\nprint('open', b.split(b'\\r\\n\\r\\n')[-1].decode().strip(), flush=True)\ns.settimeout({seconds})\ntry:\n    data=s.recv(4096)\n    print('closed' if not data else 'data', flush=True)\nexcept socket.timeout:\n    print('timeout', flush=True)\nexcept OSError:\n    print('closed', flush=True)\n"
         );
         let log = self
             .work
@@ -438,6 +631,49 @@ impl Lab {
         )
     }
 
+    /// Captures the packets on a node's uplink while `traffic` runs; the
+    /// payload should never show any of `markers` in the clear.
+    pub fn capture_link(
+        &self,
+        node: &str,
+        markers: &[&str],
+        traffic: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<LinkReport> {
+        let ns = self
+            .namespaces
+            .get(node)
+            .with_context(|| format!("no node {node}"))?;
+        let script = self.work.path().join("sniff.py");
+        std::fs::write(&script, SNIFFER)?;
+        let stop = self.work.path().join(format!("sniff-{node}.stop"));
+        let _ = std::fs::remove_file(&stop);
+        let (script, stop_arg) = (script.display().to_string(), stop.display().to_string());
+        let mut args = vec![script.as_str(), "up0", stop_arg.as_str()];
+        args.extend(markers);
+        let mut sniffer = Process::start(
+            "sniffer",
+            Path::new("ip"),
+            &ns.command("python3", &args),
+            self.work.path().join(format!("sniff-{node}.log")),
+        )?;
+        wait_for("the link capture to start", Duration::from_secs(10), || {
+            Ok(sniffer.log().contains("ready").then_some(()))
+        })?;
+        let ran = traffic();
+        std::fs::write(&stop, b"")?;
+        wait_for("the link capture to stop", Duration::from_secs(10), || {
+            Ok((!sniffer.is_running()).then_some(()))
+        })?;
+        ran?;
+        let log = sniffer.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("the capture printed no report: {log}"))?;
+        Ok(serde_json::from_str(line)?)
+    }
+
     /// Runs `curl` in a pod; returns the body, or the error.
     pub fn curl(&self, pod: &str, url: &str) -> anyhow::Result<String> {
         let ns = self
@@ -445,7 +681,7 @@ impl Lab {
             .get(pod)
             .with_context(|| format!("no pod {pod}"))?;
         Ok(ns
-            .exec("curl", &["-sf", "-m", "5", url])?
+            .exec("curl", &["-sSf", "-m", "5", url])?
             .trim()
             .to_string())
     }
@@ -497,6 +733,32 @@ impl Lab {
     /// The traffic checks of deploy/examples: real requests through the mesh.
     pub fn check_examples(&self) -> Vec<CheckResult> {
         let mut results = Vec::new();
+        // First, while no tunnel is open yet: the link between the nodes
+        // carries the cross-node request only inside TLS.
+        let marker = format!("ferry-link-check-{}", std::process::id());
+        let mut answered = String::new();
+        let captured = self.capture_link("node-a", &[&marker, "shop/backend-2"], || {
+            answered = self.curl(
+                "shop/frontend",
+                &format!("http://10.244.2.11:9090/{marker}"),
+            )?;
+            Ok(())
+        });
+        let (ok, saw) = match captured {
+            Ok(report) => match report.only_tls(15008, &[15008, 15010]) {
+                Ok(summary) => (
+                    answered == "shop/backend-2",
+                    format!("answered by {answered}; {summary}"),
+                ),
+                Err(problem) => (false, problem),
+            },
+            Err(e) => (false, format!("{e:#}")),
+        };
+        results.push(CheckResult {
+            what: "the link between node-a and node-b carries only TLS: shop/frontend -> shop/backend-2".into(),
+            ok,
+            saw,
+        });
         let mut expect = |what: &str, pod: &str, url: &str, want: &dyn Fn(&str) -> bool| {
             let (ok, saw) = match self.curl(pod, url) {
                 Ok(body) => (want(&body), format!("answered by {body}")),
@@ -512,16 +774,34 @@ impl Lab {
             });
         };
         expect(
-            "service by name, policy allows",
+            "ClusterIP by name, named targetPort, policy allows",
             "shop/frontend",
             "http://backend.shop.svc.cluster.local/",
             &|b| b.starts_with("shop/backend-"),
         );
         expect(
-            "pod across nodes (HBONE)",
+            "ClusterIP by address, same node (selector-less, internalTrafficPolicy Local)",
             "shop/frontend",
-            "http://10.244.2.11:9090/",
-            &|b| b == "shop/backend-2",
+            "http://10.96.0.30/",
+            &|b| b == "shop/backend-1",
+        );
+        expect(
+            "pod across nodes by address (HBONE)",
+            "shop/frontend",
+            "http://10.244.2.12:9091/",
+            &|b| b == "shop/backend-3",
+        );
+        expect(
+            "pod in no service, by address (outside the mesh: plaintext)",
+            "shop/frontend",
+            "http://10.244.2.30:8080/",
+            &|b| b == "default/client",
+        );
+        expect(
+            "ExternalName through DNS (CNAME to a service)",
+            "shop/frontend",
+            "http://backend-alias.shop/",
+            &|b| b.starts_with("shop/backend-"),
         );
         expect(
             "policy denies (backend admits only the frontend)",
@@ -530,17 +810,60 @@ impl Lab {
             &|b| b.is_empty(),
         );
         expect(
-            "service across nodes by short name",
+            "service across nodes by short name (client outside the mesh, policed inbound)",
             "default/client",
             "http://frontend.shop/",
             &|b| b == "shop/frontend",
         );
         expect(
-            "headless service by name",
+            "headless service through DNS",
             "default/client",
             "http://db.shop:5432/",
             &|b| b == "shop/db-0",
         );
+        let node_a = self
+            .nodes
+            .first()
+            .map(|n| n.ip.to_string())
+            .unwrap_or_default();
+        expect(
+            "NodePort from outside the cluster",
+            OUTSIDE,
+            &format!("http://{node_a}:30080/"),
+            &|b| b == "shop/frontend",
+        );
+        if let Some(node_b) = self.nodes.get(1) {
+            expect(
+                "NodePort with externalTrafficPolicy Local on a node without the pod: refused",
+                OUTSIDE,
+                &format!("http://{}:30080/", node_b.ip),
+                &|b| b.is_empty(),
+            );
+        }
+        expect(
+            "LoadBalancer address from outside the cluster",
+            OUTSIDE,
+            "http://192.0.2.10/",
+            &|b| b == "shop/frontend",
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        let mut failures = 0;
+        for _ in 0..6 {
+            match self.curl("shop/frontend", "http://api.shop/") {
+                Ok(body) => {
+                    seen.insert(body);
+                }
+                Err(_) => failures += 1,
+            }
+        }
+        results.push(CheckResult {
+            what: "round robin over both nodes: shop/frontend -> http://api.shop/ x6".into(),
+            ok: failures == 0 && seen.len() == 3,
+            saw: format!(
+                "answered by {}; {failures} failed",
+                seen.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        });
         for node in &self.nodes {
             let (ok, saw) = match self.config_dump(&node.name) {
                 Ok(dump) => {

@@ -25,8 +25,9 @@ fn service_by_name_with_named_target_ports_and_affinity() -> anyhow::Result<()> 
     assert_eq!(code, Some(0));
     assert_eq!(v["service"], "shop/backend");
     assert_eq!(
-        v["mode"], "hbone",
-        "client runs on node-b, backend-1 on node-a"
+        v["mode"], "passthrough",
+        "client runs on node-b outside the mesh (namespace default is not enrolled): \
+         no identity, so plaintext to backend-1 on node-a, policed there"
     );
     assert_eq!(
         v["affinity"],
@@ -51,6 +52,16 @@ fn service_by_name_with_named_target_ports_and_affinity() -> anyhow::Result<()> 
             ("shop/backend-3".to_string(), 9091)
         ]
     );
+    // A mesh pod on node-a: backend-1 directly, the others through HBONE.
+    let (_, from_mesh) = route("shop/frontend", "backend.shop:80")?;
+    assert_eq!(from_mesh["mode"], "hbone");
+    let modes: Vec<&str> = from_mesh["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["mode"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(modes, ["direct", "hbone", "hbone"]);
     Ok(())
 }
 

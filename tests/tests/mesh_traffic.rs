@@ -317,12 +317,24 @@ async fn refusals_unknown_port_no_endpoints_and_no_identity() -> anyhow::Result<
         .await
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    // A source that is not a mesh workload cannot get a tunnel (no identity).
+    // A source that is not a mesh workload has no identity for a tunnel:
+    // its connection to a remote pod goes in plaintext (on a real node the
+    // destination proxy's inbound capture polices it), never through HBONE.
+    let handshakes = || -> anyhow::Result<Option<u64>> {
+        let dump = tokio::task::block_in_place(|| c.mesh.config_dump("node-a"))?;
+        Ok(dump["hbone_pool"]["handshakes"].as_u64())
+    };
+    let before = handshakes()?;
     let stranger = c.ip(1, 99);
-    let err = socks5_connect(socks, stranger, &c.ip(2, 11).to_string(), 9090)
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(
+        who_answers(socks, stranger, &c.ip(2, 11).to_string(), 9090).await?,
+        "backend-b1"
+    );
+    assert_eq!(
+        handshakes()?,
+        before,
+        "no tunnel for a source outside the mesh"
+    );
     // Every backend unready: refused.
     let path = c.mesh.manifests.path().join("cluster.yaml");
     let text = std::fs::read_to_string(&path)?;
