@@ -786,6 +786,12 @@ impl Lab {
             &|b| b == "shop/backend-1",
         );
         expect(
+            "ClusterIP by address across nodes (client outside the mesh, policed inbound)",
+            "default/client",
+            "http://10.96.0.10/",
+            &|b| b == "shop/frontend",
+        );
+        expect(
             "pod across nodes by address (HBONE)",
             "shop/frontend",
             "http://10.244.2.12:9091/",
