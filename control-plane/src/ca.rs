@@ -134,6 +134,7 @@ pub struct MeshCa {
     authority: Arc<Authority>,
     accounts: Arc<NodeAccounts>,
     max_ttl: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl MeshCa {
@@ -142,6 +143,7 @@ impl MeshCa {
             authority,
             accounts,
             max_ttl,
+            metrics: Arc::default(),
         }
     }
 
@@ -149,7 +151,21 @@ impl MeshCa {
         CertificateAuthorityServer::new(self)
     }
 
-    fn refuse(node: &str, status: Status) -> Status {
+    /// Counts signed and refused requests in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .csr
+            .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+            .inc();
+    }
+
+    fn refuse(&self, node: &str, status: Status) -> Status {
+        self.count("refused");
         tracing::warn!(node, reason = %status.message(), "certificate request refused");
         status
     }
@@ -160,7 +176,7 @@ impl CertificateAuthority for MeshCa {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let node =
             authenticated_node(&request, self.authority.trust_domain())?.ok_or_else(|| {
-                Self::refuse(
+                self.refuse(
                     "<unknown>",
                     Status::unauthenticated(
                         "certificates are issued only to proxies presenting a node credential",
@@ -171,12 +187,12 @@ impl CertificateAuthority for MeshCa {
         let (identity, csr) = self
             .authority
             .read_csr(&request.csr_pem)
-            .map_err(|e| Self::refuse(&node, Status::invalid_argument(e.to_string())))?;
+            .map_err(|e| self.refuse(&node, Status::invalid_argument(e.to_string())))?;
         if !self
             .accounts
             .allows(&node, &identity.namespace, &identity.service_account)
         {
-            return Err(Self::refuse(
+            return Err(self.refuse(
                 &node,
                 Status::permission_denied(format!(
                     "node {node} runs no mesh pod with service account {}/{}: refusing {identity}",
@@ -194,6 +210,7 @@ impl CertificateAuthority for MeshCa {
             .authority
             .sign_workload(&identity, &csr, ttl)
             .map_err(|e| Status::internal(e.to_string()))?;
+        self.count("signed");
         tracing::info!(node, %identity, ttl_seconds = ttl.as_secs(), "workload certificate signed");
         Ok(Response::new(SignResponse {
             cert_chain_pem: vec![cert],

@@ -43,6 +43,9 @@ struct Args {
     workload_cert_ttl: u64,
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Prometheus metrics and readiness (`/metrics`, `/healthz/ready`).
+    #[arg(long, env = "FERRY_METRICS_LISTEN", default_value = "127.0.0.1:15014")]
+    metrics_listen: SocketAddr,
 }
 
 #[tokio::main]
@@ -61,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let cache = ConfigCache::new();
+    let metrics = Arc::new(ferry_control_plane::metrics::Metrics::new());
     let (events_tx, mut events_rx) = mpsc::channel(16);
     let source = ManifestSource::new(&args.manifests);
     let mut watch = tokio::spawn(source.watch(events_tx));
@@ -77,9 +81,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let initial = initial.context("manifest watcher stopped before the initial load")?;
     let accounts = NodeAccounts::new();
+    let started = std::time::Instant::now();
     let changes = translator.apply(initial);
+    metrics.translation.observe(started.elapsed().as_secs_f64());
     accounts.update(&changes);
     cache.commit(changes);
+    metrics.revision.set(cache.revision() as i64);
     tracing::info!(
         revision = cache.revision(),
         resources = cache.len(),
@@ -89,13 +96,16 @@ async fn main() -> anyhow::Result<()> {
     let translating = {
         let cache = Arc::clone(&cache);
         let accounts = Arc::clone(&accounts);
+        let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             while let Some(batch) = events_rx.recv().await {
                 let started = std::time::Instant::now();
                 let changes = translator.apply(batch);
+                metrics.translation.observe(started.elapsed().as_secs_f64());
                 accounts.update(&changes);
                 let changed = changes.len();
                 cache.commit(changes);
+                metrics.revision.set(cache.revision() as i64);
                 tracing::info!(
                     changed,
                     revision = cache.revision(),
@@ -113,7 +123,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, manifests = %args.manifests.display(), "control plane serving");
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)));
-    let mut discovery = ConfigDiscoveryService::new(cache);
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("--metrics-listen {}: cannot bind", args.metrics_listen))?;
+    let metrics_task = tokio::spawn(Arc::clone(&metrics).serve(metrics_listener));
+    let mut discovery = ConfigDiscoveryService::new(cache).with_metrics(Arc::clone(&metrics));
     let ca = match &args.tls_dir {
         Some(dir) => {
             let authority = ferry_certs::Authority::load(dir)
@@ -143,11 +157,14 @@ async fn main() -> anyhow::Result<()> {
                 max_ttl_seconds = args.workload_cert_ttl,
                 "mesh CA enabled; proxies authenticate with node credentials"
             );
-            Some(MeshCa::new(
-                Arc::new(authority),
-                accounts,
-                std::time::Duration::from_secs(args.workload_cert_ttl),
-            ))
+            Some(
+                MeshCa::new(
+                    Arc::new(authority),
+                    accounts,
+                    std::time::Duration::from_secs(args.workload_cert_ttl),
+                )
+                .with_metrics(Arc::clone(&metrics)),
+            )
         }
         None => {
             tracing::warn!("no --tls-dir: serving config in plaintext, no certificates are issued");
@@ -169,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     translating.abort();
+    metrics_task.abort();
     tracing::info!("control plane stopped");
     Ok(())
 }

@@ -39,6 +39,8 @@ struct CacheInner {
     log: VecDeque<(u64, ResourceKey)>,
     /// Changes at or before this revision may be missing from the log.
     log_floor: u64,
+    /// When the current revision was committed (push latency).
+    committed_at: Option<std::time::Instant>,
 }
 
 /// The published configuration, shared by all streams.
@@ -80,6 +82,14 @@ impl ConfigCache {
         self.read().revision
     }
 
+    /// When `revision` was committed, if it is the current one.
+    pub fn committed_at(&self, revision: u64) -> Option<std::time::Instant> {
+        let inner = self.read();
+        (inner.revision == revision)
+            .then_some(inner.committed_at)
+            .flatten()
+    }
+
     /// Number of published resources.
     pub fn len(&self) -> usize {
         self.read().resources.len()
@@ -97,6 +107,7 @@ impl ConfigCache {
         let revision = {
             let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
             inner.revision += 1;
+            inner.committed_at = Some(std::time::Instant::now());
             let revision = inner.revision;
             for change in changes {
                 let key = match change {
@@ -184,6 +195,7 @@ pub struct ConfigDiscoveryService {
     cache: Arc<ConfigCache>,
     /// Trust domain of node credentials, when proxies connect over mTLS.
     trust_domain: Option<String>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ConfigDiscoveryService {
@@ -191,7 +203,14 @@ impl ConfigDiscoveryService {
         Self {
             cache,
             trust_domain: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts streams, pushes and NACKs in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Requires proxies that present a node credential to subscribe for
@@ -240,7 +259,7 @@ impl ConfigDiscovery for ConfigDiscoveryService {
             )));
         }
         let (tx, rx) = mpsc::channel(4);
-        let session = NodeSession::new(first, self.cache.clone());
+        let session = NodeSession::new(first, self.cache.clone(), self.metrics.clone());
         tracing::info!(node = %session.node, ?peer, held = session.client.len(), "proxy subscribed");
         tokio::spawn(session.run(requests, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -267,10 +286,15 @@ struct NodeSession {
     seen: Option<u64>,
     next_nonce: u64,
     pending: Option<Pending>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl NodeSession {
-    fn new(first: DeltaRequest, cache: Arc<ConfigCache>) -> Self {
+    fn new(
+        first: DeltaRequest,
+        cache: Arc<ConfigCache>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let client = first
             .initial_versions
             .iter()
@@ -284,6 +308,7 @@ impl NodeSession {
             seen: None,
             next_nonce: 1,
             pending: None,
+            metrics,
         }
     }
 
@@ -293,6 +318,11 @@ impl NodeSession {
         tx: mpsc::Sender<Result<DeltaResponse, Status>>,
     ) {
         let mut revisions = self.cache.subscribe();
+        self.metrics.connected_proxies.inc();
+        let metrics = self.metrics.clone();
+        let _connected = scopeguard(move || {
+            metrics.connected_proxies.dec();
+        });
         loop {
             if self.pending.is_none() {
                 let current = *revisions.borrow_and_update();
@@ -345,6 +375,15 @@ impl NodeSession {
             resources.push((*r).clone());
         }
         tracing::debug!(node = %self.node, revision, nonce, upserts = upserts.len(), removals = delta.removals.len(), "sending delta");
+        self.metrics.pushes.inc();
+        self.metrics
+            .push_resources
+            .inc_by((upserts.len() + delta.removals.len()) as u64);
+        if let Some(at) = self.cache.committed_at(revision) {
+            self.metrics
+                .push_latency
+                .observe(at.elapsed().as_secs_f64());
+        }
         let response = DeltaResponse {
             nonce: nonce.clone(),
             revision,
@@ -371,6 +410,7 @@ impl NodeSession {
             .collect();
         for (key, version) in pending.upserts {
             if let Some(message) = errors.get(&key) {
+                self.metrics.nacks.inc();
                 tracing::warn!(node = %self.node, resource = %key, %message, "proxy rejected a resource (NACK); it keeps its last good version");
                 self.rejected.insert(key, version);
             } else {
@@ -383,6 +423,19 @@ impl NodeSession {
             self.rejected.remove(&key);
         }
     }
+}
+
+/// Runs `f` when dropped (however the stream ends).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 #[cfg(test)]

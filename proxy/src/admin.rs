@@ -4,17 +4,15 @@
 //!   (and from then on, also while the control plane is away), else 503.
 //! - `GET /config_dump`: JSON of every resource the proxy holds, with its
 //!   version, plus the config stream's status.
+//! - `GET /metrics`: Prometheus metrics (docs/observability.md).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use ferry_api::process::{reply, Reply};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -30,6 +28,7 @@ pub struct Admin {
     pub identities: Option<Arc<crate::identity::IdentityManager>>,
     pub pool: Option<Arc<crate::tunnel::HbonePool>>,
     pub tracker: Arc<crate::policy::ConnectionTracker>,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 #[derive(Serialize)]
@@ -63,6 +62,47 @@ struct ConfigDump<'a> {
 }
 
 impl Admin {
+    /// Brings the gauges that mirror other state up to date, then encodes
+    /// every metric.
+    fn metrics(&self) -> Result<String, std::fmt::Error> {
+        use crate::telemetry::metrics::{IdentityLabel, KindLabel};
+        let m = &self.telemetry.metrics;
+        let state = self.store.snapshot();
+        m.config_revision
+            .set(i64::try_from(state.revision()).unwrap_or(i64::MAX));
+        if let Some(at) = state.updated_at() {
+            m.config_updated.set(
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            );
+        }
+        for (kind, count) in state.counts() {
+            m.config_resources
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str(),
+                })
+                .set(count as i64);
+        }
+        if let Some(identities) = &self.identities {
+            // Identities come and go with the node's pods: rebuilt each scrape.
+            m.certificate_expiry.clear();
+            for cert in identities.status() {
+                m.certificate_expiry
+                    .get_or_create(&IdentityLabel {
+                        identity: cert.identity,
+                    })
+                    .set(i64::try_from(cert.not_after_unix).unwrap_or(i64::MAX));
+            }
+        }
+        if let Some(pool) = &self.pool {
+            let stats = pool.stats();
+            m.hbone_connections.set(stats.connections as i64);
+            m.hbone_streams.set(stats.streams as i64);
+            m.hbone_handshakes.set(stats.handshakes as i64);
+        }
+        m.encode()
+    }
+
     fn config_dump(&self) -> Result<String, serde_json::Error> {
         let snapshot = self.store.snapshot();
         let mut resources: BTreeMap<&'static str, Vec<DumpEntry<'_>>> = BTreeMap::new();
@@ -126,23 +166,7 @@ impl Admin {
         })
     }
 
-    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let reply = |status: StatusCode, content_type: &'static str, body: String| {
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static(content_type),
-            );
-            response
-        };
-        if req.method() != Method::GET {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "only GET\n".into(),
-            );
-        }
+    fn handle(&self, req: &Request<Incoming>) -> Reply {
         match req.uri().path() {
             "/healthz/ready" if self.store.is_ready() => {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
@@ -152,6 +176,18 @@ impl Admin {
                 "text/plain",
                 "not ready: waiting for the first configuration\n".into(),
             ),
+            "/metrics" => match self.metrics() {
+                Ok(text) => reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
+            },
             "/config_dump" => match self.config_dump() {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(
@@ -163,7 +199,7 @@ impl Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /healthz/ready or /config_dump\n".into(),
+                "not found; try /healthz/ready, /config_dump or /metrics\n".into(),
             ),
         }
     }
@@ -171,29 +207,7 @@ impl Admin {
     /// Serves until the task is dropped.
     pub async fn serve(self, listener: TcpListener) {
         let admin = Arc::new(self);
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let admin = admin.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let response = admin.handle(&req);
-                    async move { Ok::<_, std::convert::Infallible>(response) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %e, "admin connection ended");
-                }
-            });
-        }
+        ferry_api::process::serve_admin(listener, move |req| admin.handle(req)).await
     }
 }
 

@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::state::ConfigStore;
+use crate::telemetry::metrics::{Carried, FailureReason, Reporter};
+use crate::telemetry::{Parties, Telemetry};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,6 +29,7 @@ pub struct Inbound {
     pub store: Arc<ConfigStore>,
     pub tls: Arc<rustls::ServerConfig>,
     pub tracker: Arc<crate::policy::ConnectionTracker>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl Inbound {
@@ -46,8 +49,23 @@ impl Inbound {
             let this = this.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                if let Err(e) = this.connection(acceptor, tcp, peer).await {
+                let local = tcp.local_addr().ok();
+                if let Err(e) = this.clone().connection(acceptor, tcp, peer).await {
                     tracing::info!(%peer, error = %e, "HBONE connection refused");
+                    if e.starts_with("TLS") || e == "no client certificate" {
+                        let target: &dyn std::fmt::Display = match &local {
+                            Some(l) => l,
+                            None => &"-",
+                        };
+                        this.telemetry.failure(
+                            Reporter::Destination,
+                            &Parties::default(),
+                            FailureReason::TlsFailure,
+                            peer,
+                            target,
+                            &e,
+                        );
+                    }
                 }
             });
         }
@@ -101,7 +119,7 @@ impl Inbound {
         &self,
         forwarded: Option<&str>,
         identity: &Identity,
-    ) -> Result<Option<std::net::IpAddr>, String> {
+    ) -> Result<Option<SocketAddr>, String> {
         let Some(value) = forwarded else {
             return Ok(None);
         };
@@ -117,7 +135,7 @@ impl Inbound {
                 if w.namespace == identity.namespace
                     && w.service_account == identity.service_account =>
             {
-                Ok(Some(address.ip()))
+                Ok(Some(address))
             }
             Some(w) => Err(format!(
                 "source {} is {}/{} (service account {}), not the peer identity {identity}",
@@ -160,14 +178,24 @@ impl Inbound {
             .get(crate::tunnel::FORWARDED)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let local = {
-            let state = self.store.snapshot();
-            state
-                .workload_by_ip(&target.ip())
-                .is_some_and(|w| w.node.as_deref() == Some(self.node.as_str()))
+        let state = self.store.snapshot();
+        let mut parties = Parties {
+            destination: state.peer_labels(&target.ip()).cloned(),
+            ..Parties::default()
         };
+        let local = state
+            .workload_by_ip(&target.ip())
+            .is_some_and(|w| w.node.as_deref() == Some(self.node.as_str()));
         if !local {
             tracing::warn!(%peer, %identity, %target, "HBONE stream for a destination that is not a workload on this node: refused");
+            self.telemetry.failure(
+                Reporter::Destination,
+                &parties,
+                FailureReason::Refused,
+                peer,
+                &target,
+                &"not a workload of this node",
+            );
             reply(&mut respond, http::StatusCode::NOT_FOUND);
             return;
         }
@@ -175,42 +203,85 @@ impl Inbound {
         // identity the TLS handshake proved; otherwise the peer's own
         // address stands for the source.
         let source = match self.verified_source(client.as_deref(), &identity) {
-            Ok(source) => source.unwrap_or(peer.ip()),
+            Ok(source) => source.unwrap_or(peer),
             Err(reason) => {
                 tracing::warn!(%peer, %identity, %target, %reason, "HBONE stream refused");
                 self.tracker
                     .denied
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.telemetry.failure(
+                    Reporter::Destination,
+                    &parties,
+                    FailureReason::Refused,
+                    peer,
+                    &target,
+                    &reason,
+                );
                 reply(&mut respond, http::StatusCode::FORBIDDEN);
                 return;
             }
         };
+        parties.source = state.peer_labels(&source.ip()).cloned();
         let check = crate::policy::Check {
-            source,
+            source: source.ip(),
             destination: target.ip(),
             port: target.port(),
             egress: false,
             ingress: true,
         };
-        if let Err(reason) = check.allowed(&self.store.snapshot()) {
+        if let Err(reason) = check.allowed(&state) {
             tracing::info!(%identity, %source, %target, %reason, "inbound connection denied by policy");
             self.tracker
                 .denied
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.telemetry.failure(
+                Reporter::Destination,
+                &parties,
+                FailureReason::PolicyDenied,
+                source,
+                &target,
+                &reason,
+            );
             reply(&mut respond, http::StatusCode::FORBIDDEN);
             return;
         }
+        drop(state);
         let tracked = self.tracker.track(check);
+        let parent = crate::telemetry::trace::parent_from(request.headers());
+        let span = self.telemetry.span(
+            Reporter::Destination,
+            &parties,
+            Carried::Hbone,
+            source,
+            target,
+            Some(&parent),
+        );
         let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
         {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => {
                 tracing::info!(%identity, %target, error = %e, "pod unreachable");
+                self.telemetry.failure(
+                    Reporter::Destination,
+                    &parties,
+                    FailureReason::ConnectError,
+                    source,
+                    &target,
+                    &e,
+                );
                 reply(&mut respond, http::StatusCode::SERVICE_UNAVAILABLE);
                 return;
             }
             Err(_) => {
                 tracing::info!(%identity, %target, "pod connect timed out");
+                self.telemetry.failure(
+                    Reporter::Destination,
+                    &parties,
+                    FailureReason::ConnectError,
+                    source,
+                    &target,
+                    &"timed out",
+                );
                 reply(&mut respond, http::StatusCode::GATEWAY_TIMEOUT);
                 return;
             }
@@ -223,20 +294,19 @@ impl Inbound {
                 return;
             }
         };
-        let started = std::time::Instant::now();
-        let (to_pod, from_pod) = tokio::select! {
-            copied = crate::tunnel::splice(upstream, send, request.into_body()) => copied,
-            _ = tracked.revoked() => (0, 0),
-        };
-        tracing::debug!(
-            peer_identity = %identity,
-            client = client.as_deref().unwrap_or("-"),
-            %target,
-            bytes_to_pod = to_pod,
-            bytes_from_pod = from_pod,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "inbound connection closed"
+        let telemetry = self.telemetry.open(
+            Reporter::Destination,
+            &parties,
+            Carried::Hbone,
+            source,
+            target,
+            span,
         );
+        let ((to_pod, from_pod), outcome) = tokio::select! {
+            copied = crate::tunnel::splice(upstream, send, request.into_body()) => (copied, "completed"),
+            _ = tracked.revoked() => ((0, 0), "revoked by policy"),
+        };
+        telemetry.close(to_pod, from_pod, outcome);
     }
 }
 
@@ -252,6 +322,7 @@ pub struct PlaintextInbound {
     pub node: String,
     pub store: Arc<ConfigStore>,
     pub tracker: Arc<crate::policy::ConnectionTracker>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl PlaintextInbound {
@@ -269,26 +340,51 @@ impl PlaintextInbound {
             };
             let this = this.clone();
             tokio::spawn(async move {
-                if let Err(reason) = this.connection(tcp, peer).await {
-                    tracing::info!(%peer, %reason, "inbound plaintext connection refused");
+                if let Err((reason, detail)) = this.connection(tcp, peer).await {
+                    tracing::info!(%peer, %detail, "inbound plaintext connection refused");
+                    let state = this.store.snapshot();
+                    let parties = Parties {
+                        source: state.peer_labels(&peer.ip()).cloned(),
+                        ..Parties::default()
+                    };
+                    this.telemetry.failure(
+                        Reporter::Destination,
+                        &parties,
+                        reason,
+                        peer,
+                        &"-",
+                        &detail,
+                    );
                 }
             });
         }
     }
 
     /// The policy check for a plaintext connection, or why it is refused.
-    fn admit(&self, peer: SocketAddr, target: SocketAddr) -> Result<crate::policy::Check, String> {
+    fn admit(
+        &self,
+        peer: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<crate::policy::Check, (FailureReason, String)> {
         let state = self.store.snapshot();
         match state.workload_by_ip(&target.ip()) {
             Some(w) if w.mesh && w.node.as_deref() == Some(self.node.as_str()) => {}
-            _ => return Err(format!("{target} is not a mesh pod of this node")),
+            _ => {
+                return Err((
+                    FailureReason::Refused,
+                    format!("{target} is not a mesh pod of this node"),
+                ))
+            }
         }
         if let Some(w) = state.workload_by_ip(&peer.ip()).filter(|w| w.mesh) {
-            return Err(format!(
-                "plaintext from {} claims mesh pod {}/{}, whose traffic arrives over mTLS",
-                peer.ip(),
-                w.namespace,
-                w.name
+            return Err((
+                FailureReason::Refused,
+                format!(
+                    "plaintext from {} claims mesh pod {}/{}, whose traffic arrives over mTLS",
+                    peer.ip(),
+                    w.namespace,
+                    w.name
+                ),
             ));
         }
         let check = crate::policy::Check {
@@ -298,40 +394,77 @@ impl PlaintextInbound {
             egress: false,
             ingress: true,
         };
-        check
-            .allowed(&state)
-            .map_err(|reason| format!("denied by policy: {reason}"))?;
+        check.allowed(&state).map_err(|reason| {
+            (
+                FailureReason::PolicyDenied,
+                format!("denied by policy: {reason}"),
+            )
+        })?;
         Ok(check)
     }
 
-    async fn connection(&self, mut client: TcpStream, peer: SocketAddr) -> Result<(), String> {
-        let target = crate::capture::original_destination(&client)
-            .map_err(|e| format!("no original destination (not redirected?): {e}"))?;
+    async fn connection(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), (FailureReason, String)> {
+        let target = crate::capture::original_destination(&client).map_err(|e| {
+            (
+                FailureReason::Refused,
+                format!("no original destination (not redirected?): {e}"),
+            )
+        })?;
         let check = self.admit(peer, target).inspect_err(|_| {
             self.tracker
                 .denied
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         })?;
         let tracked = self.tracker.track(check);
+        let parties = {
+            let state = self.store.snapshot();
+            Parties {
+                source: state.peer_labels(&peer.ip()).cloned(),
+                destination: state.peer_labels(&target.ip()).cloned(),
+                service: None,
+            }
+        };
+        let span = self.telemetry.span(
+            Reporter::Destination,
+            &parties,
+            Carried::Plaintext,
+            peer,
+            target,
+            None,
+        );
         let mut upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
             .await
-            .map_err(|_| format!("connecting to {target} timed out"))?
-            .map_err(|e| format!("connecting to {target}: {e}"))?;
+            .map_err(|_| {
+                (
+                    FailureReason::ConnectError,
+                    format!("connecting to {target} timed out"),
+                )
+            })?
+            .map_err(|e| {
+                (
+                    FailureReason::ConnectError,
+                    format!("connecting to {target}: {e}"),
+                )
+            })?;
         let _ = client.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
-        let started = std::time::Instant::now();
-        let (to_pod, from_pod) = tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => copied.unwrap_or((0, 0)),
-            _ = tracked.revoked() => (0, 0),
-        };
-        tracing::debug!(
-            %peer,
-            %target,
-            bytes_to_pod = to_pod,
-            bytes_from_pod = from_pod,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "inbound plaintext connection closed"
+        let telemetry = self.telemetry.open(
+            Reporter::Destination,
+            &parties,
+            Carried::Plaintext,
+            peer,
+            target,
+            span,
         );
+        let ((to_pod, from_pod), outcome) = tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => (copied.unwrap_or((0, 0)), "completed"),
+            _ = tracked.revoked() => ((0, 0), "revoked by policy"),
+        };
+        telemetry.close(to_pod, from_pod, outcome);
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod route;
 pub mod socks5;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod tunnel;
 pub mod xds;

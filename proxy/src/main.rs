@@ -75,6 +75,10 @@ struct Args {
     hbone_streams: usize,
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Access log lines per second at most (one per finished connection,
+    /// target `ferry::access`, in the --log-format); 0 turns them off.
+    #[arg(long, env = "FERRY_ACCESS_LOG_RATE", default_value_t = 100)]
+    access_log_rate: u32,
 }
 
 #[tokio::main]
@@ -82,7 +86,6 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
     anyhow::ensure!(!args.node.is_empty(), "--node must not be empty");
-    let store = ConfigStore::new();
 
     // Mesh credentials: the node credential authenticates to the control
     // plane (config stream and CA); workload certificates carry HBONE.
@@ -127,14 +130,27 @@ async fn main() -> anyhow::Result<()> {
             (None, None)
         }
     };
-    let endpoint = control_plane_endpoint(&args.control_plane, tls).context("--control-plane")?;
-    let xds = XdsClient::new(endpoint, &args.node, store.clone());
-
     let trust_domain = identities
         .as_ref()
         .map_or(ferry_api::identity::DEFAULT_TRUST_DOMAIN.to_string(), |i| {
             i.trust_domain().to_string()
         });
+    let store = Arc::new(ConfigStore::for_trust_domain(&trust_domain));
+    let endpoint = control_plane_endpoint(&args.control_plane, tls).context("--control-plane")?;
+    let xds = XdsClient::new(endpoint, &args.node, store.clone());
+
+    let metrics = ferry_proxy::telemetry::metrics::Metrics::new();
+    let tracing_pipeline = ferry_proxy::telemetry::trace::Tracing::from_env(
+        &args.node,
+        metrics.spans_exported.clone(),
+        metrics.spans_dropped.clone(),
+    )
+    .context("OpenTelemetry (OTEL_* variables)")?;
+    if tracing_pipeline.is_some() {
+        tracing::info!("exporting connection spans over OTLP");
+    }
+    let telemetry =
+        ferry_proxy::telemetry::Telemetry::new(metrics, tracing_pipeline, args.access_log_rate);
     let pool = identities.as_ref().map(|i| {
         Arc::new(HbonePool::new(
             i.clone(),
@@ -149,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         store.clone(),
         pool.clone(),
         tracker.clone(),
+        telemetry.clone(),
     ));
 
     let admin_listener = admin::bind(args.admin)
@@ -170,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
                     store: store.clone(),
                     tls: Arc::new(tls),
                     tracker: tracker.clone(),
+                    telemetry: telemetry.clone(),
                 },
             ))
         }
@@ -216,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
         identities: identities.clone(),
         pool,
         tracker: tracker.clone(),
+        telemetry: telemetry.clone(),
     };
     let identity_task = async {
         match identities {
@@ -275,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
                     node: args.node.clone(),
                     store: store.clone(),
                     tracker: tracker.clone(),
+                    telemetry: telemetry.clone(),
                 }
                 .serve(listener)
                 .await

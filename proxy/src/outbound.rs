@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 use crate::policy::{Check, ConnectionTracker, TrackedConnection};
 use crate::route::{self, LoadBalancer, Mode, Plan};
 use crate::state::{ConfigStore, ProxyState};
+use crate::telemetry::metrics::{FailureReason, Reporter};
+use crate::telemetry::{ConnectionTelemetry, Parties, Telemetry};
 use crate::tunnel::{HbonePool, HboneStream, PoolKey, TunnelError};
 
 /// Where a client wants to go.
@@ -37,6 +39,9 @@ pub enum OutboundError {
     /// A NetworkPolicy does not allow it.
     #[error("denied by policy: {0}")]
     Denied(String),
+    /// The service has no endpoint that may serve the connection.
+    #[error("refused: {0}")]
+    NoEndpoints(String),
     /// Name resolution failed.
     #[error("cannot resolve {0}")]
     Unresolved(String),
@@ -44,6 +49,37 @@ pub enum OutboundError {
     Unreachable { address: SocketAddr, reason: String },
     #[error("tunnel: {0}")]
     Tunnel(#[from] TunnelError),
+}
+
+impl OutboundError {
+    /// The failure as metrics count it.
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            OutboundError::Refused(_) => FailureReason::Refused,
+            OutboundError::NoEndpoints(_) => FailureReason::NoEndpoints,
+            OutboundError::Denied(_) => FailureReason::PolicyDenied,
+            OutboundError::Unresolved(_) => FailureReason::Unresolved,
+            OutboundError::Unreachable { .. } => FailureReason::ConnectError,
+            OutboundError::Tunnel(e) => match e {
+                TunnelError::Tls { .. }
+                | TunnelError::Config(_)
+                | TunnelError::NoCertificate(_) => FailureReason::TlsFailure,
+                TunnelError::Refused { status } if *status == http::StatusCode::FORBIDDEN => {
+                    FailureReason::PolicyDenied
+                }
+                _ => FailureReason::ConnectError,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Address(a) => a.fmt(f),
+            Destination::Name(name, port) => write!(f, "{name}:{port}"),
+        }
+    }
 }
 
 /// An established upstream.
@@ -59,9 +95,12 @@ pub struct Connected {
     pub upstream: Upstream,
     /// Closed when a policy update no longer allows the connection.
     pub tracked: TrackedConnection,
-    pub service: Option<String>,
+    /// The service's host name, when the destination was a service.
+    pub service: Option<Arc<str>>,
     pub endpoint: SocketAddr,
     pub mode: Mode,
+    /// Metrics, span and access log of the connection.
+    pub telemetry: ConnectionTelemetry,
 }
 
 /// The outbound side of a node proxy.
@@ -73,11 +112,12 @@ pub struct Outbound {
     lb: LoadBalancer,
     pool: Option<Arc<HbonePool>>,
     tracker: Arc<ConnectionTracker>,
+    telemetry: Arc<Telemetry>,
     connect_timeout: Duration,
 }
 
 struct Choice {
-    service: Option<String>,
+    service: Option<Arc<str>>,
     endpoint: SocketAddr,
     mode: Mode,
     hbone: Option<(Identity, SocketAddr)>,
@@ -90,6 +130,7 @@ impl Outbound {
         store: Arc<ConfigStore>,
         pool: Option<Arc<HbonePool>>,
         tracker: Arc<ConnectionTracker>,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
             node: node.into(),
@@ -98,6 +139,7 @@ impl Outbound {
             lb: LoadBalancer::new(),
             pool,
             tracker,
+            telemetry,
             connect_timeout: Duration::from_secs(5),
         }
     }
@@ -166,9 +208,9 @@ impl Outbound {
                             client.ip(),
                             Instant::now(),
                         )
-                        .map_err(OutboundError::Refused)?;
+                        .map_err(OutboundError::NoEndpoints)?;
                     (
-                        Some(service.key_name()),
+                        state.service_label(service).cloned(),
                         address,
                         endpoint.node.as_deref(),
                         endpoint.workload.clone(),
@@ -231,24 +273,59 @@ impl Outbound {
     }
 
     /// Resolves, picks and connects. `client` is the connecting socket's
-    /// address: its IP identifies the source pod.
+    /// address: its IP identifies the source pod. A failure is counted and
+    /// logged here; a success carries its telemetry to [`Outbound::relay`].
     pub async fn connect(
         &self,
         client: SocketAddr,
         destination: Destination,
     ) -> Result<Connected, OutboundError> {
         let state = self.store.snapshot();
+        let mut parties = Parties {
+            source: state.peer_labels(&client.ip()).cloned(),
+            ..Parties::default()
+        };
+        let mut target = None;
+        let connected = self
+            .connect_with(&state, client, &destination, &mut parties, &mut target)
+            .await;
+        if let Err(e) = &connected {
+            let target: &dyn std::fmt::Display = match &target {
+                Some(address) => address,
+                None => &destination,
+            };
+            self.telemetry
+                .failure(Reporter::Source, &parties, e.reason(), client, target, e);
+        }
+        connected
+    }
+
+    async fn connect_with(
+        &self,
+        state: &ProxyState,
+        client: SocketAddr,
+        destination: &Destination,
+        parties: &mut Parties,
+        target: &mut Option<SocketAddr>,
+    ) -> Result<Connected, OutboundError> {
         let source = state
             .workload_by_ip(&client.ip())
             .filter(|w| w.node.as_deref() == Some(self.node.as_str()));
         let destination = match destination {
-            Destination::Address(address) => address,
+            Destination::Address(address) => *address,
             Destination::Name(name, port) => {
                 let namespace = source.map_or("default", |w| w.namespace.as_str());
-                self.resolve(&state, &name, port, namespace).await?
+                self.resolve(state, name, *port, namespace).await?
             }
         };
-        let choice = self.choose(&state, client, source.is_some_and(|w| w.mesh), destination)?;
+        *target = Some(destination);
+        if let Some(service) = state.service_by_ip(&destination.ip()) {
+            parties.service = state.service_label(service).cloned();
+        }
+        let choice = self.choose(state, client, source.is_some_and(|w| w.mesh), destination)?;
+        *target = Some(choice.endpoint);
+        parties.service = choice.service.clone().or(parties.service.take());
+        parties.destination = state.peer_labels(&choice.endpoint.ip()).cloned();
         // Egress is judged here, on the source's node; ingress too when the
         // destination is on this node (no other proxy sees the connection).
         let check = Check {
@@ -258,13 +335,24 @@ impl Outbound {
             egress: true,
             ingress: choice.mode == Mode::Direct,
         };
-        if let Err(reason) = check.allowed(&state) {
+        if let Err(reason) = check.allowed(state) {
             self.tracker
                 .denied
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(OutboundError::Denied(reason));
         }
         let tracked = self.tracker.track(check);
+        // The span starts now so the tunnel can carry it; the connection
+        // is counted as opened once the upstream answers.
+        let span = self.telemetry.span(
+            Reporter::Source,
+            parties,
+            choice.mode.into(),
+            client,
+            choice.endpoint,
+            None,
+        );
+        let traceparent = span.as_ref().and_then(crate::telemetry::trace::traceparent);
         let upstream = match choice.hbone {
             None => Upstream::Tcp(self.connect_tcp(choice.endpoint).await?),
             Some((destination_identity, node)) => {
@@ -289,15 +377,27 @@ impl Outbound {
                     destination: destination_identity,
                     node,
                 };
-                Upstream::Hbone(pool.connect(&key, choice.endpoint, client).await?)
+                Upstream::Hbone(
+                    pool.connect(&key, choice.endpoint, client, traceparent)
+                        .await?,
+                )
             }
         };
+        let telemetry = self.telemetry.open(
+            Reporter::Source,
+            parties,
+            choice.mode.into(),
+            client,
+            choice.endpoint,
+            span,
+        );
         Ok(Connected {
             upstream,
             tracked,
             service: choice.service,
             endpoint: choice.endpoint,
             mode: choice.mode,
+            telemetry,
         })
     }
 
@@ -321,6 +421,7 @@ impl Outbound {
     /// done, or until a policy update revokes the connection.
     pub async fn relay(mut client: TcpStream, connected: Connected) -> (u64, u64) {
         let tracked = connected.tracked;
+        let telemetry = connected.telemetry;
         let copy = async move {
             match connected.upstream {
                 Upstream::Tcp(mut upstream) => {
@@ -334,10 +435,12 @@ impl Outbound {
                 }
             }
         };
-        tokio::select! {
-            copied = copy => copied,
-            _ = tracked.revoked() => (0, 0),
-        }
+        let (copied, outcome) = tokio::select! {
+            copied = copy => (copied, "completed"),
+            _ = tracked.revoked() => ((0, 0), "revoked by policy"),
+        };
+        telemetry.close(copied.0, copied.1, outcome);
+        copied
     }
 }
 

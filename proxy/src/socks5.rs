@@ -122,7 +122,9 @@ async fn session(
         Ok(connected) => connected,
         Err(e) => {
             let code = match &e {
-                OutboundError::Refused(_) => reply::CONNECTION_REFUSED,
+                OutboundError::Refused(_) | OutboundError::NoEndpoints(_) => {
+                    reply::CONNECTION_REFUSED
+                }
                 OutboundError::Denied(_) => reply::NOT_ALLOWED,
                 OutboundError::Unresolved(_) | OutboundError::Unreachable { .. } => {
                     reply::HOST_UNREACHABLE

@@ -35,6 +35,49 @@ pub struct ProxyState {
     /// selecting each workload.
     policies: imbl::HashMap<String, Arc<crate::policy::CompiledPolicy>>,
     policies_by_workload: imbl::HashMap<String, imbl::OrdSet<String>>,
+    /// Telemetry labels, built once per resource version so that a
+    /// connection's metrics take reference counts, not allocations.
+    peers: imbl::HashMap<String, Arc<PeerLabels>>,
+    service_hosts: imbl::HashMap<String, Arc<str>>,
+    trust_domain: Arc<str>,
+    /// When the last delta was applied.
+    updated_at: Option<std::time::SystemTime>,
+}
+
+/// How telemetry names a workload (see docs/observability.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLabels {
+    /// `app.kubernetes.io/name`, else `app`, else the pod's name.
+    pub workload: Arc<str>,
+    pub namespace: Arc<str>,
+    /// The SPIFFE identity, or empty outside the mesh.
+    pub principal: Arc<str>,
+}
+
+impl PeerLabels {
+    fn of(w: &Workload, trust_domain: &str) -> Self {
+        let workload = w
+            .labels
+            .get("app.kubernetes.io/name")
+            .or_else(|| w.labels.get("app"))
+            .unwrap_or(&w.name);
+        Self {
+            workload: Arc::from(workload.as_str()),
+            namespace: Arc::from(w.namespace.as_str()),
+            principal: if w.mesh {
+                Arc::from(
+                    ferry_api::identity::Identity::new(
+                        trust_domain,
+                        &w.namespace,
+                        &w.service_account,
+                    )
+                    .to_string(),
+                )
+            } else {
+                Arc::from("")
+            },
+        }
+    }
 }
 
 impl ProxyState {
@@ -130,6 +173,38 @@ impl ProxyState {
                 version: e.version,
             })
             .collect()
+    }
+
+    /// The telemetry labels of the workload at `ip`.
+    pub fn peer_labels(&self, ip: &IpAddr) -> Option<&Arc<PeerLabels>> {
+        let (key, _) = self.workload_entry_by_ip(ip)?;
+        self.peers.get(key)
+    }
+
+    /// The telemetry label of a service: its host name, shared.
+    pub fn service_label(&self, service: &Service) -> Option<&Arc<str>> {
+        self.service_hosts.get(service.hostname.as_str())
+    }
+
+    /// When the last delta was applied (`None` before the first).
+    pub fn updated_at(&self) -> Option<std::time::SystemTime> {
+        self.updated_at
+    }
+
+    /// How many resources of each kind the state holds.
+    pub fn counts(&self) -> [(Kind, usize); 4] {
+        let mut counts = [
+            (Kind::Workload, 0),
+            (Kind::Service, 0),
+            (Kind::Node, 0),
+            (Kind::Policy, 0),
+        ];
+        for key in self.resources.keys() {
+            if let Some(c) = counts.iter_mut().find(|(k, _)| *k == key.kind) {
+                c.1 += 1;
+            }
+        }
+        counts
     }
 
     /// Every pod address with its workload (unordered).
@@ -246,8 +321,10 @@ impl ProxyState {
         match &old.body {
             ResourceBody::Workload(w) => {
                 Self::unindex_keys(&mut self.workloads_by_ip, w.addresses.iter().copied(), key);
+                self.peers.remove(&key.name);
             }
             ResourceBody::Service(s) => {
+                self.service_hosts.remove(s.hostname.as_str());
                 Self::unindex_keys(&mut self.services_by_ip, Self::service_ips(s), key);
                 Self::unindex_keys(
                     &mut self.services_by_node_port,
@@ -283,8 +360,14 @@ impl ProxyState {
                     w.addresses.iter().copied(),
                     &entry,
                 );
+                self.peers.insert(
+                    entry.key.name.clone(),
+                    Arc::new(PeerLabels::of(w, &self.trust_domain)),
+                );
             }
             ResourceBody::Service(s) => {
+                self.service_hosts
+                    .insert(s.hostname.clone(), Arc::from(s.hostname.as_str()));
                 Self::index_keys(&mut self.services_by_ip, Self::service_ips(s), &entry);
                 Self::index_keys(
                     &mut self.services_by_node_port,
@@ -342,17 +425,26 @@ pub struct ConfigStore {
 
 impl Default for ConfigStore {
     fn default() -> Self {
-        Self {
-            current: ArcSwap::default(),
-            ready: AtomicBool::new(false),
-            changes: tokio::sync::watch::Sender::new(0),
-        }
+        Self::for_trust_domain(ferry_api::identity::DEFAULT_TRUST_DOMAIN)
     }
 }
 
 impl ConfigStore {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A store whose telemetry names identities in `trust_domain`.
+    pub fn for_trust_domain(trust_domain: &str) -> Self {
+        let state = ProxyState {
+            trust_domain: Arc::from(trust_domain),
+            ..ProxyState::default()
+        };
+        Self {
+            current: ArcSwap::from_pointee(state),
+            ready: AtomicBool::new(false),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
     }
 
     /// A consistent view of the configuration; lock-free.
@@ -378,6 +470,7 @@ impl ConfigStore {
         let mut next = ProxyState::clone(&self.current.load());
         let mut report = ApplyReport::default();
         next.revision = response.revision;
+        next.updated_at = Some(std::time::SystemTime::now());
         for resource in response.resources {
             match VersionedResource::decode(resource) {
                 Ok(decoded) => {

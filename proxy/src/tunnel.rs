@@ -31,6 +31,8 @@ use crate::identity::IdentityManager;
 
 /// Header carrying the original client address (`for=<ip>:<port>`).
 pub const FORWARDED: &str = "forwarded";
+/// The W3C trace context header joining the two sides' spans.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Largest HTTP/2 DATA frame we accept: big frames cut per-frame overhead on bulk transfers.
@@ -235,23 +237,28 @@ impl HbonePool {
         Ok((sender, StreamSlot(streams)))
     }
 
-    /// Opens a stream to `target` (a pod address on the destination node).
+    /// Opens a stream to `target` (a pod address on the destination node),
+    /// with the W3C `traceparent` of the connection's span when tracing.
     pub async fn connect(
         &self,
         key: &PoolKey,
         target: SocketAddr,
         client: SocketAddr,
+        traceparent: Option<http::HeaderValue>,
     ) -> Result<HboneStream, TunnelError> {
         let (sender, slot) = match self.reuse(key) {
             Some(found) => found,
             None => self.open(key).await?,
         };
         let mut sender = sender.ready().await?;
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(target.to_string())
             .header(FORWARDED, format!("for=\"{client}\""))
             .body(())?;
+        if let Some(value) = traceparent {
+            request.headers_mut().insert(TRACEPARENT, value);
+        }
         let (response, send) = sender.send_request(request, false)?;
         let response = response.await?;
         if response.status() != http::StatusCode::OK {

@@ -16,6 +16,9 @@ use anyhow::{bail, Context};
 pub mod lab;
 pub mod net;
 pub mod netns;
+pub mod otlp;
+pub mod prom;
+pub mod two_nodes;
 
 /// Path of a workspace binary, built next to the test executable.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -62,11 +65,23 @@ pub struct Process {
 impl Process {
     /// Starts `program` with `args`; stdout and stderr go to `log`.
     pub fn start(name: &str, program: &Path, args: &[&str], log: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with_env(name, program, args, &[], log)
+    }
+
+    /// [`Process::start`] with extra environment variables.
+    pub fn start_with_env(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -240,6 +255,8 @@ pub struct MeshOptions {
     /// Where a node's proxy really listens for HBONE, when something (a
     /// recording relay) stands at the address the control plane announces.
     pub hbone_listen: Vec<(String, SocketAddr)>,
+    /// Extra environment of every proxy (OTEL_* for tracing tests).
+    pub proxy_env: Vec<(String, String)>,
 }
 
 /// A running proxy and its addresses.
@@ -260,6 +277,8 @@ pub struct LoopbackMesh {
     pub pki: Option<tempfile::TempDir>,
     options: MeshOptions,
     pub control_plane_port: u16,
+    /// The control plane's `/metrics` listener.
+    pub control_plane_metrics: SocketAddr,
     pub control_plane: Process,
     pub proxies: Vec<ProxyHandle>,
 }
@@ -307,12 +326,13 @@ impl LoopbackMesh {
             None
         };
         let port = free_port()?;
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let control_plane = Self::spawn_control_plane(
             dir.path(),
             logs.path(),
             pki.as_ref().map(|p| p.path()),
             &options,
-            port,
+            (port, metrics),
             0,
         )?;
         let scheme = if pki.is_some() { "https" } else { "http" };
@@ -348,10 +368,11 @@ impl LoopbackMesh {
                 args.push(pki.path().display().to_string());
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let process = Process::start(
+            let process = Process::start_with_env(
                 &node.name,
                 &binary("ferry-proxy")?,
                 &args,
+                &options.proxy_env,
                 logs.path().join(format!("proxy-{}.log", node.name)),
             )?;
             proxies.push(ProxyHandle {
@@ -368,6 +389,7 @@ impl LoopbackMesh {
             pki,
             options,
             control_plane_port: port,
+            control_plane_metrics: metrics,
             control_plane,
             proxies,
         })
@@ -378,7 +400,7 @@ impl LoopbackMesh {
         logs: &Path,
         pki: Option<&Path>,
         options: &MeshOptions,
-        port: u16,
+        (port, metrics): (u16, SocketAddr),
         generation: u32,
     ) -> anyhow::Result<Process> {
         let mut args = vec![
@@ -386,6 +408,8 @@ impl LoopbackMesh {
             manifests.display().to_string(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
+            "--metrics-listen".into(),
+            metrics.to_string(),
         ];
         if let Some(pki) = pki {
             args.push("--tls-dir".into());
@@ -412,7 +436,7 @@ impl LoopbackMesh {
             self.logs.path(),
             self.pki.as_ref().map(|p| p.path()),
             &self.options,
-            self.control_plane_port,
+            (self.control_plane_port, self.control_plane_metrics),
             generation,
         )?;
         Ok(())

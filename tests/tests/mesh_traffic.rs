@@ -8,125 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use ferry_tests::net::{read_banner, socks5_connect, who_answers, EchoServer, Relay};
-use ferry_tests::{wait_for, LoopbackMesh, MeshOptions, NodeSpec};
+use ferry_tests::net::{read_banner, socks5_connect, who_answers, Relay};
+use ferry_tests::two_nodes::{mtls, Cluster};
+use ferry_tests::{wait_for, MeshOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Manifests of a two-node cluster in block 127.<n>.0.0/16.
-fn cluster(n: u8, affinity_timeout: u32) -> String {
-    let pod = |name: &str, node: &str, ip: String, sa: &str, app: &str| {
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}\nspec:\n  nodeName: {node}\n  serviceAccountName: {sa}\n  containers: [{{name: c, image: echo, ports: [{{name: api, containerPort: 9090}}]}}]\nstatus:\n  phase: Running\n  podIP: {ip}\n  conditions: [{{type: Ready, status: \"True\"}}]\n---\n"
-        )
-    };
-    let mut out = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---\n\
-         apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus: {{addresses: [{{type: InternalIP, address: 127.{n}.0.1}}]}}\n---\n\
-         apiVersion: v1\nkind: Node\nmetadata: {{name: node-b}}\nstatus: {{addresses: [{{type: InternalIP, address: 127.{n}.0.2}}]}}\n---\n"
-    );
-    out += &pod(
-        "client",
-        "node-a",
-        format!("127.{n}.1.10"),
-        "client",
-        "client",
-    );
-    out += &pod(
-        "backend-a",
-        "node-a",
-        format!("127.{n}.1.11"),
-        "backend",
-        "backend",
-    );
-    out += &pod(
-        "backend-b1",
-        "node-b",
-        format!("127.{n}.2.11"),
-        "backend",
-        "backend",
-    );
-    // Another service account: connections to it need their own HBONE connection.
-    out += &pod(
-        "backend-b2",
-        "node-b",
-        format!("127.{n}.2.12"),
-        "backend2",
-        "backend",
-    );
-    out += &format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: backend, namespace: shop}}\nspec:\n  clusterIP: 10.96.{n}.20\n  selector: {{app: backend}}\n  ports: [{{name: http, port: 80, targetPort: api}}]\n---\n\
-         apiVersion: v1\nkind: Service\nmetadata: {{name: sticky, namespace: shop}}\nspec:\n  clusterIP: 10.96.{n}.21\n  selector: {{app: backend}}\n  ports: [{{name: http, port: 80, targetPort: api}}]\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {affinity_timeout}}}}}\n"
-    );
-    out
-}
-
-struct Cluster {
-    mesh: LoopbackMesh,
-    _backends: Vec<EchoServer>,
-    _manifests: tempfile::TempDir,
-    n: u8,
-}
-
-impl Cluster {
-    async fn start(n: u8, options: MeshOptions) -> anyhow::Result<Self> {
-        let manifests = tempfile::tempdir()?;
-        std::fs::write(manifests.path().join("cluster.yaml"), cluster(n, 2))?;
-        let mut backends = Vec::new();
-        for (name, ip) in [
-            ("backend-a", format!("127.{n}.1.11")),
-            ("backend-b1", format!("127.{n}.2.11")),
-            ("backend-b2", format!("127.{n}.2.12")),
-        ] {
-            backends.push(EchoServer::start(format!("{ip}:9090").parse()?, name).await?);
-        }
-        let nodes = [
-            NodeSpec::new("node-a", &format!("127.{n}.0.1"))?,
-            NodeSpec::new("node-b", &format!("127.{n}.0.2"))?,
-        ];
-        let mesh = tokio::task::block_in_place(|| {
-            LoopbackMesh::start_with(manifests.path(), &nodes, options)
-        })?;
-        let cluster = Self {
-            mesh,
-            _backends: backends,
-            _manifests: manifests,
-            n,
-        };
-        // Ready, and each proxy holds certificates for its pods' identities.
-        tokio::task::block_in_place(|| {
-            cluster.mesh.wait_all("config and certificates", |d| {
-                d["ready"] == true
-                    && d["resources"]["service"]
-                        .as_array()
-                        .is_some_and(|s| s.len() == 2)
-                    && d["certificates"].as_array().is_some_and(|c| !c.is_empty())
-            })
-        })?;
-        Ok(cluster)
-    }
-
-    fn ip(&self, third: u8, fourth: u8) -> IpAddr {
-        IpAddr::from([127, self.n, third, fourth])
-    }
-
-    fn socks(&self, node: &str) -> SocketAddr {
-        self.mesh.proxy(node).unwrap().socks5
-    }
-
-    fn client(&self) -> IpAddr {
-        self.ip(1, 10)
-    }
-}
-
-fn mtls() -> MeshOptions {
-    MeshOptions {
-        pki: true,
-        ..MeshOptions::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_traffic_is_mutual_tls_on_the_wire() -> anyhow::Result<()> {
@@ -140,7 +28,7 @@ async fn cross_node_traffic_is_mutual_tls_on_the_wire() -> anyhow::Result<()> {
         ..mtls()
     };
     let c = Cluster::start(n, options).await?;
-    let socks = c.socks("node-a");
+    let socks = c.socks("node-a")?;
 
     // Cross node, by pod IP, with half-close: send, shut down our write
     // side, and still receive the whole echo.
@@ -207,7 +95,7 @@ async fn cross_node_traffic_is_mutual_tls_on_the_wire() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_affinity_and_endpoint_removal() -> anyhow::Result<()> {
     let c = Cluster::start(32, mtls()).await?;
-    let socks = c.socks("node-a");
+    let socks = c.socks("node-a")?;
     let vip = format!("10.96.{}.20", c.n);
 
     // Round robin over three backends on two nodes: an even spread.
@@ -266,7 +154,7 @@ async fn certificate_rotation_loses_no_byte_of_a_long_transfer() -> anyhow::Resu
         ..mtls()
     };
     let c = Cluster::start(33, options).await?;
-    let socks = c.socks("node-a");
+    let socks = c.socks("node-a")?;
     let not_after = |dump: &serde_json::Value| dump["certificates"][0]["not_after_unix"].as_u64();
     let before = not_after(&tokio::task::block_in_place(|| {
         c.mesh.config_dump("node-a")
@@ -311,7 +199,7 @@ async fn certificate_rotation_loses_no_byte_of_a_long_transfer() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_unknown_port_no_endpoints_and_no_identity() -> anyhow::Result<()> {
     let c = Cluster::start(34, mtls()).await?;
-    let socks = c.socks("node-a");
+    let socks = c.socks("node-a")?;
     // A cluster IP on a port the service does not define.
     let err = socks5_connect(socks, c.client(), &format!("10.96.{}.20", c.n), 81)
         .await
@@ -364,7 +252,7 @@ async fn refusals_unknown_port_no_endpoints_and_no_identity() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_keeps_flowing_while_the_control_plane_is_away() -> anyhow::Result<()> {
     let mut c = Cluster::start(37, mtls()).await?;
-    let socks = c.socks("node-a");
+    let socks = c.socks("node-a")?;
     assert_eq!(
         who_answers(socks, c.client(), &c.ip(2, 11).to_string(), 9090).await?,
         "backend-b1"

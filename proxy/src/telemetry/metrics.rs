@@ -1,0 +1,327 @@
+//! The proxy's Prometheus metrics (served on the admin port at `/metrics`).
+//!
+//! Connection metrics carry the labels of [`ConnectionLabels`]; their
+//! values come from the config store, built once per resource version
+//! ([`crate::state::PeerLabels`]), so counting a connection clones a few
+//! reference counts and allocates nothing. Cardinality is bounded by the
+//! pairs of (app, namespace, identity) that actually talk, times the
+//! services between them, times the reporter and mode (see
+//! docs/observability.md).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Which side of a connection reports it.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Reporter {
+    /// The proxy of the client's node.
+    Source,
+    /// The proxy of the server's node.
+    Destination,
+}
+
+impl Reporter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+}
+
+impl EncodeLabelValue for Reporter {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// How a connection is carried.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Carried {
+    /// Inside an HBONE tunnel (mutual TLS).
+    Hbone,
+    /// Directly to a pod of the same node.
+    Direct,
+    /// In plaintext to a destination outside the mesh, or from a source outside it.
+    Passthrough,
+    /// Plaintext arriving for a mesh pod (inbound plaintext capture).
+    Plaintext,
+}
+
+impl Carried {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Carried::Hbone => "hbone",
+            Carried::Direct => "direct",
+            Carried::Passthrough => "passthrough",
+            Carried::Plaintext => "plaintext",
+        }
+    }
+
+    /// Whether the connection is protected by mutual TLS on the wire.
+    pub fn mtls(self) -> bool {
+        matches!(self, Carried::Hbone)
+    }
+}
+
+impl From<crate::route::Mode> for Carried {
+    fn from(mode: crate::route::Mode) -> Self {
+        match mode {
+            crate::route::Mode::Hbone => Carried::Hbone,
+            crate::route::Mode::Direct => Carried::Direct,
+            _ => Carried::Passthrough,
+        }
+    }
+}
+
+impl EncodeLabelValue for Carried {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The service has no eligible endpoint, or the port is not served.
+    NoEndpoints,
+    PolicyDenied,
+    /// The mutual TLS handshake failed (either side).
+    TlsFailure,
+    /// The upstream (pod or peer proxy) could not be reached, or refused.
+    ConnectError,
+    /// A name could not be resolved.
+    Unresolved,
+    /// Refused by the mesh for another reason (no identity, unknown target...).
+    Refused,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::NoEndpoints => "no_endpoints",
+            FailureReason::PolicyDenied => "policy_denied",
+            FailureReason::TlsFailure => "tls_failure",
+            FailureReason::ConnectError => "connect_error",
+            FailureReason::Unresolved => "unresolved",
+            FailureReason::Refused => "refused",
+        }
+    }
+}
+
+impl EncodeLabelValue for FailureReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// The labels of a proxied connection. Unknown parties are empty strings
+/// (encoded as `""`): a source or destination outside the mesh has no
+/// principal, an address that is no pod has no workload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub reporter: Reporter,
+    pub source_workload: Arc<str>,
+    pub source_namespace: Arc<str>,
+    pub source_principal: Arc<str>,
+    pub destination_workload: Arc<str>,
+    pub destination_namespace: Arc<str>,
+    pub destination_principal: Arc<str>,
+    pub destination_service: Arc<str>,
+    pub mode: Carried,
+}
+
+/// The labels of a failed connection.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub reporter: Reporter,
+    pub source_workload: Arc<str>,
+    pub source_namespace: Arc<str>,
+    pub source_principal: Arc<str>,
+    pub destination_workload: Arc<str>,
+    pub destination_namespace: Arc<str>,
+    pub destination_service: Arc<str>,
+    pub reason: FailureReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabel {
+    pub identity: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub reporter: Reporter,
+    pub mode: Carried,
+}
+
+/// Every metric the proxy exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections_opened: Family<ConnectionLabels, Counter>,
+    pub connections_closed: Family<ConnectionLabels, Counter>,
+    /// Bytes from the client towards the server.
+    pub sent_bytes: Family<ConnectionLabels, Counter>,
+    /// Bytes from the server back to the client.
+    pub received_bytes: Family<ConnectionLabels, Counter>,
+    pub connection_failures: Family<FailureLabels, Counter>,
+    pub connection_duration: Family<ModeLabels, Histogram, fn() -> Histogram>,
+    pub open_connections: Family<ModeLabels, Gauge>,
+    pub config_revision: Gauge,
+    pub config_updated: Gauge<f64, AtomicU64>,
+    pub config_resources: Family<KindLabel, Gauge>,
+    pub certificate_expiry: Family<IdentityLabel, Gauge>,
+    pub hbone_connections: Gauge,
+    pub hbone_streams: Gauge,
+    pub hbone_handshakes: Gauge,
+    pub spans_exported: Counter,
+    pub spans_dropped: Counter,
+    pub access_logs_suppressed: Counter,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms to ~9 h.
+    Histogram::new(exponential_buckets(0.001, 4.0, 13))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ferry");
+        let metrics = Self {
+            connections_opened: Family::default(),
+            connections_closed: Family::default(),
+            sent_bytes: Family::default(),
+            received_bytes: Family::default(),
+            connection_failures: Family::default(),
+            connection_duration: Family::new_with_constructor(duration_histogram),
+            open_connections: Family::default(),
+            config_revision: Gauge::default(),
+            config_updated: Gauge::default(),
+            config_resources: Family::default(),
+            certificate_expiry: Family::default(),
+            hbone_connections: Gauge::default(),
+            hbone_streams: Gauge::default(),
+            hbone_handshakes: Gauge::default(),
+            spans_exported: Counter::default(),
+            spans_dropped: Counter::default(),
+            access_logs_suppressed: Counter::default(),
+            registry: Registry::default(),
+        };
+        let m = &metrics;
+        registry.register(
+            "connections_opened",
+            "Connections proxied, counted when established",
+            m.connections_opened.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Proxied connections that have ended",
+            m.connections_closed.clone(),
+        );
+        registry.register(
+            "sent_bytes",
+            "Bytes from the client towards the server, counted when a connection ends",
+            m.sent_bytes.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Bytes from the server back to the client, counted when a connection ends",
+            m.received_bytes.clone(),
+        );
+        registry.register(
+            "connection_failures",
+            "Connections refused or failed before carrying data, by reason",
+            m.connection_failures.clone(),
+        );
+        registry.register(
+            "connection_duration_seconds",
+            "How long proxied connections lasted",
+            m.connection_duration.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Connections being proxied now",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "config_revision",
+            "Control plane revision of the applied configuration",
+            m.config_revision.clone(),
+        );
+        registry.register(
+            "config_last_update_timestamp_seconds",
+            "When the last configuration delta was applied (Unix time)",
+            m.config_updated.clone(),
+        );
+        registry.register(
+            "config_resources",
+            "Resources in the applied configuration, by kind",
+            m.config_resources.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the workload certificate held for each identity expires (Unix time)",
+            m.certificate_expiry.clone(),
+        );
+        registry.register(
+            "hbone_pool_connections",
+            "Pooled HBONE (mTLS HTTP/2) connections to other node proxies",
+            m.hbone_connections.clone(),
+        );
+        registry.register(
+            "hbone_pool_streams",
+            "Open streams on pooled HBONE connections",
+            m.hbone_streams.clone(),
+        );
+        registry.register(
+            "hbone_pool_handshakes",
+            "TLS handshakes made by the HBONE pool since start",
+            m.hbone_handshakes.clone(),
+        );
+        registry.register(
+            "trace_spans_exported",
+            "Spans delivered to the OTLP collector",
+            m.spans_exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped: the export queue was full or the collector failed",
+            m.spans_dropped.clone(),
+        );
+        registry.register(
+            "access_logs_suppressed",
+            "Access log lines left out by the rate limit",
+            m.access_logs_suppressed.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The text exposition (OpenMetrics text, which Prometheus reads).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,310 @@
+//! What the proxy tells operators about the connections it carries:
+//! Prometheus metrics ([`metrics`]), OTLP traces ([`trace`]) and access
+//! logs ([`access`]), all fed from one place per connection
+//! ([`Telemetry::open`] and [`ConnectionTelemetry`], [`Telemetry::failure`]).
+
+pub mod access;
+pub mod metrics;
+pub mod trace;
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use opentelemetry::trace::{Span as _, SpanKind, Status};
+use opentelemetry::{Context, KeyValue, StringValue};
+
+use crate::state::PeerLabels;
+use metrics::{
+    Carried, ConnectionLabels, FailureLabels, FailureReason, Metrics, ModeLabels, Reporter,
+};
+
+/// The telemetry of one proxy.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    tracing: Option<trace::Tracing>,
+    access: access::RateLimit,
+    empty: Arc<str>,
+}
+
+/// The parties of a connection as telemetry names them; `None` for an
+/// address that is no known pod, or a connection to no service.
+#[derive(Debug, Clone, Default)]
+pub struct Parties {
+    pub source: Option<Arc<PeerLabels>>,
+    pub destination: Option<Arc<PeerLabels>>,
+    pub service: Option<Arc<str>>,
+}
+
+impl Telemetry {
+    /// `access_logs_per_second` 0 turns access logs off.
+    pub fn new(
+        metrics: Metrics,
+        tracing: Option<trace::Tracing>,
+        access_logs_per_second: u32,
+    ) -> Arc<Self> {
+        let suppressed = metrics.access_logs_suppressed.clone();
+        Arc::new(Self {
+            metrics,
+            tracing,
+            access: access::RateLimit::new(access_logs_per_second, suppressed),
+            empty: Arc::from(""),
+        })
+    }
+
+    /// Metrics only: no traces, no access logs (tests, benchmarks).
+    pub fn metrics_only() -> Arc<Self> {
+        Self::new(Metrics::new(), None, 0)
+    }
+
+    pub fn tracing_enabled(&self) -> bool {
+        self.tracing.is_some()
+    }
+
+    fn part<'a>(
+        &'a self,
+        labels: Option<&'a Arc<PeerLabels>>,
+    ) -> (&'a Arc<str>, &'a Arc<str>, &'a Arc<str>) {
+        match labels {
+            Some(l) => (&l.workload, &l.namespace, &l.principal),
+            None => (&self.empty, &self.empty, &self.empty),
+        }
+    }
+
+    fn labels(&self, reporter: Reporter, parties: &Parties, mode: Carried) -> ConnectionLabels {
+        let (sw, sn, sp) = self.part(parties.source.as_ref());
+        let (dw, dn, dp) = self.part(parties.destination.as_ref());
+        ConnectionLabels {
+            reporter,
+            source_workload: sw.clone(),
+            source_namespace: sn.clone(),
+            source_principal: sp.clone(),
+            destination_workload: dw.clone(),
+            destination_namespace: dn.clone(),
+            destination_principal: dp.clone(),
+            destination_service: parties
+                .service
+                .clone()
+                .unwrap_or_else(|| self.empty.clone()),
+            mode,
+        }
+    }
+
+    /// Counts and logs a connection that failed before carrying data.
+    pub fn failure(
+        &self,
+        reporter: Reporter,
+        parties: &Parties,
+        reason: FailureReason,
+        client: SocketAddr,
+        target: &dyn Display,
+        detail: &dyn Display,
+    ) {
+        let (sw, sn, sp) = self.part(parties.source.as_ref());
+        let (dw, dn, _) = self.part(parties.destination.as_ref());
+        let service = parties.service.as_ref().unwrap_or(&self.empty);
+        self.metrics
+            .connection_failures
+            .get_or_create(&FailureLabels {
+                reporter,
+                source_workload: sw.clone(),
+                source_namespace: sn.clone(),
+                source_principal: sp.clone(),
+                destination_workload: dw.clone(),
+                destination_namespace: dn.clone(),
+                destination_service: service.clone(),
+                reason,
+            })
+            .inc();
+        if let access::Admit::Write { suppressed } = self.access.admit() {
+            tracing::info!(
+                target: "ferry::access",
+                reporter = reporter.as_str(),
+                src = %client,
+                src_workload = %sw,
+                src_namespace = %sn,
+                src_principal = %sp,
+                dst = %target,
+                dst_workload = %dw,
+                dst_namespace = %dn,
+                service = %service,
+                outcome = "failed",
+                reason = reason.as_str(),
+                policy = if reason == FailureReason::PolicyDenied { "deny" } else { "allow" },
+                detail = %detail,
+                suppressed_before = suppressed,
+                "connection failed"
+            );
+        }
+    }
+
+    /// Starts the span of a connection being made (when tracing); `parent`
+    /// joins it to the other side's trace. Dropped unopened, it ends as is.
+    pub fn span(
+        &self,
+        reporter: Reporter,
+        parties: &Parties,
+        mode: Carried,
+        client: SocketAddr,
+        target: SocketAddr,
+        parent: Option<&Context>,
+    ) -> Option<trace::Span> {
+        let tracing = self.tracing.as_ref()?;
+        let labels = self.labels(reporter, parties, mode);
+        let (name, kind) = match reporter {
+            Reporter::Source => ("ferry.outbound", SpanKind::Client),
+            Reporter::Destination => ("ferry.inbound", SpanKind::Server),
+        };
+        let text = |v: &Arc<str>| StringValue::from(v.clone());
+        let attributes = vec![
+            KeyValue::new("network.transport", "tcp"),
+            KeyValue::new(
+                "network.type",
+                if client.is_ipv4() { "ipv4" } else { "ipv6" },
+            ),
+            KeyValue::new("network.peer.address", client.ip().to_string()),
+            KeyValue::new("network.peer.port", i64::from(client.port())),
+            KeyValue::new("client.address", client.ip().to_string()),
+            KeyValue::new("client.port", i64::from(client.port())),
+            KeyValue::new("server.address", target.ip().to_string()),
+            KeyValue::new("server.port", i64::from(target.port())),
+            KeyValue::new("ferry.reporter", reporter.as_str()),
+            KeyValue::new("ferry.mode", mode.as_str()),
+            KeyValue::new("ferry.mtls", mode.mtls()),
+            KeyValue::new("ferry.policy", "allow"),
+            KeyValue::new("ferry.source.workload", text(&labels.source_workload)),
+            KeyValue::new("ferry.source.namespace", text(&labels.source_namespace)),
+            KeyValue::new("ferry.source.principal", text(&labels.source_principal)),
+            KeyValue::new(
+                "ferry.destination.workload",
+                text(&labels.destination_workload),
+            ),
+            KeyValue::new(
+                "ferry.destination.namespace",
+                text(&labels.destination_namespace),
+            ),
+            KeyValue::new(
+                "ferry.destination.principal",
+                text(&labels.destination_principal),
+            ),
+            KeyValue::new(
+                "ferry.destination.service",
+                text(&labels.destination_service),
+            ),
+        ];
+        let root = Context::new();
+        Some(tracing.start(name, kind, parent.unwrap_or(&root), attributes))
+    }
+
+    /// Counts a connection that is now established, with its span (from
+    /// [`Telemetry::span`]).
+    pub fn open(
+        self: &Arc<Self>,
+        reporter: Reporter,
+        parties: &Parties,
+        mode: Carried,
+        client: SocketAddr,
+        target: SocketAddr,
+        span: Option<trace::Span>,
+    ) -> ConnectionTelemetry {
+        let labels = self.labels(reporter, parties, mode);
+        self.metrics.connections_opened.get_or_create(&labels).inc();
+        self.metrics
+            .open_connections
+            .get_or_create(&ModeLabels { reporter, mode })
+            .inc();
+        ConnectionTelemetry {
+            telemetry: self.clone(),
+            labels,
+            client,
+            target,
+            started: Instant::now(),
+            span,
+            done: false,
+        }
+    }
+}
+
+/// An established connection's telemetry; [`ConnectionTelemetry::close`]
+/// records how it ended (dropping it records an aborted connection).
+#[derive(Debug)]
+pub struct ConnectionTelemetry {
+    telemetry: Arc<Telemetry>,
+    labels: ConnectionLabels,
+    client: SocketAddr,
+    target: SocketAddr,
+    started: Instant,
+    span: Option<trace::Span>,
+    done: bool,
+}
+
+impl ConnectionTelemetry {
+    /// Records the end: bytes each way and why it ended.
+    pub fn close(mut self, sent: u64, received: u64, outcome: &'static str) {
+        self.finish(sent, received, outcome);
+    }
+
+    fn finish(&mut self, sent: u64, received: u64, outcome: &'static str) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let t = &self.telemetry;
+        let l = &self.labels;
+        let elapsed = self.started.elapsed();
+        t.metrics.connections_closed.get_or_create(l).inc();
+        t.metrics.sent_bytes.get_or_create(l).inc_by(sent);
+        t.metrics.received_bytes.get_or_create(l).inc_by(received);
+        let mode = ModeLabels {
+            reporter: l.reporter,
+            mode: l.mode,
+        };
+        t.metrics
+            .connection_duration
+            .get_or_create(&mode)
+            .observe(elapsed.as_secs_f64());
+        t.metrics.open_connections.get_or_create(&mode).dec();
+        let mut trace_id = None;
+        if let Some(span) = self.span.as_mut() {
+            trace_id = Some(span.span_context().trace_id());
+            span.set_attribute(KeyValue::new("ferry.sent_bytes", sent as i64));
+            span.set_attribute(KeyValue::new("ferry.received_bytes", received as i64));
+            span.set_attribute(KeyValue::new("ferry.outcome", outcome));
+            if outcome != "completed" {
+                span.set_status(Status::error(outcome));
+            }
+            span.end();
+        }
+        if let access::Admit::Write { suppressed } = t.access.admit() {
+            tracing::info!(
+                target: "ferry::access",
+                reporter = l.reporter.as_str(),
+                mode = l.mode.as_str(),
+                src = %self.client,
+                src_workload = %l.source_workload,
+                src_namespace = %l.source_namespace,
+                src_principal = %l.source_principal,
+                dst = %self.target,
+                dst_workload = %l.destination_workload,
+                dst_namespace = %l.destination_namespace,
+                dst_principal = %l.destination_principal,
+                service = %l.destination_service,
+                sent,
+                received,
+                duration_ms = elapsed.as_millis() as u64,
+                outcome,
+                policy = "allow",
+                trace_id = trace_id.map(|t| t.to_string()).unwrap_or_default(),
+                suppressed_before = suppressed,
+                "connection closed"
+            );
+        }
+    }
+}
+
+impl Drop for ConnectionTelemetry {
+    fn drop(&mut self) {
+        self.finish(0, 0, "aborted");
+    }
+}
