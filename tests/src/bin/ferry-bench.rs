@@ -7,9 +7,13 @@
 //! - new connections per second (connect, one round trip, close),
 //! - proxy memory (RSS of both proxies) per 1,000 open connections,
 //!
-//! and prints a table with mesh/direct ratios. Every loop is bounded in
-//! count and time. Run with the release binaries:
-//! `cargo build --release --bins && cargo run --release -p ferry-tests --bin ferry-bench`.
+//! and prints a table with mesh/direct ratios. `ferry-bench telemetry`
+//! instead measures the mesh twice, with telemetry off (metrics only, no
+//! access logs, no traces) and on (access logs, and a span per connection
+//! on each proxy exported over OTLP to an in-process receiver), and prints
+//! the cost. Every loop is bounded in count and time. Run with the release
+//! binaries:
+//! `cargo build --release --bins && cargo run --release -p ferry-tests --bin ferry-bench [telemetry]`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -21,14 +25,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const BLOCK: u8 = 77;
+/// The second mesh of `ferry-bench telemetry`.
+const BLOCK_ON: u8 = 78;
 const THROUGHPUT_BYTES: usize = 512 << 20;
 const LATENCY_ROUNDS: usize = 5_000;
 const CONNECTIONS: usize = 2_000;
 const OPEN_CONNECTIONS: usize = 1_000;
 const PHASE_LIMIT: Duration = Duration::from_secs(60);
 
-fn manifests() -> String {
-    let n = BLOCK;
+fn manifests(n: u8) -> String {
     format!(
         "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus: {{addresses: [{{type: InternalIP, address: 127.{n}.0.1}}]}}\n---\n\
          apiVersion: v1\nkind: Node\nmetadata: {{name: node-b}}\nstatus: {{addresses: [{{type: InternalIP, address: 127.{n}.0.2}}]}}\n---\n\
@@ -200,20 +205,29 @@ async fn memory_per_thousand(
     Ok((after.saturating_sub(before)) as f64 / 1024.0 * (1000.0 / OPEN_CONNECTIONS as f64))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // Enough descriptors for the open-connection phase.
+/// A two-node mesh on block `n` with a server pod, its proxies' `env`.
+struct Bench {
+    mesh: LoopbackMesh,
+    client: IpAddr,
+    server: SocketAddr,
+    socks: SocketAddr,
+    _server: TaskGuard,
+    _dir: tempfile::TempDir,
+}
+
+async fn bench_mesh(n: u8, env: Vec<(String, String)>) -> anyhow::Result<Bench> {
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("bench.yaml"), manifests())?;
-    let client: IpAddr = format!("127.{BLOCK}.1.10").parse()?;
-    let server_addr: SocketAddr = format!("127.{BLOCK}.2.10:9000").parse()?;
-    let _server = server(server_addr).await?;
+    std::fs::write(dir.path().join("bench.yaml"), manifests(n))?;
+    let client: IpAddr = format!("127.{n}.1.10").parse()?;
+    let server_addr: SocketAddr = format!("127.{n}.2.10:9000").parse()?;
+    let server_task = server(server_addr).await?;
     let nodes = [
-        NodeSpec::new("node-a", &format!("127.{BLOCK}.0.1"))?,
-        NodeSpec::new("node-b", &format!("127.{BLOCK}.0.2"))?,
+        NodeSpec::new("node-a", &format!("127.{n}.0.1"))?,
+        NodeSpec::new("node-b", &format!("127.{n}.0.2"))?,
     ];
     let options = MeshOptions {
         pki: true,
+        proxy_env: env,
         ..MeshOptions::default()
     };
     let mesh =
@@ -224,6 +238,100 @@ async fn main() -> anyhow::Result<()> {
         })
     })?;
     let socks = mesh.proxy("node-a")?.socks5;
+    Ok(Bench {
+        mesh,
+        client,
+        server: server_addr,
+        socks,
+        _server: server_task,
+        _dir: dir,
+    })
+}
+
+fn print_table(title: &str, columns: (&str, &str), rows: Vec<(String, String, String, String)>) {
+    println!("\n{title}");
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    println!(
+        "{:<w$} | {:>8} | {:>8} | {:>6}",
+        "measure", columns.0, columns.1, "ratio"
+    );
+    println!("{:-<w$}-+-{:->8}-+-{:->8}-+-{:->6}", "", "", "", "");
+    for (name, m, d, r) in rows {
+        println!("{name:<w$} | {m:>8} | {d:>8} | {r:>6}");
+    }
+}
+
+/// Telemetry off vs on, through the mesh.
+async fn telemetry_cost() -> anyhow::Result<()> {
+    let off_env = vec![("FERRY_ACCESS_LOG_RATE".to_string(), "0".to_string())];
+    let receiver = ferry_tests::otlp::Receiver::counting("127.0.0.1:0".parse()?).await?;
+    let on_env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+            receiver.endpoint(),
+        ),
+        // Every connection is logged (the default rate limit would hide
+        // the cost under load).
+        ("FERRY_ACCESS_LOG_RATE".to_string(), "1000000".to_string()),
+    ];
+    let mut results = Vec::new();
+    for (n, env) in [(BLOCK, off_env), (BLOCK_ON, on_env)] {
+        let b = bench_mesh(n, env).await?;
+        let path = Path::Mesh { socks: b.socks };
+        let mb = throughput(path, b.client, b.server).await?;
+        let (p50, p99) = latency(path, b.client, b.server).await?;
+        let cps = connections_per_second(path, b.client, b.server).await?;
+        results.push((mb, p50, p99, cps));
+    }
+    let [(off_mb, off50, off99, off_cps), (on_mb, on50, on99, on_cps)] = results[..] else {
+        anyhow::bail!("two runs expected");
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let ratio = |on: f64, off: f64| format!("{:.2}x", on / off);
+    let rows = vec![
+        (
+            "throughput, 1 stream (MiB/s)".into(),
+            format!("{on_mb:.0}"),
+            format!("{off_mb:.0}"),
+            ratio(on_mb, off_mb),
+        ),
+        (
+            "latency p50, 64 B echo (µs)".into(),
+            format!("{:.0}", us(on50)),
+            format!("{:.0}", us(off50)),
+            ratio(us(on50), us(off50)),
+        ),
+        (
+            "latency p99, 64 B echo (µs)".into(),
+            format!("{:.0}", us(on99)),
+            format!("{:.0}", us(off99)),
+            ratio(us(on99), us(off99)),
+        ),
+        (
+            "new connections per second".into(),
+            format!("{on_cps:.0}"),
+            format!("{off_cps:.0}"),
+            ratio(on_cps, off_cps),
+        ),
+    ];
+    print_table(
+        "Telemetry cost (loopback mesh; on = access log line + OTLP span per connection on each proxy)",
+        ("on", "off"),
+        rows,
+    );
+    println!("spans received by the OTLP receiver: {}", receiver.count());
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        Some("telemetry") => return telemetry_cost().await,
+        Some(other) => anyhow::bail!("usage: ferry-bench [telemetry] (got {other})"),
+        None => {}
+    }
+    let bench = bench_mesh(BLOCK, Vec::new()).await?;
+    let (mesh, client, server_addr, socks) = (&bench.mesh, bench.client, bench.server, bench.socks);
     let mesh_path = Path::Mesh { socks };
 
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
@@ -263,7 +371,7 @@ async fn main() -> anyhow::Result<()> {
         ratio(mc, dc),
     ));
 
-    let mib = memory_per_thousand(&mesh, socks, client, server_addr).await?;
+    let mib = memory_per_thousand(mesh, socks, client, server_addr).await?;
     rows.push((
         "proxy RSS per 1,000 open connections (MiB, both proxies)".into(),
         format!("{mib:.1}"),
@@ -272,21 +380,14 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     let dump = tokio::task::block_in_place(|| mesh.config_dump("node-a"))?;
-    println!(
-        "\nFerry data path benchmark (loopback, mesh = SOCKS5 + HBONE mTLS between two proxies)"
+    print_table(
+        "Ferry data path benchmark (loopback, mesh = SOCKS5 + HBONE mTLS between two proxies)",
+        ("mesh", "direct"),
+        rows,
     );
     println!(
         "HBONE handshakes during the run: {}",
         dump["hbone_pool"]["handshakes"]
     );
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    println!(
-        "{:<w$} | {:>8} | {:>8} | {:>6}",
-        "measure", "mesh", "direct", "ratio"
-    );
-    println!("{:-<w$}-+-{:->8}-+-{:->8}-+-{:->6}", "", "", "", "");
-    for (name, m, d, r) in rows {
-        println!("{name:<w$} | {m:>8} | {d:>8} | {r:>6}");
-    }
     Ok(())
 }
