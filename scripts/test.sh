@@ -9,3 +9,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # End-to-end tests drive the real binaries: build them first.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The Helm chart: lint, render, schema validation for Kubernetes 1.29-1.33, exact RBAC.
+scripts/chart-test.sh

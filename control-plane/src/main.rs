@@ -10,16 +10,30 @@ use clap::Parser;
 use ferry_api::process::{init_tracing, shutdown_signal, LogFormat};
 use ferry_control_plane::ca::{MeshCa, NodeAccounts};
 use ferry_control_plane::push::{ConfigCache, ConfigDiscoveryService};
+use ferry_control_plane::source::kube::KubeSource;
 use ferry_control_plane::source::manifests::ManifestSource;
 use ferry_control_plane::translate::{TranslateOptions, Translator};
 use tokio::sync::mpsc;
 
+/// Where Kubernetes objects come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Source {
+    /// A folder of manifests (`--manifests DIR`).
+    Manifests,
+    /// The Kubernetes API (in-cluster configuration, else KUBECONFIG).
+    Kubernetes,
+}
+
 #[derive(Debug, Parser)]
 #[command(version, about = "Ferry control plane")]
 struct Args {
-    /// Folder of Kubernetes manifests (multi-document YAML), watched for changes.
-    #[arg(long, env = "FERRY_MANIFESTS")]
-    manifests: PathBuf,
+    /// Where Kubernetes objects come from.
+    #[arg(long, env = "FERRY_SOURCE", value_enum, default_value = "manifests")]
+    source: Source,
+    /// Folder of Kubernetes manifests (multi-document YAML), watched for
+    /// changes; required with `--source manifests`.
+    #[arg(long, env = "FERRY_MANIFESTS", required_if_eq("source", "manifests"))]
+    manifests: Option<PathBuf>,
     /// Address of the config stream (gRPC) that proxies connect to.
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:15010")]
     listen: SocketAddr,
@@ -52,11 +66,13 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
-    anyhow::ensure!(
-        args.manifests.is_dir(),
-        "--manifests {}: not a readable folder",
-        args.manifests.display()
-    );
+    if let (Source::Manifests, Some(dir)) = (args.source, &args.manifests) {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "--manifests {}: not a readable folder",
+            dir.display()
+        );
+    }
     let options = TranslateOptions {
         cluster_domain: args.cluster_domain.clone(),
         mesh_by_default: args.mesh_by_default,
@@ -66,8 +82,23 @@ async fn main() -> anyhow::Result<()> {
     let cache = ConfigCache::new();
     let metrics = Arc::new(ferry_control_plane::metrics::Metrics::new());
     let (events_tx, mut events_rx) = mpsc::channel(16);
-    let source = ManifestSource::new(&args.manifests);
-    let mut watch = tokio::spawn(source.watch(events_tx));
+    let mut watch: tokio::task::JoinHandle<anyhow::Result<()>> =
+        match (args.source, &args.manifests) {
+            (Source::Manifests, Some(dir)) => {
+                let source = ManifestSource::new(dir);
+                tokio::spawn(async move { Ok(source.watch(events_tx).await?) })
+            }
+            (Source::Manifests, None) => anyhow::bail!("--source manifests needs --manifests DIR"),
+            (Source::Kubernetes, _) => {
+                let source = KubeSource::from_environment()
+                    .await
+                    .context("--source kubernetes")?;
+                tokio::spawn(async move {
+                    source.watch(events_tx).await;
+                    Ok(())
+                })
+            }
+        };
 
     // Serve nothing until the initial load is translated: a proxy resyncing
     // against an empty cache would be told to drop everything it holds.
@@ -75,11 +106,11 @@ async fn main() -> anyhow::Result<()> {
     let initial = tokio::select! {
         batch = events_rx.recv() => batch,
         watched = &mut watch => {
-            watched.context("manifest watcher panicked")?.context("manifest watcher stopped")?;
+            watched.context("source panicked")?.context("source stopped")?;
             None
         }
     };
-    let initial = initial.context("manifest watcher stopped before the initial load")?;
+    let initial = initial.context("the source stopped before the initial load")?;
     let accounts = NodeAccounts::new();
     let started = std::time::Instant::now();
     let changes = translator.apply(initial);
@@ -120,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, manifests = %args.manifests.display(), "control plane serving");
+    tracing::info!(listen = %listener.local_addr()?, source = ?args.source, "control plane serving");
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)));
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
@@ -182,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         served = server => served.context("config server failed")?,
         watched = &mut watch => {
-            watched.context("manifest watcher panicked")?.context("manifest watcher stopped")?;
+            watched.context("source panicked")?.context("source stopped")?;
         }
     }
     translating.abort();

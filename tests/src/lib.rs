@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod apiserver;
 pub mod lab;
 pub mod net;
 pub mod netns;

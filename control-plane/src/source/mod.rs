@@ -2,6 +2,7 @@
 //! [`SourceEvent`]s of validated, typed objects (k8s-openapi types), so every
 //! source feeds the same store and translation.
 
+pub mod kube;
 pub mod manifests;
 
 use std::fmt;
