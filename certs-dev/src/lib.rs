@@ -250,10 +250,16 @@ impl Authority {
         let cert_path = dir.join(files::CA_CERT);
         let key_path = dir.join(files::CA_KEY);
         let credential = Credential::load(&cert_path, &key_path)?;
-        let der = pem_to_der(&credential.cert_pem, &cert_path, "PEM certificate")?;
+        Self::from_pem(credential.cert_pem, credential.key_pem, &cert_path)
+    }
+
+    /// The CA from its certificate and key; `origin` names where they came
+    /// from in errors (a file, or a Secret).
+    pub fn from_pem(cert_pem: String, key_pem: String, origin: &Path) -> Result<Self, CertError> {
+        let der = pem_to_der(&cert_pem, origin, "PEM certificate")?;
         let trust_domain = uri_sans(&der)
             .map_err(|reason| CertError::Parse {
-                path: cert_path.clone(),
+                path: origin.to_path_buf(),
                 what: "certificate",
                 reason,
             })?
@@ -263,21 +269,25 @@ impl Authority {
                 (!td.is_empty() && !td.contains('/')).then(|| td.to_string())
             })
             .ok_or_else(|| CertError::NoTrustDomain {
-                path: cert_path.clone(),
+                path: origin.to_path_buf(),
             })?;
-        let key = KeyPair::from_pem(&credential.key_pem)?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&credential.cert_pem, key).map_err(|e| CertError::Parse {
-                path: cert_path.clone(),
-                what: "CA certificate",
-                reason: e.to_string(),
-            })?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| CertError::Parse {
+            path: origin.to_path_buf(),
+            what: "CA certificate",
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             trust_domain,
-            cert_pem: credential.cert_pem,
-            key_pem: credential.key_pem,
+            cert_pem,
+            key_pem,
             issuer,
         })
+    }
+
+    /// The CA's private key, PEM (to store it in a Secret).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
     }
 
     /// Writes `ca.pem` and `ca-key.pem` into `dir`.

@@ -135,13 +135,16 @@ pub struct MeshCa {
     accounts: Arc<NodeAccounts>,
     max_ttl: Duration,
     metrics: Arc<crate::metrics::Metrics>,
+    auth: Arc<crate::identity::Authenticator>,
 }
 
 impl MeshCa {
     pub fn new(authority: Arc<Authority>, accounts: Arc<NodeAccounts>, max_ttl: Duration) -> Self {
+        let trust_domain = authority.trust_domain().to_string();
         Self {
             authority,
             accounts,
+            auth: Arc::new(crate::identity::Authenticator::NodeCertificate { trust_domain }),
             max_ttl,
             metrics: Arc::default(),
         }
@@ -149,6 +152,12 @@ impl MeshCa {
 
     pub fn into_server(self) -> CertificateAuthorityServer<Self> {
         CertificateAuthorityServer::new(self)
+    }
+
+    /// Authenticates callers with `auth` instead of node certificates.
+    pub fn with_authenticator(mut self, auth: Arc<crate::identity::Authenticator>) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Counts signed and refused requests in `metrics`.
@@ -174,12 +183,16 @@ impl MeshCa {
 #[tonic::async_trait]
 impl CertificateAuthority for MeshCa {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
-        let node =
-            authenticated_node(&request, self.authority.trust_domain())?.ok_or_else(|| {
+        let node = self
+            .auth
+            .node(&request)
+            .await
+            .map_err(|status| self.refuse("<unknown>", status))?
+            .ok_or_else(|| {
                 self.refuse(
                     "<unknown>",
                     Status::unauthenticated(
-                        "certificates are issued only to proxies presenting a node credential",
+                        "certificates are issued only to proxies that prove their node",
                     ),
                 )
             })?;

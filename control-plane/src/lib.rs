@@ -6,6 +6,7 @@
 //! versioned configuration and streams per-node deltas to every proxy.
 
 pub mod ca;
+pub mod identity;
 pub mod metrics;
 pub mod push;
 pub mod source;

@@ -9,6 +9,9 @@ use anyhow::Context;
 use clap::Parser;
 use ferry_api::process::{init_tracing, shutdown_signal, LogFormat};
 use ferry_control_plane::ca::{MeshCa, NodeAccounts};
+use ferry_control_plane::identity::{
+    load_or_create_ca, publish_root, Authenticator, TokenReviewer,
+};
 use ferry_control_plane::push::{ConfigCache, ConfigDiscoveryService};
 use ferry_control_plane::source::kube::KubeSource;
 use ferry_control_plane::source::manifests::ManifestSource;
@@ -60,6 +63,38 @@ struct Args {
     /// Prometheus metrics and readiness (`/metrics`, `/healthz/ready`).
     #[arg(long, env = "FERRY_METRICS_LISTEN", default_value = "127.0.0.1:15014")]
     metrics_listen: SocketAddr,
+    /// In a cluster: the Secret (in --namespace) holding the mesh CA
+    /// (`ca.pem`, `ca-key.pem`). Proxies then authenticate with service
+    /// account tokens (TokenReview) instead of node certificates.
+    #[arg(long, env = "FERRY_CA_SECRET", conflicts_with = "tls_dir")]
+    ca_secret: Option<String>,
+    /// Generate the CA Secret when it is absent (else it must be supplied).
+    #[arg(long, env = "FERRY_CA_SECRET_CREATE", default_value_t = true, action = clap::ArgAction::Set)]
+    ca_secret_create: bool,
+    /// The control plane's namespace (Secret, ConfigMap, proxy service account).
+    #[arg(long, env = "FERRY_NAMESPACE", default_value = "ferry-system")]
+    namespace: String,
+    /// ConfigMap (in --namespace) where the CA root is published for proxies.
+    #[arg(long, env = "FERRY_CA_ROOT_CONFIGMAP", default_value = "ferry-ca-root")]
+    ca_root_configmap: String,
+    /// DNS name proxies use for the control plane (its serving certificate);
+    /// default `ferry-control-plane.<namespace>.svc`.
+    #[arg(long, env = "FERRY_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Audience of the proxies' projected service account tokens.
+    #[arg(long, env = "FERRY_TOKEN_AUDIENCE", default_value = "ferry")]
+    token_audience: String,
+    /// The proxies' service account (in --namespace); only its tokens may
+    /// speak for a node.
+    #[arg(
+        long,
+        env = "FERRY_PROXY_SERVICE_ACCOUNT",
+        default_value = "ferry-proxy"
+    )]
+    proxy_service_account: String,
+    /// Trust domain of a CA generated for --ca-secret.
+    #[arg(long, env = "FERRY_TRUST_DOMAIN", default_value = ferry_api::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
 }
 
 #[tokio::main]
@@ -79,6 +114,12 @@ async fn main() -> anyhow::Result<()> {
         hbone_port: args.hbone_port,
     };
 
+    let kube_client = match args.source {
+        Source::Kubernetes => Some(kube::Client::try_default().await.context(
+            "--source kubernetes: Kubernetes client configuration (in-cluster or KUBECONFIG)",
+        )?),
+        Source::Manifests => None,
+    };
     let cache = ConfigCache::new();
     let metrics = Arc::new(ferry_control_plane::metrics::Metrics::new());
     let (events_tx, mut events_rx) = mpsc::channel(16);
@@ -90,9 +131,11 @@ async fn main() -> anyhow::Result<()> {
             }
             (Source::Manifests, None) => anyhow::bail!("--source manifests needs --manifests DIR"),
             (Source::Kubernetes, _) => {
-                let source = KubeSource::from_environment()
-                    .await
-                    .context("--source kubernetes")?;
+                let source = KubeSource::new(
+                    kube_client
+                        .clone()
+                        .context("--source kubernetes: no Kubernetes client")?,
+                );
                 tokio::spawn(async move {
                     source.watch(events_tx).await;
                     Ok(())
@@ -197,10 +240,69 @@ async fn main() -> anyhow::Result<()> {
                 .with_metrics(Arc::clone(&metrics)),
             )
         }
-        None => {
-            tracing::warn!("no --tls-dir: serving config in plaintext, no certificates are issued");
-            None
-        }
+        None => match &args.ca_secret {
+            Some(secret) => {
+                let client = kube_client
+                    .as_ref()
+                    .context("--ca-secret needs --source kubernetes")?;
+                let ns = &args.namespace;
+                let authority = load_or_create_ca(
+                    client,
+                    ns,
+                    secret,
+                    args.ca_secret_create,
+                    &args.trust_domain,
+                )
+                .await
+                .context("--ca-secret")?;
+                publish_root(client, ns, &args.ca_root_configmap, authority.cert_pem())
+                    .await
+                    .context("--ca-root-configmap: publishing the CA root")?;
+                let name = args
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| format!("ferry-control-plane.{ns}.svc"));
+                let server = authority
+                    .issue_server(
+                        std::slice::from_ref(&name),
+                        std::time::Duration::from_secs(365 * 86_400),
+                    )
+                    .context("issuing the control plane's serving certificate")?;
+                let tls = tonic::transport::ServerTlsConfig::new().identity(
+                    tonic::transport::Identity::from_pem(&server.cert_pem, &server.key_pem),
+                );
+                builder = builder.tls_config(tls).context("configuring TLS")?;
+                let auth = Arc::new(Authenticator::ServiceAccountToken(TokenReviewer::new(
+                    client.clone(),
+                    &args.token_audience,
+                    ns,
+                    &args.proxy_service_account,
+                )));
+                discovery = discovery.with_authenticator(Arc::clone(&auth));
+                tracing::info!(
+                    trust_domain = authority.trust_domain(),
+                    server_name = %name,
+                    audience = %args.token_audience,
+                    proxies = %format!("{ns}/{}", args.proxy_service_account),
+                    "mesh CA from Secret {ns}/{secret}; proxies authenticate with service account tokens"
+                );
+                Some(
+                    MeshCa::new(
+                        Arc::new(authority),
+                        accounts,
+                        std::time::Duration::from_secs(args.workload_cert_ttl),
+                    )
+                    .with_authenticator(auth)
+                    .with_metrics(Arc::clone(&metrics)),
+                )
+            }
+            None => {
+                tracing::warn!(
+                    "no --tls-dir or --ca-secret: serving config in plaintext, no certificates are issued"
+                );
+                None
+            }
+        },
     };
     let server = builder
         .add_service(discovery.into_server())

@@ -193,8 +193,8 @@ impl ConfigCache {
 #[derive(Debug, Clone)]
 pub struct ConfigDiscoveryService {
     cache: Arc<ConfigCache>,
-    /// Trust domain of node credentials, when proxies connect over mTLS.
-    trust_domain: Option<String>,
+    /// How a proxy proves its node.
+    auth: Arc<crate::identity::Authenticator>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -202,7 +202,7 @@ impl ConfigDiscoveryService {
     pub fn new(cache: Arc<ConfigCache>) -> Self {
         Self {
             cache,
-            trust_domain: None,
+            auth: Arc::new(crate::identity::Authenticator::None),
             metrics: Arc::default(),
         }
     }
@@ -216,7 +216,16 @@ impl ConfigDiscoveryService {
     /// Requires proxies that present a node credential to subscribe for
     /// their own node only.
     pub fn with_node_authentication(mut self, trust_domain: impl Into<String>) -> Self {
-        self.trust_domain = Some(trust_domain.into());
+        self.auth = Arc::new(crate::identity::Authenticator::NodeCertificate {
+            trust_domain: trust_domain.into(),
+        });
+        self
+    }
+
+    /// Requires every proxy to prove its node with `auth`, and to
+    /// subscribe for that node only.
+    pub fn with_authenticator(mut self, auth: Arc<crate::identity::Authenticator>) -> Self {
+        self.auth = auth;
         self
     }
 
@@ -236,10 +245,7 @@ impl ConfigDiscovery for ConfigDiscoveryService {
         request: Request<Streaming<DeltaRequest>>,
     ) -> Result<Response<Self::DeltaConfigStream>, Status> {
         let peer = request.remote_addr();
-        let authenticated = match &self.trust_domain {
-            Some(td) => crate::ca::authenticated_node(&request, td)?,
-            None => None,
-        };
+        let authenticated = self.auth.node(&request).await?;
         let mut requests = request.into_inner();
         let first = match requests.next().await {
             Some(Ok(first)) => first,
@@ -254,7 +260,7 @@ impl ConfigDiscovery for ConfigDiscoveryService {
         if let Some(node) = authenticated.filter(|n| *n != first.node) {
             tracing::warn!(credential = %node, requested = %first.node, "proxy subscribed for another node: refused");
             return Err(Status::permission_denied(format!(
-                "the node credential is for {node}, not {}",
+                "the proxy's credential is for node {node}, not {}",
                 first.node
             )));
         }

@@ -39,6 +39,8 @@ pub enum IdentityError {
     BadCertificate(String),
     #[error("mesh roots: {0}")]
     Roots(String),
+    #[error(transparent)]
+    Token(#[from] crate::auth::TokenError),
 }
 
 /// A certificate in use.
@@ -113,6 +115,7 @@ pub struct IdentityManager {
     requested: std::sync::Mutex<BTreeSet<Identity>>,
     wake: Notify,
     updates: watch::Sender<u64>,
+    token: std::sync::OnceLock<crate::auth::TokenFile>,
 }
 
 impl IdentityManager {
@@ -133,7 +136,14 @@ impl IdentityManager {
             requested: std::sync::Mutex::default(),
             wake: Notify::new(),
             updates: watch::Sender::new(0),
+            token: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Proves the node to the CA with a service account token (in a
+    /// cluster); set once, before [`IdentityManager::run`].
+    pub fn use_token(&self, token: crate::auth::TokenFile) {
+        let _ = self.token.set(token);
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -218,13 +228,12 @@ impl IdentityManager {
     pub async fn fetch(&self, identity: &Identity) -> Result<WorkloadCert, IdentityError> {
         let mut ca = self.ca.clone().ok_or(IdentityError::NoCa)?;
         let (csr_pem, key_der) = ferry_certs::workload_csr(identity)?;
-        let response = ca
-            .sign(SignRequest {
-                csr_pem,
-                ttl_seconds: u32::try_from(self.ttl.as_secs()).unwrap_or(u32::MAX),
-            })
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(SignRequest {
+            csr_pem,
+            ttl_seconds: u32::try_from(self.ttl.as_secs()).unwrap_or(u32::MAX),
+        });
+        crate::auth::authorize(self.token.get(), &mut request)?;
+        let response = ca.sign(request).await?.into_inner();
         let chain = pem_certs(&response.cert_chain_pem).map_err(IdentityError::BadCertificate)?;
         let leaf = chain
             .first()

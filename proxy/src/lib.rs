@@ -14,6 +14,7 @@
 //! - [`admin`]: readiness and the configuration dump.
 
 pub mod admin;
+pub mod auth;
 pub mod capture;
 pub mod dns;
 pub mod identity;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use ferry_api::process::{init_tracing, shutdown_signal, LogFormat};
 use ferry_proxy::admin::{self, Admin};
+use ferry_proxy::auth::TokenFile;
 use ferry_proxy::identity::IdentityManager;
 use ferry_proxy::inbound::Inbound;
 use ferry_proxy::outbound::Outbound;
@@ -32,8 +33,16 @@ struct Args {
     /// Mesh PKI folder (`ferry-certs init`): ca.pem and nodes/<node>.pem,
     /// nodes/<node>-key.pem. Without it the proxy has no mesh identity:
     /// config only, no HBONE.
-    #[arg(long, env = "FERRY_CERTS")]
+    #[arg(long, env = "FERRY_CERTS", conflicts_with = "ca_root")]
     certs: Option<PathBuf>,
+    /// In a cluster: the mesh CA root (the control plane publishes it in a
+    /// ConfigMap). The proxy then proves its node with --token-file.
+    #[arg(long, env = "FERRY_CA_ROOT", requires = "token_file")]
+    ca_root: Option<PathBuf>,
+    /// A projected service account token with the control plane's audience
+    /// (re-read for every request: the kubelet rotates it).
+    #[arg(long, env = "FERRY_TOKEN_FILE", requires = "ca_root")]
+    token_file: Option<PathBuf>,
     /// Admin HTTP address (readiness, config dump).
     #[arg(long, env = "FERRY_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -123,12 +132,34 @@ async fn main() -> anyhow::Result<()> {
             );
             (Some(tls), Some(identities))
         }
-        None => {
-            tracing::warn!(
-                "no --certs: no mesh identity, so no HBONE; config and direct connections only"
-            );
-            (None, None)
-        }
+        None => match (&args.ca_root, &args.token_file) {
+            (Some(root), Some(token)) => {
+                let ca_pem = ferry_certs::read_pem(root)
+                    .with_context(|| format!("--ca-root {}", root.display()))?;
+                let trust_domain = ferry_certs::ca_trust_domain(&ca_pem, root)?;
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem));
+                let roots = ferry_proxy::identity::root_store(&ca_pem)?;
+                let ca_channel = control_plane_endpoint(&args.control_plane, Some(tls.clone()))
+                    .context("--control-plane")?
+                    .connect_lazy();
+                let identities = IdentityManager::new(
+                    &args.node,
+                    trust_domain,
+                    roots,
+                    Some(ca_channel),
+                    Duration::from_secs(args.cert_ttl),
+                );
+                identities.use_token(TokenFile::new(token));
+                (Some(tls), Some(identities))
+            }
+            _ => {
+                tracing::warn!(
+                    "no --certs or --ca-root: no mesh identity, so no HBONE; config and direct connections only"
+                );
+                (None, None)
+            }
+        },
     };
     let trust_domain = identities
         .as_ref()
@@ -137,7 +168,8 @@ async fn main() -> anyhow::Result<()> {
         });
     let store = Arc::new(ConfigStore::for_trust_domain(&trust_domain));
     let endpoint = control_plane_endpoint(&args.control_plane, tls).context("--control-plane")?;
-    let xds = XdsClient::new(endpoint, &args.node, store.clone());
+    let xds = XdsClient::new(endpoint, &args.node, store.clone())
+        .with_token(args.token_file.as_ref().map(TokenFile::new));
 
     let metrics = ferry_proxy::telemetry::metrics::Metrics::new();
     let tracing_pipeline = ferry_proxy::telemetry::trace::Tracing::from_env(

@@ -48,6 +48,8 @@ pub enum XdsError {
     Stream(#[from] tonic::Status),
     #[error("config stream closed by the client side")]
     Closed,
+    #[error(transparent)]
+    Token(#[from] crate::auth::TokenError),
 }
 
 /// Capped exponential backoff with jitter.
@@ -127,6 +129,7 @@ pub struct XdsClient {
     node: String,
     store: Arc<ConfigStore>,
     status: Arc<Mutex<XdsStatus>>,
+    token: Option<crate::auth::TokenFile>,
 }
 
 impl XdsClient {
@@ -147,7 +150,14 @@ impl XdsClient {
             address,
             node: node.into(),
             store,
+            token: None,
         }
+    }
+
+    /// Proves the node with a service account token (in a cluster).
+    pub fn with_token(mut self, token: Option<crate::auth::TokenFile>) -> Self {
+        self.token = token;
+        self
     }
 
     /// A copy of the client's status.
@@ -193,10 +203,9 @@ impl XdsClient {
         })
         .await
         .map_err(|_| XdsError::Closed)?;
-        let mut responses = client
-            .delta_config(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        crate::auth::authorize(self.token.as_ref(), &mut request)?;
+        let mut responses = client.delta_config(request).await?.into_inner();
         self.update(|s| {
             s.connected = true;
             s.connects += 1;

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -667,6 +668,36 @@ def check_notes(chart: Any) -> None:
 # ---------------------------------------------------------------------------
 
 
+def check_flags_exist(docs: list[dict[str, Any]], counts: dict[str, int]) -> None:
+    """Every flag the chart passes is one the binaries accept (their --help)."""
+    repo = Path(__file__).resolve().parents[2]
+    binaries = {"ferry-control-plane": None, "ferry-proxy": None}
+    for name in binaries:
+        for profile in ("debug", "release"):
+            path = repo / "target" / profile / name
+            if path.is_file():
+                binaries[name] = path
+                break
+    missing = [n for n, p in binaries.items() if p is None]
+    expect(not missing, f"build the binaries first (cargo build --workspace --bins): {missing}")
+    checked = 0
+    for doc in docs:
+        for c in (doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []):
+            command = (c.get("command") or [""])[0]
+            name = Path(command).name
+            if name not in binaries:
+                continue
+            help_text = subprocess.run([str(binaries[name]), "--help"], capture_output=True, text=True, check=True).stdout
+            known = set(re.findall(r"--[a-z0-9-]+", help_text))
+            for arg in c.get("args") or []:
+                if arg.startswith("--"):
+                    flag = arg.split("=", 1)[0]
+                    expect(flag in known, f"{name} does not accept {flag} (from the chart's {doc['kind']} {doc['metadata']['name']})")
+                    checked += 1
+    expect(checked >= 20, f"only {checked} flags checked")
+    counts["flags checked"] = checked
+
+
 def main() -> int:
     started = time.monotonic()
     failures: list[str] = []
@@ -715,6 +746,7 @@ def main() -> int:
         run("kubernetes schemas", lambda: check_kubernetes_schemas(rendered, counts))
         run("helm test script", lambda: check_test_script(rendered.get("defaults") or parse_manifests(render(chart, {})), counts))
         run("NOTES.txt", lambda: check_notes(chart))
+        run("flags exist", lambda: check_flags_exist(rendered.get("defaults") or parse_manifests(render(chart, {})), counts))
     finally:
         chart.close()
 
@@ -729,7 +761,8 @@ def main() -> int:
         f"{len(VALID_VALUE_SETS)} value sets x {len(KUBE_VERSIONS)} Kubernetes versions "
         f"({KUBE_VERSIONS[0]}..{KUBE_VERSIONS[-1]}): {counts['manifests valid']} manifests valid; "
         f"{counts['invalid value sets rejected']} invalid value sets rejected; RBAC exact; "
-        f"helm test script ok ({counts['test script cases']} cases)"
+        f"helm test script ok ({counts['test script cases']} cases); "
+        f"{counts['flags checked']} flags accepted by the binaries"
     )
     print(f"chart: {passed} passed, 0 failed ({elapsed:.1f}s)")
     return 0
