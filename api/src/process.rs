@@ -88,3 +88,19 @@ where
         });
     }
 }
+
+/// The `/metrics` reply for an encoded exposition.
+pub fn metrics_reply(encoded: Result<String, std::fmt::Error>) -> Reply {
+    match encoded {
+        Ok(text) => reply(
+            http::StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        ),
+        Err(e) => reply(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("{e}\n"),
+        ),
+    }
+}

@@ -106,18 +106,7 @@ impl Metrics {
         use ferry_api::process::reply;
         use http::StatusCode;
         ferry_api::process::serve_admin(listener, move |req| match req.uri().path() {
-            "/metrics" => match self.encode() {
-                Ok(text) => reply(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                ),
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("{e}\n"),
-                ),
-            },
+            "/metrics" => ferry_api::process::metrics_reply(self.encode()),
             "/healthz/ready" => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             _ => reply(
                 StatusCode::NOT_FOUND,

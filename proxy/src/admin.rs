@@ -176,18 +176,7 @@ impl Admin {
                 "text/plain",
                 "not ready: waiting for the first configuration\n".into(),
             ),
-            "/metrics" => match self.metrics() {
-                Ok(text) => reply(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                ),
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("{e}\n"),
-                ),
-            },
+            "/metrics" => ferry_api::process::metrics_reply(self.metrics()),
             "/config_dump" => match self.config_dump() {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(

@@ -74,17 +74,9 @@ pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
 /// Serves redirected connections until the task is dropped.
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
     let own = listener.local_addr().ok();
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "capture accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::listener::serve(listener, "capture", |client, peer| {
         let outbound = outbound.clone();
-        tokio::spawn(async move {
+        async move {
             let destination = match original_destination(&client) {
                 Ok(d) if Some(d) != own => d,
                 Ok(_) => {
@@ -102,17 +94,16 @@ pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
                 .await
             {
                 Ok(connected) => {
-                    let service = connected.service.clone();
-                    let (sent, received) = Outbound::relay(client, connected).await;
-                    tracing::debug!(%peer, %destination, service = service.as_deref().unwrap_or("-"), sent, received, "captured connection closed");
+                    Outbound::relay(client, connected).await;
                 }
                 Err(e) => {
                     // Dropping the socket resets the client: "connection refused" semantics.
-                    tracing::info!(%peer, %destination, error = %e, "captured connection refused");
+                    tracing::debug!(%peer, %destination, error = %e, "captured connection refused");
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Errors managing the rules.

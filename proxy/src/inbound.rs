@@ -37,18 +37,10 @@ impl Inbound {
     pub async fn serve(self, listener: TcpListener) {
         let this = Arc::new(self);
         let acceptor = TlsAcceptor::from(this.tls.clone());
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HBONE accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        crate::listener::serve(listener, "hbone", |tcp, peer| {
             let this = this.clone();
             let acceptor = acceptor.clone();
-            tokio::spawn(async move {
+            async move {
                 let local = tcp.local_addr().ok();
                 if let Err(e) = this.clone().connection(acceptor, tcp, peer).await {
                     tracing::info!(%peer, error = %e, "HBONE connection refused");
@@ -67,8 +59,9 @@ impl Inbound {
                         );
                     }
                 }
-            });
-        }
+            }
+        })
+        .await
     }
 
     async fn connection(
@@ -329,17 +322,9 @@ impl PlaintextInbound {
     /// Serves until the task is dropped.
     pub async fn serve(self, listener: TcpListener) {
         let this = Arc::new(self);
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound plaintext accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        crate::listener::serve(listener, "inbound plaintext", |tcp, peer| {
             let this = this.clone();
-            tokio::spawn(async move {
+            async move {
                 if let Err((reason, detail)) = this.connection(tcp, peer).await {
                     tracing::info!(%peer, %detail, "inbound plaintext connection refused");
                     let state = this.store.snapshot();
@@ -356,8 +341,9 @@ impl PlaintextInbound {
                         &detail,
                     );
                 }
-            });
-        }
+            }
+        })
+        .await
     }
 
     /// The policy check for a plaintext connection, or why it is refused.

@@ -19,6 +19,7 @@ pub mod capture;
 pub mod dns;
 pub mod identity;
 pub mod inbound;
+pub mod listener;
 pub mod outbound;
 pub mod policy;
 pub mod route;

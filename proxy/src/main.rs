@@ -90,20 +90,52 @@ struct Args {
     access_log_rate: u32,
 }
 
+/// The TLS settings towards the control plane (trusting `ca_pem`, with
+/// the node's client certificate when it has one) and the identity manager
+/// that fetches workload certificates from the mesh CA.
+fn mesh_credentials(
+    args: &Args,
+    ca_pem: &str,
+    ca_path: &std::path::Path,
+    client: Option<tonic::transport::Identity>,
+) -> anyhow::Result<(
+    Option<tonic::transport::ClientTlsConfig>,
+    Option<Arc<IdentityManager>>,
+)> {
+    let trust_domain = ferry_certs::ca_trust_domain(ca_pem, ca_path)?;
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+    if let Some(identity) = client {
+        tls = tls.identity(identity);
+    }
+    let roots = ferry_proxy::identity::root_store(ca_pem)?;
+    let ca_channel = control_plane_endpoint(&args.control_plane, Some(tls.clone()))
+        .context("--control-plane")?
+        .connect_lazy();
+    let identities = IdentityManager::new(
+        &args.node,
+        trust_domain,
+        roots,
+        Some(ca_channel),
+        Duration::from_secs(args.cert_ttl),
+    );
+    Ok((Some(tls), Some(identities)))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_format);
     anyhow::ensure!(!args.node.is_empty(), "--node must not be empty");
 
-    // Mesh credentials: the node credential authenticates to the control
-    // plane (config stream and CA); workload certificates carry HBONE.
-    let (tls, identities) = match &args.certs {
-        Some(dir) => {
+    // Mesh credentials: the node credential (or, in a cluster, a service
+    // account token) authenticates to the control plane (config stream and
+    // CA); workload certificates carry HBONE.
+    let (tls, identities) = match (&args.certs, &args.ca_root, &args.token_file) {
+        (Some(dir), _, _) => {
             let ca_path = dir.join(ferry_certs::files::CA_CERT);
             let ca_pem = ferry_certs::read_pem(&ca_path)
                 .with_context(|| format!("--certs {}", dir.display()))?;
-            let trust_domain = ferry_certs::ca_trust_domain(&ca_pem, &ca_path)?;
             let (cert, key) = ferry_certs::files::node(&args.node);
             let node = ferry_certs::Credential::load(&dir.join(cert), &dir.join(key))
                 .with_context(|| {
@@ -113,53 +145,24 @@ async fn main() -> anyhow::Result<()> {
                         args.node
                     )
                 })?;
-            let tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
-                .identity(tonic::transport::Identity::from_pem(
-                    &node.cert_pem,
-                    &node.key_pem,
-                ));
-            let roots = ferry_proxy::identity::root_store(&ca_pem)?;
-            let ca_channel = control_plane_endpoint(&args.control_plane, Some(tls.clone()))
-                .context("--control-plane")?
-                .connect_lazy();
-            let identities = IdentityManager::new(
-                &args.node,
-                trust_domain,
-                roots,
-                Some(ca_channel),
-                Duration::from_secs(args.cert_ttl),
-            );
-            (Some(tls), Some(identities))
+            let identity = tonic::transport::Identity::from_pem(&node.cert_pem, &node.key_pem);
+            mesh_credentials(&args, &ca_pem, &ca_path, Some(identity))?
         }
-        None => match (&args.ca_root, &args.token_file) {
-            (Some(root), Some(token)) => {
-                let ca_pem = ferry_certs::read_pem(root)
-                    .with_context(|| format!("--ca-root {}", root.display()))?;
-                let trust_domain = ferry_certs::ca_trust_domain(&ca_pem, root)?;
-                let tls = tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem));
-                let roots = ferry_proxy::identity::root_store(&ca_pem)?;
-                let ca_channel = control_plane_endpoint(&args.control_plane, Some(tls.clone()))
-                    .context("--control-plane")?
-                    .connect_lazy();
-                let identities = IdentityManager::new(
-                    &args.node,
-                    trust_domain,
-                    roots,
-                    Some(ca_channel),
-                    Duration::from_secs(args.cert_ttl),
-                );
+        (None, Some(root), Some(token)) => {
+            let ca_pem = ferry_certs::read_pem(root)
+                .with_context(|| format!("--ca-root {}", root.display()))?;
+            let (tls, identities) = mesh_credentials(&args, &ca_pem, root, None)?;
+            if let Some(identities) = &identities {
                 identities.use_token(TokenFile::new(token));
-                (Some(tls), Some(identities))
             }
-            _ => {
-                tracing::warn!(
-                    "no --certs or --ca-root: no mesh identity, so no HBONE; config and direct connections only"
-                );
-                (None, None)
-            }
-        },
+            (tls, identities)
+        }
+        _ => {
+            tracing::warn!(
+                "no --certs or --ca-root: no mesh identity, so no HBONE; config and direct connections only"
+            );
+            (None, None)
+        }
     };
     let trust_domain = identities
         .as_ref()

@@ -151,21 +151,14 @@ async fn session(
 
 /// Serves SOCKS5 until the task is dropped.
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "SOCKS5 accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = client.set_nodelay(true);
+    crate::listener::serve(listener, "socks5", |client, peer| {
         let outbound = outbound.clone();
-        tokio::spawn(async move {
+        async move {
+            let _ = client.set_nodelay(true);
             if let Err(e) = session(outbound, client, peer).await {
                 tracing::debug!(%peer, error = %e, "SOCKS5 session ended");
             }
-        });
-    }
+        }
+    })
+    .await
 }

@@ -264,15 +264,6 @@ fn collect_exprs(v: &serde_json::Value, out: &mut BTreeSet<String>) {
     }
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_node_connection_is_one_trace_and_a_dead_collector_costs_nothing(
 ) -> anyhow::Result<()> {
@@ -338,13 +329,13 @@ async fn a_cross_node_connection_is_one_trace_and_a_dead_collector_costs_nothing
     drop(receiver);
     let pid = c.mesh.proxy("node-a")?.process.pid().unwrap();
     echo(&c, &c.ip(2, 11).to_string(), 9090, b"warm").await?;
-    let before = rss_kib(pid)?;
+    let before = ferry_tests::rss_kib(pid)?;
     let rounds = 600;
     for i in 0..rounds {
         let to = if i % 2 == 0 { c.ip(2, 11) } else { c.ip(1, 11) };
         echo(&c, &to.to_string(), 9090, b"x").await?;
     }
-    let after = rss_kib(pid)?;
+    let after = ferry_tests::rss_kib(pid)?;
     let dropped = wait_for("dropped spans counted", Duration::from_secs(30), || {
         let a = scrape(&c, "node-a")?;
         let dropped = prom::sum(&a, "ferry_trace_spans_dropped_total", &[]);

@@ -36,12 +36,6 @@ impl Reporter {
     }
 }
 
-impl EncodeLabelValue for Reporter {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
-}
-
 /// How a connection is carried.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Carried {
@@ -81,12 +75,6 @@ impl From<crate::route::Mode> for Carried {
     }
 }
 
-impl EncodeLabelValue for Carried {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
-}
-
 /// Why a connection could not be made.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum FailureReason {
@@ -116,11 +104,18 @@ impl FailureReason {
     }
 }
 
-impl EncodeLabelValue for FailureReason {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
+/// Label values of the enums: their `as_str`.
+macro_rules! label_value {
+    ($($kind:ty),*) => {$(
+        impl EncodeLabelValue for $kind {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                EncodeLabelValue::encode(&self.as_str(), encoder)
+            }
+        }
+    )*};
 }
+
+label_value!(Reporter, Carried, FailureReason);
 
 /// The labels of a proxied connection. Unknown parties are empty strings
 /// (encoded as `""`): a source or destination outside the mesh has no

@@ -18,7 +18,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use ferry_tests::net::{socks5_connect, TaskGuard};
 use ferry_tests::{LoopbackMesh, MeshOptions, NodeSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -169,15 +168,6 @@ async fn connections_per_second(
     Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
-}
-
 async fn memory_per_thousand(
     mesh: &LoopbackMesh,
     socks: SocketAddr,
@@ -189,7 +179,9 @@ async fn memory_per_thousand(
         .iter()
         .filter_map(|p| p.process.pid())
         .collect();
-    let rss = |pids: &[u32]| -> anyhow::Result<u64> { pids.iter().map(|p| rss_kib(*p)).sum() };
+    let rss = |pids: &[u32]| -> anyhow::Result<u64> {
+        pids.iter().map(|p| ferry_tests::rss_kib(*p)).sum()
+    };
     let before = rss(&pids)?;
     let mut open = Vec::with_capacity(OPEN_CONNECTIONS);
     for _ in 0..OPEN_CONNECTIONS {
