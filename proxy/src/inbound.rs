@@ -295,7 +295,8 @@ impl Inbound {
             target,
             span,
         );
-        let ((to_pod, from_pod), outcome) = tokio::select! {
+        // splice counts (pod to tunnel, tunnel to pod).
+        let ((from_pod, to_pod), outcome) = tokio::select! {
             copied = crate::tunnel::splice(upstream, send, request.into_body()) => (copied, "completed"),
             _ = tracked.revoked() => ((0, 0), "revoked by policy"),
         };

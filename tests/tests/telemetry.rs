@@ -269,7 +269,10 @@ async fn a_cross_node_connection_is_one_trace_and_a_dead_collector_costs_nothing
 ) -> anyhow::Result<()> {
     let receiver = Receiver::start("127.0.0.1:0".parse()?).await?;
     let options = MeshOptions {
-        proxy_env: vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint())],
+        proxy_env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
+            ("FERRY_LOG_FORMAT".into(), "json".into()),
+        ],
         ..mtls()
     };
     let c = Cluster::start(39, options).await?;
@@ -323,6 +326,48 @@ async fn a_cross_node_connection_is_one_trace_and_a_dead_collector_costs_nothing
     assert!(server
         .resource
         .contains(&("service.name".to_string(), "ferry-proxy".to_string())));
+
+    // The access log: one JSON line per finished connection on each side,
+    // with the trace id of its span.
+    let trace_id: String = client
+        .span
+        .trace_id
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for node in ["node-a", "node-b"] {
+        let log = c.mesh.proxy(node)?.process.log();
+        let line = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["target"] == "ferry::access" && v["fields"]["trace_id"] == trace_id.as_str()
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!("{node}: no access log line for trace {trace_id}:\n{log}")
+            })?;
+        let f = &line["fields"];
+        assert_eq!(f["message"], "connection closed", "{line}");
+        assert_eq!(
+            f["src_principal"], "spiffe://cluster.local/ns/shop/sa/client",
+            "{line}"
+        );
+        assert_eq!(f["dst_workload"], "backend", "{line}");
+        assert_eq!(f["mode"], "hbone", "{line}");
+        assert_eq!(f["outcome"], "completed", "{line}");
+        assert_eq!(f["policy"], "allow", "{line}");
+        assert!(f["duration_ms"].is_u64(), "{line}");
+        // Both sides count the same bytes: 6 sent, the 11-byte greeting
+        // and the 6-byte echo received.
+        let reporter = if node == "node-a" {
+            "source"
+        } else {
+            "destination"
+        };
+        assert_eq!(f["reporter"], reporter, "{line}");
+        assert_eq!(f["sent"], 6, "{line}");
+        assert_eq!(f["received"], 17, "{line}");
+    }
 
     // The collector dies: traffic goes on, spans are dropped and counted,
     // and memory stays flat.
