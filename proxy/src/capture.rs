@@ -29,8 +29,8 @@
 //! the leftovers of a crashed run, and [`CaptureRules::remove`] undoes it
 //! on shutdown. iptables (the nft backend on Debian 12) is used rather than
 //! native nft so the same rules work with either backend a host has; see
-//! docs/architecture.md. IPv4 only for now (pods' IPv6 addresses are not
-//! captured).
+//! docs/architecture.md. Both families: `iptables` and `ip6tables` hold the
+//! same chains, each with its own family's addresses.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -51,10 +51,15 @@ pub const CHAIN: &str = "FERRY_OUTBOUND";
 /// The nat chain for traffic from elsewhere (other nodes, outside clients).
 pub const INBOUND_CHAIN: &str = "FERRY_INBOUND";
 
-/// The destination a redirected connection was sent to.
+/// The destination a redirected connection was sent to. A dual-stack
+/// listener sees IPv4 clients with IPv4-mapped addresses: those are asked
+/// with the IPv4 option.
 pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
-    let local = stream.local_addr()?;
-    if local.is_ipv4() {
+    let ipv4 = match stream.local_addr()? {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(local) => local.ip().to_ipv4_mapped().is_some(),
+    };
+    if ipv4 {
         let sa = getsockopt(stream, sockopt::OriginalDst)?;
         Ok(SocketAddr::V4(SocketAddrV4::new(
             Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
@@ -73,12 +78,17 @@ pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
 
 /// Serves redirected connections until the task is dropped.
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
-    let own = listener.local_addr().ok();
     crate::listener::serve(listener, "capture", |client, peer| {
         let outbound = outbound.clone();
         async move {
+            // Not redirected, the "original" destination is this socket's
+            // own address: serving it would loop.
+            let local = client
+                .local_addr()
+                .map(|l| SocketAddr::new(l.ip().to_canonical(), l.port()))
+                .ok();
             let destination = match original_destination(&client) {
-                Ok(d) if Some(d) != own => d,
+                Ok(d) if Some(d) != local => d,
                 Ok(_) => {
                     tracing::debug!(%peer, "connection to the capture port itself: closed");
                     return;
@@ -119,6 +129,43 @@ pub enum CaptureError {
     Failed { command: String, stderr: String },
 }
 
+/// An IP family and its tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+
+    fn host_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    fn holds(self, ip: IpAddr) -> bool {
+        matches!(
+            (self, ip.to_canonical()),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
+    }
+}
+
 /// The redirect rules of one node.
 #[derive(Debug, Clone)]
 pub struct CaptureRules {
@@ -132,6 +179,9 @@ pub struct CaptureRules {
     /// not intercepted.
     pub inbound_port: Option<u16>,
     pub hbone_port: u16,
+    /// The families whose rules are managed: IPv4, and IPv6 unless the
+    /// host has no IPv6 nat table (then [`CaptureRules::install`] drops it).
+    pub families: Vec<Family>,
 }
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, CaptureError> {
@@ -170,10 +220,6 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, Captur
     Err(CaptureError::Failed { command, stderr })
 }
 
-fn iptables(args: &[&str]) -> Result<bool, CaptureError> {
-    run("iptables", args, None)
-}
-
 impl CaptureRules {
     /// The PREROUTING jumps into the two chains.
     fn jumps(&self) -> [Vec<&str>; 2] {
@@ -200,21 +246,31 @@ impl CaptureRules {
         ]
     }
 
-    /// The two chains for `state`, as `iptables-restore` input. The output
-    /// is sorted, so equal configurations render equal text.
+    /// The IPv4 chains for `state`, as `iptables-restore` input.
     pub fn render(&self, state: &ProxyState) -> String {
-        let local_mesh: BTreeSet<Ipv4Addr> = state
+        self.render_family(state, Family::V4)
+    }
+
+    /// The two chains of `family` for `state`, as `iptables-restore` /
+    /// `ip6tables-restore` input. The output is sorted, so equal
+    /// configurations render equal text.
+    pub fn render_family(&self, state: &ProxyState, family: Family) -> String {
+        let bits = family.host_prefix();
+        let local_mesh: BTreeSet<IpAddr> = state
             .workload_addresses()
             .filter(|(_, w)| w.mesh && w.node.as_deref() == Some(self.node.as_str()))
-            .filter_map(|(ip, _)| v4(ip))
+            .map(|(ip, _)| ip.to_canonical())
+            .filter(|ip| family.holds(*ip))
             .collect();
         let mut services = BTreeSet::new();
         let mut published = BTreeSet::new();
         for (ip, service) in state.service_addresses() {
-            let Some(v4) = v4(ip) else { continue };
-            services.insert(v4);
+            if !family.holds(ip) {
+                continue;
+            }
+            services.insert(ip.to_canonical());
             if service.load_balancer_ips.contains(&ip) || service.external_ips.contains(&ip) {
-                published.insert(v4);
+                published.insert(ip.to_canonical());
             }
         }
         let node_ports: BTreeSet<u16> = state.node_ports().collect();
@@ -233,13 +289,13 @@ impl CaptureRules {
         for ip in &local_mesh {
             let _ = writeln!(
                 out,
-                "-A {CHAIN} -s {ip}/32 -p tcp -j REDIRECT --to-ports {capture}"
+                "-A {CHAIN} -s {ip}/{bits} -p tcp -j REDIRECT --to-ports {capture}"
             );
         }
         for ip in &services {
             let _ = writeln!(
                 out,
-                "-A {CHAIN} -d {ip}/32 -p tcp -j REDIRECT --to-ports {capture}"
+                "-A {CHAIN} -d {ip}/{bits} -p tcp -j REDIRECT --to-ports {capture}"
             );
         }
         for port in &node_ports {
@@ -253,21 +309,21 @@ impl CaptureRules {
             for ip in &local_mesh {
                 let _ = writeln!(
                     out,
-                    "-A {CHAIN} -d {ip}/32 -p tcp -j REDIRECT --to-ports {inbound}"
+                    "-A {CHAIN} -d {ip}/{bits} -p tcp -j REDIRECT --to-ports {inbound}"
                 );
             }
             // Plaintext from elsewhere to a mesh pod of this node.
             for ip in &local_mesh {
                 let _ = writeln!(
                     out,
-                    "-A {INBOUND_CHAIN} -d {ip}/32 -p tcp -j REDIRECT --to-ports {inbound}"
+                    "-A {INBOUND_CHAIN} -d {ip}/{bits} -p tcp -j REDIRECT --to-ports {inbound}"
                 );
             }
         }
         for ip in &published {
             let _ = writeln!(
                 out,
-                "-A {INBOUND_CHAIN} -d {ip}/32 -p tcp -j REDIRECT --to-ports {capture}"
+                "-A {INBOUND_CHAIN} -d {ip}/{bits} -p tcp -j REDIRECT --to-ports {capture}"
             );
         }
         for port in &node_ports {
@@ -280,50 +336,85 @@ impl CaptureRules {
         out
     }
 
-    /// Replaces both chains with `rules` (from [`Self::render`]) in one
-    /// transaction.
-    pub fn apply(&self, rules: &str) -> Result<(), CaptureError> {
-        run("iptables-restore", &["--noflush"], Some(rules)).map(|_| ())
+    /// Replaces both chains of `family` with `rules` (from
+    /// [`Self::render_family`]) in one transaction.
+    pub fn apply(&self, family: Family, rules: &str) -> Result<(), CaptureError> {
+        run(family.restore(), &["--noflush"], Some(rules)).map(|_| ())
     }
 
-    /// Installs (or repairs) the chains and the jumps with the rules for
-    /// `state`; safe to run any number of times.
-    pub fn install(&self, state: &ProxyState) -> Result<(), CaptureError> {
-        self.apply(&self.render(state))?;
+    fn install_family(&self, state: &ProxyState, family: Family) -> Result<(), CaptureError> {
+        self.apply(family, &self.render_family(state, family))?;
         for jump in self.jumps() {
             let mut check = vec!["-t", "nat", "-C"];
             check.extend(&jump);
-            if !iptables(&check)? {
+            if !run(family.iptables(), &check, None)? {
                 let mut insert = vec!["-t", "nat", "-I"];
                 insert.extend(&jump);
-                iptables(&insert)?;
+                run(family.iptables(), &insert, None)?;
             }
         }
-        tracing::info!(interface = %self.interface, capture_port = self.capture_port, inbound_port = ?self.inbound_port, "capture rules installed");
         Ok(())
+    }
+
+    /// Installs (or repairs) the chains and the jumps with the rules for
+    /// `state`; safe to run any number of times. IPv4 must work; IPv6 is
+    /// dropped from [`CaptureRules::families`], with a warning, when the
+    /// host cannot take IPv6 nat rules.
+    pub fn install(&mut self, state: &ProxyState) -> Result<(), CaptureError> {
+        let mut installed = Vec::new();
+        for family in self.families.clone() {
+            match self.install_family(state, family) {
+                Ok(()) => installed.push(family),
+                Err(e) if family == Family::V6 => {
+                    tracing::warn!(error = %e, "no IPv6 capture on this host (IPv4 only)");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.families = installed;
+        tracing::info!(interface = %self.interface, capture_port = self.capture_port, inbound_port = ?self.inbound_port, families = ?self.families, "capture rules installed");
+        Ok(())
+    }
+
+    /// What [`CaptureRules::install`] applied, for [`CaptureRules::follow`].
+    pub fn rendered(&self, state: &ProxyState) -> Vec<String> {
+        self.families
+            .iter()
+            .map(|f| self.render_family(state, *f))
+            .collect()
     }
 
     /// Keeps the rules in step with the configuration until the task is
     /// dropped. A failed update is retried (the previous rules stay).
-    pub async fn follow(&self, store: std::sync::Arc<ConfigStore>, mut applied: String) {
+    pub async fn follow(&self, store: std::sync::Arc<ConfigStore>, mut applied: Vec<String>) {
         let mut changes = store.subscribe();
+        applied.resize(self.families.len(), String::new());
         loop {
-            let wanted = self.render(&store.snapshot());
-            if wanted != applied {
-                match self.apply(&wanted) {
+            let state = store.snapshot();
+            let mut failed = false;
+            for (family, applied) in self.families.iter().zip(applied.iter_mut()) {
+                let wanted = self.render_family(&state, *family);
+                if wanted == *applied {
+                    continue;
+                }
+                match self.apply(*family, &wanted) {
                     Ok(()) => {
                         tracing::info!(
+                            family = ?family,
                             rules = wanted.lines().filter(|l| l.starts_with("-A")).count(),
                             "capture rules updated"
                         );
-                        applied = wanted;
+                        *applied = wanted;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "updating capture rules failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        continue;
+                        tracing::warn!(family = ?family, error = %e, "updating capture rules failed; retrying");
+                        failed = true;
                     }
                 }
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
             }
             if changes.changed().await.is_err() {
                 return;
@@ -333,24 +424,20 @@ impl CaptureRules {
 
     /// Removes the rules (every copy of each jump, then the chains).
     pub fn remove(&self) -> Result<(), CaptureError> {
-        for jump in self.jumps() {
-            let mut delete = vec!["-t", "nat", "-D"];
-            delete.extend(&jump);
-            while iptables(&delete)? {}
-        }
-        for chain in [CHAIN, INBOUND_CHAIN] {
-            iptables(&["-t", "nat", "-F", chain])?;
-            iptables(&["-t", "nat", "-X", chain])?;
+        for family in &self.families {
+            let tool = family.iptables();
+            for jump in self.jumps() {
+                let mut delete = vec!["-t", "nat", "-D"];
+                delete.extend(&jump);
+                while run(tool, &delete, None)? {}
+            }
+            for chain in [CHAIN, INBOUND_CHAIN] {
+                run(tool, &["-t", "nat", "-F", chain], None)?;
+                run(tool, &["-t", "nat", "-X", chain], None)?;
+            }
         }
         tracing::info!(interface = %self.interface, "capture rules removed");
         Ok(())
-    }
-}
-
-fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
     }
 }
 
@@ -435,6 +522,7 @@ mod tests {
             capture_port: 15001,
             inbound_port: Some(15006),
             hbone_port: 15008,
+            families: vec![Family::V4, Family::V6],
         }
     }
 
@@ -469,6 +557,42 @@ COMMIT
         // Deterministic: the same state renders the same text, so an
         // unrelated change does not rewrite the rules.
         assert_eq!(rules().render(&s), text);
+    }
+
+    #[test]
+    fn each_family_gets_its_own_addresses() {
+        let mut dual = pod("web", "10.244.1.10", "node-a", true);
+        if let ResourceBody::Workload(w) = &mut dual {
+            w.addresses.push("fd00:244:1::10".parse().unwrap());
+        }
+        let mut svc = service("api", "10.96.0.20", None, None);
+        if let ResourceBody::Service(s) = &mut svc {
+            s.cluster_ips.push("fd00:96::20".parse().unwrap());
+        }
+        let s = state(&[dual, svc]);
+        let v4 = rules().render_family(&s, Family::V4);
+        let v6 = rules().render_family(&s, Family::V6);
+        assert!(
+            v4.contains("-s 10.244.1.10/32 ") && !v4.contains("fd00"),
+            "{v4}"
+        );
+        assert!(
+            v6.contains(
+                "-A FERRY_OUTBOUND -s fd00:244:1::10/128 -p tcp -j REDIRECT --to-ports 15001"
+            ),
+            "{v6}"
+        );
+        assert!(
+            v6.contains("-A FERRY_OUTBOUND -d fd00:96::20/128 -p tcp -j REDIRECT --to-ports 15001"),
+            "{v6}"
+        );
+        assert!(
+            v6.contains(
+                "-A FERRY_INBOUND -d fd00:244:1::10/128 -p tcp -j REDIRECT --to-ports 15006"
+            ),
+            "{v6}"
+        );
+        assert!(!v6.contains("10.244"), "{v6}");
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts connections until the task is dropped, running `handle` on its
-/// own task for each. An accept error (out of descriptors, a connection
-/// reset while queued) is logged and retried after a pause instead of
-/// ending the listener.
+/// own task for each. The peer address is canonical (an IPv4 client of a
+/// dual-stack listener is seen as IPv4, as the configuration knows it). An
+/// accept error (out of descriptors, a connection reset while queued) is
+/// logged and retried after a pause instead of ending the listener.
 pub async fn serve<F, Fut>(listener: TcpListener, what: &'static str, handle: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut,
@@ -18,6 +19,7 @@ where
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                 tokio::spawn(handle(stream, peer));
             }
             Err(e) => {

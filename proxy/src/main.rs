@@ -10,6 +10,7 @@ use clap::Parser;
 use ferry_api::process::{init_tracing, shutdown_signal, LogFormat};
 use ferry_proxy::admin::{self, Admin};
 use ferry_proxy::auth::TokenFile;
+use ferry_proxy::capture::Family;
 use ferry_proxy::identity::IdentityManager;
 use ferry_proxy::inbound::Inbound;
 use ferry_proxy::outbound::Outbound;
@@ -53,7 +54,8 @@ struct Args {
     /// client that can reach it may use the mesh as any pod of this node.
     #[arg(long, env = "FERRY_SOCKS5", default_value = "127.0.0.1:15080")]
     socks5: SocketAddr,
-    /// Transparent capture listener (iptables REDIRECT target). Off unless set.
+    /// Transparent capture listener (iptables REDIRECT target). Off unless
+    /// set. `[::]:PORT` captures IPv4 and IPv6, `0.0.0.0:PORT` IPv4 only.
     #[arg(long, env = "FERRY_CAPTURE_LISTEN")]
     capture_listen: Option<SocketAddr>,
     /// Install redirect rules for the pods behind this interface (the
@@ -246,16 +248,22 @@ async fn main() -> anyhow::Result<()> {
     };
     let capture_rules = match (&args.capture_interface, args.capture_listen) {
         (Some(interface), Some(addr)) => {
-            let rules = ferry_proxy::capture::CaptureRules {
+            let mut rules = ferry_proxy::capture::CaptureRules {
                 node: args.node.clone(),
                 interface: interface.clone(),
                 capture_port: addr.port(),
                 inbound_port: args.inbound_plaintext_listen.map(|a| a.port()),
                 hbone_port: args.hbone.port(),
+                // An IPv4 listener cannot take redirected IPv6 connections.
+                families: if addr.is_ipv6() {
+                    vec![Family::V4, Family::V6]
+                } else {
+                    vec![Family::V4]
+                },
             };
             let state = store.snapshot();
             rules.install(&state).context("installing capture rules")?;
-            let applied = rules.render(&state);
+            let applied = rules.rendered(&state);
             Some((rules, applied))
         }
         _ => None,

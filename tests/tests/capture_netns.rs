@@ -10,11 +10,11 @@ use ferry_tests::netns::{root_or_skip, Netns};
 use ferry_tests::{binary, wait_for, Process};
 
 const MANIFESTS: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.250.1.1}]}\n---\n\
-apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {app: client}}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.250.1.10, conditions: [{type: Ready, status: \"True\"}]}\n---\n\
-apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: default, labels: {app: web}}\nspec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}\nstatus: {phase: Running, podIP: 10.250.1.11, conditions: [{type: Ready, status: \"True\"}]}\n---\n\
-apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.250.10, selector: {app: web}, ports: [{port: 80, targetPort: http}]}\n";
+apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {app: client}}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.250.1.10, podIPs: [{ip: 10.250.1.10}, {ip: \"fd00:250:1::10\"}], conditions: [{type: Ready, status: \"True\"}]}\n---\n\
+apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: default, labels: {app: web}}\nspec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}\nstatus: {phase: Running, podIP: 10.250.1.11, podIPs: [{ip: 10.250.1.11}, {ip: \"fd00:250:1::11\"}], conditions: [{type: Ready, status: \"True\"}]}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.250.10, clusterIPs: [10.96.250.10, \"fd00:96:250::10\"], ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6], selector: {app: web}, ports: [{port: 80, targetPort: http}]}\n";
 
-fn pod(node: &Netns, name: &str, veth: &str, ip: &str) -> anyhow::Result<Netns> {
+fn pod(node: &Netns, name: &str, veth: &str, ip: &str, ip6: &str) -> anyhow::Result<Netns> {
     let pod = Netns::new(name)?;
     node.ip(&[
         "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
@@ -23,6 +23,16 @@ fn pod(node: &Netns, name: &str, veth: &str, ip: &str) -> anyhow::Result<Netns> 
     pod.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
     pod.ip(&["link", "set", "eth0", "up"])?;
     pod.ip(&["route", "add", "default", "via", "10.250.1.1"])?;
+    pod.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    pod.ip(&["-6", "route", "add", "default", "via", "fd00:250:1::1"])?;
     Ok(pod)
 }
 
@@ -42,7 +52,7 @@ fn start_proxy(node: &Netns, logs: &std::path::Path, generation: u32) -> anyhow:
             "--hbone",
             "10.250.1.1:15008",
             "--capture-listen",
-            "0.0.0.0:15001",
+            "[::]:15001",
             "--capture-interface",
             "br0",
             "--dns-listen",
@@ -73,12 +83,16 @@ fn curl(pod: &Netns, url: &str) -> anyhow::Result<String> {
     )
 }
 
-fn jumps(node: &Netns) -> anyhow::Result<usize> {
-    Ok(node
-        .exec("iptables", &["-t", "nat", "-S", "PREROUTING"])?
-        .lines()
-        .filter(|l| l.contains("FERRY_OUTBOUND"))
-        .count())
+/// The jumps into Ferry's chain, in the IPv4 and the IPv6 nat tables.
+fn jumps(node: &Netns) -> anyhow::Result<(usize, usize)> {
+    let count = |tool: &str| -> anyhow::Result<usize> {
+        Ok(node
+            .exec(tool, &["-t", "nat", "-S", "PREROUTING"])?
+            .lines()
+            .filter(|l| l.contains("FERRY_OUTBOUND"))
+            .count())
+    };
+    Ok((count("iptables")?, count("ip6tables")?))
 }
 
 #[test]
@@ -90,13 +104,34 @@ fn pods_reach_a_cluster_ip_through_capture() -> anyhow::Result<()> {
     let node = Netns::new(&format!("fc{tag}-node"))?;
     node.ip(&["link", "add", "br0", "type", "bridge"])?;
     node.ip(&["addr", "add", "10.250.1.1/24", "dev", "br0"])?;
+    node.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:250:1::1/64",
+        "dev",
+        "br0",
+        "nodad",
+    ])?;
     node.ip(&["link", "set", "br0", "up"])?;
-    let client = pod(&node, &format!("fc{tag}-client"), "vclient", "10.250.1.10")?;
+    let client = pod(
+        &node,
+        &format!("fc{tag}-client"),
+        "vclient",
+        "10.250.1.10",
+        "fd00:250:1::10",
+    )?;
     // The pod's resolver is the node proxy, with the pod's search path.
     client.set_resolv_conf(
         "nameserver 10.250.1.1\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
     )?;
-    let web = pod(&node, &format!("fc{tag}-web"), "vweb", "10.250.1.11")?;
+    let web = pod(
+        &node,
+        &format!("fc{tag}-web"),
+        "vweb",
+        "10.250.1.11",
+        "fd00:250:1::11",
+    )?;
 
     let dir = tempfile::tempdir()?;
     let manifests = dir.path().join("manifests");
@@ -117,10 +152,7 @@ fn pods_reach_a_cluster_ip_through_capture() -> anyhow::Result<()> {
     let _server = Process::start(
         "web",
         std::path::Path::new("ip"),
-        &web.command(
-            "python3",
-            &["-m", "http.server", "8080", "--bind", "10.250.1.11"],
-        ),
+        &web.command("python3", &["-m", "http.server", "8080", "--bind", "::"]),
         logs.join("web.log"),
     )?;
     let mut proxy = start_proxy(&node, logs, 0)?;
@@ -141,33 +173,42 @@ fn pods_reach_a_cluster_ip_through_capture() -> anyhow::Result<()> {
         )
     })?;
 
-    // The cluster IP exists only in the proxy: only capture can answer it.
+    // The cluster IP exists only in the proxy: only capture can answer it,
+    // over IPv4 and over IPv6 (the original destination read with
+    // IP6T_SO_ORIGINAL_DST from a dual-stack listener).
     assert_eq!(
         curl(&client, "http://10.96.250.10/")?,
         "200",
         "{}",
         proxy.log()
     );
-    assert_eq!(jumps(&node)?, 1);
+    assert_eq!(
+        curl(&client, "http://[fd00:96:250::10]/")?,
+        "200",
+        "{}",
+        proxy.log()
+    );
+    assert_eq!(jumps(&node)?, (1, 1));
 
     // Clean shutdown removes every rule.
     assert!(
         proxy.terminate(Duration::from_secs(10)),
         "proxy did not stop on SIGTERM"
     );
-    assert_eq!(jumps(&node)?, 0, "rules left after a clean shutdown");
-    assert!(!node
-        .exec("iptables", &["-t", "nat", "-S"])?
-        .contains("FERRY_OUTBOUND"));
+    assert_eq!(jumps(&node)?, (0, 0), "rules left after a clean shutdown");
+    for tool in ["iptables", "ip6tables"] {
+        let rules = node.exec(tool, &["-t", "nat", "-S"])?;
+        assert!(!rules.contains("FERRY_"), "{tool}: {rules}");
+    }
 
     // A crash leaves them; the next start repairs them without duplicates.
     let mut proxy = start_proxy(&node, logs, 1)?;
     ready(&proxy)?;
     proxy.kill();
-    assert_eq!(jumps(&node)?, 1, "a crash leaves the rules in place");
+    assert_eq!(jumps(&node)?, (1, 1), "a crash leaves the rules in place");
     let proxy = start_proxy(&node, logs, 2)?;
     ready(&proxy)?;
-    assert_eq!(jumps(&node)?, 1, "restart repaired, not duplicated");
+    assert_eq!(jumps(&node)?, (1, 1), "restart repaired, not duplicated");
     assert_eq!(
         curl(&client, "http://10.96.250.10/")?,
         "200",
