@@ -22,4 +22,4 @@ pub mod proto {
     tonic::include_proto!("ferry.v1");
 }
 
-pub use resource::{Kind, ResourceBody, ResourceError, ResourceKey, VersionedResource};
+pub use resource::{KeyView, Kind, ResourceBody, ResourceError, ResourceKey, VersionedResource};

@@ -66,6 +66,56 @@ pub struct ResourceKey {
     pub name: String,
 }
 
+/// A borrowed view of a [`ResourceKey`]: maps keyed by `ResourceKey` can
+/// be searched with a `(Kind, &str)` through it, allocating nothing.
+/// Hashes and compares exactly as `ResourceKey` does (kind, then name).
+pub trait KeyView {
+    fn kind(&self) -> Kind;
+    fn name(&self) -> &str;
+}
+
+impl KeyView for ResourceKey {
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl KeyView for (Kind, &str) {
+    fn kind(&self) -> Kind {
+        self.0
+    }
+
+    fn name(&self) -> &str {
+        self.1
+    }
+}
+
+impl std::hash::Hash for dyn KeyView + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The same sequence as the derived `Hash` of `ResourceKey`.
+        self.kind().hash(state);
+        self.name().hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.name() == other.name()
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}
+
+impl<'a> std::borrow::Borrow<dyn KeyView + 'a> for ResourceKey {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
 impl ResourceKey {
     pub fn new(kind: Kind, name: impl Into<String>) -> Self {
         Self {
@@ -674,6 +724,25 @@ fn policy_from_proto(p: proto::Policy) -> Result<Policy, FieldError> {
         ingress: p.ingress,
         egress: p.egress,
     })
+}
+
+#[cfg(test)]
+mod key_view_tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_borrowed_key_finds_the_owned_one() {
+        let mut map = HashMap::new();
+        map.insert(ResourceKey::new(Kind::Workload, "shop/web"), 1);
+        map.insert(ResourceKey::new(Kind::Node, "shop/web"), 2);
+        let view: &dyn KeyView = &(Kind::Workload, "shop/web");
+        assert_eq!(map.get(view), Some(&1));
+        let view: &dyn KeyView = &(Kind::Node, "shop/web");
+        assert_eq!(map.get(view), Some(&2));
+        let view: &dyn KeyView = &(Kind::Service, "shop/web");
+        assert_eq!(map.get(view), None);
+    }
 }
 
 #[cfg(test)]

@@ -213,6 +213,70 @@ fn main() {
         format!("{:.0} B", proxy_bytes as f64 / endpoints),
     ));
 
+    // Per new connection on a proxy: what the dialled cluster IP means,
+    // an endpoint (round robin), and how it is carried. One warm-up pass
+    // creates each service's round-robin counter; then nothing may allocate.
+    {
+        use ferry_proxy::route::{self, Mode, Plan};
+        use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+        let state = store.snapshot();
+        let lb = route::LoadBalancer::new();
+        let client_ip = IpAddr::V4(Ipv4Addr::new(10, 64, 0, 1));
+        let services = NAMESPACES * SERVICES_PER_NAMESPACE;
+        let route_one = |i: usize| -> bool {
+            let s = (i * 7919) % services;
+            let dst = SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(10, 96, (s / 256) as u8, (s % 256) as u8)),
+                80,
+            );
+            let Plan::Service {
+                service,
+                port,
+                policy,
+                node,
+                ..
+            } = route::plan(&state, dst)
+            else {
+                return false;
+            };
+            let Ok((endpoint, _)) = lb.pick(
+                service,
+                port,
+                policy,
+                node.unwrap_or("node-7"),
+                client_ip,
+                Instant::now(),
+            ) else {
+                return false;
+            };
+            route::mode_for(
+                &state,
+                "node-7",
+                true,
+                endpoint.node.as_deref(),
+                endpoint.workload.as_deref(),
+            ) != Mode::Refused
+        };
+        for i in 0..services {
+            route_one(i);
+        }
+        const ROUTES: usize = 200_000;
+        let allocations_before = common::allocations();
+        let started = Instant::now();
+        let routed = (0..ROUTES).filter(|i| route_one(*i)).count();
+        let elapsed = started.elapsed();
+        let allocations = common::allocations() - allocations_before;
+        assert_eq!(routed, ROUTES, "every cluster IP routes");
+        rows.push((
+            "proxy: route a new connection (plan, round robin, mode)".into(),
+            format!("{:.0} ns", elapsed.as_nanos() as f64 / ROUTES as f64),
+        ));
+        rows.push((
+            "proxy: allocations per routed connection".into(),
+            format!("{:.2}", allocations as f64 / ROUTES as f64),
+        ));
+    }
+
     // One endpoint change: a pod's readiness flips.
     let mut translate_times = Vec::new();
     let mut delta_times = Vec::new();

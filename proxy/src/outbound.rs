@@ -213,14 +213,16 @@ impl Outbound {
                         state.service_label(service).cloned(),
                         address,
                         endpoint.node.as_deref(),
-                        endpoint.workload.clone(),
+                        endpoint.workload.as_deref(),
                     )
                 }
                 Plan::Workload { workload, port } => (
                     None,
                     SocketAddr::new(destination.ip(), port),
                     workload.node.as_deref(),
-                    Some(workload.key_name()),
+                    state
+                        .workload_entry_by_ip(&destination.ip())
+                        .map(|(key, _)| key),
                 ),
                 Plan::ExternalName { .. } | Plan::Passthrough => {
                     return Ok(Choice {
@@ -232,19 +234,22 @@ impl Outbound {
                 }
                 Plan::Refused { reason, .. } => return Err(OutboundError::Refused(reason)),
             };
-        // Bare endpoint addresses may still belong to a known pod.
-        let workload_key = endpoint_workload
-            .or_else(|| state.workload_by_ip(&endpoint.ip()).map(|w| w.key_name()));
+        // Bare endpoint addresses may still belong to a known pod. Keys are
+        // borrowed from the snapshot: choosing allocates nothing.
+        let workload_key = endpoint_workload.or_else(|| {
+            state
+                .workload_entry_by_ip(&endpoint.ip())
+                .map(|(key, _)| key)
+        });
         let mode = route::mode_for(
             state,
             &self.node,
             source_in_mesh,
             endpoint_node,
-            workload_key.as_deref(),
+            workload_key,
         );
         let hbone = if mode == Mode::Hbone {
             let workload = workload_key
-                .as_deref()
                 .and_then(|k| state.workload(k))
                 .ok_or_else(|| OutboundError::Refused(format!("no workload behind {endpoint}")))?;
             let node = endpoint_node

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use ferry_api::model::{Node, Policy, Service, ServiceType, Workload};
 use ferry_api::proto::{DeltaResponse, ResourceVersion};
-use ferry_api::{Kind, ResourceBody, ResourceError, ResourceKey, VersionedResource};
+use ferry_api::{KeyView, Kind, ResourceBody, ResourceError, ResourceKey, VersionedResource};
 use serde::Serialize;
 
 type Entry = Arc<VersionedResource>;
@@ -25,7 +25,9 @@ type Entry = Arc<VersionedResource>;
 pub struct ProxyState {
     revision: u64,
     resources: imbl::HashMap<ResourceKey, Entry>,
-    workloads_by_ip: imbl::HashMap<IpAddr, Entry>,
+    /// Pod addresses, with the workload's telemetry labels (one map entry
+    /// serves both lookups a new connection makes).
+    workloads_by_ip: imbl::HashMap<IpAddr, WorkloadAt>,
     services_by_ip: imbl::HashMap<IpAddr, Entry>,
     /// InternalIP and ExternalIP addresses of nodes.
     nodes_by_ip: imbl::HashMap<IpAddr, Entry>,
@@ -37,11 +39,37 @@ pub struct ProxyState {
     policies_by_workload: imbl::HashMap<String, imbl::OrdSet<String>>,
     /// Telemetry labels, built once per resource version so that a
     /// connection's metrics take reference counts, not allocations.
-    peers: imbl::HashMap<String, Arc<PeerLabels>>,
+    /// One shared `PeerLabels` per distinct (namespace, app, identity):
+    /// pods of one app share it, so labels cost a map entry per pod.
+    peer_sets: imbl::HashMap<String, Arc<PeerLabels>>,
     service_hosts: imbl::HashMap<String, Arc<str>>,
     trust_domain: Arc<str>,
     /// When the last delta was applied.
     updated_at: Option<std::time::SystemTime>,
+}
+
+/// A workload at one of its addresses.
+#[derive(Debug, Clone)]
+struct WorkloadAt {
+    entry: Entry,
+    labels: Arc<PeerLabels>,
+}
+
+/// An index value that names the resource it points at.
+trait Owned {
+    fn owner(&self) -> &ResourceKey;
+}
+
+impl Owned for Entry {
+    fn owner(&self) -> &ResourceKey {
+        &self.key
+    }
+}
+
+impl Owned for WorkloadAt {
+    fn owner(&self) -> &ResourceKey {
+        &self.entry.key
+    }
 }
 
 /// How telemetry names a workload (see docs/observability.md).
@@ -55,14 +83,28 @@ pub struct PeerLabels {
 }
 
 impl PeerLabels {
-    fn of(w: &Workload, trust_domain: &str) -> Self {
-        let workload = w
-            .labels
+    /// The name telemetry gives a workload.
+    fn app(w: &Workload) -> &str {
+        w.labels
             .get("app.kubernetes.io/name")
             .or_else(|| w.labels.get("app"))
-            .unwrap_or(&w.name);
+            .unwrap_or(&w.name)
+    }
+
+    /// What makes two workloads' labels equal.
+    fn set_key(w: &Workload) -> String {
+        let service_account = if w.mesh {
+            w.service_account.as_str()
+        } else {
+            ""
+        };
+        format!("{}\0{}\0{}", w.namespace, Self::app(w), service_account)
+    }
+
+    fn of(w: &Workload, trust_domain: &str) -> Self {
+        let workload = Self::app(w);
         Self {
-            workload: Arc::from(workload.as_str()),
+            workload: Arc::from(workload),
             namespace: Arc::from(w.namespace.as_str()),
             principal: if w.mesh {
                 Arc::from(
@@ -92,6 +134,12 @@ impl ProxyState {
 
     pub fn is_empty(&self) -> bool {
         self.resources.is_empty()
+    }
+
+    /// A resource by kind and name, without building a key.
+    fn lookup(&self, kind: Kind, name: &str) -> Option<&VersionedResource> {
+        let view: &dyn KeyView = &(kind, name);
+        self.resources.get(view).map(|e| e.as_ref())
     }
 
     pub fn get(&self, key: &ResourceKey) -> Option<&VersionedResource> {
@@ -134,17 +182,14 @@ impl ProxyState {
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
-        match &self.get(&ResourceKey::new(Kind::Node, name))?.body {
+        match &self.lookup(Kind::Node, name)?.body {
             ResourceBody::Node(n) => Some(n),
             _ => None,
         }
     }
 
     pub fn service(&self, namespace_name: &str) -> Option<&Service> {
-        match &self
-            .get(&ResourceKey::new(Kind::Service, namespace_name))?
-            .body
-        {
+        match &self.lookup(Kind::Service, namespace_name)?.body {
             ResourceBody::Service(s) => Some(s),
             _ => None,
         }
@@ -155,10 +200,7 @@ impl ProxyState {
     }
 
     pub fn policy(&self, namespace_name: &str) -> Option<&Policy> {
-        match &self
-            .get(&ResourceKey::new(Kind::Policy, namespace_name))?
-            .body
-        {
+        match &self.lookup(Kind::Policy, namespace_name)?.body {
             ResourceBody::Policy(p) => Some(p),
             _ => None,
         }
@@ -175,10 +217,19 @@ impl ProxyState {
             .collect()
     }
 
+    /// Drops shared label sets no workload uses any more, once they are
+    /// many (an O(sets) sweep, amortised over as many inserts).
+    fn forget_unused_peer_sets(&mut self) {
+        if self.peer_sets.len() > 1024 && self.peer_sets.len() > self.workloads_by_ip.len() {
+            // Held only by the set map: no pod has them.
+            self.peer_sets
+                .retain(|_, labels| Arc::strong_count(labels) > 1);
+        }
+    }
+
     /// The telemetry labels of the workload at `ip`.
     pub fn peer_labels(&self, ip: &IpAddr) -> Option<&Arc<PeerLabels>> {
-        let (key, _) = self.workload_entry_by_ip(ip)?;
-        self.peers.get(key)
+        self.workloads_by_ip.get(ip).map(|at| &at.labels)
     }
 
     /// The telemetry label of a service: its host name, shared.
@@ -211,7 +262,7 @@ impl ProxyState {
     pub fn workload_addresses(&self) -> impl Iterator<Item = (IpAddr, &Workload)> {
         self.workloads_by_ip
             .iter()
-            .filter_map(|(ip, e)| match &e.body {
+            .filter_map(|(ip, at)| match &at.entry.body {
                 ResourceBody::Workload(w) => Some((*ip, w)),
                 _ => None,
             })
@@ -256,7 +307,7 @@ impl ProxyState {
 
     /// The workload that owns a pod IP, with its key.
     pub fn workload_entry_by_ip(&self, ip: &IpAddr) -> Option<(&str, &Workload)> {
-        let entry = self.workloads_by_ip.get(ip)?;
+        let entry = &self.workloads_by_ip.get(ip)?.entry;
         match &entry.body {
             ResourceBody::Workload(w) => Some((entry.key.name.as_str(), w)),
             _ => None,
@@ -265,7 +316,7 @@ impl ProxyState {
 
     /// A workload by key (`namespace/name`), with the key as stored.
     pub fn workload_entry(&self, key: &str) -> Option<(&str, &Workload)> {
-        let entry = self.resources.get(&ResourceKey::new(Kind::Workload, key))?;
+        let entry = self.lookup(Kind::Workload, key)?;
         match &entry.body {
             ResourceBody::Workload(w) => Some((entry.key.name.as_str(), w)),
             _ => None,
@@ -293,14 +344,14 @@ impl ProxyState {
     }
 
     /// Removes the index entries that still point at `owner`.
-    fn unindex_keys<K: Hash + Eq + Clone>(
-        index: &mut imbl::HashMap<K, Entry>,
+    fn unindex_keys<K: Hash + Eq + Clone, V: Owned + Clone>(
+        index: &mut imbl::HashMap<K, V>,
         keys: impl IntoIterator<Item = K>,
         owner: &ResourceKey,
     ) {
         for k in keys {
             // Another resource may have taken the key since.
-            if index.get(&k).is_some_and(|e| e.key == *owner) {
+            if index.get(&k).is_some_and(|e| e.owner() == owner) {
                 index.remove(&k);
             }
         }
@@ -321,7 +372,6 @@ impl ProxyState {
         match &old.body {
             ResourceBody::Workload(w) => {
                 Self::unindex_keys(&mut self.workloads_by_ip, w.addresses.iter().copied(), key);
-                self.peers.remove(&key.name);
             }
             ResourceBody::Service(s) => {
                 self.service_hosts.remove(s.hostname.as_str());
@@ -355,15 +405,24 @@ impl ProxyState {
         }
         match &entry.body {
             ResourceBody::Workload(w) => {
-                Self::index_keys(
-                    &mut self.workloads_by_ip,
-                    w.addresses.iter().copied(),
-                    &entry,
-                );
-                self.peers.insert(
-                    entry.key.name.clone(),
-                    Arc::new(PeerLabels::of(w, &self.trust_domain)),
-                );
+                let set = PeerLabels::set_key(w);
+                let labels = match self.peer_sets.get(&set) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        let labels = Arc::new(PeerLabels::of(w, &self.trust_domain));
+                        self.peer_sets.insert(set, labels.clone());
+                        labels
+                    }
+                };
+                for ip in &w.addresses {
+                    self.workloads_by_ip.insert(
+                        *ip,
+                        WorkloadAt {
+                            entry: entry.clone(),
+                            labels: labels.clone(),
+                        },
+                    );
+                }
             }
             ResourceBody::Service(s) => {
                 self.service_hosts
@@ -496,6 +555,7 @@ impl ConfigStore {
                 }),
             }
         }
+        next.forget_unused_peer_sets();
         self.current.store(Arc::new(next));
         self.ready.store(true, Ordering::Release);
         self.changes.send_modify(|n| *n += 1);
@@ -565,6 +625,53 @@ mod tests {
                 .unwrap()
                 .name,
             "b"
+        );
+    }
+
+    #[test]
+    fn telemetry_labels_are_shared_by_the_pods_of_an_app() {
+        let store = ConfigStore::default();
+        let labelled = |name: &str, ip: &str, app: &str| {
+            let mut body = workload(name, ip);
+            if let ResourceBody::Workload(w) = &mut body {
+                w.labels.insert("app".into(), app.into());
+            }
+            body
+        };
+        store.apply(response(
+            1,
+            &[
+                labelled("a", "10.0.0.1", "web"),
+                labelled("b", "10.0.0.2", "web"),
+                labelled("c", "10.0.0.3", "db"),
+            ],
+            &[],
+        ));
+        let s = store.snapshot();
+        let a = s.peer_labels(&"10.0.0.1".parse().unwrap()).unwrap();
+        let b = s.peer_labels(&"10.0.0.2".parse().unwrap()).unwrap();
+        let c = s.peer_labels(&"10.0.0.3".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(a, b), "one allocation for the pods of an app");
+        assert_eq!(&*a.workload, "web");
+        assert_eq!(
+            &*a.principal,
+            "spiffe://cluster.local/ns/default/sa/default"
+        );
+        assert_eq!(&*c.workload, "db");
+        // A pod's address moves, another pod goes: the index follows.
+        store.apply(response(
+            2,
+            &[labelled("a", "10.0.0.9", "web")],
+            &[ResourceKey::new(Kind::Workload, "default/c")],
+        ));
+        let s = store.snapshot();
+        assert!(s.peer_labels(&"10.0.0.1".parse().unwrap()).is_none());
+        assert!(s.peer_labels(&"10.0.0.3".parse().unwrap()).is_none());
+        assert_eq!(
+            &*s.peer_labels(&"10.0.0.9".parse().unwrap())
+                .unwrap()
+                .workload,
+            "web"
         );
     }
 
