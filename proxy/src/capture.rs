@@ -257,9 +257,10 @@ impl CaptureRules {
     pub fn render_family(&self, state: &ProxyState, family: Family) -> String {
         let bits = family.host_prefix();
         let local_mesh: BTreeSet<IpAddr> = state
-            .workload_addresses()
-            .filter(|(_, w)| w.mesh && w.node.as_deref() == Some(self.node.as_str()))
-            .map(|(ip, _)| ip.to_canonical())
+            .workloads_on(&self.node)
+            .filter(|w| w.mesh)
+            .flat_map(|w| w.addresses.iter())
+            .map(|ip| ip.to_canonical())
             .filter(|ip| family.holds(*ip))
             .collect();
         let mut services = BTreeSet::new();

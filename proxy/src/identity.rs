@@ -205,22 +205,13 @@ impl IdentityManager {
         out
     }
 
-    /// Identities of the mesh pods on this node.
+    /// Identities of the mesh pods on this node (from the store's per-node
+    /// index: O(local pods), not O(cluster)).
     fn local_identities(&self, state: &ProxyState) -> BTreeSet<Identity> {
         state
-            .iter()
-            .filter_map(|r| match &r.body {
-                ferry_api::ResourceBody::Workload(w)
-                    if w.mesh && w.node.as_deref() == Some(self.node.as_str()) =>
-                {
-                    Some(Identity::new(
-                        &self.trust_domain,
-                        &w.namespace,
-                        &w.service_account,
-                    ))
-                }
-                _ => None,
-            })
+            .workloads_on(&self.node)
+            .filter(|w| w.mesh)
+            .map(|w| Identity::new(&self.trust_domain, &w.namespace, &w.service_account))
             .collect()
     }
 

@@ -31,6 +31,9 @@ pub struct ProxyState {
     services_by_ip: imbl::HashMap<IpAddr, Entry>,
     /// InternalIP and ExternalIP addresses of nodes.
     nodes_by_ip: imbl::HashMap<IpAddr, Entry>,
+    /// The workloads of each node, by key: what runs here is found
+    /// without scanning the cluster.
+    workloads_by_node: imbl::HashMap<String, imbl::OrdSet<String>>,
     /// Node ports of NodePort and LoadBalancer services.
     services_by_node_port: imbl::HashMap<u16, Entry>,
     /// Policies ready for evaluation, by policy name, and the policies
@@ -258,12 +261,14 @@ impl ProxyState {
         counts
     }
 
-    /// Every pod address with its workload (unordered).
-    pub fn workload_addresses(&self) -> impl Iterator<Item = (IpAddr, &Workload)> {
-        self.workloads_by_ip
-            .iter()
-            .filter_map(|(ip, at)| match &at.entry.body {
-                ResourceBody::Workload(w) => Some((*ip, w)),
+    /// The workloads scheduled on `node` (in key order).
+    pub fn workloads_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads_by_node
+            .get(node)
+            .into_iter()
+            .flat_map(|keys| keys.iter())
+            .filter_map(|key| match &self.lookup(Kind::Workload, key)?.body {
+                ResourceBody::Workload(w) => Some(w),
                 _ => None,
             })
     }
@@ -372,6 +377,14 @@ impl ProxyState {
         match &old.body {
             ResourceBody::Workload(w) => {
                 Self::unindex_keys(&mut self.workloads_by_ip, w.addresses.iter().copied(), key);
+                if let Some(node) = &w.node {
+                    if let Some(keys) = self.workloads_by_node.get_mut(node) {
+                        keys.remove(&key.name);
+                        if keys.is_empty() {
+                            self.workloads_by_node.remove(node);
+                        }
+                    }
+                }
             }
             ResourceBody::Service(s) => {
                 self.service_hosts.remove(s.hostname.as_str());
@@ -405,6 +418,12 @@ impl ProxyState {
         }
         match &entry.body {
             ResourceBody::Workload(w) => {
+                if let Some(node) = &w.node {
+                    self.workloads_by_node
+                        .entry(node.clone())
+                        .or_default()
+                        .insert(entry.key.name.clone());
+                }
                 let set = PeerLabels::set_key(w);
                 let labels = match self.peer_sets.get(&set) {
                     Some(shared) => shared.clone(),
@@ -626,6 +645,41 @@ mod tests {
                 .name,
             "b"
         );
+    }
+
+    #[test]
+    fn the_workloads_of_a_node_follow_moves_and_deletes() {
+        let store = ConfigStore::default();
+        let on = |name: &str, ip: &str, node: &str| {
+            let mut body = workload(name, ip);
+            if let ResourceBody::Workload(w) = &mut body {
+                w.node = Some(node.into());
+            }
+            body
+        };
+        store.apply(response(
+            1,
+            &[
+                on("a", "10.0.0.1", "n1"),
+                on("b", "10.0.0.2", "n1"),
+                on("c", "10.0.0.3", "n2"),
+            ],
+            &[],
+        ));
+        let names = |s: &ProxyState, node: &str| -> Vec<String> {
+            s.workloads_on(node).map(|w| w.name.clone()).collect()
+        };
+        let s = store.snapshot();
+        assert_eq!(names(&s, "n1"), ["a", "b"]);
+        assert_eq!(names(&s, "n2"), ["c"]);
+        store.apply(response(
+            2,
+            &[on("b", "10.0.0.2", "n2")],
+            &[ResourceKey::new(Kind::Workload, "default/a")],
+        ));
+        let s = store.snapshot();
+        assert!(names(&s, "n1").is_empty());
+        assert_eq!(names(&s, "n2"), ["b", "c"]);
     }
 
     #[test]
