@@ -33,6 +33,12 @@ use tonic::{Request, Status};
 
 /// How long a reviewed token is trusted without asking again.
 pub const TOKEN_CACHE: Duration = Duration::from_secs(60);
+/// How long a refused token is refused without asking again.
+pub const REFUSAL_CACHE: Duration = Duration::from_secs(10);
+/// TokenReviews in flight at most.
+const REVIEWS_IN_FLIGHT: usize = 8;
+/// Entries kept at most (expired ones are dropped first).
+const CACHE_MAX: usize = 10_000;
 /// The Secret keys of the CA.
 pub const CA_CERT_KEY: &str = "ca.pem";
 pub const CA_KEY_KEY: &str = "ca-key.pem";
@@ -62,7 +68,7 @@ pub enum Authenticator {
     /// A node credential issued by the mesh CA, in this trust domain.
     NodeCertificate { trust_domain: String },
     /// A service account token checked with TokenReview.
-    ServiceAccountToken(TokenReviewer),
+    ServiceAccountToken(Box<TokenReviewer>),
 }
 
 impl Authenticator {
@@ -91,6 +97,9 @@ impl Authenticator {
     }
 }
 
+/// A review's outcome (the node, or the refusal) and when it was made.
+type Reviewed = (Result<String, Status>, Instant);
+
 /// Checks proxies' tokens with the API server.
 pub struct TokenReviewer {
     client: Client,
@@ -98,7 +107,11 @@ pub struct TokenReviewer {
     /// The proxies' service account: namespace and name.
     namespace: String,
     account: String,
-    cache: Mutex<HashMap<String, (String, Instant)>>,
+    /// Reviewed tokens: the node, or the refusal, and when.
+    cache: Mutex<HashMap<String, Reviewed>>,
+    /// At most this many TokenReviews in flight: unknown tokens cannot
+    /// flood the API server.
+    reviews: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -119,27 +132,54 @@ impl TokenReviewer {
             namespace: namespace.to_string(),
             account: account.to_string(),
             cache: Mutex::default(),
+            reviews: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
         }
     }
 
-    fn cached(&self, token: &str) -> Option<String> {
+    fn cached(&self, token: &str) -> Option<Result<String, Status>> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .get(token)
-            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE)
-            .map(|(node, _)| node.clone())
+        let (outcome, at) = cache.get(token)?;
+        let fresh = match outcome {
+            Ok(_) => at.elapsed() < TOKEN_CACHE,
+            Err(_) => at.elapsed() < REFUSAL_CACHE,
+        };
+        fresh.then(|| outcome.clone())
     }
 
     /// The node of the proxy holding `token`.
     pub async fn node(&self, token: &str) -> Result<String, Status> {
-        if let Some(node) = self.cached(token) {
-            return Ok(node);
+        if let Some(outcome) = self.cached(token) {
+            return outcome;
         }
-        let node = self.review(token).await?;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE);
-        cache.insert(token.to_string(), (node.clone(), Instant::now()));
-        Ok(node)
+        let _permit = self
+            .reviews
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))?;
+        // Another caller may have reviewed it while this one waited.
+        if let Some(outcome) = self.cached(token) {
+            return outcome;
+        }
+        let outcome = self.review(token).await;
+        // API trouble is not the token's fault: not remembered.
+        let remember = match &outcome {
+            Ok(_) => true,
+            Err(status) => status.code() != tonic::Code::Unavailable,
+        };
+        if remember {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.retain(|_, (o, at)| match o {
+                    Ok(_) => at.elapsed() < TOKEN_CACHE,
+                    Err(_) => at.elapsed() < REFUSAL_CACHE,
+                });
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(token.to_string(), (outcome.clone(), Instant::now()));
+        }
+        outcome
     }
 
     async fn review(&self, token: &str) -> Result<String, Status> {
@@ -164,13 +204,17 @@ impl TokenReviewer {
                 status.error.as_deref().unwrap_or("not authenticated")
             )));
         }
-        if let Some(audiences) = &status.audiences {
-            if !audiences.contains(&self.audience) {
-                return Err(Status::unauthenticated(format!(
-                    "token is not for audience {}",
-                    self.audience
-                )));
-            }
+        // An authenticator that ignores audiences answers without any:
+        // the token must be shown to be ours.
+        if !status
+            .audiences
+            .as_ref()
+            .is_some_and(|a| a.contains(&self.audience))
+        {
+            return Err(Status::unauthenticated(format!(
+                "token is not for audience {}",
+                self.audience
+            )));
         }
         let user = status.user.unwrap_or_default();
         let want = format!("system:serviceaccount:{}:{}", self.namespace, self.account);

@@ -272,11 +272,13 @@ async fn main() -> anyhow::Result<()> {
                     tonic::transport::Identity::from_pem(&server.cert_pem, &server.key_pem),
                 );
                 builder = builder.tls_config(tls).context("configuring TLS")?;
-                let auth = Arc::new(Authenticator::ServiceAccountToken(TokenReviewer::new(
-                    client.clone(),
-                    &args.token_audience,
-                    ns,
-                    &args.proxy_service_account,
+                let auth = Arc::new(Authenticator::ServiceAccountToken(Box::new(
+                    TokenReviewer::new(
+                        client.clone(),
+                        &args.token_audience,
+                        ns,
+                        &args.proxy_service_account,
+                    ),
                 )));
                 discovery = discovery.with_authenticator(Arc::clone(&auth));
                 tracing::info!(

@@ -279,10 +279,12 @@ impl CaptureRules {
         let mut out = String::from("*nat\n");
         let _ = writeln!(out, ":{CHAIN} - [0:0]");
         let _ = writeln!(out, ":{INBOUND_CHAIN} - [0:0]");
+        // HBONE to this node's proxy passes untouched; port 15008 of a pod
+        // is an ordinary port, captured and policed like any other.
         for chain in [CHAIN, INBOUND_CHAIN] {
             let _ = writeln!(
                 out,
-                "-A {chain} -p tcp --dport {} -j RETURN",
+                "-A {chain} -m addrtype --dst-type LOCAL -p tcp --dport {} -j RETURN",
                 self.hbone_port
             );
         }
@@ -299,10 +301,12 @@ impl CaptureRules {
                 "-A {CHAIN} -d {ip}/{bits} -p tcp -j REDIRECT --to-ports {capture}"
             );
         }
+        // Node ports of this node (another node's are handled there, as
+        // kube-proxy does).
         for port in &node_ports {
             let _ = writeln!(
                 out,
-                "-A {CHAIN} -p tcp --dport {port} -j REDIRECT --to-ports {capture}"
+                "-A {CHAIN} -m addrtype --dst-type LOCAL -p tcp --dport {port} -j REDIRECT --to-ports {capture}"
             );
         }
         if let Some(inbound) = self.inbound_port {
@@ -344,7 +348,16 @@ impl CaptureRules {
     }
 
     fn install_family(&self, state: &ProxyState, family: Family) -> Result<(), CaptureError> {
-        self.apply(family, &self.render_family(state, family))?;
+        if state.is_empty() {
+            // No configuration yet: chains left by a previous run keep
+            // working until the first one arrives (the node's pods stay
+            // captured and policed); missing chains are created empty.
+            for chain in [CHAIN, INBOUND_CHAIN] {
+                run(family.iptables(), &["-t", "nat", "-N", chain], None)?;
+            }
+        } else {
+            self.apply(family, &self.render_family(state, family))?;
+        }
         for jump in self.jumps() {
             let mut check = vec!["-t", "nat", "-C"];
             check.extend(&jump);
@@ -377,11 +390,18 @@ impl CaptureRules {
         Ok(())
     }
 
-    /// What [`CaptureRules::install`] applied, for [`CaptureRules::follow`].
+    /// What [`CaptureRules::install`] applied, for [`CaptureRules::follow`]
+    /// (nothing of its own before the first configuration).
     pub fn rendered(&self, state: &ProxyState) -> Vec<String> {
         self.families
             .iter()
-            .map(|f| self.render_family(state, *f))
+            .map(|f| {
+                if state.is_empty() {
+                    String::new()
+                } else {
+                    self.render_family(state, *f)
+                }
+            })
             .collect()
     }
 
@@ -392,6 +412,13 @@ impl CaptureRules {
         applied.resize(self.families.len(), String::new());
         loop {
             let state = store.snapshot();
+            if !store.is_ready() {
+                // Keep what is installed until the first configuration.
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let mut failed = false;
             for (family, applied) in self.families.iter().zip(applied.iter_mut()) {
                 let wanted = self.render_family(&state, *family);
@@ -541,13 +568,13 @@ mod tests {
 *nat
 :FERRY_OUTBOUND - [0:0]
 :FERRY_INBOUND - [0:0]
--A FERRY_OUTBOUND -p tcp --dport 15008 -j RETURN
--A FERRY_INBOUND -p tcp --dport 15008 -j RETURN
+-A FERRY_OUTBOUND -m addrtype --dst-type LOCAL -p tcp --dport 15008 -j RETURN
+-A FERRY_INBOUND -m addrtype --dst-type LOCAL -p tcp --dport 15008 -j RETURN
 -A FERRY_OUTBOUND -s 10.244.1.10/32 -p tcp -j REDIRECT --to-ports 15001
 -A FERRY_OUTBOUND -d 10.96.0.10/32 -p tcp -j REDIRECT --to-ports 15001
 -A FERRY_OUTBOUND -d 10.96.0.20/32 -p tcp -j REDIRECT --to-ports 15001
 -A FERRY_OUTBOUND -d 192.0.2.10/32 -p tcp -j REDIRECT --to-ports 15001
--A FERRY_OUTBOUND -p tcp --dport 30080 -j REDIRECT --to-ports 15001
+-A FERRY_OUTBOUND -m addrtype --dst-type LOCAL -p tcp --dport 30080 -j REDIRECT --to-ports 15001
 -A FERRY_OUTBOUND -d 10.244.1.10/32 -p tcp -j REDIRECT --to-ports 15006
 -A FERRY_INBOUND -d 10.244.1.10/32 -p tcp -j REDIRECT --to-ports 15006
 -A FERRY_INBOUND -d 192.0.2.10/32 -p tcp -j REDIRECT --to-ports 15001

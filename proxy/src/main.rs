@@ -254,8 +254,11 @@ async fn main() -> anyhow::Result<()> {
                 capture_port: addr.port(),
                 inbound_port: args.inbound_plaintext_listen.map(|a| a.port()),
                 hbone_port: args.hbone.port(),
-                // An IPv4 listener cannot take redirected IPv6 connections.
-                families: if addr.is_ipv6() {
+                // An IPv4 listener cannot take redirected IPv6 connections:
+                // IPv6 is captured only when every listener can.
+                families: if addr.is_ipv6()
+                    && args.inbound_plaintext_listen.is_none_or(|a| a.is_ipv6())
+                {
                     vec![Family::V4, Family::V6]
                 } else {
                     vec![Family::V4]

@@ -232,7 +232,18 @@ impl ProxyState {
 
     /// The telemetry labels of the workload at `ip`.
     pub fn peer_labels(&self, ip: &IpAddr) -> Option<&Arc<PeerLabels>> {
-        self.workloads_by_ip.get(ip).map(|at| &at.labels)
+        self.workload_at(ip).map(|at| &at.labels)
+    }
+
+    /// The workload index entry of a pod address. A node's own address is
+    /// never a workload, although host-network pods share it: who sends
+    /// from a node address cannot be told apart, so policy judges it by
+    /// address (ipBlocks) only.
+    fn workload_at(&self, ip: &IpAddr) -> Option<&WorkloadAt> {
+        if self.nodes_by_ip.contains_key(ip) {
+            return None;
+        }
+        self.workloads_by_ip.get(ip)
     }
 
     /// The telemetry label of a service: its host name, shared.
@@ -312,7 +323,7 @@ impl ProxyState {
 
     /// The workload that owns a pod IP, with its key.
     pub fn workload_entry_by_ip(&self, ip: &IpAddr) -> Option<(&str, &Workload)> {
-        let entry = &self.workloads_by_ip.get(ip)?.entry;
+        let entry = &self.workload_at(ip)?.entry;
         match &entry.body {
             ResourceBody::Workload(w) => Some((entry.key.name.as_str(), w)),
             _ => None,
@@ -645,6 +656,26 @@ mod tests {
                 .name,
             "b"
         );
+    }
+
+    #[test]
+    fn a_node_address_is_never_a_workload() {
+        // A host-network pod shares its node's address: a connection from
+        // that address is the node's, judged by address only.
+        let store = ConfigStore::default();
+        store.apply(response(
+            1,
+            &[
+                node("n1", &[("InternalIP", "10.0.0.1")]),
+                workload("node-exporter", "10.0.0.1"),
+                workload("web", "10.0.0.2"),
+            ],
+            &[],
+        ));
+        let s = store.snapshot();
+        assert!(s.workload_by_ip(&"10.0.0.1".parse().unwrap()).is_none());
+        assert!(s.peer_labels(&"10.0.0.1".parse().unwrap()).is_none());
+        assert!(s.workload_by_ip(&"10.0.0.2".parse().unwrap()).is_some());
     }
 
     #[test]

@@ -186,6 +186,15 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
         token(PROXY_ACCOUNT, Some(("ferry-proxy-a", "uid-a")), "api"),
     );
     server.add_token(
+        "token-no-audience",
+        TokenIdentity {
+            username: PROXY_ACCOUNT.into(),
+            audiences: vec![],
+            pod: Some(("ferry-proxy-a".into(), "uid-a".into())),
+            node: None,
+        },
+    );
+    server.add_token(
         "token-stale-pod",
         token(PROXY_ACCOUNT, Some(("ferry-proxy-a", "uid-old")), "ferry"),
     );
@@ -245,6 +254,7 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
         ("node-a", "token-app", "is not the proxies' service account"),
         ("node-a", "token-api-audience", "token rejected"),
         ("node-a", "token-stale-pod", "was replaced"),
+        ("node-a", "token-no-audience", "is not for audience ferry"),
         // A proxy on node-a pretending to serve node-b.
         (
             "node-b",
@@ -277,5 +287,12 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     let err = sign(&cp1, &root, "token-app", &frontend).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    // Refusals are remembered briefly: a flood of one bad token costs one
+    // TokenReview, not one per request.
+    let before = server.reviews();
+    for _ in 0..20 {
+        assert!(sign(&cp1, &root, "flood", &frontend).await.is_err());
+    }
+    assert_eq!(server.reviews() - before, 1, "one review for 20 refusals");
     Ok(())
 }
