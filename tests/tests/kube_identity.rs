@@ -5,6 +5,7 @@
 //! node; rejected tokens, another service account's token, a token for
 //! another audience and a token of a proxy on another node are refused;
 //! the CA signs only for service accounts of pods on the token's node.
+//! Block 127.88.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,7 +17,7 @@ use ferry_api::identity::Identity;
 use ferry_api::proto::certificate_authority_client::CertificateAuthorityClient;
 use ferry_api::proto::SignRequest;
 use ferry_tests::apiserver::{ApiServer, TokenIdentity};
-use ferry_tests::{binary, free_port, http_get, wait_for, Process};
+use ferry_tests::{binary, http_get, wait_for, Process};
 
 const PROXY_ACCOUNT: &str = "system:serviceaccount:ferry-system:ferry-proxy";
 
@@ -40,9 +41,17 @@ struct ControlPlane {
     _process: Process,
 }
 
-fn start_control_plane(dir: &Path, kubeconfig: &Path, name: &str) -> anyhow::Result<ControlPlane> {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let metrics = format!("127.0.0.1:{}", free_port()?);
+/// Every listener of this test stands on its own address of 127.88.0.0/16,
+/// so no other test's ephemeral ports can collide with it.
+fn start_control_plane(
+    dir: &Path,
+    kubeconfig: &Path,
+    name: &str,
+    replica: u8,
+) -> anyhow::Result<ControlPlane> {
+    let ip = format!("127.88.0.{replica}");
+    let listen: SocketAddr = format!("{ip}:15010").parse()?;
+    let metrics = format!("{ip}:15014");
     let process = Process::start_with_env(
         name,
         &binary("ferry-control-plane")?,
@@ -58,7 +67,7 @@ fn start_control_plane(dir: &Path, kubeconfig: &Path, name: &str) -> anyhow::Res
             "--namespace",
             "ferry-system",
             "--server-name",
-            "127.0.0.1",
+            &ip,
             "--token-audience",
             "ferry",
         ],
@@ -82,10 +91,12 @@ fn start_proxy(
     node: &str,
     token: &str,
     name: &str,
+    index: u8,
 ) -> anyhow::Result<Proxy> {
     let token_file = dir.join(format!("{name}.token"));
     std::fs::write(&token_file, token)?;
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let ip = format!("127.88.1.{index}");
+    let admin: SocketAddr = format!("{ip}:15000").parse()?;
     let process = Process::start(
         name,
         &binary("ferry-proxy")?,
@@ -101,9 +112,9 @@ fn start_proxy(
             "--admin",
             &admin.to_string(),
             "--socks5",
-            &format!("127.0.0.1:{}", free_port()?),
+            &format!("{ip}:1080"),
             "--hbone",
-            &format!("127.0.0.1:{}", free_port()?),
+            &format!("{ip}:15008"),
         ],
         dir.join(format!("{name}.log")),
     )?;
@@ -203,8 +214,8 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig())?;
     // Two replicas start together: one CA between them.
-    let cp1 = start_control_plane(dir.path(), &kubeconfig, "control-plane-1")?;
-    let cp2 = start_control_plane(dir.path(), &kubeconfig, "control-plane-2")?;
+    let cp1 = start_control_plane(dir.path(), &kubeconfig, "control-plane-1", 1)?;
+    let cp2 = start_control_plane(dir.path(), &kubeconfig, "control-plane-2", 2)?;
     let root = tokio::task::block_in_place(|| {
         wait_for("the published CA root", Duration::from_secs(30), || {
             Ok(server
@@ -222,7 +233,14 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
     // The node-a proxy, through either replica: config and certificates
     // for the service accounts of node-a's mesh pods.
     for (i, cp) in [&cp1, &cp2].into_iter().enumerate() {
-        let proxy = start_proxy(dir.path(), cp, "node-a", "token-a", &format!("proxy-a{i}"))?;
+        let proxy = start_proxy(
+            dir.path(),
+            cp,
+            "node-a",
+            "token-a",
+            &format!("proxy-a{i}"),
+            i as u8 + 1,
+        )?;
         let d = tokio::task::block_in_place(|| {
             wait_for(
                 "node-a's config and certificates",
@@ -270,6 +288,7 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
             node,
             token,
             &format!("bad-{i}"),
+            i as u8 + 10,
         )?);
     }
     for (proxy, (_, _, why)) in refused.iter().zip(cases) {

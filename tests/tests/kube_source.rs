@@ -15,7 +15,7 @@ use ferry_control_plane::source::manifests::ManifestSource;
 use ferry_control_plane::source::SourceEvent;
 use ferry_control_plane::translate::{TranslateOptions, Translator};
 use ferry_tests::apiserver::ApiServer;
-use ferry_tests::{binary, free_port, http_get, wait_for, Process};
+use ferry_tests::{binary, http_get, wait_for, Process};
 use tokio::sync::mpsc;
 
 fn examples_dir() -> std::path::PathBuf {
@@ -178,11 +178,13 @@ async fn the_control_plane_serves_a_cluster_from_the_api() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig())?;
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let metrics = format!("127.0.0.1:{}", free_port()?);
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let socks = format!("127.0.0.1:{}", free_port()?);
-    let hbone = format!("127.0.0.1:{}", free_port()?);
+    // Addresses of its own (block 127.89): no other test's ephemeral
+    // ports can take them.
+    let listen = "127.89.0.1:15010".to_string();
+    let metrics = "127.89.0.1:15014".to_string();
+    let admin: std::net::SocketAddr = "127.89.1.1:15000".parse()?;
+    let socks = "127.89.1.1:1080".to_string();
+    let hbone = "127.89.1.1:15008".to_string();
     let _cp = Process::start_with_env(
         "control-plane",
         &binary("ferry-control-plane")?,
