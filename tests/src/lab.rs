@@ -674,6 +674,32 @@ impl Lab {
         Ok(serde_json::from_str(line)?)
     }
 
+    /// Starts a long-running program in a pod (or node) namespace; it is
+    /// stopped when the returned process drops.
+    pub fn spawn_in(&self, name: &str, program: &str, args: &[&str]) -> anyhow::Result<Process> {
+        let ns = self
+            .namespaces
+            .get(name)
+            .with_context(|| format!("no namespace {name}"))?;
+        Process::start(
+            program,
+            Path::new("ip"),
+            &ns.command(program, args),
+            self.work
+                .path()
+                .join(format!("{}-{program}.log", name.replace('/', "-"))),
+        )
+    }
+
+    /// Runs a program to completion in a pod (or node) namespace.
+    pub fn exec_in(&self, name: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let ns = self
+            .namespaces
+            .get(name)
+            .with_context(|| format!("no namespace {name}"))?;
+        ns.exec(program, args)
+    }
+
     /// Runs `curl` in a pod; returns the body, or the error.
     pub fn curl(&self, pod: &str, url: &str) -> anyhow::Result<String> {
         let ns = self

@@ -68,6 +68,25 @@ fn the_example_cluster_serves_through_the_mesh() -> anyhow::Result<()> {
         "ClientIP affinity keeps one backend: {seen:?}"
     );
 
+    // An unmodified echo server and a plain TCP client: bytes go through
+    // the mesh (frontend on node-a, db-0 on node-b, HBONE) unchanged.
+    let _echo = lab.spawn_in(
+        "shop/db-0",
+        "python3",
+        &["-c", "import socketserver\nclass H(socketserver.StreamRequestHandler):\n    def handle(self):\n        for line in self.rfile:\n            self.wfile.write(line)\nsocketserver.ThreadingTCPServer.allow_reuse_address = True\nsocketserver.ThreadingTCPServer(('0.0.0.0', 7000), H).serve_forever()\n"],
+    )?;
+    let echoed = wait_for("the echo server", Duration::from_secs(10), || {
+        Ok(lab
+            .exec_in(
+                "shop/frontend",
+                "python3",
+                &["-c", "import socket\ns = socket.create_connection(('10.244.2.20', 7000), 5)\ns.sendall(b'ferry echo 123\\n')\nprint(s.makefile().readline().strip())\n"],
+            )
+            .ok()
+            .filter(|out| !out.trim().is_empty()))
+    })?;
+    assert_eq!(echoed.trim(), "ferry echo 123");
+
     // Plaintext from outside the mesh to a mesh pod is policed by the
     // destination's proxy (inbound plaintext): the client may reach the
     // frontend but not a backend, on another node or on its own.
