@@ -276,6 +276,23 @@ impl CaptureRules {
         }
         let node_ports: BTreeSet<u16> = state.node_ports().collect();
         let capture = self.capture_port;
+        // From the pods, DNAT to the node's own address: REDIRECT would
+        // need an address on the pod-facing interface, which routed CNIs'
+        // per-pod veths (cali*, eni*, lxc*) do not have. Without a known
+        // node address of this family, REDIRECT.
+        let node_address = state
+            .node(&self.node)
+            .into_iter()
+            .flat_map(|n| n.addresses.iter())
+            .filter(|a| a.kind == "InternalIP")
+            .filter_map(|a| a.address.trim().parse::<IpAddr>().ok())
+            .find(|ip| family.holds(*ip));
+        let to = |port: u16| match node_address {
+            Some(IpAddr::V4(ip)) => format!("DNAT --to-destination {ip}:{port}"),
+            Some(IpAddr::V6(ip)) => format!("DNAT --to-destination [{ip}]:{port}"),
+            None => format!("REDIRECT --to-ports {port}"),
+        };
+        let (to_capture, to_inbound) = (to(capture), self.inbound_port.map(to));
         let mut out = String::from("*nat\n");
         let _ = writeln!(out, ":{CHAIN} - [0:0]");
         let _ = writeln!(out, ":{INBOUND_CHAIN} - [0:0]");
@@ -290,32 +307,23 @@ impl CaptureRules {
         }
         // From the pods: mesh pods entirely, then anyone to a service.
         for ip in &local_mesh {
-            let _ = writeln!(
-                out,
-                "-A {CHAIN} -s {ip}/{bits} -p tcp -j REDIRECT --to-ports {capture}"
-            );
+            let _ = writeln!(out, "-A {CHAIN} -s {ip}/{bits} -p tcp -j {to_capture}");
         }
         for ip in &services {
-            let _ = writeln!(
-                out,
-                "-A {CHAIN} -d {ip}/{bits} -p tcp -j REDIRECT --to-ports {capture}"
-            );
+            let _ = writeln!(out, "-A {CHAIN} -d {ip}/{bits} -p tcp -j {to_capture}");
         }
         // Node ports of this node (another node's are handled there, as
         // kube-proxy does).
         for port in &node_ports {
             let _ = writeln!(
                 out,
-                "-A {CHAIN} -m addrtype --dst-type LOCAL -p tcp --dport {port} -j REDIRECT --to-ports {capture}"
+                "-A {CHAIN} -m addrtype --dst-type LOCAL -p tcp --dport {port} -j {to_capture}"
             );
         }
-        if let Some(inbound) = self.inbound_port {
+        if let (Some(inbound), Some(to_inbound)) = (self.inbound_port, &to_inbound) {
             // A pod outside the mesh reaching a mesh pod of this node.
             for ip in &local_mesh {
-                let _ = writeln!(
-                    out,
-                    "-A {CHAIN} -d {ip}/{bits} -p tcp -j REDIRECT --to-ports {inbound}"
-                );
+                let _ = writeln!(out, "-A {CHAIN} -d {ip}/{bits} -p tcp -j {to_inbound}");
             }
             // Plaintext from elsewhere to a mesh pod of this node.
             for ip in &local_mesh {
@@ -621,6 +629,44 @@ COMMIT
             "{v6}"
         );
         assert!(!v6.contains("10.244"), "{v6}");
+    }
+
+    #[test]
+    fn pod_traffic_goes_to_the_node_address_when_it_is_known() {
+        use ferry_api::model::{Node, NodeAddress};
+        let node = ResourceBody::Node(Node {
+            name: "node-a".into(),
+            addresses: vec![
+                NodeAddress {
+                    kind: "InternalIP".into(),
+                    address: "172.30.0.11".into(),
+                },
+                NodeAddress {
+                    kind: "InternalIP".into(),
+                    address: "fd00:30::11".into(),
+                },
+            ],
+            hbone: None,
+        });
+        let mut web = pod("web", "10.244.1.10", "node-a", true);
+        if let ResourceBody::Workload(w) = &mut web {
+            w.addresses.push("fd00:244:1::10".parse().unwrap());
+        }
+        let s = state(&[node, web]);
+        let v4 = rules().render_family(&s, Family::V4);
+        // DNAT works on pod interfaces without an address (routed CNIs).
+        assert!(v4.contains("-A FERRY_OUTBOUND -s 10.244.1.10/32 -p tcp -j DNAT --to-destination 172.30.0.11:15001"), "{v4}");
+        assert!(v4.contains("-A FERRY_OUTBOUND -d 10.244.1.10/32 -p tcp -j DNAT --to-destination 172.30.0.11:15006"), "{v4}");
+        // From other nodes the uplink has an address: REDIRECT.
+        assert!(
+            v4.contains("-A FERRY_INBOUND -d 10.244.1.10/32 -p tcp -j REDIRECT --to-ports 15006"),
+            "{v4}"
+        );
+        let v6 = rules().render_family(&s, Family::V6);
+        assert!(
+            v6.contains("-j DNAT --to-destination [fd00:30::11]:15001"),
+            "{v6}"
+        );
     }
 
     #[test]

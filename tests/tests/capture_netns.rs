@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_tests::netns::{root_or_skip, Netns};
 use ferry_tests::{binary, wait_for, Process};
 
-const MANIFESTS: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.250.1.1}]}\n---\n\
+const MANIFESTS: &str = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nstatus: {addresses: [{type: InternalIP, address: 10.250.1.1}, {type: InternalIP, address: \"fd00:250:1::1\"}]}\n---\n\
 apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: default, labels: {app: client}}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {phase: Running, podIP: 10.250.1.10, podIPs: [{ip: 10.250.1.10}, {ip: \"fd00:250:1::10\"}], conditions: [{type: Ready, status: \"True\"}]}\n---\n\
 apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: default, labels: {app: web}}\nspec: {nodeName: n1, containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}\nstatus: {phase: Running, podIP: 10.250.1.11, podIPs: [{ip: 10.250.1.11}, {ip: \"fd00:250:1::11\"}], conditions: [{type: Ready, status: \"True\"}]}\n---\n\
 apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.250.10, clusterIPs: [10.96.250.10, \"fd00:96:250::10\"], ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6], selector: {app: web}, ports: [{port: 80, targetPort: http}]}\n";
@@ -36,6 +36,65 @@ fn pod(node: &Netns, name: &str, veth: &str, ip: &str, ip6: &str) -> anyhow::Res
     Ok(pod)
 }
 
+/// A pod wired as routed CNIs (Calico) do: its own veth with no IPv4
+/// address on the node side, a /32 route to it, and a link-local next hop
+/// as the pod's gateway.
+fn routed_pod(node: &Netns, name: &str, veth: &str, ip: &str, ip6: &str) -> anyhow::Result<Netns> {
+    let pod = Netns::new(name)?;
+    node.ip(&[
+        "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+    ])?;
+    node.ip(&["link", "set", veth, "up"])?;
+    node.ip(&["route", "add", &format!("{ip}/32"), "dev", veth])?;
+    node.ip(&["-6", "addr", "add", "fe80::1/64", "dev", veth, "nodad"])?;
+    node.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", veth])?;
+    pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+    pod.ip(&["link", "set", "eth0", "up"])?;
+    pod.ip(&[
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ])?;
+    // The gateway answers with the node side's MAC (what proxy ARP does
+    // on a real node).
+    let mac = node.exec("cat", &[&format!("/sys/class/net/{veth}/address")])?;
+    pod.ip(&[
+        "neigh",
+        "add",
+        "169.254.1.1",
+        "lladdr",
+        mac.trim(),
+        "dev",
+        "eth0",
+    ])?;
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ])?;
+    pod.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    pod.ip(&[
+        "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+    ])?;
+    Ok(pod)
+}
+
 fn start_proxy(node: &Netns, logs: &std::path::Path, generation: u32) -> anyhow::Result<Process> {
     let proxy = binary("ferry-proxy")?.display().to_string();
     let args = node.command(
@@ -53,8 +112,10 @@ fn start_proxy(node: &Netns, logs: &std::path::Path, generation: u32) -> anyhow:
             "10.250.1.1:15008",
             "--capture-listen",
             "[::]:15001",
+            // The client's veth: captured traffic arrives on an interface
+            // without an address, so the rules DNAT to the node address.
             "--capture-interface",
-            "br0",
+            "cali+",
             "--dns-listen",
             "10.250.1.1:53",
         ],
@@ -114,10 +175,10 @@ fn pods_reach_a_cluster_ip_through_capture() -> anyhow::Result<()> {
         "nodad",
     ])?;
     node.ip(&["link", "set", "br0", "up"])?;
-    let client = pod(
+    let client = routed_pod(
         &node,
         &format!("fc{tag}-client"),
-        "vclient",
+        "cali1",
         "10.250.1.10",
         "fd00:250:1::10",
     )?;
