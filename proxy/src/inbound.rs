@@ -141,6 +141,35 @@ impl Inbound {
         }
     }
 
+    /// Refuses a stream that reached this proxy: counts the failure (and
+    /// a 403 as a denial) and answers the client proxy with `status`.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        respond: &mut h2::server::SendResponse<bytes::Bytes>,
+        status: http::StatusCode,
+        reason: FailureReason,
+        parties: &Parties,
+        client: SocketAddr,
+        target: SocketAddr,
+        detail: &dyn std::fmt::Display,
+    ) {
+        if status == http::StatusCode::FORBIDDEN {
+            self.tracker
+                .denied
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.telemetry.failure(
+            Reporter::Destination,
+            parties,
+            reason,
+            client,
+            &target,
+            detail,
+        );
+        answer(respond, status);
+    }
+
     async fn stream(
         &self,
         request: http::Request<h2::RecvStream>,
@@ -148,14 +177,8 @@ impl Inbound {
         identity: Arc<Identity>,
         peer: SocketAddr,
     ) {
-        let reply = |respond: &mut h2::server::SendResponse<bytes::Bytes>,
-                     status: http::StatusCode| {
-            let mut response = http::Response::new(());
-            *response.status_mut() = status;
-            let _ = respond.send_response(response, true);
-        };
         if request.method() != http::Method::CONNECT {
-            reply(&mut respond, http::StatusCode::METHOD_NOT_ALLOWED);
+            answer(&mut respond, http::StatusCode::METHOD_NOT_ALLOWED);
             return;
         }
         let Some(target) = request
@@ -163,7 +186,7 @@ impl Inbound {
             .authority()
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
         else {
-            reply(&mut respond, http::StatusCode::BAD_REQUEST);
+            answer(&mut respond, http::StatusCode::BAD_REQUEST);
             return;
         };
         let client = request
@@ -181,15 +204,15 @@ impl Inbound {
             .is_some_and(|w| w.node.as_deref() == Some(self.node.as_str()));
         if !local {
             tracing::warn!(%peer, %identity, %target, "HBONE stream for a destination that is not a workload on this node: refused");
-            self.telemetry.failure(
-                Reporter::Destination,
-                &parties,
+            self.refuse(
+                &mut respond,
+                http::StatusCode::NOT_FOUND,
                 FailureReason::Refused,
+                &parties,
                 peer,
-                &target,
+                target,
                 &"not a workload of this node",
             );
-            reply(&mut respond, http::StatusCode::NOT_FOUND);
             return;
         }
         // The source pod, as the client proxy reports it, must carry the
@@ -199,18 +222,15 @@ impl Inbound {
             Ok(source) => source.unwrap_or(peer),
             Err(reason) => {
                 tracing::warn!(%peer, %identity, %target, %reason, "HBONE stream refused");
-                self.tracker
-                    .denied
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.telemetry.failure(
-                    Reporter::Destination,
-                    &parties,
+                self.refuse(
+                    &mut respond,
+                    http::StatusCode::FORBIDDEN,
                     FailureReason::Refused,
+                    &parties,
                     peer,
-                    &target,
+                    target,
                     &reason,
                 );
-                reply(&mut respond, http::StatusCode::FORBIDDEN);
                 return;
             }
         };
@@ -224,24 +244,21 @@ impl Inbound {
         };
         if let Err(reason) = check.allowed(&state) {
             tracing::info!(%identity, %source, %target, %reason, "inbound connection denied by policy");
-            self.tracker
-                .denied
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.telemetry.failure(
-                Reporter::Destination,
-                &parties,
+            self.refuse(
+                &mut respond,
+                http::StatusCode::FORBIDDEN,
                 FailureReason::PolicyDenied,
+                &parties,
                 source,
-                &target,
+                target,
                 &reason,
             );
-            reply(&mut respond, http::StatusCode::FORBIDDEN);
             return;
         }
         drop(state);
         let tracked = self.tracker.track(check);
         let parent = crate::telemetry::trace::parent_from(request.headers());
-        let span = self.telemetry.span(
+        let mut telemetry = self.telemetry.begin(
             Reporter::Destination,
             &parties,
             Carried::Hbone,
@@ -254,28 +271,28 @@ impl Inbound {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => {
                 tracing::info!(%identity, %target, error = %e, "pod unreachable");
-                self.telemetry.failure(
-                    Reporter::Destination,
-                    &parties,
+                self.refuse(
+                    &mut respond,
+                    http::StatusCode::SERVICE_UNAVAILABLE,
                     FailureReason::ConnectError,
+                    &parties,
                     source,
-                    &target,
+                    target,
                     &e,
                 );
-                reply(&mut respond, http::StatusCode::SERVICE_UNAVAILABLE);
                 return;
             }
             Err(_) => {
                 tracing::info!(%identity, %target, "pod connect timed out");
-                self.telemetry.failure(
-                    Reporter::Destination,
-                    &parties,
+                self.refuse(
+                    &mut respond,
+                    http::StatusCode::GATEWAY_TIMEOUT,
                     FailureReason::ConnectError,
+                    &parties,
                     source,
-                    &target,
+                    target,
                     &"timed out",
                 );
-                reply(&mut respond, http::StatusCode::GATEWAY_TIMEOUT);
                 return;
             }
         };
@@ -287,14 +304,7 @@ impl Inbound {
                 return;
             }
         };
-        let telemetry = self.telemetry.open(
-            Reporter::Destination,
-            &parties,
-            Carried::Hbone,
-            source,
-            target,
-            span,
-        );
+        telemetry.established();
         // splice counts (pod to tunnel, tunnel to pod).
         let ((from_pod, to_pod), outcome) = tokio::select! {
             copied = crate::tunnel::splice(upstream, send, request.into_body()) => (copied, "completed"),
@@ -302,6 +312,13 @@ impl Inbound {
         };
         telemetry.close(to_pod, from_pod, outcome);
     }
+}
+
+/// Answers a CONNECT stream with `status` and no body.
+fn answer(respond: &mut h2::server::SendResponse<bytes::Bytes>, status: http::StatusCode) {
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    let _ = respond.send_response(response, true);
 }
 
 /// Plaintext to a mesh pod of this node that did not come through a tunnel:
@@ -415,7 +432,7 @@ impl PlaintextInbound {
                 service: None,
             }
         };
-        let span = self.telemetry.span(
+        let mut telemetry = self.telemetry.begin(
             Reporter::Destination,
             &parties,
             Carried::Plaintext,
@@ -439,14 +456,7 @@ impl PlaintextInbound {
             })?;
         let _ = client.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
-        let telemetry = self.telemetry.open(
-            Reporter::Destination,
-            &parties,
-            Carried::Plaintext,
-            peer,
-            target,
-            span,
-        );
+        telemetry.established();
         let ((to_pod, from_pod), outcome) = tokio::select! {
             copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => (copied.unwrap_or((0, 0)), "completed"),
             _ = tracked.revoked() => ((0, 0), "revoked by policy"),

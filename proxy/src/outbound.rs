@@ -349,7 +349,7 @@ impl Outbound {
         let tracked = self.tracker.track(check);
         // The span starts now so the tunnel can carry it; the connection
         // is counted as opened once the upstream answers.
-        let span = self.telemetry.span(
+        let mut telemetry = self.telemetry.begin(
             Reporter::Source,
             parties,
             choice.mode.into(),
@@ -357,7 +357,6 @@ impl Outbound {
             choice.endpoint,
             None,
         );
-        let traceparent = span.as_ref().and_then(crate::telemetry::trace::traceparent);
         let upstream = match choice.hbone {
             None => Upstream::Tcp(self.connect_tcp(choice.endpoint).await?),
             Some((destination_identity, node)) => {
@@ -383,19 +382,12 @@ impl Outbound {
                     node,
                 };
                 Upstream::Hbone(
-                    pool.connect(&key, choice.endpoint, client, traceparent)
+                    pool.connect(&key, choice.endpoint, client, telemetry.traceparent())
                         .await?,
                 )
             }
         };
-        let telemetry = self.telemetry.open(
-            Reporter::Source,
-            parties,
-            choice.mode.into(),
-            client,
-            choice.endpoint,
-            span,
-        );
+        telemetry.established();
         Ok(Connected {
             upstream,
             tracked,

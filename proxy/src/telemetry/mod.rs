@@ -140,81 +140,25 @@ impl Telemetry {
         }
     }
 
-    /// Starts the span of a connection being made (when tracing); `parent`
-    /// joins it to the other side's trace. Dropped unopened, it ends as is.
-    pub fn span(
-        &self,
-        reporter: Reporter,
-        parties: &Parties,
-        mode: Carried,
-        client: SocketAddr,
-        target: SocketAddr,
-        parent: Option<&Context>,
-    ) -> Option<trace::Span> {
-        let tracing = self.tracing.as_ref()?;
-        let labels = self.labels(reporter, parties, mode);
-        let (name, kind) = match reporter {
-            Reporter::Source => ("ferry.outbound", SpanKind::Client),
-            Reporter::Destination => ("ferry.inbound", SpanKind::Server),
-        };
-        let text = |v: &Arc<str>| StringValue::from(v.clone());
-        let attributes = vec![
-            KeyValue::new("network.transport", "tcp"),
-            KeyValue::new(
-                "network.type",
-                if client.is_ipv4() { "ipv4" } else { "ipv6" },
-            ),
-            KeyValue::new("network.peer.address", client.ip().to_string()),
-            KeyValue::new("network.peer.port", i64::from(client.port())),
-            KeyValue::new("client.address", client.ip().to_string()),
-            KeyValue::new("client.port", i64::from(client.port())),
-            KeyValue::new("server.address", target.ip().to_string()),
-            KeyValue::new("server.port", i64::from(target.port())),
-            KeyValue::new("ferry.reporter", reporter.as_str()),
-            KeyValue::new("ferry.mode", mode.as_str()),
-            KeyValue::new("ferry.mtls", mode.mtls()),
-            KeyValue::new("ferry.policy", "allow"),
-            KeyValue::new("ferry.source.workload", text(&labels.source_workload)),
-            KeyValue::new("ferry.source.namespace", text(&labels.source_namespace)),
-            KeyValue::new("ferry.source.principal", text(&labels.source_principal)),
-            KeyValue::new(
-                "ferry.destination.workload",
-                text(&labels.destination_workload),
-            ),
-            KeyValue::new(
-                "ferry.destination.namespace",
-                text(&labels.destination_namespace),
-            ),
-            KeyValue::new(
-                "ferry.destination.principal",
-                text(&labels.destination_principal),
-            ),
-            KeyValue::new(
-                "ferry.destination.service",
-                text(&labels.destination_service),
-            ),
-        ];
-        let root = Context::new();
-        Some(tracing.start(name, kind, parent.unwrap_or(&root), attributes))
-    }
-
-    /// Counts a connection that is now established, with its span (from
-    /// [`Telemetry::span`]).
-    pub fn open(
+    /// Begins a connection's telemetry: its labels, built once, and its
+    /// span when tracing (`parent` joins it to the other side's trace).
+    /// [`ConnectionTelemetry::established`] counts it as opened; dropped
+    /// before that (the connection failed, counted by
+    /// [`Telemetry::failure`]), only its span ends.
+    pub fn begin(
         self: &Arc<Self>,
         reporter: Reporter,
         parties: &Parties,
         mode: Carried,
         client: SocketAddr,
         target: SocketAddr,
-        span: Option<trace::Span>,
+        parent: Option<&Context>,
     ) -> ConnectionTelemetry {
         let labels = self.labels(reporter, parties, mode);
-        self.metrics.connections_opened.get_or_create(&labels).inc();
-        self.metrics
-            .open_connections
-            .get_or_create(&ModeLabels { reporter, mode })
-            .inc();
+        let span = self
+            .tracing
+            .as_ref()
+            .map(|tracing| start_span(tracing, &labels, client, target, parent));
         ConnectionTelemetry {
             telemetry: self.clone(),
             labels,
@@ -222,13 +166,69 @@ impl Telemetry {
             target,
             started: Instant::now(),
             span,
+            established: false,
             done: false,
         }
     }
 }
 
-/// An established connection's telemetry; [`ConnectionTelemetry::close`]
-/// records how it ended (dropping it records an aborted connection).
+/// The span of a connection, with its attributes.
+fn start_span(
+    tracing: &trace::Tracing,
+    labels: &ConnectionLabels,
+    client: SocketAddr,
+    target: SocketAddr,
+    parent: Option<&Context>,
+) -> trace::Span {
+    let (name, kind) = match labels.reporter {
+        Reporter::Source => ("ferry.outbound", SpanKind::Client),
+        Reporter::Destination => ("ferry.inbound", SpanKind::Server),
+    };
+    let text = |v: &Arc<str>| StringValue::from(v.clone());
+    let client_address = client.ip().to_string();
+    let attributes = vec![
+        KeyValue::new("network.transport", "tcp"),
+        KeyValue::new(
+            "network.type",
+            if client.is_ipv4() { "ipv4" } else { "ipv6" },
+        ),
+        KeyValue::new("network.peer.address", client_address.clone()),
+        KeyValue::new("network.peer.port", i64::from(client.port())),
+        KeyValue::new("client.address", client_address),
+        KeyValue::new("client.port", i64::from(client.port())),
+        KeyValue::new("server.address", target.ip().to_string()),
+        KeyValue::new("server.port", i64::from(target.port())),
+        KeyValue::new("ferry.reporter", labels.reporter.as_str()),
+        KeyValue::new("ferry.mode", labels.mode.as_str()),
+        KeyValue::new("ferry.mtls", labels.mode.mtls()),
+        KeyValue::new("ferry.policy", "allow"),
+        KeyValue::new("ferry.source.workload", text(&labels.source_workload)),
+        KeyValue::new("ferry.source.namespace", text(&labels.source_namespace)),
+        KeyValue::new("ferry.source.principal", text(&labels.source_principal)),
+        KeyValue::new(
+            "ferry.destination.workload",
+            text(&labels.destination_workload),
+        ),
+        KeyValue::new(
+            "ferry.destination.namespace",
+            text(&labels.destination_namespace),
+        ),
+        KeyValue::new(
+            "ferry.destination.principal",
+            text(&labels.destination_principal),
+        ),
+        KeyValue::new(
+            "ferry.destination.service",
+            text(&labels.destination_service),
+        ),
+    ];
+    let root = Context::new();
+    tracing.start(name, kind, parent.unwrap_or(&root), attributes)
+}
+
+/// A connection's telemetry, from [`Telemetry::begin`];
+/// [`ConnectionTelemetry::close`] records how an established connection
+/// ended (dropping it records an aborted one).
 #[derive(Debug)]
 pub struct ConnectionTelemetry {
     telemetry: Arc<Telemetry>,
@@ -237,17 +237,43 @@ pub struct ConnectionTelemetry {
     target: SocketAddr,
     started: Instant,
     span: Option<trace::Span>,
+    established: bool,
     done: bool,
 }
 
 impl ConnectionTelemetry {
+    /// The `traceparent` naming this connection's span, when tracing.
+    pub fn traceparent(&self) -> Option<http::HeaderValue> {
+        self.span.as_ref().and_then(trace::traceparent)
+    }
+
+    /// The upstream answered: counts the connection as opened; its
+    /// duration runs from now.
+    pub fn established(&mut self) {
+        if std::mem::replace(&mut self.established, true) {
+            return;
+        }
+        let metrics = &self.telemetry.metrics;
+        metrics.connections_opened.get_or_create(&self.labels).inc();
+        metrics
+            .open_connections
+            .get_or_create(&ModeLabels {
+                reporter: self.labels.reporter,
+                mode: self.labels.mode,
+            })
+            .inc();
+        self.started = Instant::now();
+    }
+
     /// Records the end: bytes each way and why it ended.
     pub fn close(mut self, sent: u64, received: u64, outcome: &'static str) {
         self.finish(sent, received, outcome);
     }
 
     fn finish(&mut self, sent: u64, received: u64, outcome: &'static str) {
-        if std::mem::replace(&mut self.done, true) {
+        // Never established: the failure was counted already, and the
+        // span ends when it drops.
+        if std::mem::replace(&mut self.done, true) || !self.established {
             return;
         }
         let t = &self.telemetry;
