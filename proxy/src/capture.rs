@@ -483,8 +483,7 @@ mod tests {
     use ferry_api::model::{
         Protocol, Service, ServicePort, ServiceType, TargetPort, TrafficPolicy, Workload,
     };
-    use ferry_api::proto::DeltaResponse;
-    use ferry_api::{ResourceBody, VersionedResource};
+    use ferry_api::ResourceBody;
 
     fn pod(name: &str, ip: &str, node: &str, mesh: bool) -> ResourceBody {
         ResourceBody::Workload(Workload {
@@ -540,15 +539,7 @@ mod tests {
     }
 
     fn state(bodies: &[ResourceBody]) -> std::sync::Arc<ProxyState> {
-        let store = ConfigStore::default();
-        let report = store.apply(DeltaResponse {
-            nonce: "1".into(),
-            revision: 1,
-            resources: bodies.iter().map(VersionedResource::encode).collect(),
-            removed: vec![],
-        });
-        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
-        store.snapshot()
+        ConfigStore::holding(bodies).snapshot()
     }
 
     fn rules() -> CaptureRules {

@@ -260,8 +260,7 @@ pub fn upstream_from_resolv_conf(text: &str) -> Option<SocketAddr> {
 mod tests {
     use super::*;
     use ferry_api::model::{Endpoint, Service, ServiceType, TrafficPolicy};
-    use ferry_api::proto::DeltaResponse;
-    use ferry_api::{ResourceBody, VersionedResource};
+    use ferry_api::ResourceBody;
     use hickory_proto::op::Query;
 
     fn service(
@@ -305,8 +304,7 @@ mod tests {
         })
     }
 
-    fn state() -> Arc<ProxyState> {
-        let store = ConfigStore::default();
+    fn store() -> Arc<ConfigStore> {
         let bodies = [
             service("web", &["10.96.0.10", "fd00::10"], None, &[]),
             service(
@@ -320,13 +318,11 @@ mod tests {
             service("loop-a", &[], Some("loop-b.shop.svc.cluster.local"), &[]),
             service("loop-b", &[], Some("loop-a.shop.svc.cluster.local"), &[]),
         ];
-        store.apply(DeltaResponse {
-            nonce: "1".into(),
-            revision: 1,
-            resources: bodies.iter().map(VersionedResource::encode).collect(),
-            removed: vec![],
-        });
-        store.snapshot()
+        ConfigStore::holding(&bodies)
+    }
+
+    fn state() -> Arc<ProxyState> {
+        store().snapshot()
     }
 
     #[test]
@@ -398,17 +394,7 @@ mod tests {
                 let _ = upstream.send_to(&r.to_vec().unwrap(), peer).await;
             }
         });
-        let store = ConfigStore::new();
-        let s = state();
-        store.apply(DeltaResponse {
-            nonce: "1".into(),
-            revision: 1,
-            resources: s
-                .iter()
-                .map(|r| VersionedResource::encode(&r.body))
-                .collect(),
-            removed: vec![],
-        });
+        let store = store();
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let server_addr = socket.local_addr().unwrap();
         let server = DnsServer {

@@ -1027,8 +1027,7 @@ mod tests {
     use super::*;
     use crate::state::ConfigStore;
     use ferry_api::model::{Node, NodeAddress, ServicePort, TargetPort};
-    use ferry_api::proto::DeltaResponse;
-    use ferry_api::{ResourceBody, VersionedResource};
+    use ferry_api::ResourceBody;
     use serde_json::json;
     use std::collections::BTreeMap;
     use std::sync::Arc;
@@ -1173,15 +1172,7 @@ mod tests {
     fn state_with(services: Vec<Service>) -> Arc<ProxyState> {
         let mut bodies = cluster();
         bodies.extend(services.into_iter().map(ResourceBody::Service));
-        let store = ConfigStore::default();
-        let report = store.apply(DeltaResponse {
-            nonce: "1".into(),
-            revision: 1,
-            resources: bodies.iter().map(VersionedResource::encode).collect(),
-            removed: vec![],
-        });
-        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
-        store.snapshot()
+        ConfigStore::holding(&bodies).snapshot()
     }
 
     fn expect_service(p: Plan<'_>) -> (&Service, usize, Access, TrafficPolicy) {
@@ -1452,14 +1443,7 @@ mod tests {
         dying.ready = false;
         dying.terminating = true;
         bodies.push(ResourceBody::Workload(dying));
-        let store = ConfigStore::default();
-        store.apply(DeltaResponse {
-            nonce: "1".into(),
-            revision: 1,
-            resources: bodies.iter().map(VersionedResource::encode).collect(),
-            removed: vec![],
-        });
-        let e = explain_to(&store.snapshot(), "10.0.2.7:80");
+        let e = explain_to(&ConfigStore::holding(&bodies).snapshot(), "10.0.2.7:80");
         let ep = &e.endpoints[0];
         assert_eq!((ep.ready, ep.serving, ep.terminating), (false, false, true));
         assert_eq!(e.mode, Mode::Hbone);

@@ -594,6 +594,22 @@ impl ConfigStore {
 }
 
 #[cfg(test)]
+impl ConfigStore {
+    /// A store holding `bodies`, every one of which must be accepted.
+    pub(crate) fn holding(bodies: &[ResourceBody]) -> Arc<Self> {
+        let store = Self::new();
+        let report = store.apply(DeltaResponse {
+            nonce: "1".into(),
+            revision: 1,
+            resources: bodies.iter().map(VersionedResource::encode).collect(),
+            removed: vec![],
+        });
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        store
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use ferry_api::model::NodeAddress;
