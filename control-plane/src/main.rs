@@ -202,8 +202,10 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("--metrics-listen {}: cannot bind", args.metrics_listen))?;
     let metrics_task = tokio::spawn(Arc::clone(&metrics).serve(metrics_listener));
     let mut discovery = ConfigDiscoveryService::new(cache).with_metrics(Arc::clone(&metrics));
-    let ca = match &args.tls_dir {
-        Some(dir) => {
+    // The mesh CA, the server's TLS and how proxies prove their node: from
+    // files (the lab), or from the cluster (a Secret and TokenReview).
+    let mesh = match (&args.tls_dir, &args.ca_secret) {
+        (Some(dir), _) => {
             let authority = ferry_certs::Authority::load(dir)
                 .with_context(|| format!("--tls-dir {}: loading the mesh CA", dir.display()))?;
             let server = ferry_certs::Credential::load(
@@ -224,87 +226,84 @@ async fn main() -> anyhow::Result<()> {
                 .client_ca_root(tonic::transport::Certificate::from_pem(
                     authority.cert_pem(),
                 ));
-            builder = builder.tls_config(tls).context("configuring TLS")?;
-            discovery = discovery.with_node_authentication(authority.trust_domain());
+            let auth = Authenticator::NodeCertificate {
+                trust_domain: authority.trust_domain().to_string(),
+            };
             tracing::info!(
                 trust_domain = authority.trust_domain(),
                 max_ttl_seconds = args.workload_cert_ttl,
                 "mesh CA enabled; proxies authenticate with node credentials"
             );
+            Some((authority, tls, auth))
+        }
+        (None, Some(secret)) => {
+            let client = kube_client
+                .as_ref()
+                .context("--ca-secret needs --source kubernetes")?;
+            let ns = &args.namespace;
+            let authority = load_or_create_ca(
+                client,
+                ns,
+                secret,
+                args.ca_secret_create,
+                &args.trust_domain,
+            )
+            .await
+            .context("--ca-secret")?;
+            publish_root(client, ns, &args.ca_root_configmap, authority.cert_pem())
+                .await
+                .context("--ca-root-configmap: publishing the CA root")?;
+            let name = args
+                .server_name
+                .clone()
+                .unwrap_or_else(|| format!("ferry-control-plane.{ns}.svc"));
+            let server = authority
+                .issue_server(
+                    std::slice::from_ref(&name),
+                    std::time::Duration::from_secs(365 * 86_400),
+                )
+                .context("issuing the control plane's serving certificate")?;
+            let tls = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&server.cert_pem, &server.key_pem),
+            );
+            let auth = Authenticator::ServiceAccountToken(Box::new(TokenReviewer::new(
+                client.clone(),
+                &args.token_audience,
+                ns,
+                &args.proxy_service_account,
+            )));
+            tracing::info!(
+                trust_domain = authority.trust_domain(),
+                server_name = %name,
+                audience = %args.token_audience,
+                proxies = %format!("{ns}/{}", args.proxy_service_account),
+                "mesh CA from Secret {ns}/{secret}; proxies authenticate with service account tokens"
+            );
+            Some((authority, tls, auth))
+        }
+        (None, None) => {
+            tracing::warn!(
+                "no --tls-dir or --ca-secret: serving config in plaintext, no certificates are issued"
+            );
+            None
+        }
+    };
+    let ca = match mesh {
+        Some((authority, tls, auth)) => {
+            builder = builder.tls_config(tls).context("configuring TLS")?;
+            let auth = Arc::new(auth);
+            discovery = discovery.with_authenticator(Arc::clone(&auth));
             Some(
                 MeshCa::new(
                     Arc::new(authority),
                     accounts,
                     std::time::Duration::from_secs(args.workload_cert_ttl),
                 )
+                .with_authenticator(auth)
                 .with_metrics(Arc::clone(&metrics)),
             )
         }
-        None => match &args.ca_secret {
-            Some(secret) => {
-                let client = kube_client
-                    .as_ref()
-                    .context("--ca-secret needs --source kubernetes")?;
-                let ns = &args.namespace;
-                let authority = load_or_create_ca(
-                    client,
-                    ns,
-                    secret,
-                    args.ca_secret_create,
-                    &args.trust_domain,
-                )
-                .await
-                .context("--ca-secret")?;
-                publish_root(client, ns, &args.ca_root_configmap, authority.cert_pem())
-                    .await
-                    .context("--ca-root-configmap: publishing the CA root")?;
-                let name = args
-                    .server_name
-                    .clone()
-                    .unwrap_or_else(|| format!("ferry-control-plane.{ns}.svc"));
-                let server = authority
-                    .issue_server(
-                        std::slice::from_ref(&name),
-                        std::time::Duration::from_secs(365 * 86_400),
-                    )
-                    .context("issuing the control plane's serving certificate")?;
-                let tls = tonic::transport::ServerTlsConfig::new().identity(
-                    tonic::transport::Identity::from_pem(&server.cert_pem, &server.key_pem),
-                );
-                builder = builder.tls_config(tls).context("configuring TLS")?;
-                let auth = Arc::new(Authenticator::ServiceAccountToken(Box::new(
-                    TokenReviewer::new(
-                        client.clone(),
-                        &args.token_audience,
-                        ns,
-                        &args.proxy_service_account,
-                    ),
-                )));
-                discovery = discovery.with_authenticator(Arc::clone(&auth));
-                tracing::info!(
-                    trust_domain = authority.trust_domain(),
-                    server_name = %name,
-                    audience = %args.token_audience,
-                    proxies = %format!("{ns}/{}", args.proxy_service_account),
-                    "mesh CA from Secret {ns}/{secret}; proxies authenticate with service account tokens"
-                );
-                Some(
-                    MeshCa::new(
-                        Arc::new(authority),
-                        accounts,
-                        std::time::Duration::from_secs(args.workload_cert_ttl),
-                    )
-                    .with_authenticator(auth)
-                    .with_metrics(Arc::clone(&metrics)),
-                )
-            }
-            None => {
-                tracing::warn!(
-                    "no --tls-dir or --ca-secret: serving config in plaintext, no certificates are issued"
-                );
-                None
-            }
-        },
+        None => None,
     };
     let server = builder
         .add_service(discovery.into_server())

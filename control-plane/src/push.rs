@@ -213,15 +213,6 @@ impl ConfigDiscoveryService {
         self
     }
 
-    /// Requires proxies that present a node credential to subscribe for
-    /// their own node only.
-    pub fn with_node_authentication(mut self, trust_domain: impl Into<String>) -> Self {
-        self.auth = Arc::new(crate::identity::Authenticator::NodeCertificate {
-            trust_domain: trust_domain.into(),
-        });
-        self
-    }
-
     /// Requires every proxy to prove its node with `auth`, and to
     /// subscribe for that node only.
     pub fn with_authenticator(mut self, auth: Arc<crate::identity::Authenticator>) -> Self {

@@ -44,13 +44,6 @@ const BATCH_WINDOW: Duration = Duration::from_millis(50);
 /// At most this many changes in one batch.
 const BATCH_MAX: usize = 2_000;
 
-/// Errors of the Kubernetes source.
-#[derive(Debug, thiserror::Error)]
-pub enum KubeSourceError {
-    #[error("Kubernetes client configuration: {0}")]
-    Config(#[from] kube::Error),
-}
-
 /// The Kubernetes API source.
 #[derive(Clone)]
 pub struct KubeSource {
@@ -107,11 +100,6 @@ const KINDS: [ObjectKind; 6] = [
 impl KubeSource {
     pub fn new(client: Client) -> Self {
         Self { client }
-    }
-
-    /// In-cluster configuration, else `KUBECONFIG` / `~/.kube/config`.
-    pub async fn from_environment() -> Result<Self, KubeSourceError> {
-        Ok(Self::new(Client::try_default().await?))
     }
 
     /// Watches until `events` is closed. The first batch (sent even when
