@@ -22,6 +22,15 @@ use crate::telemetry::{Parties, Telemetry};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why an HBONE connection ended badly; TLS failures are counted.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("{0}")]
+    Tls(String),
+    #[error("{0}")]
+    Other(String),
+}
+
 /// What the listener needs.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -44,7 +53,7 @@ impl Inbound {
                 let local = tcp.local_addr().ok();
                 if let Err(e) = this.clone().connection(acceptor, tcp, peer).await {
                     tracing::info!(%peer, error = %e, "HBONE connection refused");
-                    if e.starts_with("TLS") || e == "no client certificate" {
+                    if let ConnectionError::Tls(_) = e {
                         let target: &dyn std::fmt::Display = match &local {
                             Some(l) => l,
                             None => &"-",
@@ -69,12 +78,12 @@ impl Inbound {
         acceptor: TlsAcceptor,
         tcp: TcpStream,
         peer: SocketAddr,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConnectionError> {
         let _ = tcp.set_nodelay(true);
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
             .await
-            .map_err(|_| "TLS handshake timed out".to_string())?
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            .map_err(|_| ConnectionError::Tls("TLS handshake timed out".into()))?
+            .map_err(|e| ConnectionError::Tls(format!("TLS handshake failed: {e}")))?;
         let identity = tls
             .get_ref()
             .1
@@ -82,8 +91,8 @@ impl Inbound {
             .and_then(|certs| certs.first())
             .map(crate::tls::identity_of)
             .transpose()
-            .map_err(|e| e.to_string())?
-            .ok_or("no client certificate")?;
+            .map_err(|e| ConnectionError::Other(e.to_string()))?
+            .ok_or_else(|| ConnectionError::Tls("no client certificate".into()))?;
         let mut connection = h2::server::Builder::new()
             .initial_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
@@ -91,13 +100,13 @@ impl Inbound {
             .max_send_buffer_size(1 << 20)
             .handshake::<_, bytes::Bytes>(tls)
             .await
-            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            .map_err(|e| ConnectionError::Other(format!("HTTP/2 handshake: {e}")))?;
         tracing::debug!(%peer, %identity, "HBONE connection accepted");
         let identity = Arc::new(identity);
         while let Some(next) = connection.accept().await {
             let (request, respond) = match next {
                 Ok(stream) => stream,
-                Err(e) => return Err(format!("HTTP/2: {e}")),
+                Err(e) => return Err(ConnectionError::Other(format!("HTTP/2: {e}"))),
             };
             let this = self.clone();
             let identity = identity.clone();
