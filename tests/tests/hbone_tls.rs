@@ -208,5 +208,13 @@ async fn the_hbone_listener_refuses_bad_peers() -> anyhow::Result<()> {
         "missing reasons in the proxy log:\n{}",
         proxy.process.log()
     );
+    // And counts them as TLS failures, each of the five refused handshakes.
+    let (_, text) = tokio::task::block_in_place(|| ferry_tests::http_get(proxy.admin, "/metrics"))?;
+    let failures = ferry_tests::prom::sum(
+        &ferry_tests::prom::parse(&text),
+        "ferry_connection_failures_total",
+        &[("reporter", "destination"), ("reason", "tls_failure")],
+    );
+    assert!(failures >= 5.0, "{failures} TLS failures counted:\n{text}");
     Ok(())
 }
