@@ -15,7 +15,7 @@ use ferry_api::model::Protocol;
 use ferry_api::proto::DeltaResponse;
 use ferry_control_plane::source::{K8sObject, SourceEvent};
 use ferry_control_plane::translate::{Change, TranslateOptions, Translator};
-use ferry_proxy::policy::{allowed as policy_allows, Party};
+use ferry_core::policy::allowed as policy_allows;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -234,7 +234,7 @@ fn main() {
         ),
     ));
 
-    let store = ferry_proxy::state::ConfigStore::new();
+    let store = ferry_core::state::ConfigStore::new();
     let before = common::live();
     store.apply(response);
     rows.push((
@@ -265,9 +265,9 @@ fn main() {
     for chunk in pairs.chunks(1_000) {
         let batch = Instant::now();
         for (a, b) in chunk {
-            let src = Party::at(&state, *a);
-            let dst = Party::at(&state, *b);
-            allowed += usize::from(policy_allows(&state, &src, &dst, 80, Protocol::Tcp));
+            let src = state.party_at(*a);
+            let dst = state.party_at(*b);
+            allowed += usize::from(policy_allows(&*state, &src, &dst, 80, Protocol::Tcp));
         }
         batch_times.push(batch.elapsed());
     }

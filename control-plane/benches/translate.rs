@@ -193,7 +193,7 @@ fn main() {
         .collect();
     drop(full);
     let before = live();
-    let store = ferry_proxy::state::ConfigStore::new();
+    let store = ferry_core::state::ConfigStore::new();
     let started = Instant::now();
     let report = store.apply(response);
     let apply_time = started.elapsed();
@@ -217,11 +217,11 @@ fn main() {
     // an endpoint (round robin), and how it is carried. One warm-up pass
     // creates each service's round-robin counter; then nothing may allocate.
     {
-        use ferry_proxy::route::{self, Mode, Plan};
+        use ferry_core::{request, route};
         use std::net::{IpAddr, Ipv4Addr, SocketAddr};
         let state = store.snapshot();
         let lb = route::LoadBalancer::new();
-        let client_ip = IpAddr::V4(Ipv4Addr::new(10, 64, 0, 1));
+        let client = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 64, 0, 1)), 40000);
         let services = NAMESPACES * SERVICES_PER_NAMESPACE;
         let route_one = |i: usize| -> bool {
             let s = (i * 7919) % services;
@@ -229,33 +229,9 @@ fn main() {
                 IpAddr::V4(Ipv4Addr::new(10, 96, (s / 256) as u8, (s % 256) as u8)),
                 80,
             );
-            let Plan::Service {
-                service,
-                port,
-                policy,
-                node,
-                ..
-            } = route::plan(&state, dst)
-            else {
-                return false;
-            };
-            let Ok((endpoint, _)) = lb.pick(
-                service,
-                port,
-                policy,
-                node.unwrap_or("node-7"),
-                client_ip,
-                Instant::now(),
-            ) else {
-                return false;
-            };
-            route::mode_for(
-                &state,
-                "node-7",
-                true,
-                endpoint.node.as_deref(),
-                endpoint.workload.as_deref(),
-            ) != Mode::Refused
+            request::decide(&state, &lb, "node-7", client, dst, Instant::now())
+                .outcome
+                .is_ok()
         };
         for i in 0..services {
             route_one(i);
@@ -268,7 +244,7 @@ fn main() {
         let allocations = common::allocations() - allocations_before;
         assert_eq!(routed, ROUTES, "every cluster IP routes");
         rows.push((
-            "proxy: route a new connection (plan, round robin, mode)".into(),
+            "proxy: decide a new connection (request::decide)".into(),
             format!("{:.0} ns", elapsed.as_nanos() as f64 / ROUTES as f64),
         ));
         rows.push((

@@ -13,8 +13,8 @@ use ferry_api::model::{Protocol, Workload};
 use ferry_api::proto::DeltaResponse;
 use ferry_control_plane::source::{K8sObject, ObjectKind, ObjectRef, SourceEvent};
 use ferry_control_plane::translate::{Change, TranslateOptions, Translator};
-use ferry_proxy::policy::{evaluate, Party};
-use ferry_proxy::state::{ConfigStore, ProxyState};
+use ferry_core::policy::evaluate;
+use ferry_core::state::{ConfigStore, ProxyState};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
@@ -102,12 +102,12 @@ impl Cluster {
             .flat_map(|ns| PODS.iter().map(move |p| format!("{ns}/{p}")))
             .map(|key| state.workload(&key).unwrap_or_else(|| panic!("{key}")))
             .collect();
-        let party = |w: &Workload| Party::workload(&state, &w.key_name()).unwrap();
+        let party = |w: &Workload| state.workload_party(&w.key_name()).unwrap();
         pods.iter()
             .map(|from| {
                 pods.iter()
                     .map(|to| {
-                        if evaluate(&state, &party(from), &party(to), port, protocol).allowed {
+                        if evaluate(&*state, &party(from), &party(to), port, protocol).allowed {
                             '.'
                         } else {
                             'X'

@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::state::ConfigStore;
 use crate::xds::{XdsClient, XdsStatus};
+use ferry_core::state::ConfigStore;
 
 /// Shared handles the admin endpoints read.
 #[derive(Debug, Clone)]
@@ -26,8 +26,8 @@ pub struct Admin {
     pub store: Arc<ConfigStore>,
     pub xds: XdsClient,
     pub identities: Option<Arc<crate::identity::IdentityManager>>,
-    pub pool: Option<Arc<crate::tunnel::HbonePool>>,
-    pub tracker: Arc<crate::policy::ConnectionTracker>,
+    pub pool: Option<Arc<crate::hbone::HbonePool>>,
+    pub tracker: Arc<crate::tracker::ConnectionTracker>,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
@@ -56,7 +56,7 @@ struct ConfigDump<'a> {
     revision: u64,
     xds: XdsStatus,
     certificates: Vec<crate::identity::CertStatus>,
-    hbone_pool: Option<crate::tunnel::PoolStats>,
+    hbone_pool: Option<crate::hbone::PoolStats>,
     policy: PolicyStats,
     resources: BTreeMap<&'static str, Vec<DumpEntry<'a>>>,
 }

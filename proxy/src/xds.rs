@@ -8,7 +8,7 @@
 //! jittered exponential backoff.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferry_api::proto::config_discovery_client::ConfigDiscoveryClient;
 use ferry_api::proto::{DeltaRequest, ResourceError as WireError};
@@ -17,27 +17,27 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::state::ConfigStore;
+use ferry_core::state::ConfigStore;
+
+use crate::config::XdsSettings;
+use crate::net::backoff::Backoff;
 
 /// The control plane endpoint: `url` (http:// or https://) with keepalives,
 /// and mTLS with the node credential when `tls` is given.
 pub fn control_plane_endpoint(
-    url: &str,
+    settings: &XdsSettings,
     tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(3))
+    let mut endpoint = tonic::transport::Endpoint::from_shared(settings.url.clone())?
+        .connect_timeout(settings.connect_timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
+        .http2_keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout);
     if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls)?;
     }
     Ok(endpoint)
 }
-
-/// Largest config message accepted (a full initial push at scale).
-const MAX_MESSAGE_BYTES: usize = 512 << 20;
 
 /// Errors of one stream session; all of them lead to a reconnect.
 #[derive(Debug, thiserror::Error)]
@@ -49,47 +49,7 @@ pub enum XdsError {
     #[error("config stream closed by the client side")]
     Closed,
     #[error(transparent)]
-    Token(#[from] crate::auth::TokenError),
-}
-
-/// Capped exponential backoff with jitter.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id());
-        Self {
-            initial,
-            max,
-            current: initial,
-            seed: seed | 1,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.initial;
-    }
-
-    /// The next delay: between half and all of the current step, which then doubles up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        // xorshift64: jitter needs no cryptographic randomness.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let step = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let half = step / 2;
-        half + Duration::from_nanos(self.seed % (half.as_nanos() as u64).max(1))
-    }
+    Token(#[from] crate::identity::token::TokenError),
 }
 
 /// What the client has seen, for `/config_dump`.
@@ -129,7 +89,8 @@ pub struct XdsClient {
     node: String,
     store: Arc<ConfigStore>,
     status: Arc<Mutex<XdsStatus>>,
-    token: Option<crate::auth::TokenFile>,
+    token: Option<crate::identity::token::TokenFile>,
+    settings: XdsSettings,
 }
 
 impl XdsClient {
@@ -139,6 +100,7 @@ impl XdsClient {
         endpoint: tonic::transport::Endpoint,
         node: impl Into<String>,
         store: Arc<ConfigStore>,
+        settings: XdsSettings,
     ) -> Self {
         let address = endpoint.uri().to_string();
         Self {
@@ -151,11 +113,12 @@ impl XdsClient {
             node: node.into(),
             store,
             token: None,
+            settings,
         }
     }
 
     /// Proves the node with a service account token (in a cluster).
-    pub fn with_token(mut self, token: Option<crate::auth::TokenFile>) -> Self {
+    pub fn with_token(mut self, token: Option<crate::identity::token::TokenFile>) -> Self {
         self.token = token;
         self
     }
@@ -174,7 +137,8 @@ impl XdsClient {
 
     /// Runs until the task is dropped: stream, and reconnect when it breaks.
     pub async fn run(self) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff =
+            Backoff::new(self.settings.reconnect_initial, self.settings.reconnect_max);
         loop {
             let result = self.session(&mut backoff).await;
             self.update(|s| {
@@ -190,8 +154,8 @@ impl XdsClient {
 
     async fn session(&self, backoff: &mut Backoff) -> Result<(), XdsError> {
         let channel = self.endpoint.connect().await.map_err(XdsError::Connect)?;
-        let mut client =
-            ConfigDiscoveryClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = ConfigDiscoveryClient::new(channel)
+            .max_decoding_message_size(self.settings.max_message_bytes);
 
         let (tx, rx) = mpsc::channel(4);
         let held = self.store.snapshot().versions();
@@ -204,7 +168,7 @@ impl XdsClient {
         .await
         .map_err(|_| XdsError::Closed)?;
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        crate::auth::authorize(self.token.as_ref(), &mut request)?;
+        crate::identity::token::authorize(self.token.as_ref(), &mut request)?;
         let mut responses = client.delta_config(request).await?.into_inner();
         self.update(|s| {
             s.connected = true;
@@ -269,26 +233,5 @@ impl XdsClient {
         Err(XdsError::Stream(tonic::Status::unavailable(
             "control plane closed the stream",
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
-        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
-        for d in &delays {
-            assert!(*d <= Duration::from_secs(1), "{d:?}");
-        }
-        assert!(
-            delays[7] >= Duration::from_millis(500),
-            "capped step is 1s, jitter keeps at least half"
-        );
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

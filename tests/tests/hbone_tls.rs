@@ -51,8 +51,8 @@ async fn attempt(
     expected: Identity,
     asked: &Identity,
 ) -> Result<String, String> {
-    let config =
-        ferry_proxy::tls::client_config(roots, client, expected).map_err(|e| e.to_string())?;
+    let config = ferry_proxy::identity::tls::client_config(roots, client, expected)
+        .map_err(|e| e.to_string())?;
     let tcp = TcpStream::connect(hbone).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(asked.server_name()).map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))

@@ -2,7 +2,7 @@
 //!
 //! Connection metrics carry the labels of [`ConnectionLabels`]; their
 //! values come from the config store, built once per resource version
-//! ([`crate::state::PeerLabels`]), so counting a connection clones a few
+//! ([`ferry_core::state::PeerLabels`]), so counting a connection clones a few
 //! reference counts and allocates nothing. Cardinality is bounded by the
 //! pairs of (app, namespace, identity) that actually talk, times the
 //! services between them, times the reporter and mode (see
@@ -65,11 +65,11 @@ impl Carried {
     }
 }
 
-impl From<crate::route::Mode> for Carried {
-    fn from(mode: crate::route::Mode) -> Self {
+impl From<ferry_core::route::Mode> for Carried {
+    fn from(mode: ferry_core::route::Mode) -> Self {
         match mode {
-            crate::route::Mode::Hbone => Carried::Hbone,
-            crate::route::Mode::Direct => Carried::Direct,
+            ferry_core::route::Mode::Hbone => Carried::Hbone,
+            ferry_core::route::Mode::Direct => Carried::Direct,
             _ => Carried::Passthrough,
         }
     }

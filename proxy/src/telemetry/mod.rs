@@ -15,7 +15,7 @@ use std::time::Instant;
 use opentelemetry::trace::{Span as _, SpanKind, Status};
 use opentelemetry::{Context, KeyValue, StringValue};
 
-use crate::state::PeerLabels;
+use ferry_core::state::PeerLabels;
 use metrics::{
     Carried, ConnectionLabels, FailureLabels, FailureReason, Metrics, ModeLabels, Reporter,
 };

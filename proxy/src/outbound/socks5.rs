@@ -11,13 +11,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use ferry_core::request::Refusal;
+
 use crate::outbound::{Destination, Outbound, OutboundError};
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
 const NO_ACCEPTABLE_METHOD: u8 = 0xff;
 const CONNECT: u8 = 1;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// SOCKS5 reply codes.
 mod reply {
@@ -112,24 +113,24 @@ async fn send_reply(stream: &mut TcpStream, code: u8) -> std::io::Result<()> {
 
 async fn session(
     outbound: Arc<Outbound>,
+    handshake_timeout: Duration,
     mut client: TcpStream,
     peer: SocketAddr,
 ) -> Result<(), SocksError> {
-    let destination = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_destination(&mut client))
+    let destination = tokio::time::timeout(handshake_timeout, read_destination(&mut client))
         .await
         .map_err(|_| SocksError::Timeout)??;
     let connected = match outbound.connect(peer, destination.clone()).await {
         Ok(connected) => connected,
         Err(e) => {
             let code = match &e {
-                OutboundError::Refused(_) | OutboundError::NoEndpoints(_) => {
-                    reply::CONNECTION_REFUSED
-                }
-                OutboundError::Denied(_) => reply::NOT_ALLOWED,
-                OutboundError::Unresolved(_) | OutboundError::Unreachable { .. } => {
+                OutboundError::Refusal(Refusal::Refused(_) | Refusal::NoEndpoints(_))
+                | OutboundError::Unsupported(_) => reply::CONNECTION_REFUSED,
+                OutboundError::Refusal(Refusal::Denied(_)) => reply::NOT_ALLOWED,
+                OutboundError::Unresolved(_) | OutboundError::Unreachable(_) => {
                     reply::HOST_UNREACHABLE
                 }
-                OutboundError::Tunnel(crate::tunnel::TunnelError::Refused { .. }) => {
+                OutboundError::Tunnel(crate::hbone::TunnelError::Refused { .. }) => {
                     reply::CONNECTION_REFUSED
                 }
                 OutboundError::Tunnel(_) => reply::NOT_ALLOWED,
@@ -144,18 +145,19 @@ async fn session(
     let endpoint = connected.endpoint;
     let mode = connected.mode;
     let started = std::time::Instant::now();
-    let (sent, received) = Outbound::relay(client, connected).await;
-    tracing::debug!(%peer, ?destination, service = service.as_deref().unwrap_or("-"), %endpoint, ?mode, sent, received, duration_ms = started.elapsed().as_millis() as u64, "outbound connection closed");
+    let transferred = Outbound::relay(client, connected).await;
+    tracing::debug!(%peer, ?destination, service = service.as_deref().unwrap_or("-"), %endpoint, ?mode, sent = transferred.from_tcp, received = transferred.to_tcp, duration_ms = started.elapsed().as_millis() as u64, "outbound connection closed");
     Ok(())
 }
 
-/// Serves SOCKS5 until the task is dropped.
-pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
-    crate::listener::serve(listener, "socks5", |client, peer| {
+/// Serves SOCKS5 until the task is dropped; a client has
+/// `handshake_timeout` to say where it goes.
+pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, handshake_timeout: Duration) {
+    crate::net::accept::serve(listener, "socks5", |client, peer| {
         let outbound = outbound.clone();
         async move {
             let _ = client.set_nodelay(true);
-            if let Err(e) = session(outbound, client, peer).await {
+            if let Err(e) = session(outbound, handshake_timeout, client, peer).await {
                 tracing::debug!(%peer, error = %e, "SOCKS5 session ended");
             }
         }

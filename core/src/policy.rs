@@ -1,5 +1,5 @@
-//! NetworkPolicy evaluation and enforcement state, shared with `ferryctl
-//! policy`.
+//! NetworkPolicy evaluation: a leaf that knows policies and the two ends
+//! of a connection, and nothing of where they are stored.
 //!
 //! The control plane sends policies with selectors already resolved to
 //! workload sets; [`CompiledPolicy`] turns each into hash sets and parsed
@@ -16,21 +16,16 @@
 //!   and outside every `except`;
 //! - a named port is resolved against the destination pod's container ports.
 //!
-//! [`ConnectionTracker`] keeps the open connections so that a policy change
-//! closes those it no longer allows.
+//! The evaluator is generic over [`PolicyIndex`] (the policies selecting a
+//! workload); [`crate::state::ProxyState`] implements it and builds the
+//! [`Party`]s, so this module imports no state. The proxy's enforcement
+//! (`ferry_proxy::tracker`, the outbound and inbound paths) and `ferryctl policy` both call it.
 
-use std::collections::HashSet;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use dashmap::DashMap;
 use ferry_api::cidr::Cidr;
 use ferry_api::model::{Policy, PolicyPort, Protocol, TargetPort, Workload};
 use serde::Serialize;
-use tokio::sync::Notify;
-
-use crate::state::{ConfigStore, ProxyState};
+use std::collections::HashSet;
+use std::net::IpAddr;
 
 /// One peer of a rule, ready for lookups.
 #[derive(Debug, Clone)]
@@ -112,6 +107,15 @@ impl CompiledPolicy {
     }
 }
 
+/// The policies that select a workload (by `namespace/name`), in the order
+/// they should be reported.
+pub trait PolicyIndex {
+    fn policies_selecting<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> impl Iterator<Item = &'a CompiledPolicy> + 'a;
+}
+
 /// One end of a connection: an address, and the workload behind it if any
 /// (with its key, `namespace/name`, borrowed from the config so that
 /// evaluation allocates nothing).
@@ -120,38 +124,6 @@ pub struct Party<'a> {
     pub workload: Option<&'a Workload>,
     pub key: Option<&'a str>,
     pub ip: IpAddr,
-}
-
-impl<'a> Party<'a> {
-    /// The party at `ip`, with its workload if the config knows one.
-    pub fn at(state: &'a ProxyState, ip: IpAddr) -> Self {
-        match state.workload_entry_by_ip(&ip) {
-            Some((key, w)) => Self {
-                workload: Some(w),
-                key: Some(key),
-                ip,
-            },
-            None => Self {
-                workload: None,
-                key: None,
-                ip,
-            },
-        }
-    }
-
-    /// A workload by key, at its first address (unspecified when it has none).
-    pub fn workload(state: &'a ProxyState, key: &str) -> Option<Self> {
-        let (key, w) = state.workload_entry(key)?;
-        Some(Self {
-            workload: Some(w),
-            key: Some(key),
-            ip: w
-                .addresses
-                .first()
-                .copied()
-                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-        })
-    }
 }
 
 fn port_matches(
@@ -193,10 +165,21 @@ impl DirectionVerdict {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
+/// Which half of a connection a policy type governs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
     Ingress,
     Egress,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
 }
 
 impl CompiledRule {
@@ -232,7 +215,7 @@ impl CompiledPolicy {
 /// The hot path: whether `subject` may have this connection in `direction`.
 /// Allocates nothing.
 fn allows(
-    state: &ProxyState,
+    index: &impl PolicyIndex,
     subject: &str,
     other: &Party<'_>,
     port: u16,
@@ -241,7 +224,7 @@ fn allows(
     direction: Direction,
 ) -> bool {
     let mut isolated = false;
-    for policy in state.policies_selecting(subject) {
+    for policy in index.policies_selecting(subject) {
         let Some(rules) = policy.rules(direction) else {
             continue;
         };
@@ -258,7 +241,7 @@ fn allows(
 
 /// Whether NetworkPolicy allows a connection, both directions; allocates nothing.
 pub fn allowed(
-    state: &ProxyState,
+    index: &impl PolicyIndex,
     source: &Party<'_>,
     destination: &Party<'_>,
     port: u16,
@@ -266,7 +249,7 @@ pub fn allowed(
 ) -> bool {
     let egress_ok = source.key.is_none_or(|key| {
         allows(
-            state,
+            index,
             key,
             destination,
             port,
@@ -278,7 +261,7 @@ pub fn allowed(
     egress_ok
         && destination.key.is_none_or(|key| {
             allows(
-                state,
+                index,
                 key,
                 source,
                 port,
@@ -291,7 +274,7 @@ pub fn allowed(
 
 /// The detailed verdict of one direction (for explanations and messages).
 fn judge(
-    state: &ProxyState,
+    index: &impl PolicyIndex,
     subject: &str,
     other: &Party<'_>,
     port: u16,
@@ -300,7 +283,7 @@ fn judge(
     direction: Direction,
 ) -> DirectionVerdict {
     let mut isolating = Vec::new();
-    for policy in state.policies_selecting(subject) {
+    for policy in index.policies_selecting(subject) {
         let Some(rules) = policy.rules(direction) else {
             continue;
         };
@@ -327,7 +310,7 @@ fn judge(
 
 /// The source's egress verdict.
 pub fn egress(
-    state: &ProxyState,
+    index: &impl PolicyIndex,
     source: &Party<'_>,
     destination: &Party<'_>,
     port: u16,
@@ -335,7 +318,7 @@ pub fn egress(
 ) -> DirectionVerdict {
     match source.key {
         Some(key) => judge(
-            state,
+            index,
             key,
             destination,
             port,
@@ -349,7 +332,7 @@ pub fn egress(
 
 /// The destination's ingress verdict.
 pub fn ingress(
-    state: &ProxyState,
+    index: &impl PolicyIndex,
     source: &Party<'_>,
     destination: &Party<'_>,
     port: u16,
@@ -357,7 +340,7 @@ pub fn ingress(
 ) -> DirectionVerdict {
     match destination.key {
         Some(key) => judge(
-            state,
+            index,
             key,
             source,
             port,
@@ -380,14 +363,14 @@ pub struct Verdict {
 /// Evaluates a connection as the whole mesh would (egress at the source,
 /// ingress at the destination).
 pub fn evaluate(
-    state: &ProxyState,
+    index: &impl PolicyIndex,
     source: &Party<'_>,
     destination: &Party<'_>,
     port: u16,
     protocol: Protocol,
 ) -> Verdict {
-    let egress = egress(state, source, destination, port, protocol);
-    let ingress = ingress(state, source, destination, port, protocol);
+    let egress = egress(index, source, destination, port, protocol);
+    let ingress = ingress(index, source, destination, port, protocol);
     Verdict {
         allowed: egress.allows() && ingress.allows(),
         egress,
@@ -395,8 +378,9 @@ pub fn evaluate(
     }
 }
 
-/// Which halves a proxy enforces for one of its connections.
-#[derive(Debug, Clone)]
+/// The halves of one connection a proxy enforces: egress on the source's
+/// node, ingress on the destination's (both when they are the same node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Check {
     pub source: IpAddr,
     pub destination: IpAddr,
@@ -405,137 +389,60 @@ pub struct Check {
     pub ingress: bool,
 }
 
+/// A connection NetworkPolicy does not allow: the direction that refused it
+/// and the policies isolating that end (sorted).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{direction} denied by {}", policies.join(", "))]
+pub struct Denied {
+    pub direction: Direction,
+    pub policies: Vec<String>,
+}
+
 impl Check {
-    /// Whether the connection is allowed by the halves this proxy enforces.
-    pub fn allowed(&self, state: &ProxyState) -> Result<(), String> {
-        let source = Party::at(state, self.source);
-        let destination = Party::at(state, self.destination);
-        let fast = |direction| match direction {
-            Direction::Egress => source.key.is_none_or(|key| {
-                allows(
-                    state,
-                    key,
-                    &destination,
-                    self.port,
-                    Protocol::Tcp,
-                    destination.workload,
-                    direction,
-                )
-            }),
-            Direction::Ingress => destination.key.is_none_or(|key| {
-                allows(
-                    state,
-                    key,
-                    &source,
-                    self.port,
-                    Protocol::Tcp,
-                    destination.workload,
-                    direction,
-                )
-            }),
-        };
-        // Only a denial pays for the detailed verdict (it names the policies).
-        if self.egress && !fast(Direction::Egress) {
-            if let DirectionVerdict::Denied { policies } =
-                egress(state, &source, &destination, self.port, Protocol::Tcp)
-            {
-                return Err(format!("egress denied by {}", policies.join(", ")));
+    /// Whether the halves this check enforces allow the connection between
+    /// `source` and `destination` (the parties at its two addresses). Only
+    /// a denial pays for the detailed verdict (it names the policies).
+    pub fn judge(
+        &self,
+        index: &impl PolicyIndex,
+        source: &Party<'_>,
+        destination: &Party<'_>,
+    ) -> Result<(), Denied> {
+        let halves = [
+            (self.egress, Direction::Egress, source, destination),
+            (self.ingress, Direction::Ingress, destination, source),
+        ];
+        for (enforced, direction, subject, other) in halves {
+            let Some(key) = subject.key.filter(|_| enforced) else {
+                continue;
+            };
+            let (port, protocol) = (self.port, Protocol::Tcp);
+            if allows(
+                index,
+                key,
+                other,
+                port,
+                protocol,
+                destination.workload,
+                direction,
+            ) {
+                continue;
             }
-        }
-        if self.ingress && !fast(Direction::Ingress) {
-            if let DirectionVerdict::Denied { policies } =
-                ingress(state, &source, &destination, self.port, Protocol::Tcp)
-            {
-                return Err(format!("ingress denied by {}", policies.join(", ")));
+            if let DirectionVerdict::Denied { policies } = judge(
+                index,
+                key,
+                other,
+                port,
+                protocol,
+                destination.workload,
+                direction,
+            ) {
+                return Err(Denied {
+                    direction,
+                    policies,
+                });
             }
         }
         Ok(())
-    }
-}
-
-#[derive(Debug)]
-struct Tracked {
-    check: Check,
-    closed: Arc<Notify>,
-}
-
-/// Open connections, re-checked whenever the config changes.
-#[derive(Debug, Default)]
-pub struct ConnectionTracker {
-    next: AtomicU64,
-    open: DashMap<u64, Tracked>,
-    /// Connections refused or closed by policy.
-    pub denied: AtomicU64,
-    pub closed_by_update: AtomicU64,
-}
-
-/// Keeps a connection tracked until dropped.
-#[derive(Debug)]
-pub struct TrackedConnection {
-    id: u64,
-    tracker: Arc<ConnectionTracker>,
-    closed: Arc<Notify>,
-}
-
-impl TrackedConnection {
-    /// Resolves when a policy update no longer allows the connection.
-    pub async fn revoked(&self) {
-        self.closed.notified().await;
-    }
-}
-
-impl Drop for TrackedConnection {
-    fn drop(&mut self) {
-        self.tracker.open.remove(&self.id);
-    }
-}
-
-impl ConnectionTracker {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    pub fn track(self: &Arc<Self>, check: Check) -> TrackedConnection {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let closed = Arc::new(Notify::new());
-        self.open.insert(
-            id,
-            Tracked {
-                check,
-                closed: closed.clone(),
-            },
-        );
-        TrackedConnection {
-            id,
-            tracker: self.clone(),
-            closed,
-        }
-    }
-
-    pub fn open_connections(&self) -> usize {
-        self.open.len()
-    }
-
-    /// Closes the tracked connections `state` no longer allows; returns how many.
-    pub fn recheck(&self, state: &ProxyState) -> usize {
-        let mut closed = 0;
-        for entry in self.open.iter() {
-            if let Err(reason) = entry.check.allowed(state) {
-                tracing::info!(source = %entry.check.source, destination = %entry.check.destination, port = entry.check.port, %reason, "closing a connection the updated policy no longer allows");
-                entry.closed.notify_one();
-                closed += 1;
-            }
-        }
-        self.closed_by_update
-            .fetch_add(closed as u64, Ordering::Relaxed);
-        closed
-    }
-
-    /// Re-checks open connections after every config change, until dropped.
-    pub async fn run(self: Arc<Self>, store: Arc<ConfigStore>) {
-        let mut changes = store.subscribe();
-        while changes.changed().await.is_ok() {
-            self.recheck(&store.snapshot());
-        }
     }
 }

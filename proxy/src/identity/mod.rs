@@ -8,6 +8,11 @@
 //! current certificate stays in use for as long as it is valid. Open
 //! connections are unaffected by a renewal: a TLS session keeps the key it
 //! was established with.
+//!
+//! - [`tls`]: the rustls configurations built on these certificates (the
+//!   HBONE client and server, SPIFFE identity checks).
+//! - [`token`]: the service account token a proxy in a cluster presents to
+//!   the control plane instead of a node certificate.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,7 +29,13 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::state::{ConfigStore, ProxyState};
+use ferry_core::state::{ConfigStore, ProxyState};
+
+use crate::config::CertificateSettings;
+use crate::net::backoff::Backoff;
+
+pub mod tls;
+pub mod token;
 
 /// Errors of one certificate request.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +51,7 @@ pub enum IdentityError {
     #[error("mesh roots: {0}")]
     Roots(String),
     #[error(transparent)]
-    Token(#[from] crate::auth::TokenError),
+    Token(#[from] crate::identity::token::TokenError),
 }
 
 /// A certificate in use.
@@ -109,13 +120,13 @@ pub struct IdentityManager {
     trust_domain: String,
     roots: Arc<RootCertStore>,
     ca: Option<CertificateAuthorityClient<tonic::transport::Channel>>,
-    ttl: Duration,
+    settings: CertificateSettings,
     certs: ArcSwap<HashMap<Identity, Arc<WorkloadCert>>>,
     /// Identities asked for on demand (before the config shows their pod).
     requested: std::sync::Mutex<BTreeSet<Identity>>,
     wake: Notify,
     updates: watch::Sender<u64>,
-    token: std::sync::OnceLock<crate::auth::TokenFile>,
+    token: std::sync::OnceLock<crate::identity::token::TokenFile>,
 }
 
 impl IdentityManager {
@@ -124,14 +135,14 @@ impl IdentityManager {
         trust_domain: impl Into<String>,
         roots: RootCertStore,
         ca: Option<tonic::transport::Channel>,
-        ttl: Duration,
+        settings: CertificateSettings,
     ) -> Arc<Self> {
         Arc::new(Self {
             node: node.into(),
             trust_domain: trust_domain.into(),
             roots: Arc::new(roots),
             ca: ca.map(CertificateAuthorityClient::new),
-            ttl,
+            settings,
             certs: ArcSwap::default(),
             requested: std::sync::Mutex::default(),
             wake: Notify::new(),
@@ -142,7 +153,7 @@ impl IdentityManager {
 
     /// Proves the node to the CA with a service account token (in a
     /// cluster); set once, before [`IdentityManager::run`].
-    pub fn use_token(&self, token: crate::auth::TokenFile) {
+    pub fn use_token(&self, token: crate::identity::token::TokenFile) {
         let _ = self.token.set(token);
     }
 
@@ -221,15 +232,15 @@ impl IdentityManager {
         let (csr_pem, key_der) = ferry_certs::workload_csr(identity)?;
         let mut request = tonic::Request::new(SignRequest {
             csr_pem,
-            ttl_seconds: u32::try_from(self.ttl.as_secs()).unwrap_or(u32::MAX),
+            ttl_seconds: u32::try_from(self.settings.ttl.as_secs()).unwrap_or(u32::MAX),
         });
-        crate::auth::authorize(self.token.get(), &mut request)?;
+        crate::identity::token::authorize(self.token.get(), &mut request)?;
         let response = ca.sign(request).await?.into_inner();
         let chain = pem_certs(&response.cert_chain_pem).map_err(IdentityError::BadCertificate)?;
         let leaf = chain
             .first()
             .ok_or_else(|| IdentityError::BadCertificate("empty chain".into()))?;
-        let presented = crate::tls::identity_of(leaf)
+        let presented = crate::identity::tls::identity_of(leaf)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
         if &presented != identity {
             return Err(IdentityError::BadCertificate(format!(
@@ -271,7 +282,7 @@ impl IdentityManager {
     /// Keeps certificates for this node's identities until dropped.
     pub async fn run(self: Arc<Self>, store: Arc<ConfigStore>) {
         let mut changes = store.subscribe();
-        let mut retry: HashMap<Identity, (Instant, Duration)> = HashMap::new();
+        let mut retry: HashMap<Identity, (Instant, Backoff)> = HashMap::new();
         loop {
             let mut desired = self.local_identities(&store.snapshot());
             desired.extend(
@@ -281,7 +292,7 @@ impl IdentityManager {
                     .iter()
                     .cloned(),
             );
-            let mut next_wake = Instant::now() + Duration::from_secs(30);
+            let mut next_wake = Instant::now() + self.settings.review_interval;
             for identity in &desired {
                 let now = SystemTime::now();
                 let due = self.certs.load().get(identity).map(|c| c.refresh_at);
@@ -314,13 +325,15 @@ impl IdentityManager {
                             .remove(identity);
                     }
                     Err(e) => {
-                        let backoff = retry
-                            .get(identity)
-                            .map_or(Duration::from_millis(500), |(_, b)| {
-                                (*b * 2).min(Duration::from_secs(30))
-                            });
+                        let (at, backoff) = retry.entry(identity.clone()).or_insert_with(|| {
+                            (
+                                Instant::now(),
+                                Backoff::new(self.settings.retry_initial, self.settings.retry_max),
+                            )
+                        });
+                        let backoff = backoff.next_delay();
+                        *at = Instant::now() + backoff;
                         tracing::warn!(%identity, error = %e, retry_in_ms = backoff.as_millis() as u64, still_valid = self.certified(identity).is_some(), "certificate request failed");
-                        retry.insert(identity.clone(), (Instant::now() + backoff, backoff));
                         next_wake = next_wake.min(Instant::now() + backoff);
                         // Wake waiters so they can give up early if they must.
                         self.updates.send_modify(|n| *n += 1);

@@ -1,73 +1,27 @@
-//! HBONE: TCP connections carried as HTTP/2 CONNECT streams inside mutual
-//! TLS between node proxies (port 15008).
+//! The HBONE client: pooled mutual-TLS HTTP/2 connections to other node
+//! proxies, one CONNECT stream per proxied connection.
 //!
-//! - [`HbonePool`]: the client side. HTTP/2 connections are pooled per
-//!   (source identity, destination identity, destination node): a new
-//!   pod-to-pod connection costs one stream, not a handshake. A connection
-//!   carries at most `stream_limit` concurrent streams; past that a new one
-//!   is opened. The destination identity is part of the key because the
-//!   server proves it in the TLS handshake.
-//! - [`splice`]: copies between a TCP stream and an HTTP/2 stream in both
-//!   directions, honouring half-close (EOF becomes END_STREAM and back) and
-//!   HTTP/2 flow control.
-//!
-//! The server side lives in [`crate::inbound`].
+//! Connections are pooled per (source identity, destination identity,
+//! destination node): a new pod-to-pod connection costs one stream, not a
+//! handshake. The destination identity is part of the key because the
+//! server proves it in the TLS handshake. A connection carries at most
+//! `max_streams` concurrent streams; past that a new one is opened.
+//! Opening is single-flight: connections that miss the pool at the same
+//! time wait for one handshake per key instead of each starting its own.
 
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use dashmap::DashMap;
 use ferry_api::identity::Identity;
 use h2::{RecvStream, SendStream};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::{H2Settings, TunnelError, FORWARDED, TRACEPARENT};
 use crate::identity::IdentityManager;
-
-/// Header carrying the original client address (`for=<ip>:<port>`).
-pub const FORWARDED: &str = "forwarded";
-/// The W3C trace context header joining the two sides' spans.
-pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-
-const READ_CHUNK: usize = 64 * 1024;
-/// Largest HTTP/2 DATA frame we accept: big frames cut per-frame overhead on bulk transfers.
-pub const MAX_FRAME: u32 = 256 * 1024;
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
-
-/// Why a tunnel could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
-    #[error("no certificate for source identity {0}")]
-    NoCertificate(Identity),
-    #[error("connecting to {node}: {source}")]
-    Connect {
-        node: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("connecting to {0}: timed out")]
-    Timeout(SocketAddr),
-    #[error("TLS with {node}: {source}")]
-    Tls {
-        node: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("TLS configuration: {0}")]
-    Config(#[from] crate::tls::TlsError),
-    #[error("HTTP/2: {0}")]
-    H2(#[from] h2::Error),
-    #[error("the destination proxy refused the stream: {status}")]
-    Refused { status: http::StatusCode },
-    #[error("invalid CONNECT target {0}")]
-    Target(#[from] http::Error),
-}
 
 /// Pool key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -110,27 +64,43 @@ pub struct PoolStats {
     pub handshakes: usize,
 }
 
+/// Timeouts of the HBONE client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolTimeouts {
+    /// TCP connect, then the TLS handshake, each.
+    pub connect: Duration,
+    /// How long a new connection waits for its source identity's first
+    /// certificate (a pod that has just started).
+    pub certificate: Duration,
+}
+
 /// The HBONE client: pooled mTLS HTTP/2 connections to other node proxies.
 #[derive(Debug)]
 pub struct HbonePool {
     connections: DashMap<PoolKey, Vec<PooledConnection>>,
+    /// One lock per key being opened: single-flight handshakes.
+    opening: DashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>,
     identities: Arc<IdentityManager>,
-    stream_limit: usize,
-    connect_timeout: Duration,
+    settings: H2Settings,
+    timeouts: PoolTimeouts,
     handshakes: AtomicUsize,
 }
 
 impl HbonePool {
     pub fn new(
         identities: Arc<IdentityManager>,
-        stream_limit: usize,
-        connect_timeout: Duration,
+        settings: H2Settings,
+        timeouts: PoolTimeouts,
     ) -> Self {
         Self {
             connections: DashMap::new(),
+            opening: DashMap::new(),
             identities,
-            stream_limit: stream_limit.max(1),
-            connect_timeout,
+            settings: H2Settings {
+                max_streams: settings.max_streams.max(1),
+                ..settings
+            },
+            timeouts,
             handshakes: AtomicUsize::new(0),
         }
     }
@@ -157,14 +127,40 @@ impl HbonePool {
     fn reuse(&self, key: &PoolKey) -> Option<(h2::client::SendRequest<Bytes>, StreamSlot)> {
         let mut entry = self.connections.get_mut(key)?;
         entry.retain(|c| !c.closed.load(Ordering::Acquire));
+        let limit = self.settings.max_streams as usize;
         for c in entry.iter() {
             let taken = c.streams.fetch_add(1, Ordering::AcqRel);
-            if taken < self.stream_limit {
+            if taken < limit {
                 return Some((c.sender.clone(), StreamSlot(c.streams.clone())));
             }
             c.streams.fetch_sub(1, Ordering::AcqRel);
         }
         None
+    }
+
+    /// A stream slot on a pooled connection, opening one if none is free.
+    /// Callers that miss at the same time queue on the key's lock: the
+    /// first opens, the others then find its connection.
+    async fn checkout(
+        &self,
+        key: &PoolKey,
+    ) -> Result<(h2::client::SendRequest<Bytes>, StreamSlot), TunnelError> {
+        if let Some(found) = self.reuse(key) {
+            return Ok(found);
+        }
+        let lock = self.opening.entry(key.clone()).or_default().clone();
+        let opened = {
+            let _single = lock.lock().await;
+            match self.reuse(key) {
+                Some(found) => Ok(found),
+                None => self.open(key).await,
+            }
+        };
+        // The last one out removes the lock (the map holds one reference).
+        self.opening.remove_if(key, |_, l| {
+            Arc::strong_count(l) <= 2 && Arc::ptr_eq(l, &lock)
+        });
+        opened
     }
 
     async fn open(
@@ -173,29 +169,22 @@ impl HbonePool {
     ) -> Result<(h2::client::SendRequest<Bytes>, StreamSlot), TunnelError> {
         let source_cert = self
             .identities
-            .wait_certified(&key.source, Duration::from_secs(5))
+            .wait_certified(&key.source, self.timeouts.certificate)
             .await
             .ok_or_else(|| TunnelError::NoCertificate(key.source.clone()))?;
-        let config = crate::tls::client_config(
+        let config = crate::identity::tls::client_config(
             self.identities.roots(),
             source_cert,
             key.destination.clone(),
         )?;
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(key.node))
-            .await
-            .map_err(|_| TunnelError::Timeout(key.node))?
-            .map_err(|source| TunnelError::Connect {
-                node: key.node,
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = crate::net::connect::connect(key.node, self.timeouts.connect).await?;
         let server_name = rustls::pki_types::ServerName::try_from(key.destination.server_name())
             .map_err(|e| TunnelError::Tls {
                 node: key.node,
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
         let tls = tokio::time::timeout(
-            self.connect_timeout,
+            self.timeouts.connect,
             tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp),
         )
         .await
@@ -204,14 +193,7 @@ impl HbonePool {
             node: key.node,
             source,
         })?;
-        let (sender, connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_concurrent_streams(self.stream_limit as u32)
-            .max_frame_size(MAX_FRAME)
-            .max_send_buffer_size(1 << 20)
-            .handshake::<_, Bytes>(tls)
-            .await?;
+        let (sender, connection) = self.settings.client().handshake::<_, Bytes>(tls).await?;
         self.handshakes.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(AtomicBool::new(false));
         let streams = Arc::new(AtomicUsize::new(1));
@@ -246,10 +228,7 @@ impl HbonePool {
         client: SocketAddr,
         traceparent: Option<http::HeaderValue>,
     ) -> Result<HboneStream, TunnelError> {
-        let (sender, slot) = match self.reuse(key) {
-            Some(found) => found,
-            None => self.open(key).await?,
-        };
+        let (sender, slot) = self.checkout(key).await?;
         let mut sender = sender.ready().await?;
         let mut request = http::Request::builder()
             .method(http::Method::CONNECT)
@@ -272,60 +251,4 @@ impl HbonePool {
             slot,
         })
     }
-}
-
-/// Bytes copied by [`splice`]: (TCP to HTTP/2, HTTP/2 to TCP).
-pub type Copied = (u64, u64);
-
-/// Copies both ways between `tcp` and an HTTP/2 stream until both directions
-/// have ended. EOF from the TCP side is sent as END_STREAM; END_STREAM from
-/// the peer shuts down the TCP write side; the other direction goes on.
-pub async fn splice(tcp: TcpStream, mut send: SendStream<Bytes>, mut recv: RecvStream) -> Copied {
-    let (mut reader, mut writer) = tcp.into_split();
-    let up = async move {
-        let mut total = 0u64;
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        loop {
-            buf.reserve(READ_CHUNK);
-            match reader.read_buf(&mut buf).await {
-                Ok(0) => {
-                    let _ = send.send_data(Bytes::new(), true);
-                    return total;
-                }
-                Ok(n) => total += n as u64,
-                Err(_) => {
-                    send.send_reset(h2::Reason::CANCEL);
-                    return total;
-                }
-            }
-            let mut chunk = buf.split().freeze();
-            while !chunk.is_empty() {
-                send.reserve_capacity(chunk.len());
-                match poll_fn(|cx| send.poll_capacity(cx)).await {
-                    Some(Ok(0)) => continue,
-                    Some(Ok(capacity)) => {
-                        let part = chunk.split_to(capacity.min(chunk.len()));
-                        if send.send_data(part, false).is_err() {
-                            return total;
-                        }
-                    }
-                    Some(Err(_)) | None => return total,
-                }
-            }
-        }
-    };
-    let down = async move {
-        let mut total = 0u64;
-        while let Some(Ok(data)) = recv.data().await {
-            let n = data.len();
-            if writer.write_all(&data).await.is_err() {
-                break;
-            }
-            let _ = recv.flow_control().release_capacity(n);
-            total += n as u64;
-        }
-        let _ = writer.shutdown().await;
-        total
-    };
-    tokio::join!(up, down)
 }

@@ -18,6 +18,8 @@ use ferry_api::proto::{DeltaResponse, ResourceVersion};
 use ferry_api::{KeyView, Kind, ResourceBody, ResourceError, ResourceKey, VersionedResource};
 use serde::Serialize;
 
+use crate::policy::{Check, CompiledPolicy, Denied, Party, PolicyIndex};
+
 type Entry = Arc<VersionedResource>;
 
 /// An immutable view of the configuration.
@@ -38,7 +40,7 @@ pub struct ProxyState {
     services_by_node_port: imbl::HashMap<u16, Entry>,
     /// Policies ready for evaluation, by policy name, and the policies
     /// selecting each workload.
-    policies: imbl::HashMap<String, Arc<crate::policy::CompiledPolicy>>,
+    policies: imbl::HashMap<String, Arc<CompiledPolicy>>,
     policies_by_workload: imbl::HashMap<String, imbl::OrdSet<String>>,
     /// Telemetry labels, built once per resource version so that a
     /// connection's metrics take reference counts, not allocations.
@@ -339,16 +341,38 @@ impl ProxyState {
         }
     }
 
-    /// The policies that select a workload (`namespace/name`).
-    pub fn policies_selecting<'a>(
-        &'a self,
-        workload: &str,
-    ) -> impl Iterator<Item = &'a crate::policy::CompiledPolicy> + 'a {
-        self.policies_by_workload
-            .get(workload)
-            .into_iter()
-            .flatten()
-            .filter_map(|name| self.policies.get(name).map(|p| p.as_ref()))
+    /// The party at `ip`, with its workload if the config knows one.
+    pub fn party_at(&self, ip: IpAddr) -> Party<'_> {
+        let found = self.workload_entry_by_ip(&ip);
+        Party {
+            workload: found.map(|(_, w)| w),
+            key: found.map(|(key, _)| key),
+            ip,
+        }
+    }
+
+    /// A workload by key, as a party at its first address (unspecified when
+    /// it has none).
+    pub fn workload_party(&self, key: &str) -> Option<Party<'_>> {
+        let (key, w) = self.workload_entry(key)?;
+        Some(Party {
+            workload: Some(w),
+            key: Some(key),
+            ip: w
+                .addresses
+                .first()
+                .copied()
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        })
+    }
+
+    /// Whether the halves `check` enforces allow its connection.
+    pub fn enforce(&self, check: &Check) -> Result<(), Denied> {
+        check.judge(
+            self,
+            &self.party_at(check.source),
+            &self.party_at(check.destination),
+        )
     }
 
     /// Parseable InternalIP and ExternalIP addresses of a node.
@@ -468,10 +492,8 @@ impl ProxyState {
                 Self::index_keys(&mut self.nodes_by_ip, Self::node_ips(n), &entry);
             }
             ResourceBody::Policy(p) => {
-                self.policies.insert(
-                    entry.key.name.clone(),
-                    Arc::new(crate::policy::CompiledPolicy::compile(p)),
-                );
+                self.policies
+                    .insert(entry.key.name.clone(), Arc::new(CompiledPolicy::compile(p)));
                 for w in &p.selected {
                     self.policies_by_workload
                         .entry(w.clone())
@@ -490,6 +512,19 @@ impl ProxyState {
             }
             None => false,
         }
+    }
+}
+
+impl PolicyIndex for ProxyState {
+    fn policies_selecting<'a>(
+        &'a self,
+        workload: &'a str,
+    ) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
+        self.policies_by_workload
+            .get(workload)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.policies.get(name).map(|p| p.as_ref()))
     }
 }
 
@@ -593,10 +628,12 @@ impl ConfigStore {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-util"))]
 impl ConfigStore {
-    /// A store holding `bodies`, every one of which must be accepted.
-    pub(crate) fn holding(bodies: &[ResourceBody]) -> Arc<Self> {
+    /// A store holding `bodies`, every one of which must be accepted
+    /// (panics otherwise: fixtures for tests).
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
+    pub fn holding(bodies: &[ResourceBody]) -> Arc<Self> {
         let store = Self::new();
         let report = store.apply(DeltaResponse {
             nonce: "1".into(),

@@ -1,6 +1,7 @@
 //! DNS for services: the proxy answers for `<service>.<namespace>.svc.<domain>`
 //! (the name a pod's search path produces for `service`, `service.namespace`
-//! and the full name) and forwards every other name to the upstream resolver.
+//! and the full name) and forwards every other name to the upstream
+//! resolvers, over UDP and TCP.
 //!
 //! - a service with cluster IPs: its cluster IPs (A / AAAA by family);
 //! - a headless service: the addresses of its ready endpoints (the pods);
@@ -11,249 +12,296 @@
 //!   resolvers such as glibc's do not chase a CNAME themselves).
 //!
 //! Names under `svc.<domain>` that match nothing get NXDOMAIN from us, with
-//! authority; nothing about them leaves the node.
+//! authority; nothing about them leaves the node. What a name means is the
+//! core's rule ([`ferry_core::route::names`]); the server is hickory-server
+//! and the forwarder hickory-resolver (one pooled client per upstream, with
+//! its own timeouts and cache, instead of a socket per query).
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use async_trait::async_trait;
+use ferry_core::route::{resolve_fqdn as resolve, NameAnswer as Answer};
+use ferry_core::state::{ConfigStore, ProxyState};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use tokio::net::UdpSocket;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::{Resolver, TokioResolver};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
 
-use crate::state::{ConfigStore, ProxyState};
+use crate::config::DnsSettings;
 
-/// TTL of the answers (short: endpoints move).
-const TTL: u32 = 5;
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest CNAME chain followed (ExternalName to ExternalName...).
 const MAX_CHAIN: usize = 8;
+/// Responses queued per DNS-over-TCP connection.
+const TCP_RESPONSE_QUEUE: usize = 32;
 
-/// What the mesh knows about a name.
+/// The records the mesh answers for one question: the CNAME chain and the
+/// addresses at its end, the response code, and the end of a chain that
+/// leaves the mesh (an ExternalName's external target), to be asked
+/// upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    Addresses(Vec<IpAddr>),
-    Alias(String),
-    /// Under `svc.<domain>` but no such service.
-    NotFound,
-    /// Not a service name: for the upstream resolver.
-    NotOurs,
+pub struct MeshAnswer {
+    pub records: Vec<Record>,
+    pub code: ResponseCode,
+    pub external: Option<Name>,
 }
 
-/// Resolves a fully qualified name (without the trailing dot, any case).
-pub fn resolve(state: &ProxyState, name: &str, domain: &str) -> Answer {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let Some(rest) = name.strip_suffix(&format!(".svc.{domain}")) else {
-        return Answer::NotOurs;
-    };
-    let Some((service, namespace)) = rest.rsplit_once('.') else {
-        return Answer::NotFound;
-    };
-    // `<service>.<namespace>`: a pod hostname would add one more label; not served.
-    if service.contains('.') {
-        return Answer::NotFound;
-    }
-    let Some(svc) = state.service(&format!("{namespace}/{service}")) else {
-        return Answer::NotFound;
-    };
-    if let Some(external) = &svc.external_name {
-        return Answer::Alias(external.clone());
-    }
-    if !svc.cluster_ips.is_empty() {
-        return Answer::Addresses(svc.cluster_ips.clone());
-    }
-    let mut ready: Vec<IpAddr> = svc
-        .endpoints
-        .iter()
-        .filter(|e| e.ready)
-        .map(|e| e.address)
-        .collect();
-    ready.sort();
-    ready.dedup();
-    Answer::Addresses(ready)
-}
-
-/// Builds the response to `query` from the mesh's answer, or `None` when the
-/// name is not ours.
-pub fn answer(state: &ProxyState, query: &Message, domain: &str) -> Option<Message> {
-    answer_chain(state, query, domain).map(|(response, _)| response)
-}
-
-/// Like [`answer`], and the end of a CNAME chain that leaves the mesh (an
-/// ExternalName's external target), for the caller to resolve upstream.
-fn answer_chain(
-    state: &ProxyState,
-    query: &Message,
-    domain: &str,
-) -> Option<(Message, Option<Name>)> {
-    let question = query.queries.first()?;
+/// The mesh's answer to `question`, or `None` when the name is not ours.
+pub fn answer(state: &ProxyState, question: &Query, domain: &str, ttl: u32) -> Option<MeshAnswer> {
     let mut owner = question.name().clone();
     let mut found = resolve(state, &owner.to_ascii(), domain);
     if found == Answer::NotOurs {
         return None;
     }
-    let mut response = Message::response(query.metadata.id, OpCode::Query);
-    response.metadata.message_type = MessageType::Response;
-    response.metadata.authoritative = true;
-    response.metadata.recursion_desired = query.metadata.recursion_desired;
-    response.metadata.recursion_available = true;
-    response.add_query(question.clone());
-    let mut external = None;
+    let mut answer = MeshAnswer {
+        records: Vec::new(),
+        code: ResponseCode::NoError,
+        external: None,
+    };
     for hop in 0..=MAX_CHAIN {
         match found {
             Answer::NotFound | Answer::NotOurs => {
-                response.metadata.response_code = ResponseCode::NXDomain;
+                answer.code = ResponseCode::NXDomain;
                 break;
             }
             Answer::Alias(_) if hop == MAX_CHAIN => {
-                response.metadata.response_code = ResponseCode::ServFail;
+                answer.code = ResponseCode::ServFail;
                 break;
             }
             Answer::Alias(target) => {
                 let Ok(target) = Name::from_ascii(format!("{}.", target.trim_end_matches('.')))
                 else {
-                    response.metadata.response_code = ResponseCode::ServFail;
+                    answer.code = ResponseCode::ServFail;
                     break;
                 };
-                response.add_answer(Record::from_rdata(
+                answer.records.push(Record::from_rdata(
                     owner,
-                    TTL,
+                    ttl,
                     RData::CNAME(CNAME(target.clone())),
                 ));
                 found = resolve(state, &target.to_ascii(), domain);
                 owner = target;
                 if found == Answer::NotOurs {
-                    // Outside the mesh: the caller asks upstream.
-                    external = Some(owner);
+                    // Outside the mesh: asked upstream.
+                    answer.external = Some(owner);
                     break;
                 }
             }
             Answer::Addresses(addresses) => {
                 for ip in addresses {
                     let rdata = match (ip, question.query_type()) {
-                        (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
-                        (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
+                        (std::net::IpAddr::V4(v4), RecordType::A | RecordType::ANY) => {
+                            RData::A(A(v4))
+                        }
+                        (std::net::IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
                             RData::AAAA(AAAA(v6))
                         }
                         _ => continue,
                     };
-                    response.add_answer(Record::from_rdata(owner.clone(), TTL, rdata));
+                    answer
+                        .records
+                        .push(Record::from_rdata(owner.clone(), ttl, rdata));
                 }
                 break;
             }
         }
     }
-    Some((response, external))
+    Some(answer)
+}
+
+/// The forwarder: to `upstream` when given, else to the nameservers of
+/// /etc/resolv.conf. Never reads /etc/hosts (the node's, not the pod's).
+fn forwarder(settings: &DnsSettings) -> Result<TokioResolver, NetError> {
+    let mut builder = match settings.upstream {
+        Some(upstream) => {
+            let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()].map(|mut c| {
+                c.port = upstream.port();
+                c
+            });
+            let server = NameServerConfig::new(upstream.ip(), true, Vec::from(connections));
+            Resolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], vec![server]),
+                TokioRuntimeProvider::default(),
+            )
+        }
+        None => Resolver::builder_tokio()?,
+    };
+    let options: &mut ResolverOpts = builder.options_mut();
+    options.use_hosts_file = ResolveHosts::Never;
+    options.timeout = settings.upstream_timeout;
+    options.attempts = 1;
+    builder.build()
+}
+
+/// Answers DNS requests for one node proxy.
+#[derive(Debug)]
+struct Handler {
+    store: Arc<ConfigStore>,
+    domain: String,
+    ttl: u32,
+    /// `None`: no upstream could be configured; other names get SERVFAIL.
+    upstream: Option<TokioResolver>,
+}
+
+/// What goes in a response besides the question.
+#[derive(Debug, Default)]
+struct Sections {
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+}
+
+impl Handler {
+    /// Asks the upstream resolvers; the response code and records to send.
+    async fn forward(&self, question: &Query, sections: &mut Sections) -> ResponseCode {
+        let Some(upstream) = &self.upstream else {
+            return ResponseCode::ServFail;
+        };
+        match upstream
+            .lookup(question.name().clone(), question.query_type())
+            .await
+        {
+            Ok(lookup) => {
+                sections.answers.extend_from_slice(lookup.answers());
+                sections.authorities.extend_from_slice(lookup.authorities());
+                ResponseCode::NoError
+            }
+            Err(NetError::Dns(DnsError::NoRecordsFound(none))) => {
+                if let Some(soa) = none.soa {
+                    sections.authorities.push((*soa).into_record_of_rdata());
+                }
+                none.response_code
+            }
+            Err(NetError::Dns(DnsError::ResponseCode(code))) => code,
+            Err(e) => {
+                tracing::debug!(name = %question.name(), error = %e, "DNS upstream failed");
+                ResponseCode::ServFail
+            }
+        }
+    }
+
+    /// The response code, authority and records for `question`.
+    async fn respond(&self, question: &Query, metadata: &mut Metadata, sections: &mut Sections) {
+        let ours = answer(&self.store.snapshot(), question, &self.domain, self.ttl);
+        let Some(ours) = ours else {
+            metadata.response_code = self.forward(question, sections).await;
+            return;
+        };
+        metadata.authoritative = true;
+        metadata.response_code = ours.code;
+        sections.answers = ours.records;
+        if let Some(target) = ours.external {
+            // The CNAME leaves the mesh: append what upstream says of its
+            // target (same type); without an answer the CNAME stands alone.
+            let mut upstream = Sections::default();
+            let asked = Query::query(target, question.query_type());
+            if self.forward(&asked, &mut upstream).await == ResponseCode::NoError {
+                metadata.authoritative = false;
+                sections.answers.extend(upstream.answers);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = true;
+        let mut sections = Sections::default();
+        let question = request
+            .request_info()
+            .ok()
+            .map(|info| info.query.original().clone());
+        match question {
+            None => metadata.response_code = ResponseCode::FormErr,
+            Some(_) if request.metadata.op_code != OpCode::Query => {
+                metadata.response_code = ResponseCode::NotImp
+            }
+            Some(question) => self.respond(&question, &mut metadata, &mut sections).await,
+        }
+        // EDNS only when the client spoke it (RFC 6891).
+        let edns = request.edns.as_ref().map(|theirs| {
+            let mut ours = Edns::new();
+            ours.set_max_payload(theirs.max_payload().max(512));
+            ours
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let message = builder.build(
+            metadata,
+            sections.answers.iter(),
+            sections.authorities.iter(),
+            [],
+            [],
+        );
+        match response.send_response(message).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS response not sent");
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
 }
 
 /// The DNS server of a node proxy.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DnsServer {
-    pub store: Arc<ConfigStore>,
-    pub domain: String,
-    /// Where other names go; `None`: SERVFAIL for them.
-    pub upstream: Option<SocketAddr>,
+    handler: Handler,
+    tcp_idle_timeout: std::time::Duration,
 }
 
 impl DnsServer {
-    /// Serves until the task is dropped.
-    pub async fn serve(self, socket: UdpSocket) {
-        let socket = Arc::new(socket);
-        let this = Arc::new(self);
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (len, peer) = match socket.recv_from(&mut buf).await {
-                Ok(received) => received,
-                Err(e) => {
-                    tracing::debug!(error = %e, "DNS receive failed");
-                    continue;
-                }
-            };
-            let packet = buf[..len].to_vec();
-            let socket = socket.clone();
-            let this = this.clone();
-            tokio::spawn(async move {
-                if let Some(reply) = this.handle(&packet).await {
-                    let _ = socket.send_to(&reply, peer).await;
-                }
-            });
-        }
-    }
-
-    async fn handle(&self, packet: &[u8]) -> Option<Vec<u8>> {
-        let query = Message::from_vec(packet).ok()?;
-        let ours = answer_chain(&self.store.snapshot(), &query, &self.domain);
-        if let Some((mut response, external)) = ours {
-            if let Some(target) = external {
-                self.chase(&query, target, &mut response).await;
+    /// A server answering from `store`. Without a usable upstream (no
+    /// `--dns-upstream` and no readable resolv.conf) names outside the mesh
+    /// get SERVFAIL; this is logged once.
+    pub fn new(store: Arc<ConfigStore>, settings: &DnsSettings) -> Self {
+        let upstream = match forwarder(settings) {
+            Ok(resolver) => Some(resolver),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS upstream (--dns-upstream, /etc/resolv.conf): names outside the mesh get SERVFAIL");
+                None
             }
-            return response.to_vec().ok();
-        }
-        match self.forward(packet).await {
-            Some(reply) => Some(reply),
-            None => Message::error_msg(
-                query.metadata.id,
-                query.metadata.op_code,
-                ResponseCode::ServFail,
-            )
-            .to_vec()
-            .ok(),
+        };
+        Self {
+            handler: Handler {
+                store,
+                domain: settings.cluster_domain.clone(),
+                ttl: settings.ttl,
+                upstream,
+            },
+            tcp_idle_timeout: settings.tcp_idle_timeout,
         }
     }
 
-    /// Appends the upstream's answer for an ExternalName's target (same
-    /// record type); without one the CNAME stands alone.
-    async fn chase(&self, query: &Message, target: Name, response: &mut Message) {
-        let Some(question) = query.queries.first() else {
-            return;
-        };
-        let mut ask = Message::query();
-        ask.metadata.id = query.metadata.id;
-        ask.metadata.recursion_desired = true;
-        ask.add_query(hickory_proto::op::Query::query(
-            target,
-            question.query_type(),
-        ));
-        let Some(reply) = (match ask.to_vec() {
-            Ok(packet) => self.forward(&packet).await,
-            Err(_) => None,
-        }) else {
-            return;
-        };
-        if let Ok(reply) = Message::from_vec(&reply) {
-            response.metadata.authoritative = false;
-            for record in reply.answers {
-                response.add_answer(record);
-            }
+    /// Serves UDP and TCP until the task is dropped.
+    pub async fn serve(self, udp: UdpSocket, tcp: TcpListener) {
+        let mut server = Server::new(self.handler);
+        server.register_socket(udp);
+        server.register_listener(tcp, self.tcp_idle_timeout, TCP_RESPONSE_QUEUE);
+        if let Err(e) = server.block_until_done().await {
+            tracing::warn!(error = %e, "DNS server stopped");
         }
     }
-
-    async fn forward(&self, packet: &[u8]) -> Option<Vec<u8>> {
-        let upstream = self.upstream?;
-        let bind: SocketAddr = if upstream.is_ipv4() {
-            "0.0.0.0:0".parse().ok()?
-        } else {
-            "[::]:0".parse().ok()?
-        };
-        let socket = UdpSocket::bind(bind).await.ok()?;
-        socket.send_to(packet, upstream).await.ok()?;
-        let mut buf = vec![0u8; 4096];
-        let (len, _) = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv_from(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        buf.truncate(len);
-        Some(buf)
-    }
-}
-
-/// The first `nameserver` of a resolv.conf text.
-pub fn upstream_from_resolv_conf(text: &str) -> Option<SocketAddr> {
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .find_map(|v| v.trim().parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
 }
 
 #[cfg(test)]
@@ -261,7 +309,8 @@ mod tests {
     use super::*;
     use ferry_api::model::{Endpoint, Service, ServiceType, TrafficPolicy};
     use ferry_api::ResourceBody;
-    use hickory_proto::op::Query;
+    use hickory_proto::op::Message;
+    use std::time::Duration;
 
     fn service(
         name: &str,
@@ -397,12 +446,18 @@ mod tests {
         let store = store();
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let server_addr = socket.local_addr().unwrap();
-        let server = DnsServer {
+        let tcp = TcpListener::bind(server_addr).await.unwrap();
+        let server = DnsServer::new(
             store,
-            domain: "cluster.local".into(),
-            upstream: Some(upstream_addr),
-        };
-        let task = tokio::spawn(server.serve(socket));
+            &DnsSettings {
+                cluster_domain: "cluster.local".into(),
+                upstream: Some(upstream_addr),
+                upstream_timeout: Duration::from_secs(2),
+                ttl: 5,
+                tcp_idle_timeout: Duration::from_secs(5),
+            },
+        );
+        let task = tokio::spawn(server.serve(socket, tcp));
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let ask = |m: Message| {
             let client = &client;
@@ -466,16 +521,5 @@ mod tests {
             RData::A(A("192.0.2.1".parse().unwrap()))
         );
         task.abort();
-    }
-
-    #[test]
-    fn upstream_comes_from_resolv_conf() {
-        assert_eq!(
-            upstream_from_resolv_conf(
-                "# x\nsearch a b\nnameserver 10.0.0.53\nnameserver 1.1.1.1\n"
-            ),
-            Some("10.0.0.53:53".parse().unwrap())
-        );
-        assert_eq!(upstream_from_resolv_conf("search x\n"), None);
     }
 }

@@ -1,0 +1,22 @@
+//! Ferry's IO-free core: what a node proxy knows and decides, with no
+//! sockets, no runtime and no clock of its own (callers pass `now`).
+//!
+//! - [`state`]: the configuration store ([`state::ConfigStore`]) and the
+//!   immutable snapshot every connection reads ([`state::ProxyState`]),
+//!   with its indexes (workload by IP, service by IP and node port, the
+//!   workloads of a node, the policies selecting a workload).
+//! - [`route`]: kube-proxy's rules: what a destination means, which
+//!   endpoints may serve it ([`route::endpoints`]), which one does
+//!   ([`route::lb`]), how it is carried, and `ferryctl route`'s view of
+//!   all of that ([`route::explain()`]).
+//! - [`policy`]: NetworkPolicy evaluation, a leaf that imports no state.
+//! - [`request`]: the decision for one outbound connection, assembled from
+//!   the three above: what, where, how, as whom, allowed or why not.
+//!
+//! Shared by `ferry-proxy` (the data path) and `ferryctl` (explanations),
+//! so what ferryctl says is what the proxy does.
+
+pub mod policy;
+pub mod request;
+pub mod route;
+pub mod state;

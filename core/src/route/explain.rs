@@ -1,0 +1,319 @@
+//! `ferryctl route`: every candidate a connection could take, computed by
+//! the same rules the proxy runs ([`super::plan`], [`eligible`],
+//! [`mode_for`]). The table and JSON output are ferryctl's.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ferry_api::model::{Service, ServiceType, Workload};
+use serde::Serialize;
+
+use super::endpoints::{eligible, no_endpoints};
+use super::names::{headless_addresses, service_by_name};
+use super::{mode_for, no_such_port, plan, service_plan, tcp_port, Access, Mode, Plan};
+use crate::state::ProxyState;
+
+/// What `ferryctl route` reports for a whole route: how its endpoints are
+/// reached, or that it is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteMode {
+    Direct,
+    Hbone,
+    Passthrough,
+    /// No endpoint may serve it, or the destination is refused.
+    Refused,
+}
+
+impl From<Mode> for RouteMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Direct => RouteMode::Direct,
+            Mode::Hbone => RouteMode::Hbone,
+            Mode::Passthrough => RouteMode::Passthrough,
+        }
+    }
+}
+
+impl RouteMode {
+    /// The lowercase name (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteMode::Refused => "refused",
+            RouteMode::Direct => "direct",
+            RouteMode::Hbone => "hbone",
+            RouteMode::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// `sessionAffinity` of an explained route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteAffinity {
+    /// Always `ClientIP`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub timeout_seconds: u32,
+}
+
+/// One endpoint of an explained route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteEndpoint {
+    /// `namespace/name` of its pod; `None` for a bare address.
+    pub pod: Option<String>,
+    pub address: IpAddr,
+    /// The port connected to (the resolved target port).
+    pub port: u16,
+    pub node: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub mode: Mode,
+}
+
+/// `ferryctl route`'s answer, computed by the proxy's own code. Serializes
+/// to `{"service", "mode", "reason", "affinity", "external_name",
+/// "endpoints"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// `namespace/name` of the service, when one is involved.
+    pub service: Option<String>,
+    /// `refused` when there is no candidate or the destination is refused;
+    /// `passthrough` for unknown destinations and ExternalName services; for
+    /// a pod, that pod's mode; for a service, `direct` when every candidate
+    /// is on the source's node, else `hbone` when any candidate is reached
+    /// over HBONE, else `passthrough`.
+    pub mode: RouteMode,
+    /// Why it is refused (or passed through).
+    pub reason: Option<String>,
+    pub affinity: Option<RouteAffinity>,
+    /// The host an ExternalName service points at.
+    pub external_name: Option<String>,
+    /// Every candidate [`eligible`] allows, or the one pod.
+    pub endpoints: Vec<RouteEndpoint>,
+}
+
+impl Explanation {
+    fn bare(mode: RouteMode, service: Option<&Service>, reason: Option<String>) -> Self {
+        Self {
+            service: service.map(Service::key_name),
+            mode,
+            reason,
+            affinity: None,
+            external_name: None,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// Splits `HOST:PORT` (`[v6]:PORT` accepted).
+fn split_host_port(to: &str) -> Result<(&str, u16), String> {
+    let (host, port) = to
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{to:?}: expected HOST:PORT"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(format!("{to:?}: expected HOST:PORT, the host is empty"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok((host, port)),
+        _ => Err(format!("{to:?}: {port:?} is not a port number (1-65535)")),
+    }
+}
+
+/// The plan for a service reached by name, and the pod IP dialed when the
+/// name is a headless service's.
+fn plan_by_name<'s>(
+    state: &'s ProxyState,
+    service: &'s Service,
+    port: u16,
+) -> (Plan<'s>, Option<IpAddr>) {
+    let key = || format!("{}/{}", service.namespace, service.name);
+    if service.service_type == ServiceType::ExternalName {
+        return match service.external_name.as_deref() {
+            Some(host) => (
+                Plan::ExternalName {
+                    service,
+                    host,
+                    port,
+                },
+                None,
+            ),
+            None => (
+                Plan::Refused {
+                    service: Some(service),
+                    reason: format!("ExternalName service {} has no externalName", key()),
+                },
+                None,
+            ),
+        };
+    }
+    if service.headless {
+        // DNS answers with the pods' IPs; the client dials the port as is.
+        return match headless_addresses(service).first() {
+            Some(&address) => (plan(state, SocketAddr::new(address, port)), Some(address)),
+            None => (
+                Plan::Refused {
+                    service: Some(service),
+                    reason: format!("headless service {} has no ready endpoints", key()),
+                },
+                None,
+            ),
+        };
+    }
+    match tcp_port(service, port) {
+        Some(index) => (service_plan(service, index, Access::ClusterIp, None), None),
+        None => (
+            Plan::Refused {
+                service: Some(service),
+                reason: no_such_port(service, port),
+            },
+            None,
+        ),
+    }
+}
+
+/// Explains where a connection from `from` to `to` goes. `to` is
+/// `HOST:PORT` where HOST is an IP or a DNS name (resolved with
+/// [`service_by_name`] in the source pod's namespace; a headless service
+/// name resolves to its first eligible endpoint's pod; ExternalName gives an
+/// ExternalName plan). `from` is the source workload, for its namespace and
+/// node (the local node).
+pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanation, String> {
+    let local_node = from
+        .node
+        .as_deref()
+        .ok_or_else(|| format!("pod {} is not scheduled on a node", from.key_name()))?;
+    let (host, port) = split_host_port(to)?;
+    let (route, via, dialed) = match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            let ip = ip.to_canonical();
+            (plan(state, SocketAddr::new(ip, port)), None, Some(ip))
+        }
+        Err(_) => match service_by_name(state, host, &from.namespace) {
+            Some(service) => {
+                let (route, dialed) = plan_by_name(state, service, port);
+                (route, Some(service), dialed)
+            }
+            None => {
+                return Ok(Explanation::bare(
+                    RouteMode::Passthrough,
+                    None,
+                    Some(format!(
+                        "{host} is not a service name known to the mesh (from namespace {}): \
+                         the connection goes to whatever DNS answers, unchanged",
+                        from.namespace
+                    )),
+                ))
+            }
+        },
+    };
+
+    Ok(match route {
+        Plan::Passthrough => {
+            let reason = match (via, dialed) {
+                (Some(service), Some(address)) => format!(
+                    "headless service {} resolves to {address}, not a pod in the mesh: \
+                     passed through unchanged",
+                    service.key_name()
+                ),
+                _ => format!(
+                    "{host}:{port} is not a service, node port or pod known to the mesh: \
+                     passed through unchanged"
+                ),
+            };
+            Explanation::bare(RouteMode::Passthrough, via, Some(reason))
+        }
+        Plan::Refused { service, reason } => {
+            Explanation::bare(RouteMode::Refused, service.or(via), Some(reason))
+        }
+        Plan::ExternalName { service, host, .. } => Explanation {
+            external_name: Some(host.to_owned()),
+            ..Explanation::bare(RouteMode::Passthrough, Some(service), None)
+        },
+        Plan::Workload { workload, port } => {
+            let key = workload.key_name();
+            let mode = mode_for(
+                state,
+                local_node,
+                from.mesh,
+                workload.node.as_deref(),
+                Some(&key),
+            );
+            let address = dialed.or_else(|| workload.addresses.first().copied());
+            Explanation {
+                endpoints: address
+                    .map(|address| RouteEndpoint {
+                        pod: Some(key.clone()),
+                        address,
+                        port,
+                        node: workload.node.clone(),
+                        ready: workload.ready,
+                        serving: workload.ready,
+                        terminating: workload.terminating,
+                        mode,
+                    })
+                    .into_iter()
+                    .collect(),
+                ..Explanation::bare(mode.into(), via, None)
+            }
+        }
+        Plan::Service {
+            service,
+            port,
+            policy,
+            node,
+            ..
+        } => {
+            let serving_node = node.unwrap_or(local_node);
+            let endpoints: Vec<RouteEndpoint> = eligible(service, port, policy, serving_node)
+                .iter()
+                .filter_map(|e| {
+                    Some(RouteEndpoint {
+                        pod: e.workload.clone(),
+                        address: e.address,
+                        port: e.ports.get(port).copied().flatten()?,
+                        node: e.node.clone(),
+                        ready: e.ready,
+                        serving: e.serving,
+                        terminating: e.terminating,
+                        mode: mode_for(
+                            state,
+                            local_node,
+                            from.mesh,
+                            e.node.as_deref(),
+                            e.workload.as_deref(),
+                        ),
+                    })
+                })
+                .collect();
+            let (mode, reason) = if endpoints.is_empty() {
+                (
+                    RouteMode::Refused,
+                    Some(no_endpoints(service, port, policy, serving_node)),
+                )
+            } else if endpoints
+                .iter()
+                .all(|e| e.node.as_deref() == Some(local_node))
+            {
+                (RouteMode::Direct, None)
+            } else if endpoints.iter().any(|e| e.mode == Mode::Hbone) {
+                (RouteMode::Hbone, None)
+            } else {
+                (RouteMode::Passthrough, None)
+            };
+            Explanation {
+                affinity: service
+                    .client_ip_affinity
+                    .map(|timeout_seconds| RouteAffinity {
+                        kind: "ClientIP",
+                        timeout_seconds,
+                    }),
+                endpoints,
+                ..Explanation::bare(mode, Some(service), reason)
+            }
+        }
+    })
+}

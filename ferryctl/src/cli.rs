@@ -1,0 +1,80 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Ferry operator tool")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a folder of manifests as the control plane would.
+    Check {
+        #[arg(long)]
+        manifests: PathBuf,
+    },
+    /// The local multi-node mesh in network namespaces: `ferryctl lab up
+    /// [--manifests DIR] [--check]` (needs root; runs `ferry-lab`, built
+    /// with the workspace, from the same folder as ferryctl).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// NetworkPolicy: reachability matrix and explanations.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Explain how a connection from a pod to HOST:PORT would be routed.
+    Route {
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Source pod, NAMESPACE/NAME.
+        #[arg(long)]
+        from: String,
+        /// Destination: a cluster IP, a service name, a node address with a
+        /// node port, a load-balancer IP or a pod IP, with a port.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Whether each pod may connect to each pod, per port and protocol.
+    Reachability {
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Ports to check (default: every container port of the pods, else 80).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<u16>,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Which policies and rules decide one connection.
+    Explain {
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Source pod, NAMESPACE/NAME.
+        #[arg(long)]
+        from: String,
+        /// NAMESPACE/NAME:PORT[/PROTOCOL] (protocol TCP by default).
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}

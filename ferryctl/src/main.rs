@@ -1,0 +1,56 @@
+//! `ferryctl`: operator tooling that runs the control plane's own code.
+//!
+//! - `ferryctl check --manifests DIR` validates a folder exactly as the
+//!   control plane would: exit 0 when clean, 1 with one line per problem
+//!   (file, object and field) otherwise.
+//! - `ferryctl route --manifests DIR --from NS/POD --to HOST:PORT` explains
+//!   what the proxy of that pod's node would do with such a connection,
+//!   with the proxy's own routing code.
+//! - `ferryctl policy reachability --manifests DIR [--ports 80,81]` prints,
+//!   for every ordered pair of pods and each port and protocol, whether
+//!   NetworkPolicy allows the connection; `ferryctl policy explain` names
+//!   the policies and rules that decided one connection. Both use the
+//!   proxy's own evaluation code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod check;
+mod cli;
+mod lab;
+mod mesh;
+mod policy;
+mod route;
+
+use cli::{Cli, Command, PolicyCommand};
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Check { manifests } => check::run(manifests),
+        Command::Lab { args } => lab::run(&args),
+        Command::Route {
+            manifests,
+            from,
+            to,
+            output,
+        } => route::run(manifests, &from, &to, output),
+        Command::Policy {
+            command:
+                PolicyCommand::Reachability {
+                    manifests,
+                    ports,
+                    output,
+                },
+        } => policy::reachability(manifests, ports, output),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    manifests,
+                    from,
+                    to,
+                    output,
+                },
+        } => policy::explain(manifests, &from, &to, output),
+    }
+}

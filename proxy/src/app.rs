@@ -1,0 +1,349 @@
+//! Wiring: every part of the proxy built from one [`Config`], the
+//! listeners bound, then [`App::run`] until a shutdown signal.
+//!
+//! The order matters: mesh credentials first (they decide the trust domain
+//! the store names identities in), then the store and the config client,
+//! telemetry, the HBONE pool, the outbound path, and finally the
+//! listeners, bound before anything is served so that a port in use fails
+//! the start with a clear error.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_core::state::ConfigStore;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::admin::{self, Admin};
+use crate::capture::{CaptureRules, Family};
+use crate::config::{Config, Credentials};
+use crate::dns::DnsServer;
+use crate::hbone::pool::PoolTimeouts;
+use crate::hbone::{HbonePool, HboneServer};
+use crate::identity::token::TokenFile;
+use crate::identity::IdentityManager;
+use crate::inbound::{Inbound, PlaintextInbound};
+use crate::outbound::Outbound;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::Tracing;
+use crate::telemetry::Telemetry;
+use crate::tracker::ConnectionTracker;
+use crate::xds::{control_plane_endpoint, XdsClient};
+
+/// The TLS settings towards the control plane (trusting `ca_pem`, with the
+/// node's client certificate when it has one) and the identity manager that
+/// fetches workload certificates from the mesh CA.
+fn mesh_credentials(
+    config: &Config,
+    ca_pem: &str,
+    ca_path: &std::path::Path,
+    client: Option<tonic::transport::Identity>,
+) -> anyhow::Result<(tonic::transport::ClientTlsConfig, Arc<IdentityManager>)> {
+    let trust_domain = ferry_certs::ca_trust_domain(ca_pem, ca_path)?;
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+    if let Some(identity) = client {
+        tls = tls.identity(identity);
+    }
+    let roots = crate::identity::root_store(ca_pem)?;
+    let ca_channel = control_plane_endpoint(&config.xds, Some(tls.clone()))
+        .context("--control-plane")?
+        .connect_lazy();
+    let identities = IdentityManager::new(
+        &config.node,
+        trust_domain,
+        roots,
+        Some(ca_channel),
+        config.certificates.clone(),
+    );
+    Ok((tls, identities))
+}
+
+/// Loads the credentials `config` names.
+fn credentials(
+    config: &Config,
+) -> anyhow::Result<Option<(tonic::transport::ClientTlsConfig, Arc<IdentityManager>)>> {
+    match &config.credentials {
+        Credentials::Files { dir } => {
+            let ca_path = dir.join(ferry_certs::files::CA_CERT);
+            let ca_pem = ferry_certs::read_pem(&ca_path)
+                .with_context(|| format!("--certs {}", dir.display()))?;
+            let (cert, key) = ferry_certs::files::node(&config.node);
+            let node = ferry_certs::Credential::load(&dir.join(cert), &dir.join(key))
+                .with_context(|| {
+                    format!(
+                        "--certs {}: the credential of node {}",
+                        dir.display(),
+                        config.node
+                    )
+                })?;
+            let identity = tonic::transport::Identity::from_pem(&node.cert_pem, &node.key_pem);
+            mesh_credentials(config, &ca_pem, &ca_path, Some(identity)).map(Some)
+        }
+        Credentials::Token {
+            ca_root,
+            token_file,
+        } => {
+            let ca_pem = ferry_certs::read_pem(ca_root)
+                .with_context(|| format!("--ca-root {}", ca_root.display()))?;
+            let (tls, identities) = mesh_credentials(config, &ca_pem, ca_root, None)?;
+            identities.use_token(TokenFile::new(token_file));
+            Ok(Some((tls, identities)))
+        }
+        Credentials::None => {
+            tracing::warn!(
+                "no --certs or --ca-root: no mesh identity, so no HBONE; config and direct connections only"
+            );
+            Ok(None)
+        }
+    }
+}
+
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--{flag} {addr}: cannot bind"))
+}
+
+/// A built proxy, its listeners bound.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    store: Arc<ConfigStore>,
+    xds: XdsClient,
+    identities: Option<Arc<IdentityManager>>,
+    tracker: Arc<ConnectionTracker>,
+    outbound: Arc<Outbound>,
+    admin: (Admin, TcpListener),
+    socks5: TcpListener,
+    hbone: Option<(HboneServer, TcpListener)>,
+    capture: Option<TcpListener>,
+    capture_rules: Option<(CaptureRules, Vec<String>)>,
+    plaintext: Option<(PlaintextInbound, TcpListener)>,
+    dns: Option<(DnsServer, UdpSocket, TcpListener)>,
+}
+
+impl App {
+    /// Builds every part and binds every listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Mesh credentials: the node credential (or, in a cluster, a service
+        // account token) authenticates to the control plane (config stream
+        // and CA); workload certificates carry HBONE.
+        let credentials = credentials(&config)?;
+        let (tls, identities) = match credentials {
+            Some((tls, identities)) => (Some(tls), Some(identities)),
+            None => (None, None),
+        };
+        let trust_domain = identities
+            .as_ref()
+            .map_or(ferry_api::identity::DEFAULT_TRUST_DOMAIN.to_string(), |i| {
+                i.trust_domain().to_string()
+            });
+        let store = Arc::new(ConfigStore::for_trust_domain(&trust_domain));
+        let endpoint = control_plane_endpoint(&config.xds, tls).context("--control-plane")?;
+        let token = match &config.credentials {
+            Credentials::Token { token_file, .. } => Some(TokenFile::new(token_file)),
+            _ => None,
+        };
+        let xds = XdsClient::new(endpoint, &config.node, store.clone(), config.xds.clone())
+            .with_token(token);
+
+        let metrics = Metrics::new();
+        let tracing_pipeline = Tracing::from_env(
+            &config.node,
+            metrics.spans_exported.clone(),
+            metrics.spans_dropped.clone(),
+        )
+        .context("OpenTelemetry (OTEL_* variables)")?;
+        if tracing_pipeline.is_some() {
+            tracing::info!("exporting connection spans over OTLP");
+        }
+        let telemetry = Telemetry::new(metrics, tracing_pipeline, config.access_log_rate);
+        let pool = identities.as_ref().map(|i| {
+            Arc::new(HbonePool::new(
+                i.clone(),
+                config.h2,
+                PoolTimeouts {
+                    connect: config.timeouts.connect,
+                    certificate: config.timeouts.certificate_wait,
+                },
+            ))
+        });
+        let tracker = ConnectionTracker::new();
+        let outbound = Arc::new(Outbound::new(
+            &config.node,
+            trust_domain,
+            store.clone(),
+            pool.clone(),
+            tracker.clone(),
+            telemetry.clone(),
+            config.timeouts.connect,
+        ));
+        let inbound = Arc::new(Inbound {
+            node: config.node.clone(),
+            store: store.clone(),
+            tracker: tracker.clone(),
+            telemetry: telemetry.clone(),
+            connect_timeout: config.timeouts.connect,
+        });
+
+        let listeners = &config.listeners;
+        let admin_listener = admin::bind(listeners.admin)
+            .await
+            .with_context(|| format!("--admin {}: cannot bind", listeners.admin))?;
+        let socks5 = bind(listeners.socks5, "socks5").await?;
+        let hbone = match &identities {
+            Some(identities) => Some((
+                HboneServer {
+                    tls: Arc::new(crate::identity::tls::server_config(identities.clone())?),
+                    settings: config.h2,
+                    handshake_timeout: config.timeouts.tls_handshake,
+                    inbound: inbound.clone(),
+                },
+                bind(listeners.hbone, "hbone").await?,
+            )),
+            None => None,
+        };
+        let capture = match listeners.capture {
+            Some(addr) => Some(bind(addr, "capture-listen").await?),
+            None => None,
+        };
+        let plaintext = match listeners.inbound_plaintext {
+            Some(addr) => Some((
+                PlaintextInbound {
+                    node: config.node.clone(),
+                    store: store.clone(),
+                    tracker: tracker.clone(),
+                    telemetry: telemetry.clone(),
+                    connect_timeout: config.timeouts.connect,
+                },
+                bind(addr, "inbound-plaintext-listen").await?,
+            )),
+            None => None,
+        };
+        let dns = match listeners.dns {
+            Some(addr) => {
+                let udp = UdpSocket::bind(addr)
+                    .await
+                    .with_context(|| format!("--dns-listen {addr}: cannot bind (UDP)"))?;
+                let tcp = bind(addr, "dns-listen").await?;
+                Some((DnsServer::new(store.clone(), &config.dns), udp, tcp))
+            }
+            None => None,
+        };
+        let capture_rules = match (&config.capture_interface, listeners.capture) {
+            (Some(interface), Some(addr)) => {
+                let mut rules = CaptureRules {
+                    node: config.node.clone(),
+                    interface: interface.clone(),
+                    capture_port: addr.port(),
+                    inbound_port: listeners.inbound_plaintext.map(|a| a.port()),
+                    hbone_port: listeners.hbone.port(),
+                    // An IPv4 listener cannot take redirected IPv6
+                    // connections: IPv6 is captured only when every
+                    // listener can.
+                    families: if addr.is_ipv6()
+                        && listeners.inbound_plaintext.is_none_or(|a| a.is_ipv6())
+                    {
+                        vec![Family::V4, Family::V6]
+                    } else {
+                        vec![Family::V4]
+                    },
+                };
+                let state = store.snapshot();
+                rules.install(&state).context("installing capture rules")?;
+                let applied = rules.rendered(&state);
+                Some((rules, applied))
+            }
+            _ => None,
+        };
+        let admin = Admin {
+            node: config.node.clone(),
+            store: store.clone(),
+            xds: xds.clone(),
+            identities: identities.clone(),
+            pool,
+            tracker: tracker.clone(),
+            telemetry,
+        };
+        Ok(Self {
+            config,
+            store,
+            xds,
+            identities,
+            tracker,
+            outbound,
+            admin: (admin, admin_listener),
+            socks5,
+            hbone,
+            capture,
+            capture_rules,
+            plaintext,
+            dns,
+        })
+    }
+
+    /// Serves until a shutdown signal, then removes the capture rules.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let config = &self.config;
+        tracing::info!(node = %config.node, admin = %config.listeners.admin, socks5 = %config.listeners.socks5, hbone = %config.listeners.hbone, control_plane = %config.xds.url, mtls = self.identities.is_some(), "proxy starting");
+        let store = self.store.clone();
+        let (admin, admin_listener) = self.admin;
+        let identity_task = optional(
+            self.identities
+                .map(|identities| identities.run(store.clone())),
+        );
+        let hbone_task = optional(self.hbone.map(|(server, listener)| server.serve(listener)));
+        let capture_task = optional(
+            self.capture
+                .map(|listener| crate::capture::serve(listener, self.outbound.clone())),
+        );
+        let rules_task = optional(
+            self.capture_rules
+                .as_ref()
+                .map(|(rules, applied)| rules.follow(store.clone(), applied.clone())),
+        );
+        let plaintext_task = optional(
+            self.plaintext
+                .map(|(inbound, listener)| inbound.serve(listener)),
+        );
+        let dns_task = optional(self.dns.map(|(server, udp, tcp)| server.serve(udp, tcp)));
+        let sweeper = {
+            let outbound = self.outbound.clone();
+            let every = config.affinity_sweep;
+            async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    outbound.load_balancer().sweep(std::time::Instant::now());
+                }
+            }
+        };
+        tokio::select! {
+            _ = self.xds.run() => {}
+            _ = admin.serve(admin_listener) => {}
+            _ = crate::outbound::socks5::serve(self.socks5, self.outbound.clone(), config.timeouts.socks5_handshake) => {}
+            _ = identity_task => {}
+            _ = hbone_task => {}
+            _ = sweeper => {}
+            _ = capture_task => {}
+            _ = rules_task => {}
+            _ = plaintext_task => {}
+            _ = dns_task => {}
+            _ = self.tracker.clone().run(store.clone()) => {}
+            _ = ferry_api::process::shutdown_signal() => tracing::info!("proxy stopping"),
+        }
+        if let Some((rules, _)) = &self.capture_rules {
+            if let Err(e) = rules.remove() {
+                tracing::warn!(error = %e, "removing capture rules failed; the next start repairs them");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A task that runs only when configured; otherwise never finishes.
+async fn optional(task: Option<impl std::future::Future<Output = ()>>) {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,363 @@
+//! The proxy's configuration: every flag (each with an environment
+//! variable), and the [`Config`] built from them, in which every timeout
+//! and limit is a named, documented field. [`crate::app`] wires the proxy
+//! from a `Config`; `/config_dump` shows it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ferry_api::process::LogFormat;
+use serde::Serialize;
+
+use crate::hbone::H2Settings;
+
+/// A duration flag: `500ms`, `5s`, `2m`, `1h30m`.
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 500ms, 5s, 2m)"))
+}
+
+/// The command line (and environment) of `ferry-proxy`.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about = "Ferry node proxy")]
+pub struct Args {
+    /// Name of the node this proxy serves (as in the Node object).
+    #[arg(long, env = "FERRY_NODE_NAME")]
+    pub node: String,
+    /// Control plane URL (https:// when --certs is given).
+    #[arg(
+        long,
+        env = "FERRY_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:15010"
+    )]
+    pub control_plane: String,
+    /// Mesh PKI folder (`ferry-certs init`): ca.pem and nodes/<node>.pem,
+    /// nodes/<node>-key.pem. Without it the proxy has no mesh identity:
+    /// config only, no HBONE.
+    #[arg(long, env = "FERRY_CERTS", conflicts_with = "ca_root")]
+    pub certs: Option<PathBuf>,
+    /// In a cluster: the mesh CA root (the control plane publishes it in a
+    /// ConfigMap). The proxy then proves its node with --token-file.
+    #[arg(long, env = "FERRY_CA_ROOT", requires = "token_file")]
+    pub ca_root: Option<PathBuf>,
+    /// A projected service account token with the control plane's audience
+    /// (re-read for every request: the kubelet rotates it).
+    #[arg(long, env = "FERRY_TOKEN_FILE", requires = "ca_root")]
+    pub token_file: Option<PathBuf>,
+    /// Admin HTTP address (readiness, config dump, metrics).
+    #[arg(long, env = "FERRY_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// HBONE (mTLS tunnel) listener.
+    #[arg(long, env = "FERRY_HBONE", default_value = "0.0.0.0:15008")]
+    pub hbone: SocketAddr,
+    /// Explicit outbound listener (SOCKS5). Keep it on loopback unless every
+    /// client that can reach it may use the mesh as any pod of this node.
+    #[arg(long, env = "FERRY_SOCKS5", default_value = "127.0.0.1:15080")]
+    pub socks5: SocketAddr,
+    /// Transparent capture listener (iptables REDIRECT target). Off unless
+    /// set. `[::]:PORT` captures IPv4 and IPv6, `0.0.0.0:PORT` IPv4 only.
+    #[arg(long, env = "FERRY_CAPTURE_LISTEN")]
+    pub capture_listen: Option<SocketAddr>,
+    /// Install redirect rules for the pods behind this interface (the
+    /// pod-facing bridge), kept in step with the configuration and removed
+    /// on shutdown. Needs --capture-listen and CAP_NET_ADMIN.
+    #[arg(long, env = "FERRY_CAPTURE_INTERFACE", requires = "capture_listen")]
+    pub capture_interface: Option<String>,
+    /// Inbound plaintext listener: plaintext to this node's mesh pods that
+    /// did not come through a tunnel is redirected here, policed and passed
+    /// through. Off unless set.
+    #[arg(long, env = "FERRY_INBOUND_PLAINTEXT_LISTEN")]
+    pub inbound_plaintext_listen: Option<SocketAddr>,
+    /// DNS listener (UDP and TCP) answering for services; off unless set.
+    #[arg(long, env = "FERRY_DNS_LISTEN")]
+    pub dns_listen: Option<SocketAddr>,
+    /// Resolver for names outside the mesh (default: the nameservers of
+    /// /etc/resolv.conf).
+    #[arg(long, env = "FERRY_DNS_UPSTREAM")]
+    pub dns_upstream: Option<SocketAddr>,
+    /// Cluster DNS domain.
+    #[arg(long, env = "FERRY_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Requested workload certificate lifetime in seconds (0: the CA's maximum).
+    #[arg(long, env = "FERRY_CERT_TTL", default_value_t = 0)]
+    pub cert_ttl: u64,
+    /// Concurrent streams per pooled HBONE connection.
+    #[arg(long, env = "FERRY_HBONE_STREAMS", default_value_t = 100)]
+    pub hbone_streams: u32,
+    /// Longest a TCP connection (to a pod, an address outside the mesh or
+    /// another node's proxy) may take to open.
+    #[arg(long, env = "FERRY_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub connect_timeout: Duration,
+    /// Longest a client of the HBONE listener may take to finish its TLS
+    /// handshake (and the HBONE client to finish its own).
+    #[arg(long, env = "FERRY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub tls_handshake_timeout: Duration,
+    /// Longest a SOCKS5 client may take to say where it goes.
+    #[arg(long, env = "FERRY_SOCKS5_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub socks5_handshake_timeout: Duration,
+    /// How long a new HBONE connection waits for its source workload's
+    /// first certificate (a pod that has just started).
+    #[arg(long, env = "FERRY_CERTIFICATE_WAIT", default_value = "5s", value_parser = duration)]
+    pub certificate_wait: Duration,
+    /// Longest a forwarded DNS query may wait for the upstream resolver.
+    #[arg(long, env = "FERRY_DNS_UPSTREAM_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub dns_upstream_timeout: Duration,
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Access log lines per second at most (one per finished connection,
+    /// target `ferry::access`, in the --log-format); 0 turns them off.
+    #[arg(long, env = "FERRY_ACCESS_LOG_RATE", default_value_t = 100)]
+    pub access_log_rate: u32,
+}
+
+/// How the proxy proves its node to the control plane and obtains
+/// workload certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Credentials {
+    /// No mesh identity: config and direct connections only, no HBONE.
+    None,
+    /// A `ferry-certs init` folder: the CA root and this node's credential.
+    Files { dir: PathBuf },
+    /// In a cluster: the CA root, and a service account token.
+    Token {
+        ca_root: PathBuf,
+        token_file: PathBuf,
+    },
+}
+
+/// The listeners; `None`: off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listeners {
+    pub admin: SocketAddr,
+    pub hbone: SocketAddr,
+    pub socks5: SocketAddr,
+    pub capture: Option<SocketAddr>,
+    pub inbound_plaintext: Option<SocketAddr>,
+    pub dns: Option<SocketAddr>,
+}
+
+/// The config stream to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XdsSettings {
+    pub url: String,
+    /// TCP connect to the control plane.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keepalive PING interval on the stream.
+    pub keepalive_interval: Duration,
+    /// How long an unanswered keepalive PING may wait before the stream is
+    /// taken for dead.
+    pub keepalive_timeout: Duration,
+    /// Reconnect backoff: first step and cap.
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    /// Largest config message accepted (a full initial push at scale).
+    pub max_message_bytes: usize,
+}
+
+/// Workload certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateSettings {
+    /// Requested lifetime; zero: the CA's maximum.
+    pub ttl: Duration,
+    /// Retry backoff after a failed request: first step and cap.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// How often the identities are reviewed when nothing else happens.
+    pub review_interval: Duration,
+}
+
+/// Timeouts of the data path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timeouts {
+    /// Opening a TCP connection (pods, outside addresses, other proxies).
+    pub connect: Duration,
+    /// A TLS handshake on either side of HBONE.
+    pub tls_handshake: Duration,
+    /// A SOCKS5 client's greeting and request.
+    pub socks5_handshake: Duration,
+    /// A new HBONE connection waiting for its source's first certificate.
+    pub certificate_wait: Duration,
+}
+
+/// The DNS server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsSettings {
+    pub cluster_domain: String,
+    /// Where names outside the mesh go; `None`: the system's resolvers.
+    pub upstream: Option<SocketAddr>,
+    pub upstream_timeout: Duration,
+    /// TTL of the answers for services (short: endpoints move).
+    pub ttl: u32,
+    /// Idle time after which a DNS-over-TCP client is disconnected.
+    pub tcp_idle_timeout: Duration,
+}
+
+/// Everything the proxy runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub node: String,
+    pub credentials: Credentials,
+    pub listeners: Listeners,
+    /// The pod-facing interface whose pods are captured; `None`: no rules.
+    pub capture_interface: Option<String>,
+    pub xds: XdsSettings,
+    pub certificates: CertificateSettings,
+    pub timeouts: Timeouts,
+    #[serde(skip)]
+    pub h2: H2Settings,
+    pub dns: DnsSettings,
+    /// How often expired ClientIP affinity entries are swept.
+    pub affinity_sweep: Duration,
+    #[serde(skip)]
+    pub log_format: LogFormat,
+    pub access_log_rate: u32,
+}
+
+/// A flag that cannot be used as given.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl Config {
+    /// Checks the flags and builds the configuration.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let invalid = |flag, message: &str| ConfigError {
+            flag,
+            message: message.to_string(),
+        };
+        if args.node.is_empty() {
+            return Err(invalid("node", "must not be empty"));
+        }
+        if args.hbone_streams == 0 {
+            return Err(invalid("hbone-streams", "must be at least 1"));
+        }
+        for (flag, value) in [
+            ("connect-timeout", args.connect_timeout),
+            ("tls-handshake-timeout", args.tls_handshake_timeout),
+            ("socks5-handshake-timeout", args.socks5_handshake_timeout),
+            ("dns-upstream-timeout", args.dns_upstream_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(flag, "must be longer than zero"));
+            }
+        }
+        let credentials = match (args.certs, args.ca_root, args.token_file) {
+            (Some(dir), _, _) => Credentials::Files { dir },
+            (None, Some(ca_root), Some(token_file)) => Credentials::Token {
+                ca_root,
+                token_file,
+            },
+            _ => Credentials::None,
+        };
+        Ok(Self {
+            node: args.node,
+            credentials,
+            listeners: Listeners {
+                admin: args.admin,
+                hbone: args.hbone,
+                socks5: args.socks5,
+                capture: args.capture_listen,
+                inbound_plaintext: args.inbound_plaintext_listen,
+                dns: args.dns_listen,
+            },
+            capture_interface: args.capture_interface,
+            xds: XdsSettings {
+                url: args.control_plane,
+                connect_timeout: Duration::from_secs(3),
+                keepalive_interval: Duration::from_secs(10),
+                keepalive_timeout: Duration::from_secs(5),
+                reconnect_initial: Duration::from_millis(100),
+                reconnect_max: Duration::from_secs(5),
+                max_message_bytes: 512 << 20,
+            },
+            certificates: CertificateSettings {
+                ttl: Duration::from_secs(args.cert_ttl),
+                retry_initial: Duration::from_millis(500),
+                retry_max: Duration::from_secs(30),
+                review_interval: Duration::from_secs(30),
+            },
+            timeouts: Timeouts {
+                connect: args.connect_timeout,
+                tls_handshake: args.tls_handshake_timeout,
+                socks5_handshake: args.socks5_handshake_timeout,
+                certificate_wait: args.certificate_wait,
+            },
+            h2: H2Settings {
+                max_streams: args.hbone_streams,
+                ..H2Settings::default()
+            },
+            dns: DnsSettings {
+                cluster_domain: args.cluster_domain,
+                upstream: args.dns_upstream,
+                upstream_timeout: args.dns_upstream_timeout,
+                ttl: 5,
+                tcp_idle_timeout: Duration::from_secs(5),
+            },
+            affinity_sweep: Duration::from_secs(60),
+            log_format: args.log_format,
+            access_log_rate: args.access_log_rate,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<Config, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("ferry-proxy").chain(flags.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_durations() {
+        let config = parse(&["--node", "n1", "--connect-timeout", "750ms"]).unwrap();
+        assert_eq!(config.timeouts.connect, Duration::from_millis(750));
+        assert_eq!(config.timeouts.tls_handshake, Duration::from_secs(10));
+        assert_eq!(config.h2.max_streams, 100);
+        assert_eq!(config.credentials, Credentials::None);
+        assert_eq!(config.listeners.capture, None);
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        let cases = [
+            (vec!["--node", ""], "--node: must not be empty"),
+            (
+                vec!["--node", "n1", "--hbone-streams", "0"],
+                "--hbone-streams",
+            ),
+            (
+                vec!["--node", "n1", "--connect-timeout", "0s"],
+                "--connect-timeout",
+            ),
+            (vec!["--node", "n1", "--connect-timeout", "soon"], "soon"),
+            (vec!["--node", "n1", "--ca-root", "/ca.pem"], "--token-file"),
+        ];
+        for (flags, want) in cases {
+            let err = parse(&flags).unwrap_err();
+            assert!(err.contains(want), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn credentials_from_certs_or_a_token() {
+        let files = parse(&["--node", "n1", "--certs", "/pki"]).unwrap();
+        assert_eq!(files.credentials, Credentials::Files { dir: "/pki".into() });
+        let token = parse(&["--node", "n1", "--ca-root", "/ca.pem", "--token-file", "/t"]).unwrap();
+        assert_eq!(
+            token.credentials,
+            Credentials::Token {
+                ca_root: "/ca.pem".into(),
+                token_file: "/t".into()
+            }
+        );
+    }
+}

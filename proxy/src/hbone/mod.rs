@@ -1,0 +1,107 @@
+//! HBONE: TCP connections carried as HTTP/2 CONNECT streams inside mutual
+//! TLS between node proxies (port 15008).
+//!
+//! - [`pool`]: the client side, [`HbonePool`]: HTTP/2 connections pooled
+//!   per (source identity, destination identity, destination node), opened
+//!   once per key however many connections ask at the same time.
+//! - [`server`]: the listener side, [`HboneServer`]: terminates mutual TLS
+//!   and HTTP/2 and hands each CONNECT stream to [`crate::inbound`].
+//! - [`H2Settings`]: the HTTP/2 settings both sides use (one place).
+//!
+//! The bytes of a stream are moved by [`crate::net::relay`].
+
+use std::net::SocketAddr;
+
+use ferry_api::identity::Identity;
+
+pub mod pool;
+pub mod server;
+
+pub use pool::{HbonePool, HboneStream, PoolKey, PoolStats};
+pub use server::HboneServer;
+
+/// Header carrying the original client address (`for=<ip>:<port>`).
+pub const FORWARDED: &str = "forwarded";
+/// The W3C trace context header joining the two sides' spans.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// The HTTP/2 settings of HBONE connections, client and server alike.
+/// Large windows and frames keep one stream at line rate on bulk transfers
+/// (flow control would otherwise stall it every few round trips); the send
+/// buffer bounds what one stream may queue before the socket drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Settings {
+    /// Flow-control window per stream (bytes).
+    pub stream_window: u32,
+    /// Flow-control window per connection (bytes).
+    pub connection_window: u32,
+    /// Largest DATA frame accepted (bytes).
+    pub max_frame: u32,
+    /// Most bytes one stream may queue for sending.
+    pub max_send_buffer: usize,
+    /// Concurrent streams per connection.
+    pub max_streams: u32,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        Self {
+            stream_window: 4 << 20,
+            connection_window: 16 << 20,
+            max_frame: 256 * 1024,
+            max_send_buffer: 1 << 20,
+            max_streams: 100,
+        }
+    }
+}
+
+impl H2Settings {
+    /// A client builder with these settings.
+    pub fn client(&self) -> h2::client::Builder {
+        let mut builder = h2::client::Builder::new();
+        builder
+            .initial_window_size(self.stream_window)
+            .initial_connection_window_size(self.connection_window)
+            .max_concurrent_streams(self.max_streams)
+            .max_frame_size(self.max_frame)
+            .max_send_buffer_size(self.max_send_buffer);
+        builder
+    }
+
+    /// A server builder with these settings.
+    pub fn server(&self) -> h2::server::Builder {
+        let mut builder = h2::server::Builder::new();
+        builder
+            .initial_window_size(self.stream_window)
+            .initial_connection_window_size(self.connection_window)
+            .max_concurrent_streams(self.max_streams)
+            .max_frame_size(self.max_frame)
+            .max_send_buffer_size(self.max_send_buffer);
+        builder
+    }
+}
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("no certificate for source identity {0}")]
+    NoCertificate(Identity),
+    #[error(transparent)]
+    Connect(#[from] crate::net::connect::ConnectError),
+    #[error("TLS handshake with {0}: timed out")]
+    Timeout(SocketAddr),
+    #[error("TLS with {node}: {source}")]
+    Tls {
+        node: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] crate::identity::tls::TlsError),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
+    #[error("the destination proxy refused the stream: {status}")]
+    Refused { status: http::StatusCode },
+    #[error("invalid CONNECT target {0}")]
+    Target(#[from] http::Error),
+}

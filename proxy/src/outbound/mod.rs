@@ -1,0 +1,341 @@
+//! The outbound path: from a client's connection and the destination it
+//! asked for to an upstream connection.
+//!
+//! One entry point, [`Outbound::connect`], serves the capture listener
+//! ([`crate::capture`]) and SOCKS5 ([`socks5`]): a name is first resolved
+//! as the client's pod would ([`ferry_core::route::names`]), then the core
+//! decides the connection ([`ferry_core::request::decide`]: service,
+//! endpoint, carrying, source identity, policy), and this module only
+//! carries out that decision: a direct TCP connection, or a stream of the
+//! HBONE pool presenting the source workload's identity. [`Outbound::relay`]
+//! moves the bytes ([`crate::net::relay`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_api::identity::Identity;
+use ferry_core::request::{self, Admitted, Carry, Refusal};
+use ferry_core::route::{self, LoadBalancer, Mode};
+use ferry_core::state::{ConfigStore, ProxyState};
+
+use crate::hbone::{HbonePool, HboneStream, PoolKey, TunnelError};
+use crate::net::connect::ConnectError;
+use crate::net::relay::{relay, Peer, Transferred};
+use crate::telemetry::metrics::{FailureReason, Reporter};
+use crate::telemetry::{ConnectionTelemetry, Parties, Telemetry};
+use crate::tracker::{ConnectionTracker, TrackedConnection};
+
+pub mod socks5;
+
+/// Where a client wants to go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Address(SocketAddr),
+    /// A DNS name (a service name, or a name outside the mesh) and port.
+    Name(String, u16),
+}
+
+/// Why a connection could not be made; each maps to a SOCKS5 reply.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// The decision refuses it: mesh rules, no endpoint, or policy.
+    #[error(transparent)]
+    Refusal(#[from] Refusal),
+    /// A name the mesh points at cannot be resolved, or a headless
+    /// service has no ready endpoint.
+    #[error("cannot resolve {0}")]
+    Unresolved(String),
+    /// The proxy cannot carry it (no mesh credentials for HBONE).
+    #[error("refused: {0}")]
+    Unsupported(&'static str),
+    #[error(transparent)]
+    Unreachable(#[from] ConnectError),
+    #[error("tunnel: {0}")]
+    Tunnel(#[from] TunnelError),
+}
+
+impl OutboundError {
+    /// The failure as metrics count it.
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            OutboundError::Refusal(Refusal::Refused(_)) | OutboundError::Unsupported(_) => {
+                FailureReason::Refused
+            }
+            OutboundError::Refusal(Refusal::NoEndpoints(_)) => FailureReason::NoEndpoints,
+            OutboundError::Refusal(Refusal::Denied(_)) => FailureReason::PolicyDenied,
+            OutboundError::Unresolved(_) => FailureReason::Unresolved,
+            OutboundError::Unreachable(_) => FailureReason::ConnectError,
+            OutboundError::Tunnel(e) => match e {
+                TunnelError::Tls { .. }
+                | TunnelError::Config(_)
+                | TunnelError::NoCertificate(_) => FailureReason::TlsFailure,
+                TunnelError::Refused { status } if *status == http::StatusCode::FORBIDDEN => {
+                    FailureReason::PolicyDenied
+                }
+                _ => FailureReason::ConnectError,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Address(a) => a.fmt(f),
+            Destination::Name(name, port) => write!(f, "{name}:{port}"),
+        }
+    }
+}
+
+/// An established upstream.
+#[derive(Debug)]
+pub enum Upstream {
+    Tcp(tokio::net::TcpStream),
+    Hbone(HboneStream),
+}
+
+/// An upstream and how it was chosen.
+#[derive(Debug)]
+pub struct Connected {
+    pub upstream: Upstream,
+    /// Closed when a policy update no longer allows the connection.
+    pub tracked: TrackedConnection,
+    /// The service's host name, when the destination was a service.
+    pub service: Option<Arc<str>>,
+    pub endpoint: SocketAddr,
+    pub mode: Mode,
+    /// Metrics, span and access log of the connection.
+    pub telemetry: ConnectionTelemetry,
+}
+
+/// The outbound side of a node proxy.
+#[derive(Debug)]
+pub struct Outbound {
+    node: String,
+    trust_domain: String,
+    store: Arc<ConfigStore>,
+    lb: LoadBalancer,
+    pool: Option<Arc<HbonePool>>,
+    tracker: Arc<ConnectionTracker>,
+    telemetry: Arc<Telemetry>,
+    connect_timeout: Duration,
+}
+
+impl Outbound {
+    pub fn new(
+        node: impl Into<String>,
+        trust_domain: impl Into<String>,
+        store: Arc<ConfigStore>,
+        pool: Option<Arc<HbonePool>>,
+        tracker: Arc<ConnectionTracker>,
+        telemetry: Arc<Telemetry>,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self {
+            node: node.into(),
+            trust_domain: trust_domain.into(),
+            store,
+            lb: LoadBalancer::new(),
+            pool,
+            tracker,
+            telemetry,
+            connect_timeout,
+        }
+    }
+
+    pub fn load_balancer(&self) -> &LoadBalancer {
+        &self.lb
+    }
+
+    /// Resolves a name the way a pod in `namespace` would: a service's
+    /// cluster IP, a headless service's first ready pod, an ExternalName's
+    /// target; names outside the mesh go to the system resolver.
+    async fn resolve(
+        &self,
+        state: &ProxyState,
+        name: &str,
+        port: u16,
+        namespace: &str,
+    ) -> Result<SocketAddr, OutboundError> {
+        let Some(service) = route::service_by_name(state, name, namespace) else {
+            return lookup(name, port).await;
+        };
+        if let Some(external) = &service.external_name {
+            return lookup(external, port).await;
+        }
+        if let Some(ip) = service.cluster_ips.first() {
+            return Ok(SocketAddr::new(*ip, port));
+        }
+        match route::headless_addresses(service).first() {
+            Some(ip) => Ok(SocketAddr::new(*ip, port)),
+            None => Err(OutboundError::Unresolved(format!(
+                "{name}: headless service {} has no ready endpoints",
+                service.key_name()
+            ))),
+        }
+    }
+
+    /// Resolves, decides and connects. `client` is the connecting socket's
+    /// address: its IP identifies the source pod. A failure is counted and
+    /// logged here; a success carries its telemetry to [`Outbound::relay`].
+    pub async fn connect(
+        &self,
+        client: SocketAddr,
+        destination: Destination,
+    ) -> Result<Connected, OutboundError> {
+        let state = self.store.snapshot();
+        let source = state.peer_labels(&client.ip()).cloned();
+        let address = match &destination {
+            Destination::Address(address) => Ok(*address),
+            Destination::Name(name, port) => {
+                let namespace = state
+                    .workload_by_ip(&client.ip())
+                    .filter(|w| w.node.as_deref() == Some(self.node.as_str()))
+                    .map_or("default", |w| w.namespace.as_str());
+                self.resolve(&state, name, *port, namespace).await
+            }
+        };
+        let address = match address {
+            Ok(address) => address,
+            Err(e) => {
+                let parties = Parties {
+                    source,
+                    ..Parties::default()
+                };
+                self.telemetry.failure(
+                    Reporter::Source,
+                    &parties,
+                    e.reason(),
+                    client,
+                    &destination,
+                    &e,
+                );
+                return Err(e);
+            }
+        };
+        let decided = request::decide(
+            &state,
+            &self.lb,
+            &self.node,
+            client,
+            address,
+            Instant::now(),
+        );
+        let mut parties = Parties {
+            source,
+            service: decided
+                .service
+                .and_then(|s| state.service_label(s).cloned()),
+            destination: decided
+                .endpoint
+                .and_then(|e| state.peer_labels(&e.ip()).cloned()),
+        };
+        let target = decided.endpoint.unwrap_or(address);
+        let result = match decided.outcome {
+            Ok(admitted) => self.open(client, admitted, &mut parties).await,
+            Err(refusal) => {
+                if let Refusal::Denied(_) = refusal {
+                    self.tracker.count_denied();
+                }
+                Err(refusal.into())
+            }
+        };
+        if let Err(e) = &result {
+            self.telemetry
+                .failure(Reporter::Source, &parties, e.reason(), client, &target, e);
+        }
+        result
+    }
+
+    /// Carries out an admitted decision.
+    async fn open(
+        &self,
+        client: SocketAddr,
+        admitted: Admitted<'_>,
+        parties: &mut Parties,
+    ) -> Result<Connected, OutboundError> {
+        let endpoint = admitted.endpoint;
+        let mode = admitted.carry.mode();
+        let tracked = self.tracker.track(admitted.check);
+        // The span starts now so the tunnel can carry it; the connection
+        // is counted as opened once the upstream answers.
+        let mut telemetry = self.telemetry.begin(
+            Reporter::Source,
+            parties,
+            mode.into(),
+            client,
+            endpoint,
+            None,
+        );
+        let upstream = match admitted.carry {
+            Carry::Direct | Carry::Passthrough => {
+                Upstream::Tcp(crate::net::connect::connect(endpoint, self.connect_timeout).await?)
+            }
+            Carry::Hbone {
+                source,
+                destination,
+                node,
+            } => {
+                let pool = self.pool.as_ref().ok_or(OutboundError::Unsupported(
+                    "this proxy has no mesh credentials (HBONE disabled)",
+                ))?;
+                let key = PoolKey {
+                    source: Identity::new(
+                        &self.trust_domain,
+                        &source.namespace,
+                        &source.service_account,
+                    ),
+                    destination: Identity::new(
+                        &self.trust_domain,
+                        &destination.namespace,
+                        &destination.service_account,
+                    ),
+                    node,
+                };
+                Upstream::Hbone(
+                    pool.connect(&key, endpoint, client, telemetry.traceparent())
+                        .await?,
+                )
+            }
+        };
+        telemetry.established();
+        Ok(Connected {
+            upstream,
+            tracked,
+            service: parties.service.clone(),
+            endpoint,
+            mode,
+            telemetry,
+        })
+    }
+
+    /// Copies between the client and its upstream until both sides are
+    /// done, or until a policy update revokes the connection.
+    pub async fn relay(client: tokio::net::TcpStream, connected: Connected) -> Transferred {
+        // A pooled connection's stream slot is held until the end.
+        let (peer, _slot) = match connected.upstream {
+            Upstream::Tcp(upstream) => (Peer::Tcp(upstream), None),
+            Upstream::Hbone(stream) => (
+                Peer::H2 {
+                    send: stream.send,
+                    recv: stream.recv,
+                },
+                Some(stream.slot),
+            ),
+        };
+        let (transferred, ended) = relay(client, peer, connected.tracked.revoked()).await;
+        connected
+            .telemetry
+            .close(transferred.from_tcp, transferred.to_tcp, ended.as_str());
+        transferred
+    }
+}
+
+async fn lookup(name: &str, port: u16) -> Result<SocketAddr, OutboundError> {
+    tokio::net::lookup_host((name, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| OutboundError::Unresolved(name.to_string()))
+}
