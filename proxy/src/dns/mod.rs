@@ -311,6 +311,7 @@ mod tests {
     use ferry_api::ResourceBody;
     use hickory_proto::op::Message;
     use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn service(
         name: &str,
@@ -519,6 +520,23 @@ mod tests {
         assert_eq!(
             forwarded.answers[0].data,
             RData::A(A("192.0.2.1".parse().unwrap()))
+        );
+        // The same server over TCP (two-byte length prefix).
+        let mut tcp = tokio::net::TcpStream::connect(server_addr).await.unwrap();
+        let packet = query("web.shop.svc.cluster.local.", RecordType::A)
+            .to_vec()
+            .unwrap();
+        let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&packet);
+        tcp.write_all(&framed).await.unwrap();
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).await.unwrap();
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        tcp.read_exact(&mut reply).await.unwrap();
+        let over_tcp = Message::from_vec(&reply).unwrap();
+        assert_eq!(
+            over_tcp.answers[0].data,
+            RData::A(A("10.96.0.10".parse().unwrap()))
         );
         task.abort();
     }
