@@ -18,15 +18,6 @@ pub enum ConnectError {
     },
 }
 
-impl ConnectError {
-    /// The address that could not be reached.
-    pub fn address(&self) -> SocketAddr {
-        match self {
-            ConnectError::Timeout(address) | ConnectError::Io { address, .. } => *address,
-        }
-    }
-}
-
 /// Connects to `address` within `timeout`, with Nagle off (the proxy
 /// relays what it reads at once; batching is the application's business).
 pub async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
