@@ -12,8 +12,6 @@
 pub mod cidr;
 pub mod identity;
 pub mod model;
-#[cfg(feature = "process")]
-pub mod process;
 pub mod resource;
 
 /// Generated protocol types and the `ConfigDiscovery` gRPC service.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ferry_certs::{files, Authority, Credential};
+use ferry_pki::{files, Authority, Credential};
 
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 

@@ -5,8 +5,10 @@
 //! into model resources, incrementally; the [`push`] layer keeps the
 //! versioned configuration and streams per-node deltas to every proxy.
 
+pub mod app;
+pub mod authn;
 pub mod ca;
-pub mod identity;
+pub mod config;
 pub mod metrics;
 pub mod push;
 pub mod source;

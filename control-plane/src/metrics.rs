@@ -103,10 +103,10 @@ impl Metrics {
 
     /// Serves `/metrics` and `/healthz/ready` until the task is dropped.
     pub async fn serve(self: std::sync::Arc<Self>, listener: tokio::net::TcpListener) {
-        use ferry_api::process::reply;
+        use ferry_process::admin::reply;
         use http::StatusCode;
-        ferry_api::process::serve_admin(listener, move |req| match req.uri().path() {
-            "/metrics" => ferry_api::process::metrics_reply(self.encode()),
+        ferry_process::admin::serve(listener, move |req| match req.uri().path() {
+            "/metrics" => ferry_process::admin::metrics_reply(self.encode()),
             "/healthz/ready" => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             _ => reply(
                 StatusCode::NOT_FOUND,

@@ -194,7 +194,7 @@ impl ConfigCache {
 pub struct ConfigDiscoveryService {
     cache: Arc<ConfigCache>,
     /// How a proxy proves its node.
-    auth: Arc<crate::identity::Authenticator>,
+    auth: Arc<crate::authn::Authenticator>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -202,7 +202,7 @@ impl ConfigDiscoveryService {
     pub fn new(cache: Arc<ConfigCache>) -> Self {
         Self {
             cache,
-            auth: Arc::new(crate::identity::Authenticator::None),
+            auth: Arc::new(crate::authn::Authenticator::None),
             metrics: Arc::default(),
         }
     }
@@ -215,7 +215,7 @@ impl ConfigDiscoveryService {
 
     /// Requires every proxy to prove its node with `auth`, and to
     /// subscribe for that node only.
-    pub fn with_authenticator(mut self, auth: Arc<crate::identity::Authenticator>) -> Self {
+    pub fn with_authenticator(mut self, auth: Arc<crate::authn::Authenticator>) -> Self {
         self.auth = auth;
         self
     }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferry_api::process::{reply, Reply};
+use ferry_process::admin::{reply, Reply};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -176,7 +176,7 @@ impl Admin {
                 "text/plain",
                 "not ready: waiting for the first configuration\n".into(),
             ),
-            "/metrics" => ferry_api::process::metrics_reply(self.metrics()),
+            "/metrics" => ferry_process::admin::metrics_reply(self.metrics()),
             "/config_dump" => match self.config_dump() {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(
@@ -196,7 +196,7 @@ impl Admin {
     /// Serves until the task is dropped.
     pub async fn serve(self, listener: TcpListener) {
         let admin = Arc::new(self);
-        ferry_api::process::serve_admin(listener, move |req| admin.handle(req)).await
+        ferry_process::admin::serve(listener, move |req| admin.handle(req)).await
     }
 }
 

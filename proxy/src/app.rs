@@ -38,7 +38,7 @@ fn mesh_credentials(
     ca_path: &std::path::Path,
     client: Option<tonic::transport::Identity>,
 ) -> anyhow::Result<(tonic::transport::ClientTlsConfig, Arc<IdentityManager>)> {
-    let trust_domain = ferry_certs::ca_trust_domain(ca_pem, ca_path)?;
+    let trust_domain = ferry_pki::ca_trust_domain(ca_pem, ca_path)?;
     let mut tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
     if let Some(identity) = client {
@@ -64,18 +64,19 @@ fn credentials(
 ) -> anyhow::Result<Option<(tonic::transport::ClientTlsConfig, Arc<IdentityManager>)>> {
     match &config.credentials {
         Credentials::Files { dir } => {
-            let ca_path = dir.join(ferry_certs::files::CA_CERT);
-            let ca_pem = ferry_certs::read_pem(&ca_path)
+            let ca_path = dir.join(ferry_pki::files::CA_CERT);
+            let ca_pem = ferry_pki::read_pem(&ca_path)
                 .with_context(|| format!("--certs {}", dir.display()))?;
-            let (cert, key) = ferry_certs::files::node(&config.node);
-            let node = ferry_certs::Credential::load(&dir.join(cert), &dir.join(key))
-                .with_context(|| {
+            let (cert, key) = ferry_pki::files::node(&config.node);
+            let node = ferry_pki::Credential::load(&dir.join(cert), &dir.join(key)).with_context(
+                || {
                     format!(
                         "--certs {}: the credential of node {}",
                         dir.display(),
                         config.node
                     )
-                })?;
+                },
+            )?;
             let identity = tonic::transport::Identity::from_pem(&node.cert_pem, &node.key_pem);
             mesh_credentials(config, &ca_pem, &ca_path, Some(identity)).map(Some)
         }
@@ -83,7 +84,7 @@ fn credentials(
             ca_root,
             token_file,
         } => {
-            let ca_pem = ferry_certs::read_pem(ca_root)
+            let ca_pem = ferry_pki::read_pem(ca_root)
                 .with_context(|| format!("--ca-root {}", ca_root.display()))?;
             let (tls, identities) = mesh_credentials(config, &ca_pem, ca_root, None)?;
             identities.use_token(TokenFile::new(token_file));
@@ -329,7 +330,7 @@ impl App {
             _ = plaintext_task => {}
             _ = dns_task => {}
             _ = self.tracker.clone().run(store.clone()) => {}
-            _ = ferry_api::process::shutdown_signal() => tracing::info!("proxy stopping"),
+            _ = ferry_process::shutdown_signal() => tracing::info!("proxy stopping"),
         }
         if let Some((rules, _)) = &self.capture_rules {
             if let Err(e) = rules.remove() {

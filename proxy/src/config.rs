@@ -8,15 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ferry_api::process::LogFormat;
+use ferry_process::{parse_duration as duration, LogFormat};
 use serde::Serialize;
 
 use crate::hbone::H2Settings;
-
-/// A duration flag: `500ms`, `5s`, `2m`, `1h30m`.
-fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 500ms, 5s, 2m)"))
-}
 
 /// The command line (and environment) of `ferry-proxy`.
 #[derive(Debug, Clone, Parser)]

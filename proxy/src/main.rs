@@ -8,6 +8,6 @@ use ferry_proxy::config::{Args, Config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_args(Args::parse())?;
-    ferry_api::process::init_tracing(config.log_format);
+    ferry_process::init_tracing(config.log_format);
     App::build(config).await?.run().await
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::identity::Identity;
-use ferry_certs::Authority;
+use ferry_pki::Authority;
 use ferry_tests::net::EchoServer;
 use ferry_tests::{LoopbackMesh, MeshOptions, NodeSpec};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -28,7 +28,7 @@ fn manifests() -> String {
 
 /// A workload certificate for `identity` signed by `ca`, valid for `lifetime`.
 fn certified(ca: &Authority, identity: &Identity, lifetime: Duration) -> Arc<CertifiedKey> {
-    let (csr, key) = ferry_certs::workload_csr(identity).unwrap();
+    let (csr, key) = ferry_pki::workload_csr(identity).unwrap();
     let params = rcgen_params(&csr);
     let pem = ca.sign_workload(identity, &params, lifetime).unwrap();
     let chain = ferry_proxy::identity::pem_certs(&[pem]).unwrap();
@@ -38,8 +38,8 @@ fn certified(ca: &Authority, identity: &Identity, lifetime: Duration) -> Arc<Cer
 }
 
 /// Reads a CSR without the trust-domain check (the tests forge foreign identities on purpose).
-fn rcgen_params(csr: &str) -> ferry_certs::CsrParams {
-    ferry_certs::CsrParams::from_pem(csr).unwrap()
+fn rcgen_params(csr: &str) -> ferry_pki::CsrParams {
+    ferry_pki::CsrParams::from_pem(csr).unwrap()
 }
 
 /// Opens mTLS to the proxy's HBONE port and CONNECTs to the backend;

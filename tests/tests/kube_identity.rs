@@ -151,7 +151,7 @@ async fn sign(
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let (csr_pem, _) = ferry_certs::workload_csr(identity).unwrap();
+    let (csr_pem, _) = ferry_pki::workload_csr(identity).unwrap();
     let mut request = tonic::Request::new(SignRequest {
         csr_pem,
         ttl_seconds: 600,

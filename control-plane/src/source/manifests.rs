@@ -17,8 +17,6 @@ use tokio::sync::mpsc;
 use super::{K8sObject, ObjectKind, ObjectRef, SourceEvent};
 use crate::validate::validate;
 
-/// How often the folder is rescanned even without a file-system notification.
-pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// Quiet time after a notification before rescanning (editors write in steps).
 const SETTLE: Duration = Duration::from_millis(50);
 
@@ -492,10 +490,11 @@ impl ManifestSource {
     /// Watches the folder until `events` is closed: an initial scan (always
     /// sent, even when empty, so the receiver knows the initial load is
     /// complete), then a rescan on every file-system notification and every
-    /// [`RESCAN_INTERVAL`].
+    /// `rescan` (some file systems send no notifications).
     pub async fn watch(
         mut self,
         events: mpsc::Sender<Vec<SourceEvent>>,
+        rescan: Duration,
     ) -> Result<(), SourceError> {
         let wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let notifier = wake.clone();
@@ -537,7 +536,7 @@ impl ManifestSource {
             }
             tokio::select! {
                 _ = wake.notified() => tokio::time::sleep(SETTLE).await,
-                _ = tokio::time::sleep(RESCAN_INTERVAL) => {}
+                _ = tokio::time::sleep(rescan) => {}
                 _ = events.closed() => return Ok(()),
             }
         }

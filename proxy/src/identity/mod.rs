@@ -43,7 +43,7 @@ pub enum IdentityError {
     #[error("no mesh CA configured (the proxy runs without node credentials)")]
     NoCa,
     #[error("creating the CSR: {0}")]
-    Csr(#[from] ferry_certs::CertError),
+    Csr(#[from] ferry_pki::CertError),
     #[error("the CA refused: {0}")]
     Refused(#[from] tonic::Status),
     #[error("the CA answered with an unusable certificate: {0}")]
@@ -229,7 +229,7 @@ impl IdentityManager {
     /// Requests and parses one certificate.
     pub async fn fetch(&self, identity: &Identity) -> Result<WorkloadCert, IdentityError> {
         let mut ca = self.ca.clone().ok_or(IdentityError::NoCa)?;
-        let (csr_pem, key_der) = ferry_certs::workload_csr(identity)?;
+        let (csr_pem, key_der) = ferry_pki::workload_csr(identity)?;
         let mut request = tonic::Request::new(SignRequest {
             csr_pem,
             ttl_seconds: u32::try_from(self.settings.ttl.as_secs()).unwrap_or(u32::MAX),

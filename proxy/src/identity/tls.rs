@@ -43,7 +43,7 @@ pub enum TlsError {
 
 /// The workload identity in a certificate's URI SAN.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, Error> {
-    let uris = ferry_certs::uri_sans(cert.as_ref())
+    let uris = ferry_pki::uri_sans(cert.as_ref())
         .map_err(|e| Error::General(format!("unreadable peer certificate: {e}")))?;
     uris.iter()
         .find_map(|u| u.parse::<Identity>().ok())

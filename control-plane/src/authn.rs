@@ -1,63 +1,52 @@
-//! Who a proxy is, and the mesh CA's key material, in a cluster.
-//!
-//! Two ways for a proxy to prove its node ([`Authenticator`]):
+//! Who is calling: how a proxy proves which node it serves
+//! ([`Authenticator`]), for the config stream and the mesh CA alike.
 //!
 //! - **Node certificate** (`ferry-certs`, the local lab): the client
-//!   certificate of the mTLS connection names the node.
+//!   certificate of the mTLS connection names the node
+//!   ([`authenticated_node`]).
 //! - **Service account token** (in a cluster): the proxy sends a projected
 //!   token with its own audience as `authorization: Bearer ...`; the
 //!   control plane asks the API server (TokenReview) whose it is, requires
 //!   the proxy DaemonSet's service account, and learns the node from the
 //!   pod the token is bound to (its `spec.nodeName`, cross-checked with
-//!   the token's node claim when the API server adds one). A token is
-//!   reviewed at most once a minute ([`TOKEN_CACHE`]).
-//!
-//! The CA root and key live in a Secret ([`load_or_create_ca`]), generated
-//! on first start when allowed; several replicas starting together agree
-//! on whichever Secret was created first. The root certificate is
-//! published in a ConfigMap for the proxies ([`publish_root`]).
+//!   the token's node claim when the API server adds one). Outcomes are
+//!   remembered for a while and reviews in flight are bounded
+//!   ([`ReviewLimits`]), so unknown tokens cannot flood the API server.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ferry_certs::Authority;
+use ferry_api::identity::NodeIdentity;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::ByteString;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use tonic::{Request, Status};
 
-/// How long a reviewed token is trusted without asking again.
-pub const TOKEN_CACHE: Duration = Duration::from_secs(60);
-/// How long a refused token is refused without asking again.
-pub const REFUSAL_CACHE: Duration = Duration::from_secs(10);
-/// TokenReviews in flight at most.
-const REVIEWS_IN_FLIGHT: usize = 8;
-/// Entries kept at most (expired ones are dropped first).
-const CACHE_MAX: usize = 10_000;
-/// The Secret keys of the CA.
-pub const CA_CERT_KEY: &str = "ca.pem";
-pub const CA_KEY_KEY: &str = "ca-key.pem";
-/// The ConfigMap key of the published root.
-pub const ROOT_KEY: &str = "ca.pem";
+/// How the [`TokenReviewer`] bounds its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReviewLimits {
+    /// How long a reviewed token is trusted without asking again.
+    pub accepted_for: Duration,
+    /// How long a refused token is refused without asking again.
+    pub refused_for: Duration,
+    /// TokenReviews in flight at most.
+    pub in_flight: usize,
+    /// Outcomes remembered at most (expired ones are dropped first).
+    pub remembered: usize,
+}
 
-/// Errors of the in-cluster identity.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    #[error("the Kubernetes API: {0}")]
-    Api(#[from] kube::Error),
-    #[error("Secret {namespace}/{name}: {reason}")]
-    Secret {
-        namespace: String,
-        name: String,
-        reason: String,
-    },
-    #[error("CA: {0}")]
-    Ca(#[from] ferry_certs::CertError),
+impl Default for ReviewLimits {
+    fn default() -> Self {
+        Self {
+            accepted_for: Duration::from_secs(60),
+            refused_for: Duration::from_secs(10),
+            in_flight: 8,
+            remembered: 10_000,
+        }
+    }
 }
 
 /// How proxies prove which node they serve.
@@ -78,7 +67,7 @@ impl Authenticator {
         match self {
             Authenticator::None => Ok(None),
             Authenticator::NodeCertificate { trust_domain } => {
-                crate::ca::authenticated_node(request, trust_domain)
+                authenticated_node(request, trust_domain)
             }
             Authenticator::ServiceAccountToken(reviewer) => {
                 let token = request
@@ -109,9 +98,10 @@ pub struct TokenReviewer {
     account: String,
     /// Reviewed tokens: the node, or the refusal, and when.
     cache: Mutex<HashMap<String, Reviewed>>,
-    /// At most this many TokenReviews in flight: unknown tokens cannot
-    /// flood the API server.
+    /// At most `limits.in_flight` TokenReviews in flight: unknown tokens
+    /// cannot flood the API server.
     reviews: tokio::sync::Semaphore,
+    limits: ReviewLimits,
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -125,25 +115,37 @@ impl std::fmt::Debug for TokenReviewer {
 }
 
 impl TokenReviewer {
-    pub fn new(client: Client, audience: &str, namespace: &str, account: &str) -> Self {
+    pub fn new(
+        client: Client,
+        audience: &str,
+        namespace: &str,
+        account: &str,
+        limits: ReviewLimits,
+    ) -> Self {
         Self {
             client,
             audience: audience.to_string(),
             namespace: namespace.to_string(),
             account: account.to_string(),
             cache: Mutex::default(),
-            reviews: tokio::sync::Semaphore::new(REVIEWS_IN_FLIGHT),
+            reviews: tokio::sync::Semaphore::new(limits.in_flight.max(1)),
+            limits,
         }
     }
 
     fn cached(&self, token: &str) -> Option<Result<String, Status>> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let (outcome, at) = cache.get(token)?;
-        let fresh = match outcome {
-            Ok(_) => at.elapsed() < TOKEN_CACHE,
-            Err(_) => at.elapsed() < REFUSAL_CACHE,
+        self.fresh(outcome, *at).then(|| outcome.clone())
+    }
+
+    /// Whether a remembered outcome still holds.
+    fn fresh(&self, outcome: &Result<String, Status>, at: Instant) -> bool {
+        let ttl = match outcome {
+            Ok(_) => self.limits.accepted_for,
+            Err(_) => self.limits.refused_for,
         };
-        fresh.then(|| outcome.clone())
+        at.elapsed() < ttl
     }
 
     /// The node of the proxy holding `token`.
@@ -168,12 +170,9 @@ impl TokenReviewer {
         };
         if remember {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() >= CACHE_MAX {
-                cache.retain(|_, (o, at)| match o {
-                    Ok(_) => at.elapsed() < TOKEN_CACHE,
-                    Err(_) => at.elapsed() < REFUSAL_CACHE,
-                });
-                if cache.len() >= CACHE_MAX {
+            if cache.len() >= self.limits.remembered {
+                cache.retain(|_, (o, at)| self.fresh(o, *at));
+                if cache.len() >= self.limits.remembered {
                     cache.clear();
                 }
             }
@@ -265,119 +264,30 @@ impl TokenReviewer {
     }
 }
 
-/// The mesh CA from Secret `namespace/name`; created with a new root for
-/// `trust_domain` when absent and `create` allows it. When several
-/// replicas race to create it, every one ends up with the same CA.
-pub async fn load_or_create_ca(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    create: bool,
+/// The node a request comes from, from its verified client certificate.
+/// `None` when the connection carries no client certificate (plaintext).
+pub fn authenticated_node<T>(
+    request: &Request<T>,
     trust_domain: &str,
-) -> Result<Authority, IdentityError> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let error = |reason: String| IdentityError::Secret {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        reason,
+) -> Result<Option<String>, Status> {
+    let Some(certs) = request.peer_certs() else {
+        return Ok(None);
     };
-    for _ in 0..2 {
-        if let Some(secret) = secrets.get_opt(name).await? {
-            let data = secret.data.unwrap_or_default();
-            let text = |key: &str| {
-                data.get(key)
-                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                    .ok_or_else(|| error(format!("no {key}")))
-            };
-            let origin = format!("Secret {namespace}/{name}");
-            return Ok(Authority::from_pem(
-                text(CA_CERT_KEY)?,
-                text(CA_KEY_KEY)?,
-                Path::new(&origin),
-            )?);
-        }
-        if !create {
-            return Err(error(
-                "absent, and creating it is off (--ca-secret-create=false): supply the CA".into(),
-            ));
-        }
-        let authority = Authority::generate(trust_domain, Duration::from_secs(10 * 365 * 86_400))?;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                namespace: Some(namespace.to_string()),
-                labels: Some(
-                    [("app.kubernetes.io/part-of".to_string(), "ferry".to_string())].into(),
-                ),
-                ..ObjectMeta::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(
-                [
-                    (
-                        CA_CERT_KEY.to_string(),
-                        ByteString(authority.cert_pem().as_bytes().to_vec()),
-                    ),
-                    (
-                        CA_KEY_KEY.to_string(),
-                        ByteString(authority.key_pem().as_bytes().to_vec()),
-                    ),
-                ]
-                .into(),
-            ),
-            ..Secret::default()
-        };
-        match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => {
-                tracing::info!(
-                    namespace,
-                    name,
-                    trust_domain,
-                    "mesh CA generated and stored"
-                );
-                return Ok(authority);
-            }
-            // Another replica was first: use its CA.
-            Err(kube::Error::Api(status)) if status.code == 409 => continue,
-            Err(e) => return Err(e.into()),
-        }
+    let Some(leaf) = certs.first() else {
+        return Ok(None);
+    };
+    let uris = ferry_pki::uri_sans(leaf.as_ref())
+        .map_err(|e| Status::unauthenticated(format!("unreadable client certificate: {e}")))?;
+    let node = uris
+        .iter()
+        .find_map(|u| u.parse::<NodeIdentity>().ok())
+        .ok_or_else(|| {
+            Status::unauthenticated("the client certificate is not a node credential")
+        })?;
+    if node.trust_domain != trust_domain {
+        return Err(Status::unauthenticated(format!(
+            "node credential {node} is outside trust domain {trust_domain}"
+        )));
     }
-    Err(error("created by another replica but unreadable".into()))
-}
-
-/// Publishes the root certificate in ConfigMap `namespace/name` (created,
-/// or updated when it differs).
-pub async fn publish_root(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    root_pem: &str,
-) -> Result<(), IdentityError> {
-    let maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-    let data = Some([(ROOT_KEY.to_string(), root_pem.to_string())].into());
-    match maps.get_opt(name).await? {
-        Some(existing) if existing.data == data => Ok(()),
-        Some(mut existing) => {
-            existing.data = data;
-            maps.replace(name, &PostParams::default(), &existing)
-                .await?;
-            Ok(())
-        }
-        None => {
-            let map = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(name.to_string()),
-                    namespace: Some(namespace.to_string()),
-                    ..ObjectMeta::default()
-                },
-                data,
-                ..ConfigMap::default()
-            };
-            match maps.create(&PostParams::default(), &map).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        }
-    }
+    Ok(Some(node.node))
 }
