@@ -18,12 +18,10 @@ pub enum Command {
         #[arg(long)]
         manifests: PathBuf,
     },
-    /// The local multi-node mesh in network namespaces: `ferryctl lab up
-    /// [--manifests DIR] [--check]` (needs root; runs `ferry-lab`, built
-    /// with the workspace, from the same folder as ferryctl).
+    /// The local multi-node mesh in network namespaces (needs root).
     Lab {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(subcommand)]
+        command: LabCommand,
     },
     /// NetworkPolicy: reachability matrix and explanations.
     Policy {
@@ -43,6 +41,21 @@ pub enum Command {
         to: String,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the cluster of a manifests folder as network namespaces (one
+    /// per node and per pod), with the control plane, one proxy per node
+    /// and the pods' servers; send real traffic through it and print what
+    /// it saw; stay up until Ctrl-C.
+    Up {
+        #[arg(long, default_value = "deploy/examples")]
+        manifests: PathBuf,
+        /// Exit after the traffic checks (non-zero on any failure).
+        #[arg(long)]
+        check: bool,
     },
 }
 

@@ -11,6 +11,8 @@
 //!   NetworkPolicy allows the connection; `ferryctl policy explain` names
 //!   the policies and rules that decided one connection. Both use the
 //!   proxy's own evaluation code.
+//! - `ferryctl lab up [--manifests DIR] [--check]` runs the local
+//!   multi-node mesh in network namespaces ([`ferryctl::lab`]).
 
 use std::process::ExitCode;
 
@@ -18,17 +20,18 @@ use clap::Parser;
 
 mod check;
 mod cli;
-mod lab;
 mod mesh;
 mod policy;
 mod route;
 
-use cli::{Cli, Command, PolicyCommand};
+use cli::{Cli, Command, LabCommand, PolicyCommand};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { manifests } => check::run(manifests),
-        Command::Lab { args } => lab::run(&args),
+        Command::Lab {
+            command: LabCommand::Up { manifests, check },
+        } => ferryctl::lab::cli::up(&manifests, check),
         Command::Route {
             manifests,
             from,

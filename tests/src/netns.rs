@@ -1,22 +1,7 @@
-//! Network namespaces for end-to-end tests. Every namespace is deleted when
-//! its guard drops (pass or fail); the namespaces a test makes have no link
-//! to the machine's real interfaces.
+//! Network namespaces for end-to-end tests: the lab's guards
+//! ([`ferryctl::lab::netns`]), and what a test does without root.
 
-use std::process::Command;
-
-use anyhow::{bail, Context};
-
-/// Whether this process runs as root (needed for namespaces and iptables).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
+pub use ferryctl::lab::netns::{is_root, run, Netns};
 
 /// For tests that need root: `true` to go on. Without root the test fails
 /// when `FERRY_E2E=required`, and is skipped with a printed reason otherwise.
@@ -29,74 +14,4 @@ pub fn root_or_skip(test: &str) -> bool {
     }
     eprintln!("skipping {test}: needs root (network namespaces, iptables); set FERRY_E2E=required to make this a failure");
     false
-}
-
-/// Runs a command; fails with its stderr.
-pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-/// A network namespace, deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(name: &str) -> anyhow::Result<Self> {
-        // A leftover of a crashed run with the same name goes first.
-        let _ = run("ip", &["netns", "del", name]);
-        run("ip", &["netns", "add", name])?;
-        let ns = Self { name: name.into() };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// Gives processes started in the namespace (through `ip netns exec`)
-    /// their own /etc/resolv.conf; removed with the namespace.
-    pub fn set_resolv_conf(&self, text: &str) -> anyhow::Result<()> {
-        let dir = std::path::Path::new("/etc/netns").join(&self.name);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("resolv.conf"), text)?;
-        Ok(())
-    }
-
-    /// `ip -n <ns> ...`
-    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        let mut all = vec!["netns", "exec", self.name.as_str(), program];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    /// Arguments that start `program` inside the namespace (for [`crate::Process`]).
-    pub fn command<'a>(&'a self, program: &'a str, args: &[&'a str]) -> Vec<&'a str> {
-        let mut all = vec!["netns", "exec", self.name.as_str(), program];
-        all.extend_from_slice(args);
-        all
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name]);
-        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.name));
-    }
 }

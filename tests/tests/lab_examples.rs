@@ -7,9 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ferry_tests::lab::Lab;
 use ferry_tests::netns::root_or_skip;
 use ferry_tests::wait_for;
+use ferryctl::lab::Lab;
 
 /// Rewrites the manifest document of `kind` `name` in `file` of the lab's
 /// manifests (the control plane watches them).

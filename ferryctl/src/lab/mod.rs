@@ -12,6 +12,18 @@
 //!
 //! No namespace has a link to the machine's interfaces. Everything is torn
 //! down when the [`Lab`] drops.
+//!
+//! `ferryctl lab up` ([`cli`]) runs it; the end-to-end tests build it with
+//! [`Lab::up`]. The binaries (`ferry-control-plane`, `ferry-proxy`,
+//! `ferry-certs`) are taken from next to the running executable
+//! ([`binary`]).
+
+pub mod checks;
+pub mod cli;
+pub mod netns;
+pub mod probes;
+pub mod process;
+pub mod topology;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -21,140 +33,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::netns::Netns;
-use crate::{binary, wait_for, Process};
-
-/// The HTTP server every lab pod runs: answers `<namespace>/<pod>` on each port.
-const SERVER: &str = r#"
-import http.server, socketserver, sys, threading
-name, ip, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = (name + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-servers = [S((ip, p), H) for p in ports]
-for s in servers[1:]:
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-servers[0].serve_forever()
-"#;
-
-/// A packet capture on one interface (AF_PACKET, so no tcpdump is needed):
-/// per TCP flow direction its payload bytes, whether its SYN was seen, and
-/// the first payload bytes; and how many payloads contained a marker. Stops
-/// when the stop file appears or after 60 s, then prints one JSON line.
-const SNIFFER: &str = r#"
-import json, os, socket, struct, sys, time
-iface, stop, markers = sys.argv[1], sys.argv[2], [m.encode() for m in sys.argv[3:]]
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
-s.bind((iface, 0))
-s.settimeout(0.1)
-print("ready", flush=True)
-flows, hits, packets, deadline = {}, 0, 0, time.time() + 60
-while time.time() < deadline and not os.path.exists(stop):
-    try:
-        frame = s.recv(262144)
-    except socket.timeout:
-        continue
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
-        continue
-    ip = frame[14:]
-    ihl, total = (ip[0] & 15) * 4, struct.unpack("!H", ip[2:4])[0]
-    if ip[9] != 6:
-        continue
-    tcp = ip[ihl:total] if total else ip[ihl:]
-    sport, dport = struct.unpack("!HH", tcp[:4])
-    flags, payload = tcp[13], tcp[(tcp[12] >> 4) * 4:]
-    packets += 1
-    key = "%s:%d>%s:%d" % (socket.inet_ntoa(ip[12:16]), sport, socket.inet_ntoa(ip[16:20]), dport)
-    f = flows.setdefault(key, {"flow": key, "syn": False, "bytes": 0, "first": ""})
-    f["syn"] = f["syn"] or bool(flags & 2)
-    if payload:
-        if not f["first"]:
-            f["first"] = payload[:3].hex()
-        f["bytes"] += len(payload)
-        hits += sum(1 for m in markers if m in payload)
-print(json.dumps({"packets": packets, "marker_hits": hits, "flows": list(flows.values())}), flush=True)
-"#;
-
-/// One direction of a TCP flow seen on a link.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct LinkFlow {
-    /// `src:port>dst:port`
-    pub flow: String,
-    pub syn: bool,
-    pub bytes: u64,
-    /// The first three payload bytes, hex.
-    pub first: String,
-}
-
-/// What a capture on a link saw.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct LinkReport {
-    pub packets: u64,
-    pub marker_hits: u64,
-    pub flows: Vec<LinkFlow>,
-}
-
-impl LinkReport {
-    /// Checks that every TCP payload on the link belonged to TLS on the
-    /// given ports (every flow opened during the capture starts with a TLS
-    /// handshake record), that no marker was seen in the clear, and that at
-    /// least one new connection to `tunnel_port` was opened; returns a
-    /// summary of what was seen.
-    pub fn only_tls(&self, tunnel_port: u16, tls_ports: &[u16]) -> Result<String, String> {
-        let port_of = |end: &str| end.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-        let mut tunnels = 0;
-        let mut tunnel_bytes = 0;
-        for f in self.flows.iter().filter(|f| f.bytes > 0) {
-            let (from, to) = f.flow.split_once('>').unwrap_or((&f.flow, ""));
-            let ports = [port_of(from), port_of(to)];
-            if !ports.iter().flatten().any(|p| tls_ports.contains(p)) {
-                return Err(format!(
-                    "{} carried {} bytes outside TLS ports",
-                    f.flow, f.bytes
-                ));
-            }
-            // A TLS handshake record: type 22, version 3.x.
-            if f.syn && !f.first.starts_with("1603") {
-                return Err(format!(
-                    "{} did not start with a TLS record (first bytes {})",
-                    f.flow, f.first
-                ));
-            }
-            if ports.contains(&Some(tunnel_port)) {
-                tunnel_bytes += f.bytes;
-                if f.syn && port_of(to) == Some(tunnel_port) {
-                    tunnels += 1;
-                }
-            }
-        }
-        if self.marker_hits > 0 {
-            return Err(format!(
-                "{} packets carried the payload in the clear",
-                self.marker_hits
-            ));
-        }
-        if tunnels == 0 {
-            return Err(format!(
-                "no new connection to port {tunnel_port} was seen ({} packets)",
-                self.packets
-            ));
-        }
-        Ok(format!(
-            "{} packets, {tunnels} new TLS connection(s) to :{tunnel_port} ({tunnel_bytes} bytes), no plaintext payload",
-            self.packets
-        ))
-    }
-}
+use self::netns::Netns;
+use self::probes::{LinkReport, SERVER, SNIFFER};
+pub use self::process::{binary, copy_dir, wait_for, Process};
+pub use self::topology::{read_topology, Topology};
 
 /// A node of the lab.
 #[derive(Debug, Clone)]
@@ -184,146 +66,6 @@ pub struct Lab {
     processes: Vec<Process>,
     namespaces: BTreeMap<String, Netns>,
     pub work: tempfile::TempDir,
-}
-
-fn field<'a>(v: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a serde_yaml::Value> {
-    let mut v = v;
-    for p in path {
-        v = v.get(p)?;
-    }
-    Some(v)
-}
-
-fn gateway_of(ip: Ipv4Addr) -> Ipv4Addr {
-    let o = ip.octets();
-    Ipv4Addr::new(o[0], o[1], o[2], 1)
-}
-
-/// What the lab builds from the manifests.
-#[derive(Debug, Clone, Default)]
-pub struct Topology {
-    pub nodes: Vec<LabNode>,
-    pub pods: Vec<LabPod>,
-    /// Load-balancer ingress and external IPs of services: the outside
-    /// client routes them through the first node, as a cloud load balancer
-    /// would hand them to a node.
-    pub published: Vec<Ipv4Addr>,
-}
-
-/// Reads nodes, pods and published service addresses from the manifests
-/// (YAML documents).
-pub fn read_topology(dir: &Path) -> anyhow::Result<Topology> {
-    let mut nodes = Vec::new();
-    let mut pods = Vec::new();
-    let mut published = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    for file in files
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-    {
-        let text = std::fs::read_to_string(file)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let Ok(v) = serde::Deserialize::deserialize(doc) else {
-                continue;
-            };
-            let v: serde_yaml::Value = v;
-            let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-            let name = field(&v, &["metadata", "name"])
-                .and_then(|n| n.as_str())
-                .unwrap_or("")
-                .to_string();
-            match kind {
-                "Node" => {
-                    let ip = field(&v, &["status", "addresses"])
-                        .and_then(|a| a.as_sequence())
-                        .into_iter()
-                        .flatten()
-                        .find(|a| a.get("type").and_then(|t| t.as_str()) == Some("InternalIP"))
-                        .and_then(|a| a.get("address")?.as_str()?.parse::<Ipv4Addr>().ok())
-                        .with_context(|| format!("node {name} has no IPv4 InternalIP"))?;
-                    nodes.push(LabNode {
-                        name,
-                        ip,
-                        gateway: Ipv4Addr::UNSPECIFIED,
-                    });
-                }
-                "Pod" => {
-                    let Some(ip) = field(&v, &["status", "podIP"])
-                        .and_then(|i| i.as_str()?.parse::<Ipv4Addr>().ok())
-                    else {
-                        continue;
-                    };
-                    let node = field(&v, &["spec", "nodeName"])
-                        .and_then(|n| n.as_str())
-                        .unwrap_or("")
-                        .to_string();
-                    let namespace = field(&v, &["metadata", "namespace"])
-                        .and_then(|n| n.as_str())
-                        .unwrap_or("default")
-                        .to_string();
-                    let ports = field(&v, &["spec", "containers"])
-                        .and_then(|c| c.as_sequence())
-                        .into_iter()
-                        .flatten()
-                        .flat_map(|c| {
-                            c.get("ports")
-                                .and_then(|p| p.as_sequence())
-                                .cloned()
-                                .unwrap_or_default()
-                        })
-                        .filter(|p| {
-                            p.get("protocol").and_then(|x| x.as_str()).unwrap_or("TCP") == "TCP"
-                        })
-                        .filter_map(|p| {
-                            p.get("containerPort")?
-                                .as_u64()
-                                .and_then(|n| u16::try_from(n).ok())
-                        })
-                        .collect();
-                    pods.push(LabPod {
-                        namespace,
-                        name,
-                        node,
-                        ip,
-                        ports,
-                    });
-                }
-                "Service" => {
-                    let ingress = field(&v, &["status", "loadBalancer", "ingress"])
-                        .and_then(|i| i.as_sequence())
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|i| i.get("ip")?.as_str()?.parse::<Ipv4Addr>().ok());
-                    let external = field(&v, &["spec", "externalIPs"])
-                        .and_then(|i| i.as_sequence())
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|i| i.as_str()?.parse::<Ipv4Addr>().ok());
-                    published.extend(ingress.chain(external));
-                }
-                _ => {}
-            }
-        }
-    }
-    published.sort();
-    published.dedup();
-    for node in &mut nodes {
-        let pod = pods.iter().find(|p| p.node == node.name).with_context(|| {
-            format!(
-                "node {} has no pod: cannot infer its pod network",
-                node.name
-            )
-        })?;
-        node.gateway = gateway_of(pod.ip);
-    }
-    Ok(Topology {
-        nodes,
-        pods,
-        published,
-    })
 }
 
 /// The name of the outside client's namespace in [`Lab::netns`], [`Lab::curl`].
@@ -464,7 +206,7 @@ impl Lab {
         // The control plane watches a copy: edits in the lab never touch the source folder.
         let copy = lab.work.path().join("manifests");
         std::fs::create_dir(&copy)?;
-        crate::copy_dir(manifests, &copy)?;
+        copy_dir(manifests, &copy)?;
         lab.start(&copy)?;
         Ok(lab)
     }
@@ -744,186 +486,5 @@ impl Drop for Lab {
         for p in &mut self.processes {
             p.terminate(Duration::from_secs(5));
         }
-    }
-}
-
-/// One traffic check of the example cluster and what it saw.
-#[derive(Debug, Clone)]
-pub struct CheckResult {
-    pub what: String,
-    pub ok: bool,
-    pub saw: String,
-}
-
-impl Lab {
-    /// The traffic checks of deploy/examples: real requests through the mesh.
-    pub fn check_examples(&self) -> Vec<CheckResult> {
-        let mut results = Vec::new();
-        // First, while no tunnel is open yet: the link between the nodes
-        // carries the cross-node request only inside TLS.
-        let marker = format!("ferry-link-check-{}", std::process::id());
-        let mut answered = String::new();
-        let captured = self.capture_link("node-a", &[&marker, "shop/backend-2"], || {
-            answered = self.curl(
-                "shop/frontend",
-                &format!("http://10.244.2.11:9090/{marker}"),
-            )?;
-            Ok(())
-        });
-        let (ok, saw) = match captured {
-            Ok(report) => match report.only_tls(15008, &[15008, 15010]) {
-                Ok(summary) => (
-                    answered == "shop/backend-2",
-                    format!("answered by {answered}; {summary}"),
-                ),
-                Err(problem) => (false, problem),
-            },
-            Err(e) => (false, format!("{e:#}")),
-        };
-        results.push(CheckResult {
-            what: "the link between node-a and node-b carries only TLS: shop/frontend -> shop/backend-2".into(),
-            ok,
-            saw,
-        });
-        let mut expect = |what: &str, pod: &str, url: &str, want: &dyn Fn(&str) -> bool| {
-            let (ok, saw) = match self.curl(pod, url) {
-                Ok(body) => (want(&body), format!("answered by {body}")),
-                Err(e) => (
-                    want(""),
-                    format!("refused ({})", e.to_string().lines().next().unwrap_or("")),
-                ),
-            };
-            results.push(CheckResult {
-                what: format!("{what}: {pod} -> {url}"),
-                ok,
-                saw,
-            });
-        };
-        expect(
-            "ClusterIP by name, named targetPort, policy allows",
-            "shop/frontend",
-            "http://backend.shop.svc.cluster.local/",
-            &|b| b.starts_with("shop/backend-"),
-        );
-        expect(
-            "ClusterIP by address, same node (selector-less, internalTrafficPolicy Local)",
-            "shop/frontend",
-            "http://10.96.0.30/",
-            &|b| b == "shop/backend-1",
-        );
-        expect(
-            "ClusterIP by address across nodes (client outside the mesh, policed inbound)",
-            "default/client",
-            "http://10.96.0.10/",
-            &|b| b == "shop/frontend",
-        );
-        expect(
-            "pod across nodes by address (HBONE)",
-            "shop/frontend",
-            "http://10.244.2.12:9091/",
-            &|b| b == "shop/backend-3",
-        );
-        expect(
-            "pod in no service, by address (outside the mesh: plaintext)",
-            "shop/frontend",
-            "http://10.244.2.30:8080/",
-            &|b| b == "default/client",
-        );
-        expect(
-            "ExternalName through DNS (CNAME to a service)",
-            "shop/frontend",
-            "http://backend-alias.shop/",
-            &|b| b.starts_with("shop/backend-"),
-        );
-        expect(
-            "policy denies (backend admits only the frontend)",
-            "default/client",
-            "http://backend.shop/",
-            &|b| b.is_empty(),
-        );
-        expect(
-            "service across nodes by short name (client outside the mesh, policed inbound)",
-            "default/client",
-            "http://frontend.shop/",
-            &|b| b == "shop/frontend",
-        );
-        expect(
-            "headless service through DNS",
-            "default/client",
-            "http://db.shop:5432/",
-            &|b| b == "shop/db-0",
-        );
-        let node_a = self
-            .nodes
-            .first()
-            .map(|n| n.ip.to_string())
-            .unwrap_or_default();
-        expect(
-            "NodePort from outside the cluster",
-            OUTSIDE,
-            &format!("http://{node_a}:30080/"),
-            &|b| b == "shop/frontend",
-        );
-        if let Some(node_b) = self.nodes.get(1) {
-            expect(
-                "NodePort with externalTrafficPolicy Local on a node without the pod: refused",
-                OUTSIDE,
-                &format!("http://{}:30080/", node_b.ip),
-                &|b| b.is_empty(),
-            );
-        }
-        expect(
-            "LoadBalancer address from outside the cluster",
-            OUTSIDE,
-            "http://192.0.2.10/",
-            &|b| b == "shop/frontend",
-        );
-        let mut seen = std::collections::BTreeSet::new();
-        let mut failures = 0;
-        for _ in 0..6 {
-            match self.curl("shop/frontend", "http://api.shop/") {
-                Ok(body) => {
-                    seen.insert(body);
-                }
-                Err(_) => failures += 1,
-            }
-        }
-        results.push(CheckResult {
-            what: "round robin over both nodes: shop/frontend -> http://api.shop/ x6".into(),
-            ok: failures == 0 && seen.len() == 3,
-            saw: format!(
-                "answered by {}; {failures} failed",
-                seen.into_iter().collect::<Vec<_>>().join(", ")
-            ),
-        });
-        for node in &self.nodes {
-            let (ok, saw) = match self.config_dump(&node.name) {
-                Ok(dump) => {
-                    let identities: Vec<String> = dump["certificates"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|c| c["identity"].as_str().map(str::to_string))
-                        .collect();
-                    let pool = &dump["hbone_pool"];
-                    (
-                        !identities.is_empty(),
-                        format!(
-                            "identities {}; HBONE (TLS 1.3) connections {}, handshakes {}",
-                            identities.join(", "),
-                            pool["connections"],
-                            pool["handshakes"]
-                        ),
-                    )
-                }
-                Err(e) => (false, e.to_string()),
-            };
-            results.push(CheckResult {
-                what: format!("node {} proxy", node.name),
-                ok,
-                saw,
-            });
-        }
-        results
     }
 }

@@ -1,0 +1,77 @@
+//! `ferryctl lab up [--manifests DIR] [--check]`: builds the cluster from
+//! the manifests, sends real traffic through the mesh and prints what it
+//! saw; with `--check` it exits (non-zero on any failure), otherwise it
+//! stays up until Ctrl-C or SIGTERM. Everything it made is removed on exit.
+//! Needs root.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{netns, Lab};
+
+/// Runs `ferryctl lab up`.
+pub fn up(manifests: &Path, check: bool) -> ExitCode {
+    if !manifests.is_dir() {
+        eprintln!(
+            "ferryctl lab up: --manifests {}: not a folder (run from the repository root, or name the folder)",
+            manifests.display()
+        );
+        return ExitCode::from(2);
+    }
+    if !netns::is_root() {
+        eprintln!("ferryctl lab up: needs root (it creates network namespaces and iptables rules); run it with sudo or as root");
+        return ExitCode::from(2);
+    }
+    let lab = match Lab::up(manifests, &format!("flab{}", std::process::id() % 10_000)) {
+        Ok(lab) => lab,
+        Err(e) => {
+            eprintln!("ferryctl lab up: building the cluster failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "ferry lab: {} nodes, {} pods, control plane at {} (mTLS, mesh CA)",
+        lab.nodes.len(),
+        lab.pods.len(),
+        lab.control_plane_ip
+    );
+    let results = lab.check_examples();
+    let mut failed = 0;
+    for r in &results {
+        println!(
+            "{} {}: {}",
+            if r.ok { "ok  " } else { "FAIL" },
+            r.what,
+            r.saw
+        );
+        failed += usize::from(!r.ok);
+    }
+    println!("{} passed, {} failed", results.len() - failed, failed);
+    if check {
+        if failed > 0 {
+            eprintln!("{}", lab.logs());
+            return ExitCode::FAILURE;
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!("the lab is up; Ctrl-C to tear it down");
+    if let Err(e) = wait_for_signal() {
+        eprintln!("ferryctl lab up: waiting for a signal: {e}; tearing down");
+    }
+    drop(lab);
+    ExitCode::SUCCESS
+}
+
+/// Blocks until Ctrl-C or SIGTERM.
+fn wait_for_signal() -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = term.recv() => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,5 @@
+//! `ferryctl`'s library: the local lab ([`lab`]), which the `ferryctl lab`
+//! command runs and the end-to-end tests build on. The other commands live
+//! in the binary (`main.rs`).
+
+pub mod lab;
