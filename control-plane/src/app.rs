@@ -89,9 +89,16 @@ impl App {
         };
         let (events_tx, mut events_rx) = mpsc::channel(16);
         let mut watch: JoinHandle<anyhow::Result<()>> = match (&config.source, &kube_client) {
-            (Source::Manifests { dir, rescan }, _) => {
-                let (source, rescan) = (ManifestSource::new(dir), *rescan);
-                tokio::spawn(async move { Ok(source.watch(events_tx, rescan).await?) })
+            (
+                Source::Manifests {
+                    dir,
+                    rescan,
+                    settle,
+                },
+                _,
+            ) => {
+                let (source, rescan, settle) = (ManifestSource::new(dir), *rescan, *settle);
+                tokio::spawn(async move { Ok(source.watch(events_tx, rescan, settle).await?) })
             }
             (Source::Kubernetes, Some(client)) => {
                 let source = KubeSource::new(client.clone());
@@ -144,7 +151,8 @@ impl App {
         let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)
             .await
             .with_context(|| format!("--metrics-listen {}: cannot bind", config.metrics_listen))?;
-        let metrics_task = tokio::spawn(metrics.clone().serve(metrics_listener));
+        let metrics_task =
+            tokio::spawn(metrics.clone().serve(metrics_listener, config.admin_limits));
         let pki = match &config.pki {
             Pki::None => {
                 tracing::warn!(
@@ -205,18 +213,38 @@ impl App {
             }
             None => None,
         };
+        // SIGTERM: stop accepting, close every proxy stream (they
+        // reconnect, to another replica if there is one), let open
+        // requests finish within the drain timeout, then exit.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let discovery = discovery.with_shutdown(stopping.clone());
+        let signal = async move {
+            ferry_process::shutdown_signal().await;
+            tracing::info!("control plane stopping: closing proxy streams");
+            let _ = stop.send(true);
+        };
         let server = builder
             .add_service(discovery.into_server())
             .add_optional_service(ca.map(MeshCa::into_server))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
-                ferry_process::shutdown_signal(),
+                signal,
             );
+        let drain_timeout = config.drain_timeout;
+        let mut stopping = stopping;
+        let deadline = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::sleep(drain_timeout).await;
+        };
         let outcome = tokio::select! {
             served = server => served.context("config server failed"),
             watched = &mut watch => watched
                 .context("source panicked")
                 .and_then(|w| w.context("source stopped")),
+            () = deadline => {
+                tracing::warn!(timeout = ?drain_timeout, "drain timeout passed with requests still open: exiting");
+                Ok(())
+            }
         };
         translating.abort();
         metrics_task.abort();
@@ -255,7 +283,8 @@ fn files_pki(dir: &std::path::Path, config: &Config) -> anyhow::Result<MeshPki> 
     };
     tracing::info!(
         trust_domain = authority.trust_domain(),
-        max_ttl_seconds = config.workload_cert_ttl.as_secs(),
+        max_ttl_seconds = config.workload_cert_ttl.max.as_secs(),
+        min_ttl_seconds = config.workload_cert_ttl.min.as_secs(),
         "mesh CA enabled; proxies authenticate with node credentials"
     );
     Ok(MeshPki {

@@ -8,9 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ferry_process::admin::AdminLimits;
 use ferry_process::{parse_duration as duration, LogFormat};
 
 use crate::authn::ReviewLimits;
+use crate::ca::TtlBounds;
+use crate::source::manifests::Settle;
 use crate::translate::TranslateOptions;
 
 /// Where Kubernetes objects come from (`--source`).
@@ -37,12 +40,25 @@ pub struct Args {
     /// notification (some file systems send none).
     #[arg(long, env = "FERRY_MANIFEST_RESCAN", default_value = "2s", value_parser = duration)]
     pub manifest_rescan: Duration,
+    /// A changed manifest file is read once it has not changed for this
+    /// long (it may still be being written).
+    #[arg(long, env = "FERRY_MANIFEST_SETTLE", default_value = "100ms", value_parser = duration)]
+    pub manifest_settle: Duration,
+    /// A manifest file that held objects and is now empty is taken as
+    /// emptied only after staying empty this long (an in-place edit
+    /// truncates first, then writes).
+    #[arg(long, env = "FERRY_MANIFEST_EMPTIED_AFTER", default_value = "2s", value_parser = duration)]
+    pub manifest_emptied_after: Duration,
     /// Address of the config stream (gRPC) that proxies connect to.
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:15010")]
     pub listen: SocketAddr,
     /// HTTP/2 keepalive PING interval on proxies' connections.
     #[arg(long, env = "FERRY_HTTP2_KEEPALIVE", default_value = "10s", value_parser = duration)]
     pub http2_keepalive: Duration,
+    /// On SIGTERM: how long open requests may take to finish after the
+    /// proxies' streams are closed, before the process exits regardless.
+    #[arg(long, env = "FERRY_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub drain_timeout: Duration,
     /// Cluster DNS domain.
     #[arg(long, env = "FERRY_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -61,11 +77,21 @@ pub struct Args {
     /// Longest lifetime of a workload certificate, in seconds.
     #[arg(long, env = "FERRY_WORKLOAD_CERT_TTL", default_value_t = 86_400)]
     pub workload_cert_ttl: u64,
+    /// Shortest lifetime of a workload certificate a proxy may ask for;
+    /// shorter requests are refused.
+    #[arg(long, env = "FERRY_WORKLOAD_CERT_MIN_TTL", default_value = "60s", value_parser = duration)]
+    pub workload_cert_min_ttl: Duration,
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Prometheus metrics and readiness (`/metrics`, `/healthz/ready`).
     #[arg(long, env = "FERRY_METRICS_LISTEN", default_value = "127.0.0.1:15014")]
     pub metrics_listen: SocketAddr,
+    /// Open connections to --metrics-listen at most (more are closed at once).
+    #[arg(long, env = "FERRY_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+    /// Longest a --metrics-listen client may take to send its request headers.
+    #[arg(long, env = "FERRY_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub admin_header_timeout: Duration,
     /// In a cluster: the Secret (in --namespace) holding the mesh CA
     /// (`ca.pem`, `ca-key.pem`). Proxies then authenticate with service
     /// account tokens (TokenReview) instead of node certificates.
@@ -115,8 +141,13 @@ pub struct Args {
 /// Where Kubernetes objects come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// A folder of manifests, watched, and read again every `rescan`.
-    Manifests { dir: PathBuf, rescan: Duration },
+    /// A folder of manifests, watched, and read again every `rescan`;
+    /// changed files are read once settled.
+    Manifests {
+        dir: PathBuf,
+        rescan: Duration,
+        settle: Settle,
+    },
     /// The Kubernetes API.
     Kubernetes,
 }
@@ -164,12 +195,17 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `/metrics` and `/healthz/ready`.
     pub metrics_listen: SocketAddr,
+    /// What one client of `metrics_listen` may hold.
+    pub admin_limits: AdminLimits,
     /// HTTP/2 keepalive PING interval on proxies' connections.
     pub http2_keepalive: Duration,
+    /// On SIGTERM: the longest wait for open requests after the streams
+    /// are closed.
+    pub drain_timeout: Duration,
     pub translate: TranslateOptions,
     pub pki: Pki,
-    /// Longest lifetime of a workload certificate.
-    pub workload_cert_ttl: Duration,
+    /// Lifetimes of workload certificates.
+    pub workload_cert_ttl: TtlBounds,
     pub log_format: LogFormat,
 }
 
@@ -189,6 +225,7 @@ impl Config {
             ("manifest-rescan", args.manifest_rescan),
             ("http2-keepalive", args.http2_keepalive),
             ("serving-cert-lifetime", args.serving_cert_lifetime),
+            ("admin-header-timeout", args.admin_header_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(flag, "must be longer than zero".into()));
@@ -200,6 +237,12 @@ impl Config {
                 "must be at least 1 second".into(),
             ));
         }
+        if args.admin_max_connections == 0 {
+            return Err(invalid(
+                "admin-max-connections",
+                "must be at least 1".into(),
+            ));
+        }
         if args.token_reviews == 0 {
             return Err(invalid("token-reviews", "must be at least 1".into()));
         }
@@ -207,6 +250,10 @@ impl Config {
             (SourceKind::Manifests, Some(dir)) if dir.is_dir() => Source::Manifests {
                 dir,
                 rescan: args.manifest_rescan,
+                settle: Settle {
+                    quiet: args.manifest_settle,
+                    emptied: args.manifest_emptied_after,
+                },
             },
             (SourceKind::Manifests, Some(dir)) => {
                 return Err(invalid(
@@ -255,14 +302,23 @@ impl Config {
             source,
             listen: args.listen,
             metrics_listen: args.metrics_listen,
+            admin_limits: AdminLimits {
+                max_connections: args.admin_max_connections,
+                header_timeout: args.admin_header_timeout,
+                ..AdminLimits::default()
+            },
             http2_keepalive: args.http2_keepalive,
+            drain_timeout: args.drain_timeout,
             translate: TranslateOptions {
                 cluster_domain: args.cluster_domain,
                 mesh_by_default: args.mesh_by_default,
                 hbone_port: args.hbone_port,
             },
             pki,
-            workload_cert_ttl: Duration::from_secs(args.workload_cert_ttl),
+            workload_cert_ttl: TtlBounds {
+                min: args.workload_cert_min_ttl,
+                max: Duration::from_secs(args.workload_cert_ttl),
+            },
             log_format: args.log_format,
         })
     }
@@ -289,12 +345,14 @@ mod tests {
             config.source,
             Source::Manifests {
                 dir: dir.path().to_path_buf(),
-                rescan: Duration::from_millis(500)
+                rescan: Duration::from_millis(500),
+                settle: Settle::default(),
             }
         );
         assert_eq!(config.pki, Pki::None);
         assert_eq!(config.http2_keepalive, Duration::from_secs(10));
-        assert_eq!(config.workload_cert_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.workload_cert_ttl.max, Duration::from_secs(86_400));
+        assert_eq!(config.workload_cert_ttl.min, Duration::from_secs(60));
         assert!(config.translate.mesh_by_default);
     }
 

@@ -102,10 +102,14 @@ impl Metrics {
     }
 
     /// Serves `/metrics` and `/healthz/ready` until the task is dropped.
-    pub async fn serve(self: std::sync::Arc<Self>, listener: tokio::net::TcpListener) {
+    pub async fn serve(
+        self: std::sync::Arc<Self>,
+        listener: tokio::net::TcpListener,
+        limits: ferry_process::admin::AdminLimits,
+    ) {
         use ferry_process::admin::reply;
         use http::StatusCode;
-        ferry_process::admin::serve(listener, move |req| match req.uri().path() {
+        ferry_process::admin::serve(listener, limits, move |req| match req.uri().path() {
             "/metrics" => ferry_process::admin::metrics_reply(self.encode()),
             "/healthz/ready" => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             _ => reply(

@@ -196,6 +196,8 @@ pub struct ConfigDiscoveryService {
     /// How a proxy proves its node.
     auth: Arc<crate::authn::Authenticator>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Becomes true when the control plane stops: every stream ends.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ConfigDiscoveryService {
@@ -204,7 +206,15 @@ impl ConfigDiscoveryService {
             cache,
             auth: Arc::new(crate::authn::Authenticator::None),
             metrics: Arc::default(),
+            stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Ends every proxy stream (with `UNAVAILABLE`, so proxies reconnect,
+    /// to another replica if there is one) once `stopping` becomes true.
+    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// Counts streams, pushes and NACKs in `metrics`.
@@ -258,7 +268,7 @@ impl ConfigDiscovery for ConfigDiscoveryService {
         let (tx, rx) = mpsc::channel(4);
         let session = NodeSession::new(first, self.cache.clone(), self.metrics.clone());
         tracing::info!(node = %session.node, ?peer, held = session.client.len(), "proxy subscribed");
-        tokio::spawn(session.run(requests, tx));
+        tokio::spawn(session.run(requests, tx, self.stopping.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -313,6 +323,7 @@ impl NodeSession {
         mut self,
         mut requests: Streaming<DeltaRequest>,
         tx: mpsc::Sender<Result<DeltaResponse, Status>>,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut revisions = self.cache.subscribe();
         self.metrics.connected_proxies.inc();
@@ -355,6 +366,18 @@ impl NodeSession {
                     if changed.is_err() {
                         break;
                     }
+                }
+                () = async {
+                    // No sender (no shutdown wired): never stops.
+                    if stopping.wait_for(|stop| *stop).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => {
+                    tracing::info!(node = %self.node, "control plane stopping: closing the proxy's stream");
+                    let _ = tx
+                        .send(Err(Status::unavailable("the control plane is shutting down")))
+                        .await;
+                    break;
                 }
             }
         }

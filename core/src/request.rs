@@ -8,6 +8,9 @@
 //! NetworkPolicy halves this proxy enforces allow it, or why not. The
 //! proxy's outbound path then only dispatches on it (`ferry_proxy::outbound`).
 //!
+//! A proxy without configuration refuses every connection
+//! ([`Refusal::NotConfigured`]): it fails closed.
+//!
 //! The only state it touches besides the snapshot is the load balancer's
 //! round-robin and affinity memory. It allocates nothing unless it refuses
 //! (the reason is text).
@@ -62,6 +65,11 @@ pub enum Refusal {
     /// A NetworkPolicy this proxy enforces does not allow it.
     #[error("denied by policy: {0}")]
     Denied(#[from] Denied),
+    /// The proxy has no configuration yet: it cannot tell a service from
+    /// the outside world, nor which policies apply, so it refuses
+    /// everything (fails closed) until the first one arrives.
+    #[error("refused: the proxy has no configuration yet (it fails closed until the control plane, or its saved configuration, gives it one)")]
+    NotConfigured,
 }
 
 /// One outbound connection, decided.
@@ -99,6 +107,15 @@ pub fn decide<'s>(
     destination: SocketAddr,
     now: Instant,
 ) -> Request<'s> {
+    if !state.is_configured() {
+        return Request {
+            source: None,
+            destination,
+            service: None,
+            endpoint: None,
+            outcome: Err(Refusal::NotConfigured),
+        };
+    }
     let source = state
         .workload_by_ip(&client.ip())
         .filter(|w| w.node.as_deref() == Some(local_node));
@@ -314,7 +331,38 @@ mod tests {
             Err(Refusal::Refused(reason)) => format!("refused: {reason}"),
             Err(Refusal::NoEndpoints(_)) => "no endpoints".into(),
             Err(Refusal::Denied(denied)) => format!("denied {}", denied.direction),
+            Err(Refusal::NotConfigured) => "not configured".into(),
         }
+    }
+
+    #[test]
+    fn without_configuration_everything_is_refused() {
+        // A fresh proxy (no config yet) must not relay anything: not an
+        // address outside the mesh, not a pod, not a service address.
+        let empty = ProxyState::default();
+        let lb = LoadBalancer::new();
+        for destination in ["192.0.2.7:443", "10.0.2.1:8080", "10.96.0.10:80"] {
+            let request = decide(
+                &empty,
+                &lb,
+                LOCAL,
+                sa("10.0.1.100:40000"),
+                sa(destination),
+                Instant::now(),
+            );
+            assert_eq!(outcome(&request), "not configured", "{destination}");
+        }
+        // An applied configuration, even an empty one, is a configuration.
+        let configured = ConfigStore::holding(&[]).snapshot();
+        let request = decide(
+            &configured,
+            &lb,
+            LOCAL,
+            sa("10.0.1.100:40000"),
+            sa("192.0.2.7:443"),
+            Instant::now(),
+        );
+        assert_eq!(outcome(&request), "passthrough 192.0.2.7:443");
     }
 
     #[test]

@@ -258,6 +258,13 @@ impl ProxyState {
         self.updated_at
     }
 
+    /// Whether a configuration has been applied. Before that the proxy
+    /// knows nothing of the mesh, and fails closed: every connection is
+    /// refused ([`crate::request::Refusal::NotConfigured`]).
+    pub fn is_configured(&self) -> bool {
+        self.updated_at.is_some()
+    }
+
     /// How many resources of each kind the state holds.
     pub fn counts(&self) -> [(Kind, usize); 4] {
         let mut counts = [

@@ -15,13 +15,39 @@ pub fn reply(status: http::StatusCode, content_type: &'static str, body: String)
     response
 }
 
+/// What one admin client may hold. Admin ports are reachable by anything
+/// on the node (metrics scrapers, probes): none of them may pin
+/// descriptors or memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AdminLimits {
+    /// Open connections at most; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Longest a client may take to send its request headers.
+    pub header_timeout: std::time::Duration,
+    /// Longest one connection may stay open, whatever it does (one request
+    /// per connection: no keep-alive).
+    pub connection_timeout: std::time::Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            header_timeout: std::time::Duration::from_secs(5),
+            connection_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
 /// Serves HTTP/1.1 admin endpoints (`GET` by path) until the task is
-/// dropped; `handler` answers each request.
-pub async fn serve<F>(listener: tokio::net::TcpListener, handler: F)
+/// dropped; `handler` answers each request. One request per connection,
+/// within `limits`.
+pub async fn serve<F>(listener: tokio::net::TcpListener, limits: AdminLimits, handler: F)
 where
     F: Fn(&http::Request<hyper::body::Incoming>) -> Reply + Send + Sync + 'static,
 {
     let handler = std::sync::Arc::new(handler);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -31,8 +57,14 @@ where
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max = limits.max_connections, "admin connection refused: too many open");
+            drop(stream);
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let response = if req.method() == http::Method::GET {
                     handler(&req)
@@ -45,11 +77,15 @@ where
                 };
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "admin connection ended");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            match tokio::time::timeout(limits.connection_timeout, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin connection ended"),
+                Err(_) => tracing::debug!(%peer, "admin connection timed out"),
             }
         });
     }

@@ -193,10 +193,10 @@ impl Admin {
         }
     }
 
-    /// Serves until the task is dropped.
-    pub async fn serve(self, listener: TcpListener) {
+    /// Serves until the task is dropped, within `limits`.
+    pub async fn serve(self, listener: TcpListener, limits: ferry_process::admin::AdminLimits) {
         let admin = Arc::new(self);
-        ferry_process::admin::serve(listener, move |req| admin.handle(req)).await
+        ferry_process::admin::serve(listener, limits, move |req| admin.handle(req)).await
     }
 }
 

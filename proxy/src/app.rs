@@ -291,7 +291,7 @@ impl App {
         let (admin, admin_listener) = self.admin;
         let identity_task = optional(
             self.identities
-                .map(|identities| identities.run(store.clone())),
+                .map(|identities| identities.run(store.clone(), self.xds.connects())),
         );
         let hbone_task = optional(self.hbone.map(|(server, listener)| server.serve(listener)));
         let capture_task = optional(
@@ -320,7 +320,7 @@ impl App {
         };
         tokio::select! {
             _ = self.xds.run() => {}
-            _ = admin.serve(admin_listener) => {}
+            _ = admin.serve(admin_listener, config.admin_limits) => {}
             _ = crate::outbound::socks5::serve(self.socks5, self.outbound.clone(), config.timeouts.socks5_handshake) => {}
             _ = identity_task => {}
             _ = hbone_task => {}

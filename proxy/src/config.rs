@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ferry_process::admin::AdminLimits;
 use ferry_process::{parse_duration as duration, LogFormat};
 use serde::Serialize;
 
@@ -43,6 +44,12 @@ pub struct Args {
     /// Admin HTTP address (readiness, config dump, metrics).
     #[arg(long, env = "FERRY_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// Open admin connections at most (more are closed at once).
+    #[arg(long, env = "FERRY_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+    /// Longest an admin client may take to send its request headers.
+    #[arg(long, env = "FERRY_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub admin_header_timeout: Duration,
     /// HBONE (mTLS tunnel) listener.
     #[arg(long, env = "FERRY_HBONE", default_value = "0.0.0.0:15008")]
     pub hbone: SocketAddr,
@@ -208,6 +215,8 @@ pub struct Config {
     #[serde(skip)]
     pub log_format: LogFormat,
     pub access_log_rate: u32,
+    /// What one admin client may hold.
+    pub admin_limits: AdminLimits,
 }
 
 /// A flag that cannot be used as given.
@@ -228,6 +237,9 @@ impl Config {
         if args.node.is_empty() {
             return Err(invalid("node", "must not be empty"));
         }
+        if args.admin_max_connections == 0 {
+            return Err(invalid("admin-max-connections", "must be at least 1"));
+        }
         if args.hbone_streams == 0 {
             return Err(invalid("hbone-streams", "must be at least 1"));
         }
@@ -236,6 +248,7 @@ impl Config {
             ("tls-handshake-timeout", args.tls_handshake_timeout),
             ("socks5-handshake-timeout", args.socks5_handshake_timeout),
             ("dns-upstream-timeout", args.dns_upstream_timeout),
+            ("admin-header-timeout", args.admin_header_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(flag, "must be longer than zero"));
@@ -296,6 +309,11 @@ impl Config {
             affinity_sweep: Duration::from_secs(60),
             log_format: args.log_format,
             access_log_rate: args.access_log_rate,
+            admin_limits: AdminLimits {
+                max_connections: args.admin_max_connections,
+                header_timeout: args.admin_header_timeout,
+                ..AdminLimits::default()
+            },
         })
     }
 }

@@ -91,6 +91,8 @@ pub struct XdsClient {
     status: Arc<Mutex<XdsStatus>>,
     token: Option<crate::identity::token::TokenFile>,
     settings: XdsSettings,
+    /// Bumped every time a stream is established.
+    connects: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl XdsClient {
@@ -114,7 +116,14 @@ impl XdsClient {
             store,
             token: None,
             settings,
+            connects: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Notified every time a config stream is established (the control
+    /// plane is reachable again: a good time to retry what failed).
+    pub fn connects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connects.subscribe()
     }
 
     /// Proves the node with a service account token (in a cluster).
@@ -176,6 +185,7 @@ impl XdsClient {
             s.last_error = None;
         });
         tracing::info!(control_plane = %self.address, node = %self.node, held = held_count, "config stream established");
+        self.connects.send_modify(|n| *n += 1);
 
         let mut first = true;
         while let Some(response) = responses.message().await? {

@@ -271,6 +271,9 @@ impl LoopbackMesh {
         if let Some(ttl) = options.workload_cert_ttl {
             args.push("--workload-cert-ttl".into());
             args.push(ttl.to_string());
+            // Rotation tests use lifetimes of seconds.
+            args.push("--workload-cert-min-ttl".into());
+            args.push(format!("{}s", ttl.min(60)));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Process::start(

@@ -137,3 +137,47 @@ fn manifest_changes_reach_every_proxy_and_survive_a_control_plane_restart() -> a
     }
     Ok(())
 }
+
+#[test]
+fn sigterm_stops_the_control_plane_with_proxies_connected() -> anyhow::Result<()> {
+    let examples = ferry_tests::repo_root().join("deploy/examples");
+    let mut mesh = LoopbackMesh::start(&examples, &["node-a", "node-b"])?;
+    mesh.wait_all("initial config", |d| d["ready"] == true)?;
+    // Both proxies hold open streams; SIGTERM must still stop the process
+    // (closing the streams), not leave it serving until SIGKILL.
+    let started = std::time::Instant::now();
+    let exited = mesh.control_plane.terminate(Duration::from_secs(15));
+    assert!(
+        exited,
+        "the control plane ignored SIGTERM for 15 s\n{}",
+        mesh.diagnostics()
+    );
+    eprintln!(
+        "control plane stopped {:?} after SIGTERM",
+        started.elapsed()
+    );
+    assert!(
+        mesh.control_plane
+            .log()
+            .contains("closing the proxy's stream"),
+        "{}",
+        mesh.diagnostics()
+    );
+    // Its replacement binds the same ports, and the proxies come back to it.
+    mesh.restart_control_plane(1)?;
+    wait_for(
+        "the new control plane's streams",
+        Duration::from_secs(20),
+        || {
+            Ok(mesh
+                .control_plane
+                .log()
+                .matches("proxy subscribed")
+                .count()
+                .ge(&2)
+                .then_some(()))
+        },
+    )
+    .map_err(|e| e.context(mesh.diagnostics()))?;
+    Ok(())
+}

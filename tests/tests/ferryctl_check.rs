@@ -53,3 +53,26 @@ fn a_missing_folder_is_a_usage_error() -> anyhow::Result<()> {
         .contains("--manifests /nonexistent/ferry: not a readable folder"));
     Ok(())
 }
+
+#[test]
+fn a_file_that_is_not_text_fails_the_check() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("binary.yaml"),
+        b"apiVersion: v1\nkind: Node\nmetadata: {name: \xff}\n",
+    )?;
+    let out = Command::new(ferry_tests::binary("ferryctl")?)
+        .args(["check", "--manifests"])
+        .arg(dir.path())
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout)?;
+    assert_eq!(
+        stdout.trim_end(),
+        format!(
+            "{}:1: document 1: cannot read: not UTF-8 text (line 3, byte 43)",
+            dir.path().join("binary.yaml").display()
+        )
+    );
+    Ok(())
+}

@@ -73,8 +73,9 @@ async fn policies_are_enforced_on_both_ends_and_updates_cut_connections() -> any
     let backend_b = format!("127.{N}.2.11");
 
     // Only app=frontend may reach the backends: the client is refused on the
-    // same node (judged by node-a, SOCKS5 "not allowed") and across nodes
-    // (judged by node-b after mTLS, which answers 403: "refused").
+    // same node (judged by node-a) and across nodes (judged by node-b after
+    // mTLS, which answers 403); both are SOCKS5 "connection not allowed by
+    // ruleset" (RFC 1928 code 2).
     let same = socks5_connect(socks, client, &backend_a, 9090)
         .await
         .unwrap_err();
@@ -82,7 +83,7 @@ async fn policies_are_enforced_on_both_ends_and_updates_cut_connections() -> any
     let cross = socks5_connect(socks, client, &backend_b, 9090)
         .await
         .unwrap_err();
-    assert!(socks_code(&cross).contains("reply code 5"), "{cross}");
+    assert!(socks_code(&cross).contains("reply code 2"), "{cross}");
     let dump_b = tokio::task::block_in_place(|| mesh.config_dump("node-b"))?;
     assert!(
         dump_b["policy"]["denied"].as_u64() >= Some(1),

@@ -27,24 +27,54 @@ pub mod secret;
 
 pub use accounts::NodeAccounts;
 
+/// The lifetimes the CA grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlBounds {
+    /// Shorter requests are refused.
+    pub min: Duration,
+    /// Longer requests (and requests for "the CA's choice", zero) get this.
+    pub max: Duration,
+}
+
+impl TtlBounds {
+    /// The lifetime granted for a request of `requested` (zero: the
+    /// maximum), or why it is refused.
+    pub fn grant(&self, requested: Duration) -> Result<Duration, String> {
+        if requested.is_zero() || requested > self.max {
+            Ok(self.max)
+        } else if requested < self.min {
+            Err(format!(
+                "a lifetime of {} s is below the CA's minimum of {} s",
+                requested.as_secs(),
+                self.min.as_secs()
+            ))
+        } else {
+            Ok(requested)
+        }
+    }
+}
+
 /// The CA service.
 #[derive(Debug)]
 pub struct MeshCa {
     authority: Arc<Authority>,
     accounts: Arc<NodeAccounts>,
-    max_ttl: Duration,
+    /// Lifetimes granted: a request for more gets `max`, a request for
+    /// less than `min` is refused (a certificate that must be renewed
+    /// every few seconds is a load on the CA, not a security gain).
+    ttl: TtlBounds,
     metrics: Arc<crate::metrics::Metrics>,
     auth: Arc<Authenticator>,
 }
 
 impl MeshCa {
-    pub fn new(authority: Arc<Authority>, accounts: Arc<NodeAccounts>, max_ttl: Duration) -> Self {
+    pub fn new(authority: Arc<Authority>, accounts: Arc<NodeAccounts>, ttl: TtlBounds) -> Self {
         let trust_domain = authority.trust_domain().to_string();
         Self {
             authority,
             accounts,
             auth: Arc::new(Authenticator::NodeCertificate { trust_domain }),
-            max_ttl,
+            ttl,
             metrics: Arc::default(),
         }
     }
@@ -113,11 +143,10 @@ impl CertificateAuthority for MeshCa {
             ));
         }
         let requested = Duration::from_secs(u64::from(request.ttl_seconds));
-        let ttl = if requested.is_zero() || requested > self.max_ttl {
-            self.max_ttl
-        } else {
-            requested
-        };
+        let ttl = self
+            .ttl
+            .grant(requested)
+            .map_err(|reason| self.refuse(&node, Status::invalid_argument(reason)))?;
         let cert = self
             .authority
             .sign_workload(&identity, &csr, ttl)
@@ -128,5 +157,27 @@ impl CertificateAuthority for MeshCa {
             cert_chain_pem: vec![cert],
             roots_pem: vec![self.authority.cert_pem().to_string()],
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_bounded_and_too_short_ones_refused() {
+        let secs = Duration::from_secs;
+        let bounds = TtlBounds {
+            min: secs(60),
+            max: secs(86_400),
+        };
+        assert_eq!(bounds.grant(secs(0)), Ok(secs(86_400)));
+        assert_eq!(bounds.grant(secs(3_600)), Ok(secs(3_600)));
+        assert_eq!(bounds.grant(secs(60)), Ok(secs(60)));
+        assert_eq!(bounds.grant(secs(1_000_000)), Ok(secs(86_400)));
+        assert_eq!(
+            bounds.grant(secs(1)),
+            Err("a lifetime of 1 s is below the CA's minimum of 60 s".to_string())
+        );
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use super::{K8sObject, ObjectKind, ObjectRef, SourceEvent};
 use crate::validate::validate;
 
-/// Quiet time after a notification before rescanning (editors write in steps).
-const SETTLE: Duration = Duration::from_millis(50);
+/// Notifications this close together are handled by one scan.
+const COALESCE: Duration = Duration::from_millis(20);
 
 /// A problem with one document of a manifest file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +276,43 @@ pub struct ManifestSource {
     owners: HashMap<ObjectRef, BTreeSet<PathBuf>>,
     /// What has been reported downstream.
     published: HashMap<ObjectRef, K8sObject>,
+    /// Changed files not read yet because they may still be being written:
+    /// the stamp last seen and since when it has not changed.
+    pending: HashMap<PathBuf, (Stamp, Instant)>,
+    /// Whether the folder is currently taken as unavailable (no manifest
+    /// file at all while objects are in force); reported once.
+    unavailable: bool,
+}
+
+/// When the watcher reads a changed file ([`ManifestSource::rescan_settled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settle {
+    /// A changed file is read once its size and modification time have not
+    /// changed for this long (editors and `kubectl` write in steps).
+    pub quiet: Duration,
+    /// A file that held objects and is now empty (zero bytes) is taken as
+    /// emptied only once it has stayed empty this long: an in-place edit
+    /// truncates first and writes after.
+    pub emptied: Duration,
+}
+
+impl Default for Settle {
+    fn default() -> Self {
+        Self {
+            quiet: Duration::from_millis(100),
+            emptied: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub events: Vec<SourceEvent>,
+    /// Problems found in the files read by this scan.
+    pub problems: Vec<ManifestProblem>,
+    /// Some changed files were left for a later scan (still settling).
+    pub deferred: bool,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -315,6 +352,26 @@ fn list_files(root: &Path, out: &mut Vec<(PathBuf, Stamp)>) -> Result<(), Source
     Ok(())
 }
 
+/// Reads a manifest file as UTF-8 text, with the file's stamp as it was
+/// when the read finished (a writer may have changed it meanwhile).
+fn read_text(path: &Path) -> std::io::Result<(String, Stamp)> {
+    let bytes = std::fs::read(path)?;
+    let meta = std::fs::metadata(path)?;
+    let stamp = Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (line {line}, byte {at})"),
+        )
+    })?;
+    Ok((text, stamp))
+}
+
 impl ManifestSource {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
@@ -322,6 +379,8 @@ impl ManifestSource {
             files: BTreeMap::new(),
             owners: HashMap::new(),
             published: HashMap::new(),
+            pending: HashMap::new(),
+            unavailable: false,
         }
     }
 
@@ -368,14 +427,54 @@ impl ManifestSource {
         self.published.values()
     }
 
-    /// Re-reads changed files; returns the object changes and the problems
-    /// found in the files that were re-read.
+    /// Re-reads every changed file now; returns the object changes and the
+    /// problems found in the files that were re-read. For a one-shot read
+    /// of a folder nobody is writing (`ferryctl check`, tests).
     pub fn rescan(&mut self) -> Result<(Vec<SourceEvent>, Vec<ManifestProblem>), SourceError> {
+        let scan = self.scan(None, Instant::now())?;
+        Ok((scan.events, scan.problems))
+    }
+
+    /// Re-reads the changed files that have settled (see [`Settle`]); the
+    /// others are left for a later scan ([`Scan::deferred`]). A folder with
+    /// no manifest file at all while objects are in force is taken as
+    /// unavailable (an unmounted volume, a checkout in progress), not as an
+    /// empty cluster: nothing is deleted, and it is reported once. To empty
+    /// the mesh, leave an empty manifest file.
+    pub fn rescan_settled(&mut self, settle: Settle, now: Instant) -> Result<Scan, SourceError> {
+        self.scan(Some(settle), now)
+    }
+
+    fn scan(&mut self, settle: Option<Settle>, now: Instant) -> Result<Scan, SourceError> {
         let mut listed = Vec::new();
         list_files(&self.root, &mut listed)?;
         let listed: BTreeMap<PathBuf, Stamp> = listed.into_iter().collect();
         let mut affected: BTreeSet<ObjectRef> = BTreeSet::new();
         let mut new_problems = Vec::new();
+        let mut deferred = false;
+        if settle.is_some() && listed.is_empty() && !self.published.is_empty() {
+            if !self.unavailable {
+                self.unavailable = true;
+                new_problems.push(ManifestProblem {
+                    file: self.root.clone(),
+                    line: 1,
+                    document: 1,
+                    object: None,
+                    field: None,
+                    message: format!(
+                        "no manifest file left in the folder while {} objects are in force: taken as unavailable, the objects are kept (leave an empty file to remove them all)",
+                        self.published.len()
+                    ),
+                });
+            }
+            return Ok(Scan {
+                events: Vec::new(),
+                problems: new_problems,
+                deferred: false,
+            });
+        }
+        self.unavailable = false;
+        self.pending.retain(|path, _| listed.contains_key(path));
 
         let gone: Vec<PathBuf> = self
             .files
@@ -394,24 +493,68 @@ impl ManifestSource {
 
         for (path, stamp) in listed {
             if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
+                self.pending.remove(&path);
                 continue;
             }
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
+            if let Some(settle) = settle {
+                let held_objects = self.files.get(&path).is_some_and(|f| !f.objects.is_empty());
+                let needed = if stamp.len == 0 && held_objects {
+                    settle.emptied
+                } else {
+                    settle.quiet
+                };
+                let since = match self.pending.get(&path) {
+                    Some((seen, since)) if *seen == stamp => *since,
+                    _ => {
+                        self.pending.insert(path.clone(), (stamp, now));
+                        now
+                    }
+                };
+                if now.saturating_duration_since(since) < needed {
+                    deferred = true;
+                    continue;
+                }
+            }
+            let text = match read_text(&path) {
+                // Changed while being read: read it again once it settles.
+                Ok((_, read_at)) if settle.is_some() && read_at != stamp => {
+                    self.pending.insert(path.clone(), (read_at, now));
+                    deferred = true;
+                    continue;
+                }
+                Ok((text, _)) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    // Unreadable for now (permissions, half-written): keep what we had.
-                    new_problems.push(ManifestProblem {
+                    // Unreadable (permissions, not UTF-8): the last good
+                    // objects stay; reported once, read again only when
+                    // the file changes.
+                    self.pending.remove(&path);
+                    let problem = ManifestProblem {
                         file: path.clone(),
                         line: 1,
                         document: 1,
                         object: None,
                         field: None,
                         message: format!("cannot read: {e}"),
-                    });
+                    };
+                    new_problems.push(problem.clone());
+                    let objects = self
+                        .files
+                        .remove(&path)
+                        .map(|f| f.objects)
+                        .unwrap_or_default();
+                    self.files.insert(
+                        path,
+                        FileState {
+                            stamp,
+                            objects,
+                            problems: vec![problem],
+                        },
+                    );
                     continue;
                 }
             };
+            self.pending.remove(&path);
             let parsed = parse_manifest(&path, &text);
             let previous = self.files.remove(&path);
             let mut objects: BTreeMap<ObjectRef, K8sObject> = parsed
@@ -475,7 +618,11 @@ impl ManifestSource {
                 }
             }
         }
-        Ok((events, new_problems))
+        Ok(Scan {
+            events,
+            problems: new_problems,
+            deferred,
+        })
     }
 
     fn disown(&mut self, object: &ObjectRef, file: &Path) {
@@ -487,25 +634,33 @@ impl ManifestSource {
         }
     }
 
-    /// Watches the folder until `events` is closed: an initial scan (always
-    /// sent, even when empty, so the receiver knows the initial load is
-    /// complete), then a rescan on every file-system notification and every
-    /// `rescan` (some file systems send no notifications).
+    /// Watches the folder until `events` is closed: an initial load (always
+    /// sent, even when empty, so the receiver knows it is complete; sent
+    /// once every file has settled), then a rescan on every file-system
+    /// change and every `rescan` (some file systems send no
+    /// notifications). Files are read once settled ([`Settle`]); reading a
+    /// file is not itself a change (access events are ignored), so a file
+    /// that cannot be read is reported once per change, not in a loop.
     pub async fn watch(
         mut self,
         events: mpsc::Sender<Vec<SourceEvent>>,
         rescan: Duration,
+        settle: Settle,
     ) -> Result<(), SourceError> {
         let wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let notifier = wake.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-                notifier.notify_one();
-            })
-            .map_err(|source| SourceError::Watch {
-                path: self.root.clone(),
-                source,
-            })?;
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = &res {
+                if matches!(event.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+            }
+            notifier.notify_one();
+        })
+        .map_err(|source| SourceError::Watch {
+            path: self.root.clone(),
+            source,
+        })?;
         use notify::Watcher;
         watcher
             .watch(&self.root, notify::RecursiveMode::Recursive)
@@ -513,17 +668,28 @@ impl ManifestSource {
                 path: self.root.clone(),
                 source,
             })?;
-        let mut first = true;
+        let mut initial: Option<Vec<SourceEvent>> = Some(Vec::new());
         loop {
-            match self.rescan() {
-                Ok((batch, problems)) => {
-                    for p in &problems {
+            let mut deferred = false;
+            match self.rescan_settled(settle, Instant::now()) {
+                Ok(scan) => {
+                    for p in &scan.problems {
                         tracing::warn!(problem = %p, "manifest rejected; the last good version is kept");
                     }
-                    // The first batch is sent even when empty: it marks the
-                    // initial load as complete.
-                    if !batch.is_empty() || first {
-                        first = false;
+                    deferred = scan.deferred;
+                    let batch = match initial.as_mut() {
+                        // The initial load goes out whole, once settled.
+                        Some(load) => {
+                            load.extend(scan.events);
+                            if deferred {
+                                None
+                            } else {
+                                initial.take()
+                            }
+                        }
+                        None => (!scan.events.is_empty()).then_some(scan.events),
+                    };
+                    if let Some(batch) = batch {
                         tracing::info!(changes = batch.len(), "manifests changed");
                         if events.send(batch).await.is_err() {
                             return Ok(());
@@ -534,9 +700,10 @@ impl ManifestSource {
                     tracing::warn!(error = %e, "manifest scan failed; keeping the current objects")
                 }
             }
+            let next = if deferred { settle.quiet } else { rescan };
             tokio::select! {
-                _ = wake.notified() => tokio::time::sleep(SETTLE).await,
-                _ = tokio::time::sleep(rescan) => {}
+                _ = wake.notified() => tokio::time::sleep(COALESCE).await,
+                _ = tokio::time::sleep(next) => {}
                 _ = events.closed() => return Ok(()),
             }
         }
@@ -702,6 +869,119 @@ metadata: {name: shop}
         let (events, problems) = source.rescan().unwrap();
         assert!(problems.is_empty());
         assert_eq!(names(&events), ["+Service shop/web"]);
+        assert!(source.problems().is_empty());
+    }
+
+    /// A scan `after` the given instant, for the settling tests.
+    fn settled(source: &mut ManifestSource, at: Instant) -> Scan {
+        source.rescan_settled(Settle::default(), at).unwrap()
+    }
+
+    #[test]
+    fn files_are_read_once_settled_and_an_in_place_edit_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        std::fs::write(&a, GOOD).unwrap();
+        let mut source = ManifestSource::new(dir.path());
+        let t0 = Instant::now();
+        // Just seen: not read yet.
+        let scan = settled(&mut source, t0);
+        assert!(scan.deferred && scan.events.is_empty());
+        // Unchanged for longer than the quiet time: read.
+        let scan = settled(&mut source, t0 + Duration::from_millis(150));
+        assert!(!scan.deferred);
+        assert_eq!(
+            names(&scan.events),
+            ["+Namespace shop", "+Service shop/web"]
+        );
+
+        // An in-place edit, caught between the truncation and the write:
+        // the empty file is not taken as a deletion while it may still be
+        // written, not even once it has been quiet for the usual time.
+        std::fs::write(&a, "").unwrap();
+        let t1 = t0 + Duration::from_secs(1);
+        for after in [0, 150, 1_000] {
+            let scan = settled(&mut source, t1 + Duration::from_millis(after));
+            assert!(scan.events.is_empty(), "{:?}", names(&scan.events));
+            assert!(scan.deferred);
+        }
+        assert_eq!(source.objects().count(), 2);
+        // The write lands: only the real change is reported.
+        std::fs::write(&a, GOOD.replace("port: 80,", "port: 81,")).unwrap();
+        let t2 = t1 + Duration::from_secs(2);
+        assert!(settled(&mut source, t2).events.is_empty());
+        let scan = settled(&mut source, t2 + Duration::from_millis(150));
+        assert_eq!(names(&scan.events), ["+Service shop/web"]);
+
+        // A file that really is emptied (and stays so) is, in the end.
+        std::fs::write(&a, "").unwrap();
+        let t3 = t2 + Duration::from_secs(1);
+        settled(&mut source, t3);
+        let scan = settled(&mut source, t3 + Duration::from_millis(2_100));
+        assert_eq!(
+            names(&scan.events),
+            ["-Namespace shop", "-Service shop/web"]
+        );
+    }
+
+    #[test]
+    fn a_folder_with_no_manifest_left_is_unavailable_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        std::fs::write(&a, GOOD).unwrap();
+        let mut source = ManifestSource::new(dir.path());
+        let t0 = Instant::now();
+        settled(&mut source, t0);
+        settled(&mut source, t0 + Duration::from_millis(150));
+        std::fs::remove_file(&a).unwrap();
+        let scan = settled(&mut source, t0 + Duration::from_secs(1));
+        assert!(scan.events.is_empty(), "{:?}", names(&scan.events));
+        assert_eq!(scan.problems.len(), 1);
+        assert!(
+            scan.problems[0].message.contains("taken as unavailable"),
+            "{}",
+            scan.problems[0]
+        );
+        // Reported once, not on every scan.
+        assert!(settled(&mut source, t0 + Duration::from_secs(3))
+            .problems
+            .is_empty());
+        assert_eq!(source.objects().count(), 2);
+        // An empty file is how a folder says "no objects".
+        std::fs::write(dir.path().join("empty.yaml"), "").unwrap();
+        let scan = settled(&mut source, t0 + Duration::from_secs(4));
+        assert_eq!(
+            names(&scan.events),
+            ["-Namespace shop", "-Service shop/web"]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_is_reported_once_and_keeps_its_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        std::fs::write(&a, GOOD).unwrap();
+        let mut source = ManifestSource::new(dir.path());
+        source.rescan().unwrap();
+        let mut bytes = b"apiVersion: v1\nkind: Node\nmetadata: {name: \xff}\n".to_vec();
+        bytes.extend_from_slice(GOOD.as_bytes());
+        std::fs::write(&a, &bytes).unwrap();
+        let (events, problems) = source.rescan().unwrap();
+        assert!(events.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            problems[0].message,
+            "cannot read: not UTF-8 text (line 3, byte 43)"
+        );
+        // Not read again until it changes; still a problem of the folder
+        // (`ferryctl check` fails on it); the objects stay.
+        let (events, problems) = source.rescan().unwrap();
+        assert!(events.is_empty() && problems.is_empty());
+        assert_eq!(source.problems().len(), 1);
+        assert_eq!(source.objects().count(), 2);
+        std::fs::write(&a, GOOD).unwrap();
+        let (_, problems) = source.rescan().unwrap();
+        assert!(problems.is_empty());
         assert!(source.problems().is_empty());
     }
 

@@ -540,4 +540,61 @@ mod tests {
         );
         task.abort();
     }
+
+    #[tokio::test]
+    async fn malformed_and_unsupported_messages_get_rfc_1035_answers() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = socket.local_addr().unwrap();
+        let tcp = TcpListener::bind(server_addr).await.unwrap();
+        let server = DnsServer::new(
+            store(),
+            &DnsSettings {
+                cluster_domain: "cluster.local".into(),
+                upstream: Some("127.0.0.1:9".parse().unwrap()),
+                upstream_timeout: Duration::from_millis(200),
+                ttl: 5,
+                tcp_idle_timeout: Duration::from_secs(5),
+            },
+        );
+        let task = tokio::spawn(server.serve(socket, tcp));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ask = |packet: Vec<u8>| {
+            let client = &client;
+            async move {
+                client.send_to(&packet, server_addr).await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf))
+                    .await
+                    .ok()
+                    .map(|r| buf[..r.unwrap().0].to_vec())
+            }
+        };
+        // A response is not a question: no answer (no reflection loops).
+        let mut response = query("web.shop.svc.cluster.local.", RecordType::A);
+        response.metadata.message_type = hickory_proto::op::MessageType::Response;
+        assert_eq!(ask(response.to_vec().unwrap()).await, None);
+        // An opcode other than QUERY: NOTIMP, with the request's ID.
+        let mut status = query("web.shop.svc.cluster.local.", RecordType::A);
+        status.metadata.op_code = OpCode::Status;
+        status.metadata.id = 4242;
+        let reply = Message::from_vec(&ask(status.to_vec().unwrap()).await.unwrap()).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+        assert_eq!(reply.metadata.id, 4242);
+        // A header announcing a question that is not there: FORMERR.
+        let header_only = [0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        let reply = ask(header_only.to_vec())
+            .await
+            .expect("an answer to a malformed query");
+        assert_eq!(&reply[..2], &[0x12, 0x34]);
+        assert_eq!(reply[3] & 0x0f, 1, "FORMERR");
+        assert_eq!(reply[2] & 0x80, 0x80, "a response");
+        // No question at all: FORMERR.
+        let mut empty = Message::query();
+        empty.metadata.id = 7;
+        let reply = Message::from_vec(&ask(empty.to_vec().unwrap()).await.unwrap()).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+        // Fewer bytes than a header: nothing to answer to.
+        assert_eq!(ask(vec![1, 2, 3]).await, None);
+        task.abort();
+    }
 }

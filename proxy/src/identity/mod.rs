@@ -113,6 +113,21 @@ pub fn root_store(pem: &str) -> Result<RootCertStore, IdentityError> {
     Ok(roots)
 }
 
+/// When a certificate valid from `not_before` to `not_after`, received at
+/// `received`, is renewed: halfway through the part of its validity the
+/// proxy can actually use. The CA backdates `not_before` (clock slack), so
+/// halving the whole window would make a short-lived certificate due the
+/// moment it arrives.
+pub fn refresh_at(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    received: SystemTime,
+) -> SystemTime {
+    let from = received.max(not_before);
+    let usable = not_after.duration_since(from).unwrap_or_default();
+    from + usable / 2
+}
+
 /// Keeps a certificate for every identity this node serves.
 #[derive(Debug)]
 pub struct IdentityManager {
@@ -254,7 +269,6 @@ impl IdentityManager {
         };
         let not_before = to_system(parsed.validity().not_before);
         let not_after = to_system(parsed.validity().not_after);
-        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
         let signer = rustls::crypto::ring::sign::any_supported_type(&key)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
@@ -262,7 +276,7 @@ impl IdentityManager {
             certified: Arc::new(CertifiedKey::new(chain, signer)),
             not_before,
             not_after,
-            refresh_at: not_before + lifetime / 2,
+            refresh_at: refresh_at(not_before, not_after, SystemTime::now()),
         })
     }
 
@@ -279,8 +293,10 @@ impl IdentityManager {
         self.updates.send_modify(|n| *n += 1);
     }
 
-    /// Keeps certificates for this node's identities until dropped.
-    pub async fn run(self: Arc<Self>, store: Arc<ConfigStore>) {
+    /// Keeps certificates for this node's identities until dropped. When
+    /// the config stream reconnects (`connects` changes), failed requests
+    /// are retried at once instead of after their backoff.
+    pub async fn run(self: Arc<Self>, store: Arc<ConfigStore>, mut connects: watch::Receiver<u64>) {
         let mut changes = store.subscribe();
         let mut retry: HashMap<Identity, (Instant, Backoff)> = HashMap::new();
         loop {
@@ -358,7 +374,43 @@ impl IdentityManager {
                 _ = tokio::time::sleep_until(next_wake.into()) => {}
                 changed = changes.changed() => if changed.is_err() { return; },
                 _ = self.wake.notified() => {}
+                reconnected = connects.changed() => {
+                    if reconnected.is_ok() {
+                        retry.clear();
+                    } else {
+                        // No config stream any more (tests): keep going
+                        // on timers and config changes alone.
+                        connects = watch::Sender::new(0).subscribe();
+                    }
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_halfway_through_the_usable_window() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let secs = Duration::from_secs;
+        // A 30 s certificate, backdated a minute: due 15 s after it
+        // arrives, not at once (halving the 90 s window would say 15 s
+        // *before* it arrived, and renewal would loop).
+        assert_eq!(refresh_at(t - secs(60), t + secs(30), t), t + secs(15));
+        // A day-long certificate received as issued.
+        assert_eq!(
+            refresh_at(t - secs(60), t + secs(86_400), t),
+            t + secs(43_200)
+        );
+        // Received late (after a restart): halfway through what is left.
+        assert_eq!(
+            refresh_at(t - secs(60), t + secs(100), t + secs(60)),
+            t + secs(80)
+        );
+        // Received after it expired: due at once.
+        assert_eq!(refresh_at(t - secs(60), t, t + secs(5)), t + secs(5));
     }
 }

@@ -56,9 +56,11 @@ pub enum OutboundError {
 }
 
 impl OutboundError {
-    /// The failure as metrics count it.
+    /// The failure's reason: the one mapping metrics, logs and the SOCKS5
+    /// reply ([`socks5::reply_code`]) all use.
     pub fn reason(&self) -> FailureReason {
         match self {
+            OutboundError::Refusal(Refusal::NotConfigured) => FailureReason::NotConfigured,
             OutboundError::Refusal(Refusal::Refused(_)) | OutboundError::Unsupported(_) => {
                 FailureReason::Refused
             }

@@ -11,23 +11,55 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use ferry_core::request::Refusal;
-
+use crate::hbone::TunnelError;
+use crate::net::connect::ConnectError;
 use crate::outbound::{Destination, Outbound, OutboundError};
+use crate::telemetry::metrics::FailureReason;
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
 const NO_ACCEPTABLE_METHOD: u8 = 0xff;
 const CONNECT: u8 = 1;
 
-/// SOCKS5 reply codes.
-mod reply {
+/// SOCKS5 reply codes (RFC 1928, section 6).
+pub mod reply {
     pub const SUCCEEDED: u8 = 0;
+    pub const GENERAL_FAILURE: u8 = 1;
     pub const NOT_ALLOWED: u8 = 2;
     pub const HOST_UNREACHABLE: u8 = 4;
     pub const CONNECTION_REFUSED: u8 = 5;
     pub const COMMAND_NOT_SUPPORTED: u8 = 7;
     pub const ADDRESS_NOT_SUPPORTED: u8 = 8;
+}
+
+/// The SOCKS5 reply for a failed connection, from its reason
+/// ([`OutboundError::reason`], the same one metrics and logs use):
+///
+/// - a NetworkPolicy denial (here or at the destination's proxy) is
+///   "connection not allowed by ruleset" (2);
+/// - no endpoint, or a service port that does not exist, is "connection
+///   refused" (5), as kube-proxy rejects such connections; so is an
+///   upstream that actively refused;
+/// - a name that does not resolve, or an upstream that cannot be reached
+///   in time, is "host unreachable" (4);
+/// - the proxy's own inability (no configuration yet, a failed mTLS
+///   handshake) is "general SOCKS server failure" (1).
+pub fn reply_code(error: &OutboundError) -> u8 {
+    match error.reason() {
+        FailureReason::PolicyDenied => reply::NOT_ALLOWED,
+        FailureReason::NoEndpoints | FailureReason::Refused => reply::CONNECTION_REFUSED,
+        FailureReason::Unresolved => reply::HOST_UNREACHABLE,
+        FailureReason::ConnectError => match error {
+            OutboundError::Unreachable(ConnectError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                reply::CONNECTION_REFUSED
+            }
+            OutboundError::Tunnel(TunnelError::Refused { .. }) => reply::CONNECTION_REFUSED,
+            _ => reply::HOST_UNREACHABLE,
+        },
+        FailureReason::NotConfigured | FailureReason::TlsFailure => reply::GENERAL_FAILURE,
+    }
 }
 
 /// Why a SOCKS5 session failed before relaying.
@@ -123,20 +155,8 @@ async fn session(
     let connected = match outbound.connect(peer, destination.clone()).await {
         Ok(connected) => connected,
         Err(e) => {
-            let code = match &e {
-                OutboundError::Refusal(Refusal::Refused(_) | Refusal::NoEndpoints(_))
-                | OutboundError::Unsupported(_) => reply::CONNECTION_REFUSED,
-                OutboundError::Refusal(Refusal::Denied(_)) => reply::NOT_ALLOWED,
-                OutboundError::Unresolved(_) | OutboundError::Unreachable(_) => {
-                    reply::HOST_UNREACHABLE
-                }
-                OutboundError::Tunnel(crate::hbone::TunnelError::Refused { .. }) => {
-                    reply::CONNECTION_REFUSED
-                }
-                OutboundError::Tunnel(_) => reply::NOT_ALLOWED,
-            };
-            send_reply(&mut client, code).await?;
-            tracing::info!(%peer, ?destination, error = %e, "outbound connection refused");
+            send_reply(&mut client, reply_code(&e)).await?;
+            tracing::info!(%peer, ?destination, reason = e.reason().as_str(), error = %e, "outbound connection refused");
             return Err(e.into());
         }
     };
@@ -163,4 +183,80 @@ pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, handshake_tim
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::policy::{Denied, Direction};
+    use ferry_core::request::Refusal;
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], 80))
+    }
+
+    #[test]
+    fn reply_codes_follow_rfc_1928() {
+        let io = |kind| ConnectError::Io {
+            address: addr(),
+            source: std::io::Error::from(kind),
+        };
+        let cases: [(&str, OutboundError, u8); 9] = [
+            (
+                "policy denial here",
+                Refusal::Denied(Denied {
+                    direction: Direction::Egress,
+                    policies: vec!["shop/deny".into()],
+                })
+                .into(),
+                reply::NOT_ALLOWED,
+            ),
+            (
+                "policy denial at the destination's proxy",
+                TunnelError::Refused {
+                    status: http::StatusCode::FORBIDDEN,
+                }
+                .into(),
+                reply::NOT_ALLOWED,
+            ),
+            (
+                "no endpoints",
+                Refusal::NoEndpoints("shop/api".into()).into(),
+                reply::CONNECTION_REFUSED,
+            ),
+            (
+                "a port the service lacks",
+                Refusal::Refused("no TCP port 81".into()).into(),
+                reply::CONNECTION_REFUSED,
+            ),
+            (
+                "the upstream refused",
+                io(std::io::ErrorKind::ConnectionRefused).into(),
+                reply::CONNECTION_REFUSED,
+            ),
+            (
+                "the upstream timed out",
+                ConnectError::Timeout(addr()).into(),
+                reply::HOST_UNREACHABLE,
+            ),
+            (
+                "the peer proxy cannot be reached",
+                TunnelError::Connect(ConnectError::Timeout(addr())).into(),
+                reply::HOST_UNREACHABLE,
+            ),
+            (
+                "a name that does not resolve",
+                OutboundError::Unresolved("nowhere.example".into()),
+                reply::HOST_UNREACHABLE,
+            ),
+            (
+                "no configuration yet",
+                Refusal::NotConfigured.into(),
+                reply::GENERAL_FAILURE,
+            ),
+        ];
+        for (case, error, code) in cases {
+            assert_eq!(reply_code(&error), code, "{case}: {error}");
+        }
+    }
 }

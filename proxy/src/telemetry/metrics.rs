@@ -89,6 +89,8 @@ pub enum FailureReason {
     Unresolved,
     /// Refused by the mesh for another reason (no identity, unknown target...).
     Refused,
+    /// Refused because the proxy has no configuration yet (fail closed).
+    NotConfigured,
 }
 
 impl FailureReason {
@@ -100,6 +102,7 @@ impl FailureReason {
             FailureReason::ConnectError => "connect_error",
             FailureReason::Unresolved => "unresolved",
             FailureReason::Refused => "refused",
+            FailureReason::NotConfigured => "not_configured",
         }
     }
 }
