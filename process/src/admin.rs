@@ -106,3 +106,64 @@ pub fn metrics_reply(encoded: Result<String, std::fmt::Error>) -> Reply {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Reads until the server closes; what it sent.
+    async fn until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+        let mut out = Vec::new();
+        tokio::time::timeout(within, stream.read_to_end(&mut out))
+            .await
+            .ok()?
+            .ok()?;
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[tokio::test]
+    async fn idle_and_excess_clients_cannot_hold_the_admin_port() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = AdminLimits {
+            max_connections: 2,
+            header_timeout: Duration::from_millis(300),
+            connection_timeout: Duration::from_secs(5),
+        };
+        let server = tokio::spawn(serve(listener, limits, |_| {
+            reply(http::StatusCode::OK, "text/plain", "ok\n".into())
+        }));
+        // Two clients that connect and say nothing hold both slots...
+        let mut idle = [
+            TcpStream::connect(address).await.unwrap(),
+            TcpStream::connect(address).await.unwrap(),
+        ];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ...so a third is closed at once, without an answer...
+        let mut excess = TcpStream::connect(address).await.unwrap();
+        assert_eq!(
+            until_closed(&mut excess, Duration::from_secs(2)).await.as_deref(),
+            Some("")
+        );
+        // ...until the header timeout closes the idle ones.
+        for stream in &mut idle {
+            assert!(
+                until_closed(stream, Duration::from_secs(2)).await.is_some(),
+                "an idle client was not disconnected"
+            );
+        }
+        // Then a real request is answered, once per connection.
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut client, Duration::from_secs(2)).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("ok\n"), "{answer}");
+        server.abort();
+    }
+}
