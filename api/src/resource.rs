@@ -226,6 +226,16 @@ impl VersionedResource {
         }
     }
 
+    /// The wire form of a resource already held, with its version as
+    /// received (what the proxy saves on disk).
+    pub fn to_proto(&self) -> proto::Resource {
+        proto::Resource {
+            key: Some(self.key.to_proto()),
+            version: self.version,
+            body: Some(self.body.to_proto()),
+        }
+    }
+
     /// Converts a resource received from the wire, checking every field.
     pub fn decode(resource: proto::Resource) -> Result<Self, ResourceError> {
         let Some(key) = resource.key.as_ref().and_then(ResourceKey::from_proto) else {
@@ -847,6 +857,8 @@ mod tests {
             assert_eq!(decoded.body, body);
             assert_eq!(decoded.key, body.key());
             assert_eq!(decoded.version, wire.version);
+            // What a proxy saves is what it was sent.
+            assert_eq!(decoded.to_proto(), wire);
         }
     }
 

@@ -187,6 +187,12 @@ pub fn read_pem(path: &Path) -> Result<String, CertError> {
     read(path)
 }
 
+/// The PEM form (`PRIVATE KEY`) of a PKCS#8 private key.
+pub fn private_key_pem(pkcs8_der: &[u8]) -> Result<String, CertError> {
+    let key = KeyPair::try_from(pkcs8_der)?;
+    Ok(key.serialize_pem())
+}
+
 /// Creates a CSR (PEM) for `identity` with a fresh P-256 key; returns the
 /// CSR and the private key (PKCS#8 DER), which never leaves the caller.
 pub fn workload_csr(identity: &Identity) -> Result<(String, Vec<u8>), CertError> {

@@ -145,7 +145,9 @@ mod tests {
         // ...so a third is closed at once, without an answer...
         let mut excess = TcpStream::connect(address).await.unwrap();
         assert_eq!(
-            until_closed(&mut excess, Duration::from_secs(2)).await.as_deref(),
+            until_closed(&mut excess, Duration::from_secs(2))
+                .await
+                .as_deref(),
             Some("")
         );
         // ...until the header timeout closes the idle ones.
@@ -161,7 +163,9 @@ mod tests {
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        let answer = until_closed(&mut client, Duration::from_secs(2)).await.unwrap();
+        let answer = until_closed(&mut client, Duration::from_secs(2))
+            .await
+            .unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
         assert!(answer.ends_with("ok\n"), "{answer}");
         server.abort();

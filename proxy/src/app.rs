@@ -23,6 +23,7 @@ use crate::identity::token::TokenFile;
 use crate::identity::IdentityManager;
 use crate::inbound::{Inbound, PlaintextInbound};
 use crate::outbound::Outbound;
+use crate::saved::StateDir;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracing;
 use crate::telemetry::Telemetry;
@@ -121,6 +122,31 @@ pub struct App {
     capture_rules: Option<(CaptureRules, Vec<String>)>,
     plaintext: Option<(PlaintextInbound, TcpListener)>,
     dns: Option<(DnsServer, UdpSocket, TcpListener)>,
+    saved: Option<Arc<StateDir>>,
+}
+
+/// Applies the configuration saved in `dir`, if any, to the empty store.
+fn restore(dir: &StateDir, store: &ConfigStore) {
+    match dir.load_config() {
+        Ok(Some(saved)) => {
+            let revision = saved.revision;
+            let report = store.apply(saved);
+            for rejected in &report.rejected {
+                tracing::warn!(resource = %rejected.key, reason = %rejected.message, "saved resource skipped");
+            }
+            tracing::info!(
+                revision,
+                resources = report.applied,
+                "started from the saved configuration; the control plane will bring it up to date"
+            );
+        }
+        Ok(None) => tracing::info!(
+            "no saved configuration: refusing connections until the control plane answers"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "the saved configuration is unusable: refusing connections until the control plane answers")
+        }
+    }
 }
 
 impl App {
@@ -140,6 +166,24 @@ impl App {
                 i.trust_domain().to_string()
             });
         let store = Arc::new(ConfigStore::for_trust_domain(&trust_domain));
+        // The last good configuration and certificates, when kept: a
+        // restart while the control plane is away goes on enforcing
+        // policy and presenting identities (without them, it fails
+        // closed until the control plane answers).
+        let saved = match &config.state {
+            Some(state) => {
+                let dir = Arc::new(
+                    StateDir::open(&state.dir, &config.node)
+                        .with_context(|| format!("--state-dir {}", state.dir.display()))?,
+                );
+                restore(&dir, &store);
+                if let Some(identities) = &identities {
+                    identities.use_state_dir(dir.clone());
+                }
+                Some(dir)
+            }
+            None => None,
+        };
         let endpoint = control_plane_endpoint(&config.xds, tls).context("--control-plane")?;
         let token = match &config.credentials {
             Credentials::Token { token_file, .. } => Some(TokenFile::new(token_file)),
@@ -280,6 +324,7 @@ impl App {
             capture_rules,
             plaintext,
             dns,
+            saved,
         })
     }
 
@@ -294,6 +339,11 @@ impl App {
                 .map(|identities| identities.run(store.clone(), self.xds.connects())),
         );
         let hbone_task = optional(self.hbone.map(|(server, listener)| server.serve(listener)));
+        let save_task = optional(
+            self.saved
+                .zip(config.state.as_ref())
+                .map(|(dir, settings)| dir.follow(store.clone(), settings.save_settle)),
+        );
         let capture_task = optional(
             self.capture
                 .map(|listener| crate::capture::serve(listener, self.outbound.clone())),
@@ -323,6 +373,7 @@ impl App {
             _ = admin.serve(admin_listener, config.admin_limits) => {}
             _ = crate::outbound::socks5::serve(self.socks5, self.outbound.clone(), config.timeouts.socks5_handshake) => {}
             _ = identity_task => {}
+            _ = save_task => {}
             _ = hbone_task => {}
             _ = sweeper => {}
             _ = capture_task => {}

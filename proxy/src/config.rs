@@ -41,6 +41,13 @@ pub struct Args {
     /// (re-read for every request: the kubelet rotates it).
     #[arg(long, env = "FERRY_TOKEN_FILE", requires = "ca_root")]
     pub token_file: Option<PathBuf>,
+    /// Folder where the last good configuration and the workload
+    /// certificates are kept (mode 0600), so that a restart while the
+    /// control plane is away keeps enforcing policy and presenting
+    /// identities. Without it a restarted proxy refuses every connection
+    /// until the control plane answers.
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Admin HTTP address (readiness, config dump, metrics).
     #[arg(long, env = "FERRY_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
@@ -217,6 +224,17 @@ pub struct Config {
     pub access_log_rate: u32,
     /// What one admin client may hold.
     pub admin_limits: AdminLimits,
+    /// Where state is kept across restarts; `None`: nowhere.
+    pub state: Option<StateSettings>,
+}
+
+/// The state folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateSettings {
+    pub dir: PathBuf,
+    /// The configuration is saved once changes have been quiet this long
+    /// (and so at most this often).
+    pub save_settle: Duration,
 }
 
 /// A flag that cannot be used as given.
@@ -314,6 +332,10 @@ impl Config {
                 header_timeout: args.admin_header_timeout,
                 ..AdminLimits::default()
             },
+            state: args.state_dir.map(|dir| StateSettings {
+                dir,
+                save_settle: Duration::from_secs(1),
+            }),
         })
     }
 }

@@ -21,6 +21,8 @@
 //! - [`net`]: the accept loop, connect with a deadline, the relay, backoff.
 //! - [`telemetry`]: metrics, OTLP spans and access logs per connection.
 //! - [`admin`]: readiness, the configuration dump, `/metrics`.
+//! - [`saved`]: the last good configuration and certificates on disk, so a
+//!   restart without the control plane keeps policy and identity.
 
 pub mod admin;
 pub mod app;
@@ -32,6 +34,7 @@ pub mod identity;
 pub mod inbound;
 pub mod net;
 pub mod outbound;
+pub mod saved;
 pub mod telemetry;
 pub mod tracker;
 pub mod xds;

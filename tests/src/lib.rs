@@ -110,6 +110,8 @@ pub struct MeshOptions {
     pub hbone_listen: Vec<(String, SocketAddr)>,
     /// Extra environment of every proxy (OTEL_* for tracing tests).
     pub proxy_env: Vec<(String, String)>,
+    /// Give every proxy a `--state-dir` (kept across [`LoopbackMesh::restart_proxy`]).
+    pub state_dirs: bool,
 }
 
 /// A running proxy and its addresses.
@@ -120,6 +122,9 @@ pub struct ProxyHandle {
     pub socks5: SocketAddr,
     pub hbone: SocketAddr,
     pub process: Process,
+    /// How it was started, to start it again.
+    args: Vec<String>,
+    restarts: u32,
 }
 
 /// A control plane and node proxies on loopback, reading a manifest folder.
@@ -220,11 +225,20 @@ impl LoopbackMesh {
                 args.push("--certs".into());
                 args.push(pki.path().display().to_string());
             }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if options.state_dirs {
+                args.push("--state-dir".into());
+                args.push(
+                    logs.path()
+                        .join(format!("state-{}", node.name))
+                        .display()
+                        .to_string(),
+                );
+            }
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             let process = Process::start_with_env(
                 &node.name,
                 &binary("ferry-proxy")?,
-                &args,
+                &argv,
                 &options.proxy_env,
                 logs.path().join(format!("proxy-{}.log", node.name)),
             )?;
@@ -234,6 +248,8 @@ impl LoopbackMesh {
                 socks5,
                 hbone,
                 process,
+                args,
+                restarts: 0,
             });
         }
         Ok(Self {
@@ -294,6 +310,29 @@ impl LoopbackMesh {
             &self.options,
             (self.control_plane_port, self.control_plane_metrics),
             generation,
+        )?;
+        Ok(())
+    }
+
+    /// Stops a proxy (SIGTERM) and starts it again with the same flags
+    /// (and state folder); its new log is `proxy-<node>-<n>.log`.
+    pub fn restart_proxy(&mut self, node: &str) -> anyhow::Result<()> {
+        let logs = self.logs.path().to_path_buf();
+        let env = self.options.proxy_env.clone();
+        let proxy = self
+            .proxies
+            .iter_mut()
+            .find(|p| p.node == node)
+            .with_context(|| format!("no proxy for node {node}"))?;
+        proxy.process.terminate(Duration::from_secs(10));
+        proxy.restarts += 1;
+        let argv: Vec<&str> = proxy.args.iter().map(String::as_str).collect();
+        proxy.process = Process::start_with_env(
+            node,
+            &binary("ferry-proxy")?,
+            &argv,
+            &env,
+            logs.join(format!("proxy-{node}-{}.log", proxy.restarts)),
         )?;
         Ok(())
     }

@@ -76,3 +76,85 @@ async fn a_proxy_without_configuration_relays_nothing() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A proxy restarted while the control plane is down starts from its saved
+/// configuration and certificates: it keeps carrying allowed traffic over
+/// mTLS and keeps refusing what policy denies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_restarted_without_control_plane_keeps_policy_and_identity() -> anyhow::Result<()> {
+    use ferry_tests::net::who_answers;
+    use ferry_tests::two_nodes::{mtls, Cluster};
+    use ferry_tests::MeshOptions;
+
+    const N: u8 = 40;
+    let options = MeshOptions {
+        state_dirs: true,
+        ..mtls()
+    };
+    let mut c = Cluster::start(N, options).await?;
+    // The client may reach the backends' port and nothing else.
+    let outside = EchoServer::start(SocketAddr::from(([127, N, 3, 1], 7777)), "outside").await?;
+    std::fs::write(
+        c.mesh.manifests.path().join("policy.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-egress, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {app: backend}}}], ports: [{port: 9090}]}]\n",
+    )?;
+    // Only node-a, where the client runs, is sent the policy.
+    tokio::task::block_in_place(|| {
+        wait_for("the policy on node-a", Duration::from_secs(20), || {
+            let dump = c.mesh.config_dump("node-a")?;
+            Ok(dump["resources"]["policy"]
+                .as_array()
+                .is_some_and(|p| p.len() == 1)
+                .then_some(()))
+        })
+    })?;
+    let socks = c.socks("node-a")?;
+    let backend_b1 = c.ip(2, 11).to_string();
+    let outside_ip = c.ip(3, 1).to_string();
+    let client = c.client();
+    let check = |stage: &'static str| {
+        let backend_b1 = backend_b1.clone();
+        let outside_ip = outside_ip.clone();
+        async move {
+            let answered = who_answers(socks, client, &backend_b1, 9090).await;
+            assert_eq!(
+                answered.ok().as_deref(),
+                Some("backend-b1"),
+                "{stage}: allowed, across nodes"
+            );
+            let denied = socks5_connect(socks, client, &outside_ip, 7777)
+                .await
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(
+                denied.as_deref(),
+                Some("SOCKS5 reply code 2"),
+                "{stage}: denied by the egress policy"
+            );
+        }
+    };
+    check("before").await;
+    // Let the saved configuration catch up with the policy (saved at most
+    // once a second), then take the control plane away and restart node-a.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    c.mesh.control_plane.kill();
+    tokio::task::block_in_place(|| c.mesh.restart_proxy("node-a"))?;
+    let admin = c.mesh.proxy("node-a")?.admin;
+    let ready = tokio::task::block_in_place(|| {
+        wait_for("the restarted proxy", Duration::from_secs(10), || {
+            Ok(http_get(admin, "/healthz/ready")
+                .ok()
+                .map(|(status, _)| status))
+        })
+    })?;
+    assert_eq!(ready, 200, "ready on its saved configuration");
+    check("after a restart without control plane").await;
+    let log = c.mesh.proxy("node-a")?.process.log();
+    assert!(
+        log.contains("started from the saved configuration"),
+        "{log}"
+    );
+    assert!(log.contains("saved workload certificate restored"), "{log}");
+    drop(outside);
+    Ok(())
+}

@@ -113,6 +113,43 @@ pub fn root_store(pem: &str) -> Result<RootCertStore, IdentityError> {
     Ok(roots)
 }
 
+/// A certificate for `identity` from its chain (PEM) and private key
+/// (PKCS#8 DER), checked to name that identity, received at `received`.
+fn workload_cert(
+    identity: &Identity,
+    chain_pem: &[String],
+    key_der: &[u8],
+    received: SystemTime,
+) -> Result<WorkloadCert, IdentityError> {
+    let chain = pem_certs(chain_pem).map_err(IdentityError::BadCertificate)?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| IdentityError::BadCertificate("empty chain".into()))?;
+    let presented = crate::identity::tls::identity_of(leaf)
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    if &presented != identity {
+        return Err(IdentityError::BadCertificate(format!(
+            "issued for {presented}, asked for {identity}"
+        )));
+    }
+    let (_, parsed) = X509Certificate::from_der(leaf.as_ref())
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let to_system = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+    };
+    let not_before = to_system(parsed.validity().not_before);
+    let not_after = to_system(parsed.validity().not_after);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec()));
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    Ok(WorkloadCert {
+        certified: Arc::new(CertifiedKey::new(chain, signer)),
+        not_before,
+        not_after,
+        refresh_at: refresh_at(not_before, not_after, received),
+    })
+}
+
 /// When a certificate valid from `not_before` to `not_after`, received at
 /// `received`, is renewed: halfway through the part of its validity the
 /// proxy can actually use. The CA backdates `not_before` (clock slack), so
@@ -142,6 +179,8 @@ pub struct IdentityManager {
     wake: Notify,
     updates: watch::Sender<u64>,
     token: std::sync::OnceLock<crate::identity::token::TokenFile>,
+    /// Where certificates are kept across restarts (`--state-dir`).
+    saved: std::sync::OnceLock<Arc<crate::saved::StateDir>>,
 }
 
 impl IdentityManager {
@@ -163,6 +202,7 @@ impl IdentityManager {
             wake: Notify::new(),
             updates: watch::Sender::new(0),
             token: std::sync::OnceLock::new(),
+            saved: std::sync::OnceLock::new(),
         })
     }
 
@@ -251,36 +291,64 @@ impl IdentityManager {
         });
         crate::identity::token::authorize(self.token.get(), &mut request)?;
         let response = ca.sign(request).await?.into_inner();
-        let chain = pem_certs(&response.cert_chain_pem).map_err(IdentityError::BadCertificate)?;
-        let leaf = chain
-            .first()
-            .ok_or_else(|| IdentityError::BadCertificate("empty chain".into()))?;
-        let presented = crate::identity::tls::identity_of(leaf)
-            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-        if &presented != identity {
-            return Err(IdentityError::BadCertificate(format!(
-                "issued for {presented}, asked for {identity}"
-            )));
+        let cert = workload_cert(
+            identity,
+            &response.cert_chain_pem,
+            &key_der,
+            SystemTime::now(),
+        )?;
+        if let Some(saved) = self.saved.get() {
+            let saving = crate::saved::SavedCertificate {
+                identity: identity.clone(),
+                chain_pem: response.cert_chain_pem,
+                key_der,
+            };
+            if let Err(e) = saved.save_certificate(&saving) {
+                tracing::warn!(%identity, error = %e, "saving the certificate failed");
+            }
         }
-        let (_, parsed) = X509Certificate::from_der(leaf.as_ref())
-            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-        let to_system = |t: x509_parser::time::ASN1Time| {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
-        };
-        let not_before = to_system(parsed.validity().not_before);
-        let not_after = to_system(parsed.validity().not_after);
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
-        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-        Ok(WorkloadCert {
-            certified: Arc::new(CertifiedKey::new(chain, signer)),
-            not_before,
-            not_after,
-            refresh_at: refresh_at(not_before, not_after, SystemTime::now()),
-        })
+        Ok(cert)
+    }
+
+    /// Keeps certificates in `dir` and installs the ones saved there that
+    /// are still valid (a restart while the control plane is away keeps
+    /// the node's identities). Set once, before [`IdentityManager::run`].
+    pub fn use_state_dir(&self, dir: Arc<crate::saved::StateDir>) {
+        let mut restored = 0;
+        for saved in dir.load_certificates(&self.trust_domain) {
+            match workload_cert(
+                &saved.identity,
+                &saved.chain_pem,
+                &saved.key_der,
+                SystemTime::now(),
+            ) {
+                Ok(cert) if cert.valid_at(SystemTime::now()) => {
+                    tracing::info!(identity = %saved.identity, not_after_unix = unix(cert.not_after), "saved workload certificate restored");
+                    self.publish(saved.identity, Some(cert));
+                    restored += 1;
+                }
+                Ok(_) => dir.remove_certificate(&saved.identity),
+                Err(e) => {
+                    tracing::warn!(identity = %saved.identity, error = %e, "saved certificate unusable");
+                    dir.remove_certificate(&saved.identity);
+                }
+            }
+        }
+        if restored > 0 {
+            tracing::info!(
+                restored,
+                "workload certificates restored from the state folder"
+            );
+        }
+        let _ = self.saved.set(dir);
     }
 
     fn publish(&self, identity: Identity, cert: Option<WorkloadCert>) {
+        if cert.is_none() {
+            if let Some(saved) = self.saved.get() {
+                saved.remove_certificate(&identity);
+            }
+        }
         let cert = cert.map(Arc::new);
         self.certs.rcu(|current| {
             let mut next = HashMap::clone(current);
