@@ -194,7 +194,8 @@ impl App {
         } = self;
         tracing::info!(listen = %listener.local_addr()?, source = ?config.source, "control plane serving");
         let mut builder = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(config.http2_keepalive));
+            .http2_keepalive_interval(Some(config.http2_keepalive))
+            .max_concurrent_streams(config.max_streams_per_connection);
         let mut discovery = ConfigDiscoveryService::new(cache).with_metrics(metrics.clone());
         let ca = match pki {
             Some(MeshPki {
@@ -202,7 +203,9 @@ impl App {
                 tls,
                 auth,
             }) => {
-                builder = builder.tls_config(tls).context("configuring TLS")?;
+                builder = builder
+                    .tls_config(tls.timeout(config.tls_handshake_timeout))
+                    .context("configuring TLS")?;
                 let auth = Arc::new(auth);
                 discovery = discovery.with_authenticator(auth.clone());
                 Some(

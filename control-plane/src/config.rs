@@ -55,6 +55,13 @@ pub struct Args {
     /// HTTP/2 keepalive PING interval on proxies' connections.
     #[arg(long, env = "FERRY_HTTP2_KEEPALIVE", default_value = "10s", value_parser = duration)]
     pub http2_keepalive: Duration,
+    /// Longest a client may take to complete its TLS handshake.
+    #[arg(long, env = "FERRY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub tls_handshake_timeout: Duration,
+    /// Concurrent HTTP/2 streams per client connection (a proxy needs its
+    /// config stream and a few certificate requests).
+    #[arg(long, env = "FERRY_MAX_STREAMS_PER_CONNECTION", default_value_t = 32)]
+    pub max_streams_per_connection: u32,
     /// On SIGTERM: how long open requests may take to finish after the
     /// proxies' streams are closed, before the process exits regardless.
     #[arg(long, env = "FERRY_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
@@ -199,6 +206,10 @@ pub struct Config {
     pub admin_limits: AdminLimits,
     /// HTTP/2 keepalive PING interval on proxies' connections.
     pub http2_keepalive: Duration,
+    /// A client's TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Concurrent streams per client connection.
+    pub max_streams_per_connection: u32,
     /// On SIGTERM: the longest wait for open requests after the streams
     /// are closed.
     pub drain_timeout: Duration,
@@ -226,6 +237,7 @@ impl Config {
             ("http2-keepalive", args.http2_keepalive),
             ("serving-cert-lifetime", args.serving_cert_lifetime),
             ("admin-header-timeout", args.admin_header_timeout),
+            ("tls-handshake-timeout", args.tls_handshake_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(flag, "must be longer than zero".into()));
@@ -240,6 +252,12 @@ impl Config {
         if args.admin_max_connections == 0 {
             return Err(invalid(
                 "admin-max-connections",
+                "must be at least 1".into(),
+            ));
+        }
+        if args.max_streams_per_connection == 0 {
+            return Err(invalid(
+                "max-streams-per-connection",
                 "must be at least 1".into(),
             ));
         }
@@ -308,6 +326,8 @@ impl Config {
                 ..AdminLimits::default()
             },
             http2_keepalive: args.http2_keepalive,
+            tls_handshake_timeout: args.tls_handshake_timeout,
+            max_streams_per_connection: args.max_streams_per_connection,
             drain_timeout: args.drain_timeout,
             translate: TranslateOptions {
                 cluster_domain: args.cluster_domain,

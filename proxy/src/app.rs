@@ -210,6 +210,9 @@ impl App {
                 PoolTimeouts {
                     connect: config.timeouts.connect,
                     certificate: config.timeouts.certificate_wait,
+                    keepalive_interval: config.timeouts.hbone_keepalive_interval,
+                    keepalive_timeout: config.timeouts.hbone_keepalive_timeout,
+                    idle: config.timeouts.hbone_pool_idle,
                 },
             ))
         });
@@ -242,6 +245,7 @@ impl App {
                     tls: Arc::new(crate::identity::tls::server_config(identities.clone())?),
                     settings: config.h2,
                     handshake_timeout: config.timeouts.tls_handshake,
+                    idle_timeout: config.timeouts.hbone_idle,
                     inbound: inbound.clone(),
                 },
                 bind(listeners.hbone, "hbone").await?,
@@ -383,6 +387,10 @@ impl App {
             _ = self.tracker.clone().run(store.clone()) => {}
             _ = ferry_process::shutdown_signal() => tracing::info!("proxy stopping"),
         }
+        // The listeners are closed (their tasks are gone); connections
+        // already open run in their own tasks: let them finish, up to the
+        // drain timeout.
+        drain(&self.tracker, config.drain_timeout).await;
         if let Some((rules, _)) = &self.capture_rules {
             if let Err(e) = rules.remove() {
                 tracing::warn!(error = %e, "removing capture rules failed; the next start repairs them");
@@ -390,6 +398,27 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Waits until no connection is open, or `timeout` has passed.
+async fn drain(tracker: &ConnectionTracker, timeout: std::time::Duration) {
+    let open = tracker.open_connections();
+    if open == 0 {
+        return;
+    }
+    tracing::info!(open, timeout = ?timeout, "draining open connections");
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tracker.open_connections() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                open = tracker.open_connections(),
+                "drain timeout: closing the connections still open"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tracing::info!("every connection finished");
 }
 
 /// A task that runs only when configured; otherwise never finishes.

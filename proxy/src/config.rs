@@ -102,6 +102,26 @@ pub struct Args {
     /// handshake (and the HBONE client to finish its own).
     #[arg(long, env = "FERRY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub tls_handshake_timeout: Duration,
+    /// The HBONE listener closes a connection with no open stream for
+    /// this long.
+    #[arg(long, env = "FERRY_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = duration)]
+    pub hbone_idle_timeout: Duration,
+    /// The HBONE client closes a pooled connection with no open stream
+    /// for this long (shorter than the listener's, so the client closes
+    /// first).
+    #[arg(long, env = "FERRY_HBONE_POOL_IDLE", default_value = "5m", value_parser = duration)]
+    pub hbone_pool_idle: Duration,
+    /// How often a pooled HBONE connection is PINGed.
+    #[arg(long, env = "FERRY_HBONE_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub hbone_keepalive_interval: Duration,
+    /// How long the answer to a PING may take before the connection is
+    /// taken for dead.
+    #[arg(long, env = "FERRY_HBONE_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub hbone_keepalive_timeout: Duration,
+    /// On SIGTERM: how long open connections may go on (the listeners are
+    /// closed at once) before the proxy exits regardless.
+    #[arg(long, env = "FERRY_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub drain_timeout: Duration,
     /// Longest a SOCKS5 client may take to say where it goes.
     #[arg(long, env = "FERRY_SOCKS5_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub socks5_handshake_timeout: Duration,
@@ -109,6 +129,9 @@ pub struct Args {
     /// first certificate (a pod that has just started).
     #[arg(long, env = "FERRY_CERTIFICATE_WAIT", default_value = "5s", value_parser = duration)]
     pub certificate_wait: Duration,
+    /// Forwarded DNS queries in flight at most; beyond, SERVFAIL at once.
+    #[arg(long, env = "FERRY_DNS_MAX_FORWARDS", default_value_t = 256)]
+    pub dns_max_forwards: usize,
     /// Longest a forwarded DNS query may wait for the upstream resolver.
     #[arg(long, env = "FERRY_DNS_UPSTREAM_TIMEOUT", default_value = "2s", value_parser = duration)]
     pub dns_upstream_timeout: Duration,
@@ -188,6 +211,13 @@ pub struct Timeouts {
     pub socks5_handshake: Duration,
     /// A new HBONE connection waiting for its source's first certificate.
     pub certificate_wait: Duration,
+    /// An HBONE connection without open streams, at the listener.
+    pub hbone_idle: Duration,
+    /// A pooled HBONE connection without open streams.
+    pub hbone_pool_idle: Duration,
+    /// PING interval and PONG deadline on pooled HBONE connections.
+    pub hbone_keepalive_interval: Duration,
+    pub hbone_keepalive_timeout: Duration,
 }
 
 /// The DNS server.
@@ -201,6 +231,8 @@ pub struct DnsSettings {
     pub ttl: u32,
     /// Idle time after which a DNS-over-TCP client is disconnected.
     pub tcp_idle_timeout: Duration,
+    /// Forwarded queries in flight at most.
+    pub max_forwards: usize,
 }
 
 /// Everything the proxy runs with.
@@ -219,6 +251,8 @@ pub struct Config {
     pub dns: DnsSettings,
     /// How often expired ClientIP affinity entries are swept.
     pub affinity_sweep: Duration,
+    /// On SIGTERM: the longest wait for open connections to finish.
+    pub drain_timeout: Duration,
     #[serde(skip)]
     pub log_format: LogFormat,
     pub access_log_rate: u32,
@@ -258,6 +292,9 @@ impl Config {
         if args.admin_max_connections == 0 {
             return Err(invalid("admin-max-connections", "must be at least 1"));
         }
+        if args.dns_max_forwards == 0 {
+            return Err(invalid("dns-max-forwards", "must be at least 1"));
+        }
         if args.hbone_streams == 0 {
             return Err(invalid("hbone-streams", "must be at least 1"));
         }
@@ -267,6 +304,10 @@ impl Config {
             ("socks5-handshake-timeout", args.socks5_handshake_timeout),
             ("dns-upstream-timeout", args.dns_upstream_timeout),
             ("admin-header-timeout", args.admin_header_timeout),
+            ("hbone-idle-timeout", args.hbone_idle_timeout),
+            ("hbone-pool-idle", args.hbone_pool_idle),
+            ("hbone-keepalive-interval", args.hbone_keepalive_interval),
+            ("hbone-keepalive-timeout", args.hbone_keepalive_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(flag, "must be longer than zero"));
@@ -312,6 +353,10 @@ impl Config {
                 tls_handshake: args.tls_handshake_timeout,
                 socks5_handshake: args.socks5_handshake_timeout,
                 certificate_wait: args.certificate_wait,
+                hbone_idle: args.hbone_idle_timeout,
+                hbone_pool_idle: args.hbone_pool_idle,
+                hbone_keepalive_interval: args.hbone_keepalive_interval,
+                hbone_keepalive_timeout: args.hbone_keepalive_timeout,
             },
             h2: H2Settings {
                 max_streams: args.hbone_streams,
@@ -323,8 +368,10 @@ impl Config {
                 upstream_timeout: args.dns_upstream_timeout,
                 ttl: 5,
                 tcp_idle_timeout: Duration::from_secs(5),
+                max_forwards: args.dns_max_forwards,
             },
             affinity_sweep: Duration::from_secs(60),
+            drain_timeout: args.drain_timeout,
             log_format: args.log_format,
             access_log_rate: args.access_log_rate,
             admin_limits: AdminLimits {

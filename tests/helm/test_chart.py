@@ -102,6 +102,7 @@ VALID_VALUE_SETS: dict[str, dict[str, Any]] = {
         "proxy": {
             "captureInterface": "cilium_host",
             "accessLogRate": 0,
+            "stateDir": "",
             "resources": {
                 "requests": {"cpu": "500m", "memory": "128Mi", "ephemeral-storage": "64Mi"},
                 "limits": {"memory": "512Mi"},
@@ -119,6 +120,7 @@ INVALID_VALUE_SETS: dict[str, dict[str, Any]] = {
     "string meshByDefault": {"meshByDefault": "yes"},
     "negative access log rate": {"proxy": {"accessLogRate": -5}},
     "trust domain with a space": {"trustDomain": "my mesh"},
+    "relative state folder": {"proxy": {"stateDir": "var/lib/ferry"}},
 }
 
 # ---------------------------------------------------------------------------
@@ -526,7 +528,8 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
             "--access-log-rate", str(values["proxy"]["accessLogRate"]),
             "--cluster-domain", values["clusterDomain"],
             "--log-format", values["logFormat"],
-        ],
+        ]
+        + (["--state-dir", "/var/lib/ferry"] if values["proxy"]["stateDir"] else []),
         f"{ctx} proxy args",
     )
     env = env_of(px)
@@ -563,6 +566,14 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
         f"{ctx} proxy token volume",
     )
     expect_eq(volumes[mounts["/var/run/ferry/ca"]].get("configMap"), {"name": "ferry-ca-root"}, f"{ctx} proxy CA root volume")
+    if values["proxy"]["stateDir"]:
+        expect_eq(
+            volumes[mounts["/var/lib/ferry"]].get("hostPath"),
+            {"path": values["proxy"]["stateDir"], "type": "DirectoryOrCreate"},
+            f"{ctx} proxy state folder",
+        )
+    else:
+        expect("/var/lib/ferry" not in mounts, f"{ctx} no state folder when proxy.stateDir is empty")
     expect_eq(pod.get("automountServiceAccountToken"), False, f"{ctx} proxy automountServiceAccountToken")
 
     # --- ConfigMap ------------------------------------------------------------------

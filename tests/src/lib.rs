@@ -112,6 +112,8 @@ pub struct MeshOptions {
     pub proxy_env: Vec<(String, String)>,
     /// Give every proxy a `--state-dir` (kept across [`LoopbackMesh::restart_proxy`]).
     pub state_dirs: bool,
+    /// More flags for every proxy.
+    pub proxy_args: Vec<String>,
 }
 
 /// A running proxy and its addresses.
@@ -225,6 +227,7 @@ impl LoopbackMesh {
                 args.push("--certs".into());
                 args.push(pki.path().display().to_string());
             }
+            args.extend(options.proxy_args.iter().cloned());
             if options.state_dirs {
                 args.push("--state-dir".into());
                 args.push(

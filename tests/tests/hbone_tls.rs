@@ -218,3 +218,103 @@ async fn the_hbone_listener_refuses_bad_peers() -> anyhow::Result<()> {
     assert!(failures >= 5.0, "{failures} TLS failures counted:\n{text}");
     Ok(())
 }
+
+/// One authenticated peer holds at most `--hbone-streams` streams on a
+/// connection, and a connection left without streams is closed after
+/// `--hbone-idle-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_bounded_in_streams_and_idle_time() -> anyhow::Result<()> {
+    const M: u8 = 42;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        manifests().replace(&format!("127.{N}."), &format!("127.{M}.")),
+    )?;
+    let _backend = EchoServer::start(format!("127.{M}.2.11:9090").parse()?, "backend").await?;
+    let nodes = [NodeSpec::new("node-b", &format!("127.{M}.0.2"))?];
+    let options = MeshOptions {
+        pki: true,
+        proxy_args: ["--hbone-streams", "3", "--hbone-idle-timeout", "1s"]
+            .map(String::from)
+            .to_vec(),
+        ..MeshOptions::default()
+    };
+    let mesh =
+        tokio::task::block_in_place(|| LoopbackMesh::start_with(dir.path(), &nodes, options))?;
+    tokio::task::block_in_place(|| {
+        mesh.wait_all("certificate", |d| {
+            d["certificates"].as_array().is_some_and(|c| c.len() == 1)
+        })
+    })?;
+    let hbone = mesh.proxy("node-b")?.hbone;
+    let ca = Authority::load(mesh.pki.as_ref().unwrap().path())?;
+    let roots = Arc::new(ferry_proxy::identity::root_store(ca.cert_pem())?);
+    let td = ca.trust_domain().to_string();
+    let backend = Identity::new(&td, "shop", "backend");
+    let client = certified(
+        &ca,
+        &Identity::new(&td, "shop", "client"),
+        Duration::from_secs(3600),
+    );
+    let config = ferry_proxy::identity::tls::client_config(roots, client, backend.clone())?;
+    let tcp = TcpStream::connect(hbone).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(backend.server_name())?, tcp)
+        .await?;
+    let (mut sender, connection) = h2::client::handshake(tls).await?;
+    let connection = tokio::spawn(connection);
+    let connect = || {
+        http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("127.{M}.2.11:9090"))
+            .body(())
+            .unwrap()
+    };
+    // Three streams open and answered...
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        sender = sender.ready().await?;
+        let (response, send) = sender.send_request(connect(), false)?;
+        let response = tokio::time::timeout(Duration::from_secs(5), response).await??;
+        assert_eq!(response.status(), 200);
+        open.push((response, send));
+    }
+    // ...and a fourth waits (the proxy's SETTINGS allow three at a time)
+    // until one of them ends.
+    sender = sender.ready().await?;
+    let (fourth, fourth_send) = sender.send_request(connect(), false)?;
+    let mut fourth = Box::pin(fourth);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut fourth)
+            .await
+            .is_err(),
+        "a fourth concurrent stream was allowed"
+    );
+    // Ends a stream as a client would: END_STREAM, then the reply to its end.
+    async fn finish(
+        (response, mut send): (http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>),
+    ) -> anyhow::Result<()> {
+        send.send_data(bytes::Bytes::new(), true)?;
+        let mut body = response.into_body();
+        while let Some(data) = tokio::time::timeout(Duration::from_secs(5), body.data()).await? {
+            let data = data?;
+            let _ = body.flow_control().release_capacity(data.len());
+        }
+        Ok(())
+    }
+    finish(open.pop().ok_or_else(|| anyhow::anyhow!("no stream"))?).await?;
+    let fourth = tokio::time::timeout(Duration::from_secs(5), fourth).await??;
+    assert_eq!(fourth.status(), 200);
+    // Once they are all finished, the idle connection is closed by the proxy.
+    open.push((fourth, fourth_send));
+    for stream in open {
+        finish(stream).await?;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(
+        ended.is_ok(),
+        "the proxy kept an idle HBONE connection open past its idle timeout\n{}",
+        mesh.diagnostics()
+    );
+    Ok(())
+}

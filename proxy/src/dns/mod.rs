@@ -150,6 +150,9 @@ struct Handler {
     ttl: u32,
     /// `None`: no upstream could be configured; other names get SERVFAIL.
     upstream: Option<TokioResolver>,
+    /// Forwarded queries in flight at most (each holds a socket until the
+    /// upstream answers or times out); beyond, SERVFAIL at once.
+    forwards: tokio::sync::Semaphore,
 }
 
 /// What goes in a response besides the question.
@@ -163,6 +166,10 @@ impl Handler {
     /// Asks the upstream resolvers; the response code and records to send.
     async fn forward(&self, question: &Query, sections: &mut Sections) -> ResponseCode {
         let Some(upstream) = &self.upstream else {
+            return ResponseCode::ServFail;
+        };
+        let Ok(_in_flight) = self.forwards.try_acquire() else {
+            tracing::debug!(name = %question.name(), "DNS forward refused: too many in flight");
             return ResponseCode::ServFail;
         };
         match upstream
@@ -288,6 +295,7 @@ impl DnsServer {
                 domain: settings.cluster_domain.clone(),
                 ttl: settings.ttl,
                 upstream,
+                forwards: tokio::sync::Semaphore::new(settings.max_forwards),
             },
             tcp_idle_timeout: settings.tcp_idle_timeout,
         }
@@ -456,6 +464,7 @@ mod tests {
                 upstream_timeout: Duration::from_secs(2),
                 ttl: 5,
                 tcp_idle_timeout: Duration::from_secs(5),
+                max_forwards: 16,
             },
         );
         let task = tokio::spawn(server.serve(socket, tcp));
@@ -554,6 +563,7 @@ mod tests {
                 upstream_timeout: Duration::from_millis(200),
                 ttl: 5,
                 tcp_idle_timeout: Duration::from_secs(5),
+                max_forwards: 16,
             },
         );
         let task = tokio::spawn(server.serve(socket, tcp));
@@ -596,5 +606,71 @@ mod tests {
         // Fewer bytes than a header: nothing to answer to.
         assert_eq!(ask(vec![1, 2, 3]).await, None);
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn forwards_in_flight_are_bounded() {
+        // An upstream that reads queries and never answers.
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while upstream.recv_from(&mut buf).await.is_ok() {}
+        });
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = socket.local_addr().unwrap();
+        let tcp = TcpListener::bind(server_addr).await.unwrap();
+        let server = DnsServer::new(
+            store(),
+            &DnsSettings {
+                cluster_domain: "cluster.local".into(),
+                upstream: Some(upstream_addr),
+                upstream_timeout: Duration::from_secs(3),
+                ttl: 5,
+                tcp_idle_timeout: Duration::from_secs(5),
+                max_forwards: 1,
+            },
+        );
+        let task = tokio::spawn(server.serve(socket, tcp));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // The first forward holds the only slot until the upstream times out...
+        let mut first = query("example.com.", RecordType::A);
+        first.metadata.id = 1;
+        client
+            .send_to(&first.to_vec().unwrap(), server_addr)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // ...so a second gets SERVFAIL at once, not a socket of its own.
+        let mut second = query("example.org.", RecordType::A);
+        second.metadata.id = 2;
+        client
+            .send_to(&second.to_vec().unwrap(), server_addr)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(1), client.recv_from(&mut buf))
+            .await
+            .expect("an immediate answer to the second query")
+            .unwrap();
+        let reply = Message::from_vec(&buf[..len]).unwrap();
+        assert_eq!(reply.metadata.id, 2);
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        // Names of the mesh are still answered.
+        let mut ours = query("web.shop.svc.cluster.local.", RecordType::A);
+        ours.metadata.id = 3;
+        client
+            .send_to(&ours.to_vec().unwrap(), server_addr)
+            .await
+            .unwrap();
+        let (len, _) = tokio::time::timeout(Duration::from_secs(1), client.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let reply = Message::from_vec(&buf[..len]).unwrap();
+        assert_eq!(reply.metadata.id, 3);
+        assert_eq!(reply.answers.len(), 1);
+        task.abort();
+        silent.abort();
     }
 }

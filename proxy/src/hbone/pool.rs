@@ -8,11 +8,17 @@
 //! `max_streams` concurrent streams; past that a new one is opened.
 //! Opening is single-flight: connections that miss the pool at the same
 //! time wait for one handshake per key instead of each starting its own.
+//!
+//! A pooled connection is watched by its own task: an HTTP/2 PING every
+//! `keepalive_interval` must be answered within `keepalive_timeout`, or the
+//! connection is taken for dead and dropped from the pool (a peer proxy
+//! that froze would otherwise hang every new stream); one without streams
+//! for `idle` is closed. The CONNECT reply has a deadline too.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -67,11 +73,18 @@ pub struct PoolStats {
 /// Timeouts of the HBONE client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolTimeouts {
-    /// TCP connect, then the TLS handshake, each.
+    /// TCP connect, then the TLS handshake, each; and the wait for the
+    /// CONNECT reply.
     pub connect: Duration,
     /// How long a new connection waits for its source identity's first
     /// certificate (a pod that has just started).
     pub certificate: Duration,
+    /// How often a pooled connection is PINGed...
+    pub keepalive_interval: Duration,
+    /// ...and how long the PONG may take before the connection is dropped.
+    pub keepalive_timeout: Duration,
+    /// A pooled connection without streams for this long is closed.
+    pub idle: Duration,
 }
 
 /// The HBONE client: pooled mTLS HTTP/2 connections to other node proxies.
@@ -197,16 +210,13 @@ impl HbonePool {
         self.handshakes.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(AtomicBool::new(false));
         let streams = Arc::new(AtomicUsize::new(1));
-        {
-            let closed = closed.clone();
-            let node = key.node;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(%node, error = %e, "HBONE connection ended");
-                }
-                closed.store(true, Ordering::Release);
-            });
-        }
+        tokio::spawn(watch_connection(
+            connection,
+            key.node,
+            streams.clone(),
+            closed.clone(),
+            self.timeouts,
+        ));
         tracing::debug!(source = %key.source, destination = %key.destination, node = %key.node, "HBONE connection established");
         self.connections
             .entry(key.clone())
@@ -239,7 +249,9 @@ impl HbonePool {
             request.headers_mut().insert(TRACEPARENT, value);
         }
         let (response, send) = sender.send_request(request, false)?;
-        let response = response.await?;
+        let response = tokio::time::timeout(self.timeouts.connect, response)
+            .await
+            .map_err(|_| TunnelError::Timeout(key.node))??;
         if response.status() != http::StatusCode::OK {
             return Err(TunnelError::Refused {
                 status: response.status(),
@@ -251,4 +263,76 @@ impl HbonePool {
             slot,
         })
     }
+}
+
+/// Drives one pooled connection until it ends, is found dead (a PING
+/// unanswered for `keepalive_timeout`), or has had no stream for `idle`;
+/// then marks it closed so the pool stops handing it out. Dropping the
+/// connection closes it.
+async fn watch_connection<T>(
+    mut connection: h2::client::Connection<T, Bytes>,
+    node: SocketAddr,
+    streams: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
+    timeouts: PoolTimeouts,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut ping = connection.ping_pong();
+    let mut tick = tokio::time::interval(timeouts.keepalive_interval.min(timeouts.idle));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    let mut last_ping = Instant::now();
+    let mut awaiting: Option<Instant> = None;
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let pong_deadline = awaiting.map(|sent| sent + timeouts.keepalive_timeout);
+        tokio::select! {
+            ended = &mut connection => {
+                if let Err(e) = ended {
+                    tracing::debug!(%node, error = %e, "HBONE connection ended");
+                }
+                break;
+            }
+            pong = std::future::poll_fn(|cx| match ping.as_mut() {
+                Some(ping) => ping.poll_pong(cx),
+                None => std::task::Poll::Pending,
+            }), if awaiting.is_some() => {
+                if pong.is_err() {
+                    break;
+                }
+                awaiting = None;
+            }
+            () = async {
+                match pong_deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::warn!(%node, timeout = ?timeouts.keepalive_timeout, "peer proxy did not answer a keepalive PING: HBONE connection dropped");
+                break;
+            }
+            _ = tick.tick() => {
+                if streams.load(Ordering::Acquire) == 0 {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= timeouts.idle {
+                        tracing::debug!(%node, "HBONE connection idle: closed");
+                        break;
+                    }
+                } else {
+                    idle_since = None;
+                }
+                if awaiting.is_none() && last_ping.elapsed() >= timeouts.keepalive_interval {
+                    if let Some(ping) = ping.as_mut() {
+                        if ping.send_ping(h2::Ping::opaque()).is_err() {
+                            break;
+                        }
+                        last_ping = Instant::now();
+                        awaiting = Some(last_ping);
+                    }
+                }
+            }
+        }
+    }
+    closed.store(true, Ordering::Release);
 }

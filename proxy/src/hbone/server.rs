@@ -34,7 +34,55 @@ pub struct HboneServer {
     pub settings: H2Settings,
     /// Longest a client may take to complete the TLS handshake.
     pub handshake_timeout: Duration,
+    /// A connection without an open stream for this long is closed
+    /// (gracefully: GOAWAY, so a stream being opened is not lost).
+    pub idle_timeout: Duration,
     pub inbound: Arc<Inbound>,
+}
+
+/// The streams open on one connection, and a wake-up when none are left.
+#[derive(Debug, Default)]
+struct OpenStreams {
+    count: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+/// Held by a stream while it is open.
+struct StreamGuard(Arc<OpenStreams>);
+
+impl OpenStreams {
+    fn enter(self: &Arc<Self>) -> StreamGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        StreamGuard(self.clone())
+    }
+
+    /// Resolves once no stream has been open for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(idle) => {
+                    if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                        return;
+                    }
+                }
+                () = changed => {}
+            }
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
 }
 
 impl HboneServer {
@@ -97,14 +145,30 @@ impl HboneServer {
             .map_err(|e| ConnectionError::Other(format!("HTTP/2 handshake: {e}")))?;
         tracing::debug!(%peer, %identity, "HBONE connection accepted");
         let identity = Arc::new(identity);
-        while let Some(next) = connection.accept().await {
+        let open = Arc::new(OpenStreams::default());
+        let mut closing = false;
+        loop {
+            let next = tokio::select! {
+                next = connection.accept() => next,
+                () = open.idle_for(self.idle_timeout), if !closing => {
+                    tracing::debug!(%peer, %identity, "HBONE connection idle: closing it");
+                    connection.graceful_shutdown();
+                    closing = true;
+                    continue;
+                }
+            };
+            let Some(next) = next else { break };
             let (request, respond) = match next {
                 Ok(stream) => stream,
                 Err(e) => return Err(ConnectionError::Other(format!("HTTP/2: {e}"))),
             };
             let inbound = self.inbound.clone();
             let identity = identity.clone();
-            tokio::spawn(async move { inbound.stream(request, respond, identity, peer).await });
+            let guard = open.enter();
+            tokio::spawn(async move {
+                inbound.stream(request, respond, identity, peer).await;
+                drop(guard);
+            });
         }
         Ok(())
     }

@@ -233,7 +233,14 @@ impl Outbound {
                 .endpoint
                 .and_then(|e| state.peer_labels(&e.ip()).cloned()),
         };
-        let target = decided.endpoint.unwrap_or(address);
+        let mut target = decided.endpoint.unwrap_or(address);
+        let first_node = match &decided.outcome {
+            Ok(Admitted {
+                carry: Carry::Hbone { node, .. },
+                ..
+            }) => Some(*node),
+            _ => None,
+        };
         let result = match decided.outcome {
             Ok(admitted) => self.open(client, admitted, &mut parties).await,
             Err(refusal) => {
@@ -243,11 +250,65 @@ impl Outbound {
                 Err(refusal.into())
             }
         };
+        // A service's endpoint (or its node's proxy) that cannot be
+        // reached: once, another endpoint of the same service, on another
+        // node when the failure was the node's proxy. Refusals and TLS
+        // failures are not retried.
+        let result = match result {
+            Err(e) if decided.service.is_some() && e.reason() == FailureReason::ConnectError => {
+                match self.another_endpoint(&state, client, address, target, first_node) {
+                    Some(admitted) => {
+                        tracing::info!(%client, failed = %target, retry = %admitted.endpoint, error = %e, "endpoint unreachable: retrying once on another endpoint");
+                        self.telemetry.failure(
+                            Reporter::Source,
+                            &parties,
+                            e.reason(),
+                            client,
+                            &target,
+                            &e,
+                        );
+                        target = admitted.endpoint;
+                        parties.destination = state.peer_labels(&target.ip()).cloned();
+                        self.open(client, admitted, &mut parties).await
+                    }
+                    None => Err(e),
+                }
+            }
+            other => other,
+        };
         if let Err(e) = &result {
             self.telemetry
                 .failure(Reporter::Source, &parties, e.reason(), client, &target, e);
         }
         result
+    }
+
+    /// For a retry: the load balancer's next picks for `address`, the
+    /// first that is neither `failed` nor carried through `failed_node`
+    /// (a few picks at most: round robin reaches another endpoint quickly;
+    /// ClientIP affinity keeps answering the same one, and then there is
+    /// no retry).
+    fn another_endpoint<'s>(
+        &self,
+        state: &'s ProxyState,
+        client: SocketAddr,
+        address: SocketAddr,
+        failed: SocketAddr,
+        failed_node: Option<SocketAddr>,
+    ) -> Option<Admitted<'s>> {
+        const PICKS: usize = 4;
+        (0..PICKS).find_map(|_| {
+            let again =
+                request::decide(state, &self.lb, &self.node, client, address, Instant::now());
+            let admitted = again.outcome.ok()?;
+            let via = match admitted.carry {
+                Carry::Hbone { node, .. } => Some(node),
+                _ => None,
+            };
+            let elsewhere =
+                admitted.endpoint != failed && (failed_node.is_none() || via != failed_node);
+            elsewhere.then_some(admitted)
+        })
     }
 
     /// Carries out an admitted decision.

@@ -1,0 +1,70 @@
+//! Faults of a peer proxy, on loopback: a destination proxy that freezes
+//! (SIGSTOP: its sockets stay open, nothing answers) must not hang new
+//! connections. Connections to a service fail over to an endpoint behind
+//! another node within the connect deadline, and the pool drops the dead
+//! connection once its keepalive PING goes unanswered.
+
+use std::time::{Duration, Instant};
+
+use ferry_tests::net::who_answers;
+use ferry_tests::two_nodes::{mtls, Cluster};
+use ferry_tests::MeshOptions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_proxy_does_not_hang_new_connections() -> anyhow::Result<()> {
+    const N: u8 = 43;
+    let options = MeshOptions {
+        proxy_args: [
+            "--connect-timeout",
+            "1s",
+            "--hbone-keepalive-interval",
+            "1s",
+            "--hbone-keepalive-timeout",
+            "1s",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..mtls()
+    };
+    let c = Cluster::start(N, options).await?;
+    let socks = c.socks("node-a")?;
+    let vip = format!("10.96.{N}.20");
+    // Warm up: the pool holds a connection to node-b.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(who_answers(socks, c.client(), &vip, 80).await?);
+    }
+    seen.sort();
+    assert_eq!(seen, ["backend-a", "backend-b1", "backend-b2"]);
+
+    // Freeze node-b's proxy.
+    let frozen = c.mesh.proxy("node-b")?.process.pid().unwrap_or_default();
+    ferry_tests::netns::run("kill", &["-STOP", &frozen.to_string()])?;
+    let mut slowest = Duration::ZERO;
+    let mut answers = Vec::new();
+    for _ in 0..9 {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            who_answers(socks, c.client(), &vip, 80),
+        )
+        .await;
+        slowest = slowest.max(started.elapsed());
+        answers.push(match answer {
+            Ok(Ok(who)) => who,
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "hung for 5 s".into(),
+        });
+    }
+    ferry_tests::netns::run("kill", &["-CONT", &frozen.to_string()])?;
+    eprintln!("with node-b frozen: {answers:?}; slowest {slowest:?}");
+    // Every connection is served by the endpoint on node-a, within about
+    // one connect deadline (the first to find node-b frozen waits for it).
+    assert!(
+        answers.iter().all(|a| a == "backend-a"),
+        "{answers:?}\n{}",
+        c.mesh.diagnostics()
+    );
+    assert!(slowest < Duration::from_secs(3), "slowest {slowest:?}");
+    Ok(())
+}
