@@ -1,7 +1,7 @@
 //! Ferry's control plane.
 //!
 //! Data flows one way: a [`source`] (a manifest folder, or the Kubernetes
-//! API) reports validated objects; the [`translate::Translator`] turns them
+//! API) reports objects checked by [`source::validate`]; the [`translate::Translator`] turns them
 //! into model resources, incrementally; the [`push`] layer keeps the
 //! versioned configuration and streams per-node deltas to every proxy.
 
@@ -13,4 +13,3 @@ pub mod metrics;
 pub mod push;
 pub mod source;
 pub mod translate;
-pub mod validate;

@@ -48,23 +48,14 @@ where
 {
     let handler = std::sync::Arc::new(handler);
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, max = limits.max_connections, "admin connection refused: too many open");
-            drop(stream);
-            continue;
-        };
+    crate::accept::serve(listener, "admin", move |stream, peer| {
+        let slot = slots.clone().try_acquire_owned();
         let handler = handler.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
+            let Ok(_slot) = slot else {
+                tracing::debug!(%peer, max = limits.max_connections, "admin connection refused: too many open");
+                return;
+            };
             let service = hyper::service::service_fn(move |req| {
                 let response = if req.method() == http::Method::GET {
                     handler(&req)
@@ -87,8 +78,9 @@ where
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin connection ended"),
                 Err(_) => tracing::debug!(%peer, "admin connection timed out"),
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// The `/metrics` reply for an encoded exposition.

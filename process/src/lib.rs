@@ -3,6 +3,7 @@
 //! readiness. Shared by `ferry-proxy` and `ferry-control-plane`; libraries
 //! (the model, the core) do not depend on it.
 
+pub mod accept;
 pub mod admin;
 
 /// Log output format (`--log-format`).

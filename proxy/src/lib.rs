@@ -18,7 +18,8 @@
 //!   that reads a redirected connection's original destination.
 //! - [`dns`]: answers for service names, forwards the rest.
 //! - [`tracker`]: open connections, closed when a policy update denies them.
-//! - [`net`]: the accept loop, connect with a deadline, the relay, backoff.
+//! - [`net`]: connect with a deadline, the relay, backoff (the accept
+//!   loop is `ferry_process::accept`, shared with the admin servers).
 //! - [`telemetry`]: metrics, OTLP spans and access logs per connection.
 //! - [`admin`]: readiness, the configuration dump, `/metrics`.
 //! - [`saved`]: the last good configuration and certificates on disk, so a

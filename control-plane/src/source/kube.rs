@@ -216,7 +216,7 @@ impl Tracker {
         if !version.is_empty() && self.known.get(&r) == Some(&version) {
             return;
         }
-        let problems = crate::validate::validate(&object);
+        let problems = super::validate::validate(&object);
         if !problems.is_empty() {
             for p in &problems {
                 tracing::warn!(object = %r, field = %p.field, message = %p.message, "object rejected; the last good version is kept");

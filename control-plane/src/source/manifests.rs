@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use super::validate::validate;
 use super::{K8sObject, ObjectKind, ObjectRef, SourceEvent};
-use crate::validate::validate;
 
 /// Notifications this close together are handled by one scan.
 const COALESCE: Duration = Duration::from_millis(20);

@@ -1,9 +1,10 @@
 //! Sources of Kubernetes objects. Each source turns what it watches into
-//! [`SourceEvent`]s of validated, typed objects (k8s-openapi types), so every
-//! source feeds the same store and translation.
+//! [`SourceEvent`]s of typed objects (k8s-openapi types) that passed
+//! [`validate`], so every source feeds the same store and translation.
 
 pub mod kube;
 pub mod manifests;
+pub mod validate;
 
 use std::fmt;
 

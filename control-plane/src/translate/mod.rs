@@ -29,8 +29,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 pub use objects::{TranslateOptions, MESH_LABEL};
 
+use crate::source::validate::SERVICE_NAME_LABEL;
 use crate::source::{K8sObject, ObjectKind, ObjectRef, SourceEvent};
-use crate::validate::SERVICE_NAME_LABEL;
 
 /// Which proxies receive a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]

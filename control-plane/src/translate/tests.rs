@@ -17,8 +17,8 @@ use ferry_api::{ResourceBody, VersionedResource};
 use serde::de::DeserializeOwned;
 
 use super::{Change, Scope, TranslateOptions, Translator};
+use crate::source::validate::validate;
 use crate::source::{K8sObject, ObjectKind, ObjectRef, SourceEvent};
-use crate::validate::validate;
 
 // ------------------------------------------------------------------ helpers
 

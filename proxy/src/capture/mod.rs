@@ -42,7 +42,7 @@ pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
 
 /// Serves redirected connections until the task is dropped.
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
-    crate::net::accept::serve(listener, "capture", |client, peer| {
+    ferry_process::accept::serve(listener, "capture", |client, peer| {
         let outbound = outbound.clone();
         async move {
             // Not redirected, the "original" destination is this socket's

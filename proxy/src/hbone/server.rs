@@ -40,6 +40,45 @@ pub struct HboneServer {
     pub inbound: Arc<Inbound>,
 }
 
+/// Reads a stream's request: a CONNECT to a socket address (`ip:port`, as
+/// HBONE names a pod), with the client the peer proxy reports. Anything
+/// else is answered with the status returned.
+pub fn read_connect(
+    request: http::Request<h2::RecvStream>,
+) -> Result<crate::inbound::Tunnel, http::StatusCode> {
+    let (target, client) = connect_target(request.method(), request.uri(), request.headers())?;
+    Ok(crate::inbound::Tunnel {
+        target,
+        client,
+        request,
+    })
+}
+
+/// The target and reported client of a CONNECT request (pure: what the
+/// listener checks before anything else).
+pub fn connect_target(
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Result<(SocketAddr, Option<String>), http::StatusCode> {
+    if method != http::Method::CONNECT {
+        return Err(http::StatusCode::METHOD_NOT_ALLOWED);
+    }
+    // Authority form only (`ip:port`): no scheme, no path.
+    if uri.scheme().is_some() || uri.path_and_query().is_some() {
+        return Err(http::StatusCode::BAD_REQUEST);
+    }
+    let target = uri
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        .ok_or(http::StatusCode::BAD_REQUEST)?;
+    let client = headers
+        .get(super::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok((target, client))
+}
+
 /// The streams open on one connection, and a wake-up when none are left.
 #[derive(Debug, Default)]
 struct OpenStreams {
@@ -90,7 +129,7 @@ impl HboneServer {
     pub async fn serve(self, listener: TcpListener) {
         let this = Arc::new(self);
         let acceptor = TlsAcceptor::from(this.tls.clone());
-        crate::net::accept::serve(listener, "hbone", |tcp, peer| {
+        ferry_process::accept::serve(listener, "hbone", |tcp, peer| {
             let this = this.clone();
             let acceptor = acceptor.clone();
             async move {
@@ -162,14 +201,61 @@ impl HboneServer {
                 Ok(stream) => stream,
                 Err(e) => return Err(ConnectionError::Other(format!("HTTP/2: {e}"))),
             };
+            let tunnel = match read_connect(request) {
+                Ok(tunnel) => tunnel,
+                Err(status) => {
+                    let mut respond = respond;
+                    crate::inbound::answer(&mut respond, status);
+                    continue;
+                }
+            };
             let inbound = self.inbound.clone();
             let identity = identity.clone();
             let guard = open.enter();
             tokio::spawn(async move {
-                inbound.stream(request, respond, identity, peer).await;
+                inbound.stream(tunnel, respond, identity, peer).await;
                 drop(guard);
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_connect_to_a_socket_address_is_read() {
+        let read = |method: &str, uri: &str, forwarded: Option<&str>| {
+            let mut request = http::Request::builder().method(method).uri(uri);
+            if let Some(f) = forwarded {
+                request = request.header(super::super::FORWARDED, f);
+            }
+            let request = request.body(()).unwrap();
+            connect_target(request.method(), request.uri(), request.headers())
+        };
+        assert_eq!(
+            read("CONNECT", "10.0.2.5:8080", Some("for=\"10.0.1.7:40000\"")),
+            Ok((
+                "10.0.2.5:8080".parse().unwrap(),
+                Some("for=\"10.0.1.7:40000\"".into())
+            ))
+        );
+        assert_eq!(
+            read("CONNECT", "[fd00::5]:80", None),
+            Ok(("[fd00::5]:80".parse().unwrap(), None))
+        );
+        assert_eq!(
+            read("GET", "10.0.2.5:8080", None),
+            Err(http::StatusCode::METHOD_NOT_ALLOWED)
+        );
+        for bad in ["backend.shop:8080", "10.0.2.5", "http://10.0.2.5:80/x"] {
+            assert_eq!(
+                read("CONNECT", bad, None),
+                Err(http::StatusCode::BAD_REQUEST),
+                "{bad}"
+            );
+        }
     }
 }

@@ -105,31 +105,20 @@ impl Inbound {
         answer(respond, status);
     }
 
-    /// Handles one CONNECT stream from an authenticated peer proxy.
+    /// Handles one CONNECT stream from an authenticated peer proxy (read
+    /// and checked by the HBONE listener).
     pub async fn stream(
         &self,
-        request: http::Request<h2::RecvStream>,
+        tunnel: Tunnel,
         mut respond: h2::server::SendResponse<bytes::Bytes>,
         identity: Arc<Identity>,
         peer: SocketAddr,
     ) {
-        if request.method() != http::Method::CONNECT {
-            answer(&mut respond, http::StatusCode::METHOD_NOT_ALLOWED);
-            return;
-        }
-        let Some(target) = request
-            .uri()
-            .authority()
-            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-        else {
-            answer(&mut respond, http::StatusCode::BAD_REQUEST);
-            return;
-        };
-        let client = request
-            .headers()
-            .get(crate::hbone::FORWARDED)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let Tunnel {
+            target,
+            client,
+            request,
+        } = tunnel;
         let state = self.store.snapshot();
         let mut parties = Parties {
             destination: state.peer_labels(&target.ip()).cloned(),
@@ -241,7 +230,20 @@ impl Inbound {
 }
 
 /// Answers a CONNECT stream with `status` and no body.
-fn answer(respond: &mut h2::server::SendResponse<bytes::Bytes>, status: http::StatusCode) {
+/// A CONNECT stream from a peer proxy, as the HBONE listener read it.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// The pod address asked for.
+    pub target: SocketAddr,
+    /// The source the peer proxy reports (`forwarded: for="ip:port"`).
+    pub client: Option<String>,
+    /// The request itself: its body is the stream's bytes, its headers
+    /// carry the trace context.
+    pub request: http::Request<h2::RecvStream>,
+}
+
+/// Answers a stream with `status` and no body.
+pub fn answer(respond: &mut h2::server::SendResponse<bytes::Bytes>, status: http::StatusCode) {
     let mut response = http::Response::new(());
     *response.status_mut() = status;
     let _ = respond.send_response(response, true);

@@ -36,7 +36,7 @@ impl PlaintextInbound {
     /// Serves until the task is dropped.
     pub async fn serve(self, listener: TcpListener) {
         let this = Arc::new(self);
-        crate::net::accept::serve(listener, "inbound plaintext", |tcp, peer| {
+        ferry_process::accept::serve(listener, "inbound plaintext", |tcp, peer| {
             let this = this.clone();
             async move {
                 if let Err((reason, detail)) = this.connection(tcp, peer).await {

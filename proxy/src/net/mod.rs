@@ -1,9 +1,8 @@
-//! Sockets and bytes, shared by every listener and path of the proxy:
-//! the one accept loop ([`accept`]), connecting with a deadline
-//! ([`connect`]), the one relay ([`relay`]) and the one backoff
-//! ([`backoff`]).
+//! Sockets and bytes, shared by every path of the proxy: connecting with
+//! a deadline ([`connect`]), the one relay ([`relay`]) and the one backoff
+//! ([`backoff`]). The one accept loop, which the admin servers share too,
+//! is `ferry_process::accept`.
 
-pub mod accept;
 pub mod backoff;
 pub mod connect;
 pub mod relay;

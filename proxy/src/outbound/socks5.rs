@@ -173,7 +173,7 @@ async fn session(
 /// Serves SOCKS5 until the task is dropped; a client has
 /// `handshake_timeout` to say where it goes.
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, handshake_timeout: Duration) {
-    crate::net::accept::serve(listener, "socks5", |client, peer| {
+    ferry_process::accept::serve(listener, "socks5", |client, peer| {
         let outbound = outbound.clone();
         async move {
             let _ = client.set_nodelay(true);

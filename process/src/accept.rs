@@ -1,4 +1,5 @@
-//! The accept loop every listener of the proxy shares.
+//! The accept loop every TCP listener of Ferry's daemons shares (the
+//! proxy's SOCKS5, capture, inbound and HBONE listeners, the admin servers).
 
 use std::future::Future;
 use std::net::SocketAddr;
