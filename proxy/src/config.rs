@@ -12,7 +12,10 @@ use ferry_process::admin::AdminLimits;
 use ferry_process::{parse_duration as duration, LogFormat};
 use serde::Serialize;
 
+use crate::dns::DnsSettings;
 use crate::hbone::H2Settings;
+use crate::identity::CertificateSettings;
+use crate::xds::XdsSettings;
 
 /// The command line (and environment) of `ferry-proxy`.
 #[derive(Debug, Clone, Parser)]
@@ -170,36 +173,6 @@ pub struct Listeners {
     pub dns: Option<SocketAddr>,
 }
 
-/// The config stream to the control plane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct XdsSettings {
-    pub url: String,
-    /// TCP connect to the control plane.
-    pub connect_timeout: Duration,
-    /// HTTP/2 keepalive PING interval on the stream.
-    pub keepalive_interval: Duration,
-    /// How long an unanswered keepalive PING may wait before the stream is
-    /// taken for dead.
-    pub keepalive_timeout: Duration,
-    /// Reconnect backoff: first step and cap.
-    pub reconnect_initial: Duration,
-    pub reconnect_max: Duration,
-    /// Largest config message accepted (a full initial push at scale).
-    pub max_message_bytes: usize,
-}
-
-/// Workload certificates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CertificateSettings {
-    /// Requested lifetime; zero: the CA's maximum.
-    pub ttl: Duration,
-    /// Retry backoff after a failed request: first step and cap.
-    pub retry_initial: Duration,
-    pub retry_max: Duration,
-    /// How often the identities are reviewed when nothing else happens.
-    pub review_interval: Duration,
-}
-
 /// Timeouts of the data path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
@@ -218,21 +191,6 @@ pub struct Timeouts {
     /// PING interval and PONG deadline on pooled HBONE connections.
     pub hbone_keepalive_interval: Duration,
     pub hbone_keepalive_timeout: Duration,
-}
-
-/// The DNS server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DnsSettings {
-    pub cluster_domain: String,
-    /// Where names outside the mesh go; `None`: the system's resolvers.
-    pub upstream: Option<SocketAddr>,
-    pub upstream_timeout: Duration,
-    /// TTL of the answers for services (short: endpoints move).
-    pub ttl: u32,
-    /// Idle time after which a DNS-over-TCP client is disconnected.
-    pub tcp_idle_timeout: Duration,
-    /// Forwarded queries in flight at most.
-    pub max_forwards: usize,
 }
 
 /// Everything the proxy runs with.

@@ -8,7 +8,7 @@
 //! jittered exponential backoff.
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_api::proto::config_discovery_client::ConfigDiscoveryClient;
 use ferry_api::proto::{DeltaRequest, ResourceError as WireError};
@@ -19,8 +19,25 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use ferry_core::state::ConfigStore;
 
-use crate::config::XdsSettings;
 use crate::net::backoff::Backoff;
+
+/// The config stream to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XdsSettings {
+    pub url: String,
+    /// TCP connect to the control plane.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keepalive PING interval on the stream.
+    pub keepalive_interval: Duration,
+    /// How long an unanswered keepalive PING may wait before the stream is
+    /// taken for dead.
+    pub keepalive_timeout: Duration,
+    /// Reconnect backoff: first step and cap.
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    /// Largest config message accepted (a full initial push at scale).
+    pub max_message_bytes: usize,
+}
 
 /// The control plane endpoint: `url` (http:// or https://) with keepalives,
 /// and mTLS with the node credential when `tls` is given.

@@ -17,7 +17,9 @@
 //! and the forwarder hickory-resolver (one pooled client per upstream, with
 //! its own timeouts and cache, instead of a socket per query).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::route::{resolve_fqdn as resolve, NameAnswer as Answer};
@@ -35,9 +37,23 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
+use serde::Serialize;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::config::DnsSettings;
+/// The DNS server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsSettings {
+    pub cluster_domain: String,
+    /// Where names outside the mesh go; `None`: the system's resolvers.
+    pub upstream: Option<SocketAddr>,
+    pub upstream_timeout: Duration,
+    /// TTL of the answers for services (short: endpoints move).
+    pub ttl: u32,
+    /// Idle time after which a DNS-over-TCP client is disconnected.
+    pub tcp_idle_timeout: Duration,
+    /// Forwarded queries in flight at most.
+    pub max_forwards: usize,
+}
 
 /// Longest CNAME chain followed (ExternalName to ExternalName...).
 const MAX_CHAIN: usize = 8;
@@ -315,6 +331,7 @@ impl DnsServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use ferry_api::model::{Endpoint, Service, ServiceType, TrafficPolicy};
     use ferry_api::ResourceBody;
     use hickory_proto::op::Message;

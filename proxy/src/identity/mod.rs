@@ -31,8 +31,19 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use ferry_core::state::{ConfigStore, ProxyState};
 
-use crate::config::CertificateSettings;
 use crate::net::backoff::Backoff;
+
+/// Workload certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificateSettings {
+    /// Requested lifetime; zero: the CA's maximum.
+    pub ttl: Duration,
+    /// Retry backoff after a failed request: first step and cap.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// How often the identities are reviewed when nothing else happens.
+    pub review_interval: Duration,
+}
 
 pub mod tls;
 pub mod token;

@@ -108,7 +108,7 @@ impl PlaintextInbound {
         client: TcpStream,
         peer: SocketAddr,
     ) -> Result<(), (FailureReason, String)> {
-        let target = crate::capture::original_destination(&client).map_err(|e| {
+        let target = crate::net::original_destination(&client).map_err(|e| {
             (
                 FailureReason::Refused,
                 format!("no original destination (not redirected?): {e}"),
