@@ -11,3 +11,8 @@ cargo build --workspace --bins --locked
 cargo test --workspace --locked
 # The Helm chart: lint, render, schema validation for Kubernetes 1.29-1.33, exact RBAC.
 scripts/chart-test.sh
+# A short coverage-guided run of every fuzz target (docs/reliability.md has
+# the longer runs); FUZZ_SECONDS=0 skips it.
+if [ "${FUZZ_SECONDS:-10}" != 0 ]; then
+  scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+fi
