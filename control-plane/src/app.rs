@@ -80,7 +80,7 @@ impl App {
     /// and binds the listeners.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let kube_client = match (&config.source, &config.pki) {
-            (Source::Kubernetes, _) | (_, Pki::Cluster(_)) => Some(
+            (Source::Kubernetes { .. }, _) | (_, Pki::Cluster(_)) => Some(
                 kube::Client::try_default().await.context(
                     "--source kubernetes: Kubernetes client configuration (in-cluster or KUBECONFIG)",
                 )?,
@@ -100,17 +100,17 @@ impl App {
                 let (source, rescan, settle) = (ManifestSource::new(dir), *rescan, *settle);
                 tokio::spawn(async move { Ok(source.watch(events_tx, rescan, settle).await?) })
             }
-            (Source::Kubernetes, Some(client)) => {
-                let source = KubeSource::new(client.clone());
+            (Source::Kubernetes { batching }, Some(client)) => {
+                let source = KubeSource::new(client.clone()).with_batching(*batching);
                 tokio::spawn(async move {
                     source.watch(events_tx).await;
                     Ok(())
                 })
             }
-            (Source::Kubernetes, None) => anyhow::bail!("--source kubernetes: no client"),
+            (Source::Kubernetes { .. }, None) => anyhow::bail!("--source kubernetes: no client"),
         };
 
-        let cache = ConfigCache::new();
+        let cache = ConfigCache::with_log_capacity(config.change_log_entries);
         let metrics = Arc::new(Metrics::new());
         let accounts = NodeAccounts::new();
         let mut translator = Translator::new(config.translate.clone());
@@ -195,8 +195,11 @@ impl App {
         tracing::info!(listen = %listener.local_addr()?, source = ?config.source, "control plane serving");
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(config.http2_keepalive))
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .max_concurrent_streams(config.max_streams_per_connection);
-        let mut discovery = ConfigDiscoveryService::new(cache).with_metrics(metrics.clone());
+        let mut discovery = ConfigDiscoveryService::new(cache)
+            .with_metrics(metrics.clone())
+            .with_max_request_bytes(config.max_request_bytes);
         let ca = match pki {
             Some(MeshPki {
                 authority,
@@ -302,9 +305,16 @@ fn files_pki(dir: &std::path::Path, config: &Config) -> anyhow::Result<MeshPki> 
 /// name; proxies present service account tokens.
 async fn cluster_pki(client: &kube::Client, ca: &ClusterCa) -> anyhow::Result<MeshPki> {
     let ns = &ca.namespace;
-    let authority = load_or_create_ca(client, ns, &ca.secret, ca.create, &ca.trust_domain)
-        .await
-        .context("--ca-secret")?;
+    let authority = load_or_create_ca(
+        client,
+        ns,
+        &ca.secret,
+        ca.create,
+        &ca.trust_domain,
+        ca.generated_lifetime,
+    )
+    .await
+    .context("--ca-secret")?;
     publish_root(client, ns, &ca.root_configmap, authority.cert_pem())
         .await
         .context("--ca-root-configmap: publishing the CA root")?;

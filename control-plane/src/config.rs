@@ -13,6 +13,7 @@ use ferry_process::{parse_duration as duration, LogFormat};
 
 use crate::authn::ReviewLimits;
 use crate::ca::TtlBounds;
+use crate::source::kube::Batching;
 use crate::source::manifests::Settle;
 use crate::translate::TranslateOptions;
 
@@ -55,6 +56,25 @@ pub struct Args {
     /// HTTP/2 keepalive PING interval on proxies' connections.
     #[arg(long, env = "FERRY_HTTP2_KEEPALIVE", default_value = "10s", value_parser = duration)]
     pub http2_keepalive: Duration,
+    /// How long an unanswered keepalive PING may wait before the proxy's
+    /// connection is closed.
+    #[arg(long, env = "FERRY_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub http2_keepalive_timeout: Duration,
+    /// Largest message accepted from a proxy, in bytes (its first request
+    /// lists every resource it holds).
+    #[arg(long, env = "FERRY_MAX_REQUEST_BYTES", default_value_t = 64 << 20)]
+    pub max_request_bytes: usize,
+    /// Entries of the change log; a proxy further behind is compared in
+    /// full instead.
+    #[arg(long, env = "FERRY_CHANGE_LOG_ENTRIES", default_value_t = crate::push::LOG_CAPACITY)]
+    pub change_log_entries: usize,
+    /// `--source kubernetes`: watch events arriving within this window
+    /// are translated together...
+    #[arg(long, env = "FERRY_KUBE_BATCH_WINDOW", default_value = "50ms", value_parser = duration)]
+    pub kube_batch_window: Duration,
+    /// ...up to this many.
+    #[arg(long, env = "FERRY_KUBE_BATCH_MAX", default_value_t = 2_000)]
+    pub kube_batch_max: usize,
     /// Longest a client may take to complete its TLS handshake.
     #[arg(long, env = "FERRY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub tls_handshake_timeout: Duration,
@@ -140,6 +160,9 @@ pub struct Args {
     /// TokenReviews in flight at most (unknown tokens cannot flood the API server).
     #[arg(long, env = "FERRY_TOKEN_REVIEWS", default_value_t = 8)]
     pub token_reviews: usize,
+    /// Lifetime of a CA generated for --ca-secret.
+    #[arg(long, env = "FERRY_GENERATED_CA_LIFETIME", default_value = "3650d", value_parser = duration)]
+    pub generated_ca_lifetime: Duration,
     /// Trust domain of a CA generated for --ca-secret.
     #[arg(long, env = "FERRY_TRUST_DOMAIN", default_value = ferry_api::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
@@ -155,8 +178,8 @@ pub enum Source {
         rescan: Duration,
         settle: Settle,
     },
-    /// The Kubernetes API.
-    Kubernetes,
+    /// The Kubernetes API, its events translated in batches.
+    Kubernetes { batching: Batching },
 }
 
 /// The mesh CA in a cluster: its Secret, where its root is published, and
@@ -171,10 +194,13 @@ pub struct ClusterCa {
     pub create: bool,
     /// Trust domain of a generated CA.
     pub trust_domain: String,
+    /// Lifetime of a generated CA.
+    pub generated_lifetime: Duration,
     /// ConfigMap the root is published in.
     pub root_configmap: String,
     /// The name in the serving certificate.
     pub server_name: String,
+    /// Lifetime of the serving certificate issued at start.
     pub serving_cert_lifetime: Duration,
     /// Audience of the proxies' tokens.
     pub token_audience: String,
@@ -204,8 +230,14 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// What one client of `metrics_listen` may hold.
     pub admin_limits: AdminLimits,
-    /// HTTP/2 keepalive PING interval on proxies' connections.
+    /// HTTP/2 keepalive PING interval on proxies' connections...
     pub http2_keepalive: Duration,
+    /// ...and how long its answer may take.
+    pub http2_keepalive_timeout: Duration,
+    /// Largest message accepted from a proxy.
+    pub max_request_bytes: usize,
+    /// Entries of the change log.
+    pub change_log_entries: usize,
     /// A client's TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// Concurrent streams per client connection.
@@ -238,6 +270,8 @@ impl Config {
             ("serving-cert-lifetime", args.serving_cert_lifetime),
             ("admin-header-timeout", args.admin_header_timeout),
             ("tls-handshake-timeout", args.tls_handshake_timeout),
+            ("http2-keepalive-timeout", args.http2_keepalive_timeout),
+            ("generated-ca-lifetime", args.generated_ca_lifetime),
         ] {
             if value.is_zero() {
                 return Err(invalid(flag, "must be longer than zero".into()));
@@ -285,11 +319,16 @@ impl Config {
                     "--source manifests needs a folder".into(),
                 ))
             }
-            (SourceKind::Kubernetes, _) => Source::Kubernetes,
+            (SourceKind::Kubernetes, _) => Source::Kubernetes {
+                batching: Batching {
+                    window: args.kube_batch_window,
+                    max: args.kube_batch_max,
+                },
+            },
         };
         let pki = match (args.tls_dir, args.ca_secret) {
             (Some(dir), _) => Pki::Files { dir },
-            (None, Some(_)) if source != Source::Kubernetes => {
+            (None, Some(_)) if !matches!(source, Source::Kubernetes { .. }) => {
                 return Err(invalid(
                     "ca-secret",
                     "needs --source kubernetes (the Secret is read from the cluster)".into(),
@@ -303,6 +342,7 @@ impl Config {
                 secret,
                 create: args.ca_secret_create,
                 trust_domain: args.trust_domain,
+                generated_lifetime: args.generated_ca_lifetime,
                 root_configmap: args.ca_root_configmap,
                 serving_cert_lifetime: args.serving_cert_lifetime,
                 token_audience: args.token_audience,
@@ -326,6 +366,9 @@ impl Config {
                 ..AdminLimits::default()
             },
             http2_keepalive: args.http2_keepalive,
+            http2_keepalive_timeout: args.http2_keepalive_timeout,
+            max_request_bytes: args.max_request_bytes,
+            change_log_entries: args.change_log_entries,
             tls_handshake_timeout: args.tls_handshake_timeout,
             max_streams_per_connection: args.max_streams_per_connection,
             drain_timeout: args.drain_timeout,

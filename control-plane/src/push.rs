@@ -29,7 +29,8 @@ pub use ferry_api::proto::config_discovery_server::ConfigDiscoveryServer;
 
 /// How many changed keys the log keeps; a stream further behind than this
 /// compares everything once instead.
-const LOG_CAPACITY: usize = 262_144;
+/// Default entries of the change log (`--change-log-entries`).
+pub const LOG_CAPACITY: usize = 262_144;
 
 #[derive(Debug, Default)]
 struct CacheInner {
@@ -48,6 +49,9 @@ struct CacheInner {
 pub struct ConfigCache {
     inner: RwLock<CacheInner>,
     revision: watch::Sender<u64>,
+    /// Entries the change log keeps; a proxy further behind gets a full
+    /// comparison instead of a walk of the log.
+    log_capacity: usize,
 }
 
 impl Default for ConfigCache {
@@ -55,6 +59,7 @@ impl Default for ConfigCache {
         Self {
             inner: RwLock::default(),
             revision: watch::Sender::new(0),
+            log_capacity: LOG_CAPACITY,
         }
     }
 }
@@ -69,6 +74,14 @@ pub struct Delta {
 impl ConfigCache {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A cache whose change log keeps `entries` (at least one).
+    pub fn with_log_capacity(entries: usize) -> Arc<Self> {
+        Arc::new(Self {
+            log_capacity: entries.max(1),
+            ..Self::default()
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, CacheInner> {
@@ -122,7 +135,7 @@ impl ConfigCache {
                 };
                 inner.log.push_back((revision, key));
             }
-            while inner.log.len() > LOG_CAPACITY {
+            while inner.log.len() > self.log_capacity {
                 if let Some((rev, _)) = inner.log.pop_front() {
                     inner.log_floor = rev;
                 }
@@ -196,6 +209,8 @@ pub struct ConfigDiscoveryService {
     /// How a proxy proves its node.
     auth: Arc<crate::authn::Authenticator>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Largest request message accepted from a proxy.
+    max_request_bytes: usize,
     /// Becomes true when the control plane stops: every stream ends.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -206,8 +221,16 @@ impl ConfigDiscoveryService {
             cache,
             auth: Arc::new(crate::authn::Authenticator::None),
             metrics: Arc::default(),
+            max_request_bytes: 64 << 20,
             stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Accepts request messages up to `bytes` (a proxy's first request
+    /// lists every resource it holds).
+    pub fn with_max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = bytes;
+        self
     }
 
     /// Ends every proxy stream (with `UNAVAILABLE`, so proxies reconnect,
@@ -231,7 +254,8 @@ impl ConfigDiscoveryService {
     }
 
     pub fn into_server(self) -> ConfigDiscoveryServer<Self> {
-        ConfigDiscoveryServer::new(self).max_decoding_message_size(64 << 20)
+        let max = self.max_request_bytes;
+        ConfigDiscoveryServer::new(self).max_decoding_message_size(max)
     }
 }
 

@@ -1,5 +1,7 @@
 //! Ferry's IO-free core: what a node proxy knows and decides, with no
-//! sockets, no runtime and no clock of its own (callers pass `now`).
+//! sockets and no runtime. Decisions take the time from the caller
+//! (`now`); the only clock read is the store stamping each applied delta
+//! with the wall-clock time, for `/config_dump`.
 //!
 //! - [`state`]: the configuration store ([`state::ConfigStore`]) and the
 //!   immutable snapshot every connection reads ([`state::ProxyState`]),
@@ -12,10 +14,13 @@
 //! - [`policy`]: NetworkPolicy evaluation, a leaf that imports no state.
 //! - [`request`]: the decision for one outbound connection, assembled from
 //!   the three above: what, where, how, as whom, allowed or why not.
+//! - [`arrival`]: its twin for an inbound connection (over an HBONE tunnel
+//!   or in plaintext): who the source is, and whether it may be delivered.
 //!
 //! Shared by `ferry-proxy` (the data path) and `ferryctl` (explanations),
 //! so what ferryctl says is what the proxy does.
 
+pub mod arrival;
 pub mod policy;
 pub mod request;
 pub mod route;

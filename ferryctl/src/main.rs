@@ -1,16 +1,17 @@
-//! `ferryctl`: operator tooling that runs the control plane's own code.
+//! `ferryctl`: operator tooling that runs the mesh's own code: the control
+//! plane's validation and translation, the core's routing and policy.
 //!
 //! - `ferryctl check --manifests DIR` validates a folder exactly as the
 //!   control plane would: exit 0 when clean, 1 with one line per problem
 //!   (file, object and field) otherwise.
 //! - `ferryctl route --manifests DIR --from NS/POD --to HOST:PORT` explains
 //!   what the proxy of that pod's node would do with such a connection,
-//!   with the proxy's own routing code.
+//!   with the routing code the proxy runs (`ferry-core`).
 //! - `ferryctl policy reachability --manifests DIR [--ports 80,81]` prints,
 //!   for every ordered pair of pods and each port and protocol, whether
 //!   NetworkPolicy allows the connection; `ferryctl policy explain` names
 //!   the policies and rules that decided one connection. Both use the
-//!   proxy's own evaluation code.
+//!   evaluation code the proxy runs (`ferry-core`).
 //! - `ferryctl lab up [--manifests DIR] [--check]` runs the local
 //!   multi-node mesh in network namespaces ([`ferryctl::lab`]).
 

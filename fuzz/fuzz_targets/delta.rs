@@ -24,7 +24,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         SocketAddr::from(([10, 244, 2, 11], 8080)),
         SocketAddr::from(([192, 0, 2, 1], 443)),
     ] {
-        let _ = ferry_core::request::decide(&state, &lb, "node-a", client, destination, Instant::now());
+        let _ =
+            ferry_core::request::decide(&state, &lb, "node-a", client, destination, Instant::now());
     }
     let _ = state.versions();
 });

@@ -21,6 +21,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     if let Ok((target, _)) = connect_target(&method, &uri, &headers) {
         // What was accepted names a socket address, written back as given.
-        assert_eq!(uri.authority().map(|a| a.as_str().parse().ok()), Some(Some(target)));
+        assert_eq!(
+            uri.authority().map(|a| a.as_str().parse().ok()),
+            Some(Some(target))
+        );
     }
 });

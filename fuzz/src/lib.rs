@@ -20,7 +20,10 @@ pub const EXAMPLES: [(&str, &str); 4] = [
         "00-cluster.yaml",
         include_str!("../../deploy/examples/00-cluster.yaml"),
     ),
-    ("10-pods.yaml", include_str!("../../deploy/examples/10-pods.yaml")),
+    (
+        "10-pods.yaml",
+        include_str!("../../deploy/examples/10-pods.yaml"),
+    ),
     (
         "20-services.yaml",
         include_str!("../../deploy/examples/20-services.yaml"),

@@ -1,6 +1,7 @@
 //! What every Ferry daemon does at its process edge: log setup, shutdown
-//! signals, and the admin HTTP server ([`admin`]) that serves metrics and
-//! readiness. Shared by `ferry-proxy` and `ferry-control-plane`; libraries
+//! signals, duration flags ([`parse_duration`]), the one accept loop
+//! ([`accept`]) and the admin HTTP server ([`admin`]) that serves metrics
+//! and readiness. Shared by `ferry-proxy` and `ferry-control-plane`; libraries
 //! (the model, the core) do not depend on it.
 
 pub mod accept;

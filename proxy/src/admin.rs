@@ -29,6 +29,9 @@ pub struct Admin {
     pub pool: Option<Arc<crate::hbone::HbonePool>>,
     pub tracker: Arc<crate::tracker::ConnectionTracker>,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// The proxy's effective settings ([`crate::config::Config`]), shown
+    /// in the dump.
+    pub settings: Arc<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +61,8 @@ struct ConfigDump<'a> {
     certificates: Vec<crate::identity::CertStatus>,
     hbone_pool: Option<crate::hbone::PoolStats>,
     policy: PolicyStats,
+    /// Every timeout and limit the proxy runs with.
+    settings: &'a serde_json::Value,
     resources: BTreeMap<&'static str, Vec<DumpEntry<'a>>>,
 }
 
@@ -162,6 +167,7 @@ impl Admin {
                     .closed_by_update
                     .load(std::sync::atomic::Ordering::Relaxed),
             },
+            settings: &self.settings,
             resources,
         })
     }

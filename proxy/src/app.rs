@@ -209,6 +209,7 @@ impl App {
                 config.h2,
                 PoolTimeouts {
                     connect: config.timeouts.connect,
+                    handshake: config.timeouts.tls_handshake,
                     certificate: config.timeouts.certificate_wait,
                     keepalive_interval: config.timeouts.hbone_keepalive_interval,
                     keepalive_timeout: config.timeouts.hbone_keepalive_timeout,
@@ -217,15 +218,21 @@ impl App {
             ))
         });
         let tracker = ConnectionTracker::new();
-        let outbound = Arc::new(Outbound::new(
-            &config.node,
-            trust_domain,
-            store.clone(),
-            pool.clone(),
-            tracker.clone(),
-            telemetry.clone(),
-            config.timeouts.connect,
-        ));
+        // One resolver for names outside the mesh: the DNS forwarder's and
+        // the outbound path's.
+        let resolver = crate::dns::upstream_resolver(&config.dns);
+        let outbound = Arc::new(
+            Outbound::new(
+                &config.node,
+                trust_domain,
+                store.clone(),
+                pool.clone(),
+                tracker.clone(),
+                telemetry.clone(),
+                config.timeouts.connect,
+            )
+            .with_resolver(resolver.clone()),
+        );
         let inbound = Arc::new(Inbound {
             node: config.node.clone(),
             store: store.clone(),
@@ -259,11 +266,7 @@ impl App {
         let plaintext = match listeners.inbound_plaintext {
             Some(addr) => Some((
                 PlaintextInbound {
-                    node: config.node.clone(),
-                    store: store.clone(),
-                    tracker: tracker.clone(),
-                    telemetry: telemetry.clone(),
-                    connect_timeout: config.timeouts.connect,
+                    inbound: inbound.clone(),
                 },
                 bind(addr, "inbound-plaintext-listen").await?,
             )),
@@ -275,7 +278,11 @@ impl App {
                     .await
                     .with_context(|| format!("--dns-listen {addr}: cannot bind (UDP)"))?;
                 let tcp = bind(addr, "dns-listen").await?;
-                Some((DnsServer::new(store.clone(), &config.dns), udp, tcp))
+                Some((
+                    DnsServer::new(store.clone(), &config.dns, resolver),
+                    udp,
+                    tcp,
+                ))
             }
             None => None,
         };
@@ -313,6 +320,7 @@ impl App {
             pool,
             tracker: tracker.clone(),
             telemetry,
+            settings: Arc::new(serde_json::to_value(&config).context("the settings as JSON")?),
         };
         Ok(Self {
             config,

@@ -1,7 +1,9 @@
 //! The proxy's configuration: every flag (each with an environment
 //! variable), and the [`Config`] built from them, in which every timeout
-//! and limit is a named, documented field. [`crate::app`] wires the proxy
-//! from a `Config`; `/config_dump` shows it.
+//! and limit is a named, documented field (some are set here rather than
+//! by a flag: the xDS and certificate timings, DNS TTLs). [`crate::app`]
+//! wires the proxy from a `Config`; `/config_dump` shows it (all but the
+//! log format).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -178,7 +180,7 @@ pub struct Listeners {
 pub struct Timeouts {
     /// Opening a TCP connection (pods, outside addresses, other proxies).
     pub connect: Duration,
-    /// A TLS handshake on either side of HBONE.
+    /// The TLS and HTTP/2 handshakes on either side of HBONE.
     pub tls_handshake: Duration,
     /// A SOCKS5 client's greeting and request.
     pub socks5_handshake: Duration,
@@ -204,7 +206,6 @@ pub struct Config {
     pub xds: XdsSettings,
     pub certificates: CertificateSettings,
     pub timeouts: Timeouts,
-    #[serde(skip)]
     pub h2: H2Settings,
     pub dns: DnsSettings,
     /// How often expired ClientIP affinity entries are swept.
@@ -213,6 +214,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     #[serde(skip)]
     pub log_format: LogFormat,
+    /// Access log lines per second at most; 0: none.
     pub access_log_rate: u32,
     /// What one admin client may hold.
     pub admin_limits: AdminLimits,

@@ -19,8 +19,6 @@ pub const CA_CERT_KEY: &str = "ca.pem";
 pub const CA_KEY_KEY: &str = "ca-key.pem";
 /// The ConfigMap key of the published root.
 pub const ROOT_KEY: &str = "ca.pem";
-/// Lifetime of a root generated for a new cluster.
-const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Errors of the in-cluster CA material.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +44,7 @@ pub async fn load_or_create_ca(
     name: &str,
     create: bool,
     trust_domain: &str,
+    root_lifetime: Duration,
 ) -> Result<Authority, SecretError> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let error = |reason: String| SecretError::Secret {
@@ -73,7 +72,7 @@ pub async fn load_or_create_ca(
                 "absent, and creating it is off (--ca-secret-create=false): supply the CA".into(),
             ));
         }
-        let authority = Authority::generate(trust_domain, ROOT_LIFETIME)?;
+        let authority = Authority::generate(trust_domain, root_lifetime)?;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),

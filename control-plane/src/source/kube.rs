@@ -48,6 +48,25 @@ const BATCH_MAX: usize = 2_000;
 #[derive(Clone)]
 pub struct KubeSource {
     client: Client,
+    batching: Batching,
+}
+
+/// How watch events are gathered into batches for translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Events arriving within this window go into one batch...
+    pub window: Duration,
+    /// ...of at most this many.
+    pub max: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            window: BATCH_WINDOW,
+            max: BATCH_MAX,
+        }
+    }
 }
 
 impl Debug for KubeSource {
@@ -99,7 +118,19 @@ const KINDS: [ObjectKind; 6] = [
 
 impl KubeSource {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            batching: Batching::default(),
+        }
+    }
+
+    /// Gathers events into batches as `batching` says.
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.batching = Batching {
+            max: batching.max.max(1),
+            ..batching
+        };
+        self
     }
 
     /// Watches until `events` is closed. The first batch (sent even when
@@ -138,9 +169,9 @@ impl KubeSource {
             };
             let Some(observed) = first else { return };
             state.observe(observed, &mut batch);
-            let deadline = tokio::time::sleep(BATCH_WINDOW);
+            let deadline = tokio::time::sleep(self.batching.window);
             tokio::pin!(deadline);
-            while batch.len() < BATCH_MAX {
+            while batch.len() < self.batching.max {
                 tokio::select! {
                     next = streams.next() => match next {
                         Some(observed) => state.observe(observed, &mut batch),

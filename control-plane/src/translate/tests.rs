@@ -1,6 +1,6 @@
 //! Table-style tests of the translation: the rules of [`super::objects`],
 //! driven through the incremental [`Translator`], its bookkeeping, and the
-//! validation ([`crate::validate`]) that guards what reaches it.
+//! validation ([`crate::source::validate`]) that guards what reaches it.
 //!
 //! Objects are written as YAML. Every object given to the translator must pass
 //! validation (sources only ever deliver valid objects), and every assertion

@@ -4,11 +4,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use ferry_api::model::{Service, ServiceType, Workload};
+use ferry_api::model::{Service, Workload};
 use serde::Serialize;
 
 use super::endpoints::{eligible, no_endpoints};
-use super::names::{headless_addresses, service_by_name};
+use super::names::{name_target, service_by_name, NameTarget};
 use super::{mode_for, no_such_port, plan, service_plan, tcp_port, Access, Mode, Plan};
 use crate::state::ProxyState;
 
@@ -131,37 +131,40 @@ fn plan_by_name<'s>(
     port: u16,
 ) -> (Plan<'s>, Option<IpAddr>) {
     let key = || format!("{}/{}", service.namespace, service.name);
-    if service.service_type == ServiceType::ExternalName {
-        return match service.external_name.as_deref() {
-            Some(host) => (
+    match name_target(service) {
+        NameTarget::External(Some(host)) => {
+            return (
                 Plan::ExternalName {
                     service,
                     host,
                     port,
                 },
                 None,
-            ),
-            None => (
+            )
+        }
+        NameTarget::External(None) => {
+            return (
                 Plan::Refused {
                     service: Some(service),
                     reason: format!("ExternalName service {} has no externalName", key()),
                 },
                 None,
-            ),
-        };
-    }
-    if service.headless {
+            )
+        }
         // DNS answers with the pods' IPs; the client dials the port as is.
-        return match headless_addresses(service).first() {
-            Some(&address) => (plan(state, SocketAddr::new(address, port)), Some(address)),
-            None => (
-                Plan::Refused {
-                    service: Some(service),
-                    reason: format!("headless service {} has no ready endpoints", key()),
-                },
-                None,
-            ),
-        };
+        NameTarget::Pods(addresses) => {
+            return match addresses.first() {
+                Some(&address) => (plan(state, SocketAddr::new(address, port)), Some(address)),
+                None => (
+                    Plan::Refused {
+                        service: Some(service),
+                        reason: format!("headless service {} has no ready endpoints", key()),
+                    },
+                    None,
+                ),
+            }
+        }
+        NameTarget::ClusterIps(_) => {}
     }
     match tcp_port(service, port) {
         Some(index) => (service_plan(service, index, Access::ClusterIp, None), None),

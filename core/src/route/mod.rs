@@ -74,7 +74,9 @@ pub(crate) mod tests;
 pub use endpoints::{eligible, Eligible};
 pub use explain::{explain, Explanation, RouteAffinity, RouteEndpoint, RouteMode};
 pub use lb::LoadBalancer;
-pub use names::{headless_addresses, resolve_fqdn, service_by_name, NameAnswer};
+pub use names::{
+    headless_addresses, name_target, resolve_fqdn, service_by_name, NameAnswer, NameTarget,
+};
 
 /// How the destination was reached, which decides the traffic policy that
 /// applies.

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use ferry_api::model::Service;
+use ferry_api::model::{Service, ServiceType};
 
 use crate::state::ProxyState;
 
@@ -59,6 +59,31 @@ pub fn headless_addresses(service: &Service) -> Vec<IpAddr> {
     ready
 }
 
+/// What a service's name stands for: the one rule that DNS, the proxy's
+/// own name resolution (SOCKS5 by name) and `ferryctl route` all follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameTarget<'s> {
+    /// An ExternalName service: its external name (`None` when the
+    /// object has none, which validation refuses).
+    External(Option<&'s str>),
+    /// A service with cluster IPs: those.
+    ClusterIps(&'s [IpAddr]),
+    /// A service without cluster IPs (headless, or none allocated): its
+    /// ready endpoints' addresses ([`headless_addresses`]).
+    Pods(Vec<IpAddr>),
+}
+
+/// What `service`'s name stands for (see [`NameTarget`]).
+pub fn name_target(service: &Service) -> NameTarget<'_> {
+    if service.service_type == ServiceType::ExternalName || service.external_name.is_some() {
+        return NameTarget::External(service.external_name.as_deref());
+    }
+    if !service.cluster_ips.is_empty() {
+        return NameTarget::ClusterIps(&service.cluster_ips);
+    }
+    NameTarget::Pods(headless_addresses(service))
+}
+
 /// What the mesh knows about a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameAnswer {
@@ -86,11 +111,10 @@ pub fn resolve_fqdn(state: &ProxyState, name: &str, domain: &str) -> NameAnswer 
     let Some(svc) = state.service(&format!("{namespace}/{service}")) else {
         return NameAnswer::NotFound;
     };
-    if let Some(external) = &svc.external_name {
-        return NameAnswer::Alias(external.clone());
+    match name_target(svc) {
+        NameTarget::External(Some(external)) => NameAnswer::Alias(external.to_string()),
+        NameTarget::External(None) => NameAnswer::NotFound,
+        NameTarget::ClusterIps(ips) => NameAnswer::Addresses(ips.to_vec()),
+        NameTarget::Pods(addresses) => NameAnswer::Addresses(addresses),
     }
-    if !svc.cluster_ips.is_empty() {
-        return NameAnswer::Addresses(svc.cluster_ips.clone());
-    }
-    NameAnswer::Addresses(headless_addresses(svc))
 }

@@ -1212,3 +1212,58 @@ fn explain_rejects_bad_input() {
         assert_eq!(explain(&s, &client(), to).unwrap_err(), want, "{to}");
     }
 }
+
+#[test]
+fn a_service_name_means_the_same_to_dns_and_to_ferryctl() {
+    use super::names::{name_target, resolve_fqdn, NameAnswer, NameTarget};
+    // Not marked headless, yet without a cluster IP: its name is its pods,
+    // for every reader of the name.
+    let unallocated = service(
+        "unallocated",
+        None,
+        vec![tcp("http", 80, 8080)],
+        vec![ep("a1", "10.0.1.1", "n1", &[Some(8080)])],
+    );
+    let mut external = service("search", None, vec![], vec![]);
+    external.service_type = ServiceType::ExternalName;
+    external.external_name = Some("search.example.com".into());
+    let state = state_with(vec![backend(), unallocated.clone(), external.clone()]);
+
+    assert_eq!(
+        name_target(&unallocated),
+        NameTarget::Pods(vec![ip("10.0.1.1")])
+    );
+    assert_eq!(
+        resolve_fqdn(
+            &state,
+            "unallocated.shop.svc.cluster.local",
+            "cluster.local"
+        ),
+        NameAnswer::Addresses(vec![ip("10.0.1.1")])
+    );
+    // ferryctl route by name: the pod on the port dialed (a cluster IP
+    // plan would refuse 8080, which is not a service port).
+    let explained = explain_to(&state, "unallocated.shop:8080");
+    assert_eq!(
+        explained
+            .endpoints
+            .iter()
+            .map(|e| e.address)
+            .collect::<Vec<_>>(),
+        [ip("10.0.1.1")],
+        "{explained:?}"
+    );
+
+    assert_eq!(
+        name_target(&external),
+        NameTarget::External(Some("search.example.com"))
+    );
+    assert_eq!(
+        resolve_fqdn(&state, "search.shop.svc.cluster.local", "cluster.local"),
+        NameAnswer::Alias("search.example.com".into())
+    );
+    assert_eq!(
+        name_target(&backend()),
+        NameTarget::ClusterIps(&[ip("10.96.0.10")])
+    );
+}

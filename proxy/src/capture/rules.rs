@@ -343,6 +343,10 @@ impl CaptureRules {
     pub async fn follow(&self, store: std::sync::Arc<ConfigStore>, mut applied: Vec<String>) {
         let mut changes = store.subscribe();
         applied.resize(self.families.len(), String::new());
+        // A failed update is retried, sooner first (a busy xtables lock),
+        // then less often (a host that lost its nat table).
+        let mut retry =
+            crate::net::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             let state = store.snapshot();
             if !store.is_ready() {
@@ -374,9 +378,10 @@ impl CaptureRules {
                 }
             }
             if failed {
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(retry.next_delay()).await;
                 continue;
             }
+            retry.reset();
             if changes.changed().await.is_err() {
                 return;
             }

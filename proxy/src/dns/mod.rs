@@ -46,6 +46,7 @@ pub struct DnsSettings {
     pub cluster_domain: String,
     /// Where names outside the mesh go; `None`: the system's resolvers.
     pub upstream: Option<SocketAddr>,
+    /// Longest a forwarded query waits for the upstream.
     pub upstream_timeout: Duration,
     /// TTL of the answers for services (short: endpoints move).
     pub ttl: u32,
@@ -136,6 +137,21 @@ pub fn answer(state: &ProxyState, question: &Query, domain: &str, ttl: u32) -> O
 
 /// The forwarder: to `upstream` when given, else to the nameservers of
 /// /etc/resolv.conf. Never reads /etc/hosts (the node's, not the pod's).
+/// The resolver for names outside the mesh, shared by the DNS server's
+/// forwarder and the proxy's own name resolution (SOCKS5 by name,
+/// ExternalName targets): `--dns-upstream`, else the nameservers of
+/// /etc/resolv.conf; never /etc/hosts (the node's, not the pods'). `None`
+/// (logged once) when neither is usable: names outside the mesh then fail.
+pub fn upstream_resolver(settings: &DnsSettings) -> Option<TokioResolver> {
+    match forwarder(settings) {
+        Ok(resolver) => Some(resolver),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS upstream (--dns-upstream, /etc/resolv.conf): names outside the mesh do not resolve");
+            None
+        }
+    }
+}
+
 fn forwarder(settings: &DnsSettings) -> Result<TokioResolver, NetError> {
     let mut builder = match settings.upstream {
         Some(upstream) => {
@@ -297,14 +313,13 @@ impl DnsServer {
     /// A server answering from `store`. Without a usable upstream (no
     /// `--dns-upstream` and no readable resolv.conf) names outside the mesh
     /// get SERVFAIL; this is logged once.
-    pub fn new(store: Arc<ConfigStore>, settings: &DnsSettings) -> Self {
-        let upstream = match forwarder(settings) {
-            Ok(resolver) => Some(resolver),
-            Err(e) => {
-                tracing::warn!(error = %e, "no DNS upstream (--dns-upstream, /etc/resolv.conf): names outside the mesh get SERVFAIL");
-                None
-            }
-        };
+    /// A server answering from `store`, forwarding other names to
+    /// `upstream` ([`upstream_resolver`]; `None`: SERVFAIL for them).
+    pub fn new(
+        store: Arc<ConfigStore>,
+        settings: &DnsSettings,
+        upstream: Option<TokioResolver>,
+    ) -> Self {
         Self {
             handler: Handler {
                 store,
@@ -439,6 +454,12 @@ mod tests {
         assert_eq!(resolve(&s, "web.shop.svc.other.domain", d), Answer::NotOurs);
     }
 
+    impl DnsServer {
+        fn with_settings(store: Arc<ConfigStore>, settings: &DnsSettings) -> Self {
+            Self::new(store, settings, upstream_resolver(settings))
+        }
+    }
+
     fn query(name: &str, kind: RecordType) -> Message {
         let mut m = Message::query();
         m.metadata.recursion_desired = true;
@@ -473,7 +494,7 @@ mod tests {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let server_addr = socket.local_addr().unwrap();
         let tcp = TcpListener::bind(server_addr).await.unwrap();
-        let server = DnsServer::new(
+        let server = DnsServer::with_settings(
             store,
             &DnsSettings {
                 cluster_domain: "cluster.local".into(),
@@ -572,7 +593,7 @@ mod tests {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let server_addr = socket.local_addr().unwrap();
         let tcp = TcpListener::bind(server_addr).await.unwrap();
-        let server = DnsServer::new(
+        let server = DnsServer::with_settings(
             store(),
             &DnsSettings {
                 cluster_domain: "cluster.local".into(),
@@ -637,7 +658,7 @@ mod tests {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let server_addr = socket.local_addr().unwrap();
         let tcp = TcpListener::bind(server_addr).await.unwrap();
-        let server = DnsServer::new(
+        let server = DnsServer::with_settings(
             store(),
             &DnsSettings {
                 cluster_domain: "cluster.local".into(),

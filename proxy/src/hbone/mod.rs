@@ -29,7 +29,7 @@ pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("tracepa
 /// Large windows and frames keep one stream at line rate on bulk transfers
 /// (flow control would otherwise stall it every few round trips); the send
 /// buffer bounds what one stream may queue before the socket drains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct H2Settings {
     /// Flow-control window per stream (bytes).
     pub stream_window: u32,
@@ -55,29 +55,30 @@ impl Default for H2Settings {
     }
 }
 
+/// A builder (client or server: they share these setters but no trait)
+/// with the settings applied.
+macro_rules! tuned {
+    ($builder:expr, $settings:expr) => {{
+        let mut builder = $builder;
+        builder
+            .initial_window_size($settings.stream_window)
+            .initial_connection_window_size($settings.connection_window)
+            .max_concurrent_streams($settings.max_streams)
+            .max_frame_size($settings.max_frame)
+            .max_send_buffer_size($settings.max_send_buffer);
+        builder
+    }};
+}
+
 impl H2Settings {
     /// A client builder with these settings.
     pub fn client(&self) -> h2::client::Builder {
-        let mut builder = h2::client::Builder::new();
-        builder
-            .initial_window_size(self.stream_window)
-            .initial_connection_window_size(self.connection_window)
-            .max_concurrent_streams(self.max_streams)
-            .max_frame_size(self.max_frame)
-            .max_send_buffer_size(self.max_send_buffer);
-        builder
+        tuned!(h2::client::Builder::new(), self)
     }
 
     /// A server builder with these settings.
     pub fn server(&self) -> h2::server::Builder {
-        let mut builder = h2::server::Builder::new();
-        builder
-            .initial_window_size(self.stream_window)
-            .initial_connection_window_size(self.connection_window)
-            .max_concurrent_streams(self.max_streams)
-            .max_frame_size(self.max_frame)
-            .max_send_buffer_size(self.max_send_buffer);
-        builder
+        tuned!(h2::server::Builder::new(), self)
     }
 }
 

@@ -73,9 +73,10 @@ pub struct PoolStats {
 /// Timeouts of the HBONE client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolTimeouts {
-    /// TCP connect, then the TLS handshake, each; and the wait for the
-    /// CONNECT reply.
+    /// TCP connect to the peer proxy, and the wait for a CONNECT reply.
     pub connect: Duration,
+    /// The TLS and HTTP/2 handshakes with the peer proxy.
+    pub handshake: Duration,
     /// How long a new connection waits for its source identity's first
     /// certificate (a pod that has just started).
     pub certificate: Duration,
@@ -197,7 +198,7 @@ impl HbonePool {
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
         let tls = tokio::time::timeout(
-            self.timeouts.connect,
+            self.timeouts.handshake,
             tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp),
         )
         .await
@@ -206,7 +207,12 @@ impl HbonePool {
             node: key.node,
             source,
         })?;
-        let (sender, connection) = self.settings.client().handshake::<_, Bytes>(tls).await?;
+        let (sender, connection) = tokio::time::timeout(
+            self.timeouts.handshake,
+            self.settings.client().handshake::<_, Bytes>(tls),
+        )
+        .await
+        .map_err(|_| TunnelError::Timeout(key.node))??;
         self.handshakes.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(AtomicBool::new(false));
         let streams = Arc::new(AtomicUsize::new(1));
@@ -239,7 +245,9 @@ impl HbonePool {
         traceparent: Option<http::HeaderValue>,
     ) -> Result<HboneStream, TunnelError> {
         let (sender, slot) = self.checkout(key).await?;
-        let mut sender = sender.ready().await?;
+        let mut sender = tokio::time::timeout(self.timeouts.connect, sender.ready())
+            .await
+            .map_err(|_| TunnelError::Timeout(key.node))??;
         let mut request = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(target.to_string())

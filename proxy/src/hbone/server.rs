@@ -176,12 +176,13 @@ impl HboneServer {
             .transpose()
             .map_err(|e| ConnectionError::Other(e.to_string()))?
             .ok_or_else(|| ConnectionError::Tls("no client certificate".into()))?;
-        let mut connection = self
-            .settings
-            .server()
-            .handshake::<_, bytes::Bytes>(tls)
-            .await
-            .map_err(|e| ConnectionError::Other(format!("HTTP/2 handshake: {e}")))?;
+        let mut connection = tokio::time::timeout(
+            self.handshake_timeout,
+            self.settings.server().handshake::<_, bytes::Bytes>(tls),
+        )
+        .await
+        .map_err(|_| ConnectionError::Other("HTTP/2 handshake timed out".into()))?
+        .map_err(|e| ConnectionError::Other(format!("HTTP/2 handshake: {e}")))?;
         tracing::debug!(%peer, %identity, "HBONE connection accepted");
         let identity = Arc::new(identity);
         let open = Arc::new(OpenStreams::default());

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::identity::Identity;
-use ferry_core::policy::Check;
+use ferry_core::arrival::{self, Arrival, InboundRefusal};
 use ferry_core::state::ConfigStore;
 
 use crate::net::connect::ConnectError;
@@ -43,39 +43,33 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// The source pod address from the `forwarded` header, checked against
-    /// the peer's identity.
-    fn verified_source(
+    /// Opens the local pod for an admitted connection: tracks its check
+    /// (a policy update may revoke it), starts its telemetry, connects.
+    /// The same for both ways in (HBONE and plaintext).
+    async fn open_pod(
         &self,
-        forwarded: Option<&str>,
-        identity: &Identity,
-    ) -> Result<Option<SocketAddr>, String> {
-        let Some(value) = forwarded else {
-            return Ok(None);
-        };
-        let address = value
-            .trim()
-            .strip_prefix("for=")
-            .map(|v| v.trim_matches('"'))
-            .and_then(|v| v.parse::<SocketAddr>().ok())
-            .ok_or_else(|| format!("malformed forwarded header {value:?}"))?;
-        let state = self.store.snapshot();
-        match state.workload_by_ip(&address.ip()) {
-            Some(w)
-                if w.namespace == identity.namespace
-                    && w.service_account == identity.service_account =>
-            {
-                Ok(Some(address))
-            }
-            Some(w) => Err(format!(
-                "source {} is {}/{} (service account {}), not the peer identity {identity}",
-                address.ip(),
-                w.namespace,
-                w.name,
-                w.service_account
-            )),
-            None => Err(format!("source {} is not a known workload", address.ip())),
-        }
+        check: ferry_core::policy::Check,
+        parties: &Parties,
+        carried: Carried,
+        source: SocketAddr,
+        target: SocketAddr,
+        parent: Option<&opentelemetry::Context>,
+    ) -> (
+        crate::tracker::TrackedConnection,
+        crate::telemetry::ConnectionTelemetry,
+        Result<tokio::net::TcpStream, ConnectError>,
+    ) {
+        let tracked = self.tracker.track(check);
+        let telemetry = self.telemetry.begin(
+            Reporter::Destination,
+            parties,
+            carried,
+            source,
+            target,
+            parent,
+        );
+        let upstream = crate::net::connect::connect(target, self.connect_timeout).await;
+        (tracked, telemetry, upstream)
     }
 
     /// Refuses a stream that reached this proxy: counts the failure (and
@@ -120,78 +114,67 @@ impl Inbound {
             request,
         } = tunnel;
         let state = self.store.snapshot();
-        let mut parties = Parties {
+        let decided = arrival::admit(
+            &state,
+            &self.node,
+            Arrival::Tunnel {
+                peer,
+                namespace: &identity.namespace,
+                service_account: &identity.service_account,
+                forwarded: client.as_deref(),
+            },
+            target,
+        );
+        let source = decided.source;
+        let parties = Parties {
+            source: state.peer_labels(&source.ip()).cloned(),
             destination: state.peer_labels(&target.ip()).cloned(),
             ..Parties::default()
         };
-        let local = state
-            .workload_by_ip(&target.ip())
-            .is_some_and(|w| w.node.as_deref() == Some(self.node.as_str()));
-        if !local {
-            tracing::warn!(%peer, %identity, %target, "HBONE stream for a destination that is not a workload on this node: refused");
-            self.refuse(
-                &mut respond,
-                http::StatusCode::NOT_FOUND,
-                FailureReason::Refused,
-                &parties,
-                peer,
-                target,
-                &"not a workload of this node",
-            );
-            return;
-        }
-        // The source pod, as the client proxy reports it, must carry the
-        // identity the TLS handshake proved; otherwise the peer's own
-        // address stands for the source.
-        let source = match self.verified_source(client.as_deref(), &identity) {
-            Ok(source) => source.unwrap_or(peer),
-            Err(reason) => {
-                tracing::warn!(%peer, %identity, %target, %reason, "HBONE stream refused");
+        let check = match decided.outcome {
+            Ok(check) => check,
+            Err(refusal) => {
+                let (status, reason) = match &refusal {
+                    InboundRefusal::NotConfigured => (
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        FailureReason::NotConfigured,
+                    ),
+                    InboundRefusal::NotHere(_) => {
+                        (http::StatusCode::NOT_FOUND, FailureReason::Refused)
+                    }
+                    InboundRefusal::Impersonation(_) => {
+                        (http::StatusCode::FORBIDDEN, FailureReason::Refused)
+                    }
+                    InboundRefusal::Denied(_) => {
+                        (http::StatusCode::FORBIDDEN, FailureReason::PolicyDenied)
+                    }
+                };
+                tracing::info!(%peer, %identity, %source, %target, %refusal, "HBONE stream refused");
                 self.refuse(
                     &mut respond,
-                    http::StatusCode::FORBIDDEN,
-                    FailureReason::Refused,
+                    status,
+                    reason,
                     &parties,
-                    peer,
+                    source,
                     target,
-                    &reason,
+                    &refusal,
                 );
                 return;
             }
         };
-        parties.source = state.peer_labels(&source.ip()).cloned();
-        let check = Check {
-            source: source.ip(),
-            destination: target.ip(),
-            port: target.port(),
-            egress: false,
-            ingress: true,
-        };
-        if let Err(reason) = state.enforce(&check) {
-            tracing::info!(%identity, %source, %target, %reason, "inbound connection denied by policy");
-            self.refuse(
-                &mut respond,
-                http::StatusCode::FORBIDDEN,
-                FailureReason::PolicyDenied,
+        drop(state);
+        let parent = crate::telemetry::trace::parent_from(request.headers());
+        let (tracked, mut telemetry, upstream) = self
+            .open_pod(
+                check,
                 &parties,
+                Carried::Hbone,
                 source,
                 target,
-                &reason,
-            );
-            return;
-        }
-        drop(state);
-        let tracked = self.tracker.track(check);
-        let parent = crate::telemetry::trace::parent_from(request.headers());
-        let mut telemetry = self.telemetry.begin(
-            Reporter::Destination,
-            &parties,
-            Carried::Hbone,
-            source,
-            target,
-            Some(&parent),
-        );
-        let upstream = match crate::net::connect::connect(target, self.connect_timeout).await {
+                Some(&parent),
+            )
+            .await;
+        let upstream = match upstream {
             Ok(tcp) => tcp,
             Err(e) => {
                 tracing::info!(%identity, %target, error = %e, "pod unreachable");
@@ -229,7 +212,6 @@ impl Inbound {
     }
 }
 
-/// Answers a CONNECT stream with `status` and no body.
 /// A CONNECT stream from a peer proxy, as the HBONE listener read it.
 #[derive(Debug)]
 pub struct Tunnel {

@@ -4,16 +4,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
+use ferry_core::arrival::{self, Arrival, InboundRefusal};
 use ferry_core::policy::Check;
-use ferry_core::state::ConfigStore;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::Inbound;
 use crate::net::relay::{relay, Peer};
 use crate::telemetry::metrics::{Carried, FailureReason, Reporter};
-use crate::telemetry::{Parties, Telemetry};
-use crate::tracker::ConnectionTracker;
+use crate::telemetry::Parties;
 
 /// Plaintext to a mesh pod of this node that did not come through a tunnel:
 /// from a pod outside the mesh (on this node or another), another node
@@ -24,12 +23,8 @@ use crate::tracker::ConnectionTracker;
 /// traffic is carried by HBONE), so plaintext claiming one is refused.
 #[derive(Debug, Clone)]
 pub struct PlaintextInbound {
-    pub node: String,
-    pub store: Arc<ConfigStore>,
-    pub tracker: Arc<ConnectionTracker>,
-    pub telemetry: Arc<Telemetry>,
-    /// Longest a connection to a local pod may take.
-    pub connect_timeout: Duration,
+    /// What every inbound connection needs (shared with HBONE inbound).
+    pub inbound: Arc<Inbound>,
 }
 
 impl PlaintextInbound {
@@ -41,12 +36,12 @@ impl PlaintextInbound {
             async move {
                 if let Err((reason, detail)) = this.connection(tcp, peer).await {
                     tracing::info!(%peer, %detail, "inbound plaintext connection refused");
-                    let state = this.store.snapshot();
+                    let state = this.inbound.store.snapshot();
                     let parties = Parties {
                         source: state.peer_labels(&peer.ip()).cloned(),
                         ..Parties::default()
                     };
-                    this.telemetry.failure(
+                    this.inbound.telemetry.failure(
                         Reporter::Destination,
                         &parties,
                         reason,
@@ -60,47 +55,30 @@ impl PlaintextInbound {
         .await
     }
 
-    /// The policy check for a plaintext connection, or why it is refused.
+    /// The policy check for a plaintext connection, or why it is refused
+    /// ([`ferry_core::arrival`]).
     fn admit(
         &self,
         peer: SocketAddr,
         target: SocketAddr,
     ) -> Result<Check, (FailureReason, String)> {
-        let state = self.store.snapshot();
-        match state.workload_by_ip(&target.ip()) {
-            Some(w) if w.mesh && w.node.as_deref() == Some(self.node.as_str()) => {}
-            _ => {
-                return Err((
-                    FailureReason::Refused,
-                    format!("{target} is not a mesh pod of this node"),
-                ))
-            }
-        }
-        if let Some(w) = state.workload_by_ip(&peer.ip()).filter(|w| w.mesh) {
-            return Err((
-                FailureReason::Refused,
-                format!(
-                    "plaintext from {} claims mesh pod {}/{}, whose traffic arrives over mTLS",
-                    peer.ip(),
-                    w.namespace,
-                    w.name
-                ),
-            ));
-        }
-        let check = Check {
-            source: peer.ip(),
-            destination: target.ip(),
-            port: target.port(),
-            egress: false,
-            ingress: true,
-        };
-        state.enforce(&check).map_err(|reason| {
-            (
-                FailureReason::PolicyDenied,
-                format!("denied by policy: {reason}"),
-            )
-        })?;
-        Ok(check)
+        let state = self.inbound.store.snapshot();
+        let decided = arrival::admit(
+            &state,
+            &self.inbound.node,
+            Arrival::Plaintext { peer },
+            target,
+        );
+        decided.outcome.map_err(|refusal| {
+            let reason = match &refusal {
+                InboundRefusal::NotConfigured => FailureReason::NotConfigured,
+                InboundRefusal::NotHere(_) | InboundRefusal::Impersonation(_) => {
+                    FailureReason::Refused
+                }
+                InboundRefusal::Denied(_) => FailureReason::PolicyDenied,
+            };
+            (reason, refusal.to_string())
+        })
     }
 
     async fn connection(
@@ -115,28 +93,21 @@ impl PlaintextInbound {
             )
         })?;
         let check = self.admit(peer, target).inspect_err(|_| {
-            self.tracker.count_denied();
+            self.inbound.tracker.count_denied();
         })?;
-        let tracked = self.tracker.track(check);
         let parties = {
-            let state = self.store.snapshot();
+            let state = self.inbound.store.snapshot();
             Parties {
                 source: state.peer_labels(&peer.ip()).cloned(),
                 destination: state.peer_labels(&target.ip()).cloned(),
                 service: None,
             }
         };
-        let mut telemetry = self.telemetry.begin(
-            Reporter::Destination,
-            &parties,
-            Carried::Plaintext,
-            peer,
-            target,
-            None,
-        );
-        let upstream = crate::net::connect::connect(target, self.connect_timeout)
-            .await
-            .map_err(|e| (FailureReason::ConnectError, e.to_string()))?;
+        let (tracked, mut telemetry, upstream) = self
+            .inbound
+            .open_pod(check, &parties, Carried::Plaintext, peer, target, None)
+            .await;
+        let upstream = upstream.map_err(|e| (FailureReason::ConnectError, e.to_string()))?;
         let _ = client.set_nodelay(true);
         telemetry.established();
         // The TCP side is the client.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ferry_api::identity::Identity;
 use ferry_core::request::{self, Admitted, Carry, Refusal};
-use ferry_core::route::{self, LoadBalancer, Mode};
+use ferry_core::route::{self, LoadBalancer, Mode, NameTarget};
 use ferry_core::state::{ConfigStore, ProxyState};
 
 use crate::hbone::{HbonePool, HboneStream, PoolKey, TunnelError};
@@ -122,6 +122,8 @@ pub struct Outbound {
     tracker: Arc<ConnectionTracker>,
     telemetry: Arc<Telemetry>,
     connect_timeout: Duration,
+    /// Names outside the mesh (shared with the DNS forwarder).
+    resolver: Option<hickory_resolver::TokioResolver>,
 }
 
 impl Outbound {
@@ -135,6 +137,7 @@ impl Outbound {
         connect_timeout: Duration,
     ) -> Self {
         Self {
+            resolver: None,
             node: node.into(),
             trust_domain: trust_domain.into(),
             store,
@@ -144,6 +147,31 @@ impl Outbound {
             telemetry,
             connect_timeout,
         }
+    }
+
+    /// Resolves names outside the mesh with `resolver` (the DNS
+    /// forwarder's); without one they do not resolve.
+    pub fn with_resolver(mut self, resolver: Option<hickory_resolver::TokioResolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// A name outside the mesh, through the same upstream resolver as the
+    /// DNS server's forwarder (its timeout, no /etc/hosts).
+    async fn lookup(&self, name: &str, port: u16) -> Result<SocketAddr, OutboundError> {
+        let resolver = self
+            .resolver
+            .as_ref()
+            .ok_or_else(|| OutboundError::Unresolved(format!("{name}: no DNS upstream")))?;
+        let found = resolver
+            .lookup_ip(name)
+            .await
+            .map_err(|e| OutboundError::Unresolved(format!("{name}: {e}")))?;
+        found
+            .iter()
+            .next()
+            .map(|ip| SocketAddr::new(ip, port))
+            .ok_or_else(|| OutboundError::Unresolved(name.to_string()))
     }
 
     pub fn load_balancer(&self) -> &LoadBalancer {
@@ -161,20 +189,22 @@ impl Outbound {
         namespace: &str,
     ) -> Result<SocketAddr, OutboundError> {
         let Some(service) = route::service_by_name(state, name, namespace) else {
-            return lookup(name, port).await;
+            return self.lookup(name, port).await;
         };
-        if let Some(external) = &service.external_name {
-            return lookup(external, port).await;
-        }
-        if let Some(ip) = service.cluster_ips.first() {
-            return Ok(SocketAddr::new(*ip, port));
-        }
-        match route::headless_addresses(service).first() {
-            Some(ip) => Ok(SocketAddr::new(*ip, port)),
-            None => Err(OutboundError::Unresolved(format!(
-                "{name}: headless service {} has no ready endpoints",
-                service.key_name()
-            ))),
+        let unresolved = |what: &str| {
+            OutboundError::Unresolved(format!("{name}: {what} {}", service.key_name()))
+        };
+        match route::name_target(service) {
+            NameTarget::External(Some(external)) => self.lookup(external, port).await,
+            NameTarget::External(None) => Err(unresolved("no externalName for")),
+            NameTarget::ClusterIps(ips) => ips
+                .first()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .ok_or_else(|| unresolved("no cluster IP for")),
+            NameTarget::Pods(addresses) => addresses
+                .first()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .ok_or_else(|| unresolved("no ready endpoints for headless service")),
         }
     }
 
@@ -393,12 +423,4 @@ impl Outbound {
             .close(transferred.from_tcp, transferred.to_tcp, ended.as_str());
         transferred
     }
-}
-
-async fn lookup(name: &str, port: u16) -> Result<SocketAddr, OutboundError> {
-    tokio::net::lookup_host((name, port))
-        .await
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| OutboundError::Unresolved(name.to_string()))
 }

@@ -1,7 +1,7 @@
 //! What the proxy tells operators about the connections it carries:
 //! Prometheus metrics ([`metrics`]), OTLP traces ([`trace`]) and access
 //! logs ([`access`]), all fed from one place per connection
-//! ([`Telemetry::open`] and [`ConnectionTelemetry`], [`Telemetry::failure`]).
+//! ([`Telemetry::begin`] and [`ConnectionTelemetry`], [`Telemetry::failure`]).
 
 pub mod access;
 pub mod metrics;
