@@ -181,3 +181,59 @@ fn sigterm_stops_the_control_plane_with_proxies_connected() -> anyhow::Result<()
     .map_err(|e| e.context(mesh.diagnostics()))?;
     Ok(())
 }
+
+/// An editor saving in place truncates the file, then writes it, sometimes
+/// in several steps. 200 such saves while the proxies are watched: no
+/// proxy ever holds fewer workloads than the folder defines.
+#[test]
+fn in_place_edits_never_drop_workloads() -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let examples = ferry_tests::repo_root().join("deploy/examples");
+    let mesh = LoopbackMesh::start(&examples, &["node-a", "node-b"])?;
+    let workloads = |dump: &Value| dump["resources"]["workload"].as_array().map_or(0, Vec::len);
+    mesh.wait_all("initial config", |d| d["ready"] == true && workloads(d) > 0)?;
+    let expected = workloads(&mesh.config_dump("node-a")?);
+    let pods = mesh.manifests.path().join("10-pods.yaml");
+    let text = std::fs::read(&pods)?;
+    let (first, second) = text.split_at(text.len() / 2);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let fewest = std::thread::scope(|scope| -> anyhow::Result<usize> {
+        let editor = scope.spawn(|| -> std::io::Result<()> {
+            for _ in 0..200 {
+                let mut file = std::fs::File::create(&pods)?; // truncates
+                std::thread::sleep(Duration::from_millis(2));
+                file.write_all(first)?;
+                file.flush()?;
+                std::thread::sleep(Duration::from_millis(2));
+                file.write_all(second)?;
+                drop(file);
+                std::thread::sleep(Duration::from_millis(8));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            Ok(())
+        });
+        let mut fewest = usize::MAX;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !stop.load(std::sync::atomic::Ordering::Acquire)
+            && std::time::Instant::now() < deadline
+        {
+            for node in ["node-a", "node-b"] {
+                fewest = fewest.min(workloads(&mesh.config_dump(node)?));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        editor
+            .join()
+            .map_err(|_| anyhow::anyhow!("the editor thread panicked"))??;
+        Ok(fewest)
+    })?;
+    assert_eq!(
+        fewest,
+        expected,
+        "a proxy dropped workloads during in-place edits\n{}",
+        mesh.diagnostics()
+    );
+    // And the folder's content, unchanged in the end, is what they hold.
+    mesh.wait_all("settled", |d| workloads(d) == expected)?;
+    Ok(())
+}
