@@ -56,6 +56,10 @@ pub enum LabCommand {
         /// Exit after the traffic checks (non-zero on any failure).
         #[arg(long)]
         check: bool,
+        /// Then run the fault suite (control plane killed, a proxy
+        /// restarted alone, a proxy frozen, floods) with its figures.
+        #[arg(long)]
+        faults: bool,
     },
 }
 

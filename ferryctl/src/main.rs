@@ -31,8 +31,13 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { manifests } => check::run(manifests),
         Command::Lab {
-            command: LabCommand::Up { manifests, check },
-        } => ferryctl::lab::cli::up(&manifests, check),
+            command:
+                LabCommand::Up {
+                    manifests,
+                    check,
+                    faults,
+                },
+        } => ferryctl::lab::cli::up(&manifests, check, faults),
         Command::Route {
             manifests,
             from,

@@ -173,3 +173,32 @@ fn the_example_cluster_serves_through_the_mesh() -> anyhow::Result<()> {
         .is_err());
     Ok(())
 }
+
+/// The fault suite (`ferryctl lab up --faults`): the control plane killed
+/// under load, a proxy restarted while the control plane is away, a
+/// destination proxy frozen, admin and DNS floods. Every case must hold.
+#[test]
+fn the_example_cluster_survives_faults() -> anyhow::Result<()> {
+    if !root_or_skip("the_example_cluster_survives_faults") {
+        return Ok(());
+    }
+    let examples = ferry_tests::repo_root().join("deploy/examples");
+    let mut lab = Lab::up(&examples, &format!("ff{}", std::process::id() % 10_000))?;
+    for r in lab.check_examples() {
+        assert!(r.ok, "{}: {}\n{}", r.what, r.saw, lab.logs());
+    }
+    let results = lab.fault_suite();
+    eprintln!("{}", ferryctl::lab::faults::table(&results));
+    for r in &results {
+        eprintln!(
+            "{} fault: {}: {}",
+            if r.ok { "ok  " } else { "FAIL" },
+            r.case,
+            r.saw
+        );
+    }
+    for r in &results {
+        assert!(r.ok, "{}: {}\n{}", r.case, r.saw, lab.logs());
+    }
+    Ok(())
+}

@@ -1,16 +1,18 @@
-//! `ferryctl lab up [--manifests DIR] [--check]`: builds the cluster from
-//! the manifests, sends real traffic through the mesh and prints what it
-//! saw; with `--check` it exits (non-zero on any failure), otherwise it
-//! stays up until Ctrl-C or SIGTERM. Everything it made is removed on exit.
-//! Needs root.
+//! `ferryctl lab up [--manifests DIR] [--check] [--faults]`: builds the
+//! cluster from the manifests, sends real traffic through the mesh and
+//! prints what it saw (with `--faults`, then the fault suite: a line per
+//! case and a table of figures); with `--check` it exits (non-zero on any
+//! failure), otherwise it stays up until Ctrl-C or SIGTERM. Everything it
+//! made is removed on exit. Needs root.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use super::{netns, Lab};
 
-/// Runs `ferryctl lab up`.
-pub fn up(manifests: &Path, check: bool) -> ExitCode {
+/// Runs `ferryctl lab up`; with `faults`, the fault suite after the
+/// traffic checks ([`super::faults`]).
+pub fn up(manifests: &Path, check: bool, faults: bool) -> ExitCode {
     if !manifests.is_dir() {
         eprintln!(
             "ferryctl lab up: --manifests {}: not a folder (run from the repository root, or name the folder)",
@@ -22,7 +24,7 @@ pub fn up(manifests: &Path, check: bool) -> ExitCode {
         eprintln!("ferryctl lab up: needs root (it creates network namespaces and iptables rules); run it with sudo or as root");
         return ExitCode::from(2);
     }
-    let lab = match Lab::up(manifests, &format!("flab{}", std::process::id() % 10_000)) {
+    let mut lab = match Lab::up(manifests, &format!("flab{}", std::process::id() % 10_000)) {
         Ok(lab) => lab,
         Err(e) => {
             eprintln!("ferryctl lab up: building the cluster failed: {e:#}");
@@ -47,6 +49,19 @@ pub fn up(manifests: &Path, check: bool) -> ExitCode {
         failed += usize::from(!r.ok);
     }
     println!("{} passed, {} failed", results.len() - failed, failed);
+    if faults {
+        let results = lab.fault_suite();
+        for r in &results {
+            println!(
+                "{} fault: {}: {}",
+                if r.ok { "ok  " } else { "FAIL" },
+                r.case,
+                r.saw
+            );
+            failed += usize::from(!r.ok);
+        }
+        println!("\n{}", super::faults::table(&results));
+    }
     if check {
         if failed > 0 {
             eprintln!("{}", lab.logs());

@@ -20,6 +20,7 @@
 
 pub mod checks;
 pub mod cli;
+pub mod faults;
 pub mod netns;
 pub mod probes;
 pub mod process;
@@ -64,6 +65,9 @@ pub struct Lab {
     pub control_plane_ip: Ipv4Addr,
     // Drop order: processes first, then namespaces, then the work folder.
     processes: Vec<Process>,
+    /// How each daemon (the control plane, each node's proxy) was started:
+    /// the `ip netns exec` arguments and its log, to start it again.
+    daemons: BTreeMap<String, (Vec<String>, PathBuf)>,
     namespaces: BTreeMap<String, Netns>,
     pub work: tempfile::TempDir,
 }
@@ -91,6 +95,7 @@ impl Lab {
             nodes: nodes.clone(),
             pods: pods.clone(),
             processes: Vec::new(),
+            daemons: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             work,
         };
@@ -234,10 +239,8 @@ impl Lab {
         let manifests = manifests.display().to_string();
         let pki_arg = pki.display().to_string();
         let net = &self.namespaces["net"];
-        self.processes.push(Process::start(
-            "control-plane",
-            Path::new("ip"),
-            &net.command(
+        let command: Vec<String> = net
+            .command(
                 &cp,
                 &[
                     "--manifests",
@@ -247,14 +250,20 @@ impl Lab {
                     "--tls-dir",
                     &pki_arg,
                 ],
-            ),
-            work.join("control-plane.log"),
-        )?);
+            )
+            .into_iter()
+            .map(String::from)
+            .collect();
+        self.start_daemon("control-plane", command, work.join("control-plane.log"))?;
         let proxy = binary("ferry-proxy")?.display().to_string();
         let control_plane = format!("https://{listen}");
-        for node in &self.nodes {
+        for node in self.nodes.clone() {
             let hbone = format!("{}:15008", node.ip);
             let dns = format!("{}:53", node.gateway);
+            let state = work
+                .join(format!("state-{}", node.name))
+                .display()
+                .to_string();
             let ns = &self.namespaces[&node.name];
             let command = ns.command(
                 &proxy,
@@ -279,14 +288,23 @@ impl Lab {
                     "0.0.0.0:15006",
                     "--dns-listen",
                     &dns,
+                    // Kept across restarts: the fault suite restarts a
+                    // proxy while the control plane is away.
+                    "--state-dir",
+                    &state,
+                    // Lab links answer in microseconds: fail over fast.
+                    "--connect-timeout",
+                    "2s",
+                    "--tls-handshake-timeout",
+                    "2s",
                 ],
             );
-            self.processes.push(Process::start(
+            let command: Vec<String> = command.into_iter().map(String::from).collect();
+            self.start_daemon(
                 &node.name,
-                Path::new("ip"),
-                &command,
+                command,
                 work.join(format!("proxy-{}.log", node.name)),
-            )?);
+            )?;
         }
         let script = work.join("server.py");
         std::fs::write(&script, SERVER)?;
@@ -334,6 +352,69 @@ impl Lab {
             )
             .with_context(|| self.logs())?;
         }
+        Ok(())
+    }
+
+    /// Starts a daemon (`ip` with `command`), remembered for [`Lab::restart`].
+    fn start_daemon(
+        &mut self,
+        name: &str,
+        command: Vec<String>,
+        log: PathBuf,
+    ) -> anyhow::Result<()> {
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        self.processes
+            .push(Process::start(name, Path::new("ip"), &args, log.clone())?);
+        self.daemons.insert(name.to_string(), (command, log));
+        Ok(())
+    }
+
+    fn daemon(&mut self, name: &str) -> anyhow::Result<&mut Process> {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name() == name)
+            .with_context(|| format!("no daemon {name}"))
+    }
+
+    /// The PID of a daemon: `control-plane`, or a node's name for its proxy.
+    pub fn pid(&mut self, name: &str) -> anyhow::Result<u32> {
+        self.daemon(name)?
+            .pid()
+            .with_context(|| format!("{name} is not running"))
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`...) to a daemon.
+    pub fn signal(&mut self, name: &str, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid(name)?.to_string();
+        netns::run("kill", &[&format!("-{signal}"), &pid]).map(|_| ())
+    }
+
+    /// Stops a daemon (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop(&mut self, name: &str) -> anyhow::Result<()> {
+        self.daemon(name)?.terminate(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// Starts a daemon again with the command it was first started with
+    /// (stopping it first if it runs); its log goes on in a new file.
+    pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let (command, log) = self
+            .daemons
+            .get(name)
+            .cloned()
+            .with_context(|| format!("no daemon {name}"))?;
+        let index = self
+            .processes
+            .iter()
+            .position(|p| p.name() == name)
+            .with_context(|| format!("no daemon {name}"))?;
+        self.processes[index].terminate(Duration::from_secs(10));
+        let log = (1..)
+            .map(|n| log.with_extension(format!("{n}.log")))
+            .find(|candidate| !candidate.exists())
+            .unwrap_or(log);
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        self.processes[index] = Process::start(name, Path::new("ip"), &args, log)?;
         Ok(())
     }
 

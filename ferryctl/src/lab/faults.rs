@@ -1,0 +1,285 @@
+//! The fault suite of the example cluster: real traffic through the mesh
+//! while a part fails, one line per case and a table of figures. Every
+//! load is bounded in count and time; every fault is undone before the
+//! next case (a frozen proxy is thawed, a stopped control plane started).
+//!
+//! - the control plane killed under load: no request to a known service
+//!   fails;
+//! - a proxy restarted while the control plane is away: it starts from its
+//!   saved configuration and certificates, allowed traffic flows, a pair
+//!   the policy denies stays denied, and the link carries only TLS;
+//! - a destination proxy frozen (SIGSTOP): requests to a service with
+//!   endpoints on both nodes fail over within the deadline;
+//! - a flood of idle connections on a proxy's admin port and of DNS
+//!   queries: descriptors and memory stay bounded, traffic keeps flowing.
+
+use std::time::{Duration, Instant};
+
+use super::{netns, Lab};
+
+/// What one fault case saw.
+#[derive(Debug, Clone, Default)]
+pub struct FaultResult {
+    pub case: String,
+    pub ok: bool,
+    pub saw: String,
+    /// Requests sent during the fault, and how many failed.
+    pub requests: usize,
+    pub failures: usize,
+    /// The slowest request.
+    pub slowest: Duration,
+    /// The affected proxy's open descriptors and resident memory (KiB),
+    /// before and at the peak of the fault.
+    pub fds: Option<(usize, usize)>,
+    pub rss_kib: Option<(u64, u64)>,
+}
+
+/// The client and service every case loads: the frontend (node-a) to the
+/// api service (round robin over endpoints on node-a and node-b).
+const CLIENT: &str = "shop/frontend";
+const SERVICE: &str = "http://api.shop/";
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Requests `SERVICE` from `CLIENT` `count` times (each a new connection),
+/// calling `during(i)` before request `i`; the failures and the slowest.
+fn load(
+    lab: &mut Lab,
+    count: usize,
+    mut during: impl FnMut(&mut Lab, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<(usize, Duration, Vec<String>)> {
+    let mut failures = 0;
+    let mut slowest = Duration::ZERO;
+    let mut errors = Vec::new();
+    for i in 0..count {
+        during(lab, i)?;
+        let started = Instant::now();
+        match lab.curl(CLIENT, SERVICE) {
+            Ok(body) if body.starts_with("shop/backend-") => {}
+            Ok(body) => {
+                failures += 1;
+                errors.push(format!("answered {body:?}"));
+            }
+            Err(e) => {
+                failures += 1;
+                errors.push(e.to_string().lines().next().unwrap_or("").to_string());
+            }
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    errors.truncate(3);
+    Ok((failures, slowest, errors))
+}
+
+impl Lab {
+    /// Runs every fault case (see the module doc).
+    pub fn fault_suite(&mut self) -> Vec<FaultResult> {
+        let cases: [(&str, fn(&mut Lab) -> anyhow::Result<FaultResult>); 4] = [
+            ("control plane killed under load", Lab::control_plane_killed),
+            (
+                "proxy restarted while the control plane is away",
+                Lab::proxy_restarted_alone,
+            ),
+            ("destination proxy frozen", Lab::destination_frozen),
+            ("admin and DNS floods", Lab::floods),
+        ];
+        cases
+            .into_iter()
+            .map(|(case, run)| {
+                let mut result = run(self).unwrap_or_else(|e| FaultResult {
+                    ok: false,
+                    saw: format!("{e:#}"),
+                    ..FaultResult::default()
+                });
+                result.case = case.into();
+                result
+            })
+            .collect()
+    }
+
+    fn control_plane_killed(&mut self) -> anyhow::Result<FaultResult> {
+        let (failures, slowest, errors) = load(self, 60, |lab, i| match i {
+            20 => lab.signal("control-plane", "KILL"),
+            40 => lab.restart("control-plane"),
+            _ => Ok(()),
+        })?;
+        Ok(FaultResult {
+            ok: failures == 0,
+            saw: format!(
+                "60 requests, killed at 20, restarted at 40: {failures} failed {errors:?}"
+            ),
+            requests: 60,
+            failures,
+            slowest,
+            ..FaultResult::default()
+        })
+    }
+
+    fn proxy_restarted_alone(&mut self) -> anyhow::Result<FaultResult> {
+        // Let the proxy's state folder catch up, then take the control
+        // plane away and restart node-a's proxy.
+        std::thread::sleep(Duration::from_millis(1_500));
+        self.stop("control-plane")?;
+        let node = self
+            .nodes
+            .first()
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        self.restart(&node)?;
+        let ns = self
+            .netns(&node)
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        super::wait_for("the restarted proxy", Duration::from_secs(20), || {
+            let ready = netns::run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &ns,
+                    "curl",
+                    "-sf",
+                    "127.0.0.1:15000/healthz/ready",
+                ],
+            );
+            Ok(ready.ok().map(|_| ()))
+        })?;
+        // Allowed traffic flows, across nodes only inside TLS...
+        let marker = format!("ferry-fault-{}", std::process::id());
+        let mut across = String::new();
+        let link = self.capture_link(&node, &[&marker], || {
+            across = self.curl(CLIENT, &format!("http://10.244.2.11:9090/{marker}"))?;
+            Ok(())
+        })?;
+        let only_tls = link.only_tls(15008, &[15008, 15010]);
+        let (failures, slowest, errors) = load(self, 20, |_, _| Ok(()))?;
+        // ...and the pair the policy denies stays denied (the client,
+        // outside the mesh on node-b, to backend-1 on node-a: policed
+        // inbound by the restarted proxy).
+        let denied = self
+            .curl("default/client", "http://10.244.1.11:9090/")
+            .is_err();
+        self.restart("control-plane")?;
+        let ok = failures == 0 && denied && only_tls.is_ok() && across == "shop/backend-2";
+        Ok(FaultResult {
+            ok,
+            saw: format!(
+                "ready on its saved state; {} allowed requests, {failures} failed {errors:?}; denied pair {}; link: {}",
+                20 + 1,
+                if denied { "refused" } else { "ANSWERED" },
+                only_tls.unwrap_or_else(|e| e)
+            ),
+            requests: 21,
+            failures,
+            slowest,
+            ..FaultResult::default()
+        })
+    }
+
+    fn destination_frozen(&mut self) -> anyhow::Result<FaultResult> {
+        let Some(node_b) = self.nodes.get(1).map(|n| n.name.clone()) else {
+            anyhow::bail!("the cluster has one node");
+        };
+        self.signal(&node_b, "STOP")?;
+        let outcome = load(self, 12, |_, _| Ok(()));
+        self.signal(&node_b, "CONT")?;
+        let (failures, slowest, errors) = outcome?;
+        // Failing over costs at most the lab's 2 s connect/handshake
+        // deadline, plus curl's own work.
+        let ok = failures == 0 && slowest < Duration::from_secs(4);
+        Ok(FaultResult {
+            ok,
+            saw: format!(
+                "12 requests with {node_b}'s proxy frozen: {failures} failed {errors:?}, slowest {} ms",
+                slowest.as_millis()
+            ),
+            requests: 12,
+            failures,
+            slowest,
+            ..FaultResult::default()
+        })
+    }
+
+    fn floods(&mut self) -> anyhow::Result<FaultResult> {
+        let node = self
+            .nodes
+            .first()
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        let gateway = self
+            .nodes
+            .first()
+            .map(|n| n.gateway.to_string())
+            .unwrap_or_default();
+        let pid = self.pid(&node)?;
+        let (fds_before, rss_before) = (fds(pid), rss_kib(pid));
+        // 1,100 idle connections to the admin port, held for 4 s, from the
+        // node's namespace; 2,000 DNS queries for names outside the mesh
+        // from a pod.
+        let admin_flood = "import socket,time\nss=[]\nfor i in range(1100):\n    try:\n        s=socket.create_connection(('127.0.0.1',15000),timeout=1); ss.append(s)\n    except OSError: pass\nprint('held',len(ss),flush=True)\ntime.sleep(4)\n";
+        let dns_flood = format!(
+            "import socket,struct,random\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(2000):\n    name=b''.join(bytes([len(p)])+p for p in [b'x%d'%i,b'example',b'invalid'])+b'\\x00'\n    s.sendto(struct.pack('!HHHHHH',i,0x100,1,0,0,0)+name+struct.pack('!HH',1,1),('{gateway}',53))\nprint('sent',flush=True)\n"
+        );
+        let _admin = self.spawn_in(&node, "python3", &["-c", admin_flood])?;
+        let _dns = self.spawn_in(CLIENT, "python3", &["-c", &dns_flood])?;
+        std::thread::sleep(Duration::from_millis(1_500));
+        let (mut fds_peak, mut rss_peak) = (fds(pid), rss_kib(pid));
+        let (failures, slowest, errors) = load(self, 20, |_, _| {
+            fds_peak = fds_peak.max(fds(pid));
+            rss_peak = rss_peak.max(rss_kib(pid));
+            Ok(())
+        })?;
+        // Bounds: the admin cap (64) and the DNS forwards in flight (256)
+        // over what the proxy held, and well under the descriptor limit.
+        let fd_bound = fds_before + 64 + 256 + 64;
+        let ok = failures == 0 && fds_peak <= fd_bound && rss_peak < rss_before + 64 * 1024;
+        Ok(FaultResult {
+            ok,
+            saw: format!(
+                "1,100 idle admin connections and 2,000 DNS queries on {node}: {failures} of 20 requests failed {errors:?}; descriptors {fds_before} -> {fds_peak} (bound {fd_bound}); RSS {} -> {} MiB",
+                rss_before / 1024,
+                rss_peak / 1024
+            ),
+            requests: 20,
+            failures,
+            slowest,
+            fds: Some((fds_before, fds_peak)),
+            rss_kib: Some((rss_before, rss_peak)),
+            ..FaultResult::default()
+        })
+    }
+}
+
+/// The figures of a fault suite as a Markdown table.
+pub fn table(results: &[FaultResult]) -> String {
+    let mut out = String::from(
+        "| case | requests | failed | slowest ms | proxy fds before / peak | proxy RSS MiB before / peak |\n|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let fds = r.fds.map_or("-".to_string(), |(a, b)| format!("{a} / {b}"));
+        let rss = r.rss_kib.map_or("-".to_string(), |(a, b)| {
+            format!("{:.1} / {:.1}", a as f64 / 1024.0, b as f64 / 1024.0)
+        });
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {fds} | {rss} |\n",
+            r.case,
+            r.requests,
+            r.failures,
+            r.slowest.as_millis()
+        ));
+    }
+    out
+}
