@@ -84,10 +84,13 @@ fn load(
     Ok((failures, slowest, errors))
 }
 
+/// One fault case: it runs on the lab and says what it saw.
+type Case = fn(&mut Lab) -> anyhow::Result<FaultResult>;
+
 impl Lab {
     /// Runs every fault case (see the module doc).
     pub fn fault_suite(&mut self) -> Vec<FaultResult> {
-        let cases: [(&str, fn(&mut Lab) -> anyhow::Result<FaultResult>); 4] = [
+        let cases: [(&str, Case); 4] = [
             ("control plane killed under load", Lab::control_plane_killed),
             (
                 "proxy restarted while the control plane is away",
