@@ -71,3 +71,49 @@ async fn a_frozen_peer_proxy_does_not_hang_new_connections() -> anyhow::Result<(
     assert!(slowest < Duration::from_secs(3), "slowest {slowest:?}");
     Ok(())
 }
+
+/// Many connections opened at once to one peer share few pooled
+/// connections: 250 concurrent streams at 100 per connection need 3
+/// handshakes, not one per connection; and the pool closes them once idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connections_share_few_pooled_connections() -> anyhow::Result<()> {
+    use ferry_tests::net::{read_banner, socks5_connect};
+    const N: u8 = 45;
+    let options = MeshOptions {
+        proxy_args: ["--hbone-pool-idle", "2s"].map(String::from).to_vec(),
+        ..mtls()
+    };
+    let c = Cluster::start(N, options).await?;
+    let socks = c.socks("node-a")?;
+    let target = c.ip(2, 11).to_string();
+    let opened = futures::future::join_all((0..250).map(|_| {
+        let target = target.clone();
+        let client = c.client();
+        async move {
+            let mut stream = socks5_connect(socks, client, &target, 9090).await?;
+            read_banner(&mut stream).await?;
+            Ok::<_, std::io::Error>(stream)
+        }
+    }))
+    .await;
+    let open: Vec<_> = opened.into_iter().collect::<Result<_, _>>()?;
+    let pool = tokio::task::block_in_place(|| c.mesh.config_dump("node-a"))?["hbone_pool"].clone();
+    eprintln!("250 concurrent connections: pool {pool}");
+    assert_eq!(pool["streams"], 250, "{pool}");
+    assert!(pool["handshakes"].as_u64() <= Some(3), "{pool}");
+    assert!(pool["connections"].as_u64() <= Some(3), "{pool}");
+    drop(open);
+    // Idle for longer than --hbone-pool-idle: closed.
+    let closed = tokio::task::block_in_place(|| {
+        ferry_tests::wait_for(
+            "idle pooled connections closed",
+            Duration::from_secs(10),
+            || {
+                let pool = c.mesh.config_dump("node-a")?["hbone_pool"].clone();
+                Ok((pool["connections"] == 0).then_some(()))
+            },
+        )
+    });
+    closed.map_err(|e| e.context(c.mesh.diagnostics()))?;
+    Ok(())
+}
