@@ -187,7 +187,17 @@ fn the_example_cluster_survives_faults() -> anyhow::Result<()> {
     for r in lab.check_examples() {
         assert!(r.ok, "{}: {}\n{}", r.what, r.saw, lab.logs());
     }
-    let results = lab.fault_suite();
+    let mut results = lab.fault_suite();
+    drop(lab);
+    // Rotation under a transfer: a lab whose certificates live 4 s.
+    let mut rotating = ferryctl::lab::Lab::up_with(
+        &examples,
+        &format!("fr{}", std::process::id() % 10_000),
+        ferryctl::lab::LabOptions {
+            workload_cert_ttl: Some(Duration::from_secs(4)),
+        },
+    )?;
+    results.extend(rotating.rotation_suite());
     eprintln!("{}", ferryctl::lab::faults::table(&results));
     for r in &results {
         eprintln!(
@@ -198,7 +208,7 @@ fn the_example_cluster_survives_faults() -> anyhow::Result<()> {
         );
     }
     for r in &results {
-        assert!(r.ok, "{}: {}\n{}", r.case, r.saw, lab.logs());
+        assert!(r.ok, "{}: {}\n{}", r.case, r.saw, rotating.logs());
     }
     Ok(())
 }

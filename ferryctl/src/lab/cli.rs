@@ -50,7 +50,23 @@ pub fn up(manifests: &Path, check: bool, faults: bool) -> ExitCode {
     }
     println!("{} passed, {} failed", results.len() - failed, failed);
     if faults {
-        let results = lab.fault_suite();
+        let mut results = lab.fault_suite();
+        // Certificate rotation needs a lab whose certificates live seconds.
+        let rotating = Lab::up_with(
+            manifests,
+            &format!("frot{}", std::process::id() % 10_000),
+            super::LabOptions {
+                workload_cert_ttl: Some(std::time::Duration::from_secs(4)),
+            },
+        );
+        match rotating {
+            Ok(mut rotating) => results.extend(rotating.rotation_suite()),
+            Err(e) => results.push(super::faults::FaultResult {
+                case: "certificate rotation under a long transfer".into(),
+                saw: format!("building its lab failed: {e:#}"),
+                ..Default::default()
+            }),
+        }
         for r in &results {
             println!(
                 "{} fault: {}: {}",

@@ -72,6 +72,14 @@ pub struct Lab {
     pub work: tempfile::TempDir,
 }
 
+/// How to build a lab.
+#[derive(Debug, Clone, Default)]
+pub struct LabOptions {
+    /// Lifetime of workload certificates (the fault suite rotates them
+    /// during a transfer); default: the control plane's.
+    pub workload_cert_ttl: Option<Duration>,
+}
+
 /// The name of the outside client's namespace in [`Lab::netns`], [`Lab::curl`].
 pub const OUTSIDE: &str = "outside";
 
@@ -81,6 +89,11 @@ pub const OUTSIDE_HOST: u8 = 200;
 impl Lab {
     /// Builds the lab for `manifests` with namespace names starting with `prefix`.
     pub fn up(manifests: &Path, prefix: &str) -> anyhow::Result<Self> {
+        Self::up_with(manifests, prefix, LabOptions::default())
+    }
+
+    /// [`Lab::up`] with options.
+    pub fn up_with(manifests: &Path, prefix: &str, options: LabOptions) -> anyhow::Result<Self> {
         let Topology {
             nodes,
             pods,
@@ -212,11 +225,11 @@ impl Lab {
         let copy = lab.work.path().join("manifests");
         std::fs::create_dir(&copy)?;
         copy_dir(manifests, &copy)?;
-        lab.start(&copy)?;
+        lab.start(&copy, &options)?;
         Ok(lab)
     }
 
-    fn start(&mut self, manifests: &Path) -> anyhow::Result<()> {
+    fn start(&mut self, manifests: &Path, options: &LabOptions) -> anyhow::Result<()> {
         let work = self.work.path().to_path_buf();
         let pki = work.join("pki");
         let mut args = vec![
@@ -239,18 +252,25 @@ impl Lab {
         let manifests = manifests.display().to_string();
         let pki_arg = pki.display().to_string();
         let net = &self.namespaces["net"];
+        let mut cp_args = vec![
+            "--manifests".to_string(),
+            manifests,
+            "--listen".into(),
+            listen.clone(),
+            "--tls-dir".into(),
+            pki_arg.clone(),
+        ];
+        if let Some(ttl) = options.workload_cert_ttl {
+            cp_args.extend([
+                "--workload-cert-ttl".into(),
+                ttl.as_secs().to_string(),
+                "--workload-cert-min-ttl".into(),
+                format!("{}s", ttl.as_secs()),
+            ]);
+        }
+        let cp_args: Vec<&str> = cp_args.iter().map(String::as_str).collect();
         let command: Vec<String> = net
-            .command(
-                &cp,
-                &[
-                    "--manifests",
-                    &manifests,
-                    "--listen",
-                    &listen,
-                    "--tls-dir",
-                    &pki_arg,
-                ],
-            )
+            .command(&cp, &cp_args)
             .into_iter()
             .map(String::from)
             .collect();
