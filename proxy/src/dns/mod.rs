@@ -711,4 +711,52 @@ mod tests {
         task.abort();
         silent.abort();
     }
+
+    #[tokio::test]
+    async fn a_forwarded_reply_counts_only_from_the_upstream() {
+        // The upstream answers 192.0.2.1 after 200 ms; meanwhile a forger
+        // on another port of the same host answers first, with the right
+        // ID, 192.0.2.66. Only the upstream's answer may be taken.
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        let forger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let fake = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let Ok((len, asker)) = upstream.recv_from(&mut buf).await else {
+                return;
+            };
+            let q = Message::from_vec(&buf[..len]).unwrap();
+            let answer = |ip: &str| {
+                let mut r = Message::response(q.metadata.id, OpCode::Query);
+                r.metadata.recursion_available = true;
+                let question = q.queries[0].clone();
+                r.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    60,
+                    RData::A(A(ip.parse().unwrap())),
+                ));
+                r.add_query(question);
+                r.to_vec().unwrap()
+            };
+            let _ = forger.send_to(&answer("192.0.2.66"), asker).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = upstream.send_to(&answer("192.0.2.1"), asker).await;
+        });
+        let settings = DnsSettings {
+            cluster_domain: "cluster.local".into(),
+            upstream: Some(upstream_addr),
+            upstream_timeout: Duration::from_secs(2),
+            ttl: 5,
+            tcp_idle_timeout: Duration::from_secs(5),
+            max_forwards: 4,
+        };
+        let resolver = upstream_resolver(&settings).unwrap();
+        let found = resolver
+            .lookup(Name::from_ascii("example.com.").unwrap(), RecordType::A)
+            .await
+            .unwrap();
+        let answers: Vec<_> = found.answers().iter().map(|r| r.data.clone()).collect();
+        assert_eq!(answers, [RData::A(A("192.0.2.1".parse().unwrap()))]);
+        fake.abort();
+    }
 }
