@@ -29,6 +29,15 @@ pub fn run(dir: PathBuf) -> ExitCode {
     for p in &problems {
         println!("{p}");
     }
+    // Nothing is skipped silently: kinds Ferry does not read are named.
+    let ignored = source.ignored();
+    if !ignored.is_empty() {
+        let kinds: Vec<String> = ignored
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
+        eprintln!("not read by Ferry (ignored): {}", kinds.join(", "));
+    }
     if problems.is_empty() {
         eprintln!(
             "ok: {objects} objects, {} resources ({} policies)",

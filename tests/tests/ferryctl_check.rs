@@ -76,3 +76,29 @@ fn a_file_that_is_not_text_fails_the_check() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_kubectl_list_is_checked_and_other_kinds_are_named() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("dump.yaml"),
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: shop}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: settings, namespace: shop}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: web, namespace: shop}\n  spec:\n    ports: [{port: 80, targetPort: 0}]\n",
+    )?;
+    let out = Command::new(ferry_tests::binary("ferryctl")?)
+        .args(["check", "--manifests"])
+        .arg(dir.path())
+        .output()?;
+    // The list's Service is read (and its problem reported), not skipped.
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(
+        stdout.contains("(Service shop/web): spec.ports[0].targetPort: 0 is outside 1-65535"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(
+        stderr.contains("not read by Ferry (ignored): 1 ConfigMap"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -80,6 +80,8 @@ pub struct ParsedFile {
     pub broken: Vec<ObjectRef>,
     /// A broken document whose object could not be identified.
     pub unidentified_broken: bool,
+    /// Objects of kinds Ferry does not read (`Deployment web`...).
+    pub ignored: Vec<String>,
 }
 
 /// Splits a YAML stream into documents, with the 1-based line each starts on.
@@ -148,96 +150,142 @@ pub fn parse_manifest(file: &Path, text: &str) -> ParsedFile {
                 continue;
             }
         };
-        if value.is_null() {
-            continue;
-        }
-        let (Some(api_version), Some(kind)) =
-            (str_at(&value, &["apiVersion"]), str_at(&value, &["kind"]))
-        else {
-            out.problems.push(problem(
+        read_document(file, line, index, value, &mut out);
+    }
+    out
+}
+
+/// One document of a manifest file (or one item of a `kind: List`):
+/// typed, defaulted and validated into `out`.
+fn read_document(
+    file: &Path,
+    line: usize,
+    index: usize,
+    value: serde_yaml::Value,
+    out: &mut ParsedFile,
+) {
+    let problem =
+        |line: usize, object: Option<ObjectRef>, field: Option<String>, message: String| {
+            ManifestProblem {
+                file: file.to_path_buf(),
                 line,
-                None,
-                Some("apiVersion/kind".into()),
-                "missing".into(),
-            ));
-            out.unidentified_broken = true;
-            continue;
+                document: index + 1,
+                object,
+                field,
+                message,
+            }
         };
-        let Some(object_kind) = ObjectKind::from_type(api_version, kind) else {
-            let known = [
-                "Namespace",
-                "Node",
-                "Pod",
-                "Service",
-                "EndpointSlice",
-                "NetworkPolicy",
-            ];
-            if known.contains(&kind) {
+    if value.is_null() {
+        return;
+    }
+    let (Some(api_version), Some(kind)) =
+        (str_at(&value, &["apiVersion"]), str_at(&value, &["kind"]))
+    else {
+        out.problems.push(problem(
+            line,
+            None,
+            Some("apiVersion/kind".into()),
+            "missing".into(),
+        ));
+        out.unidentified_broken = true;
+        return;
+    };
+    // What `kubectl get -o yaml` writes: a list of objects. Each item is
+    // read as a document of its own (at the list's line).
+    if api_version == "v1" && kind == "List" {
+        let items = match value.get("items") {
+            None | Some(serde_yaml::Value::Null) => Vec::new(),
+            Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+            Some(_) => {
                 out.problems.push(problem(
                     line,
                     None,
-                    Some("apiVersion".into()),
-                    format!("{api_version:?} is not supported for kind {kind}"),
+                    Some("items".into()),
+                    "a List's items must be a sequence".into(),
                 ));
-            }
-            // Other kinds (Deployments, ConfigMaps...) are not Ferry's business.
-            continue;
-        };
-        let name = str_at(&value, &["metadata", "name"])
-            .unwrap_or_default()
-            .to_string();
-        let namespace = if object_kind.is_namespaced() {
-            str_at(&value, &["metadata", "namespace"])
-                .unwrap_or("default")
-                .to_string()
-        } else {
-            String::new()
-        };
-        let object_ref = (!name.is_empty()).then(|| ObjectRef::new(object_kind, namespace, name));
-        let parsed = match object_kind {
-            ObjectKind::Namespace => typed(value).map(|o| K8sObject::Namespace(Box::new(o))),
-            ObjectKind::Node => typed(value).map(|o| K8sObject::Node(Box::new(o))),
-            ObjectKind::Pod => typed(value).map(|o| K8sObject::Pod(Box::new(o))),
-            ObjectKind::Service => typed(value).map(|o| K8sObject::Service(Box::new(o))),
-            ObjectKind::EndpointSlice => {
-                typed(value).map(|o| K8sObject::EndpointSlice(Box::new(o)))
-            }
-            ObjectKind::NetworkPolicy => {
-                typed(value).map(|o| K8sObject::NetworkPolicy(Box::new(o)))
+                out.unidentified_broken = true;
+                return;
             }
         };
-        let mut object = match parsed {
-            Ok(o) => o,
-            Err((field, message)) => {
-                out.problems
-                    .push(problem(line, object_ref.clone(), field, message));
-                match object_ref {
-                    Some(r) => out.broken.push(r),
-                    None => out.unidentified_broken = true,
-                }
-                continue;
-            }
-        };
-        default_namespace(&mut object);
-        let field_problems = validate(&object);
-        if field_problems.is_empty() {
-            out.objects.push(object);
-            continue;
+        for item in items {
+            read_document(file, line, index, item, out);
         }
-        for fp in field_problems {
+        return;
+    }
+    let Some(object_kind) = ObjectKind::from_type(api_version, kind) else {
+        let known = [
+            "Namespace",
+            "Node",
+            "Pod",
+            "Service",
+            "EndpointSlice",
+            "NetworkPolicy",
+        ];
+        if known.contains(&kind) {
             out.problems.push(problem(
                 line,
-                object_ref.clone(),
-                Some(fp.field),
-                fp.message,
+                None,
+                Some("apiVersion".into()),
+                format!("{api_version:?} is not supported for kind {kind}"),
             ));
+        } else {
+            // Other kinds (Deployments, ConfigMaps...) are not Ferry's
+            // business; they are counted, so nothing is skipped silently.
+            let name = str_at(&value, &["metadata", "name"]).unwrap_or("?");
+            out.ignored.push(format!("{kind} {name}"));
         }
-        match object_ref {
-            Some(r) => out.broken.push(r),
-            None => out.unidentified_broken = true,
+        return;
+    };
+    let name = str_at(&value, &["metadata", "name"])
+        .unwrap_or_default()
+        .to_string();
+    let namespace = if object_kind.is_namespaced() {
+        str_at(&value, &["metadata", "namespace"])
+            .unwrap_or("default")
+            .to_string()
+    } else {
+        String::new()
+    };
+    let object_ref = (!name.is_empty()).then(|| ObjectRef::new(object_kind, namespace, name));
+    let parsed = match object_kind {
+        ObjectKind::Namespace => typed(value).map(|o| K8sObject::Namespace(Box::new(o))),
+        ObjectKind::Node => typed(value).map(|o| K8sObject::Node(Box::new(o))),
+        ObjectKind::Pod => typed(value).map(|o| K8sObject::Pod(Box::new(o))),
+        ObjectKind::Service => typed(value).map(|o| K8sObject::Service(Box::new(o))),
+        ObjectKind::EndpointSlice => typed(value).map(|o| K8sObject::EndpointSlice(Box::new(o))),
+        ObjectKind::NetworkPolicy => typed(value).map(|o| K8sObject::NetworkPolicy(Box::new(o))),
+    };
+    let mut object = match parsed {
+        Ok(o) => o,
+        Err((field, message)) => {
+            out.problems
+                .push(problem(line, object_ref.clone(), field, message));
+            match object_ref {
+                Some(r) => out.broken.push(r),
+                None => out.unidentified_broken = true,
+            }
+            return;
         }
+    };
+    default_namespace(&mut object);
+    super::defaults::apply(&mut object);
+    let field_problems = validate(&object);
+    if field_problems.is_empty() {
+        out.objects.push(object);
+        return;
     }
-    out
+    for fp in field_problems {
+        out.problems.push(problem(
+            line,
+            object_ref.clone(),
+            Some(fp.field),
+            fp.message,
+        ));
+    }
+    match object_ref {
+        Some(r) => out.broken.push(r),
+        None => out.unidentified_broken = true,
+    }
 }
 
 /// Namespaced objects written without a namespace live in `default`.
@@ -263,6 +311,8 @@ struct FileState {
     stamp: Stamp,
     objects: BTreeMap<ObjectRef, K8sObject>,
     problems: Vec<ManifestProblem>,
+    /// Objects of kinds Ferry does not read.
+    ignored: Vec<String>,
 }
 
 /// Incremental view of a manifest folder. [`ManifestSource::rescan`] re-reads
@@ -422,6 +472,17 @@ impl ManifestSource {
         all
     }
 
+    /// Objects in the folder of kinds Ferry does not read, by kind, with
+    /// how many of each (`Deployment` → 2).
+    pub fn ignored(&self) -> BTreeMap<String, usize> {
+        let mut kinds = BTreeMap::new();
+        for entry in self.files.values().flat_map(|f| &f.ignored) {
+            let kind = entry.split_once(' ').map_or(entry.as_str(), |(k, _)| k);
+            *kinds.entry(kind.to_string()).or_insert(0) += 1;
+        }
+        kinds
+    }
+
     /// The objects currently in force.
     pub fn objects(&self) -> impl Iterator<Item = &K8sObject> {
         self.published.values()
@@ -549,6 +610,7 @@ impl ManifestSource {
                             stamp,
                             objects,
                             problems: vec![problem],
+                            ignored: Vec::new(),
                         },
                     );
                     continue;
@@ -592,6 +654,7 @@ impl ManifestSource {
                     stamp,
                     objects,
                     problems: parsed.problems,
+                    ignored: parsed.ignored,
                 },
             );
         }
@@ -744,6 +807,40 @@ metadata: {name: shop}
         assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
         assert_eq!(parsed.objects.len(), 1);
         assert_eq!(parsed.objects[0].object_ref().to_string(), "Pod default/a");
+    }
+
+    #[test]
+    fn a_list_is_read_item_by_item_and_other_kinds_are_named() {
+        // What `kubectl get svc,pods -o yaml` writes.
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: web, namespace: shop}\n  spec:\n    ports: [{port: 80}]\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: a, namespace: shop}\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: web, namespace: shop}\nmetadata: {resourceVersion: \"\"}\n";
+        let parsed = parse_manifest(Path::new("list.yaml"), text);
+        assert!(parsed.problems.is_empty(), "{:?}", parsed.problems);
+        let objects: Vec<String> = parsed
+            .objects
+            .iter()
+            .map(|o| o.object_ref().to_string())
+            .collect();
+        assert_eq!(objects, ["Service shop/web", "Pod shop/a"]);
+        assert_eq!(parsed.ignored, ["Deployment web"]);
+        // Items are defaulted like any document.
+        let K8sObject::Service(web) = &parsed.objects[0] else {
+            panic!()
+        };
+        let port = &web.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(port.protocol.as_deref(), Some("TCP"));
+        // A list whose items are not a sequence is a problem, by name.
+        let bad = parse_manifest(
+            Path::new("bad.yaml"),
+            "apiVersion: v1\nkind: List\nitems: 3\n",
+        );
+        assert_eq!(bad.problems.len(), 1);
+        assert!(
+            bad.problems[0]
+                .to_string()
+                .contains("items: a List's items must be a sequence"),
+            "{}",
+            bad.problems[0]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! [`SourceEvent`]s of typed objects (k8s-openapi types) that passed
 //! [`validate`], so every source feeds the same store and translation.
 
+pub mod defaults;
 pub mod kube;
 pub mod manifests;
 pub mod validate;

@@ -287,7 +287,11 @@ pub fn service(
     let endpoints = match (service_type, backends) {
         (ServiceType::ExternalName, _) | (_, Backends::None) => Vec::new(),
         (_, Backends::Slices(slices)) => slice_endpoints(&ports, &slices),
-        (_, Backends::Workloads(workloads)) => workload_endpoints(&ports, &workloads),
+        (_, Backends::Workloads(workloads)) => workload_endpoints(
+            &ports,
+            &workloads,
+            spec.publish_not_ready_addresses == Some(true),
+        ),
     };
     model::Service {
         hostname: format!("{name}.{namespace}.svc.{}", options.cluster_domain),
@@ -320,8 +324,15 @@ pub fn service(
 }
 
 /// Endpoints from the pods a selector picked, as the EndpointSlice controller
-/// would write them: ready = Ready and not terminating, serving = Ready.
-fn workload_endpoints(ports: &[ServicePort], workloads: &[&model::Workload]) -> Vec<Endpoint> {
+/// would write them: ready = Ready and not terminating, serving = Ready;
+/// with `publishNotReadyAddresses`, every endpoint is ready (serving and
+/// terminating still say what the pod is), so DNS and routing include
+/// pods that are not ready, as the API documents.
+fn workload_endpoints(
+    ports: &[ServicePort],
+    workloads: &[&model::Workload],
+    publish_not_ready: bool,
+) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for w in workloads {
         let resolved: Vec<Option<u16>> = ports
@@ -337,7 +348,7 @@ fn workload_endpoints(ports: &[ServicePort], workloads: &[&model::Workload]) -> 
                 address: *address,
                 node: w.node.clone(),
                 ports: resolved.clone(),
-                ready: w.ready && !w.terminating,
+                ready: publish_not_ready || (w.ready && !w.terminating),
                 serving: w.ready,
                 terminating: w.terminating,
                 hostname: None,

@@ -212,13 +212,14 @@ impl CompiledPolicy {
             .unwrap_or_else(|| "default".into());
         let name = policy.metadata.name.clone().unwrap_or_default();
         let spec = policy.spec.clone().unwrap_or_default();
-        let types = spec.policy_types.clone();
-        let (ingress, egress) = match &types {
+        // Empty or missing: the API server's default (see
+        // `source::defaults`), for objects that did not pass through it.
+        let (ingress, egress) = match spec.policy_types.as_deref().filter(|t| !t.is_empty()) {
             Some(t) => (
                 t.iter().any(|t| t == "Ingress"),
                 t.iter().any(|t| t == "Egress"),
             ),
-            None => (true, spec.egress.is_some()),
+            None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
         };
         let mut compiled = Self {
             select: Slot::Pods(spec.pod_selector.clone().unwrap_or_default()),

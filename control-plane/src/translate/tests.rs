@@ -1129,6 +1129,31 @@ fn endpoint_conditions_follow_pod_readiness_and_termination() {
 }
 
 #[test]
+fn publish_not_ready_addresses_makes_every_endpoint_ready() {
+    // (case, Ready, terminating) -> (ready, serving, terminating)
+    let cases = [
+        ("not ready", false, false, (true, false, false)),
+        ("ready, terminating", true, true, (true, true, true)),
+    ];
+    for (name, ready, term, want) in cases {
+        let mut p = pod("shop", "a", "{app: web}", "10.0.0.1");
+        if !ready {
+            p = unready(p);
+        }
+        if term {
+            p = terminating(p);
+        }
+        let published = svc("shop", "web", "{app: web}")
+            .replace("spec:\n", "spec:\n  publishNotReadyAddresses: true\n");
+        let s = service(&translated(&[published, p]), "shop/web");
+        let [e] = s.endpoints.as_slice() else {
+            panic!("case {name}: {:?}", s.endpoints)
+        };
+        assert_eq!((e.ready, e.serving, e.terminating), want, "case {name}");
+    }
+}
+
+#[test]
 fn dual_stack_pod_gives_one_endpoint_per_address() {
     let p = with(
         pod("shop", "a", "{app: web}", "10.0.0.1"),
