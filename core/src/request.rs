@@ -21,7 +21,7 @@ use std::time::Instant;
 use ferry_api::model::{Service, Workload};
 
 use crate::policy::{Check, Denied};
-use crate::route::{self, LoadBalancer, Mode, Plan};
+use crate::route::{self, LoadBalancer, Mode, Origin, Plan};
 use crate::state::ProxyState;
 
 /// How a connection reaches its endpoint.
@@ -157,7 +157,19 @@ fn choose<'s>(
     now: Instant,
 ) -> (Option<&'s Service>, Result<Chosen<'s>, Refusal>) {
     let ip = destination.ip().to_canonical();
-    match route::plan(state, destination) {
+    // A pod of the cluster, or this node itself: `externalTrafficPolicy:
+    // Local` does not restrict it (see `route::Access`).
+    let client_ip = client.ip().to_canonical();
+    let origin = if state.workload_by_ip(&client_ip).is_some()
+        || state
+            .node_by_ip(&client_ip)
+            .is_some_and(|n| n.name == local_node)
+    {
+        Origin::Cluster
+    } else {
+        Origin::Outside
+    };
+    match route::plan(state, origin, destination) {
         Plan::Service {
             service,
             port,
@@ -167,7 +179,17 @@ fn choose<'s>(
         } => {
             let serving_node = node.unwrap_or(local_node);
             let picked = lb
-                .pick(service, port, policy, serving_node, client.ip(), now)
+                .pick(
+                    service,
+                    port,
+                    policy,
+                    serving_node,
+                    route::Ends {
+                        client: client.ip(),
+                        destination: ip,
+                    },
+                    now,
+                )
                 .map_err(Refusal::NoEndpoints)
                 .map(|(endpoint, address)| Chosen {
                     endpoint: address,
@@ -443,6 +465,40 @@ mod tests {
             );
             assert_eq!(outcome(&request), want, "{case}");
         }
+    }
+
+    #[test]
+    fn external_traffic_policy_local_restricts_outside_clients_only() {
+        let mut bodies = crate::route::tests::cluster();
+        bodies.push(ResourceBody::Service(crate::route::tests::web()));
+        let state = ConfigStore::holding(&bodies).snapshot();
+        let endpoints_for = |client: &str| {
+            let lb = LoadBalancer::new();
+            let mut seen: Vec<String> = (0..6)
+                .filter_map(|_| {
+                    decide(
+                        &state,
+                        &lb,
+                        LOCAL,
+                        sa(client),
+                        sa("198.51.100.10:80"),
+                        Instant::now(),
+                    )
+                    .endpoint
+                    .map(|e| e.ip().to_string())
+                })
+                .collect();
+            seen.sort();
+            seen.dedup();
+            seen
+        };
+        // A client outside the cluster entering at n1: n1's endpoint only.
+        assert_eq!(endpoints_for("172.16.0.9:40000"), ["10.0.1.1"]);
+        // A pod of the cluster: every endpoint, as kube-proxy does.
+        assert_eq!(
+            endpoints_for("10.0.1.100:40000"),
+            ["10.0.1.1", "10.0.2.1", "10.0.3.1"]
+        );
     }
 
     #[test]

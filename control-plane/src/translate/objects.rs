@@ -284,7 +284,25 @@ pub fn service(
             .unwrap_or(model::DEFAULT_AFFINITY_TIMEOUT_SECONDS)
     });
     let ports = service_ports(spec);
-    let endpoints = match (service_type, backends) {
+    // A single-stack service gets only endpoints of its family; a
+    // dual-stack one all of them (routing then picks per family). The
+    // families are `ipFamilies`, else those of the cluster IPs; a service
+    // with neither (headless, written without `ipFamilies`) keeps every
+    // address.
+    let mut families: Vec<bool> = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .filter_map(|f| match f.as_str() {
+            "IPv4" => Some(true),
+            "IPv6" => Some(false),
+            _ => None,
+        })
+        .collect();
+    if families.is_empty() {
+        families = cluster_ips.iter().map(IpAddr::is_ipv4).collect();
+    }
+    let mut endpoints = match (service_type, backends) {
         (ServiceType::ExternalName, _) | (_, Backends::None) => Vec::new(),
         (_, Backends::Slices(slices)) => slice_endpoints(&ports, &slices),
         (_, Backends::Workloads(workloads)) => workload_endpoints(
@@ -293,6 +311,9 @@ pub fn service(
             spec.publish_not_ready_addresses == Some(true),
         ),
     };
+    if !families.is_empty() {
+        endpoints.retain(|e| families.contains(&e.address.is_ipv4()));
+    }
     model::Service {
         hostname: format!("{name}.{namespace}.svc.{}", options.cluster_domain),
         service_type,

@@ -1160,12 +1160,27 @@ fn dual_stack_pod_gives_one_endpoint_per_address() {
         "podIP: \"10.0.0.1\"",
         "podIP: 10.0.0.1\n  podIPs: [{ip: 10.0.0.1}, {ip: \"fd00::1\"}]",
     );
-    let s = service(
-        &translated(&[svc("shop", "web", "{app: web}"), p]),
-        "shop/web",
+    // A dual-stack service: one endpoint per address.
+    let dual = svc("shop", "web", "{app: web}").replace(
+        "spec:\n",
+        "spec:\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIPs: [10.96.0.10, \"fd00::10\"]\n",
     );
+    let s = service(&translated(&[dual, p.clone()]), "shop/web");
     assert_eq!(endpoint_addresses(&s), ["10.0.0.1", "fd00::1"]);
     assert_eq!(endpoint_workloads(&s), ["shop/a", "shop/a"]);
+    // A single-stack one (IPv4: its cluster IP's family): its family only.
+    let s = service(
+        &translated(&[svc("shop", "web", "{app: web}"), p.clone()]),
+        "shop/web",
+    );
+    assert_eq!(endpoint_addresses(&s), ["10.0.0.1"]);
+    // Single-stack IPv6 by ipFamilies.
+    let v6 = svc("shop", "web", "{app: web}").replace(
+        "clusterIP: 10.96.0.10",
+        "clusterIP: \"fd00::10\"\n  ipFamilies: [IPv6]",
+    );
+    let s = service(&translated(&[v6, p]), "shop/web");
+    assert_eq!(endpoint_addresses(&s), ["fd00::1"]);
 }
 
 #[test]
@@ -1339,15 +1354,27 @@ fn fqdn_slices_are_skipped() {
 
 #[test]
 fn ipv6_slices_are_used() {
-    let t = translated(&[
-        svc("shop", "web", NO_SELECTOR),
+    let slices = [
         slice_of("shop", "v4", "web", &["10.1.0.1"]),
         with(slice_of("shop", "v6", "web", &["fd00::1"]), "IPv4", "IPv6"),
-    ]);
+    ];
+    // A dual-stack service uses both families' slices...
+    let dual = svc("shop", "web", NO_SELECTOR).replace(
+        "spec:\n",
+        "spec:\n  ipFamilies: [IPv4, IPv6]\n  clusterIPs: [10.96.0.10, \"fd00::10\"]\n",
+    );
+    let t = translated(&[dual, slices[0].clone(), slices[1].clone()]);
     assert_eq!(
         endpoint_addresses(&service(&t, "shop/web")),
         ["10.1.0.1", "fd00::1"]
     );
+    // ...a single-stack IPv4 one only its family's, as kube-proxy does.
+    let t = translated(&[
+        svc("shop", "web", NO_SELECTOR),
+        slices[0].clone(),
+        slices[1].clone(),
+    ]);
+    assert_eq!(endpoint_addresses(&service(&t, "shop/web")), ["10.1.0.1"]);
 }
 
 #[test]

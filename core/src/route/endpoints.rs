@@ -17,6 +17,10 @@ pub struct Eligible<'s> {
     /// Ready endpoints (`true`) or, none being ready, the serving and
     /// terminating ones (`false`).
     ready: bool,
+    /// Only endpoints of this address family (`true`: IPv4), when the
+    /// connection's destination says which: a dual-stack service is
+    /// served per family, as kube-proxy runs one proxier per family.
+    ipv4: Option<bool>,
     len: usize,
 }
 
@@ -27,6 +31,7 @@ impl<'s> Eligible<'s> {
             && self
                 .node
                 .is_none_or(|node| endpoint.node.as_deref() == Some(node))
+            && self.ipv4.is_none_or(|v4| endpoint.address.is_ipv4() == v4)
     }
 
     fn admits(&self, endpoint: &Endpoint) -> bool {
@@ -73,18 +78,48 @@ impl<'s> Eligible<'s> {
 /// serve that port (`ports[port]` is `Some`); with policy Local only
 /// endpoints whose node is `local_node`; the ready ones; if none is ready,
 /// the serving-and-terminating ones (fallback); never unready non-serving
-/// ones. Allocates nothing.
+/// ones. Allocates nothing. Every address family ([`eligible_for`] keeps
+/// one).
 pub fn eligible<'s>(
     service: &'s Service,
     port: usize,
     policy: TrafficPolicy,
     local_node: &str,
 ) -> Eligible<'s> {
+    eligible_in(service, port, policy, local_node, None)
+}
+
+/// [`eligible`] for a connection to `destination`: only endpoints of its
+/// address family (a dual-stack service is served per family).
+pub fn eligible_for<'s>(
+    service: &'s Service,
+    port: usize,
+    policy: TrafficPolicy,
+    local_node: &str,
+    destination: IpAddr,
+) -> Eligible<'s> {
+    eligible_in(
+        service,
+        port,
+        policy,
+        local_node,
+        Some(destination.to_canonical().is_ipv4()),
+    )
+}
+
+fn eligible_in<'s>(
+    service: &'s Service,
+    port: usize,
+    policy: TrafficPolicy,
+    local_node: &str,
+    ipv4: Option<bool>,
+) -> Eligible<'s> {
     let mut set = Eligible {
         endpoints: &service.endpoints,
         port,
         node: None,
         ready: true,
+        ipv4,
         len: 0,
     };
     if policy == TrafficPolicy::Local {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::endpoints::{eligible, no_endpoints};
 use super::names::{name_target, service_by_name, NameTarget};
-use super::{mode_for, no_such_port, plan, service_plan, tcp_port, Access, Mode, Plan};
+use super::{mode_for, no_such_port, plan, service_plan, tcp_port, Access, Mode, Origin, Plan};
 use crate::state::ProxyState;
 
 /// What `ferryctl route` reports for a whole route: how its endpoints are
@@ -154,7 +154,10 @@ fn plan_by_name<'s>(
         // DNS answers with the pods' IPs; the client dials the port as is.
         NameTarget::Pods(addresses) => {
             return match addresses.first() {
-                Some(&address) => (plan(state, SocketAddr::new(address, port)), Some(address)),
+                Some(&address) => (
+                    plan(state, Origin::Cluster, SocketAddr::new(address, port)),
+                    Some(address),
+                ),
                 None => (
                     Plan::Refused {
                         service: Some(service),
@@ -167,7 +170,10 @@ fn plan_by_name<'s>(
         NameTarget::ClusterIps(_) => {}
     }
     match tcp_port(service, port) {
-        Some(index) => (service_plan(service, index, Access::ClusterIp, None), None),
+        Some(index) => (
+            service_plan(service, index, Access::ClusterIp, Origin::Cluster, None),
+            None,
+        ),
         None => (
             Plan::Refused {
                 service: Some(service),
@@ -193,7 +199,11 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
     let (route, via, dialed) = match host.parse::<IpAddr>() {
         Ok(ip) => {
             let ip = ip.to_canonical();
-            (plan(state, SocketAddr::new(ip, port)), None, Some(ip))
+            (
+                plan(state, Origin::Cluster, SocketAddr::new(ip, port)),
+                None,
+                Some(ip),
+            )
         }
         Err(_) => match service_by_name(state, host, &from.namespace) {
             Some(service) => {

@@ -15,7 +15,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use ferry_api::model::{Endpoint, Service, TrafficPolicy};
 
-use super::endpoints::{eligible, no_endpoints, Eligible};
+use super::endpoints::{eligible_for, no_endpoints, Eligible};
 
 trait KeyParts {
     fn parts(&self) -> (&str, &str, Option<IpAddr>);
@@ -107,6 +107,15 @@ impl Sticky {
     }
 }
 
+/// The two ends of a connection being balanced: the client (for ClientIP
+/// affinity) and the address it dialled (its family picks the endpoints of
+/// a dual-stack service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ends {
+    pub client: IpAddr,
+    pub destination: IpAddr,
+}
+
 /// Round robin per service (key `ns/name`) and `sessionAffinity: ClientIP`
 /// with its timeout ([`Service::client_ip_affinity`] seconds). Sharded maps,
 /// no global lock; nothing is allocated once the service has its counter and
@@ -137,10 +146,14 @@ impl LoadBalancer {
         port: usize,
         policy: TrafficPolicy,
         local_node: &str,
-        client: IpAddr,
+        ends: Ends,
         now: Instant,
     ) -> Result<(&'s Endpoint, SocketAddr), String> {
-        let set = eligible(service, port, policy, local_node);
+        let Ends {
+            client,
+            destination,
+        } = ends;
+        let set = eligible_for(service, port, policy, local_node, destination);
         let endpoint = match service.client_ip_affinity {
             None => self.round_robin(service, set),
             Some(seconds) => self.affine(

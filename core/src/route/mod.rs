@@ -73,7 +73,7 @@ pub(crate) mod tests;
 
 pub use endpoints::{eligible, Eligible};
 pub use explain::{explain, Explanation, RouteAffinity, RouteEndpoint, RouteMode};
-pub use lb::LoadBalancer;
+pub use lb::{Ends, LoadBalancer};
 pub use names::{
     headless_addresses, name_target, resolve_fqdn, service_by_name, NameAnswer, NameTarget,
 };
@@ -94,14 +94,33 @@ pub enum Access {
     PodIp,
 }
 
+/// Where a connection comes from, which decides whether
+/// `externalTrafficPolicy: Local` applies to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// A pod of the cluster, or the node itself.
+    Cluster,
+    /// A client outside the cluster (through a node port, a load-balancer
+    /// or an external IP).
+    Outside,
+}
+
 impl Access {
-    /// The traffic policy of `service` that applies to this access.
-    fn policy(self, service: &Service) -> TrafficPolicy {
+    /// The traffic policy of `service` that applies to this access from
+    /// `origin`. As kube-proxy does, `externalTrafficPolicy: Local` keeps
+    /// a connection on the entry node's endpoints only when it comes from
+    /// outside the cluster: a pod (or the node itself) reaching a node
+    /// port, a load-balancer or an external IP of such a service is sent
+    /// to every endpoint, as `Cluster` would (kube-proxy's "pod traffic
+    /// for external destinations" rule), so it is never black-holed on a
+    /// node without endpoints.
+    fn policy(self, service: &Service, origin: Origin) -> TrafficPolicy {
         match self {
             Access::ClusterIp | Access::PodIp => service.internal_traffic_policy,
-            Access::NodePort | Access::LoadBalancer | Access::ExternalIp => {
-                service.external_traffic_policy
-            }
+            Access::NodePort | Access::LoadBalancer | Access::ExternalIp => match origin {
+                Origin::Cluster => TrafficPolicy::Cluster,
+                Origin::Outside => service.external_traffic_policy,
+            },
         }
     }
 }
@@ -149,18 +168,20 @@ pub(crate) fn tcp_port(service: &Service, port: u16) -> Option<usize> {
         .position(|p| p.port == port && p.protocol == Protocol::Tcp)
 }
 
-/// The plan for a service port reached by `access` (at `node`'s address for a node port).
+/// The plan for a service port reached by `access` from `origin` (at
+/// `node`'s address for a node port).
 pub(crate) fn service_plan<'s>(
     service: &'s Service,
     port: usize,
     access: Access,
+    origin: Origin,
     node: Option<&'s str>,
 ) -> Plan<'s> {
     Plan::Service {
         service,
         port,
         access,
-        policy: access.policy(service),
+        policy: access.policy(service, origin),
         node,
     }
 }
@@ -172,10 +193,11 @@ pub(crate) fn no_such_port(service: &Service, port: u16) -> String {
     )
 }
 
-/// What a destination address means (TCP only). Order: service cluster IP /
-/// load-balancer IP / external IP (matched port by `port` and protocol TCP)
-/// -> node IP with a node port -> pod IP -> passthrough.
-pub fn plan(state: &ProxyState, destination: SocketAddr) -> Plan<'_> {
+/// What a destination address means (TCP only) to a connection from
+/// `origin`. Order: service cluster IP / load-balancer IP / external IP
+/// (matched port by `port` and protocol TCP) -> node IP with a node port
+/// -> pod IP -> passthrough.
+pub fn plan(state: &ProxyState, origin: Origin, destination: SocketAddr) -> Plan<'_> {
     // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6.
     let ip = destination.ip().to_canonical();
     let port = destination.port();
@@ -189,7 +211,7 @@ pub fn plan(state: &ProxyState, destination: SocketAddr) -> Plan<'_> {
             Access::ExternalIp
         };
         match tcp_port(service, port) {
-            Some(index) => return service_plan(service, index, access, None),
+            Some(index) => return service_plan(service, index, access, origin, None),
             None if access == Access::ClusterIp => {
                 return Plan::Refused {
                     service: Some(service),
@@ -208,7 +230,13 @@ pub fn plan(state: &ProxyState, destination: SocketAddr) -> Plan<'_> {
                 .iter()
                 .position(|p| p.node_port == Some(port) && p.protocol == Protocol::Tcp);
             if let Some(index) = index {
-                return service_plan(service, index, Access::NodePort, Some(node.name.as_str()));
+                return service_plan(
+                    service,
+                    index,
+                    Access::NodePort,
+                    origin,
+                    Some(node.name.as_str()),
+                );
             }
         }
     }

@@ -194,13 +194,23 @@ fn cluster_ip_maps_each_port_to_its_target_port() {
     // (destination, service port index, target port)
     let cases = [("10.96.0.10:80", 0, 8080), ("10.96.0.10:9090", 1, 9091)];
     for (dest, want_index, want_target) in cases {
-        let (svc, index, access, policy) = expect_service(plan(&s, sa(dest)));
+        let (svc, index, access, policy) = expect_service(plan(&s, Origin::Cluster, sa(dest)));
         assert_eq!(svc.name, "backend", "{dest}");
         assert_eq!(index, want_index, "{dest}");
         assert_eq!(access, Access::ClusterIp, "{dest}");
         assert_eq!(policy, TrafficPolicy::Cluster, "{dest}");
         let (_, addr) = lb
-            .pick(svc, index, policy, LOCAL, ip("10.0.1.100"), Instant::now())
+            .pick(
+                svc,
+                index,
+                policy,
+                LOCAL,
+                Ends {
+                    client: ip("10.0.1.100"),
+                    destination: ip("10.96.0.10"),
+                },
+                Instant::now(),
+            )
             .unwrap();
         assert_eq!(addr.port(), want_target, "{dest}");
     }
@@ -233,7 +243,7 @@ fn a_cluster_ip_on_a_port_the_service_does_not_define_is_refused() {
         ),
     ];
     for (dest, want_service, want_reason) in cases {
-        match plan(&s, sa(dest)) {
+        match plan(&s, Origin::Cluster, sa(dest)) {
             Plan::Refused {
                 service: Some(svc),
                 reason,
@@ -260,7 +270,7 @@ fn a_cluster_ip_on_a_port_the_service_does_not_define_is_refused() {
 /// shop/web: LoadBalancer at cluster IP 10.96.0.20, LB IP 198.51.100.10,
 /// external IP 192.0.2.50, port 80 -> 8080 with node port 30080,
 /// externalTrafficPolicy Local.
-fn web() -> Service {
+pub(crate) fn web() -> Service {
     let mut web = backend();
     web.name = "web".into();
     web.hostname = "web.shop.svc.cluster.local".into();
@@ -333,7 +343,7 @@ fn every_service_address_and_its_traffic_policy() {
         ),
     ];
     for (dest, want_access, want_policy, want_eligible) in cases {
-        let planned = plan(&s, sa(dest));
+        let planned = plan(&s, Origin::Outside, sa(dest));
         let serving_node = match &planned {
             Plan::Service { node, .. } => node.unwrap_or(LOCAL),
             _ => LOCAL,
@@ -349,8 +359,25 @@ fn every_service_address_and_its_traffic_policy() {
             "{dest}"
         );
     }
+    // From a pod of the cluster (or the node itself), Local does not
+    // restrict: every endpoint, as kube-proxy sends pod traffic for
+    // external destinations to the cluster-wide chain.
+    for dest in [
+        "10.1.0.1:30080",
+        "10.1.0.2:30080",
+        "198.51.100.10:80",
+        "192.0.2.50:80",
+    ] {
+        let (svc, index, _, policy) = expect_service(plan(&s, Origin::Cluster, sa(dest)));
+        assert_eq!(policy, TrafficPolicy::Cluster, "{dest}");
+        assert_eq!(
+            addresses(eligible(svc, index, policy, LOCAL).iter()),
+            all.to_vec(),
+            "{dest}"
+        );
+    }
     // Seen from n2, Local keeps n2's endpoint only.
-    let (svc, index, _, policy) = expect_service(plan(&s, sa("10.1.0.1:30080")));
+    let (svc, index, _, policy) = expect_service(plan(&s, Origin::Outside, sa("10.1.0.1:30080")));
     assert_eq!(
         addresses(eligible(svc, index, policy, "n2").iter()),
         ["10.0.2.1"]
@@ -374,7 +401,7 @@ fn addresses_that_are_not_a_service_port_fall_through() {
         ("8.8.8.8:53", "passthrough"),
     ];
     for (dest, want) in cases {
-        let got = match plan(&s, sa(dest)) {
+        let got = match plan(&s, Origin::Cluster, sa(dest)) {
             Plan::Workload { workload, port } => {
                 assert_eq!(port, sa(dest).port());
                 format!("pod {}", workload.name)
@@ -391,7 +418,10 @@ fn a_udp_node_port_is_not_a_tcp_destination() {
     let mut svc = web();
     svc.ports[0].protocol = Protocol::Udp;
     let s = state_with(vec![svc]);
-    assert_eq!(plan(&s, sa("10.1.0.1:30080")), Plan::Passthrough);
+    assert_eq!(
+        plan(&s, Origin::Cluster, sa("10.1.0.1:30080")),
+        Plan::Passthrough
+    );
 }
 
 #[test]
@@ -407,7 +437,7 @@ fn a_pod_ip_is_that_pod_and_its_mode_depends_on_where_it_runs() {
         ("10.0.2.9:8080", "legacy", Mode::Passthrough),
     ];
     for (dest, want_pod, want_mode) in cases {
-        match plan(&s, sa(dest)) {
+        match plan(&s, Origin::Cluster, sa(dest)) {
             Plan::Workload { workload, port } => {
                 assert_eq!(workload.name, want_pod, "{dest}");
                 assert_eq!(port, 8080, "{dest}");
@@ -457,7 +487,7 @@ fn a_headless_service_is_reached_through_its_pods() {
     db.headless = true;
     let s = state_with(vec![db]);
     // Its backends by pod IP.
-    match plan(&s, sa("10.0.2.1:5432")) {
+    match plan(&s, Origin::Cluster, sa("10.0.2.1:5432")) {
         Plan::Workload { workload, port } => {
             assert_eq!((workload.name.as_str(), port), ("a2", 5432));
         }
@@ -519,9 +549,19 @@ fn a_selector_less_service_with_bare_addresses_passes_through() {
     );
     external_db.selector = false;
     let s = state_with(vec![external_db]);
-    let (svc, index, _, policy) = expect_service(plan(&s, sa("10.96.0.30:3306")));
+    let (svc, index, _, policy) = expect_service(plan(&s, Origin::Cluster, sa("10.96.0.30:3306")));
     let (_, addr) = LoadBalancer::new()
-        .pick(svc, index, policy, LOCAL, ip("10.0.1.100"), Instant::now())
+        .pick(
+            svc,
+            index,
+            policy,
+            LOCAL,
+            Ends {
+                client: ip("10.0.1.100"),
+                destination: ip("10.96.0.10"),
+            },
+            Instant::now(),
+        )
         .unwrap();
     assert_eq!(addr, sa("192.0.2.10:3306"));
     let e = explain_to(&s, "external-db:3306");
@@ -553,8 +593,14 @@ fn an_external_name_service_is_reached_by_name_outside_the_mesh() {
 #[test]
 fn unknown_destinations_pass_through() {
     let s = state_with(vec![backend()]);
-    assert_eq!(plan(&s, sa("8.8.8.8:53")), Plan::Passthrough);
-    assert_eq!(plan(&s, sa("[2001:db8::1]:443")), Plan::Passthrough);
+    assert_eq!(
+        plan(&s, Origin::Cluster, sa("8.8.8.8:53")),
+        Plan::Passthrough
+    );
+    assert_eq!(
+        plan(&s, Origin::Cluster, sa("[2001:db8::1]:443")),
+        Plan::Passthrough
+    );
     for to in ["8.8.8.8:53", "[2001:db8::1]:443", "example.com:443"] {
         let e = explain_to(&s, to);
         assert_eq!(e.mode, RouteMode::Passthrough, "{to}");
@@ -646,7 +692,10 @@ fn a_port_index_out_of_range_has_no_endpoints() {
             2,
             TrafficPolicy::Cluster,
             LOCAL,
-            ip("10.0.1.100"),
+            Ends {
+                client: ip("10.0.1.100"),
+                destination: ip("10.96.0.10"),
+            },
             Instant::now(),
         )
         .unwrap_err();
@@ -704,7 +753,17 @@ fn no_eligible_endpoint_is_refused_naming_service_and_port() {
         );
         svc.internal_traffic_policy = policy;
         let err = LoadBalancer::new()
-            .pick(&svc, 0, policy, LOCAL, ip("10.0.1.100"), Instant::now())
+            .pick(
+                &svc,
+                0,
+                policy,
+                LOCAL,
+                Ends {
+                    client: ip("10.0.1.100"),
+                    destination: ip("10.96.0.10"),
+                },
+                Instant::now(),
+            )
             .unwrap_err();
         assert_eq!(err, want, "{case}");
         let s = state_with(vec![svc]);
@@ -727,7 +786,8 @@ fn internal_traffic_policy_local_keeps_local_endpoints_only() {
         true,
     ));
     let s = state_with(vec![svc]);
-    let (svc, index, access, policy) = expect_service(plan(&s, sa("10.96.0.10:80")));
+    let (svc, index, access, policy) =
+        expect_service(plan(&s, Origin::Cluster, sa("10.96.0.10:80")));
     assert_eq!((access, policy), (Access::ClusterIp, TrafficPolicy::Local));
     // (local node, eligible)
     let cases: [(&str, &[&str]); 4] = [
@@ -746,12 +806,32 @@ fn internal_traffic_policy_local_keeps_local_endpoints_only() {
     let lb = LoadBalancer::new();
     for _ in 0..5 {
         let (e, _) = lb
-            .pick(svc, index, policy, "n1", ip("10.0.1.100"), Instant::now())
+            .pick(
+                svc,
+                index,
+                policy,
+                "n1",
+                Ends {
+                    client: ip("10.0.1.100"),
+                    destination: ip("10.96.0.10"),
+                },
+                Instant::now(),
+            )
             .unwrap();
         assert_eq!(e.address, ip("10.0.1.1"));
     }
     let err = lb
-        .pick(svc, index, policy, "n4", ip("10.0.1.100"), Instant::now())
+        .pick(
+            svc,
+            index,
+            policy,
+            "n4",
+            Ends {
+                client: ip("10.0.1.100"),
+                destination: ip("10.96.0.10"),
+            },
+            Instant::now(),
+        )
         .unwrap_err();
     assert!(
         err.contains("shop/backend:80") && err.contains("node n4"),
@@ -795,7 +875,10 @@ fn round_robin_spreads_evenly() {
                 0,
                 TrafficPolicy::Cluster,
                 LOCAL,
-                client,
+                Ends {
+                    client,
+                    destination: ip("10.96.0.10"),
+                },
                 Instant::now(),
             )
             .unwrap();
@@ -831,7 +914,10 @@ fn round_robin_is_per_service() {
             0,
             TrafficPolicy::Cluster,
             LOCAL,
-            ip("10.0.1.100"),
+            Ends {
+                client: ip("10.0.1.100"),
+                destination: ip("10.96.0.10"),
+            },
             Instant::now(),
         )
         .unwrap()
@@ -852,11 +938,21 @@ fn affinity_sticks_until_its_timeout_and_is_refreshed_on_use() {
     let t0 = Instant::now();
     let secs = |n| t0 + Duration::from_secs(n);
     let pick = |client: &str, now| {
-        lb.pick(&svc, 0, TrafficPolicy::Cluster, LOCAL, ip(client), now)
-            .unwrap()
-            .0
-            .address
-            .to_string()
+        lb.pick(
+            &svc,
+            0,
+            TrafficPolicy::Cluster,
+            LOCAL,
+            Ends {
+                client: ip(client),
+                destination: ip("10.96.0.10"),
+            },
+            now,
+        )
+        .unwrap()
+        .0
+        .address
+        .to_string()
     };
     // (client, time, endpoint)
     let steps = [
@@ -889,7 +985,17 @@ fn affinity_moves_when_its_endpoint_becomes_ineligible() {
     let t0 = Instant::now();
     let client = ip("10.0.1.100");
     let (first, _) = lb
-        .pick(&svc, 0, TrafficPolicy::Cluster, LOCAL, client, t0)
+        .pick(
+            &svc,
+            0,
+            TrafficPolicy::Cluster,
+            LOCAL,
+            Ends {
+                client,
+                destination: ip("10.96.0.10"),
+            },
+            t0,
+        )
         .unwrap();
     assert_eq!(first.address, ip("10.0.1.1"));
 
@@ -897,14 +1003,34 @@ fn affinity_moves_when_its_endpoint_becomes_ineligible() {
     let mut changed = svc.clone();
     changed.endpoints[0] = with_conditions(changed.endpoints[0].clone(), false, false, false);
     let (moved, _) = lb
-        .pick(&changed, 0, TrafficPolicy::Cluster, LOCAL, client, t0)
+        .pick(
+            &changed,
+            0,
+            TrafficPolicy::Cluster,
+            LOCAL,
+            Ends {
+                client,
+                destination: ip("10.96.0.10"),
+            },
+            t0,
+        )
         .unwrap();
     assert_ne!(moved.address, ip("10.0.1.1"));
     let moved = moved.address;
     for s in 1..4 {
         let now = t0 + Duration::from_secs(s);
         let (again, _) = lb
-            .pick(&changed, 0, TrafficPolicy::Cluster, LOCAL, client, now)
+            .pick(
+                &changed,
+                0,
+                TrafficPolicy::Cluster,
+                LOCAL,
+                Ends {
+                    client,
+                    destination: ip("10.96.0.10"),
+                },
+                now,
+            )
             .unwrap();
         assert_eq!(again.address, moved);
     }
@@ -915,7 +1041,10 @@ fn affinity_moves_when_its_endpoint_becomes_ineligible() {
             0,
             TrafficPolicy::Cluster,
             LOCAL,
-            client,
+            Ends {
+                client,
+                destination: ip("10.96.0.10"),
+            },
             t0 + Duration::from_secs(5),
         )
         .unwrap();
@@ -934,7 +1063,10 @@ fn affinity_moves_when_its_endpoint_becomes_ineligible() {
             0,
             TrafficPolicy::Cluster,
             LOCAL,
-            client,
+            Ends {
+                client,
+                destination: ip("10.96.0.10"),
+            },
             t0 + Duration::from_secs(6),
         )
         .unwrap();
@@ -962,7 +1094,10 @@ fn no_endpoint_keeps_no_affinity() {
             0,
             TrafficPolicy::Cluster,
             LOCAL,
-            ip("10.0.1.100"),
+            Ends {
+                client: ip("10.0.1.100"),
+                destination: ip("10.96.0.10")
+            },
             now
         )
         .is_err());
@@ -1266,4 +1401,42 @@ fn a_service_name_means_the_same_to_dns_and_to_ferryctl() {
         name_target(&backend()),
         NameTarget::ClusterIps(&[ip("10.96.0.10")])
     );
+}
+
+#[test]
+fn a_dual_stack_service_is_served_per_family() {
+    let mut dual = service(
+        "dual",
+        Some("10.96.0.40"),
+        vec![tcp("http", 80, 8080)],
+        vec![
+            ep("a1", "10.0.1.1", "n1", &[Some(8080)]),
+            ep("a1", "fd00:1::1", "n1", &[Some(8080)]),
+        ],
+    );
+    dual.cluster_ips.push(ip("fd00::40"));
+    let s = state_with(vec![dual]);
+    let lb = LoadBalancer::new();
+    for (destination, want) in [
+        ("10.96.0.40:80", "10.0.1.1"),
+        ("[fd00::40]:80", "fd00:1::1"),
+    ] {
+        let (svc, index, _, policy) = expect_service(plan(&s, Origin::Cluster, sa(destination)));
+        for _ in 0..3 {
+            let (_, address) = lb
+                .pick(
+                    svc,
+                    index,
+                    policy,
+                    LOCAL,
+                    Ends {
+                        client: ip("10.0.1.100"),
+                        destination: sa(destination).ip(),
+                    },
+                    Instant::now(),
+                )
+                .unwrap();
+            assert_eq!(address.ip(), ip(want), "{destination}");
+        }
+    }
 }
