@@ -15,13 +15,6 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "scripts/local-mesh.sh runs a loopback mesh without root." >&2
   exit 2
 fi
-need=()
-for tool in ip:iproute2 iptables:iptables curl:curl python3:python3; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+scripts/deps.sh
 cargo build --quiet --workspace --bins
 exec target/debug/ferryctl lab up "$@"

@@ -123,6 +123,8 @@ pub struct App {
     plaintext: Option<(PlaintextInbound, TcpListener)>,
     dns: Option<(DnsServer, UdpSocket, TcpListener)>,
     saved: Option<Arc<StateDir>>,
+    /// Set on shutdown: HBONE connections are sent GOAWAY.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Applies the configuration saved in `dir`, if any, to the empty store.
@@ -242,6 +244,8 @@ impl App {
         });
 
         let listeners = &config.listeners;
+        // Tells the HBONE listener's connections that the proxy stops.
+        let stopping = tokio::sync::watch::Sender::new(false);
         let admin_listener = admin::bind(listeners.admin)
             .await
             .with_context(|| format!("--admin {}: cannot bind", listeners.admin))?;
@@ -253,6 +257,7 @@ impl App {
                     settings: config.h2,
                     handshake_timeout: config.timeouts.tls_handshake,
                     idle_timeout: config.timeouts.hbone_idle,
+                    stopping: stopping.subscribe(),
                     inbound: inbound.clone(),
                 },
                 bind(listeners.hbone, "hbone").await?,
@@ -337,6 +342,7 @@ impl App {
             plaintext,
             dns,
             saved,
+            stopping,
         })
     }
 
@@ -396,8 +402,10 @@ impl App {
             _ = ferry_process::shutdown_signal() => tracing::info!("proxy stopping"),
         }
         // The listeners are closed (their tasks are gone); connections
-        // already open run in their own tasks: let them finish, up to the
-        // drain timeout.
+        // already open run in their own tasks: peers are told to open new
+        // streams elsewhere (GOAWAY), and what is open may finish, up to
+        // the drain timeout.
+        self.stopping.send_replace(true);
         drain(&self.tracker, config.drain_timeout).await;
         if let Some((rules, _)) = &self.capture_rules {
             if let Err(e) = rules.remove() {

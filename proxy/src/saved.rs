@@ -8,9 +8,9 @@
 //!   it (a `DeltaResponse`, protobuf), written once changes have settled and
 //!   at most once per `settle`, atomically (a temporary file renamed over
 //!   the old one).
-//! - `certs/<namespace>.<service account>.pem` and `...-key.pem`: each
-//!   workload certificate chain and its private key, written when obtained,
-//!   removed when the identity is no longer served.
+//! - `certs/<namespace>/<service account>/cert.pem` and `key.pem`: each
+//!   workload certificate chain and its private key, written when
+//!   obtained, removed when the identity is no longer served.
 //!
 //! Files are mode 0600 in 0700 folders; nothing is encrypted (the private
 //! keys are as safe as the node's disk, as a kubelet's are). At start, a
@@ -159,12 +159,13 @@ impl StateDir {
         write_private(&self.config_path(), &saved.encode_to_vec())
     }
 
-    /// Saves the configuration whenever it changes, at most once per
-    /// `settle`, until the task is dropped. A failed write is logged and
-    /// retried with the next change.
+    /// Saves the configuration whenever the store changes (every applied
+    /// delta, whatever its revision: a new control-plane process numbers
+    /// its revisions from 1 again), at most once per `settle`, until the
+    /// task is dropped. A failed write is logged and retried with the next
+    /// change.
     pub async fn follow(self: Arc<Self>, store: Arc<ConfigStore>, settle: Duration) {
         let mut changes = store.subscribe();
-        let mut saved_revision = None;
         loop {
             if changes.changed().await.is_err() {
                 return;
@@ -172,9 +173,6 @@ impl StateDir {
             tokio::time::sleep(settle).await;
             changes.borrow_and_update();
             let state = store.snapshot();
-            if saved_revision == Some(state.revision()) {
-                continue;
-            }
             let dir = self.clone();
             let written = tokio::task::spawn_blocking(move || {
                 dir.save_config(&state).map(|()| state.revision())
@@ -183,7 +181,6 @@ impl StateDir {
             match written {
                 Ok(Ok(revision)) => {
                     tracing::debug!(revision, "configuration saved");
-                    saved_revision = Some(revision);
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "saving the configuration failed"),
                 Err(e) => tracing::warn!(error = %e, "saving the configuration failed"),
@@ -191,22 +188,25 @@ impl StateDir {
         }
     }
 
-    /// `certs/<namespace>.<service account>.pem` and `...-key.pem`.
+    /// `certs/<namespace>/<service account>/cert.pem` and `key.pem`
+    /// (namespace and service account names are DNS labels: no `/`, no
+    /// `..`, so they are safe as folder names).
     fn certificate_paths(&self, identity: &Identity) -> (PathBuf, PathBuf) {
-        // Namespace and service account names are DNS labels/subdomains:
-        // no '/' and no "..", so the file names are safe as they are.
-        let stem = format!("{}.{}", identity.namespace, identity.service_account);
-        let dir = self.root.join(CERTS);
-        (
-            dir.join(format!("{stem}.pem")),
-            dir.join(format!("{stem}-key.pem")),
-        )
+        let dir = self
+            .root
+            .join(CERTS)
+            .join(&identity.namespace)
+            .join(&identity.service_account);
+        (dir.join("cert.pem"), dir.join("key.pem"))
     }
 
     /// Saves a workload certificate and its key (the key first: a chain
     /// without its key is never left behind).
     pub fn save_certificate(&self, saved: &SavedCertificate) -> Result<(), SavedError> {
         let (cert, key) = self.certificate_paths(&saved.identity);
+        if let Some(dir) = cert.parent() {
+            private_dir(dir)?;
+        }
         write_private(&key, ferry_pki::private_key_pem(&saved.key_der)?.as_bytes())?;
         write_private(&cert, saved.chain_pem.concat().as_bytes())
     }
@@ -214,11 +214,18 @@ impl StateDir {
     /// Forgets the certificate of an identity no longer served.
     pub fn remove_certificate(&self, identity: &Identity) {
         let (cert, key) = self.certificate_paths(identity);
-        for path in [cert, key] {
-            if let Err(e) = std::fs::remove_file(&path) {
+        for path in [&cert, &key] {
+            if let Err(e) = std::fs::remove_file(path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %path.display(), error = %e, "removing a saved certificate failed");
                 }
+            }
+        }
+        // The identity's folder, and its namespace's when now empty.
+        if let Some(dir) = cert.parent() {
+            let _ = std::fs::remove_dir(dir);
+            if let Some(namespace) = dir.parent() {
+                let _ = std::fs::remove_dir(namespace);
             }
         }
     }
@@ -227,38 +234,36 @@ impl StateDir {
     /// to belong to it (the caller verifies the rest as it would a fresh
     /// one). Unreadable files are logged and skipped.
     pub fn load_certificates(&self, trust_domain: &str) -> Vec<SavedCertificate> {
-        let dir = self.root.join(CERTS);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
         };
+        let root = self.root.join(CERTS);
         let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some((namespace, account)) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .filter(|n| !n.ends_with("-key.pem"))
-                .and_then(|n| n.strip_suffix(".pem"))
-                .and_then(|n| n.split_once('.'))
-            else {
-                continue;
-            };
-            let identity = Identity::new(trust_domain, namespace, account);
-            let (cert, key) = self.certificate_paths(&identity);
-            let loaded = ferry_pki::Credential::load(&cert, &key)
-                .map_err(|e| e.to_string())
-                .and_then(|credential| {
-                    let key_der = ferry_pki::pem_der(&credential.key_pem)?;
-                    Ok(SavedCertificate {
-                        identity,
-                        chain_pem: vec![credential.cert_pem],
-                        key_der,
-                    })
-                });
-            match loaded {
-                Ok(saved) => out.push(saved),
-                Err(reason) => {
-                    tracing::warn!(path = %cert.display(), %reason, "saved certificate skipped")
+        for namespace in names(&root) {
+            for account in names(&root.join(&namespace)) {
+                let identity = Identity::new(trust_domain, &namespace, &account);
+                let (cert, key) = self.certificate_paths(&identity);
+                let loaded = ferry_pki::Credential::load(&cert, &key)
+                    .map_err(|e| e.to_string())
+                    .and_then(|credential| {
+                        let key_der = ferry_pki::pem_der(&credential.key_pem)?;
+                        Ok(SavedCertificate {
+                            identity,
+                            chain_pem: vec![credential.cert_pem],
+                            key_der,
+                        })
+                    });
+                match loaded {
+                    Ok(saved) => out.push(saved),
+                    Err(reason) => {
+                        tracing::warn!(path = %cert.display(), %reason, "saved certificate skipped")
+                    }
                 }
             }
         }

@@ -17,6 +17,12 @@ use tokio::sync::mpsc;
 use super::validate::validate;
 use super::{K8sObject, ObjectKind, ObjectRef, SourceEvent};
 
+/// The stamp standing for a file that has vanished (in `pending`).
+const GONE: Stamp = Stamp {
+    modified: None,
+    len: u64::MAX,
+};
+
 /// Notifications this close together are handled by one scan.
 const COALESCE: Duration = Duration::from_millis(20);
 
@@ -513,6 +519,29 @@ impl ManifestSource {
         let mut affected: BTreeSet<ObjectRef> = BTreeSet::new();
         let mut new_problems = Vec::new();
         let mut deferred = false;
+        // A folder with no manifest file at all, before anything was read:
+        // an unmounted volume as likely as an empty cluster. Nothing is
+        // published (proxies stay without configuration, refusing
+        // connections) until a file appears; an empty file says "no
+        // objects".
+        if settle.is_some() && listed.is_empty() && self.files.is_empty() {
+            if !self.unavailable {
+                self.unavailable = true;
+                new_problems.push(ManifestProblem {
+                    file: self.root.clone(),
+                    line: 1,
+                    document: 1,
+                    object: None,
+                    field: None,
+                    message: "no manifest file in the folder: waiting for one (an empty file says the cluster has no objects)".into(),
+                });
+            }
+            return Ok(Scan {
+                events: Vec::new(),
+                problems: new_problems,
+                deferred: true,
+            });
+        }
         if settle.is_some() && listed.is_empty() && !self.published.is_empty() {
             if !self.unavailable {
                 self.unavailable = true;
@@ -535,7 +564,9 @@ impl ManifestSource {
             });
         }
         self.unavailable = false;
-        self.pending.retain(|path, _| listed.contains_key(path));
+        let files = &self.files;
+        self.pending
+            .retain(|path, _| listed.contains_key(path) || files.contains_key(path));
 
         let gone: Vec<PathBuf> = self
             .files
@@ -544,6 +575,23 @@ impl ManifestSource {
             .cloned()
             .collect();
         for path in gone {
+            // A file that vanished may come back at once (a save by
+            // rename, a checkout): its objects go only once it has been
+            // gone for the emptied grace.
+            if let Some(settle) = settle {
+                let since = match self.pending.get(&path) {
+                    Some((seen, since)) if *seen == GONE => *since,
+                    _ => {
+                        self.pending.insert(path.clone(), (GONE, now));
+                        now
+                    }
+                };
+                if now.saturating_duration_since(since) < settle.emptied {
+                    deferred = true;
+                    continue;
+                }
+            }
+            self.pending.remove(&path);
             if let Some(state) = self.files.remove(&path) {
                 for object in state.objects.into_keys() {
                     self.disown(&object, &path);
@@ -1046,11 +1094,58 @@ metadata: {name: shop}
         assert_eq!(source.objects().count(), 2);
         // An empty file is how a folder says "no objects".
         std::fs::write(dir.path().join("empty.yaml"), "").unwrap();
-        let scan = settled(&mut source, t0 + Duration::from_secs(4));
+        // a.yaml is gone for good once past the grace.
+        assert!(settled(&mut source, t0 + Duration::from_secs(4))
+            .events
+            .is_empty());
+        let scan = settled(&mut source, t0 + Duration::from_millis(6_500));
         assert_eq!(
             names(&scan.events),
             ["-Namespace shop", "-Service shop/web"]
         );
+    }
+
+    #[test]
+    fn a_file_renamed_over_or_checked_out_again_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        let b = dir.path().join("b.yaml");
+        std::fs::write(&a, GOOD).unwrap();
+        std::fs::write(&b, "").unwrap();
+        let mut source = ManifestSource::new(dir.path());
+        let t0 = Instant::now();
+        settled(&mut source, t0);
+        settled(&mut source, t0 + Duration::from_millis(150));
+        assert_eq!(source.objects().count(), 2);
+        // Gone for a moment (a save by rename, a checkout), then back.
+        std::fs::remove_file(&a).unwrap();
+        let scan = settled(&mut source, t0 + Duration::from_secs(1));
+        assert!(scan.events.is_empty() && scan.deferred);
+        std::fs::write(&a, GOOD).unwrap();
+        settled(&mut source, t0 + Duration::from_millis(1_200));
+        let scan = settled(&mut source, t0 + Duration::from_secs(2));
+        assert!(scan.events.is_empty(), "{:?}", names(&scan.events));
+        assert_eq!(source.objects().count(), 2);
+    }
+
+    #[test]
+    fn an_empty_folder_at_start_publishes_nothing_until_a_file_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = ManifestSource::new(dir.path());
+        let t0 = Instant::now();
+        let scan = settled(&mut source, t0);
+        assert!(scan.deferred, "the initial load must wait");
+        assert_eq!(scan.problems.len(), 1);
+        assert!(scan.problems[0].message.contains("waiting for one"));
+        // Reported once.
+        assert!(settled(&mut source, t0 + Duration::from_secs(1))
+            .problems
+            .is_empty());
+        // An empty file: the cluster has no objects, said on purpose.
+        std::fs::write(dir.path().join("empty.yaml"), "").unwrap();
+        settled(&mut source, t0 + Duration::from_secs(2));
+        let scan = settled(&mut source, t0 + Duration::from_millis(2_200));
+        assert!(!scan.deferred && scan.events.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use ferry_api::model::{Service, Workload};
 use serde::Serialize;
 
-use super::endpoints::{eligible, no_endpoints};
+use super::endpoints::{eligible, eligible_for, no_endpoints};
 use super::names::{name_target, service_by_name, NameTarget};
 use super::{mode_for, no_such_port, plan, service_plan, tcp_port, Access, Mode, Origin, Plan};
 use crate::state::ProxyState;
@@ -281,7 +281,13 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
             ..
         } => {
             let serving_node = node.unwrap_or(local_node);
-            let endpoints: Vec<RouteEndpoint> = eligible(service, port, policy, serving_node)
+            // The family the data path would use: the address dialled, or
+            // the cluster IP a name resolves to first.
+            let set = match dialed.or_else(|| service.cluster_ips.first().copied()) {
+                Some(destination) => eligible_for(service, port, policy, serving_node, destination),
+                None => eligible(service, port, policy, serving_node),
+            };
+            let endpoints: Vec<RouteEndpoint> = set
                 .iter()
                 .filter_map(|e| {
                     Some(RouteEndpoint {

@@ -71,7 +71,7 @@ pub mod names;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use endpoints::{eligible, Eligible};
+pub use endpoints::{eligible, eligible_for, Eligible};
 pub use explain::{explain, Explanation, RouteAffinity, RouteEndpoint, RouteMode};
 pub use lb::{Ends, LoadBalancer};
 pub use names::{

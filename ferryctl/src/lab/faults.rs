@@ -155,9 +155,19 @@ impl Lab {
 
     fn proxy_restarted_alone(&mut self) -> anyhow::Result<FaultResult> {
         // Let the proxy's state folder catch up, then take the control
-        // plane away and restart node-a's proxy.
+        // plane away; it comes back whatever the case found.
         std::thread::sleep(Duration::from_millis(1_500));
         self.stop("control-plane")?;
+        let outcome = self.restart_alone();
+        let back = self.restart("control-plane");
+        let result = outcome?;
+        back?;
+        Ok(result)
+    }
+
+    /// Restarts node-a's proxy while the control plane is stopped, and
+    /// checks what it does.
+    fn restart_alone(&mut self) -> anyhow::Result<FaultResult> {
         let node = self
             .nodes
             .first()
@@ -197,7 +207,6 @@ impl Lab {
         let denied = self
             .curl("default/client", "http://10.244.1.11:9090/")
             .is_err();
-        self.restart("control-plane")?;
         let ok = failures == 0 && denied && only_tls.is_ok() && across == "shop/backend-2";
         Ok(FaultResult {
             ok,
@@ -271,18 +280,38 @@ impl Lab {
             .collect::<Vec<_>>()
             .join("\n---\n");
         anyhow::ensure!(without != original, "no backend-3 in 10-pods.yaml");
+        let outcome = self.churn(&node, &file, &without);
+        // backend-3 comes back whatever the case found.
+        std::fs::write(&file, &original)?;
+        super::wait_for("backend-3 back", Duration::from_secs(20), || {
+            Ok(self
+                .endpoints_of(&node, "shop/api")?
+                .iter()
+                .any(|w| w == "shop/backend-3")
+                .then_some(()))
+        })?;
+        outcome
+    }
+
+    /// Loads the api service while backend-3 is removed from `file`.
+    fn churn(
+        &mut self,
+        node: &str,
+        file: &std::path::Path,
+        without: &str,
+    ) -> anyhow::Result<FaultResult> {
         let mut failures = 0;
         let mut misrouted = 0;
         let mut known_gone = 0;
         let mut slowest = Duration::ZERO;
         for i in 0..60 {
             if i == 10 {
-                std::fs::write(&file, &without)?;
+                std::fs::write(file, without)?;
             }
             // Once node-a's proxy no longer lists backend-3, no connection
             // may reach it.
             let gone = !self
-                .endpoints_of(&node, "shop/api")?
+                .endpoints_of(node, "shop/api")?
                 .iter()
                 .any(|w| w == "shop/backend-3");
             let started = Instant::now();
@@ -294,14 +323,6 @@ impl Lab {
             slowest = slowest.max(started.elapsed());
             known_gone += usize::from(gone);
         }
-        std::fs::write(&file, &original)?;
-        super::wait_for("backend-3 back", Duration::from_secs(20), || {
-            Ok(self
-                .endpoints_of(&node, "shop/api")?
-                .iter()
-                .any(|w| w == "shop/backend-3")
-                .then_some(()))
-        })?;
         Ok(FaultResult {
             ok: failures == 0 && misrouted == 0 && known_gone > 0,
             saw: format!(

@@ -224,6 +224,12 @@ impl HbonePool {
             self.timeouts,
         ));
         tracing::debug!(source = %key.source, destination = %key.destination, node = %key.node, "HBONE connection established");
+        // Opening is rare: a good time to forget connections that ended
+        // under keys nobody uses any more.
+        self.connections.retain(|_, list| {
+            list.retain(|c| !c.closed.load(Ordering::Acquire));
+            !list.is_empty()
+        });
         self.connections
             .entry(key.clone())
             .or_default()
@@ -272,6 +278,10 @@ impl HbonePool {
         })
     }
 }
+
+/// The stream count of a connection claimed for closing: far above any
+/// stream limit, so [`HbonePool`]'s checkout never takes a slot on it.
+const CLAIMED: usize = usize::MAX / 2;
 
 /// Drives one pooled connection until it ends, is found dead (a PING
 /// unanswered for `keepalive_timeout`), or has had no stream for `idle`;
@@ -323,7 +333,13 @@ async fn watch_connection<T>(
             _ = tick.tick() => {
                 if streams.load(Ordering::Acquire) == 0 {
                     let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= timeouts.idle {
+                    // Claim the connection atomically: a checkout racing
+                    // with this sees it full and opens or picks another.
+                    if since.elapsed() >= timeouts.idle
+                        && streams
+                            .compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                    {
                         tracing::debug!(%node, "HBONE connection idle: closed");
                         break;
                     }

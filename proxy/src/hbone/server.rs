@@ -38,6 +38,9 @@ pub struct HboneServer {
     /// (gracefully: GOAWAY, so a stream being opened is not lost).
     pub idle_timeout: Duration,
     pub inbound: Arc<Inbound>,
+    /// Becomes true when the proxy stops: every connection is sent GOAWAY
+    /// (its open streams go on; new ones go to another proxy or wait).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Reads a stream's request: a CONNECT to a socket address (`ip:port`, as
@@ -187,9 +190,18 @@ impl HboneServer {
         let identity = Arc::new(identity);
         let open = Arc::new(OpenStreams::default());
         let mut closing = false;
+        let mut stopping = self.stopping.clone();
         loop {
             let next = tokio::select! {
                 next = connection.accept() => next,
+                stop = stopping.wait_for(|stop| *stop), if !closing => {
+                    if stop.is_ok() {
+                        tracing::debug!(%peer, %identity, "proxy stopping: HBONE connection sent GOAWAY");
+                        connection.graceful_shutdown();
+                        closing = true;
+                    }
+                    continue;
+                }
                 () = open.idle_for(self.idle_timeout), if !closing => {
                     tracing::debug!(%peer, %identity, "HBONE connection idle: closing it");
                     connection.graceful_shutdown();

@@ -286,17 +286,20 @@ impl Outbound {
         // failures are not retried.
         let result = match result {
             Err(e) if decided.service.is_some() && e.reason() == FailureReason::ConnectError => {
-                match self.another_endpoint(&state, client, address, target, first_node) {
+                // Only when the node's proxy itself failed (connect, TLS,
+                // HTTP/2, its CONNECT reply timing out) is the whole node
+                // avoided; an endpoint its proxy could not reach is just
+                // that endpoint.
+                let failed_node = match &e {
+                    OutboundError::Tunnel(TunnelError::Refused { .. }) => None,
+                    OutboundError::Tunnel(_) => first_node,
+                    _ => None,
+                };
+                match self.another_endpoint(&state, client, address, target, failed_node) {
                     Some(admitted) => {
+                        // One client connection, one outcome: the failed
+                        // attempt is logged, the retry's result is counted.
                         tracing::info!(%client, failed = %target, retry = %admitted.endpoint, error = %e, "endpoint unreachable: retrying once on another endpoint");
-                        self.telemetry.failure(
-                            Reporter::Source,
-                            &parties,
-                            e.reason(),
-                            client,
-                            &target,
-                            &e,
-                        );
                         target = admitted.endpoint;
                         parties.destination = state.peer_labels(&target.ip()).cloned();
                         self.open(client, admitted, &mut parties).await

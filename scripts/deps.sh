@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks for building and testing
+# Ferry (when run as root; otherwise says what is missing): iproute2,
+# iptables and nftables, curl, ping, python3 with venv (the lab's pods and
+# the chart tests), g++ (libFuzzer, built with the fuzz targets).
+set -euo pipefail
+
+need=()
+for tool in curl:curl ip:iproute2 iptables:iptables nft:nftables ping:iputils-ping python3:python3 g++:g++; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
+done
+# The chart tests run the Helm SDK and kubernetes-validate from a venv.
+if command -v python3 >/dev/null 2>&1; then
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+else
+  need+=(python3-venv)
+fi
+[ ${#need[@]} -gt 0 ] || exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${need[*]} (install them as root, e.g. apt-get install ${need[*]})" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
