@@ -195,12 +195,19 @@ impl App {
             .with_token(token);
 
         let metrics = Metrics::new();
-        let tracing_pipeline = Tracing::from_env(
+        // Telemetry never stops the data path: a tracing setting that
+        // cannot be honoured is logged once and tracing is off.
+        let tracing_pipeline = match Tracing::from_env(
             &config.node,
             metrics.spans_exported.clone(),
             metrics.spans_dropped.clone(),
-        )
-        .context("OpenTelemetry (OTEL_* variables)")?;
+        ) {
+            Ok(pipeline) => pipeline,
+            Err(e) => {
+                tracing::warn!(error = %e, "OpenTelemetry (OTEL_* variables) cannot be honoured: tracing is off");
+                None
+            }
+        };
         if tracing_pipeline.is_some() {
             tracing::info!("exporting connection spans over OTLP");
         }

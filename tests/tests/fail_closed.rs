@@ -158,3 +158,48 @@ async fn a_proxy_restarted_without_control_plane_keeps_policy_and_identity() -> 
     drop(outside);
     Ok(())
 }
+
+/// Telemetry never stops the data path: an OTLP setting the proxy cannot
+/// honour is logged and tracing is off; the proxy runs.
+#[test]
+fn an_unusable_otlp_setting_turns_tracing_off_not_the_proxy() -> anyhow::Result<()> {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let socks = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let hbone = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let logs = tempfile::tempdir()?;
+    let control_plane = format!("http://127.0.0.1:{}", free_port()?);
+    let (admin_s, socks_s, hbone_s) = (admin.to_string(), socks.to_string(), hbone.to_string());
+    let mut proxy = Process::start_with_env(
+        "proxy",
+        &binary("ferry-proxy")?,
+        &[
+            "--node",
+            "node-a",
+            "--control-plane",
+            &control_plane,
+            "--admin",
+            &admin_s,
+            "--socks5",
+            &socks_s,
+            "--hbone",
+            &hbone_s,
+        ],
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                "https://127.0.0.1:4317".into(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_COMPRESSION".into(),
+                "zstd-please".into(),
+            ),
+        ],
+        logs.path().join("proxy.log"),
+    )?;
+    wait_for("the admin listener", Duration::from_secs(10), || {
+        Ok(http_get(admin, "/healthz/ready").ok().map(|_| ()))
+    })
+    .map_err(|e| e.context(proxy.log()))?;
+    assert!(proxy.is_running(), "{}", proxy.log());
+    Ok(())
+}

@@ -75,10 +75,14 @@ impl Tracing {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()?;
-        let resource = Resource::builder()
-            .with_service_name("ferry-proxy")
-            .with_attributes([KeyValue::new("k8s.node.name", node.to_string())])
-            .build();
+        // `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` are read by
+        // the builder's detectors; the name is set only when not given.
+        let mut resource =
+            Resource::builder().with_attributes([KeyValue::new("k8s.node.name", node.to_string())]);
+        if let Some(name) = default_service_name(std::env::var("OTEL_SERVICE_NAME").ok()) {
+            resource = resource.with_service_name(name);
+        }
+        let resource = resource.build();
         exporter.set_resource(&resource);
         let (queue, spans) = mpsc::channel(QUEUE);
         tokio::spawn(export(spans, exporter, exported, dropped.clone()));
@@ -105,6 +109,15 @@ impl Tracing {
             .with_kind(kind)
             .with_attributes(attributes)
             .start_with_context(&self.tracer, parent)
+    }
+}
+
+/// The service name to set: `ferry-proxy` unless `OTEL_SERVICE_NAME`
+/// names one (then `None`: the environment's stands).
+fn default_service_name(from_env: Option<String>) -> Option<&'static str> {
+    match from_env {
+        Some(name) if !name.trim().is_empty() => None,
+        _ => Some("ferry-proxy"),
     }
 }
 
@@ -212,5 +225,17 @@ async fn export(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otel_service_name_wins_over_the_default() {
+        assert_eq!(default_service_name(None), Some("ferry-proxy"));
+        assert_eq!(default_service_name(Some("  ".into())), Some("ferry-proxy"));
+        assert_eq!(default_service_name(Some("mesh-node".into())), None);
     }
 }
