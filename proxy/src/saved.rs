@@ -76,8 +76,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SavedError + '_ {
     }
 }
 
-/// Creates `dir` (and its parents) readable by the owner only.
+/// Creates `dir` readable by the owner only. A folder that already exists
+/// keeps its mode (`--state-dir` may name a shared parent such as a
+/// volume's mount point); what Ferry writes in it is private anyway.
 fn private_dir(dir: &Path) -> Result<(), SavedError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     #[cfg(unix)]
     {
@@ -298,6 +303,16 @@ mod tests {
             let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(&dir.path().join("state")), 0o700);
             assert_eq!(mode(&dir.path().join("state").join(CONFIG)), 0o600);
+            // A folder that exists (a shared mount point) keeps its mode;
+            // what is written in it is private.
+            let shared = dir.path().join("shared");
+            std::fs::create_dir(&shared).unwrap();
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let in_shared = StateDir::open(&shared, "node-a").unwrap();
+            in_shared.save_config(&store.snapshot()).unwrap();
+            assert_eq!(mode(&shared), 0o755);
+            assert_eq!(mode(&shared.join(CONFIG)), 0o600);
+            assert_eq!(mode(&shared.join(CERTS)), 0o700);
         }
         // Applied to an empty store, it gives the same resources, versions
         // included (the control plane then sends only what changed).
