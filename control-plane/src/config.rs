@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ferry_process::admin::AdminLimits;
+use ferry_process::admin::{AdminFlags, AdminLimits};
 use ferry_process::{parse_duration as duration, LogFormat};
 
 use crate::authn::ReviewLimits;
@@ -113,12 +113,8 @@ pub struct Args {
     /// Prometheus metrics and readiness (`/metrics`, `/healthz/ready`).
     #[arg(long, env = "FERRY_METRICS_LISTEN", default_value = "127.0.0.1:15014")]
     pub metrics_listen: SocketAddr,
-    /// Open connections to --metrics-listen at most (more are closed at once).
-    #[arg(long, env = "FERRY_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
-    pub admin_max_connections: usize,
-    /// Longest a --metrics-listen client may take to send its request headers.
-    #[arg(long, env = "FERRY_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = duration)]
-    pub admin_header_timeout: Duration,
+    #[command(flatten)]
+    pub admin_flags: AdminFlags,
     /// In a cluster: the Secret (in --namespace) holding the mesh CA
     /// (`ca.pem`, `ca-key.pem`). Proxies then authenticate with service
     /// account tokens (TokenReview) instead of node certificates.
@@ -268,7 +264,6 @@ impl Config {
             ("manifest-rescan", args.manifest_rescan),
             ("http2-keepalive", args.http2_keepalive),
             ("serving-cert-lifetime", args.serving_cert_lifetime),
-            ("admin-header-timeout", args.admin_header_timeout),
             ("tls-handshake-timeout", args.tls_handshake_timeout),
             ("http2-keepalive-timeout", args.http2_keepalive_timeout),
             ("generated-ca-lifetime", args.generated_ca_lifetime),
@@ -283,12 +278,10 @@ impl Config {
                 "must be at least 1 second".into(),
             ));
         }
-        if args.admin_max_connections == 0 {
-            return Err(invalid(
-                "admin-max-connections",
-                "must be at least 1".into(),
-            ));
-        }
+        let admin_limits = args
+            .admin_flags
+            .limits()
+            .map_err(|(flag, message)| invalid(flag, message.into()))?;
         if args.max_streams_per_connection == 0 {
             return Err(invalid(
                 "max-streams-per-connection",
@@ -360,11 +353,7 @@ impl Config {
             source,
             listen: args.listen,
             metrics_listen: args.metrics_listen,
-            admin_limits: AdminLimits {
-                max_connections: args.admin_max_connections,
-                header_timeout: args.admin_header_timeout,
-                ..AdminLimits::default()
-            },
+            admin_limits,
             http2_keepalive: args.http2_keepalive,
             http2_keepalive_timeout: args.http2_keepalive_timeout,
             max_request_bytes: args.max_request_bytes,

@@ -39,6 +39,36 @@ impl Default for AdminLimits {
     }
 }
 
+/// The admin server's flags, the same for every daemon (flattened into
+/// its command line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminFlags {
+    /// Open connections to the admin (metrics) listener at most; more are
+    /// closed at once.
+    #[arg(long, env = "FERRY_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+    /// Longest an admin client may take to send its request headers.
+    #[arg(long, env = "FERRY_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = crate::parse_duration)]
+    pub admin_header_timeout: std::time::Duration,
+}
+
+impl AdminFlags {
+    /// The limits, or the flag that cannot be used as given and why.
+    pub fn limits(&self) -> Result<AdminLimits, (&'static str, &'static str)> {
+        if self.admin_max_connections == 0 {
+            return Err(("admin-max-connections", "must be at least 1"));
+        }
+        if self.admin_header_timeout.is_zero() {
+            return Err(("admin-header-timeout", "must be longer than zero"));
+        }
+        Ok(AdminLimits {
+            max_connections: self.admin_max_connections,
+            header_timeout: self.admin_header_timeout,
+            ..AdminLimits::default()
+        })
+    }
+}
+
 /// Serves HTTP/1.1 admin endpoints (`GET` by path) until the task is
 /// dropped; `handler` answers each request. One request per connection,
 /// within `limits`.
@@ -114,6 +144,27 @@ mod tests {
             .ok()?
             .ok()?;
         Some(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn admin_flags_name_the_flag_they_refuse() {
+        let flags = |connections, timeout| AdminFlags {
+            admin_max_connections: connections,
+            admin_header_timeout: Duration::from_secs(timeout),
+        };
+        assert_eq!(
+            flags(0, 5).limits(),
+            Err(("admin-max-connections", "must be at least 1"))
+        );
+        assert_eq!(
+            flags(8, 0).limits(),
+            Err(("admin-header-timeout", "must be longer than zero"))
+        );
+        let limits = flags(8, 2).limits().unwrap();
+        assert_eq!(
+            (limits.max_connections, limits.header_timeout),
+            (8, Duration::from_secs(2))
+        );
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ferry_process::admin::AdminLimits;
+use ferry_process::admin::{AdminFlags, AdminLimits};
 use ferry_process::{parse_duration as duration, LogFormat};
 use serde::Serialize;
 
@@ -56,12 +56,8 @@ pub struct Args {
     /// Admin HTTP address (readiness, config dump, metrics).
     #[arg(long, env = "FERRY_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
-    /// Open admin connections at most (more are closed at once).
-    #[arg(long, env = "FERRY_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
-    pub admin_max_connections: usize,
-    /// Longest an admin client may take to send its request headers.
-    #[arg(long, env = "FERRY_ADMIN_HEADER_TIMEOUT", default_value = "5s", value_parser = duration)]
-    pub admin_header_timeout: Duration,
+    #[command(flatten)]
+    pub admin_flags: AdminFlags,
     /// HBONE (mTLS tunnel) listener.
     #[arg(long, env = "FERRY_HBONE", default_value = "0.0.0.0:15008")]
     pub hbone: SocketAddr,
@@ -249,9 +245,10 @@ impl Config {
         if args.node.is_empty() {
             return Err(invalid("node", "must not be empty"));
         }
-        if args.admin_max_connections == 0 {
-            return Err(invalid("admin-max-connections", "must be at least 1"));
-        }
+        let admin_limits = args
+            .admin_flags
+            .limits()
+            .map_err(|(flag, message)| invalid(flag, message))?;
         if args.dns_max_forwards == 0 {
             return Err(invalid("dns-max-forwards", "must be at least 1"));
         }
@@ -263,7 +260,6 @@ impl Config {
             ("tls-handshake-timeout", args.tls_handshake_timeout),
             ("socks5-handshake-timeout", args.socks5_handshake_timeout),
             ("dns-upstream-timeout", args.dns_upstream_timeout),
-            ("admin-header-timeout", args.admin_header_timeout),
             ("hbone-idle-timeout", args.hbone_idle_timeout),
             ("hbone-pool-idle", args.hbone_pool_idle),
             ("hbone-keepalive-interval", args.hbone_keepalive_interval),
@@ -334,11 +330,7 @@ impl Config {
             drain_timeout: args.drain_timeout,
             log_format: args.log_format,
             access_log_rate: args.access_log_rate,
-            admin_limits: AdminLimits {
-                max_connections: args.admin_max_connections,
-                header_timeout: args.admin_header_timeout,
-                ..AdminLimits::default()
-            },
+            admin_limits,
             state: args.state_dir.map(|dir| StateSettings {
                 dir,
                 save_settle: Duration::from_secs(1),
