@@ -9,17 +9,19 @@ use std::time::Duration;
 use ferry_tests::net::{socks5_connect, EchoServer};
 use ferry_tests::{binary, free_port, http_get, wait_for, Process};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_without_configuration_relays_nothing() -> anyhow::Result<()> {
-    let echo = EchoServer::start(SocketAddr::from(([127, 0, 0, 1], free_port()?)), "pod").await?;
-    // Nothing listens at the control plane's address: no config will come.
+/// A proxy on loopback whose control plane never answers (nothing listens
+/// at its address), with `env`: the process, its admin and SOCKS5
+/// addresses, and the folder of its log.
+fn lone_proxy(
+    env: &[(String, String)],
+) -> anyhow::Result<(Process, SocketAddr, SocketAddr, tempfile::TempDir)> {
     let control_plane = format!("http://127.0.0.1:{}", free_port()?);
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let socks = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let hbone = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let logs = tempfile::tempdir()?;
     let (admin_s, socks_s, hbone_s) = (admin.to_string(), socks.to_string(), hbone.to_string());
-    let proxy = Process::start(
+    let proxy = Process::start_with_env(
         "proxy",
         &binary("ferry-proxy")?,
         &[
@@ -34,8 +36,16 @@ async fn a_proxy_without_configuration_relays_nothing() -> anyhow::Result<()> {
             "--hbone",
             &hbone_s,
         ],
+        env,
         logs.path().join("proxy.log"),
     )?;
+    Ok((proxy, admin, socks, logs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_without_configuration_relays_nothing() -> anyhow::Result<()> {
+    let echo = EchoServer::start(SocketAddr::from(([127, 0, 0, 1], free_port()?)), "pod").await?;
+    let (proxy, admin, socks, _logs) = lone_proxy(&[])?;
     let ready = tokio::task::block_in_place(|| {
         wait_for("the admin listener", Duration::from_secs(10), || {
             Ok(http_get(admin, "/healthz/ready")
@@ -163,39 +173,16 @@ async fn a_proxy_restarted_without_control_plane_keeps_policy_and_identity() -> 
 /// honour is logged and tracing is off; the proxy runs.
 #[test]
 fn an_unusable_otlp_setting_turns_tracing_off_not_the_proxy() -> anyhow::Result<()> {
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let socks = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let hbone = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let logs = tempfile::tempdir()?;
-    let control_plane = format!("http://127.0.0.1:{}", free_port()?);
-    let (admin_s, socks_s, hbone_s) = (admin.to_string(), socks.to_string(), hbone.to_string());
-    let mut proxy = Process::start_with_env(
-        "proxy",
-        &binary("ferry-proxy")?,
-        &[
-            "--node",
-            "node-a",
-            "--control-plane",
-            &control_plane,
-            "--admin",
-            &admin_s,
-            "--socks5",
-            &socks_s,
-            "--hbone",
-            &hbone_s,
-        ],
-        &[
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-                "https://127.0.0.1:4317".into(),
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_COMPRESSION".into(),
-                "zstd-please".into(),
-            ),
-        ],
-        logs.path().join("proxy.log"),
-    )?;
+    let (mut proxy, admin, _, _logs) = lone_proxy(&[
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "https://127.0.0.1:4317".into(),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_COMPRESSION".into(),
+            "zstd-please".into(),
+        ),
+    ])?;
     wait_for("the admin listener", Duration::from_secs(10), || {
         Ok(http_get(admin, "/healthz/ready").ok().map(|_| ()))
     })
