@@ -116,10 +116,23 @@ pub fn decide<'s>(
             outcome: Err(Refusal::NotConfigured),
         };
     }
-    let source = state
-        .workload_by_ip(&client.ip())
-        .filter(|w| w.node.as_deref() == Some(local_node));
-    let (service, chosen) = choose(state, lb, local_node, client, destination, now);
+    // One lookup of the client serves both questions: is it a workload of
+    // this node (the source), and is it a pod of the cluster at all.
+    let client_ip = client.ip().to_canonical();
+    let client_workload = state.workload_by_ip(&client_ip);
+    let source = client_workload.filter(|w| w.node.as_deref() == Some(local_node));
+    // A pod of the cluster, or this node itself: `externalTrafficPolicy:
+    // Local` does not restrict it (see `route::Access`).
+    let origin = if client_workload.is_some()
+        || state
+            .node_by_ip(&client_ip)
+            .is_some_and(|n| n.name == local_node)
+    {
+        Origin::Cluster
+    } else {
+        Origin::Outside
+    };
+    let (service, chosen) = choose(state, lb, local_node, client, origin, destination, now);
     // An address of a service that is not one of its ports is still named
     // after the service in telemetry.
     let service = service.or_else(|| state.service_by_ip(&destination.ip().to_canonical()));
@@ -153,22 +166,11 @@ fn choose<'s>(
     lb: &LoadBalancer,
     local_node: &str,
     client: SocketAddr,
+    origin: Origin,
     destination: SocketAddr,
     now: Instant,
 ) -> (Option<&'s Service>, Result<Chosen<'s>, Refusal>) {
     let ip = destination.ip().to_canonical();
-    // A pod of the cluster, or this node itself: `externalTrafficPolicy:
-    // Local` does not restrict it (see `route::Access`).
-    let client_ip = client.ip().to_canonical();
-    let origin = if state.workload_by_ip(&client_ip).is_some()
-        || state
-            .node_by_ip(&client_ip)
-            .is_some_and(|n| n.name == local_node)
-    {
-        Origin::Cluster
-    } else {
-        Origin::Outside
-    };
     match route::plan(state, origin, destination) {
         Plan::Service {
             service,
