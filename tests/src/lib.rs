@@ -20,7 +20,7 @@ pub mod otlp;
 pub mod prom;
 pub mod two_nodes;
 
-pub use ferryctl::lab::process::{binary, copy_dir, wait_for, Process};
+pub use ferryctl::lab::process::{binary, copy_dir, rss_kib, wait_for, Process};
 
 /// The repository root (for deploy/examples and friends).
 pub fn repo_root() -> PathBuf {
@@ -404,14 +404,4 @@ pub fn resource<'a>(
         .as_array()?
         .iter()
         .find(|r| r["key"] == key)
-}
-
-/// The resident set size of a process, KiB (from /proc).
-pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS for process {pid}"))
 }
