@@ -39,6 +39,20 @@ pub struct ManifestProblem {
     pub message: String,
 }
 
+impl ManifestProblem {
+    /// A problem with a whole file (or folder), not one of its documents.
+    fn of_file(file: &Path, message: String) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line: 1,
+            document: 1,
+            object: None,
+            field: None,
+            message,
+        }
+    }
+}
+
 impl fmt::Display for ManifestProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -527,14 +541,10 @@ impl ManifestSource {
         if settle.is_some() && listed.is_empty() && self.files.is_empty() {
             if !self.unavailable {
                 self.unavailable = true;
-                new_problems.push(ManifestProblem {
-                    file: self.root.clone(),
-                    line: 1,
-                    document: 1,
-                    object: None,
-                    field: None,
-                    message: "no manifest file in the folder: waiting for one (an empty file says the cluster has no objects)".into(),
-                });
+                new_problems.push(ManifestProblem::of_file(
+                    &self.root,
+                    "no manifest file in the folder: waiting for one (an empty file says the cluster has no objects)".into(),
+                ));
             }
             return Ok(Scan {
                 events: Vec::new(),
@@ -545,17 +555,10 @@ impl ManifestSource {
         if settle.is_some() && listed.is_empty() && !self.published.is_empty() {
             if !self.unavailable {
                 self.unavailable = true;
-                new_problems.push(ManifestProblem {
-                    file: self.root.clone(),
-                    line: 1,
-                    document: 1,
-                    object: None,
-                    field: None,
-                    message: format!(
+                new_problems.push(ManifestProblem::of_file(&self.root, format!(
                         "no manifest file left in the folder while {} objects are in force: taken as unavailable, the objects are kept (leave an empty file to remove them all)",
                         self.published.len()
-                    ),
-                });
+                    )));
             }
             return Ok(Scan {
                 events: Vec::new(),
@@ -638,14 +641,7 @@ impl ManifestSource {
                     // objects stay; reported once, read again only when
                     // the file changes.
                     self.pending.remove(&path);
-                    let problem = ManifestProblem {
-                        file: path.clone(),
-                        line: 1,
-                        document: 1,
-                        object: None,
-                        field: None,
-                        message: format!("cannot read: {e}"),
-                    };
+                    let problem = ManifestProblem::of_file(&path, format!("cannot read: {e}"));
                     new_problems.push(problem.clone());
                     let objects = self
                         .files
