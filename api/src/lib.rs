@@ -9,6 +9,7 @@
 //!   the wire form and the model. A proxy rejects (NACKs) a resource whose
 //!   wire form does not convert, naming the resource and the field.
 
+pub mod build;
 pub mod cidr;
 pub mod identity;
 pub mod model;

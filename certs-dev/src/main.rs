@@ -17,7 +17,7 @@ use ferry_pki::{files, Authority, Credential};
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Ferry development CA and certificates")]
+#[command(version = ferry_api::build::LONG_VERSION, about = "Ferry development CA and certificates")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

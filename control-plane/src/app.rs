@@ -192,7 +192,7 @@ impl App {
             translating,
             metrics_task,
         } = self;
-        tracing::info!(listen = %listener.local_addr()?, source = ?config.source, "control plane serving");
+        tracing::info!(version = ferry_api::build::LONG_VERSION, listen = %listener.local_addr()?, source = ?config.source, "control plane serving");
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(config.http2_keepalive))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))

@@ -28,7 +28,7 @@ pub enum SourceKind {
 
 /// The command line (and environment) of `ferry-control-plane`.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about = "Ferry control plane")]
+#[command(version = ferry_api::build::LONG_VERSION, about = "Ferry control plane")]
 pub struct Args {
     /// Where Kubernetes objects come from.
     #[arg(long, env = "FERRY_SOURCE", value_enum, default_value = "manifests")]

@@ -112,10 +112,11 @@ impl Metrics {
         ferry_process::admin::serve(listener, limits, move |req| match req.uri().path() {
             "/metrics" => ferry_process::admin::metrics_reply(self.encode()),
             "/healthz/ready" => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            "/healthz/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /metrics or /healthz/ready\n".into(),
+                "not found; try /metrics, /healthz/ready or /healthz/live\n".into(),
             ),
         })
         .await

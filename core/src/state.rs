@@ -304,9 +304,24 @@ impl ProxyState {
             })
     }
 
-    /// Every node port in use (unordered).
-    pub fn node_ports(&self) -> impl Iterator<Item = u16> + '_ {
-        self.services_by_node_port.keys().copied()
+    /// Every node port in use with the service that owns it (unordered).
+    pub fn node_ports(&self) -> impl Iterator<Item = (u16, &Service)> + '_ {
+        self.services_by_node_port
+            .iter()
+            .filter_map(|(port, e)| match &e.body {
+                ResourceBody::Service(s) => Some((*port, s)),
+                _ => None,
+            })
+    }
+
+    /// Whether any endpoint of `service` is a workload enrolled in the mesh.
+    pub fn has_mesh_endpoint(&self, service: &Service) -> bool {
+        service.endpoints.iter().any(|e| {
+            e.workload
+                .as_deref()
+                .and_then(|key| self.workload(key))
+                .is_some_and(|w| w.mesh)
+        })
     }
 
     /// Cluster, load-balancer and external IPs of a service.

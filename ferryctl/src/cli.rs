@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Ferry operator tool")]
+#[command(version = ferry_api::build::LONG_VERSION, about = "Ferry operator tool")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -60,6 +60,12 @@ pub enum LabCommand {
         /// restarted alone, a proxy frozen, floods) with its figures.
         #[arg(long)]
         faults: bool,
+        /// Run a stand-in for kube-proxy in each node and leave the
+        /// Services of pods outside the mesh to it, as on a cluster that
+        /// runs kube-proxy (the chart's default); without it the proxies
+        /// serve Service addresses for every pod.
+        #[arg(long)]
+        kube_proxy: bool,
     },
 }
 

@@ -21,7 +21,7 @@ use clap::Parser;
 
 mod check;
 mod cli;
-mod mesh;
+
 mod policy;
 mod route;
 
@@ -36,8 +36,17 @@ fn main() -> ExitCode {
                     manifests,
                     check,
                     faults,
+                    kube_proxy,
                 },
-        } => ferryctl::lab::cli::up(&manifests, check, faults),
+        } => ferryctl::lab::cli::up(
+            &manifests,
+            check,
+            faults,
+            ferryctl::lab::LabOptions {
+                kube_proxy,
+                ..Default::default()
+            },
+        ),
         Command::Route {
             manifests,
             from,

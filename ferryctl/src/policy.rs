@@ -9,7 +9,7 @@ use ferry_core::policy::{evaluate, Party, Verdict};
 use ferry_core::state::ProxyState;
 
 use crate::cli::Output;
-use crate::mesh::proxy_state;
+use ferryctl::mesh::proxy_state;
 
 const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 

@@ -10,7 +10,7 @@ use ferry_core::route::Explanation;
 use ferry_core::route::{Mode, RouteAffinity, RouteEndpoint, RouteMode};
 
 use crate::cli::Output;
-use crate::mesh::proxy_state;
+use ferryctl::mesh::proxy_state;
 
 pub fn run(dir: PathBuf, from: &str, to: &str, output: Output) -> ExitCode {
     let state = match proxy_state(&dir) {

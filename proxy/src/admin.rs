@@ -2,9 +2,15 @@
 //!
 //! - `GET /healthz/ready`: 200 once the first configuration is applied
 //!   (and from then on, also while the control plane is away), else 503.
+//! - `GET /healthz/live`: 200 while the process serves.
 //! - `GET /config_dump`: JSON of every resource the proxy holds, with its
 //!   version, plus the config stream's status.
 //! - `GET /metrics`: Prometheus metrics (docs/observability.md).
+//!
+//! Two listeners serve them: `--admin` (loopback by default) everything,
+//! `--metrics-listen` (the node address, for probes and scrapers) only
+//! what is safe to show to the network: metrics and health. The
+//! configuration dump names every workload and policy of the cluster.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -172,8 +178,9 @@ impl Admin {
         })
     }
 
-    fn handle(&self, req: &Request<Incoming>) -> Reply {
+    fn handle(&self, req: &Request<Incoming>, surface: Surface) -> Reply {
         match req.uri().path() {
+            "/healthz/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
             "/healthz/ready" if self.store.is_ready() => {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             }
@@ -183,7 +190,7 @@ impl Admin {
                 "not ready: waiting for the first configuration\n".into(),
             ),
             "/metrics" => ferry_process::admin::metrics_reply(self.metrics()),
-            "/config_dump" => match self.config_dump() {
+            "/config_dump" if surface == Surface::Admin => match self.config_dump() {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -194,16 +201,35 @@ impl Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /healthz/ready, /config_dump or /metrics\n".into(),
+                match surface {
+                    Surface::Admin => {
+                        "not found; try /healthz/ready, /healthz/live, /config_dump or /metrics\n"
+                    }
+                    Surface::Stats => "not found; try /healthz/ready, /healthz/live or /metrics\n",
+                }
+                .into(),
             ),
         }
     }
 
-    /// Serves until the task is dropped, within `limits`.
-    pub async fn serve(self, listener: TcpListener, limits: ferry_process::admin::AdminLimits) {
-        let admin = Arc::new(self);
-        ferry_process::admin::serve(listener, limits, move |req| admin.handle(req)).await
+    /// Serves `surface` until the task is dropped, within `limits`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        surface: Surface,
+        limits: ferry_process::admin::AdminLimits,
+    ) {
+        ferry_process::admin::serve(listener, limits, move |req| self.handle(req, surface)).await
     }
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything (`--admin`, loopback by default).
+    Admin,
+    /// Metrics and health only (`--metrics-listen`).
+    Stats,
 }
 
 /// Binds the admin listener.

@@ -13,7 +13,7 @@ use anyhow::Context;
 use ferry_core::state::ConfigStore;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::admin::{self, Admin};
+use crate::admin::{self, Admin, Surface};
 use crate::capture::{CaptureRules, Family};
 use crate::config::{Config, Credentials};
 use crate::dns::DnsServer;
@@ -115,7 +115,9 @@ pub struct App {
     identities: Option<Arc<IdentityManager>>,
     tracker: Arc<ConnectionTracker>,
     outbound: Arc<Outbound>,
-    admin: (Admin, TcpListener),
+    admin: (Arc<Admin>, TcpListener),
+    /// The metrics and health listener, if any.
+    stats: Option<TcpListener>,
     socks5: TcpListener,
     hbone: Option<(HboneServer, TcpListener)>,
     capture: Option<TcpListener>,
@@ -256,6 +258,14 @@ impl App {
         let admin_listener = admin::bind(listeners.admin)
             .await
             .with_context(|| format!("--admin {}: cannot bind", listeners.admin))?;
+        let stats = match listeners.metrics {
+            Some(addr) => Some(
+                admin::bind(addr)
+                    .await
+                    .with_context(|| format!("--metrics-listen {addr}: cannot bind"))?,
+            ),
+            None => None,
+        };
         let socks5 = bind(listeners.socks5, "socks5").await?;
         let hbone = match &identities {
             Some(identities) => Some((
@@ -298,7 +308,7 @@ impl App {
             }
             None => None,
         };
-        let capture_rules = match (&config.capture_interface, listeners.capture) {
+        let capture_rules = match (&config.capture.interface, listeners.capture) {
             (Some(interface), Some(addr)) => {
                 let mut rules = CaptureRules {
                     node: config.node.clone(),
@@ -316,6 +326,9 @@ impl App {
                     } else {
                         vec![Family::V4]
                     },
+                    kube_proxy_replacement: config.capture.kube_proxy_replacement,
+                    backend: config.capture.iptables_backend.resolve(),
+                    recheck: config.capture.recheck,
                 };
                 let state = store.snapshot();
                 rules.install(&state).context("installing capture rules")?;
@@ -341,7 +354,8 @@ impl App {
             identities,
             tracker,
             outbound,
-            admin: (admin, admin_listener),
+            admin: (Arc::new(admin), admin_listener),
+            stats,
             socks5,
             hbone,
             capture,
@@ -356,7 +370,7 @@ impl App {
     /// Serves until a shutdown signal, then removes the capture rules.
     pub async fn run(self) -> anyhow::Result<()> {
         let config = &self.config;
-        tracing::info!(node = %config.node, admin = %config.listeners.admin, socks5 = %config.listeners.socks5, hbone = %config.listeners.hbone, control_plane = %config.xds.url, mtls = self.identities.is_some(), "proxy starting");
+        tracing::info!(version = ferry_api::build::LONG_VERSION, node = %config.node, admin = %config.listeners.admin, socks5 = %config.listeners.socks5, hbone = %config.listeners.hbone, control_plane = %config.xds.url, mtls = self.identities.is_some(), "proxy starting");
         let store = self.store.clone();
         let (admin, admin_listener) = self.admin;
         let identity_task = optional(
@@ -383,6 +397,11 @@ impl App {
                 .map(|(inbound, listener)| inbound.serve(listener)),
         );
         let dns_task = optional(self.dns.map(|(server, udp, tcp)| server.serve(udp, tcp)));
+        let stats_task = optional(self.stats.map(|listener| {
+            admin
+                .clone()
+                .serve(listener, Surface::Stats, config.admin_limits)
+        }));
         let sweeper = {
             let outbound = self.outbound.clone();
             let every = config.affinity_sweep;
@@ -395,7 +414,8 @@ impl App {
         };
         tokio::select! {
             _ = self.xds.run() => {}
-            _ = admin.serve(admin_listener, config.admin_limits) => {}
+            _ = admin.clone().serve(admin_listener, Surface::Admin, config.admin_limits) => {}
+            _ = stats_task => {}
             _ = crate::outbound::socks5::serve(self.socks5, self.outbound.clone(), config.timeouts.socks5_handshake) => {}
             _ = identity_task => {}
             _ = save_task => {}

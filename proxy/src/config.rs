@@ -14,6 +14,7 @@ use ferry_process::admin::{AdminFlags, AdminLimits};
 use ferry_process::{parse_duration as duration, LogFormat};
 use serde::Serialize;
 
+use crate::capture::{Backend, CaptureSettings};
 use crate::dns::DnsSettings;
 use crate::hbone::H2Settings;
 use crate::identity::CertificateSettings;
@@ -21,7 +22,7 @@ use crate::xds::XdsSettings;
 
 /// The command line (and environment) of `ferry-proxy`.
 #[derive(Debug, Clone, Parser)]
-#[command(version, about = "Ferry node proxy")]
+#[command(version = ferry_api::build::LONG_VERSION, about = "Ferry node proxy")]
 pub struct Args {
     /// Name of the node this proxy serves (as in the Node object).
     #[arg(long, env = "FERRY_NODE_NAME")]
@@ -56,6 +57,12 @@ pub struct Args {
     /// Admin HTTP address (readiness, config dump, metrics).
     #[arg(long, env = "FERRY_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// Metrics and health listener (`/metrics`, `/healthz/ready`,
+    /// `/healthz/live`) for scrapers and probes on the node's network,
+    /// while `--admin` (which also dumps the configuration) stays on
+    /// loopback. Off unless set.
+    #[arg(long, env = "FERRY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub admin_flags: AdminFlags,
     /// HBONE (mTLS tunnel) listener.
@@ -74,6 +81,28 @@ pub struct Args {
     /// on shutdown. Needs --capture-listen and CAP_NET_ADMIN.
     #[arg(long, env = "FERRY_CAPTURE_INTERFACE", requires = "capture_listen")]
     pub capture_interface: Option<String>,
+    /// Serve Service addresses (cluster, node port, load-balancer and
+    /// external IPs) for every pod of the node, as kube-proxy does: for
+    /// clusters without kube-proxy. Off, only connections with a mesh
+    /// workload at one end are captured (everything a mesh pod sends, and
+    /// connections to a mesh pod or to a Service with an endpoint in the
+    /// mesh); every other Service is left to kube-proxy.
+    #[arg(long, env = "FERRY_KUBE_PROXY_REPLACEMENT", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub kube_proxy_replacement: bool,
+    /// The iptables the capture rules are written with: `auto` uses the
+    /// backend the host's rules are in (nf_tables or legacy), as the
+    /// kubelet's and kube-proxy's images decide.
+    #[arg(
+        long,
+        env = "FERRY_IPTABLES_BACKEND",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub iptables_backend: Backend,
+    /// How often the capture jumps are checked to still come first in the
+    /// nat PREROUTING chain (kube-proxy or a CNI may insert ahead of them).
+    #[arg(long, env = "FERRY_CAPTURE_RECHECK_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub capture_recheck_interval: Duration,
     /// Inbound plaintext listener: plaintext to this node's mesh pods that
     /// did not come through a tunnel is redirected here, policed and passed
     /// through. Off unless set.
@@ -164,6 +193,8 @@ pub enum Credentials {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Listeners {
     pub admin: SocketAddr,
+    /// Metrics and health only.
+    pub metrics: Option<SocketAddr>,
     pub hbone: SocketAddr,
     pub socks5: SocketAddr,
     pub capture: Option<SocketAddr>,
@@ -197,8 +228,7 @@ pub struct Config {
     pub node: String,
     pub credentials: Credentials,
     pub listeners: Listeners,
-    /// The pod-facing interface whose pods are captured; `None`: no rules.
-    pub capture_interface: Option<String>,
+    pub capture: CaptureSettings,
     pub xds: XdsSettings,
     pub certificates: CertificateSettings,
     pub timeouts: Timeouts,
@@ -264,6 +294,7 @@ impl Config {
             ("hbone-pool-idle", args.hbone_pool_idle),
             ("hbone-keepalive-interval", args.hbone_keepalive_interval),
             ("hbone-keepalive-timeout", args.hbone_keepalive_timeout),
+            ("capture-recheck-interval", args.capture_recheck_interval),
         ] {
             if value.is_zero() {
                 return Err(invalid(flag, "must be longer than zero"));
@@ -282,13 +313,19 @@ impl Config {
             credentials,
             listeners: Listeners {
                 admin: args.admin,
+                metrics: args.metrics_listen,
                 hbone: args.hbone,
                 socks5: args.socks5,
                 capture: args.capture_listen,
                 inbound_plaintext: args.inbound_plaintext_listen,
                 dns: args.dns_listen,
             },
-            capture_interface: args.capture_interface,
+            capture: CaptureSettings {
+                interface: args.capture_interface,
+                kube_proxy_replacement: args.kube_proxy_replacement,
+                iptables_backend: args.iptables_backend,
+                recheck: args.capture_recheck_interval,
+            },
             xds: XdsSettings {
                 url: args.control_plane,
                 connect_timeout: Duration::from_secs(3),

@@ -195,6 +195,7 @@ fn the_example_cluster_survives_faults() -> anyhow::Result<()> {
         &format!("fr{}", std::process::id() % 10_000),
         ferryctl::lab::LabOptions {
             workload_cert_ttl: Some(Duration::from_secs(4)),
+            ..Default::default()
         },
     )?;
     results.extend(rotating.rotation_suite());

@@ -8,11 +8,11 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{netns, Lab};
+use super::{netns, Lab, LabOptions};
 
 /// Runs `ferryctl lab up`; with `faults`, the fault suite after the
 /// traffic checks ([`super::faults`]).
-pub fn up(manifests: &Path, check: bool, faults: bool) -> ExitCode {
+pub fn up(manifests: &Path, check: bool, faults: bool, options: LabOptions) -> ExitCode {
     if !manifests.is_dir() {
         eprintln!(
             "ferryctl lab up: --manifests {}: not a folder (run from the repository root, or name the folder)",
@@ -24,7 +24,8 @@ pub fn up(manifests: &Path, check: bool, faults: bool) -> ExitCode {
         eprintln!("ferryctl lab up: needs root (it creates network namespaces and iptables rules); run it with sudo or as root");
         return ExitCode::from(2);
     }
-    let mut lab = match Lab::up(manifests, &format!("flab{}", std::process::id() % 10_000)) {
+    let prefix = format!("flab{}", std::process::id() % 10_000);
+    let mut lab = match Lab::up_with(manifests, &prefix, options.clone()) {
         Ok(lab) => lab,
         Err(e) => {
             eprintln!("ferryctl lab up: building the cluster failed: {e:#}");
@@ -55,8 +56,9 @@ pub fn up(manifests: &Path, check: bool, faults: bool) -> ExitCode {
         let rotating = Lab::up_with(
             manifests,
             &format!("frot{}", std::process::id() % 10_000),
-            super::LabOptions {
+            LabOptions {
                 workload_cert_ttl: Some(std::time::Duration::from_secs(4)),
+                ..options
             },
         );
         match rotating {

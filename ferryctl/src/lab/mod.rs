@@ -21,6 +21,7 @@
 pub mod checks;
 pub mod cli;
 pub mod faults;
+pub mod kube_proxy;
 pub mod netns;
 pub mod probes;
 pub mod process;
@@ -78,6 +79,12 @@ pub struct LabOptions {
     /// Lifetime of workload certificates (the fault suite rotates them
     /// during a transfer); default: the control plane's.
     pub workload_cert_ttl: Option<Duration>,
+    /// Run a stand-in for kube-proxy in every node ([`kube_proxy`]) and
+    /// have the proxies leave the Services of pods outside the mesh to it
+    /// (`--kube-proxy-replacement=false`, the chart's default). Off (the
+    /// lab's default: it has no kube-proxy), the proxies serve Service
+    /// addresses for every pod.
+    pub kube_proxy: bool,
 }
 
 /// The name of the outside client's namespace in [`Lab::netns`], [`Lab::curl`].
@@ -249,12 +256,11 @@ impl Lab {
         }
         let cp = binary("ferry-control-plane")?.display().to_string();
         let listen = format!("{}:15010", self.control_plane_ip);
-        let manifests = manifests.display().to_string();
         let pki_arg = pki.display().to_string();
         let net = &self.namespaces["net"];
         let mut cp_args = vec![
             "--manifests".to_string(),
-            manifests,
+            manifests.display().to_string(),
             "--listen".into(),
             listen.clone(),
             "--tls-dir".into(),
@@ -317,6 +323,15 @@ impl Lab {
                     "2s",
                     "--tls-handshake-timeout",
                     "2s",
+                    if options.kube_proxy {
+                        "--kube-proxy-replacement=false"
+                    } else {
+                        "--kube-proxy-replacement=true"
+                    },
+                    // The kube-proxy stand-in inserts its jump ahead of
+                    // the capture jumps: moved back within a second.
+                    "--capture-recheck-interval",
+                    "1s",
                 ],
             );
             let command: Vec<String> = command.into_iter().map(String::from).collect();
@@ -361,6 +376,22 @@ impl Lab {
                 },
             )
             .with_context(|| self.logs())?;
+        }
+        if options.kube_proxy {
+            let state = crate::mesh::proxy_state(manifests)
+                .map_err(|e| anyhow::anyhow!("the kube-proxy stand-in: {e}"))?;
+            let rules = kube_proxy::render(&state);
+            let file = work.join("kube-proxy.rules");
+            std::fs::write(&file, &rules)?;
+            let file = file.display().to_string();
+            for node in &self.nodes {
+                let ns = &self.namespaces[&node.name];
+                ns.exec(
+                    "sh",
+                    &["-c", &format!("iptables-restore --noflush < {file}")],
+                )?;
+                ns.exec("iptables", &kube_proxy::JUMP)?;
+            }
         }
         for pod in self.pods.iter().filter(|p| !p.ports.is_empty()) {
             let ns = &self.namespaces[&format!("{}/{}", pod.namespace, pod.name)];

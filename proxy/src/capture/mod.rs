@@ -12,9 +12,25 @@ use crate::net::original_destination;
 
 use crate::outbound::{Destination, Outbound};
 
+pub mod backend;
 pub mod rules;
 
+pub use backend::Backend;
 pub use rules::{CaptureError, CaptureRules, Family, CHAIN, INBOUND_CHAIN};
+
+/// How capture is set up.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaptureSettings {
+    /// The pod-facing interface whose pods are captured; `None`: no rules.
+    pub interface: Option<String>,
+    /// Serve Service addresses for every pod, not only the mesh's (a
+    /// cluster without kube-proxy): [`CaptureRules::kube_proxy_replacement`].
+    pub kube_proxy_replacement: bool,
+    /// Which iptables binaries manage the rules.
+    pub iptables_backend: Backend,
+    /// How often the jumps are checked to still come first.
+    pub recheck: std::time::Duration,
+}
 
 /// Serves redirected connections until the task is dropped.
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {

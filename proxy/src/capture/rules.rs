@@ -34,7 +34,10 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use ferry_api::model::Service;
 use ferry_core::state::{ConfigStore, ProxyState};
+
+use super::backend::Backend;
 
 /// The nat chain for traffic from the pods.
 pub const CHAIN: &str = "FERRY_OUTBOUND";
@@ -62,18 +65,13 @@ pub enum Family {
 }
 
 impl Family {
-    fn iptables(self) -> &'static str {
-        match self {
+    /// This family's binary of `backend`: `iptables-nft`, `ip6tables-legacy-restore`...
+    fn tool(self, backend: Backend, tool: &str) -> String {
+        let family = match self {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
-        }
-    }
-
-    fn restore(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables-restore",
-            Family::V6 => "ip6tables-restore",
-        }
+        };
+        format!("{family}{}{tool}", backend.suffix())
     }
 
     fn host_prefix(self) -> u8 {
@@ -107,9 +105,26 @@ pub struct CaptureRules {
     /// The families whose rules are managed: IPv4, and IPv6 unless the
     /// host has no IPv6 nat table (then [`CaptureRules::install`] drops it).
     pub families: Vec<Family>,
+    /// Whether Service addresses are served for every pod of the node
+    /// (a cluster without kube-proxy). Off, only connections with a mesh
+    /// workload at one end are taken: everything a mesh pod sends, and
+    /// connections to a mesh pod of this node or to a Service with an
+    /// endpoint in the mesh; every other Service is left to kube-proxy.
+    pub kube_proxy_replacement: bool,
+    /// The iptables binaries used (resolved: not [`Backend::Auto`]).
+    pub backend: Backend,
+    /// How often the jumps are checked to still come first in PREROUTING.
+    pub recheck: Duration,
 }
 
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, CaptureError> {
+/// Runs `program` (feeding it `stdin`), returning its standard output, or
+/// `None` when it failed in a way `tolerated` accepts (its stderr).
+fn run(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    tolerated: bool,
+) -> Result<Option<String>, CaptureError> {
     let command = format!("{program} {}", args.join(" "));
     let spawn = |source| CaptureError::Spawn {
         command: command.clone(),
@@ -122,7 +137,7 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, Captur
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn)?;
@@ -131,44 +146,81 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, Captur
     }
     let out = child.wait_with_output().map_err(spawn)?;
     if out.status.success() {
-        return Ok(true);
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    if tolerated {
+        return Ok(None);
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    // -C and -D of an absent rule, -N of an existing chain, -F/-X of an
-    // absent one: not errors here.
-    if args
-        .iter()
-        .any(|a| matches!(*a, "-C" | "-D" | "-N" | "-X" | "-F"))
-    {
-        return Ok(false);
-    }
     Err(CaptureError::Failed { command, stderr })
 }
 
+/// Seconds an iptables command waits for the xtables lock (held by
+/// kube-proxy or the CNI while they write their own rules).
+const LOCK_WAIT: &str = "5";
+
 impl CaptureRules {
-    /// The PREROUTING jumps into the two chains.
-    fn jumps(&self) -> [Vec<&str>; 2] {
+    /// The PREROUTING jumps into the two chains, as `iptables -S` prints
+    /// them.
+    fn jumps(&self) -> [String; 2] {
         [
-            vec![
-                "PREROUTING",
-                "-i",
-                &self.interface,
-                "-p",
-                "tcp",
-                "-j",
-                CHAIN,
-            ],
-            vec![
-                "PREROUTING",
-                "!",
-                "-i",
-                &self.interface,
-                "-p",
-                "tcp",
-                "-j",
-                INBOUND_CHAIN,
-            ],
+            format!("-A PREROUTING -i {} -p tcp -j {CHAIN}", self.interface),
+            format!(
+                "-A PREROUTING ! -i {} -p tcp -j {INBOUND_CHAIN}",
+                self.interface
+            ),
         ]
+    }
+
+    /// The changes that make `prerouting` (the nat PREROUTING chain as
+    /// `iptables -S` lists it) start with exactly our two jumps: every
+    /// other jump into our chains deleted (copies, or a previous run's
+    /// with another interface), ours inserted first; `None` when it already
+    /// does. First matters: a rule ahead of them (kube-proxy's
+    /// `KUBE-SERVICES`, inserted after ours) would DNAT a mesh pod's
+    /// Service traffic before capture saw it.
+    fn reorder(&self, prerouting: &str) -> Option<String> {
+        let rules: Vec<&str> = prerouting
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("-A PREROUTING "))
+            .collect();
+        let jumps = self.jumps();
+        let in_place = rules.len() >= 2
+            && rules[0] == jumps[0]
+            && rules[1] == jumps[1]
+            && rules.iter().filter(|l| jumps_to_ours(l)).count() == 2;
+        if in_place {
+            return None;
+        }
+        let mut out = String::from("*nat\n");
+        for rule in rules.iter().filter(|l| jumps_to_ours(l)) {
+            let _ = writeln!(out, "-D{}", &rule[2..]);
+        }
+        for jump in jumps.iter().rev() {
+            let _ = writeln!(out, "-I PREROUTING 1{}", &jump["-A PREROUTING".len()..]);
+        }
+        out.push_str("COMMIT\n");
+        Some(out)
+    }
+
+    /// Makes our jumps the first rules of PREROUTING (see
+    /// [`Self::reorder`]), in one transaction; whether anything changed.
+    pub fn ensure_jumps_first(&self, family: Family) -> Result<bool, CaptureError> {
+        let listing = run(
+            &family.tool(self.backend, ""),
+            &["-w", LOCK_WAIT, "-t", "nat", "-S", "PREROUTING"],
+            None,
+            false,
+        )?
+        .unwrap_or_default();
+        match self.reorder(&listing) {
+            None => Ok(false),
+            Some(changes) => {
+                self.apply(family, &changes)?;
+                Ok(true)
+            }
+        }
     }
 
     /// The IPv4 chains for `state`, as `iptables-restore` input.
@@ -188,10 +240,16 @@ impl CaptureRules {
             .map(|ip| ip.to_canonical())
             .filter(|ip| family.holds(*ip))
             .collect();
+        // Which Services are the mesh's to serve: every one when the proxy
+        // replaces kube-proxy; otherwise those a connection to which may
+        // reach a mesh pod, whose inbound policy must see it (kube-proxy
+        // would hand it to a mesh pod of this node before any rule of ours
+        // saw the pod's address).
+        let ours = |s: &Service| self.kube_proxy_replacement || state.has_mesh_endpoint(s);
         let mut services = BTreeSet::new();
         let mut published = BTreeSet::new();
         for (ip, service) in state.service_addresses() {
-            if !family.holds(ip) {
+            if !family.holds(ip) || !ours(service) {
                 continue;
             }
             services.insert(ip.to_canonical());
@@ -199,7 +257,11 @@ impl CaptureRules {
                 published.insert(ip.to_canonical());
             }
         }
-        let node_ports: BTreeSet<u16> = state.node_ports().collect();
+        let node_ports: BTreeSet<u16> = state
+            .node_ports()
+            .filter(|(_, s)| ours(s))
+            .map(|(port, _)| port)
+            .collect();
         let capture = self.capture_port;
         // From the pods, DNAT to the node's own address: REDIRECT would
         // need an address on the pod-facing interface, which routed CNIs'
@@ -277,7 +339,13 @@ impl CaptureRules {
     /// Replaces both chains of `family` with `rules` (from
     /// [`Self::render_family`]) in one transaction.
     pub fn apply(&self, family: Family, rules: &str) -> Result<(), CaptureError> {
-        run(family.restore(), &["--noflush"], Some(rules)).map(|_| ())
+        run(
+            &family.tool(self.backend, "-restore"),
+            &["-w", LOCK_WAIT, "--noflush"],
+            Some(rules),
+            false,
+        )
+        .map(|_| ())
     }
 
     fn install_family(&self, state: &ProxyState, family: Family) -> Result<(), CaptureError> {
@@ -286,20 +354,18 @@ impl CaptureRules {
             // working until the first one arrives (the node's pods stay
             // captured and policed); missing chains are created empty.
             for chain in [CHAIN, INBOUND_CHAIN] {
-                run(family.iptables(), &["-t", "nat", "-N", chain], None)?;
+                // Fails when the chain exists: that is the point.
+                run(
+                    &family.tool(self.backend, ""),
+                    &["-w", LOCK_WAIT, "-t", "nat", "-N", chain],
+                    None,
+                    true,
+                )?;
             }
         } else {
             self.apply(family, &self.render_family(state, family))?;
         }
-        for jump in self.jumps() {
-            let mut check = vec!["-t", "nat", "-C"];
-            check.extend(&jump);
-            if !run(family.iptables(), &check, None)? {
-                let mut insert = vec!["-t", "nat", "-I"];
-                insert.extend(&jump);
-                run(family.iptables(), &insert, None)?;
-            }
-        }
+        self.ensure_jumps_first(family)?;
         Ok(())
     }
 
@@ -339,7 +405,9 @@ impl CaptureRules {
     }
 
     /// Keeps the rules in step with the configuration until the task is
-    /// dropped. A failed update is retried (the previous rules stay).
+    /// dropped, and every [`CaptureRules::recheck`] puts the jumps back in
+    /// first place if another agent (kube-proxy, the CNI) inserted rules
+    /// ahead of them. A failed update is retried (the previous rules stay).
     pub async fn follow(&self, store: std::sync::Arc<ConfigStore>, mut applied: Vec<String>) {
         let mut changes = store.subscribe();
         applied.resize(self.families.len(), String::new());
@@ -347,33 +415,32 @@ impl CaptureRules {
         // then less often (a host that lost its nat table).
         let mut retry =
             crate::net::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut recheck = tokio::time::interval(self.recheck);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.reset();
         loop {
             let state = store.snapshot();
-            if !store.is_ready() {
-                // Keep what is installed until the first configuration.
-                if changes.changed().await.is_err() {
-                    return;
-                }
-                continue;
-            }
             let mut failed = false;
-            for (family, applied) in self.families.iter().zip(applied.iter_mut()) {
-                let wanted = self.render_family(&state, *family);
-                if wanted == *applied {
-                    continue;
-                }
-                match self.apply(*family, &wanted) {
-                    Ok(()) => {
-                        tracing::info!(
-                            family = ?family,
-                            rules = wanted.lines().filter(|l| l.starts_with("-A")).count(),
-                            "capture rules updated"
-                        );
-                        *applied = wanted;
+            // Before the first configuration what is installed is kept.
+            if store.is_ready() {
+                for (family, applied) in self.families.iter().zip(applied.iter_mut()) {
+                    let wanted = self.render_family(&state, *family);
+                    if wanted == *applied {
+                        continue;
                     }
-                    Err(e) => {
-                        tracing::warn!(family = ?family, error = %e, "updating capture rules failed; retrying");
-                        failed = true;
+                    match self.apply(*family, &wanted) {
+                        Ok(()) => {
+                            tracing::info!(
+                                family = ?family,
+                                rules = wanted.lines().filter(|l| l.starts_with("-A")).count(),
+                                "capture rules updated"
+                            );
+                            *applied = wanted;
+                        }
+                        Err(e) => {
+                            tracing::warn!(family = ?family, error = %e, "updating capture rules failed; retrying");
+                            failed = true;
+                        }
                     }
                 }
             }
@@ -382,29 +449,67 @@ impl CaptureRules {
                 continue;
             }
             retry.reset();
-            if changes.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = recheck.tick() => {
+                    for family in &self.families {
+                        match self.ensure_jumps_first(*family) {
+                            Ok(true) => tracing::warn!(family = ?family, "rules had been put ahead of the capture jumps (kube-proxy or the CNI?): moved the jumps back first"),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(family = ?family, error = %e, "checking the capture jumps failed"),
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// Removes the rules (every copy of each jump, then the chains).
+    /// Removes the rules (every jump into our chains, then the chains), in
+    /// one transaction per family.
     pub fn remove(&self) -> Result<(), CaptureError> {
         for family in &self.families {
-            let tool = family.iptables();
-            for jump in self.jumps() {
-                let mut delete = vec!["-t", "nat", "-D"];
-                delete.extend(&jump);
-                while run(tool, &delete, None)? {}
-            }
-            for chain in [CHAIN, INBOUND_CHAIN] {
-                run(tool, &["-t", "nat", "-F", chain], None)?;
-                run(tool, &["-t", "nat", "-X", chain], None)?;
-            }
+            let listing = run(
+                &family.tool(self.backend, ""),
+                &["-w", LOCK_WAIT, "-t", "nat", "-S"],
+                None,
+                false,
+            )?
+            .unwrap_or_default();
+            self.apply(*family, &removal(&listing))?;
         }
         tracing::info!(interface = %self.interface, "capture rules removed");
         Ok(())
     }
+}
+
+/// Whether a rule (as `iptables -S` prints it) jumps into one of our chains.
+fn jumps_to_ours(rule: &str) -> bool {
+    [CHAIN, INBOUND_CHAIN].iter().any(|chain| {
+        rule.strip_suffix(chain)
+            .is_some_and(|head| head.ends_with(" -j "))
+    })
+}
+
+/// What removes our rules from a nat table listed as `iptables -t nat -S`
+/// prints it: the jumps into our chains, then the chains that exist.
+fn removal(nat: &str) -> String {
+    let mut changes = String::from("*nat\n");
+    for rule in nat.lines().map(str::trim) {
+        if rule.starts_with("-A PREROUTING ") && jumps_to_ours(rule) {
+            let _ = writeln!(changes, "-D{}", &rule[2..]);
+        }
+    }
+    for chain in [CHAIN, INBOUND_CHAIN] {
+        if nat.lines().any(|l| l.trim() == format!("-N {chain}")) {
+            let _ = writeln!(changes, "-F {chain}\n-X {chain}");
+        }
+    }
+    changes.push_str("COMMIT\n");
+    changes
 }
 
 #[cfg(test)]
@@ -480,7 +585,124 @@ mod tests {
             inbound_port: Some(15006),
             hbone_port: 15008,
             families: vec![Family::V4, Family::V6],
+            kube_proxy_replacement: true,
+            backend: Backend::Default,
+            recheck: Duration::from_secs(10),
         }
+    }
+
+    /// `service` with one ready endpoint backed by `workload`.
+    fn backed_by(mut service: ResourceBody, workload: &str, ip: &str) -> ResourceBody {
+        if let ResourceBody::Service(s) = &mut service {
+            s.endpoints.push(ferry_api::model::Endpoint {
+                workload: Some(format!("shop/{workload}")),
+                address: ip.parse().unwrap(),
+                node: Some("node-b".into()),
+                ports: vec![Some(8080)],
+                ready: true,
+                serving: true,
+                terminating: false,
+                hostname: None,
+            });
+        }
+        service
+    }
+
+    #[test]
+    fn beside_kube_proxy_only_connections_with_a_mesh_end_are_taken() {
+        let s = state(&[
+            pod("web", "10.244.1.10", "node-a", true),
+            pod("legacy", "10.244.1.20", "node-a", false),
+            pod("api", "10.244.2.10", "node-b", true),
+            pod("old", "10.244.2.20", "node-b", false),
+            // Backed by a mesh pod (on another node): ours.
+            backed_by(
+                service("api", "10.96.0.20", None, Some(30090)),
+                "api",
+                "10.244.2.10",
+            ),
+            // Backed by pods outside the mesh only: kube-proxy's.
+            backed_by(
+                service("old", "10.96.0.30", Some("192.0.2.30"), Some(30030)),
+                "old",
+                "10.244.2.20",
+            ),
+        ]);
+        let lane = CaptureRules {
+            kube_proxy_replacement: false,
+            ..rules()
+        }
+        .render(&s);
+        // Everything a mesh pod sends; anything to a mesh pod of this node.
+        assert!(
+            lane.contains("-A FERRY_OUTBOUND -s 10.244.1.10/32 "),
+            "{lane}"
+        );
+        assert!(
+            lane.contains("-A FERRY_OUTBOUND -d 10.244.1.10/32 "),
+            "{lane}"
+        );
+        assert!(
+            lane.contains("-A FERRY_INBOUND -d 10.244.1.10/32 "),
+            "{lane}"
+        );
+        // The mesh service's address and node port, from anyone.
+        assert!(
+            lane.contains("-A FERRY_OUTBOUND -d 10.96.0.20/32 "),
+            "{lane}"
+        );
+        assert!(lane.contains("--dport 30090 "), "{lane}");
+        // Nothing of the other service, nor of the pod outside the mesh.
+        for absent in [
+            "10.96.0.30",
+            "192.0.2.30",
+            "30030",
+            "10.244.1.20",
+            "10.244.2",
+        ] {
+            assert!(!lane.contains(absent), "{absent} in {lane}");
+        }
+        // Replacing kube-proxy, every service is served.
+        let all = rules().render(&s);
+        for present in ["-d 10.96.0.30/32 ", "-d 192.0.2.30/32 ", "--dport 30030 "] {
+            assert!(all.contains(present), "{present} not in {all}");
+        }
+    }
+
+    #[test]
+    fn the_jumps_are_put_first_in_one_transaction() {
+        let r = rules();
+        let ours = "-P PREROUTING ACCEPT\n-A PREROUTING -i br0 -p tcp -j FERRY_OUTBOUND\n-A PREROUTING ! -i br0 -p tcp -j FERRY_INBOUND\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
+        assert_eq!(r.reorder(ours), None);
+        // kube-proxy inserted its jump ahead of ours.
+        let behind = "-P PREROUTING ACCEPT\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n-A PREROUTING -i br0 -p tcp -j FERRY_OUTBOUND\n-A PREROUTING ! -i br0 -p tcp -j FERRY_INBOUND\n";
+        assert_eq!(
+            r.reorder(behind).as_deref(),
+            Some("*nat\n-D PREROUTING -i br0 -p tcp -j FERRY_OUTBOUND\n-D PREROUTING ! -i br0 -p tcp -j FERRY_INBOUND\n-I PREROUTING 1 ! -i br0 -p tcp -j FERRY_INBOUND\n-I PREROUTING 1 -i br0 -p tcp -j FERRY_OUTBOUND\nCOMMIT\n")
+        );
+        // Nothing yet: inserted.
+        assert_eq!(
+            r.reorder("-P PREROUTING ACCEPT\n").as_deref(),
+            Some("*nat\n-I PREROUTING 1 ! -i br0 -p tcp -j FERRY_INBOUND\n-I PREROUTING 1 -i br0 -p tcp -j FERRY_OUTBOUND\nCOMMIT\n")
+        );
+        // A previous run's jump for another interface, and a duplicate, go.
+        let stale = "-A PREROUTING -i br0 -p tcp -j FERRY_OUTBOUND\n-A PREROUTING ! -i br0 -p tcp -j FERRY_INBOUND\n-A PREROUTING -i cni0 -p tcp -j FERRY_OUTBOUND\n";
+        let fix = r.reorder(stale).unwrap();
+        assert!(
+            fix.contains("-D PREROUTING -i cni0 -p tcp -j FERRY_OUTBOUND\n"),
+            "{fix}"
+        );
+        assert_eq!(fix.matches("-I PREROUTING 1").count(), 2, "{fix}");
+    }
+
+    #[test]
+    fn removal_takes_every_jump_and_the_chains_that_exist() {
+        let nat = "-P PREROUTING ACCEPT\n-N FERRY_OUTBOUND\n-N KUBE-SERVICES\n-A PREROUTING -i br0 -p tcp -j FERRY_OUTBOUND\n-A PREROUTING -j KUBE-SERVICES\n-A FERRY_OUTBOUND -s 10.0.0.1/32 -p tcp -j REDIRECT --to-ports 15001\n";
+        assert_eq!(
+            removal(nat),
+            "*nat\n-D PREROUTING -i br0 -p tcp -j FERRY_OUTBOUND\n-F FERRY_OUTBOUND\n-X FERRY_OUTBOUND\nCOMMIT\n"
+        );
+        assert_eq!(removal("-P PREROUTING ACCEPT\n"), "*nat\nCOMMIT\n");
     }
 
     #[test]
