@@ -214,8 +214,12 @@ umoci repack --image "$image" --refresh-bundle "${history[@]}" \
   --history.created_by "mmdebstrap --variant=essential --include=$(IFS=,; printf '%s' "${debs[*]}") $suite" \
   --history.comment "Debian $suite essential set with ${debs[*]}" "$bundle" >&2
 
+# Debug information stays out of the image (symbols stay: backtraces keep
+# their function names); the Dockerfile does the same.
+command -v strip >/dev/null || die "strip (binutils) is needed"
 for b in "${bins[@]}"; do
   install -o 0 -g 0 -m 0755 "$binaries/$b" "$rootfs/usr/local/bin/$b"
+  strip --strip-debug "$rootfs/usr/local/bin/$b"
   touch -h -d "@$SOURCE_DATE_EPOCH" "$rootfs/usr/local/bin/$b"
 done
 touch -h -d "@$SOURCE_DATE_EPOCH" "$rootfs/usr/local/bin"

@@ -66,6 +66,11 @@ pub enum LabCommand {
         /// serve Service addresses for every pod.
         #[arg(long)]
         kube_proxy: bool,
+        /// Run the control plane and the proxies from this container image
+        /// (`LAYOUT:TAG`, as `scripts/image.sh` prints it), unpacked and
+        /// chrooted into, instead of the build folder.
+        #[arg(long)]
+        image: Option<String>,
     },
 }
 

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
                     check,
                     faults,
                     kube_proxy,
+                    image,
                 },
         } => ferryctl::lab::cli::up(
             &manifests,
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
             faults,
             ferryctl::lab::LabOptions {
                 kube_proxy,
+                image,
                 ..Default::default()
             },
         ),

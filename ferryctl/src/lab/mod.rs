@@ -21,6 +21,7 @@
 pub mod checks;
 pub mod cli;
 pub mod faults;
+pub mod image;
 pub mod kube_proxy;
 pub mod netns;
 pub mod probes;
@@ -70,6 +71,8 @@ pub struct Lab {
     /// the `ip netns exec` arguments and its log, to start it again.
     daemons: BTreeMap<String, (Vec<String>, PathBuf)>,
     namespaces: BTreeMap<String, Netns>,
+    /// The image the daemons run from, if any.
+    image: Option<image::Image>,
     pub work: tempfile::TempDir,
 }
 
@@ -85,6 +88,10 @@ pub struct LabOptions {
     /// lab's default: it has no kube-proxy), the proxies serve Service
     /// addresses for every pod.
     pub kube_proxy: bool,
+    /// Run the control plane, the proxies and `ferry-certs` from this
+    /// container image (`LAYOUT:TAG`, as scripts/image.sh prints it) rather
+    /// than the build folder: see [`image`].
+    pub image: Option<String>,
 }
 
 /// The name of the outside client's namespace in [`Lab::netns`], [`Lab::curl`].
@@ -117,8 +124,12 @@ impl Lab {
             processes: Vec::new(),
             daemons: BTreeMap::new(),
             namespaces: BTreeMap::new(),
+            image: None,
             work,
         };
+        if let Some(reference) = &options.image {
+            lab.image = Some(image::Image::unpack(reference, lab.work.path())?);
+        }
         // The node network and the control plane's address on it.
         let net = Netns::new(&format!("{prefix}-net"))?;
         net.ip(&["link", "add", "sw0", "type", "bridge"])?;
@@ -250,11 +261,20 @@ impl Lab {
             args.push("--node".into());
             args.push(n.name.clone());
         }
-        let out = Command::new(binary("ferry-certs")?).args(&args).output()?;
+        let out = match &self.image {
+            None => Command::new(binary("ferry-certs")?).args(&args).output()?,
+            Some(image) => {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Command::new("unshare")
+                    .arg("-m")
+                    .arg("sh")
+                    .args(image.command("ferry-certs", &args))
+                    .output()?
+            }
+        };
         if !out.status.success() {
             bail!("ferry-certs: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let cp = binary("ferry-control-plane")?.display().to_string();
         let listen = format!("{}:15010", self.control_plane_ip);
         let pki_arg = pki.display().to_string();
         let net = &self.namespaces["net"];
@@ -275,13 +295,8 @@ impl Lab {
             ]);
         }
         let cp_args: Vec<&str> = cp_args.iter().map(String::as_str).collect();
-        let command: Vec<String> = net
-            .command(&cp, &cp_args)
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let command = self.daemon_command(net, "ferry-control-plane", &cp_args)?;
         self.start_daemon("control-plane", command, work.join("control-plane.log"))?;
-        let proxy = binary("ferry-proxy")?.display().to_string();
         let control_plane = format!("https://{listen}");
         for node in self.nodes.clone() {
             let hbone = format!("{}:15008", node.ip);
@@ -291,8 +306,9 @@ impl Lab {
                 .display()
                 .to_string();
             let ns = &self.namespaces[&node.name];
-            let command = ns.command(
-                &proxy,
+            let command = self.daemon_command(
+                ns,
+                "ferry-proxy",
                 &[
                     "--node",
                     &node.name,
@@ -333,8 +349,7 @@ impl Lab {
                     "--capture-recheck-interval",
                     "1s",
                 ],
-            );
-            let command: Vec<String> = command.into_iter().map(String::from).collect();
+            )?;
             self.start_daemon(
                 &node.name,
                 command,
@@ -404,6 +419,34 @@ impl Lab {
             .with_context(|| self.logs())?;
         }
         Ok(())
+    }
+
+    /// The `ip` arguments that run the daemon `binary` with `args` in
+    /// `ns`: from the build folder, or chrooted into the image.
+    fn daemon_command(
+        &self,
+        ns: &Netns,
+        binary: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Vec<String>> {
+        Ok(match &self.image {
+            None => {
+                let path = self::binary(binary)?.display().to_string();
+                ns.command(&path, args)
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            }
+            Some(image) => {
+                let mut command: Vec<String> = ns
+                    .command("sh", &[])
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                command.extend(image.command(binary, args));
+                command
+            }
+        })
     }
 
     /// Starts a daemon (`ip` with `command`), remembered for [`Lab::restart`].
