@@ -2,11 +2,14 @@
 # Tests of the Helm chart deploy/helm/ferry, offline and without a helm
 # binary or a cluster: lint (strict), values schema, rendering of several
 # value sets, strict validation against the Kubernetes 1.29-1.33 API schemas,
-# exact RBAC, and the `helm test` script (tests/helm/test_chart.py).
+# exact RBAC, the `helm test` scripts, tests/helm/render_commands.py, and the
+# chart's flags against the built binaries (tests/helm/test_chart.py).
 #
 # The Python tools live in a venv at target/chart-venv (git-ignored). The first
 # run creates it and installs the pinned packages from PyPI; later runs reuse
-# it and need no network.
+# it and need no network. The `helm test` scripts also run under busybox (the
+# shell and tools of the test images) when it is installed; as root with
+# apt-get, the first run installs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +61,17 @@ if ! venv_ready; then
         log "$VENV does not have the pinned packages after pip install"
         exit 1
     }
+fi
+
+if ! command -v busybox >/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "installing busybox with apt-get (to run the helm test scripts as the test images do)"
+        { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox >/dev/null 2>&1 ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox >/dev/null; }; } ||
+            log "could not install busybox: the helm test scripts run under sh only"
+    else
+        log "no busybox: the helm test scripts run under sh only"
+    fi
 fi
 
 exec "$VENV/bin/python" tests/helm/test_chart.py

@@ -7,24 +7,30 @@ this file. Checks:
 
 - `helm lint --strict` finds no warning or error, for every value set and
   every supported Kubernetes version;
-- values.schema.json closes every object (additionalProperties: false) and
+- values.schema.json closes every object (additionalProperties: false),
+  every key of values.yaml is documented there by a comment, and the schema
   rejects invalid value sets, at render time too;
 - every manifest rendered from each valid value set is valid, strictly (no
   unknown fields), against the Kubernetes 1.29 to 1.33 API schemas;
 - the RBAC is exactly the documented least privilege, the proxy has none,
-  the security contexts, probes, arguments and volumes are as designed;
-- the `helm test` pod's script passes and fails when it should (run here
-  with stand-ins for curl and sleep).
+  the security contexts, probes, arguments, environment, images,
+  scheduling, update strategies, disruption budget and volumes are as
+  designed;
+- the `helm test` pods' scripts pass and fail when they should (run here
+  with stand-ins for curl, sleep and httpd, under dash and mawk and, when
+  it is installed, under busybox as in the test images);
+- tests/helm/render_commands.py prints the binaries' command lines;
+- every flag the chart passes is one the built binaries accept, with a
+  value they accept where they list the possible ones.
 
 Exit status 0 when every check passes; otherwise 1, with one line per failure.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,44 +40,132 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+# chartlib beside this file; no __pycache__ left in the work tree.
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chartlib import (  # noqa: E402
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    deep_merge,
+    find,
+    helm,
+    parse_manifests,
+    pod_spec,
+    render,
+    yaml,
+)
+
 try:
-    import helm_python as helm
     import kubernetes_validate.utils as kv_utils
     from kubernetes_validate.version import __version__ as KV_VERSION
-    import yaml
 except ImportError as exc:  # pragma: no cover - environment problem
     sys.exit(
         f"test_chart.py: missing dependency ({exc}); run scripts/chart-test.sh, "
         "which installs helm-python-sdk and kubernetes-validate in a venv"
     )
 
-REPO = Path(__file__).resolve().parents[2]
-# FERRY_CHART: another copy of the chart (used to check that the checks fail).
-CHART = Path(os.environ.get("FERRY_CHART", REPO / "deploy" / "helm" / "ferry")).resolve()
-RELEASE = "ferry"
-NAMESPACE = "ferry-system"
 KUBE_VERSIONS = ["1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0"]
 HELM_SEVERITY = {0: "unknown", 1: "info", 2: "warning", 3: "error"}
+APP_VERSION = "0.1.0"
 
 # ---------------------------------------------------------------------------
 # Value sets
 
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
 VALID_VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "text-logs+otlp+user-ca": {
+    # What a production install sets: a private registry pinned by digest,
+    # pull secrets, no kube-proxy, tracing, extra environment, annotations.
+    "production": {
+        "image": {
+            "registry": "registry.example.com:5000",
+            "repository": "mirror/ferry-mesh/ferry",
+            "tag": "0.1.0",
+            "digest": DIGEST,
+            "pullPolicy": "Always",
+        },
+        "imagePullSecrets": [{"name": "regcred"}, {"name": "mirror-pull"}],
+        "logLevel": "debug",
+        "otlp": {"endpoint": "http://otel-collector.observability.svc:4317"},
+        "controlPlane": {
+            "replicas": 3,
+            "drainTimeoutSeconds": 25,
+            "priorityClassName": "mesh-critical",
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "mesh", "effect": "NoSchedule"}],
+            "affinity": {
+                "podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "topologyKey": "topology.kubernetes.io/zone",
+                            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "control-plane"}},
+                        }
+                    ]
+                }
+            },
+            "podDisruptionBudget": {"enabled": True, "maxUnavailable": "34%"},
+            "extraEnv": [
+                {"name": "FERRY_TOKEN_CACHE", "value": "30s"},
+                {"name": "GOMAXPROCS_HINT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+            ],
+            "podAnnotations": {"example.com/owner": "platform-team"},
+            "podLabels": {"example.com/cost-center": "mesh", "app.kubernetes.io/component": "not-the-chart-s"},
+        },
+        "proxy": {
+            "kubeProxyReplacement": True,
+            "iptablesBackend": "nft",
+            "drainTimeoutSeconds": 30,
+            "nodeSelector": {"kubernetes.io/os": "linux", "node.example.com/mesh": "true"},
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
+            "extraEnv": [
+                {"name": "FERRY_HBONE_STREAMS", "value": "200"},
+                {"name": "FERRY_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "FERRY_LICENSE", "valueFrom": {"secretKeyRef": {"name": "ferry-license", "key": "key", "optional": True}}},
+            ],
+            "podAnnotations": {"example.com/owner": "platform-team", "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
+            "podLabels": {"example.com/cost-center": "mesh"},
+        },
+        "test": {
+            "image": "registry.example.com:5000/tools/curl:8.11.0",
+            "serverImage": "registry.example.com:5000/tools/busybox:1.37",
+        },
+    },
+    "text-logs+otlp+user-ca+overrides": {
         "logFormat": "text",
+        "logLevel": "info,ferry_proxy::hbone=trace",
         "otlp": {"endpoint": "http://otel-collector.observability.svc:4317"},
         "meshByDefault": True,
-        "controlPlane": {"caSecret": {"name": "my-mesh-ca", "create": False}},
+        "controlPlane": {
+            "caSecret": {"name": "my-mesh-ca", "create": False},
+            # A podAnnotation wins over the chart's scrape annotation.
+            "podAnnotations": {"prometheus.io/scrape": "false"},
+        },
+        "proxy": {
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "node.example.com/no-mesh", "operator": "DoesNotExist"}]}
+                        ]
+                    }
+                }
+            },
+        },
     },
     "one-replica+custom-image+tolerations": {
         "image": {
-            "repository": "registry.example.com/mesh/ferry",
+            "registry": "registry.example.com",
+            "repository": "mesh/ferry",
             "tag": "0.2.0-rc.1",
             "pullPolicy": "Always",
         },
         "controlPlane": {"replicas": 1},
         "proxy": {
+            # Calico's veths, with iptables' wildcard (docs/kubernetes.md, CNIs).
+            "captureInterface": "cali+",
             "tolerations": [
                 {
                     "key": "node-role.kubernetes.io/control-plane",
@@ -88,12 +182,20 @@ VALID_VALUE_SETS: dict[str, dict[str, Any]] = {
             ]
         },
     },
-    "trust-domain+resources": {
+    "trust-domain+resources+no-extras": {
+        "image": {"registry": "", "repository": "ferry-mesh/ferry"},
         "trustDomain": "prod.example.org",
         "clusterDomain": "k8s.internal",
         "tokenAudience": "ferry-prod",
+        "metrics": {"scrapeAnnotations": False},
         "controlPlane": {
             "workloadCertTTL": 3600,
+            "drainTimeoutSeconds": 0,
+            "priorityClassName": "",
+            "nodeSelector": {},
+            # The default rollingUpdate stays in the values, unused.
+            "updateStrategy": {"type": "Recreate"},
+            "podDisruptionBudget": {"enabled": False},
             "resources": {
                 "requests": {"cpu": "250m", "memory": "256Mi"},
                 "limits": {"cpu": 2, "memory": "1Gi"},
@@ -103,6 +205,11 @@ VALID_VALUE_SETS: dict[str, dict[str, Any]] = {
             "captureInterface": "cilium_host",
             "accessLogRate": 0,
             "stateDir": "",
+            "iptablesBackend": "legacy",
+            "priorityClassName": "",
+            "nodeSelector": {},
+            "tolerations": [],
+            "updateStrategy": {"type": "OnDelete"},
             "resources": {
                 "requests": {"cpu": "500m", "memory": "128Mi", "ephemeral-storage": "64Mi"},
                 "limits": {"memory": "512Mi"},
@@ -116,11 +223,52 @@ INVALID_VALUE_SETS: dict[str, dict[str, Any]] = {
     "logFormat xml": {"logFormat": "xml"},
     "negative replicas": {"controlPlane": {"replicas": -1}},
     "unknown key": {"proxy": {"captureInterfaces": "eth0"}},
+    "unknown top-level key": {"podAnnotations": {"a": "b"}},
     "bad toleration operator": {"proxy": {"tolerations": [{"operator": "Sometimes"}]}},
     "string meshByDefault": {"meshByDefault": "yes"},
     "negative access log rate": {"proxy": {"accessLogRate": -5}},
     "trust domain with a space": {"trustDomain": "my mesh"},
     "relative state folder": {"proxy": {"stateDir": "var/lib/ferry"}},
+    "capture interface name too long": {"proxy": {"captureInterface": "averyveryverylongname"}},
+    "string kubeProxyReplacement": {"proxy": {"kubeProxyReplacement": "yes"}},
+    "iptables backend ipvs": {"proxy": {"iptablesBackend": "ipvs"}},
+    "registry host in the repository": {"image": {"repository": "ghcr.io/ferry-mesh/ferry"}},
+    "digest without an algorithm": {"image": {"digest": "0123456789abcdef0123456789abcdef"}},
+    "tag with a colon": {"image": {"tag": "v1:latest"}},
+    "pull secret as a string": {"imagePullSecrets": ["regcred"]},
+    "log level with a space": {"logLevel": "very loud"},
+    "negative drain timeout": {"proxy": {"drainTimeoutSeconds": -1}},
+    "fractional drain timeout": {"controlPlane": {"drainTimeoutSeconds": 2.5}},
+    "extra env without a name": {"proxy": {"extraEnv": [{"value": "x"}]}},
+    "extra env with value and valueFrom": {
+        "controlPlane": {"extraEnv": [{"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]}
+    },
+    "extra env with two sources": {
+        "proxy": {
+            "extraEnv": [
+                {
+                    "name": "X",
+                    "valueFrom": {
+                        "fieldRef": {"fieldPath": "spec.nodeName"},
+                        "secretKeyRef": {"name": "s", "key": "k"},
+                    },
+                }
+            ]
+        }
+    },
+    "number as an annotation": {"controlPlane": {"podAnnotations": {"example.com/replicas": 2}}},
+    "label value with a space": {"proxy": {"podLabels": {"team": "mesh team"}}},
+    "misspelled affinity": {"proxy": {"affinity": {"nodeAfinity": {}}}},
+    "pod anti-affinity term without topologyKey": {
+        "controlPlane": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {}}]}}}
+    },
+    "strategy OnDelete for the control plane": {"controlPlane": {"updateStrategy": {"type": "OnDelete"}}},
+    "strategy Recreate for the proxy": {"proxy": {"updateStrategy": {"type": "Recreate"}}},
+    "proxy maxSurge": {"proxy": {"updateStrategy": {"rollingUpdate": {"maxSurge": 1}}}},
+    "proxy maxUnavailable 0": {"proxy": {"updateStrategy": {"rollingUpdate": {"maxUnavailable": 0}}}},
+    "disruption budget maxUnavailable 0": {"controlPlane": {"podDisruptionBudget": {"maxUnavailable": 0}}},
+    "scrapeAnnotations as a string": {"metrics": {"scrapeAnnotations": "true"}},
+    "empty test server image": {"test": {"serverImage": ""}},
 }
 
 # ---------------------------------------------------------------------------
@@ -196,35 +344,8 @@ def expect_eq(actual: Any, expected: Any, what: str) -> None:
         raise Failure(f"{what}: expected {expected!r}, got {actual!r}")
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Helm's coalescing for plain maps: override wins, lists are replaced."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def parse_manifests(rendered: dict[str, str]) -> list[dict[str, Any]]:
-    docs = []
-    for path, text in sorted(rendered.items()):
-        if path.endswith("NOTES.txt") or not text.strip():
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                doc.setdefault("__source", path)
-                docs.append(doc)
-    return docs
-
-
 def strip_source(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k != "__source"}
-
-
-def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
 
 
 def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -234,14 +355,18 @@ def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
-    spec = workload["spec"]["template"]["spec"] if workload["kind"] != "Pod" else workload["spec"]
-    found = [c for c in spec["containers"] if c["name"] == name]
+    found = [c for c in pod_spec(workload)["containers"] if c["name"] == name]
     expect(len(found) == 1, f"{workload['kind']}/{workload['metadata']['name']}: no container {name!r}")
     return found[0]
 
 
 def env_of(c: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e for e in c.get("env", [])}
+
+
+def env_values(c: dict[str, Any]) -> dict[str, str]:
+    """The literal values of a container's environment."""
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
 
 
 RESTRICTED = {
@@ -252,9 +377,81 @@ RESTRICTED = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 
+COMMON_LABELS = {
+    "app.kubernetes.io/name": "ferry",
+    "app.kubernetes.io/instance": RELEASE,
+    "app.kubernetes.io/version": APP_VERSION,
+    "app.kubernetes.io/managed-by": "Helm",
+    "app.kubernetes.io/part-of": "ferry",
+    "helm.sh/chart": f"ferry-{APP_VERSION}",
+}
 
-def render(chart: Any, values: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, str]:
-    return chart.render(values, name=RELEASE, namespace=namespace, is_install=True)
+
+def expected_image(values: dict[str, Any]) -> str:
+    image = values["image"]
+    name = f"{image['registry']}/{image['repository']}" if image["registry"] else image["repository"]
+    if image["digest"]:
+        return f"{name}@{image['digest']}"
+    return f"{name}:{image['tag'] or APP_VERSION}"
+
+
+def scrape_annotations(values: dict[str, Any], port: int, extra: dict[str, str]) -> dict[str, str]:
+    annotations = {}
+    if values["metrics"]["scrapeAnnotations"]:
+        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+    return {**annotations, **extra}
+
+
+def expected_strategy(value: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment's strategy or a DaemonSet's updateStrategy: rollingUpdate
+    only with type RollingUpdate (the API refuses it with another type)."""
+    if value["type"] == "RollingUpdate" and value.get("rollingUpdate"):
+        return {"type": "RollingUpdate", "rollingUpdate": value["rollingUpdate"]}
+    return {"type": value["type"]}
+
+
+def probe(path: str, port: int, period: int, timeout: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def expected_probes(port: int) -> dict[str, Any]:
+    return {
+        "startupProbe": probe("/healthz/live", port, 2, 2, 30),
+        "livenessProbe": probe("/healthz/live", port, 10, 3, 3),
+        "readinessProbe": probe("/healthz/ready", port, 5, 3, 3),
+    }
+
+
+def check_pod_metadata(ctx: str, what: str, workload: dict[str, Any], component: str, values: dict[str, Any], port: int) -> None:
+    """Labels (the chart's win over podLabels) and annotations of a pod template."""
+    comp = values[component]
+    meta = workload["spec"]["template"]["metadata"]
+    own = {**COMMON_LABELS, "app.kubernetes.io/component": workload["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]}
+    expect_eq(meta.get("labels"), {**comp["podLabels"], **own}, f"{ctx} {what} pod labels")
+    for k, v in workload["spec"]["selector"]["matchLabels"].items():
+        expect_eq(meta["labels"].get(k), v, f"{ctx} {what} pod label {k} (selector)")
+    expect_eq(meta.get("annotations", {}), scrape_annotations(values, port, comp["podAnnotations"]), f"{ctx} {what} pod annotations")
+
+
+def check_scheduling(ctx: str, what: str, pod: dict[str, Any], comp: dict[str, Any], default_affinity: dict[str, Any] | None) -> None:
+    expect_eq(pod.get("nodeSelector", {}), comp["nodeSelector"], f"{ctx} {what} nodeSelector")
+    expect_eq(pod.get("tolerations", []), comp["tolerations"], f"{ctx} {what} tolerations")
+    expect_eq(pod.get("affinity"), comp["affinity"] or default_affinity, f"{ctx} {what} affinity")
+    if comp["priorityClassName"]:
+        expect_eq(pod.get("priorityClassName"), comp["priorityClassName"], f"{ctx} {what} priorityClassName")
+    else:
+        expect("priorityClassName" not in pod, f"{ctx} {what}: no priorityClassName when the value is empty")
+    expect_eq(pod.get("terminationGracePeriodSeconds"), comp["drainTimeoutSeconds"] + 5, f"{ctx} {what} terminationGracePeriodSeconds (drain + 5)")
+
+
+def check_env(ctx: str, what: str, c: dict[str, Any], chart_env: list[dict[str, Any]], values: dict[str, Any], component: str) -> None:
+    """The chart's own variables first, then extraEnv, in order."""
+    expect_eq(c.get("env", []), chart_env + values[component]["extraEnv"], f"{ctx} {what} env")
 
 
 # ---------------------------------------------------------------------------
@@ -322,16 +519,71 @@ def check_schema_is_closed(counts: dict[str, int]) -> None:
         node = resolve(node)
         if isinstance(values, dict):
             props = node.get("properties", {})
+            patterns = node.get("patternProperties", {})
             for key, value in values.items():
-                if key not in props:
-                    undescribed.append(f"{where}.{key}")
-                else:
+                if key in props:
                     cover(value, props[key], f"{where}.{key}")
+                    continue
+                matching = [p for p in patterns if re.search(p, key)]
+                if matching:
+                    cover(value, patterns[matching[0]], f"{where}.{key}")
+                else:
+                    undescribed.append(f"{where}.{key}")
 
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     cover(defaults, schema, "")
     expect(not undescribed, f"values.yaml keys missing from values.schema.json: {undescribed}")
     counts["schema objects closed"] = 1
+
+
+def check_values_documented(counts: dict[str, int]) -> None:
+    """Every key of values.yaml has a comment right above it, or is a map
+    whose keys all do (resources: requests: cpu needs no comment of its own
+    once resources has one)."""
+    entries: list[tuple[int, str, bool]] = []  # indent, key, commented
+    commented = False
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if not stripped:
+            commented = False
+            continue
+        if stripped.startswith("#"):
+            commented = True
+            continue
+        m = re.match(r"^( *)([A-Za-z0-9_./-]+):( |$)", line)
+        if m:
+            entries.append((len(m.group(1)), m.group(2), commented))
+        commented = False
+
+    def children(i: int) -> list[int]:
+        indent = entries[i][0]
+        out: list[int] = []
+        for j in range(i + 1, len(entries)):
+            if entries[j][0] <= indent:
+                break
+            out.append(j)
+        if not out:
+            return []
+        direct = min(entries[j][0] for j in out)
+        return [j for j in out if entries[j][0] == direct]
+
+    undocumented: list[str] = []
+
+    def visit(i: int, path: str) -> None:
+        key_path = f"{path}.{entries[i][1]}" if path else entries[i][1]
+        if entries[i][2]:
+            return
+        kids = children(i)
+        if not kids:
+            undocumented.append(key_path)
+        for j in kids:
+            visit(j, key_path)
+
+    for i, (indent, _, _) in enumerate(entries):
+        if indent == 0:
+            visit(i, "")
+    expect(not undocumented, f"values.yaml keys without a comment: {undocumented}")
+    counts["values documented"] = len(entries)
 
 
 def check_invalid_values_rejected(chart: Any, counts: dict[str, int]) -> None:
@@ -382,43 +634,38 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
     """Structure of one rendering against the values it came from."""
     ctx = f"[{set_name}]"
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
-    expect_eq(
-        kinds,
-        sorted(
-            [
-                "ClusterRole/ferry-control-plane",
-                "ClusterRoleBinding/ferry-control-plane",
-                "ConfigMap/ferry-config",
-                "DaemonSet/ferry-proxy",
-                "Deployment/ferry-control-plane",
-                "Pod/ferry-test-mesh-traffic",
-                "Role/ferry-control-plane",
-                "RoleBinding/ferry-control-plane",
-                "Service/ferry-control-plane",
-                "ServiceAccount/ferry-control-plane",
-                "ServiceAccount/ferry-proxy",
-            ]
-        ),
-        f"{ctx} rendered objects",
-    )
+    expected_kinds = [
+        "ClusterRole/ferry-control-plane",
+        "ClusterRoleBinding/ferry-control-plane",
+        "ConfigMap/ferry-config",
+        "DaemonSet/ferry-proxy",
+        "Deployment/ferry-control-plane",
+        "Deployment/ferry-test-server",
+        "Pod/ferry-test-mesh-traffic",
+        "Role/ferry-control-plane",
+        "RoleBinding/ferry-control-plane",
+        "Service/ferry-control-plane",
+        "Service/ferry-test-server",
+        "ServiceAccount/ferry-control-plane",
+        "ServiceAccount/ferry-proxy",
+        "ServiceAccount/ferry-test-client",
+        "ServiceAccount/ferry-test-server",
+    ]
+    if values["controlPlane"]["podDisruptionBudget"]["enabled"]:
+        expected_kinds.append("PodDisruptionBudget/ferry-control-plane")
+    expect_eq(kinds, sorted(expected_kinds), f"{ctx} rendered objects")
 
     # Labels and namespaces.
-    common = {
-        "app.kubernetes.io/name": "ferry",
-        "app.kubernetes.io/instance": RELEASE,
-        "app.kubernetes.io/version": "0.1.0",
-        "app.kubernetes.io/managed-by": "Helm",
-        "helm.sh/chart": "ferry-0.1.0",
-    }
     for d in docs:
         labels = d["metadata"].get("labels", {})
-        for key, value in common.items():
+        for key, value in COMMON_LABELS.items():
             expect_eq(labels.get(key), value, f"{ctx} {d['kind']}/{d['metadata']['name']} label {key}")
         if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             expect_eq(d["metadata"].get("namespace"), namespace, f"{ctx} {d['kind']}/{d['metadata']['name']} namespace")
 
-    image = f"{values['image']['repository']}:{values['image']['tag'] or '0.1.0'}"
+    image = expected_image(values)
     host = f"ferry-control-plane.{namespace}.svc"
+    pull_secrets = values["imagePullSecrets"]
 
     # --- RBAC -----------------------------------------------------------------
     cr = one(docs, "ClusterRole", "ferry-control-plane")
@@ -437,19 +684,37 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
     for binding in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding"):
         for subject in binding.get("subjects", []):
             expect(
-                subject.get("name") != "ferry-proxy",
-                f"{ctx} the proxy ServiceAccount must have no RBAC, but {binding['kind']}/{binding['metadata']['name']} binds it",
+                subject.get("name") in ("ferry-control-plane",),
+                f"{ctx} only the control plane has RBAC, but {binding['kind']}/{binding['metadata']['name']} binds {subject.get('name')}",
             )
 
     # --- control plane ----------------------------------------------------------
+    cpv = values["controlPlane"]
     dep = one(docs, "Deployment", "ferry-control-plane")
-    expect_eq(dep["spec"]["replicas"], values["controlPlane"]["replicas"], f"{ctx} control plane replicas")
+    expect_eq(dep["spec"]["replicas"], cpv["replicas"], f"{ctx} control plane replicas")
+    expect_eq(dep["spec"].get("strategy"), expected_strategy(cpv["updateStrategy"]), f"{ctx} control plane strategy")
     pod = dep["spec"]["template"]["spec"]
     expect_eq(pod["serviceAccountName"], "ferry-control-plane", f"{ctx} control plane serviceAccountName")
+    expect_eq(pod.get("imagePullSecrets", []), pull_secrets, f"{ctx} control plane imagePullSecrets")
+    cp_selector = dep["spec"]["selector"]["matchLabels"]
+    default_cp_affinity = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": cp_selector}},
+                }
+            ]
+        }
+    }
+    check_scheduling(ctx, "control plane", pod, cpv, default_cp_affinity)
+    check_pod_metadata(ctx, "control plane", dep, "controlPlane", values, 15014)
     cp = container(dep, "control-plane")
+    expect_eq(pod["containers"][0]["name"], "control-plane", f"{ctx} control plane first container")
     expect_eq(cp["image"], image, f"{ctx} control plane image")
     expect_eq(cp["imagePullPolicy"], values["image"]["pullPolicy"], f"{ctx} control plane pullPolicy")
-    ca = values["controlPlane"]["caSecret"]
+    expect_eq(cp["command"], ["ferry-control-plane"], f"{ctx} control plane command")
+    ca = cpv["caSecret"]
     expect_eq(
         cp["args"],
         [
@@ -463,24 +728,45 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
             "--cluster-domain", values["clusterDomain"],
             "--trust-domain", values["trustDomain"],
             f"--mesh-by-default={str(values['meshByDefault']).lower()}",
-            "--workload-cert-ttl", str(values["controlPlane"]["workloadCertTTL"]),
+            "--workload-cert-ttl", str(cpv["workloadCertTTL"]),
+            "--drain-timeout", f"{cpv['drainTimeoutSeconds']}s",
             "--log-format", values["logFormat"],
         ],
         f"{ctx} control plane args",
     )
-    expect_eq(
-        env_of(cp).get("FERRY_NAMESPACE", {}).get("valueFrom"),
-        {"fieldRef": {"fieldPath": "metadata.namespace"}},
-        f"{ctx} control plane FERRY_NAMESPACE",
+    check_env(
+        ctx,
+        "control plane",
+        cp,
+        [
+            {"name": "FERRY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "RUST_LOG", "value": values["logLevel"]},
+        ],
+        values,
+        "controlPlane",
     )
     expect_eq(
         {p["name"]: p["containerPort"] for p in cp["ports"]},
         {"grpc": 15010, "metrics": 15014},
         f"{ctx} control plane ports",
     )
-    expect_eq(cp["readinessProbe"]["httpGet"], {"path": "/healthz/ready", "port": 15014}, f"{ctx} control plane readinessProbe")
+    for kind, want in expected_probes(15014).items():
+        expect_eq(cp.get(kind), want, f"{ctx} control plane {kind}")
     expect_eq(cp["securityContext"], RESTRICTED, f"{ctx} control plane securityContext")
-    expect_eq(cp.get("resources"), values["controlPlane"]["resources"], f"{ctx} control plane resources")
+    expect_eq(cp.get("resources"), cpv["resources"], f"{ctx} control plane resources")
+
+    pdbs = find(docs, "PodDisruptionBudget", "ferry-control-plane")
+    if cpv["podDisruptionBudget"]["enabled"]:
+        pdb = pdbs[0]["spec"]
+        expect_eq(
+            pdb,
+            {
+                "maxUnavailable": cpv["podDisruptionBudget"]["maxUnavailable"],
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                "selector": {"matchLabels": cp_selector},
+            },
+            f"{ctx} control plane PodDisruptionBudget",
+        )
 
     svc = one(docs, "Service", "ferry-control-plane")
     expect_eq(
@@ -488,31 +774,40 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
         [("grpc", 15010), ("metrics", 15014)],
         f"{ctx} Service ports",
     )
-    expect_eq(svc["spec"]["selector"], dep["spec"]["selector"]["matchLabels"], f"{ctx} Service selector")
-    template_labels = dep["spec"]["template"]["metadata"]["labels"]
-    for k, v in dep["spec"]["selector"]["matchLabels"].items():
-        expect_eq(template_labels.get(k), v, f"{ctx} control plane pod label {k}")
+    expect_eq(svc["spec"]["selector"], cp_selector, f"{ctx} Service selector")
 
     # --- proxy --------------------------------------------------------------------
+    pxv = values["proxy"]
     sa = one(docs, "ServiceAccount", "ferry-proxy")
     expect_eq(sa.get("automountServiceAccountToken"), False, f"{ctx} proxy ServiceAccount automount")
     ds = one(docs, "DaemonSet", "ferry-proxy")
+    expect_eq(ds["spec"].get("updateStrategy"), expected_strategy(pxv["updateStrategy"]), f"{ctx} proxy updateStrategy")
+    if set_name == "defaults":
+        expect_eq(
+            ds["spec"]["updateStrategy"],
+            {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            f"{ctx} proxy default updateStrategy",
+        )
     pod = ds["spec"]["template"]["spec"]
     expect_eq(pod["serviceAccountName"], "ferry-proxy", f"{ctx} proxy serviceAccountName")
+    expect_eq(pod.get("imagePullSecrets", []), pull_secrets, f"{ctx} proxy imagePullSecrets")
     expect_eq(pod.get("hostNetwork"), True, f"{ctx} proxy hostNetwork")
     expect_eq(pod.get("dnsPolicy"), "ClusterFirstWithHostNet", f"{ctx} proxy dnsPolicy")
-    expect_eq(pod.get("priorityClassName"), "system-node-critical", f"{ctx} proxy priorityClassName")
-    expect_eq(pod.get("tolerations", []), values["proxy"]["tolerations"], f"{ctx} proxy tolerations")
+    check_scheduling(ctx, "proxy", pod, pxv, None)
+    check_pod_metadata(ctx, "proxy", ds, "proxy", values, 15020)
     if set_name == "defaults":
+        expect_eq(pod.get("priorityClassName"), "system-node-critical", f"{ctx} proxy priorityClassName")
+        expect_eq(pod.get("nodeSelector"), {"kubernetes.io/os": "linux"}, f"{ctx} proxy nodeSelector")
         expect(
             any(t == {"operator": "Exists"} for t in pod.get("tolerations", [])),
             f"{ctx} by default the proxy must tolerate every taint (operator Exists, no key, no effect)",
         )
-    for k, v in ds["spec"]["selector"]["matchLabels"].items():
-        expect_eq(ds["spec"]["template"]["metadata"]["labels"].get(k), v, f"{ctx} proxy pod label {k}")
 
     px = container(ds, "proxy")
+    expect_eq(pod["containers"][0]["name"], "proxy", f"{ctx} proxy first container")
     expect_eq(px["image"], image, f"{ctx} proxy image")
+    expect_eq(px["imagePullPolicy"], values["image"]["pullPolicy"], f"{ctx} proxy pullPolicy")
+    expect_eq(px["command"], ["ferry-proxy"], f"{ctx} proxy command")
     expect_eq(
         px["args"],
         [
@@ -520,31 +815,39 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
             "--control-plane", f"https://{host}:15010",
             "--ca-root", "/var/run/ferry/ca/ca.pem",
             "--token-file", "/var/run/ferry/token/token",
-            "--admin", "0.0.0.0:15000",
+            "--metrics-listen", "0.0.0.0:15020",
             "--hbone", "0.0.0.0:15008",
             "--capture-listen", "0.0.0.0:15001",
             "--inbound-plaintext-listen", "0.0.0.0:15006",
-            "--capture-interface", values["proxy"]["captureInterface"],
-            "--access-log-rate", str(values["proxy"]["accessLogRate"]),
+            "--capture-interface", pxv["captureInterface"],
+            f"--kube-proxy-replacement={str(pxv['kubeProxyReplacement']).lower()}",
+            "--iptables-backend", pxv["iptablesBackend"],
+            "--access-log-rate", str(pxv["accessLogRate"]),
             "--cluster-domain", values["clusterDomain"],
+            "--drain-timeout", f"{pxv['drainTimeoutSeconds']}s",
             "--log-format", values["logFormat"],
         ]
-        + (["--state-dir", "/var/lib/ferry"] if values["proxy"]["stateDir"] else []),
+        + (["--state-dir", "/var/lib/ferry"] if pxv["stateDir"] else []),
         f"{ctx} proxy args",
     )
-    env = env_of(px)
-    expect_eq(env.get("FERRY_NODE_NAME", {}).get("valueFrom"), {"fieldRef": {"fieldPath": "spec.nodeName"}}, f"{ctx} proxy FERRY_NODE_NAME")
-    endpoint = values["otlp"]["endpoint"]
-    if endpoint:
-        expect_eq(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value"), endpoint, f"{ctx} proxy OTEL_EXPORTER_OTLP_ENDPOINT")
-    else:
-        expect("OTEL_EXPORTER_OTLP_ENDPOINT" not in env, f"{ctx} tracing must be off without otlp.endpoint")
+    expect(
+        not any(a.startswith("--admin") for a in px["args"]),
+        f"{ctx} the proxy's admin endpoints must stay on loopback: no --admin in {px['args']}",
+    )
+    chart_env = [
+        {"name": "FERRY_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "RUST_LOG", "value": values["logLevel"]},
+    ]
+    if values["otlp"]["endpoint"]:
+        chart_env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": values["otlp"]["endpoint"]})
+    check_env(ctx, "proxy", px, chart_env, values, "proxy")
     expect_eq(
         {p["name"]: p["containerPort"] for p in px["ports"]},
-        {"hbone": 15008, "admin": 15000},
+        {"hbone": 15008, "metrics": 15020},
         f"{ctx} proxy ports",
     )
-    expect_eq(px["readinessProbe"]["httpGet"], {"path": "/healthz/ready", "port": 15000}, f"{ctx} proxy readinessProbe")
+    for kind, want in expected_probes(15020).items():
+        expect_eq(px.get(kind), want, f"{ctx} proxy {kind}")
     sc = px["securityContext"]
     expect_eq(set(sc["capabilities"].get("add", [])), {"NET_ADMIN", "NET_RAW"}, f"{ctx} proxy added capabilities")
     expect_eq(len(sc["capabilities"]["add"]), 2, f"{ctx} proxy added capabilities count")
@@ -555,7 +858,7 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
     expect_eq(sc.get("runAsUser"), 0, f"{ctx} proxy runAsUser")
     expect_eq(sc.get("seccompProfile"), {"type": "RuntimeDefault"}, f"{ctx} proxy seccompProfile")
     expect(pod.get("securityContext", {}).get("sysctls") is None, f"{ctx} proxy sets no sysctls")
-    expect_eq(px.get("resources"), values["proxy"]["resources"], f"{ctx} proxy resources")
+    expect_eq(px.get("resources"), pxv["resources"], f"{ctx} proxy resources")
 
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in px["volumeMounts"]}
@@ -566,10 +869,10 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
         f"{ctx} proxy token volume",
     )
     expect_eq(volumes[mounts["/var/run/ferry/ca"]].get("configMap"), {"name": "ferry-ca-root"}, f"{ctx} proxy CA root volume")
-    if values["proxy"]["stateDir"]:
+    if pxv["stateDir"]:
         expect_eq(
             volumes[mounts["/var/lib/ferry"]].get("hostPath"),
-            {"path": values["proxy"]["stateDir"], "type": "DirectoryOrCreate"},
+            {"path": pxv["stateDir"], "type": "DirectoryOrCreate"},
             f"{ctx} proxy state folder",
         )
     else:
@@ -588,27 +891,329 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
         f"{ctx} ferry-config data",
     )
 
-    # --- helm test pod ----------------------------------------------------------------
-    test = one(docs, "Pod", "ferry-test-mesh-traffic")
-    expect_eq(test["__source"], "ferry/templates/tests/mesh-traffic.yaml", f"{ctx} test pod template")
-    expect_eq(test["metadata"].get("annotations", {}).get("helm.sh/hook"), "test", f"{ctx} test pod hook")
-    expect_eq(test["spec"].get("restartPolicy"), "Never", f"{ctx} test pod restartPolicy")
-    tc = container(test, "check")
-    expect_eq(tc["image"], values["test"]["image"], f"{ctx} test pod image")
-    expect_eq(tc["securityContext"], RESTRICTED, f"{ctx} test pod securityContext")
-    expect_eq(env_of(tc).get("METRICS_URL", {}).get("value"), f"http://{host}:15014/metrics", f"{ctx} test pod URL")
-    expect("ferry_cp_connected_proxies" in tc["command"][-1], f"{ctx} test script must check ferry_cp_connected_proxies")
+    check_test_objects(ctx, values, docs, namespace, px)
 
 
-def check_test_script(docs: list[dict[str, Any]], counts: dict[str, int]) -> None:
-    """Run the `helm test` pod's script with stand-ins for curl and sleep."""
-    test = one(docs, "Pod", "ferry-test-mesh-traffic")
-    c = container(test, "check")
-    expect_eq(c["command"][:2], ["/bin/sh", "-c"], "test pod command")
-    script = c["command"][2]
-    url = env_of(c)["METRICS_URL"]["value"]
+def check_test_objects(ctx: str, values: dict[str, Any], docs: list[dict[str, Any]], namespace: str, proxy: dict[str, Any]) -> None:
+    """The `helm test` objects: hooks in the right order, the server and the
+    client in the mesh on different nodes, and the client's settings in
+    step with the server, its Service and the proxies."""
+    hooks = {}
+    for kind, name in [
+        ("ServiceAccount", "ferry-test-server"),
+        ("ServiceAccount", "ferry-test-client"),
+        ("Service", "ferry-test-server"),
+        ("Deployment", "ferry-test-server"),
+        ("Pod", "ferry-test-mesh-traffic"),
+    ]:
+        obj = one(docs, kind, name)
+        ann = obj["metadata"].get("annotations", {})
+        expect_eq(ann.get("helm.sh/hook"), "test", f"{ctx} {kind}/{name} hook")
+        policies = set(ann.get("helm.sh/hook-delete-policy", "").split(","))
+        expect_eq(policies, {"before-hook-creation", "hook-succeeded"}, f"{ctx} {kind}/{name} hook-delete-policy (reruns replace it)")
+        hooks[(kind, name)] = int(ann.get("helm.sh/hook-weight", "0"))
+    client_weight = hooks.pop(("Pod", "ferry-test-mesh-traffic"))
+    for (kind, name), weight in hooks.items():
+        expect(weight < client_weight, f"{ctx} {kind}/{name} (hook weight {weight}) must be created before the client pod (weight {client_weight})")
+    for name in ("ferry-test-server", "ferry-test-client"):
+        expect_eq(one(docs, "ServiceAccount", name).get("automountServiceAccountToken"), False, f"{ctx} ServiceAccount/{name} automount")
 
-    def metrics(value: str) -> str:
+    server = one(docs, "Deployment", "ferry-test-server")
+    client = one(docs, "Pod", "ferry-test-mesh-traffic")
+    expect_eq(client["__source"], "ferry/templates/tests/mesh-traffic.yaml", f"{ctx} test client template")
+    server_pod = pod_spec(server)
+    client_pod = pod_spec(client)
+    server_labels = server["spec"]["template"]["metadata"]["labels"]
+    client_labels = client["metadata"]["labels"]
+    expect_eq(server["spec"]["replicas"], 1, f"{ctx} test server replicas")
+    for k, v in server["spec"]["selector"]["matchLabels"].items():
+        expect_eq(server_labels.get(k), v, f"{ctx} test server pod label {k} (selector)")
+    expect_eq(client["spec"].get("restartPolicy"), "Never", f"{ctx} test client restartPolicy")
+
+    for what, pod, labels in (("server", server_pod, server_labels), ("client", client_pod, client_labels)):
+        expect_eq(labels.get("ferry.dev/mesh"), "enabled", f"{ctx} test {what} pod must be in the mesh (label ferry.dev/mesh)")
+        expect_eq(pod.get("imagePullSecrets", []), values["imagePullSecrets"], f"{ctx} test {what} imagePullSecrets")
+        expect_eq(pod.get("nodeSelector", {}), values["proxy"]["nodeSelector"], f"{ctx} test {what} nodeSelector (where proxies run)")
+        expect_eq(pod.get("automountServiceAccountToken"), False, f"{ctx} test {what} automountServiceAccountToken")
+        expect(not pod.get("hostNetwork"), f"{ctx} test {what} must not use the host network (never in the mesh)")
+        expect_eq(pod.get("securityContext"), {"runAsUser": 65534, "runAsGroup": 65534}, f"{ctx} test {what} pod securityContext")
+        expect_eq(len(pod["containers"]), 1, f"{ctx} test {what} containers")
+        expect_eq(pod["containers"][0]["securityContext"], RESTRICTED, f"{ctx} test {what} securityContext")
+
+    # On two nodes: each pod's required anti-affinity selects the other.
+    def anti_affinity_peers(pod: dict[str, Any], what: str) -> dict[str, str]:
+        terms = pod.get("affinity", {}).get("podAntiAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", [])
+        expect_eq(len(terms), 1, f"{ctx} test {what} required anti-affinity terms")
+        expect_eq(terms[0]["topologyKey"], "kubernetes.io/hostname", f"{ctx} test {what} anti-affinity topologyKey")
+        return terms[0]["labelSelector"]["matchLabels"]
+
+    for what, pod, other, other_labels in (
+        ("client", client_pod, "server", server_labels),
+        ("server", server_pod, "client", client_labels),
+    ):
+        selector = anti_affinity_peers(pod, what)
+        expect(
+            all(other_labels.get(k) == v for k, v in selector.items()),
+            f"{ctx} test {what} anti-affinity {selector} does not select the {other} pod {other_labels}",
+        )
+        expect(
+            not all((client_labels if what == "client" else server_labels).get(k) == v for k, v in selector.items()),
+            f"{ctx} test {what} anti-affinity {selector} selects the {what} pod itself",
+        )
+
+    # The client's settings agree with the server, its Service and the proxies.
+    sc = container(server, "server")
+    cc = container(client, "check")
+    expect_eq(sc["image"], values["test"]["serverImage"], f"{ctx} test server image")
+    expect_eq(cc["image"], values["test"]["image"], f"{ctx} test client image")
+    senv, cenv = env_values(sc), env_values(cc)
+    expect_eq(env_of(cc).get("HOST_IP", {}).get("valueFrom"), {"fieldRef": {"fieldPath": "status.hostIP"}}, f"{ctx} test client HOST_IP")
+    expect_eq(env_of(sc).get("HOST_IP", {}).get("valueFrom"), {"fieldRef": {"fieldPath": "status.hostIP"}}, f"{ctx} test server HOST_IP")
+    expect_eq(cenv.get("EXPECTED_BODY"), senv.get("BODY"), f"{ctx} the body the client expects is the server's")
+    expect_eq(
+        {m["mountPath"] for m in sc.get("volumeMounts", [])},
+        {senv.get("DOCROOT")},
+        f"{ctx} test server DOCROOT is its writable volume",
+    )
+    svc = one(docs, "Service", "ferry-test-server")
+    expect(
+        all(server_labels.get(k) == v for k, v in svc["spec"]["selector"].items()),
+        f"{ctx} Service/ferry-test-server selector {svc['spec']['selector']} does not select the server pod",
+    )
+    (svc_port,) = svc["spec"]["ports"]
+    server_ports = {p["name"]: p["containerPort"] for p in sc["ports"]}
+    expect_eq(server_ports.get(svc_port["targetPort"]), 8080, f"{ctx} test Service targetPort (httpd -p 8080)")
+    expect("-p 8080" in sc["command"][-1], f"{ctx} test server must listen on 8080")
+    expect_eq(
+        cenv.get("SERVER_URL"),
+        f"http://ferry-test-server.{namespace}.svc.{values['clusterDomain']}:{svc_port['port']}/",
+        f"{ctx} test client SERVER_URL",
+    )
+    expect_eq(
+        cenv.get("CONTROL_PLANE_METRICS_URL"),
+        f"http://ferry-control-plane.{namespace}.svc:15014/metrics",
+        f"{ctx} test client CONTROL_PLANE_METRICS_URL",
+    )
+    proxy_metrics = {p["name"]: p["containerPort"] for p in proxy["ports"]}["metrics"]
+    expect_eq(cenv.get("PROXY_METRICS_PORT"), str(proxy_metrics), f"{ctx} test client PROXY_METRICS_PORT")
+    expect_eq(cenv.get("REQUESTS"), "5", f"{ctx} test client REQUESTS")
+    # How the proxies name workloads: app.kubernetes.io/name, else app,
+    # else the pod name (core/src/state.rs, PeerLabels).
+    expect_eq(cenv.get("SERVER_WORKLOAD"), server_labels.get("app.kubernetes.io/name"), f"{ctx} test client SERVER_WORKLOAD")
+    expect_eq(cenv.get("SERVER_NAMESPACE"), namespace, f"{ctx} test client SERVER_NAMESPACE")
+    trust = values["trustDomain"]
+    expect_eq(
+        cenv.get("SERVER_PRINCIPAL"),
+        f"spiffe://{trust}/ns/{namespace}/sa/{server_pod['serviceAccountName']}",
+        f"{ctx} test client SERVER_PRINCIPAL",
+    )
+    expect_eq(
+        cenv.get("CLIENT_PRINCIPAL"),
+        f"spiffe://{trust}/ns/{namespace}/sa/{client_pod['serviceAccountName']}",
+        f"{ctx} test client CLIENT_PRINCIPAL",
+    )
+    expect_eq(
+        {server_pod["serviceAccountName"], client_pod["serviceAccountName"]},
+        {"ferry-test-server", "ferry-test-client"},
+        f"{ctx} test pods' service accounts (one identity each)",
+    )
+
+
+# ---------------------------------------------------------------------------
+# The `helm test` scripts, run with stand-ins
+
+
+def shells() -> dict[str, tuple[list[str], list[str]]]:
+    """The shells to run the test scripts with: name -> (sh command, tools
+    to link into the stand-in bin folder, with nothing else on PATH; empty:
+    the system's PATH too). dash+mawk always; busybox (sh, awk, sed, grep,
+    ...: what the test images run) when it is installed."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    sh = shutil.which("sh")
+    expect(sh is not None, "no sh to run the test scripts")
+    out["sh"] = ([sh], [])
+    busybox = shutil.which("busybox")
+    if busybox:
+        out["busybox"] = ([busybox, "sh"], ["sh", "awk", "sed", "grep", "sort", "tr", "cat", "printf", "echo", "mkdir"])
+    return out
+
+
+def run_script(
+    shell: tuple[list[str], list[str]],
+    script: str,
+    env: dict[str, str],
+    stubs: dict[str, str],
+    tmpd: Path,
+) -> subprocess.CompletedProcess[str]:
+    """Runs SCRIPT under SHELL with the stand-in commands STUBS (name ->
+    sh script text) first on PATH."""
+    command, applets = shell
+    bindir = tmpd / "bin"
+    bindir.mkdir()
+    for name, text in stubs.items():
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    path = str(bindir)
+    if applets:
+        for applet in applets:
+            if applet not in stubs:
+                (bindir / applet).symlink_to(command[0])
+    else:
+        path += ":" + os.environ.get("PATH", "/usr/bin:/bin")
+    return subprocess.run(
+        command + ["-c", script],
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def curl_stub(tmpd: Path, replies: dict[str, list[str | None]]) -> str:
+    """A curl stand-in: checks it is called as `curl -fsS ... URL`, serves
+    the replies of that URL in turn (the last one again once they run out;
+    None: fails as curl does when it cannot connect) and logs each URL."""
+    cases = []
+    for k, (url, answers) in enumerate(replies.items()):
+        for i, answer in enumerate(answers):
+            (tmpd / f"r{k}.{i}").write_text(answer if answer is not None else "")
+            if answer is None:
+                (tmpd / f"r{k}.{i}.fail").write_text("")
+        (tmpd / f"last{k}").write_text(str(len(answers) - 1))
+        quoted = url.replace("'", "'\\''")
+        cases.append(f"  '{quoted}') k={k} ;;")
+    return f"""#!/bin/sh
+for last; do :; done
+case " $* " in *" -fsS "*) ;; *) echo "curl stand-in: expected -fsS (fail on HTTP errors): $*" >&2; exit 4 ;; esac
+case "$last" in
+{chr(10).join(cases)}
+  *) echo "curl stand-in: unexpected URL $last" >&2; exit 3 ;;
+esac
+echo "$last" >> {tmpd}/calls
+n=$(cat {tmpd}/n$k 2>/dev/null || echo 0); echo $((n + 1)) > {tmpd}/n$k
+i=$n; [ -e {tmpd}/r$k.$i ] || i=$(cat {tmpd}/last$k)
+[ -e {tmpd}/r$k.$i.fail ] && {{ echo "curl: (7) Failed to connect to $last" >&2; exit 7; }}
+cat {tmpd}/r$k.$i
+"""
+
+
+# prometheus_client's label order for connection metrics (ConnectionLabels).
+CONNECTION_LABELS = [
+    "reporter", "source_workload", "source_namespace", "source_principal",
+    "destination_workload", "destination_namespace", "destination_principal",
+    "destination_service", "mode",
+]
+
+
+class FakeProxyMetrics:
+    """Metrics pages of the two proxies, as ferry-proxy writes them
+    (OpenMetrics text; prometheus_client's Counter gets _total), with decoys
+    that the script must not count: other metrics with the same labels, a
+    workload whose name starts with the server's, another namespace, the
+    other reporter."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        ns = env["SERVER_NAMESPACE"]
+        self.base = {
+            "source_workload": "ferry",
+            "source_namespace": ns,
+            "source_principal": env["CLIENT_PRINCIPAL"],
+            "destination_workload": env["SERVER_WORKLOAD"],
+            "destination_namespace": ns,
+            "destination_principal": env["SERVER_PRINCIPAL"],
+            "destination_service": f"ferry-test-server.{ns}.svc.cluster.local",
+        }
+
+    @staticmethod
+    def line(metric: str, value: float, labels: dict[str, str]) -> str:
+        body = ",".join(f'{k}="{labels[k]}"' for k in CONNECTION_LABELS)
+        return f"{metric}{{{body}}} {value}"
+
+    def page(self, reporter: str, counts: dict[str, int], **overrides: str) -> str:
+        """A page whose opened counter towards the server is COUNTS[mode]
+        for each mode, with label OVERRIDES."""
+        lines = [
+            "# HELP ferry_connections_opened_total Connections opened.",
+            "# TYPE ferry_connections_opened_total counter",
+        ]
+        for mode, value in counts.items():
+            labels = {**self.base, "reporter": reporter, "mode": mode, **overrides}
+            if reporter == "destination":
+                labels["destination_service"] = ""
+            lines.append(self.line("ferry_connections_opened_total", value, labels))
+        other = "destination" if reporter == "source" else "source"
+        decoy = {**self.base, "reporter": reporter, "mode": "hbone"}
+        lines += [
+            self.line("ferry_connections_opened_total", 50, {**decoy, "destination_workload": self.env["SERVER_WORKLOAD"] + "-old"}),
+            self.line("ferry_connections_opened_total", 50, {**decoy, "destination_namespace": "default"}),
+            self.line("ferry_connections_opened_total", 50, {**decoy, "reporter": other}),
+            "# HELP ferry_connections_closed_total Connections closed.",
+            "# TYPE ferry_connections_closed_total counter",
+            self.line("ferry_connections_closed_total", 99, decoy),
+            "# HELP ferry_open_connections Open connections.",
+            "# TYPE ferry_open_connections gauge",
+            f'ferry_open_connections{{reporter="{reporter}",mode="hbone"}} 1',
+            "# EOF",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def client(self, hbone: int = 0, **kw: Any) -> str:
+        counts = {"hbone": hbone, **{m: kw.pop(m) for m in ("direct", "passthrough", "plaintext") if m in kw}}
+        return self.page("source", counts, **kw)
+
+    def server(self, hbone: int = 0, **kw: str) -> str:
+        return self.page("destination", {"hbone": hbone}, **kw)
+
+
+def check_test_scripts(docs: list[dict[str, Any]], counts: dict[str, int]) -> None:
+    """Runs the server's and the client's scripts with stand-ins: the client
+    passes with metrics that show the calls over HBONE with the right
+    identities, and fails, for the right reason, otherwise."""
+    server = container(one(docs, "Deployment", "ferry-test-server"), "server")
+    client = container(one(docs, "Pod", "ferry-test-mesh-traffic"), "check")
+    for c in (server, client):
+        expect_eq(c["command"][:2], ["/bin/sh", "-c"], f"test {c['name']} command")
+    failures: list[str] = []
+    runs = 0
+
+    # --- the server: writes the body and its node address, then execs httpd.
+    senv = env_values(server)
+    for shell_name, shell in shells().items():
+        with tempfile.TemporaryDirectory() as tmp:
+            tmpd = Path(tmp)
+            docroot = tmpd / "www"
+            docroot.mkdir()
+            httpd = f'#!/bin/sh\necho "$@" > {tmpd}/httpd-args\n'
+            proc = run_script(
+                shell, server["command"][2], {**senv, "DOCROOT": str(docroot), "HOST_IP": "10.0.0.2"}, {"httpd": httpd}, tmpd
+            )
+            runs += 1
+            problems = []
+            if proc.returncode != 0:
+                problems.append(f"exit {proc.returncode}: {proc.stderr[-300:]!r}")
+            else:
+                if (docroot / "index.html").read_text() != senv["BODY"] + "\n":
+                    problems.append(f"index.html holds {(docroot / 'index.html').read_text()!r}")
+                if (docroot / "node").read_text() != "10.0.0.2\n":
+                    problems.append(f"node holds {(docroot / 'node').read_text()!r}")
+                args = (tmpd / "httpd-args").read_text().split()
+                if args[:1] != ["-f"] or "-p" not in args or args[args.index("-p") + 1] != "8080" or args[args.index("-h") + 1] != str(docroot):
+                    problems.append(f"httpd arguments {args}")
+            if problems:
+                failures.append(f"[{shell_name}] server script: " + "; ".join(problems))
+
+    # --- the client.
+    cenv = env_values(client)
+    client_ip, server_ip = "10.0.0.1", "10.0.0.2"
+    fake = FakeProxyMetrics(cenv)
+    body = cenv["EXPECTED_BODY"] + "\n"
+    requests = int(cenv["REQUESTS"])
+    port = cenv["PROXY_METRICS_PORT"]
+    url = cenv["SERVER_URL"]
+    cp_url = cenv["CONTROL_PLANE_METRICS_URL"]
+
+    def cp_metrics(value: str) -> str:
         return (
             "# HELP ferry_cp_connected_proxies Proxies with an open config stream.\n"
             "# TYPE ferry_cp_connected_proxies gauge\n"
@@ -617,94 +1222,257 @@ def check_test_script(docs: list[dict[str, Any]], counts: dict[str, int]) -> Non
             "# EOF\n"
         )
 
-    # Each case: the replies of successive curl calls (None: curl fails),
-    # the expected exit status.
-    cases = {
-        "two proxies": ([metrics("2")], 0),
-        "replica without proxies, then one with": ([metrics("0"), metrics("0"), metrics("1")], 0),
-        "no proxies anywhere": ([metrics("0")], 1),
-        "control plane unreachable": ([None], 1),
-        "metric absent": (["# EOF\n"], 1),
+    def replies(host_ip: str = client_ip, node_ip: str = server_ip, **over: list[str | None]) -> tuple[str, dict[str, list[str | None]]]:
+        def metrics_url(ip: str) -> str:
+            return f"http://[{ip}]:{port}/metrics" if ":" in ip else f"http://{ip}:{port}/metrics"
+
+        out: dict[str, list[str | None]] = {
+            cp_url: over.pop("cp", [cp_metrics("0"), cp_metrics("2")]),
+            # Not up at first; then the body, always.
+            url: over.pop("server", [None, None, body]),
+            url + "node": over.pop("node", [node_ip + "\n"]),
+            metrics_url(host_ip): over.pop("client", [fake.client(0), fake.client(requests)]),
+            metrics_url(node_ip): over.pop("server_proxy", [fake.server(0), fake.server(requests)]),
+        }
+        expect(not over, f"unknown reply override {list(over)}")
+        return host_ip, out
+
+    wrong = f"spiffe://{cenv['SERVER_NAMESPACE']}.example/ns/{cenv['SERVER_NAMESPACE']}/sa/default"
+    # name -> (HOST_IP and the replies per URL, expected exit status, what
+    # the output must say: the reason it passes or fails)
+    cases: dict[str, tuple[tuple[str, dict[str, list[str | None]]], int, str]] = {
+        "calls over HBONE, counted by both proxies": (replies(), 0, "ok: the client's proxy (node 10.0.0.1) sent 5 connections over HBONE"),
+        "counters already high from earlier runs": (
+            replies(client=[fake.client(10), fake.client(15)], server_proxy=[fake.server(7), fake.server(12)]), 0, "ok: the client's proxy"),
+        "counters catch up on a later scrape": (
+            replies(client=[fake.client(0), fake.client(3), fake.client(5)]), 0, "ok: the client's proxy"),
+        "IPv6 node addresses": (replies(host_ip="fd00::1", node_ip="fd00::2"), 0, "ok: the client's proxy (node fd00::1)"),
+        "no proxy connected to the control plane": (replies(cp=[cp_metrics("0")]), 1, "no control plane replica reports a connected proxy"),
+        "control plane unreachable": (replies(cp=[None]), 1, "no control plane replica reports a connected proxy"),
+        "server never answers": (replies(server=[None]), 1, "the server did not answer"),
+        "HTTP body mismatch": (replies(server=["It works!\n"]), 1, "answered 'It works!'"),
+        "HTTP body mismatch on the first answer only": (
+            replies(server=[None, "It works!\n", body]), 1, f"FAIL: {url} answered 'It works!'"),
+        "HTTP body mismatch on the third call": (
+            replies(server=[None, body, body, body, "It works!\n", body]), 1, "request 3 of 5: "),
+        "call fails midway": (replies(server=[body, body, None, body]), 1, "request 2 of 5 to"),
+        "both pods on one node": (replies(node=[client_ip + "\n"]), 1, "both run on node 10.0.0.1"),
+        "proxy metrics unreachable": (replies(client=[None]), 1, "cannot read the proxy metrics at http://10.0.0.1:"),
+        "no hbone series: mode=direct": (
+            replies(client=[fake.client(0), fake.client(0, direct=5)]), 1, 'mode="direct": the client and the server are on one node'),
+        "no series towards the server at all": (
+            replies(client=[fake.client(0), fake.client(0)]), 1, "counted no connection to ferry-test-server"),
+        "plaintext towards the server": (
+            replies(client=[fake.client(0), fake.client(0, passthrough=5)]), 1, "in plaintext (mode passthrough/plaintext)"),
+        "only 4 over HBONE": (replies(client=[fake.client(0), fake.client(4)]), 1, "counted only 4 connections"),
+        "an earlier run's counts do not count": (
+            replies(client=[fake.client(10), fake.client(14)]), 1, "counted only 4 connections"),
+        "wrong destination principal": (
+            replies(client=[fake.client(0), fake.client(5, destination_principal=wrong)]), 1, f"destination_principal {wrong} instead of"),
+        "server proxy: wrong source principal": (
+            replies(server_proxy=[fake.server(0), fake.server(5, source_principal=wrong)]), 1, f"proved source_principal {wrong} instead of"),
+        "server proxy: only 3": (
+            replies(server_proxy=[fake.server(0), fake.server(3)]), 1, "counted only 3 HBONE connections"),
+        "server proxy: nothing": (
+            replies(server_proxy=[fake.server(0), fake.server(0)]), 1, "counted no HBONE connection to ferry-test-server"),
     }
-    sh = shutil.which("sh")
-    expect(sh is not None, "no sh to run the test script")
-    failures = []
-    for name, (replies, want) in cases.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            tmpd = Path(tmp)
-            bindir = tmpd / "bin"
-            bindir.mkdir()
-            for i, reply in enumerate(replies):
-                (tmpd / f"reply{i}").write_text(reply if reply is not None else "")
-                if reply is None:
-                    (tmpd / f"reply{i}.fail").write_text("")
-            (tmpd / "n").write_text("0")
-            # curl stand-in: checks the URL, serves reply<n> (the last one
-            # again once they run out), fails like `curl -f` when told to.
-            (bindir / "curl").write_text(
-                f"""#!/bin/sh
-for last; do :; done
-[ "$last" = "{url}" ] || {{ echo "unexpected URL $last" >&2; exit 3; }}
-n=$(cat {tmpd}/n); echo $((n + 1)) > {tmpd}/n
-i=$n; [ -e {tmpd}/reply$i ] || i={len(replies) - 1}
-[ -e {tmpd}/reply$i.fail ] && {{ echo "curl: (7) Failed to connect" >&2; exit 7; }}
-cat {tmpd}/reply$i
-"""
+
+    for shell_name, shell in shells().items():
+        for name, ((host_ip, answers), want, says) in cases.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                tmpd = Path(tmp)
+                env = {**cenv, "HOST_IP": host_ip}
+                stubs = {"curl": curl_stub(tmpd, answers), "sleep": "#!/bin/sh\nexit 0\n"}
+                proc = run_script(shell, client["command"][2], env, stubs, tmpd)
+                runs += 1
+                output = proc.stdout + proc.stderr
+                calls = (tmpd / "calls").read_text().splitlines() if (tmpd / "calls").exists() else []
+                problem = None
+                if proc.returncode != want:
+                    problem = f"exit {proc.returncode}, expected {want}"
+                elif says not in output:
+                    problem = f"the output does not say {says!r}"
+                elif want == 0 and calls.count(url) != requests + 3:
+                    problem = f"{calls.count(url)} calls to the server, expected 2 refused, 1 answered and {requests} counted"
+                elif "stand-in" in proc.stderr:
+                    problem = "called curl wrongly"
+                if problem:
+                    failures.append(
+                        f"[{shell_name}] {name}: {problem}; stdout: {proc.stdout[-400:]!r} stderr: {proc.stderr[-600:]!r}"
+                    )
+    expect(not failures, "helm test scripts:\n    " + "\n    ".join(failures))
+    counts["test script cases"] = len(cases) + 1
+    counts["test script runs"] = runs
+    counts["test script shells"] = len(shells())
+
+
+def check_render_commands(counts: dict[str, int]) -> None:
+    """tests/helm/render_commands.py prints the containers' command, args
+    and env as JSON, takes --set and --values, and refuses invalid values."""
+    tool = Path(__file__).resolve().parent / "render_commands.py"
+    env = {**os.environ, "FERRY_CHART": str(CHART)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(tool), *args], capture_output=True, text=True, timeout=120, env=env)
+
+    proc = run()
+    expect(proc.returncode == 0, f"render_commands.py: exit {proc.returncode}: {proc.stderr[-500:]}")
+    out = json.loads(proc.stdout)
+    expect_eq(sorted(out), ["controlPlane", "proxy"], "render_commands.py top-level keys")
+    for key in out:
+        expect_eq(sorted(out[key]), ["args", "command", "env"], f"render_commands.py {key} keys")
+        for e in out[key]["env"]:
+            expect(
+                set(e) in ({"name", "value"}, {"name", "fieldRef"}, {"name", "valueFrom"}),
+                f"render_commands.py {key} env entry {e}",
             )
-            (bindir / "sleep").write_text("#!/bin/sh\nexit 0\n")
-            for f in bindir.iterdir():
-                f.chmod(0o755)
-            env = {"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "METRICS_URL": url}
-            proc = subprocess.run([sh, "-c", script], env=env, capture_output=True, text=True, timeout=60)
-            if proc.returncode != want:
-                failures.append(
-                    f"{name}: exit {proc.returncode}, expected {want}; stdout: {proc.stdout[-300:]!r} stderr: {proc.stderr[-300:]!r}"
-                )
-    expect(not failures, "helm test script:\n    " + "\n    ".join(failures))
-    counts["test script cases"] = len(cases)
+    expect_eq(out["proxy"]["command"], ["ferry-proxy"], "render_commands.py proxy command")
+    expect_eq(out["controlPlane"]["command"], ["ferry-control-plane"], "render_commands.py controlPlane command")
+    expect("--kube-proxy-replacement=false" in out["proxy"]["args"], "render_commands.py: default --kube-proxy-replacement=false")
+    expect({"name": "FERRY_NODE_NAME", "fieldRef": "spec.nodeName"} in out["proxy"]["env"], "render_commands.py proxy FERRY_NODE_NAME")
+    expect({"name": "FERRY_NAMESPACE", "fieldRef": "metadata.namespace"} in out["controlPlane"]["env"], "render_commands.py FERRY_NAMESPACE")
+    expect({"name": "RUST_LOG", "value": "info"} in out["controlPlane"]["env"], "render_commands.py RUST_LOG")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        values_file = Path(tmp) / "values.yaml"
+        values_file.write_text(
+            "logLevel: debug\nproxy:\n  drainTimeoutSeconds: 3\n  kubeProxyReplacement: false\n"
+            "  extraEnv:\n    - name: FROM_SECRET\n      valueFrom:\n        secretKeyRef: {name: s, key: k}\n"
+        )
+        # --set wins over --values, as with helm.
+        proc = run("--values", str(values_file), "--set", "proxy.kubeProxyReplacement=true", "--set-string", "logLevel=trace", "--namespace", "mesh")
+        expect(proc.returncode == 0, f"render_commands.py --values/--set: exit {proc.returncode}: {proc.stderr[-500:]}")
+        out = json.loads(proc.stdout)
+        args = out["proxy"]["args"]
+        expect("--kube-proxy-replacement=true" in args, f"render_commands.py --set not applied: {args}")
+        expect_eq(args[args.index("--drain-timeout") + 1], "3s", "render_commands.py --values not applied (drain timeout)")
+        expect_eq(args[args.index("--control-plane") + 1], "https://ferry-control-plane.mesh.svc:15010", "render_commands.py --namespace")
+        expect({"name": "RUST_LOG", "value": "trace"} in out["proxy"]["env"], f"render_commands.py --set-string: {out['proxy']['env']}")
+        expect(
+            {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}} in out["proxy"]["env"],
+            f"render_commands.py valueFrom entry: {out['proxy']['env']}",
+        )
+    proc = run("--set", "proxy.iptablesBackend=ipvs")
+    expect(
+        proc.returncode == 2 and "iptablesBackend" in proc.stderr and not proc.stdout,
+        f"render_commands.py must refuse invalid values with status 2: exit {proc.returncode}, stderr {proc.stderr[-300:]!r}",
+    )
+    counts["render_commands runs"] = 3
 
 
 def check_notes(chart: Any) -> None:
-    rendered = render(chart, {})
-    notes = next(v for k, v in rendered.items() if k.endswith("NOTES.txt"))
-    for needle in (
-        "kubectl label namespace <ns> ferry.dev/mesh=enabled",
-        f"kubectl -n {NAMESPACE} get pods",
-        "/metrics",
-        f"helm test {RELEASE}",
+    for values, needles in (
+        (
+            {},
+            (
+                "kubectl label namespace <ns> ferry.dev/mesh=enabled",
+                f"kubectl -n {NAMESPACE} get pods",
+                "15020:15020",
+                "/metrics",
+                "left to kube-proxy",
+                "prometheus.io/scrape",
+                "two schedulable nodes",
+                f"helm test {RELEASE}",
+            ),
+        ),
+        ({"proxy": {"kubeProxyReplacement": True}}, ("proxy.kubeProxyReplacement is true",)),
     ):
-        expect(needle in notes, f"NOTES.txt lacks {needle!r}")
+        rendered = render(chart, values)
+        notes = next(v for k, v in rendered.items() if k.endswith("NOTES.txt"))
+        for needle in needles:
+            expect(needle in notes, f"NOTES.txt ({values}) lacks {needle!r}")
+    notes = next(v for k, v in render(chart, {}).items() if k.endswith("NOTES.txt"))
+    expect("15000:15000" in notes and "0.0.0.0:15000" not in notes, "NOTES.txt: the admin port is reached through a port-forward only")
 
 
 # ---------------------------------------------------------------------------
 
 
+def binary_options(path: Path) -> dict[str, list[str] | None]:
+    """The long options of a binary's --help (clap): option -> its possible
+    values when the help lists them, else None."""
+    help_text = subprocess.run([str(path), "--help"], capture_output=True, text=True, check=True).stdout
+    options: dict[str, list[str] | None] = {}
+    current = None
+    listing = False  # in a long help's "Possible values:" list
+    for line in help_text.splitlines():
+        m = re.match(r"^\s+(?:-\w, )?(--[a-z0-9-]+)", line)
+        if m:
+            current = m.group(1)
+            options[current] = None
+            listing = False
+        if not current:
+            continue
+        pv = re.search(r"\[possible values: ([^\]]+)\]", line)
+        if pv:
+            options[current] = [v.strip() for v in pv.group(1).split(",")]
+        elif line.strip() == "Possible values:":
+            listing = True
+            options[current] = []
+        elif listing:
+            item = re.match(r"^\s+- ([^:\s]+)", line)
+            if item:
+                options[current].append(item.group(1))  # type: ignore[union-attr]
+            else:
+                listing = False
+    return options
+
+
 def check_flags_exist(docs: list[dict[str, Any]], counts: dict[str, int]) -> None:
-    """Every flag the chart passes is one the binaries accept (their --help)."""
-    repo = Path(__file__).resolve().parents[2]
-    binaries = {"ferry-control-plane": None, "ferry-proxy": None}
-    for name in binaries:
-        for profile in ("debug", "release"):
-            path = repo / "target" / profile / name
-            if path.is_file():
-                binaries[name] = path
-                break
+    """Every flag the chart passes is one the binaries accept (their --help),
+    with a value they accept where they list the possible ones; and the
+    schema's choices for those values are the binaries' own."""
+    binaries: dict[str, Path | None] = {}
+    for name in ("ferry-control-plane", "ferry-proxy"):
+        built = [REPO / "target" / profile / name for profile in ("debug", "release")]
+        built = [p for p in built if p.is_file()]
+        # The newest build, debug or release.
+        binaries[name] = max(built, key=lambda p: p.stat().st_mtime) if built else None
     missing = [n for n, p in binaries.items() if p is None]
     expect(not missing, f"build the binaries first (cargo build --workspace --bins): {missing}")
+    options = {name: binary_options(path) for name, path in binaries.items() if path}
+
+    def built_at(name: str) -> str:
+        path = binaries[name]
+        assert path is not None
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+        return f"{path.relative_to(REPO)}, built {stamp}"
+
+    problems = []
     checked = 0
     for doc in docs:
         for c in (doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []):
-            command = (c.get("command") or [""])[0]
-            name = Path(command).name
-            if name not in binaries:
+            name = Path((c.get("command") or [""])[0]).name
+            if name not in options:
                 continue
-            help_text = subprocess.run([str(binaries[name]), "--help"], capture_output=True, text=True, check=True).stdout
-            known = set(re.findall(r"--[a-z0-9-]+", help_text))
-            for arg in c.get("args") or []:
-                if arg.startswith("--"):
-                    flag = arg.split("=", 1)[0]
-                    expect(flag in known, f"{name} does not accept {flag} (from the chart's {doc['kind']} {doc['metadata']['name']})")
-                    checked += 1
+            known = options[name]
+            args = [str(a) for a in c.get("args") or []]
+            for i, arg in enumerate(args):
+                if not arg.startswith("--"):
+                    continue
+                flag, eq, value = arg.partition("=")
+                checked += 1
+                if flag not in known:
+                    problems.append(f"{name} ({built_at(name)}) does not accept {flag} (from the chart's {doc['kind']} {doc['metadata']['name']})")
+                    continue
+                choices = known[flag]
+                if choices is not None:
+                    given = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+                    if given not in choices:
+                        problems.append(f"{name} {flag}: {given!r} is not one of {choices}")
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]
+    for value_path, binary, flag in (
+        (("proxy", "iptablesBackend"), "ferry-proxy", "--iptables-backend"),
+        (("logFormat",), "ferry-proxy", "--log-format"),
+        (("logFormat",), "ferry-control-plane", "--log-format"),
+    ):
+        node = schema
+        for i, part in enumerate(value_path):
+            node = node[part] if i == 0 else node["properties"][part]
+        choices = options[binary].get(flag)
+        if choices is not None and sorted(node["enum"]) != sorted(choices):
+            problems.append(f"values.schema.json {'.'.join(value_path)} allows {node['enum']}, {binary} {flag} takes {choices}")
+    expect(not problems, "flags:\n    " + "\n    ".join(problems))
     expect(checked >= 20, f"only {checked} flags checked")
     counts["flags checked"] = checked
 
@@ -731,11 +1499,12 @@ def main() -> int:
         meta = chart.metadata
         run("Chart.yaml", lambda: (
             expect_eq((meta.get("apiVersion"), meta.get("name"), meta.get("version"), meta.get("appVersion")),
-                      ("v2", "ferry", "0.1.0", "0.1.0"), "Chart.yaml apiVersion/name/version/appVersion")
+                      ("v2", "ferry", APP_VERSION, APP_VERSION), "Chart.yaml apiVersion/name/version/appVersion")
         ))
         defaults = chart.values
         run("lint", lambda: check_lint(counts))
         run("schema closed", lambda: check_schema_is_closed(counts))
+        run("values documented", lambda: check_values_documented(counts))
         run("invalid values rejected", lambda: check_invalid_values_rejected(chart, counts))
 
         rendered: dict[str, list[dict[str, Any]]] = {}
@@ -754,10 +1523,14 @@ def main() -> int:
             check_objects("defaults in namespace mesh", deep_merge(defaults, {}), docs, "mesh")
         run("render in another namespace", other_namespace)
 
+        def defaults_docs() -> list[dict[str, Any]]:
+            return rendered.get("defaults") or parse_manifests(render(chart, {}))
+
         run("kubernetes schemas", lambda: check_kubernetes_schemas(rendered, counts))
-        run("helm test script", lambda: check_test_script(rendered.get("defaults") or parse_manifests(render(chart, {})), counts))
+        run("helm test scripts", lambda: check_test_scripts(defaults_docs(), counts))
+        run("render_commands.py", lambda: check_render_commands(counts))
         run("NOTES.txt", lambda: check_notes(chart))
-        run("flags exist", lambda: check_flags_exist(rendered.get("defaults") or parse_manifests(render(chart, {})), counts))
+        run("flags exist", lambda: check_flags_exist(defaults_docs() + rendered.get("production", []), counts))
     finally:
         chart.close()
 
@@ -772,7 +1545,8 @@ def main() -> int:
         f"{len(VALID_VALUE_SETS)} value sets x {len(KUBE_VERSIONS)} Kubernetes versions "
         f"({KUBE_VERSIONS[0]}..{KUBE_VERSIONS[-1]}): {counts['manifests valid']} manifests valid; "
         f"{counts['invalid value sets rejected']} invalid value sets rejected; RBAC exact; "
-        f"helm test script ok ({counts['test script cases']} cases); "
+        f"helm test scripts ok ({counts['test script cases']} cases x {counts['test script shells']} shells); "
+        f"render_commands.py ok; "
         f"{counts['flags checked']} flags accepted by the binaries"
     )
     print(f"chart: {passed} passed, 0 failed ({elapsed:.1f}s)")

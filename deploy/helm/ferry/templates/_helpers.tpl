@@ -35,10 +35,66 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-The image of both binaries; the tag defaults to the chart's appVersion.
+Labels of one component's pods: the component's labels, plus the user's
+podLabels, which cannot replace the chart's own. Call with
+(dict "ctx" $ "component" "..." "extra" .Values.<component>.podLabels).
+*/}}
+{{- define "ferry.podLabels" -}}
+{{- $own := include "ferry.componentLabels" (dict "ctx" .ctx "component" .component) | fromYaml }}
+{{- toYaml (merge (dict) $own (.extra | default dict)) }}
+{{- end }}
+
+{{/*
+Annotations of one component's pods, as a YAML map, or nothing when there is
+none: the Prometheus scrape annotations (with metrics.scrapeAnnotations) and
+the user's podAnnotations, which win. Call with
+(dict "ctx" $ "port" <metrics port> "extra" .Values.<component>.podAnnotations).
+*/}}
+{{- define "ferry.podAnnotations" -}}
+{{- $annotations := dict }}
+{{- if .ctx.Values.metrics.scrapeAnnotations }}
+{{- $annotations = dict "prometheus.io/scrape" "true" "prometheus.io/port" (toString .port) "prometheus.io/path" "/metrics" }}
+{{- end }}
+{{- $annotations = merge (dict) (.extra | default dict) $annotations }}
+{{- with $annotations }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image of both binaries: <registry>/<repository>@<digest> when a digest is
+set (the tag is then ignored), else <registry>/<repository>:<tag>, the tag
+defaulting to the chart's appVersion. An empty registry leaves the registry
+part out.
 */}}
 {{- define "ferry.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- $image := .Values.image }}
+{{- $name := $image.repository }}
+{{- with $image.registry }}
+{{- $name = printf "%s/%s" . $image.repository }}
+{{- end }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $name $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $name ($image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels of the `helm test` pods: without app.kubernetes.io/name,
+which the server pod sets to its own name (see tests/mesh-traffic-server.yaml).
+Call with (dict "ctx" $ "component" "test-server" or "test-client").
+*/}}
+{{- define "ferry.testSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+The body the `helm test` server answers and the client expects.
+*/}}
+{{- define "ferry.testBody" -}}
+{{- printf "ferry helm test: answered by ferry-test-server in namespace %s" .Release.Namespace }}
 {{- end }}
 
 {{/*
@@ -49,7 +105,7 @@ In-cluster DNS name of the control plane Service (also its TLS server name).
 {{- end }}
 
 {{/*
-Container securityContext shared by the control plane and the test pod:
+Container securityContext shared by the control plane and the test pods:
 non-root, read-only root, no privilege escalation, no capabilities.
 */}}
 {{- define "ferry.restrictedSecurityContext" -}}
