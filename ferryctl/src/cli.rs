@@ -71,6 +71,10 @@ pub enum LabCommand {
         /// chrooted into, instead of the build folder.
         #[arg(long)]
         image: Option<String>,
+        /// How pods are wired to their node: a bridge (flannel), routed
+        /// veths (Calico) or point-to-point veths (kindnet).
+        #[arg(long, value_enum, default_value = "bridge")]
+        cni: ferryctl::lab::cni::Cni,
     },
 }
 

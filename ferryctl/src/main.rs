@@ -38,6 +38,7 @@ fn main() -> ExitCode {
                     faults,
                     kube_proxy,
                     image,
+                    cni,
                 },
         } => ferryctl::lab::cli::up(
             &manifests,
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
             ferryctl::lab::LabOptions {
                 kube_proxy,
                 image,
+                cni,
                 ..Default::default()
             },
         ),

@@ -14,6 +14,7 @@ use ferry_core::state::ConfigStore;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::admin::{self, Admin, Surface};
+use crate::capture::interface::InterfaceSetting;
 use crate::capture::{CaptureRules, Family};
 use crate::config::{Config, Credentials};
 use crate::dns::DnsServer;
@@ -309,10 +310,19 @@ impl App {
             None => None,
         };
         let capture_rules = match (&config.capture.interface, listeners.capture) {
-            (Some(interface), Some(addr)) => {
+            (Some(setting), Some(addr)) => {
+                if let InterfaceSetting::Named(name) = setting {
+                    // Not fatal: a bridge CNI creates its bridge with the
+                    // node's first pod; the routes to the pods are checked
+                    // once they are known.
+                    if !crate::capture::interface::present(name) {
+                        tracing::warn!(interface = %name, "--capture-interface: no such interface on this node (yet); pods behind other interfaces are reported once known");
+                    }
+                }
                 let mut rules = CaptureRules {
                     node: config.node.clone(),
-                    interface: interface.clone(),
+                    setting: setting.clone(),
+                    interface: CaptureRules::interface_for(setting),
                     capture_port: addr.port(),
                     inbound_port: listeners.inbound_plaintext.map(|a| a.port()),
                     hbone_port: listeners.hbone.port(),
@@ -329,6 +339,7 @@ impl App {
                     kube_proxy_replacement: config.capture.kube_proxy_replacement,
                     backend: config.capture.iptables_backend.resolve(),
                     recheck: config.capture.recheck,
+                    outside: telemetry.metrics.capture_pods_outside_interface.clone(),
                 };
                 let state = store.snapshot();
                 rules.install(&state).context("installing capture rules")?;

@@ -14,6 +14,7 @@ use ferry_process::admin::{AdminFlags, AdminLimits};
 use ferry_process::{parse_duration as duration, LogFormat};
 use serde::Serialize;
 
+use crate::capture::interface::InterfaceSetting;
 use crate::capture::{Backend, CaptureSettings};
 use crate::dns::DnsSettings;
 use crate::hbone::H2Settings;
@@ -76,11 +77,13 @@ pub struct Args {
     /// set. `[::]:PORT` captures IPv4 and IPv6, `0.0.0.0:PORT` IPv4 only.
     #[arg(long, env = "FERRY_CAPTURE_LISTEN")]
     pub capture_listen: Option<SocketAddr>,
-    /// Install redirect rules for the pods behind this interface (the
-    /// pod-facing bridge), kept in step with the configuration and removed
-    /// on shutdown. Needs --capture-listen and CAP_NET_ADMIN.
+    /// Install redirect rules for the pods behind this interface (`cni0`),
+    /// or interfaces with this prefix (`cali+`), kept in step with the
+    /// configuration and removed on shutdown; `auto`: the interface the
+    /// node routes its pods to, found once they are known. Pods routed
+    /// elsewhere are reported. Needs --capture-listen and CAP_NET_ADMIN.
     #[arg(long, env = "FERRY_CAPTURE_INTERFACE", requires = "capture_listen")]
-    pub capture_interface: Option<String>,
+    pub capture_interface: Option<InterfaceSetting>,
     /// Serve Service addresses (cluster, node port, load-balancer and
     /// external IPs) for every pod of the node, as kube-proxy does: for
     /// clusters without kube-proxy. Off, only connections with a mesh

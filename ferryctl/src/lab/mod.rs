@@ -3,12 +3,18 @@
 //!
 //! - `<p>-net`: the network between nodes (a bridge) and the control plane;
 //! - `<p>-<node>`: one namespace per node: an uplink on the node network
-//!   with the node's InternalIP, a bridge `br0` for its pods (gateway: the
+//!   with the node's InternalIP, its pods wired as a CNI would ([`cni`]:
+//!   a bridge `cni0`, routed veths or point-to-point veths; gateway: the
 //!   `.1` of the pods' /24), routes to the other nodes' pod networks, and
-//!   the node proxy with capture, DNS and HBONE;
-//! - one namespace per pod: `eth0` on its node's bridge, a default route to
+//!   the node proxy with capture (the interface found from the routes),
+//!   DNS and HBONE;
+//! - one namespace per pod: `eth0` wired to its node, a default route to
 //!   the node, the node proxy as resolver, and an HTTP server on each
 //!   container port that answers with the pod's name.
+//!
+//! Options ([`LabOptions`]): the CNI style, a kube-proxy stand-in beside
+//! the proxies ([`kube_proxy`]), the daemons run from the container image
+//! ([`image`]).
 //!
 //! No namespace has a link to the machine's interfaces. Everything is torn
 //! down when the [`Lab`] drops.
@@ -20,6 +26,7 @@
 
 pub mod checks;
 pub mod cli;
+pub mod cni;
 pub mod faults;
 pub mod image;
 pub mod kube_proxy;
@@ -92,6 +99,10 @@ pub struct LabOptions {
     /// container image (`LAYOUT:TAG`, as scripts/image.sh prints it) rather
     /// than the build folder: see [`image`].
     pub image: Option<String>,
+    /// How pods are wired to their node ([`cni::Cni`]).
+    pub cni: cni::Cni,
+    /// `--capture-interface` of the proxies (default `auto`).
+    pub capture_interface: Option<String>,
 }
 
 /// The name of the outside client's namespace in [`Lab::netns`], [`Lab::curl`].
@@ -158,14 +169,8 @@ impl Lab {
             lab.namespaces["net"].ip(&["link", "set", &uplink, "master", "sw0", "up"])?;
             ns.ip(&["addr", "add", &format!("{}/24", node.ip), "dev", "up0"])?;
             ns.ip(&["link", "set", "up0", "up"])?;
-            ns.ip(&["link", "add", "br0", "type", "bridge"])?;
-            ns.ip(&["addr", "add", &format!("{}/24", node.gateway), "dev", "br0"])?;
-            ns.ip(&["link", "set", "br0", "up"])?;
+            options.cni.wire_node(&ns, node.gateway)?;
             ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-            // Pods reach each other through the node (their addresses are
-            // /32): no redirects telling them to go around it.
-            ns.exec("sysctl", &["-qw", "net.ipv4.conf.all.send_redirects=0"])?;
-            ns.exec("sysctl", &["-qw", "net.ipv4.conf.br0.send_redirects=0"])?;
             for other in nodes.iter().filter(|o| o.name != node.name) {
                 let o = other.gateway.octets();
                 let network = Ipv4Addr::new(o[0], o[1], o[2], 0);
@@ -187,20 +192,9 @@ impl Lab {
                 )
             })?;
             let ns = Netns::new(&format!("{prefix}-p{i}"))?;
-            let veth = format!("p{i}");
-            let node_ns = &lab.namespaces[&node.name];
-            node_ns.ip(&[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-            ])?;
-            node_ns.ip(&["link", "set", &veth, "master", "br0", "up"])?;
-            // A /32 and a route through the node, as routed CNIs do: even
-            // traffic between pods of one node crosses the node's stack,
-            // where the capture rules see it.
-            let gateway = node.gateway.to_string();
-            ns.ip(&["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"])?;
-            ns.ip(&["link", "set", "eth0", "up"])?;
-            ns.ip(&["route", "add", &gateway, "dev", "eth0", "scope", "link"])?;
-            ns.ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+            options
+                .cni
+                .wire_pod(&lab.namespaces[&node.name], &ns, i, pod.ip, node.gateway)?;
             ns.set_resolv_conf(&format!(
                 "nameserver {}\nsearch {}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
                 node.gateway, pod.namespace
@@ -325,7 +319,7 @@ impl Lab {
                     "--capture-listen",
                     "0.0.0.0:15001",
                     "--capture-interface",
-                    "br0",
+                    options.capture_interface.as_deref().unwrap_or("auto"),
                     "--inbound-plaintext-listen",
                     "0.0.0.0:15006",
                     "--dns-listen",

@@ -13,6 +13,7 @@ use crate::net::original_destination;
 use crate::outbound::{Destination, Outbound};
 
 pub mod backend;
+pub mod interface;
 pub mod rules;
 
 pub use backend::Backend;
@@ -21,8 +22,9 @@ pub use rules::{CaptureError, CaptureRules, Family, CHAIN, INBOUND_CHAIN};
 /// How capture is set up.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CaptureSettings {
-    /// The pod-facing interface whose pods are captured; `None`: no rules.
-    pub interface: Option<String>,
+    /// The pod-facing interface whose pods are captured (or `auto`);
+    /// `None`: no rules.
+    pub interface: Option<interface::InterfaceSetting>,
     /// Serve Service addresses for every pod, not only the mesh's (a
     /// cluster without kube-proxy): [`CaptureRules::kube_proxy_replacement`].
     pub kube_proxy_replacement: bool,

@@ -34,10 +34,15 @@ use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
 use ferry_api::model::Service;
 use ferry_core::state::{ConfigStore, ProxyState};
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::backend::Backend;
+use super::interface::{covers, pattern_for, InterfaceSetting, Routes};
 
 /// The nat chain for traffic from the pods.
 pub const CHAIN: &str = "FERRY_OUTBOUND";
@@ -94,8 +99,12 @@ impl Family {
 pub struct CaptureRules {
     /// The node whose pods are captured.
     pub node: String,
-    /// The pod-facing interface (the pods' bridge).
-    pub interface: String,
+    /// `--capture-interface`: a name, a prefix, or found from the routes.
+    pub setting: InterfaceSetting,
+    /// The interface (or `prefix+`) the jumps match: the setting's name,
+    /// or what `auto` found once the node's pods were known. Unset, the
+    /// chains exist but nothing jumps to them.
+    pub interface: OnceLock<String>,
     /// The capture (outbound) listener's port.
     pub capture_port: u16,
     /// The inbound plaintext listener's port; `None`: plaintext to pods is
@@ -115,6 +124,8 @@ pub struct CaptureRules {
     pub backend: Backend,
     /// How often the jumps are checked to still come first in PREROUTING.
     pub recheck: Duration,
+    /// Pods of this node routed by an interface the jumps do not match.
+    pub outside: Gauge,
 }
 
 /// Runs `program` (feeding it `stdin`), returning its standard output, or
@@ -160,16 +171,47 @@ fn run(
 const LOCK_WAIT: &str = "5";
 
 impl CaptureRules {
+    /// The rules for `setting`, before the interface is known (`auto`).
+    pub fn interface_for(setting: &InterfaceSetting) -> OnceLock<String> {
+        match setting {
+            InterfaceSetting::Named(name) => OnceLock::from(name.clone()),
+            InterfaceSetting::Auto => OnceLock::new(),
+        }
+    }
+
     /// The PREROUTING jumps into the two chains, as `iptables -S` prints
-    /// them.
-    fn jumps(&self) -> [String; 2] {
-        [
-            format!("-A PREROUTING -i {} -p tcp -j {CHAIN}", self.interface),
-            format!(
-                "-A PREROUTING ! -i {} -p tcp -j {INBOUND_CHAIN}",
-                self.interface
-            ),
-        ]
+    /// them; `None` while the interface is not known.
+    fn jumps(&self) -> Option<[String; 2]> {
+        let interface = self.interface.get()?;
+        Some([
+            format!("-A PREROUTING -i {interface} -p tcp -j {CHAIN}"),
+            format!("-A PREROUTING ! -i {interface} -p tcp -j {INBOUND_CHAIN}"),
+        ])
+    }
+
+    /// The interface the kernel routes each pod of this node to, by pod
+    /// (`namespace/name`). Pods on the node's own address (host network)
+    /// are left out: they are not behind the pod interface.
+    fn pod_routes(&self, state: &ProxyState, routes: &Routes) -> BTreeMap<String, String> {
+        let node_addresses: BTreeSet<IpAddr> = state
+            .node(&self.node)
+            .into_iter()
+            .flat_map(|n| n.addresses.iter())
+            .filter_map(|a| a.address.trim().parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
+            .collect();
+        let mut found = BTreeMap::new();
+        for w in state.workloads_on(&self.node) {
+            for ip in &w.addresses {
+                if node_addresses.contains(&ip.to_canonical()) {
+                    continue;
+                }
+                if let Some(interface) = routes.pod_interface(*ip) {
+                    found.insert(format!("{}/{}", w.namespace, w.name), interface);
+                }
+            }
+        }
+        found
     }
 
     /// The changes that make `prerouting` (the nat PREROUTING chain as
@@ -185,7 +227,7 @@ impl CaptureRules {
             .map(str::trim)
             .filter(|l| l.starts_with("-A PREROUTING "))
             .collect();
-        let jumps = self.jumps();
+        let jumps = self.jumps()?;
         let in_place = rules.len() >= 2
             && rules[0] == jumps[0]
             && rules[1] == jumps[1]
@@ -207,6 +249,9 @@ impl CaptureRules {
     /// Makes our jumps the first rules of PREROUTING (see
     /// [`Self::reorder`]), in one transaction; whether anything changed.
     pub fn ensure_jumps_first(&self, family: Family) -> Result<bool, CaptureError> {
+        if self.interface.get().is_none() {
+            return Ok(false);
+        }
         let listing = run(
             &family.tool(self.backend, ""),
             &["-w", LOCK_WAIT, "-t", "nat", "-S", "PREROUTING"],
@@ -385,7 +430,7 @@ impl CaptureRules {
             }
         }
         self.families = installed;
-        tracing::info!(interface = %self.interface, capture_port = self.capture_port, inbound_port = ?self.inbound_port, families = ?self.families, "capture rules installed");
+        tracing::info!(interface = ?self.interface.get(), capture_port = self.capture_port, inbound_port = ?self.inbound_port, families = ?self.families, "capture rules installed");
         Ok(())
     }
 
@@ -415,6 +460,7 @@ impl CaptureRules {
         // then less often (a host that lost its nat table).
         let mut retry =
             crate::net::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut reported = None;
         let mut recheck = tokio::time::interval(self.recheck);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         recheck.reset();
@@ -444,6 +490,9 @@ impl CaptureRules {
                     }
                 }
             }
+            if store.is_ready() {
+                self.check_interface(&state, &mut reported);
+            }
             if failed {
                 tokio::time::sleep(retry.next_delay()).await;
                 continue;
@@ -468,6 +517,57 @@ impl CaptureRules {
         }
     }
 
+    /// Finds the interface (`auto`) once the node's pods are known and puts
+    /// the jumps in; counts and reports the pods the interface does not
+    /// cover. `reported` is the last report: each change is logged once.
+    fn check_interface(&self, state: &ProxyState, reported: &mut Option<Vec<(String, String)>>) {
+        let found = self.pod_routes(state, &Routes::read());
+        if self.interface.get().is_none() {
+            let interfaces: BTreeSet<String> = found.values().cloned().collect();
+            match pattern_for(&interfaces) {
+                Some(pattern) => {
+                    tracing::info!(interface = %pattern, pods = found.len(), "capture interface found from the routes to the node's pods");
+                    let _ = self.interface.set(pattern);
+                    for family in &self.families {
+                        // A failure is retried by the periodic recheck.
+                        if let Err(e) = self.ensure_jumps_first(*family) {
+                            tracing::warn!(family = ?family, error = %e, "installing the capture jumps failed; retrying");
+                        }
+                    }
+                }
+                // No pod of this node is wired yet.
+                None if interfaces.is_empty() => return,
+                None => {
+                    let all: Vec<(String, String)> = found.into_iter().collect();
+                    if reported.as_ref() != Some(&all) {
+                        tracing::error!(pods = ?all, "the pods of this node are behind unrelated interfaces: nothing is captured until --capture-interface names them");
+                        self.outside
+                            .set(i64::try_from(all.len()).unwrap_or(i64::MAX));
+                        *reported = Some(all);
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(pattern) = self.interface.get() else {
+            return;
+        };
+        let outside: Vec<(String, String)> = found
+            .into_iter()
+            .filter(|(_, interface)| !covers(pattern, interface))
+            .collect();
+        self.outside
+            .set(i64::try_from(outside.len()).unwrap_or(i64::MAX));
+        if reported.as_ref() != Some(&outside) {
+            if !outside.is_empty() {
+                tracing::error!(interface = %pattern, pods = ?outside, "pods of this node are routed by interfaces the capture rules do not match: their traffic is not captured (check --capture-interface, or use auto)");
+            } else if reported.is_some() {
+                tracing::info!(interface = %pattern, "every pod of this node is behind the capture interface");
+            }
+            *reported = Some(outside);
+        }
+    }
+
     /// Removes the rules (every jump into our chains, then the chains), in
     /// one transaction per family.
     pub fn remove(&self) -> Result<(), CaptureError> {
@@ -481,7 +581,7 @@ impl CaptureRules {
             .unwrap_or_default();
             self.apply(*family, &removal(&listing))?;
         }
-        tracing::info!(interface = %self.interface, "capture rules removed");
+        tracing::info!(interface = ?self.interface.get(), "capture rules removed");
         Ok(())
     }
 }
@@ -580,7 +680,8 @@ mod tests {
     fn rules() -> CaptureRules {
         CaptureRules {
             node: "node-a".into(),
-            interface: "br0".into(),
+            setting: InterfaceSetting::Named("br0".into()),
+            interface: OnceLock::from("br0".to_string()),
             capture_port: 15001,
             inbound_port: Some(15006),
             hbone_port: 15008,
@@ -588,6 +689,7 @@ mod tests {
             kube_proxy_replacement: true,
             backend: Backend::Default,
             recheck: Duration::from_secs(10),
+            outside: Gauge::default(),
         }
     }
 

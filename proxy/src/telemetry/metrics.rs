@@ -188,6 +188,9 @@ pub struct Metrics {
     pub spans_exported: Counter,
     pub spans_dropped: Counter,
     pub access_logs_suppressed: Counter,
+    /// Pods of this node routed by an interface the capture rules do not
+    /// cover (their traffic is not captured).
+    pub capture_pods_outside_interface: Gauge,
 }
 
 fn duration_histogram() -> Histogram {
@@ -213,6 +216,7 @@ impl Metrics {
             connection_duration: Family::new_with_constructor(duration_histogram),
             open_connections: Family::default(),
             config_revision: Gauge::default(),
+            capture_pods_outside_interface: Gauge::default(),
             config_updated: Gauge::default(),
             config_resources: Family::default(),
             certificate_expiry: Family::default(),
@@ -284,6 +288,11 @@ impl Metrics {
             "hbone_pool_connections",
             "Pooled HBONE (mTLS HTTP/2) connections to other node proxies",
             m.hbone_connections.clone(),
+        );
+        registry.register(
+            "capture_pods_outside_interface",
+            "Pods of this node routed by an interface the capture rules do not cover (--capture-interface): their traffic is not captured",
+            m.capture_pods_outside_interface.clone(),
         );
         registry.register(
             "hbone_pool_streams",
