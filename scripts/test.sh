@@ -11,9 +11,11 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # End-to-end tests drive the real binaries: build them first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
-# The Helm chart: lint, render, schema validation for Kubernetes 1.29-1.33, exact RBAC.
+# The Helm chart: lint, render, schema validation for Kubernetes 1.29-1.33,
+# exact RBAC, flags the binaries accept. Before the tests: it makes the venv
+# whose renderer the chart-run test (tests/tests/image_lab.rs) uses.
 scripts/chart-test.sh
+cargo test --workspace --locked
 # A short coverage-guided run of every fuzz target (docs/reliability.md has
 # the longer runs); FUZZ_SECONDS=0 skips it.
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then

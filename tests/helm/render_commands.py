@@ -19,9 +19,22 @@ problem, 1.
 Output on stdout, one JSON object:
 
     {
-      "proxy":        {"command": [str, ...], "args": [str, ...], "env": [ENV, ...]},
-      "controlPlane": {"command": [str, ...], "args": [str, ...], "env": [ENV, ...]}
+      "proxy":        CONTAINER,
+      "controlPlane": CONTAINER
     }
+
+    CONTAINER = {"command": [str, ...], "args": [str, ...], "env": [ENV, ...],
+                 "mounts": [MOUNT, ...], "runAsUser": int, "runAsGroup": int,
+                 "readOnlyRootFilesystem": bool, "hostNetwork": bool,
+                 "capabilities": {"add": [str, ...], "drop": [str, ...]}}
+    MOUNT = {"mountPath": str, "readOnly": bool, "volume": VOLUME}
+    VOLUME = {"kind": "hostPath", "path": str, "type": str}
+           | {"kind": "configMap", "name": str} | {"kind": "secret", "name": str}
+           | {"kind": "emptyDir"}
+           | {"kind": "serviceAccountToken", "audience": str, "path": str}
+           | {"kind": "other", "spec": {...}}   (as in the manifest)
+
+runAsUser/runAsGroup: the container's, else the pod's, else 0.
 
 "proxy" is the first container of the DaemonSet ferry-proxy, "controlPlane"
 the first container of the Deployment ferry-control-plane. command and args
@@ -78,13 +91,51 @@ def container_commands(docs: list[dict[str, Any]]) -> dict[str, Any]:
         found = chartlib.find(docs, kind, name)
         if len(found) != 1:
             raise RuntimeError(f"the chart rendered {len(found)} {kind}/{name}, expected one")
-        first = chartlib.pod_spec(found[0])["containers"][0]
+        spec = chartlib.pod_spec(found[0])
+        first = spec["containers"][0]
+        volumes = {v["name"]: volume_entry(v) for v in spec.get("volumes", [])}
+        pod_security = spec.get("securityContext") or {}
+        security = first.get("securityContext") or {}
         out[key] = {
             "command": [str(a) for a in first.get("command", [])],
             "args": [str(a) for a in first.get("args", [])],
             "env": [env_entry(v) for v in first.get("env", [])],
+            "mounts": [
+                {
+                    "mountPath": m["mountPath"],
+                    "readOnly": bool(m.get("readOnly", False)),
+                    "volume": volumes.get(m["name"], {"kind": "missing", "name": m["name"]}),
+                }
+                for m in first.get("volumeMounts", [])
+            ],
+            "runAsUser": security.get("runAsUser", pod_security.get("runAsUser", 0)),
+            "runAsGroup": security.get("runAsGroup", pod_security.get("runAsGroup", 0)),
+            "readOnlyRootFilesystem": bool(security.get("readOnlyRootFilesystem", False)),
+            "capabilities": {
+                "add": list((security.get("capabilities") or {}).get("add", [])),
+                "drop": list((security.get("capabilities") or {}).get("drop", [])),
+            },
+            "hostNetwork": bool(spec.get("hostNetwork", False)),
         }
     return out
+
+
+def volume_entry(volume: dict[str, Any]) -> dict[str, Any]:
+    """What a volume holds, as the test must provide it."""
+    if "hostPath" in volume:
+        return {"kind": "hostPath", "path": volume["hostPath"]["path"], "type": volume["hostPath"].get("type", "")}
+    if "configMap" in volume:
+        return {"kind": "configMap", "name": volume["configMap"]["name"]}
+    if "secret" in volume:
+        return {"kind": "secret", "name": volume["secret"]["secretName"]}
+    if "emptyDir" in volume:
+        return {"kind": "emptyDir"}
+    if "projected" in volume:
+        for source in volume["projected"].get("sources", []):
+            token = source.get("serviceAccountToken")
+            if token is not None:
+                return {"kind": "serviceAccountToken", "audience": token.get("audience", ""), "path": token["path"]}
+    return {"kind": "other", "spec": volume}
 
 
 def user_values(args: argparse.Namespace) -> dict[str, Any]:

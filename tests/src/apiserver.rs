@@ -142,7 +142,17 @@ fn query(uri: &http::Uri) -> BTreeMap<String, String> {
 
 impl ApiServer {
     pub async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+    }
+
+    /// Serves on a listener made elsewhere (inside a lab namespace:
+    /// `Netns::listen_tcp`); needs a Tokio runtime.
+    pub fn start_on_std(listener: std::net::TcpListener) -> anyhow::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Self::start_on(tokio::net::TcpListener::from_std(listener)?)
+    }
+
+    fn start_on(listener: tokio::net::TcpListener) -> anyhow::Result<Self> {
         let address = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             version: 100,
@@ -190,9 +200,13 @@ impl ApiServer {
 
     /// A kubeconfig pointing at this server (no credentials).
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_for(&format!("http://{}", self.address))
+    }
+
+    /// A kubeconfig for this server as `server` (a URL) reaches it.
+    pub fn kubeconfig_for(&self, server: &str) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"http://{}\"}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
-            self.address
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{server}\"}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n"
         )
     }
 

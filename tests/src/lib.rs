@@ -405,3 +405,44 @@ pub fn resource<'a>(
         .iter()
         .find(|r| r["key"] == key)
 }
+
+/// The container image of the binaries under test, built once per test
+/// process with `scripts/image.sh` (no container engine: mmdebstrap and
+/// umoci; the Debian root filesystem is cached under `target/image-test`).
+/// Returns its reference (`LAYOUT:TAG`) and digest.
+pub fn image() -> anyhow::Result<(String, String)> {
+    static BUILT: std::sync::OnceLock<Result<(String, String), String>> =
+        std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_image().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_image() -> anyhow::Result<(String, String)> {
+    let root = repo_root();
+    let proxy = binary("ferry-proxy")?;
+    let binaries = proxy.parent().unwrap_or(Path::new("."));
+    let built = std::process::Command::new(root.join("scripts/image.sh"))
+        .arg("--binaries")
+        .arg(binaries)
+        .arg("--out")
+        .arg(root.join("target/image-test"))
+        .output()?;
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    anyhow::ensure!(
+        built.status.success(),
+        "scripts/image.sh failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_string)
+    };
+    match (line("image: "), line("digest: ")) {
+        (Some(image), Some(digest)) => Ok((image, digest)),
+        _ => anyhow::bail!("scripts/image.sh printed no image and digest:\n{stdout}"),
+    }
+}

@@ -117,8 +117,18 @@ impl Receiver {
         Self::start_with(address, true).await
     }
 
+    /// Keeps every span, served on a listener made elsewhere (inside a lab
+    /// namespace: `Netns::listen_tcp`); needs a Tokio runtime.
+    pub fn start_on_std(listener: std::net::TcpListener) -> anyhow::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Self::serve(tokio::net::TcpListener::from_std(listener)?, false)
+    }
+
     async fn start_with(address: SocketAddr, count_only: bool) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(address).await?;
+        Self::serve(tokio::net::TcpListener::bind(address).await?, count_only)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, count_only: bool) -> anyhow::Result<Self> {
         let address = listener.local_addr()?;
         let sink = Sink {
             count_only,

@@ -99,6 +99,9 @@ pub struct LabOptions {
     /// container image (`LAYOUT:TAG`, as scripts/image.sh prints it) rather
     /// than the build folder: see [`image`].
     pub image: Option<String>,
+    /// Build the cluster and start its apps only: the control plane and
+    /// the proxies are the caller's to start ([`Lab::run_container`]).
+    pub no_daemons: bool,
     /// How pods are wired to their node ([`cni::Cni`]).
     pub cni: cni::Cni,
     /// `--capture-interface` of the proxies (default `auto`).
@@ -242,6 +245,14 @@ impl Lab {
     }
 
     fn start(&mut self, manifests: &Path, options: &LabOptions) -> anyhow::Result<()> {
+        if !options.no_daemons {
+            self.start_daemons(manifests, options)?;
+        }
+        self.start_apps(manifests, options)
+    }
+
+    /// The control plane (mesh CA, manifests) and one proxy per node.
+    fn start_daemons(&mut self, manifests: &Path, options: &LabOptions) -> anyhow::Result<()> {
         let work = self.work.path().to_path_buf();
         let pki = work.join("pki");
         let mut args = vec![
@@ -350,6 +361,13 @@ impl Lab {
                 work.join(format!("proxy-{}.log", node.name)),
             )?;
         }
+        Ok(())
+    }
+
+    /// The pods' servers; then waits for the proxies (if the lab started
+    /// them) and for every server to answer.
+    fn start_apps(&mut self, manifests: &Path, options: &LabOptions) -> anyhow::Result<()> {
+        let work = self.work.path().to_path_buf();
         let script = work.join("server.py");
         std::fs::write(&script, SERVER)?;
         let script = script.display().to_string();
@@ -370,7 +388,7 @@ impl Lab {
                 work.join(format!("app-{}-{}.log", pod.namespace, pod.name)),
             )?);
         }
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|_| !options.no_daemons) {
             let ns = &self.namespaces[&node.name];
             wait_for(
                 &format!("proxy on {} ready with certificates", node.name),
@@ -441,6 +459,41 @@ impl Lab {
                 command
             }
         })
+    }
+
+    /// Starts `container` in the namespace `netns` (a node's name, `net`
+    /// for the control plane's network) from the lab's image, as its pod
+    /// spec would run it ([`image::Image::container`]); a daemon named
+    /// `name` from then on ([`Lab::stop`], [`Lab::restart`], [`Lab::pid`]).
+    pub fn run_container(
+        &mut self,
+        name: &str,
+        netns: &str,
+        container: &image::Container,
+    ) -> anyhow::Result<()> {
+        let image = self
+            .image
+            .as_ref()
+            .context("running a container needs the lab's image (LabOptions::image)")?;
+        let ns = self
+            .namespaces
+            .get(netns)
+            .with_context(|| format!("no namespace {netns}"))?;
+        let env: Vec<String> = container
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut command: Vec<String> = ns
+            .command("env", &[])
+            .into_iter()
+            .map(String::from)
+            .collect();
+        command.extend(env);
+        command.push("sh".into());
+        command.extend(image.container(container)?);
+        let log = self.work.path().join(format!("{name}.log"));
+        self.start_daemon(name, command, log)
     }
 
     /// Starts a daemon (`ip` with `command`), remembered for [`Lab::restart`].

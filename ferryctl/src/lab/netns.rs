@@ -50,6 +50,39 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A TCP listener inside this namespace, for a server of the test
+    /// process itself (an API server, a collector). A socket belongs to the
+    /// namespace it was made in for life: a short-lived thread enters the
+    /// namespace, binds, and ends; the calling thread stays where it is.
+    pub fn listen_tcp(&self, addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+        let path = std::path::Path::new("/run/netns").join(&self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> anyhow::Result<std::net::TcpListener> {
+                    let ns = std::fs::File::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .with_context(|| format!("entering {}", self.name))?;
+                    let listener = std::net::TcpListener::bind(addr)
+                        .with_context(|| format!("binding {addr} in {}", self.name))?;
+                    listener.set_nonblocking(true)?;
+                    Ok(listener)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread binding in {} panicked", self.name))?
+        })
+    }
+
+    /// Writes `/etc/netns/<name>/<file>`, which `ip netns exec` mounts over
+    /// `/etc/<file>` for the processes it starts (hosts, resolv.conf);
+    /// removed with the namespace.
+    pub fn set_etc(&self, file: &str, text: &str) -> anyhow::Result<()> {
+        let dir = std::path::Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join(file), text)?;
+        Ok(())
+    }
+
     /// Gives processes started in the namespace (through `ip netns exec`)
     /// their own /etc/resolv.conf; removed with the namespace.
     pub fn set_resolv_conf(&self, text: &str) -> anyhow::Result<()> {
