@@ -102,9 +102,25 @@ fn credentials(
 }
 
 async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--{flag} {addr}: cannot bind"))
+    match TcpListener::bind(addr).await {
+        // `[::]:PORT` on a node with IPv6 turned off: IPv4 only, said once.
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            let listener = TcpListener::bind(v4)
+                .await
+                .with_context(|| format!("--{flag} {addr} (and {v4}): cannot bind"))?;
+            tracing::warn!(flag, %addr, error = %e, "no IPv6 on this node: listening on {v4}, IPv4 only");
+            Ok(listener)
+        }
+        other => other.with_context(|| format!("--{flag} {addr}: cannot bind")),
+    }
+}
+
+/// Whether a listener is bound to an IPv6 address (and so takes IPv6).
+fn bound_v6(listener: Option<&TcpListener>) -> bool {
+    listener
+        .and_then(|l| l.local_addr().ok())
+        .is_some_and(|a| a.is_ipv6())
 }
 
 /// A built proxy, its listeners bound.
@@ -328,9 +344,10 @@ impl App {
                     hbone_port: listeners.hbone.port(),
                     // An IPv4 listener cannot take redirected IPv6
                     // connections: IPv6 is captured only when every
-                    // listener can.
-                    families: if addr.is_ipv6()
-                        && listeners.inbound_plaintext.is_none_or(|a| a.is_ipv6())
+                    // listener can (as bound: `[::]` falls back to IPv4
+                    // on a node without IPv6).
+                    families: if bound_v6(capture.as_ref())
+                        && plaintext.as_ref().is_none_or(|(_, l)| bound_v6(Some(l)))
                     {
                         vec![Family::V4, Family::V6]
                     } else {

@@ -817,8 +817,8 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
             "--token-file", "/var/run/ferry/token/token",
             "--metrics-listen", "0.0.0.0:15020",
             "--hbone", "0.0.0.0:15008",
-            "--capture-listen", "0.0.0.0:15001",
-            "--inbound-plaintext-listen", "0.0.0.0:15006",
+            "--capture-listen", "[::]:15001",
+            "--inbound-plaintext-listen", "[::]:15006",
             "--capture-interface", pxv["captureInterface"],
             f"--kube-proxy-replacement={str(pxv['kubeProxyReplacement']).lower()}",
             "--iptables-backend", pxv["iptablesBackend"],
@@ -1320,7 +1320,11 @@ def check_render_commands(counts: dict[str, int]) -> None:
     out = json.loads(proc.stdout)
     expect_eq(sorted(out), ["controlPlane", "proxy"], "render_commands.py top-level keys")
     for key in out:
-        expect_eq(sorted(out[key]), ["args", "command", "env"], f"render_commands.py {key} keys")
+        expect_eq(
+            sorted(out[key]),
+            ["args", "capabilities", "command", "env", "hostNetwork", "mounts", "readOnlyRootFilesystem", "runAsGroup", "runAsUser"],
+            f"render_commands.py {key} keys",
+        )
         for e in out[key]["env"]:
             expect(
                 set(e) in ({"name", "value"}, {"name", "fieldRef"}, {"name", "valueFrom"}),
@@ -1332,6 +1336,16 @@ def check_render_commands(counts: dict[str, int]) -> None:
     expect({"name": "FERRY_NODE_NAME", "fieldRef": "spec.nodeName"} in out["proxy"]["env"], "render_commands.py proxy FERRY_NODE_NAME")
     expect({"name": "FERRY_NAMESPACE", "fieldRef": "metadata.namespace"} in out["controlPlane"]["env"], "render_commands.py FERRY_NAMESPACE")
     expect({"name": "RUST_LOG", "value": "info"} in out["controlPlane"]["env"], "render_commands.py RUST_LOG")
+    mounts = {m["mountPath"]: m for m in out["proxy"]["mounts"]}
+    expect_eq(
+        mounts.get("/var/run/ferry/token", {}).get("volume", {}).get("kind"),
+        "serviceAccountToken",
+        "render_commands.py proxy token mount",
+    )
+    expect_eq(mounts.get("/var/run/ferry/ca", {}).get("volume"), {"kind": "configMap", "name": "ferry-ca-root"}, "render_commands.py proxy CA mount")
+    expect_eq(out["proxy"]["capabilities"], {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]}, "render_commands.py proxy capabilities")
+    expect_eq((out["controlPlane"]["runAsUser"], out["controlPlane"]["readOnlyRootFilesystem"]), (65532, True), "render_commands.py control plane user and root")
+    expect(out["proxy"]["hostNetwork"] and not out["controlPlane"]["hostNetwork"], "render_commands.py hostNetwork")
 
     with tempfile.TemporaryDirectory() as tmp:
         values_file = Path(tmp) / "values.yaml"

@@ -61,29 +61,89 @@ pub fn covers(pattern: &str, interface: &str) -> bool {
     }
 }
 
-/// The pattern that covers `interfaces`: the one name they are, or the
-/// letters their names start with, as a wildcard (`cali1a`, `cali2b` →
-/// `cali+`). `None` when they share no such prefix (pods behind unrelated
-/// interfaces: no single capture rule covers them).
-pub fn pattern_for(interfaces: &BTreeSet<String>) -> Option<String> {
-    let first = interfaces.first()?;
-    if interfaces.len() == 1 {
-        return Some(first.clone());
+/// What a network interface is, as far as choosing a capture pattern
+/// goes ([`link_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A bridge (`cni0`): one interface for every pod; named exactly.
+    Bridge,
+    /// One end of a pair (a veth): one interface per pod, named by the
+    /// CNI's prefix.
+    PerPod,
+    /// Anything else: named exactly.
+    Other,
+}
+
+/// The prefixes of per-pod interfaces of the common CNIs: Calico, the AWS
+/// VPC CNI, kindnet and the ptp plugin, Cilium's legacy host routing, the
+/// Azure CNI.
+const CNI_PREFIXES: [&str; 5] = ["cali", "eni", "veth", "lxc", "azv"];
+
+/// The pattern that covers `interfaces`: a bridge or other shared
+/// interface by its name (`cni0`); per-pod interfaces by their CNI's
+/// prefix as a wildcard (`cali+`), however many pods there are yet (a
+/// known prefix, else the letters their names share). `None` when no one
+/// pattern covers them (pods behind unrelated interfaces).
+pub fn pattern_for(
+    interfaces: &BTreeSet<String>,
+    kind: impl Fn(&str) -> LinkKind,
+) -> Option<String> {
+    let mut exact = BTreeSet::new();
+    let mut stems = BTreeSet::new();
+    for name in interfaces {
+        if kind(name) != LinkKind::PerPod {
+            exact.insert(name.clone());
+            continue;
+        }
+        let stem = CNI_PREFIXES
+            .iter()
+            .find(|p| name.starts_with(*p))
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| name.chars().take_while(char::is_ascii_alphabetic).collect());
+        if stem.is_empty() {
+            exact.insert(name.clone());
+        } else {
+            stems.insert(stem);
+        }
     }
-    let mut common = first.len();
-    for other in interfaces.iter().skip(1) {
-        common = common.min(
-            first
-                .bytes()
-                .zip(other.bytes())
-                .take_while(|(a, b)| a == b)
-                .count(),
-        );
+    match (exact.len(), stems.len()) {
+        (1, 0) => exact.pop_first(),
+        (0, 1) => stems.pop_first().map(|stem| format!("{stem}+")),
+        (0, _) => {
+            // Unknown prefixes that differ in their last letters (`abcx1`,
+            // `abcy2`): the letters they share.
+            let first = stems.first()?.clone();
+            let common = stems.iter().fold(first.len(), |n, s| {
+                n.min(
+                    first
+                        .bytes()
+                        .zip(s.bytes())
+                        .take_while(|(a, b)| a == b)
+                        .count(),
+                )
+            });
+            (common > 0).then(|| format!("{}+", &first[..common]))
+        }
+        _ => None,
     }
-    // The shared part up to its last letter: `veth1` and `veth12` share
-    // `veth1`, but the CNI's prefix is `veth`.
-    let prefix = first[..common].trim_end_matches(|c: char| !c.is_ascii_alphabetic());
-    (!prefix.is_empty()).then(|| format!("{prefix}+"))
+}
+
+/// What `name` is on this node (`/sys/class/net`): a bridge has a
+/// `bridge` folder; one end of a pair links to another index than its own.
+pub fn link_kind(name: &str) -> LinkKind {
+    let base = std::path::Path::new("/sys/class/net").join(name);
+    if base.join("bridge").is_dir() {
+        return LinkKind::Bridge;
+    }
+    let read = |file: &str| {
+        std::fs::read_to_string(base.join(file))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (read("ifindex"), read("iflink")) {
+        (Some(index), Some(link)) if index != link => LinkKind::PerPod,
+        _ => LinkKind::Other,
+    }
 }
 
 /// The node's main routing tables, read once for a batch of lookups.
@@ -314,17 +374,46 @@ fd000244000200000000000000000010 80 00000000000000000000000000000000 00 00000000
     #[test]
     fn the_pattern_is_the_shared_interface_or_its_cni_prefix() {
         let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
-        assert_eq!(pattern_for(&set(&["cni0"])).as_deref(), Some("cni0"));
+        let kind = |name: &str| match name {
+            "cni0" => LinkKind::Bridge,
+            "eth0" | "ens5" => LinkKind::Other,
+            _ => LinkKind::PerPod,
+        };
+        assert_eq!(pattern_for(&set(&["cni0"]), kind).as_deref(), Some("cni0"));
+        // One Calico pod is enough to know the prefix: the next pod's
+        // interface (another hash) is covered too.
         assert_eq!(
-            pattern_for(&set(&["calia1", "cali2b"])).as_deref(),
+            pattern_for(&set(&["calia1b2c3d4e5f"]), kind).as_deref(),
             Some("cali+")
         );
         assert_eq!(
-            pattern_for(&set(&["veth1", "veth12"])).as_deref(),
+            pattern_for(&set(&["calia1", "cali2b"]), kind).as_deref(),
+            Some("cali+")
+        );
+        assert_eq!(
+            pattern_for(&set(&["veth1", "veth12"]), kind).as_deref(),
             Some("veth+")
         );
-        assert_eq!(pattern_for(&set(&["cni0", "eth0"])), None);
-        assert_eq!(pattern_for(&set(&[])), None);
+        assert_eq!(
+            pattern_for(&set(&["eni0a1"]), kind).as_deref(),
+            Some("eni+")
+        );
+        // An unknown CNI: the letters its interfaces share.
+        assert_eq!(
+            pattern_for(&set(&["podxa1", "podyb2"]), kind).as_deref(),
+            Some("pod+")
+        );
+        assert_eq!(
+            pattern_for(&set(&["podx1"]), kind).as_deref(),
+            Some("podx+")
+        );
+        // No single pattern.
+        assert_eq!(pattern_for(&set(&["cni0", "eth0"]), kind), None);
+        assert_eq!(pattern_for(&set(&["cni0", "cali1"]), kind), None);
+        assert_eq!(pattern_for(&set(&["abc1", "xyz2"]), kind), None);
+        assert_eq!(pattern_for(&set(&[]), kind), None);
+        // A shared interface that is no bridge is still named exactly.
+        assert_eq!(pattern_for(&set(&["ens5"]), kind).as_deref(), Some("ens5"));
         assert!(covers("cali+", "cali2b") && !covers("cali+", "cni0"));
         assert!(covers("cni0", "cni0") && !covers("cni0", "cni01"));
     }

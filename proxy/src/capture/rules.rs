@@ -35,14 +35,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use ferry_api::model::Service;
 use ferry_core::state::{ConfigStore, ProxyState};
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::backend::Backend;
-use super::interface::{covers, pattern_for, InterfaceSetting, Routes};
+use super::interface::{covers, link_kind, pattern_for, InterfaceSetting, Routes};
 
 /// The nat chain for traffic from the pods.
 pub const CHAIN: &str = "FERRY_OUTBOUND";
@@ -95,16 +95,17 @@ impl Family {
 }
 
 /// The redirect rules of one node.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CaptureRules {
     /// The node whose pods are captured.
     pub node: String,
     /// `--capture-interface`: a name, a prefix, or found from the routes.
     pub setting: InterfaceSetting,
     /// The interface (or `prefix+`) the jumps match: the setting's name,
-    /// or what `auto` found once the node's pods were known. Unset, the
-    /// chains exist but nothing jumps to them.
-    pub interface: OnceLock<String>,
+    /// or what `auto` finds from the node's pods (widened as new pods
+    /// show it must be). Unset, the chains exist but nothing jumps to
+    /// them. Read and written by the rules task only (and at removal).
+    pub interface: Mutex<Option<String>>,
     /// The capture (outbound) listener's port.
     pub capture_port: u16,
     /// The inbound plaintext listener's port; `None`: plaintext to pods is
@@ -171,18 +172,31 @@ fn run(
 const LOCK_WAIT: &str = "5";
 
 impl CaptureRules {
-    /// The rules for `setting`, before the interface is known (`auto`).
-    pub fn interface_for(setting: &InterfaceSetting) -> OnceLock<String> {
-        match setting {
-            InterfaceSetting::Named(name) => OnceLock::from(name.clone()),
-            InterfaceSetting::Auto => OnceLock::new(),
-        }
+    /// The interface for `setting` at start: its name, or not known yet
+    /// (`auto`).
+    pub fn interface_for(setting: &InterfaceSetting) -> Mutex<Option<String>> {
+        Mutex::new(match setting {
+            InterfaceSetting::Named(name) => Some(name.clone()),
+            InterfaceSetting::Auto => None,
+        })
+    }
+
+    /// The interface (or `prefix+`) the jumps match, if known.
+    pub fn interface(&self) -> Option<String> {
+        self.interface
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_interface(&self, pattern: String) {
+        *self.interface.lock().unwrap_or_else(|e| e.into_inner()) = Some(pattern);
     }
 
     /// The PREROUTING jumps into the two chains, as `iptables -S` prints
     /// them; `None` while the interface is not known.
     fn jumps(&self) -> Option<[String; 2]> {
-        let interface = self.interface.get()?;
+        let interface = self.interface()?;
         Some([
             format!("-A PREROUTING -i {interface} -p tcp -j {CHAIN}"),
             format!("-A PREROUTING ! -i {interface} -p tcp -j {INBOUND_CHAIN}"),
@@ -249,7 +263,7 @@ impl CaptureRules {
     /// Makes our jumps the first rules of PREROUTING (see
     /// [`Self::reorder`]), in one transaction; whether anything changed.
     pub fn ensure_jumps_first(&self, family: Family) -> Result<bool, CaptureError> {
-        if self.interface.get().is_none() {
+        if self.interface().is_none() {
             return Ok(false);
         }
         let listing = run(
@@ -430,7 +444,7 @@ impl CaptureRules {
             }
         }
         self.families = installed;
-        tracing::info!(interface = ?self.interface.get(), capture_port = self.capture_port, inbound_port = ?self.inbound_port, families = ?self.families, "capture rules installed");
+        tracing::info!(interface = ?self.interface(), capture_port = self.capture_port, inbound_port = ?self.inbound_port, families = ?self.families, "capture rules installed");
         Ok(())
     }
 
@@ -522,12 +536,13 @@ impl CaptureRules {
     /// cover. `reported` is the last report: each change is logged once.
     fn check_interface(&self, state: &ProxyState, reported: &mut Option<Vec<(String, String)>>) {
         let found = self.pod_routes(state, &Routes::read());
-        if self.interface.get().is_none() {
+        if self.setting == InterfaceSetting::Auto {
             let interfaces: BTreeSet<String> = found.values().cloned().collect();
-            match pattern_for(&interfaces) {
-                Some(pattern) => {
-                    tracing::info!(interface = %pattern, pods = found.len(), "capture interface found from the routes to the node's pods");
-                    let _ = self.interface.set(pattern);
+            let current = self.interface();
+            match pattern_for(&interfaces, link_kind) {
+                Some(pattern) if current.as_ref() != Some(&pattern) => {
+                    tracing::info!(interface = %pattern, previous = ?current, pods = found.len(), "capture interface found from the routes to the node's pods");
+                    self.set_interface(pattern);
                     for family in &self.families {
                         // A failure is retried by the periodic recheck.
                         if let Err(e) = self.ensure_jumps_first(*family) {
@@ -535,8 +550,12 @@ impl CaptureRules {
                         }
                     }
                 }
+                Some(_) => {}
                 // No pod of this node is wired yet.
                 None if interfaces.is_empty() => return,
+                // Unrelated interfaces: the current pattern (if any) stays,
+                // and what it misses is reported below.
+                None if current.is_some() => {}
                 None => {
                     let all: Vec<(String, String)> = found.into_iter().collect();
                     if reported.as_ref() != Some(&all) {
@@ -549,12 +568,12 @@ impl CaptureRules {
                 }
             }
         }
-        let Some(pattern) = self.interface.get() else {
+        let Some(pattern) = self.interface() else {
             return;
         };
         let outside: Vec<(String, String)> = found
             .into_iter()
-            .filter(|(_, interface)| !covers(pattern, interface))
+            .filter(|(_, interface)| !covers(&pattern, interface))
             .collect();
         self.outside
             .set(i64::try_from(outside.len()).unwrap_or(i64::MAX));
@@ -569,19 +588,22 @@ impl CaptureRules {
     }
 
     /// Removes the rules (every jump into our chains, then the chains), in
-    /// one transaction per family.
+    /// one transaction per family: both families, whichever this run
+    /// installed (an earlier run may have had IPv6 where this one has
+    /// not). A family whose nat table cannot be read has nothing to remove.
     pub fn remove(&self) -> Result<(), CaptureError> {
-        for family in &self.families {
+        for family in [Family::V4, Family::V6] {
             let listing = run(
                 &family.tool(self.backend, ""),
                 &["-w", LOCK_WAIT, "-t", "nat", "-S"],
                 None,
-                false,
-            )?
-            .unwrap_or_default();
-            self.apply(*family, &removal(&listing))?;
+                !self.families.contains(&family),
+            )?;
+            if let Some(listing) = listing {
+                self.apply(family, &removal(&listing))?;
+            }
         }
-        tracing::info!(interface = ?self.interface.get(), "capture rules removed");
+        tracing::info!(interface = ?self.interface(), "capture rules removed");
         Ok(())
     }
 }
@@ -681,7 +703,7 @@ mod tests {
         CaptureRules {
             node: "node-a".into(),
             setting: InterfaceSetting::Named("br0".into()),
-            interface: OnceLock::from("br0".to_string()),
+            interface: Mutex::new(Some("br0".to_string())),
             capture_port: 15001,
             inbound_port: Some(15006),
             hbone_port: 15008,
