@@ -3,12 +3,41 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+/// Connections accepted by [`serve`] whose handler has not finished.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many connections [`serve`] accepted whose handler still runs. A
+/// drain waits for these as well as for the connections a daemon tracks
+/// itself: a handler registers its connection only once it is set up
+/// (decided, connected), and a process that exited in between would cut
+/// a connection it had accepted.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// One handler running (see [`in_flight`]).
+struct Running;
+
+impl Running {
+    fn start() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections until the task is dropped, running `handle` on its
-/// own task for each. The peer address is canonical (an IPv4 client of a
+/// own task for each (counted in [`in_flight`]). The peer address is canonical (an IPv4 client of a
 /// dual-stack listener is seen as IPv4, as the configuration knows it). An
 /// accept error (out of descriptors, a connection reset while queued) is
 /// logged and retried after a pause instead of ending the listener.
@@ -17,11 +46,34 @@ where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    accept_loop(listener, what, true, handle).await
+}
+
+/// [`serve`] for the admin servers: their clients (scrapers, probes keep
+/// connections alive) do not hold a drain up.
+pub(crate) async fn serve_uncounted<F, Fut>(listener: TcpListener, what: &'static str, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    accept_loop(listener, what, false, handle).await
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, counted: bool, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                tokio::spawn(handle(stream, peer));
+                let running = counted.then(Running::start);
+                let handler = handle(stream, peer);
+                tokio::spawn(async move {
+                    handler.await;
+                    drop(running);
+                });
             }
             Err(e) => {
                 tracing::warn!(listener = what, error = %e, "accept failed");

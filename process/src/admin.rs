@@ -78,7 +78,7 @@ where
 {
     let handler = std::sync::Arc::new(handler);
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    crate::accept::serve(listener, "admin", move |stream, peer| {
+    crate::accept::serve_uncounted(listener, "admin", move |stream, peer| {
         let slot = slots.clone().try_acquire_owned();
         let handler = handler.clone();
         async move {

@@ -13,7 +13,6 @@
 //! configuration dump names every workload and policy of the cluster.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ferry_process::admin::{reply, Reply};
@@ -230,9 +229,4 @@ pub enum Surface {
     Admin,
     /// Metrics and health only (`--metrics-listen`).
     Stats,
-}
-
-/// Binds the admin listener.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

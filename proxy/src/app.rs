@@ -13,11 +13,12 @@ use anyhow::Context;
 use ferry_core::state::ConfigStore;
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::admin::{self, Admin, Surface};
+use crate::admin::{Admin, Surface};
 use crate::capture::interface::InterfaceSetting;
 use crate::capture::{CaptureRules, Family};
 use crate::config::{Config, Credentials};
 use crate::dns::DnsServer;
+use crate::handover::{self, Inherited, Offer};
 use crate::hbone::pool::PoolTimeouts;
 use crate::hbone::{HbonePool, HboneServer};
 use crate::identity::token::TokenFile;
@@ -101,6 +102,21 @@ fn credentials(
     }
 }
 
+/// The listener `name` handed over by the proxy this one replaces, else a
+/// new one bound at `addr`.
+async fn listen(
+    inherited: &mut Inherited,
+    name: &str,
+    addr: std::net::SocketAddr,
+    flag: &str,
+) -> anyhow::Result<TcpListener> {
+    if let Some(listener) = inherited.tcp(name, addr) {
+        listener.set_nonblocking(true)?;
+        return Ok(TcpListener::from_std(listener)?);
+    }
+    bind(addr, flag).await
+}
+
 async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     match TcpListener::bind(addr).await {
         // `[::]:PORT` on a node with IPv6 turned off: IPv4 only, said once.
@@ -135,6 +151,10 @@ pub struct App {
     admin: (Arc<Admin>, TcpListener),
     /// The metrics and health listener, if any.
     stats: Option<TcpListener>,
+    /// The line to the proxy this one replaces, if any.
+    inherited: Inherited,
+    /// The listeners offered to a successor, and the socket it asks on.
+    handover: Option<(Offer, tokio::net::UnixListener)>,
     socks5: TcpListener,
     hbone: Option<(HboneServer, TcpListener)>,
     capture: Option<TcpListener>,
@@ -269,21 +289,27 @@ impl App {
             connect_timeout: config.timeouts.connect,
         });
 
+        // A proxy already running on this node (an upgrade, a restart)
+        // hands its listening sockets over: no connection is refused or
+        // accepted unprotected while the process changes (`handover`).
+        let mut inherited = match &config.state {
+            Some(state) => handover::take_over(&state.dir.join(handover::SOCKET), HANDOVER_TIMEOUT)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "taking over from the running proxy failed: binding anew");
+                    Inherited::default()
+                }),
+            None => Inherited::default(),
+        };
         let listeners = &config.listeners;
         // Tells the HBONE listener's connections that the proxy stops.
         let stopping = tokio::sync::watch::Sender::new(false);
-        let admin_listener = admin::bind(listeners.admin)
-            .await
-            .with_context(|| format!("--admin {}: cannot bind", listeners.admin))?;
+        let i = &mut inherited;
+        let admin_listener = listen(i, "admin", listeners.admin, "admin").await?;
         let stats = match listeners.metrics {
-            Some(addr) => Some(
-                admin::bind(addr)
-                    .await
-                    .with_context(|| format!("--metrics-listen {addr}: cannot bind"))?,
-            ),
+            Some(addr) => Some(listen(i, "metrics", addr, "metrics-listen").await?),
             None => None,
         };
-        let socks5 = bind(listeners.socks5, "socks5").await?;
+        let socks5 = listen(i, "socks5", listeners.socks5, "socks5").await?;
         let hbone = match &identities {
             Some(identities) => Some((
                 HboneServer {
@@ -294,12 +320,12 @@ impl App {
                     stopping: stopping.subscribe(),
                     inbound: inbound.clone(),
                 },
-                bind(listeners.hbone, "hbone").await?,
+                listen(i, "hbone", listeners.hbone, "hbone").await?,
             )),
             None => None,
         };
         let capture = match listeners.capture {
-            Some(addr) => Some(bind(addr, "capture-listen").await?),
+            Some(addr) => Some(listen(i, "capture", addr, "capture-listen").await?),
             None => None,
         };
         let plaintext = match listeners.inbound_plaintext {
@@ -307,16 +333,22 @@ impl App {
                 PlaintextInbound {
                     inbound: inbound.clone(),
                 },
-                bind(addr, "inbound-plaintext-listen").await?,
+                listen(i, "inbound-plaintext", addr, "inbound-plaintext-listen").await?,
             )),
             None => None,
         };
         let dns = match listeners.dns {
             Some(addr) => {
-                let udp = UdpSocket::bind(addr)
-                    .await
-                    .with_context(|| format!("--dns-listen {addr}: cannot bind (UDP)"))?;
-                let tcp = bind(addr, "dns-listen").await?;
+                let udp = match i.udp("dns-udp", addr) {
+                    Some(udp) => {
+                        udp.set_nonblocking(true)?;
+                        UdpSocket::from_std(udp)?
+                    }
+                    None => UdpSocket::bind(addr)
+                        .await
+                        .with_context(|| format!("--dns-listen {addr}: cannot bind (UDP)"))?,
+                };
+                let tcp = listen(i, "dns-tcp", addr, "dns-listen").await?;
                 Some((
                     DnsServer::new(store.clone(), &config.dns, resolver),
                     udp,
@@ -365,6 +397,34 @@ impl App {
             }
             _ => None,
         };
+        // What a successor will be handed, and where it asks.
+        let handover = match &config.state {
+            Some(state) => {
+                let mut offer = Offer::default();
+                offer.add("admin", &admin_listener)?;
+                if let Some(l) = &stats {
+                    offer.add("metrics", l)?;
+                }
+                offer.add("socks5", &socks5)?;
+                if let Some((_, l)) = &hbone {
+                    offer.add("hbone", l)?;
+                }
+                if let Some(l) = &capture {
+                    offer.add("capture", l)?;
+                }
+                if let Some((_, l)) = &plaintext {
+                    offer.add("inbound-plaintext", l)?;
+                }
+                if let Some((_, udp, tcp)) = &dns {
+                    offer.add("dns-udp", udp)?;
+                    offer.add("dns-tcp", tcp)?;
+                }
+                let path = state.dir.join(handover::SOCKET);
+                let socket = handover::bind(&path).context("the handover socket")?;
+                Some((offer, socket))
+            }
+            None => None,
+        };
         let admin = Admin {
             node: config.node.clone(),
             store: store.clone(),
@@ -392,6 +452,8 @@ impl App {
             dns,
             saved,
             stopping,
+            inherited,
+            handover,
         })
     }
 
@@ -440,8 +502,21 @@ impl App {
                 }
             }
         };
+        let handover_task = optional(
+            self.handover
+                .map(|(offer, socket)| offer.serve(socket, HANDOVER_TIMEOUT)),
+        );
+        // Every listener is served from here on: the proxy this one
+        // replaces (if any) stops accepting and drains.
+        let mut inherited = self.inherited;
+        inherited.serving();
+        let mut handed_over = false;
         tokio::select! {
             _ = self.xds.run() => {}
+            _ = handover_task => {
+                handed_over = true;
+                tracing::info!("a successor serves on this node: no longer accepting; draining");
+            }
             _ = admin.clone().serve(admin_listener, Surface::Admin, config.admin_limits) => {}
             _ = stats_task => {}
             _ = crate::outbound::socks5::serve(self.socks5, self.outbound.clone(), config.timeouts.socks5_handshake) => {}
@@ -462,7 +537,11 @@ impl App {
         // the drain timeout.
         self.stopping.send_replace(true);
         drain(&self.tracker, config.drain_timeout).await;
-        if let Some((rules, _)) = &self.capture_rules {
+        // The successor keeps the rules; removed only when no one takes
+        // over (stopped for good).
+        if handed_over {
+            tracing::info!("handed over: capture rules left to the successor");
+        } else if let Some((rules, _)) = &self.capture_rules {
             if let Err(e) = rules.remove() {
                 tracing::warn!(error = %e, "removing capture rules failed; the next start repairs them");
             }
@@ -471,18 +550,24 @@ impl App {
     }
 }
 
-/// Waits until no connection is open, or `timeout` has passed.
+/// How long each step of a handover may take (the successor's build, up
+/// to `SERVING`, may take six times this).
+const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until no connection is open (tracked, or accepted and still being
+/// set up), or `timeout` has passed.
 async fn drain(tracker: &ConnectionTracker, timeout: std::time::Duration) {
-    let open = tracker.open_connections();
-    if open == 0 {
+    let open = || tracker.open_connections() + ferry_process::accept::in_flight();
+    if open() == 0 {
         return;
     }
-    tracing::info!(open, timeout = ?timeout, "draining open connections");
+    tracing::info!(open = open(), timeout = ?timeout, "draining open connections");
     let deadline = tokio::time::Instant::now() + timeout;
-    while tracker.open_connections() > 0 {
+    while open() > 0 {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
                 open = tracker.open_connections(),
+                accepted = ferry_process::accept::in_flight(),
                 "drain timeout: closing the connections still open"
             );
             return;

@@ -30,6 +30,7 @@ pub mod app;
 pub mod capture;
 pub mod config;
 pub mod dns;
+pub mod handover;
 pub mod hbone;
 pub mod identity;
 pub mod inbound;

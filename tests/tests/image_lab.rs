@@ -109,7 +109,20 @@ fn the_chart_runs_what_it_renders() -> anyhow::Result<()> {
 
     // The defaults: beside kube-proxy, no tracing.
     let chart = render(&python, &[])?;
-    let run = ChartRun::start(&reference, &chart, "fh", false)?;
+    let mut run = ChartRun::start(&reference, &chart, "fh", false)?;
+    run.check_traffic()?;
+    // A rolling update with maxSurge: a second proxy container beside the
+    // first on node-a, with the same volumes, takes its listeners over
+    // through the state folder; the first drains and exits.
+    assert_eq!(
+        chart["proxy"]["mounts"]
+            .as_array()
+            .map(|m| m.iter().any(|m| m["mountPath"] == "/var/lib/ferry")),
+        Some(true),
+        "the handover needs the state folder"
+    );
+    run.lab.upgrade("node-a")?;
+    run.lab.wait_retired(Duration::from_secs(30))?;
     run.check_traffic()?;
     let settings = run.settings("node-a")?;
     assert_eq!(

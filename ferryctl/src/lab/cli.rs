@@ -50,6 +50,19 @@ pub fn up(manifests: &Path, check: bool, faults: bool, options: LabOptions) -> E
         failed += usize::from(!r.ok);
     }
     println!("{} passed, {} failed", results.len() - failed, failed);
+    if check {
+        // Then node-a's proxy is replaced twice under traffic.
+        let results = lab.check_handover();
+        for r in &results {
+            println!(
+                "{} handover: {}: {}",
+                if r.ok { "ok  " } else { "FAIL" },
+                r.what,
+                r.saw
+            );
+            failed += usize::from(!r.ok);
+        }
+    }
     if faults {
         let mut results = lab.fault_suite();
         // Certificate rotation needs a lab whose certificates live seconds.

@@ -28,6 +28,7 @@ pub mod checks;
 pub mod cli;
 pub mod cni;
 pub mod faults;
+pub mod handover;
 pub mod image;
 pub mod kube_proxy;
 pub mod netns;
@@ -74,6 +75,9 @@ pub struct Lab {
     pub control_plane_ip: Ipv4Addr,
     // Drop order: processes first, then namespaces, then the work folder.
     processes: Vec<Process>,
+    /// Proxies replaced by [`Lab::upgrade`], draining until they exit, with
+    /// the moment their successor started.
+    retired: Vec<(Process, std::time::Instant)>,
     /// How each daemon (the control plane, each node's proxy) was started:
     /// the `ip netns exec` arguments and its log, to start it again.
     daemons: BTreeMap<String, (Vec<String>, PathBuf)>,
@@ -136,6 +140,7 @@ impl Lab {
             nodes: nodes.clone(),
             pods: pods.clone(),
             processes: Vec::new(),
+            retired: Vec::new(),
             daemons: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             image: None,
@@ -353,6 +358,10 @@ impl Lab {
                     // the capture jumps: moved back within a second.
                     "--capture-recheck-interval",
                     "1s",
+                    // A replaced proxy lets a long transfer finish
+                    // (`Lab::upgrade`).
+                    "--drain-timeout",
+                    "120s",
                 ],
             )?;
             self.start_daemon(
@@ -536,6 +545,79 @@ impl Lab {
         Ok(())
     }
 
+    /// Replaces the proxy of `node` (or another daemon) with a new process
+    /// of the same command while it runs, as an upgrade does: the new
+    /// process takes the listeners over (`ferry_proxy::handover`). Returns
+    /// once the old process has stopped accepting; it goes on draining its
+    /// connections in the background ([`Lab::wait_retired`]).
+    pub fn upgrade(&mut self, name: &str) -> anyhow::Result<Duration> {
+        let (command, log) = self
+            .daemons
+            .get(name)
+            .cloned()
+            .with_context(|| format!("no daemon {name}"))?;
+        let index = self
+            .processes
+            .iter()
+            .position(|p| p.name() == name)
+            .with_context(|| format!("no daemon {name}"))?;
+        let log = (1..)
+            .map(|n| log.with_extension(format!("{n}.log")))
+            .find(|candidate| !candidate.exists())
+            .unwrap_or(log);
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
+        let new = Process::start(name, Path::new("ip"), &args, log)?;
+        let old = std::mem::replace(&mut self.processes[index], new);
+        wait_for(
+            &format!("{name}: the new process serving, the old one draining"),
+            Duration::from_secs(30),
+            || {
+                Ok(old
+                    .log()
+                    .contains("a successor serves on this node")
+                    .then_some(()))
+            },
+        )
+        .map_err(|e| {
+            e.context(format!(
+                "--- old {name} ---\n{}\n--- new {name} ---\n{}",
+                old.log(),
+                self.processes[index].log()
+            ))
+        })?;
+        let took = started.elapsed();
+        self.retired.push((old, started));
+        Ok(took)
+    }
+
+    /// Waits (up to `timeout`) for every process [`Lab::upgrade`] replaced
+    /// to exit; for each, the time from its successor's start to its exit.
+    pub fn wait_retired(&mut self, timeout: Duration) -> anyhow::Result<Vec<Duration>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut exited: Vec<Option<Duration>> = vec![None; self.retired.len()];
+        while exited.iter().any(Option::is_none) {
+            for ((process, started), exit) in self.retired.iter_mut().zip(exited.iter_mut()) {
+                if exit.is_none() && !process.is_running() {
+                    *exit = Some(started.elapsed());
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                let waiting: Vec<String> = self
+                    .retired
+                    .iter()
+                    .zip(&exited)
+                    .filter(|(_, e)| e.is_none())
+                    .map(|((p, _), _)| format!("{}:\n{}", p.name(), p.log()))
+                    .collect();
+                bail!("replaced processes did not exit: {}", waiting.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.retired.clear();
+        Ok(exited.into_iter().flatten().collect())
+    }
+
     /// Starts a daemon again with the command it was first started with
     /// (stopping it first if it runs); its log goes on in a new file.
     pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
@@ -603,6 +685,16 @@ impl Lab {
         markers: &[&str],
         traffic: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<LinkReport> {
+        let capture = self.start_link_capture(node, markers)?;
+        let ran = traffic();
+        let report = capture.finish();
+        ran?;
+        report
+    }
+
+    /// Starts capturing the packets on a node's uplink ([`LinkCapture::finish`]
+    /// stops and reports).
+    pub fn start_link_capture(&self, node: &str, markers: &[&str]) -> anyhow::Result<LinkCapture> {
         let ns = self
             .namespaces
             .get(node)
@@ -614,7 +706,7 @@ impl Lab {
         let (script, stop_arg) = (script.display().to_string(), stop.display().to_string());
         let mut args = vec![script.as_str(), "up0", stop_arg.as_str()];
         args.extend(markers);
-        let mut sniffer = Process::start(
+        let sniffer = Process::start(
             "sniffer",
             Path::new("ip"),
             &ns.command("python3", &args),
@@ -623,19 +715,7 @@ impl Lab {
         wait_for("the link capture to start", Duration::from_secs(10), || {
             Ok(sniffer.log().contains("ready").then_some(()))
         })?;
-        let ran = traffic();
-        std::fs::write(&stop, b"")?;
-        wait_for("the link capture to stop", Duration::from_secs(10), || {
-            Ok((!sniffer.is_running()).then_some(()))
-        })?;
-        ran?;
-        let log = sniffer.log();
-        let line = log
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .with_context(|| format!("the capture printed no report: {log}"))?;
-        Ok(serde_json::from_str(line)?)
+        Ok(LinkCapture { sniffer, stop })
     }
 
     /// Starts a long-running program in a pod (or node) namespace; it is
@@ -645,14 +725,19 @@ impl Lab {
             .namespaces
             .get(name)
             .with_context(|| format!("no namespace {name}"))?;
-        Process::start(
-            program,
-            Path::new("ip"),
-            &ns.command(program, args),
-            self.work
-                .path()
-                .join(format!("{}-{program}.log", name.replace('/', "-"))),
-        )
+        // A log of its own, also for a second program in the same pod.
+        let base = format!("{}-{program}", name.replace('/', "-"));
+        let log = (0..)
+            .map(|n| {
+                self.work.path().join(if n == 0 {
+                    format!("{base}.log")
+                } else {
+                    format!("{base}.{n}.log")
+                })
+            })
+            .find(|candidate| !candidate.exists())
+            .unwrap_or_else(|| self.work.path().join(format!("{base}.log")));
+        Process::start(program, Path::new("ip"), &ns.command(program, args), log)
     }
 
     /// Runs a program to completion in a pod (or node) namespace.
@@ -699,6 +784,30 @@ impl Lab {
     /// The namespace of a node or pod (`ns/name`).
     pub fn netns(&self, name: &str) -> Option<&Netns> {
         self.namespaces.get(name)
+    }
+}
+
+/// A capture of a node's uplink ([`Lab::start_link_capture`]).
+#[derive(Debug)]
+pub struct LinkCapture {
+    sniffer: Process,
+    stop: PathBuf,
+}
+
+impl LinkCapture {
+    /// Stops the capture; what it saw.
+    pub fn finish(mut self) -> anyhow::Result<LinkReport> {
+        std::fs::write(&self.stop, b"")?;
+        wait_for("the link capture to stop", Duration::from_secs(10), || {
+            Ok((!self.sniffer.is_running()).then_some(()))
+        })?;
+        let log = self.sniffer.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("the capture printed no report: {log}"))?;
+        Ok(serde_json::from_str(line)?)
     }
 }
 

@@ -34,6 +34,13 @@ import json, os, socket, struct, sys, time
 iface, stop, markers = sys.argv[1], sys.argv[2], [m.encode() for m in sys.argv[3:]]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
 s.bind((iface, 0))
+# Until bind, the socket took frames of every interface: drop them.
+s.setblocking(False)
+while True:
+    try:
+        s.recv(262144)
+    except BlockingIOError:
+        break
 s.settimeout(0.1)
 print("ready", flush=True)
 flows, hits, packets, deadline = {}, 0, 0, time.time() + 60
