@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds Ferry's container image -- the one deploy/image/Dockerfile
-# describes: Debian 12 with iptables (both backends) and ca-certificates, the
+# describes: Debian 12 with iptables (both backends), iproute2 and ca-certificates, the
 # four binaries in /usr/local/bin -- without a container engine or registry,
 # as an OCI image layout plus an archive of it, and prints the image's
 # digest. Needs root (mmdebstrap and umoci keep file ownership) and a Debian
@@ -136,7 +136,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-image.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 # --- Debian root filesystem (cached) ------------------------------------------
-# The "essential" variant plus the two packages is the smallest set that
+# The "essential" variant plus these packages is the smallest set that
 # works: dpkg, a shell and coreutils (Essential: yes) and iptables,
 # ca-certificates with their dependencies. No apt in the image (minbase
 # would add apt and ~25 MB). merged-usr: bookworm's layout (/bin -> usr/bin),
@@ -149,7 +149,7 @@ trap 'rm -rf "$work"' EXIT
 suite=bookworm
 mirror=${FERRY_IMAGE_MIRROR:-http://deb.debian.org/debian}
 security_mirror=${FERRY_IMAGE_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-debs=(iptables ca-certificates)
+debs=(iptables iproute2 ca-certificates)
 sources=(
   "deb $mirror $suite main"
   "deb $mirror $suite-updates main"
@@ -229,7 +229,7 @@ touch -h -d "@$SOURCE_DATE_EPOCH" "$rootfs/usr/local/bin"
 missing=()
 for f in /usr/sbin/iptables-nft-restore /usr/sbin/iptables-nft-save \
   /usr/sbin/iptables-legacy-restore /usr/sbin/iptables-legacy-save \
-  /usr/sbin/ip6tables-nft-restore /usr/sbin/ip6tables-nft-save \
+  /usr/sbin/ip6tables-nft-restore /usr/sbin/ip6tables-nft-save /usr/bin/ip \
   /usr/sbin/ip6tables-legacy-restore /usr/sbin/ip6tables-legacy-save \
   /etc/ssl/certs/ca-certificates.crt; do
   [ -e "$rootfs$f" ] || missing+=("$f")

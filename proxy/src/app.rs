@@ -15,7 +15,8 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::admin::{Admin, Surface};
 use crate::capture::interface::InterfaceSetting;
-use crate::capture::{CaptureRules, Family};
+use crate::capture::returns::ReturnRouting;
+use crate::capture::{CaptureRules, ClientAddress, Family};
 use crate::config::{Config, Credentials};
 use crate::dns::DnsServer;
 use crate::handover::{self, Inherited, Offer};
@@ -24,6 +25,7 @@ use crate::hbone::{HbonePool, HboneServer};
 use crate::identity::token::TokenFile;
 use crate::identity::IdentityManager;
 use crate::inbound::{Inbound, PlaintextInbound};
+use crate::net::transparent::SourceAddresses;
 use crate::outbound::Outbound;
 use crate::saved::StateDir;
 use crate::telemetry::metrics::Metrics;
@@ -158,7 +160,7 @@ pub struct App {
     socks5: TcpListener,
     hbone: Option<(HboneServer, TcpListener)>,
     capture: Option<TcpListener>,
-    capture_rules: Option<(CaptureRules, Vec<String>)>,
+    capture_rules: Option<(CaptureRules, Vec<String>, Option<ReturnRouting>)>,
     plaintext: Option<(PlaintextInbound, TcpListener)>,
     dns: Option<(DnsServer, UdpSocket, TcpListener)>,
     saved: Option<Arc<StateDir>>,
@@ -266,6 +268,11 @@ impl App {
             ))
         });
         let tracker = ConnectionTracker::new();
+        // Whether servers see their clients' addresses: switched on once
+        // the reply routing is installed (with the capture rules below).
+        let sources = Arc::new(SourceAddresses::new(
+            telemetry.metrics.client_address_fallbacks.clone(),
+        ));
         // One resolver for names outside the mesh: the DNS forwarder's and
         // the outbound path's.
         let resolver = crate::dns::upstream_resolver(&config.dns);
@@ -279,7 +286,8 @@ impl App {
                 telemetry.clone(),
                 config.timeouts.connect,
             )
-            .with_resolver(resolver.clone()),
+            .with_resolver(resolver.clone())
+            .with_sources(sources.clone()),
         );
         let inbound = Arc::new(Inbound {
             node: config.node.clone(),
@@ -287,6 +295,7 @@ impl App {
             tracker: tracker.clone(),
             telemetry: telemetry.clone(),
             connect_timeout: config.timeouts.connect,
+            sources: sources.clone(),
         });
 
         // A proxy already running on this node (an upgrade, a restart)
@@ -389,11 +398,45 @@ impl App {
                     backend: config.capture.iptables_backend.resolve(),
                     recheck: config.capture.recheck,
                     outside: telemetry.metrics.capture_pods_outside_interface.clone(),
+                    pods_bridged: sources.pods_bridged.clone(),
                 };
+                // Known now for a named bridge; `auto` learns it with the
+                // pods (`CaptureRules::follow`).
+                if let InterfaceSetting::Named(name) = setting {
+                    sources.pods_bridged.store(
+                        !name.ends_with('+')
+                            && crate::capture::interface::link_kind(name)
+                                == crate::capture::interface::LinkKind::Bridge,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
                 let state = store.snapshot();
                 rules.install(&state).context("installing capture rules")?;
                 let applied = rules.rendered(&state);
-                Some((rules, applied))
+                let returns = match config.capture.client_address {
+                    ClientAddress::Keep => {
+                        let returns = ReturnRouting {
+                            mark: config.capture.client_address_mark.0,
+                            mask: config.capture.client_address_mark.1,
+                            table: config.capture.client_address_table,
+                            backend: rules.backend,
+                            families: rules.families.clone(),
+                        };
+                        match returns.install() {
+                            Ok(()) => {
+                                sources.keep(returns.mark);
+                                Some(returns)
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot route replies to connections made from clients' addresses: servers see the node's address");
+                                sources.unavailable();
+                                None
+                            }
+                        }
+                    }
+                    ClientAddress::Node => None,
+                };
+                Some((rules, applied, returns))
             }
             _ => None,
         };
@@ -480,7 +523,7 @@ impl App {
         let rules_task = optional(
             self.capture_rules
                 .as_ref()
-                .map(|(rules, applied)| rules.follow(store.clone(), applied.clone())),
+                .map(|(rules, applied, _)| rules.follow(store.clone(), applied.clone())),
         );
         let plaintext_task = optional(
             self.plaintext
@@ -541,7 +584,10 @@ impl App {
         // over (stopped for good).
         if handed_over {
             tracing::info!("handed over: capture rules left to the successor");
-        } else if let Some((rules, _)) = &self.capture_rules {
+        } else if let Some((rules, _, returns)) = &self.capture_rules {
+            if let Some(returns) = returns {
+                returns.remove();
+            }
             if let Err(e) = rules.remove() {
                 tracing::warn!(error = %e, "removing capture rules failed; the next start repairs them");
             }

@@ -15,7 +15,7 @@ use ferry_process::{parse_duration as duration, LogFormat};
 use serde::Serialize;
 
 use crate::capture::interface::InterfaceSetting;
-use crate::capture::{Backend, CaptureSettings};
+use crate::capture::{parse_mark, Backend, CaptureSettings, ClientAddress};
 use crate::dns::DnsSettings;
 use crate::hbone::H2Settings;
 use crate::identity::CertificateSettings;
@@ -106,6 +106,20 @@ pub struct Args {
     /// nat PREROUTING chain (kube-proxy or a CNI may insert ahead of them).
     #[arg(long, env = "FERRY_CAPTURE_RECHECK_INTERVAL", default_value = "10s", value_parser = duration)]
     pub capture_recheck_interval: Duration,
+    /// Whether a server sees its client's address (`keep`: connections to
+    /// pods and beyond are made from the client's address, with the reply
+    /// routing this needs; where the node cannot, the node's address, with
+    /// a warning and `ferry_client_address_fallbacks_total`) or the node's
+    /// (`node`). Needs capture (--capture-interface).
+    #[arg(long, env = "FERRY_CLIENT_ADDRESS", value_enum, default_value = "keep")]
+    pub client_address: ClientAddress,
+    /// The packet mark (MARK/MASK) of connections made from clients'
+    /// addresses; its bits must be free of the CNI's and kube-proxy's.
+    #[arg(long, env = "FERRY_CLIENT_ADDRESS_MARK", default_value = "0x539/0xfff", value_parser = parse_mark)]
+    pub client_address_mark: (u32, u32),
+    /// The routing table that delivers those connections' replies locally.
+    #[arg(long, env = "FERRY_CLIENT_ADDRESS_TABLE", default_value_t = 133)]
+    pub client_address_table: u32,
     /// Inbound plaintext listener: plaintext to this node's mesh pods that
     /// did not come through a tunnel is redirected here, policed and passed
     /// through. Off unless set.
@@ -328,6 +342,9 @@ impl Config {
                 kube_proxy_replacement: args.kube_proxy_replacement,
                 iptables_backend: args.iptables_backend,
                 recheck: args.capture_recheck_interval,
+                client_address: args.client_address,
+                client_address_mark: args.client_address_mark,
+                client_address_table: args.client_address_table,
             },
             xds: XdsSettings {
                 url: args.control_plane,

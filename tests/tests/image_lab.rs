@@ -350,6 +350,12 @@ impl ChartRun {
             .curl("default/client", "http://10.96.0.10/")
             .with_context(logs)?;
         assert!(answer.contains("frontend"), "{answer}");
+        // The server sees its client's address through the chart's proxies
+        // (the image's iproute2, the chart's capabilities).
+        let seen = lab
+            .curl("shop/frontend", "http://10.244.2.11:9090/client")
+            .with_context(logs)?;
+        assert_eq!(seen, "10.244.1.10", "{}", logs());
 
         let metrics = |node: &str| -> anyhow::Result<Vec<prom::Sample>> {
             Ok(prom::parse(&lab.exec_in(

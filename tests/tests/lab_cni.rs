@@ -2,7 +2,8 @@
 //! checks pass with pods on a bridge (`cni0`, flannel style), on routed
 //! veths (`cali*`, Calico style) and on point-to-point veths (`veth*`,
 //! kindnet style), with the proxies finding the interface themselves
-//! (`--capture-interface auto`). A setting that matches none of the
+//! (`--capture-interface auto`), and servers see their clients' addresses
+//! (`ferryctl::lab::addresses`). A setting that matches none of the
 //! node's pods is reported (log and metric), not silently capturing
 //! nothing. Needs root (see `netns::root_or_skip`).
 
@@ -50,6 +51,11 @@ fn capture_works_with_each_cni_style() -> anyhow::Result<()> {
             },
         )?;
         for r in lab.check_examples() {
+            assert!(r.ok, "{cni:?}: {}: {}\n{}", r.what, r.saw, lab.logs());
+        }
+        // Servers see their clients' addresses (behind the bridge, a
+        // same-node client falls back to the node's, counted).
+        for r in lab.check_client_addresses() {
             assert!(r.ok, "{cni:?}: {}: {}\n{}", r.what, r.saw, lab.logs());
         }
         let found = format!("interface={}", cni.capture_interface());

@@ -51,11 +51,13 @@ pub fn up(manifests: &Path, check: bool, faults: bool, options: LabOptions) -> E
     }
     println!("{} passed, {} failed", results.len() - failed, failed);
     if check {
-        // Then node-a's proxy is replaced twice under traffic.
-        let results = lab.check_handover();
+        // Servers see their clients' addresses; then node-a's proxy is
+        // replaced twice under traffic.
+        let mut results = lab.check_client_addresses();
+        results.extend(lab.check_handover());
         for r in &results {
             println!(
-                "{} handover: {}: {}",
+                "{} {}: {}",
                 if r.ok { "ok  " } else { "FAIL" },
                 r.what,
                 r.saw

@@ -26,7 +26,7 @@ pub const BIN: &str = "/usr/local/bin";
 /// `$4` the capability bounding set for setpriv (empty: unchanged), `$5`
 /// `uid:gid`, `$6` how many mounts follow as `source target ro|rw`
 /// triples (the target already resolved inside the root: [`Image::inside`]),
-/// then the command. `/proc`, `/dev` and the namespace's
+/// then the command. `/proc`, `/sys` (the namespace's), `/dev` and the namespace's
 /// `/etc/resolv.conf` and `/etc/hosts` are always there, as a container
 /// runtime provides them.
 const ENTER: &str = r#"set -e
@@ -37,6 +37,7 @@ if [ "$ro" = ro ]; then
   mount -o remount,bind,ro "$root"
 fi
 mount -t proc proc "$root/proc"
+mount --bind /sys "$root/sys"
 mount --bind /dev "$root/dev"
 mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
 mount --bind /etc/hosts "$root/etc/hosts"
@@ -107,7 +108,12 @@ impl Image {
         }
         let rootfs = bundle.join("rootfs");
         let inside = rootfs.join(work.strip_prefix("/").unwrap_or(work));
-        for dir in [inside.as_path(), &rootfs.join("proc"), &rootfs.join("dev")] {
+        for dir in [
+            inside.as_path(),
+            &rootfs.join("proc"),
+            &rootfs.join("sys"),
+            &rootfs.join("dev"),
+        ] {
             std::fs::create_dir_all(dir).with_context(|| format!("preparing {}", dir.display()))?;
         }
         let resolv = rootfs.join("etc/resolv.conf");

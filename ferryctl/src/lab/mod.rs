@@ -24,6 +24,7 @@
 //! `ferry-certs`) are taken from next to the running executable
 //! ([`binary`]).
 
+pub mod addresses;
 pub mod checks;
 pub mod cli;
 pub mod cni;
@@ -84,6 +85,8 @@ pub struct Lab {
     namespaces: BTreeMap<String, Netns>,
     /// The image the daemons run from, if any.
     image: Option<image::Image>,
+    /// How the pods are wired.
+    pub cni: cni::Cni,
     pub work: tempfile::TempDir,
 }
 
@@ -144,6 +147,7 @@ impl Lab {
             daemons: BTreeMap::new(),
             namespaces: BTreeMap::new(),
             image: None,
+            cni: options.cni,
             work,
         };
         if let Some(reference) = &options.image {

@@ -2,14 +2,17 @@
 //! server and a packet capture of the link between nodes, with what the
 //! capture saw.
 
-/// The HTTP server every lab pod runs: answers `<namespace>/<pod>` on each port.
+/// The HTTP server every lab pod runs: answers `<namespace>/<pod>` on each
+/// port, and `/client` with the address its client connected from (and
+/// logs every client's address).
 pub(super) const SERVER: &str = r#"
 import http.server, socketserver, sys, threading
 name, ip, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        body = (name + "\n").encode()
+        print("client", self.client_address[0], self.path, flush=True)
+        body = ((self.client_address[0] if self.path == "/client" else name) + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

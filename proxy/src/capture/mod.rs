@@ -14,6 +14,7 @@ use crate::outbound::{Destination, Outbound};
 
 pub mod backend;
 pub mod interface;
+pub mod returns;
 pub mod rules;
 
 pub use backend::Backend;
@@ -32,6 +33,46 @@ pub struct CaptureSettings {
     pub iptables_backend: Backend,
     /// How often the jumps are checked to still come first.
     pub recheck: std::time::Duration,
+    /// Whether servers see their clients' addresses, and the mark and
+    /// table of the reply routing ([`returns`]).
+    pub client_address: ClientAddress,
+    pub client_address_mark: (u32, u32),
+    pub client_address_table: u32,
+}
+
+/// `--client-address`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAddress {
+    /// Connections to servers are made from the client's address (where
+    /// the node allows it: `net::transparent`).
+    Keep,
+    /// From the node's address.
+    Node,
+}
+
+/// Parses `MARK/MASK` (hex with `0x`, or decimal).
+pub fn parse_mark(text: &str) -> Result<(u32, u32), String> {
+    let number = |s: &str| {
+        let s = s.trim();
+        match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => s.parse(),
+        }
+        .map_err(|e| format!("{s}: {e}"))
+    };
+    let (mark, mask) = match text.split_once('/') {
+        Some((mark, mask)) => (number(mark)?, number(mask)?),
+        None => (number(text)?, u32::MAX),
+    };
+    // The replies carry MARK + 1 (`returns`): it must fit the mask too.
+    let reply = mark.checked_add(1).unwrap_or(0);
+    if mark == 0 || mark & mask != mark || reply & mask != reply {
+        return Err(format!(
+            "{text}: the mark and the mark + 1 (the replies') must be non-zero and inside the mask"
+        ));
+    }
+    Ok((mark, mask))
 }
 
 /// Serves redirected connections until the task is dropped.
@@ -72,4 +113,20 @@ pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn marks_parse_with_their_mask() {
+        assert_eq!(super::parse_mark("0x539/0xfff"), Ok((0x539, 0xfff)));
+        assert_eq!(super::parse_mark("1337"), Ok((1337, u32::MAX)));
+        assert!(super::parse_mark("0x1000/0xfff").is_err());
+        assert!(
+            super::parse_mark("0xfff/0xfff").is_err(),
+            "the replies' mark leaves the mask"
+        );
+        assert!(super::parse_mark("0/0xfff").is_err());
+        assert!(super::parse_mark("x").is_err());
+    }
 }

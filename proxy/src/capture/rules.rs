@@ -71,6 +71,10 @@ pub enum Family {
 
 impl Family {
     /// This family's binary of `backend`: `iptables-nft`, `ip6tables-legacy-restore`...
+    pub(crate) fn tool_name(self, backend: Backend, tool: &str) -> String {
+        self.tool(backend, tool)
+    }
+
     fn tool(self, backend: Backend, tool: &str) -> String {
         let family = match self {
             Family::V4 => "iptables",
@@ -127,6 +131,9 @@ pub struct CaptureRules {
     pub recheck: Duration,
     /// Pods of this node routed by an interface the jumps do not match.
     pub outside: Gauge,
+    /// Whether the pod interface is one L2 bridge (told to the connections
+    /// that keep client addresses: `net::transparent`).
+    pub pods_bridged: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs `program` (feeding it `stdin`), returning its standard output, or
@@ -571,6 +578,10 @@ impl CaptureRules {
         let Some(pattern) = self.interface() else {
             return;
         };
+        self.pods_bridged.store(
+            !pattern.ends_with('+') && link_kind(&pattern) == super::interface::LinkKind::Bridge,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let outside: Vec<(String, String)> = found
             .into_iter()
             .filter(|(_, interface)| !covers(&pattern, interface))
@@ -712,6 +723,7 @@ mod tests {
             backend: Backend::Default,
             recheck: Duration::from_secs(10),
             outside: Gauge::default(),
+            pods_bridged: Default::default(),
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Inbound {
     pub telemetry: Arc<Telemetry>,
     /// Longest a connection to a local pod may take.
     pub connect_timeout: Duration,
+    /// The pod sees its client's address where the node allows it.
+    pub sources: Arc<crate::net::transparent::SourceAddresses>,
 }
 
 impl Inbound {
@@ -68,7 +70,22 @@ impl Inbound {
             target,
             parent,
         );
-        let upstream = crate::net::connect::connect(target, self.connect_timeout).await;
+        // The pod sees the client's address (the source pod's, from the
+        // tunnel or the plaintext connection), where the node allows it.
+        let source_is_local_pod = self
+            .store
+            .snapshot()
+            .workload_by_ip(&source.ip())
+            .is_some_and(|w| w.node.as_deref() == Some(self.node.as_str()));
+        let upstream = self
+            .sources
+            .connect(
+                source.ip(),
+                target,
+                source_is_local_pod,
+                self.connect_timeout,
+            )
+            .await;
         (tracked, telemetry, upstream)
     }
 

@@ -8,5 +8,6 @@ pub mod backoff;
 pub mod connect;
 mod original_dst;
 pub mod relay;
+pub mod transparent;
 
 pub use original_dst::original_destination;

@@ -124,6 +124,9 @@ pub struct Outbound {
     connect_timeout: Duration,
     /// Names outside the mesh (shared with the DNS forwarder).
     resolver: Option<hickory_resolver::TokioResolver>,
+    /// Connections to pods and beyond keep the client's address where the
+    /// node allows it.
+    sources: Arc<crate::net::transparent::SourceAddresses>,
 }
 
 impl Outbound {
@@ -138,6 +141,9 @@ impl Outbound {
     ) -> Self {
         Self {
             resolver: None,
+            sources: Arc::new(crate::net::transparent::SourceAddresses::new(
+                Default::default(),
+            )),
             node: node.into(),
             trust_domain: trust_domain.into(),
             store,
@@ -153,6 +159,12 @@ impl Outbound {
     /// forwarder's); without one they do not resolve.
     pub fn with_resolver(mut self, resolver: Option<hickory_resolver::TokioResolver>) -> Self {
         self.resolver = resolver;
+        self
+    }
+
+    /// How connections keep their clients' addresses.
+    pub fn with_sources(mut self, sources: Arc<crate::net::transparent::SourceAddresses>) -> Self {
+        self.sources = sources;
         self
     }
 
@@ -218,6 +230,9 @@ impl Outbound {
     ) -> Result<Connected, OutboundError> {
         let state = self.store.snapshot();
         let source = state.peer_labels(&client.ip()).cloned();
+        let client_is_local_pod = state
+            .workload_by_ip(&client.ip())
+            .is_some_and(|w| w.node.as_deref() == Some(self.node.as_str()));
         let address = match &destination {
             Destination::Address(address) => Ok(*address),
             Destination::Name(name, port) => {
@@ -272,7 +287,10 @@ impl Outbound {
             _ => None,
         };
         let result = match decided.outcome {
-            Ok(admitted) => self.open(client, admitted, &mut parties).await,
+            Ok(admitted) => {
+                self.open(client, client_is_local_pod, admitted, &mut parties)
+                    .await
+            }
             Err(refusal) => {
                 if let Refusal::Denied(_) = refusal {
                     self.tracker.count_denied();
@@ -302,7 +320,8 @@ impl Outbound {
                         tracing::info!(%client, failed = %target, retry = %admitted.endpoint, error = %e, "endpoint unreachable: retrying once on another endpoint");
                         target = admitted.endpoint;
                         parties.destination = state.peer_labels(&target.ip()).cloned();
-                        self.open(client, admitted, &mut parties).await
+                        self.open(client, client_is_local_pod, admitted, &mut parties)
+                            .await
                     }
                     None => Err(e),
                 }
@@ -348,6 +367,7 @@ impl Outbound {
     async fn open(
         &self,
         client: SocketAddr,
+        client_is_local_pod: bool,
         admitted: Admitted<'_>,
         parties: &mut Parties,
     ) -> Result<Connected, OutboundError> {
@@ -365,7 +385,28 @@ impl Outbound {
             None,
         );
         let upstream = match admitted.carry {
-            Carry::Direct | Carry::Passthrough => {
+            // A pod of this node: it sees the client's address (the reply
+            // comes back through this node, which routes it to us).
+            Carry::Direct => Upstream::Tcp(
+                self.sources
+                    .connect(
+                        client.ip(),
+                        endpoint,
+                        client_is_local_pod,
+                        self.connect_timeout,
+                    )
+                    .await?,
+            ),
+            // Elsewhere: from the client's address only when the client is
+            // a pod of this node, whose replies come back here; a client
+            // from outside would be answered around this node (kube-proxy
+            // masquerades these for the same reason).
+            Carry::Passthrough if client_is_local_pod => Upstream::Tcp(
+                self.sources
+                    .connect(client.ip(), endpoint, false, self.connect_timeout)
+                    .await?,
+            ),
+            Carry::Passthrough => {
                 Upstream::Tcp(crate::net::connect::connect(endpoint, self.connect_timeout).await?)
             }
             Carry::Hbone {

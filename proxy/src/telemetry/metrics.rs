@@ -191,6 +191,9 @@ pub struct Metrics {
     /// Pods of this node routed by an interface the capture rules do not
     /// cover (their traffic is not captured).
     pub capture_pods_outside_interface: Gauge,
+    /// Connections made from the node's address although client
+    /// addresses are kept, by reason (`net::transparent`).
+    pub client_address_fallbacks: Family<crate::net::transparent::FallbackLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -217,6 +220,7 @@ impl Metrics {
             open_connections: Family::default(),
             config_revision: Gauge::default(),
             capture_pods_outside_interface: Gauge::default(),
+            client_address_fallbacks: Family::default(),
             config_updated: Gauge::default(),
             config_resources: Family::default(),
             certificate_expiry: Family::default(),
@@ -288,6 +292,11 @@ impl Metrics {
             "hbone_pool_connections",
             "Pooled HBONE (mTLS HTTP/2) connections to other node proxies",
             m.hbone_connections.clone(),
+        );
+        registry.register(
+            "client_address_fallbacks",
+            "Connections made from the node's address although client addresses are kept, by reason",
+            m.client_address_fallbacks.clone(),
         );
         registry.register(
             "capture_pods_outside_interface",
