@@ -398,18 +398,8 @@ impl App {
                     backend: config.capture.iptables_backend.resolve(),
                     recheck: config.capture.recheck,
                     outside: telemetry.metrics.capture_pods_outside_interface.clone(),
-                    pods_bridged: sources.pods_bridged.clone(),
+                    shared_subnets: sources.shared_subnets.clone(),
                 };
-                // Known now for a named bridge; `auto` learns it with the
-                // pods (`CaptureRules::follow`).
-                if let InterfaceSetting::Named(name) = setting {
-                    sources.pods_bridged.store(
-                        !name.ends_with('+')
-                            && crate::capture::interface::link_kind(name)
-                                == crate::capture::interface::LinkKind::Bridge,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                }
                 let state = store.snapshot();
                 rules.install(&state).context("installing capture rules")?;
                 let applied = rules.rendered(&state);

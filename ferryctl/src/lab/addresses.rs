@@ -66,7 +66,7 @@ impl Lab {
                 .unwrap_or_default()
                 .lines()
                 .find(|l| {
-                    l.starts_with("ferry_client_address_fallbacks_total{reason=\"same_bridge\"}")
+                    l.starts_with("ferry_client_address_fallbacks_total{reason=\"same_link\"}")
                 })
                 .and_then(|l| l.rsplit(' ').next())
                 .and_then(|v| v.parse::<f64>().ok())
@@ -74,7 +74,7 @@ impl Lab {
             results.push(CheckResult {
                 what: "a same-node fallback behind a bridge is counted".into(),
                 ok: counted >= 1.0,
-                saw: format!("ferry_client_address_fallbacks_total{{reason=\"same_bridge\"}} = {counted} on node-a"),
+                saw: format!("ferry_client_address_fallbacks_total{{reason=\"same_link\"}} = {counted} on node-a"),
             });
         }
         results

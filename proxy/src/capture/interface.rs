@@ -179,6 +179,17 @@ impl Routes {
             .map(|r| r.interface)
     }
 
+    /// The subnet a pod of this node at `ip` shares its link with: the
+    /// direct route to it when it covers more than the pod (a bridge's
+    /// /24), `None` for a route to the pod alone (routed CNIs' /32) or
+    /// none. Pods of one such subnet talk to each other on the link.
+    pub fn shared_subnet(&self, ip: IpAddr) -> Option<(IpAddr, u32)> {
+        let route = self.route(ip)?;
+        let host = if ip.to_canonical().is_ipv4() { 32 } else { 128 };
+        (!route.gateway && route.prefix > 0 && route.prefix < host)
+            .then_some((route.network, route.prefix))
+    }
+
     fn route(&self, ip: IpAddr) -> Option<Route> {
         match ip.to_canonical() {
             IpAddr::V4(ip) => lookup_v4(&self.v4, ip),
@@ -195,6 +206,8 @@ struct Route {
     gateway: bool,
     /// Prefix length: 0 for a default route.
     prefix: u32,
+    /// The route's destination network.
+    network: IpAddr,
 }
 
 const RTF_UP: u32 = 0x1;
@@ -204,12 +217,13 @@ const RTF_GATEWAY: u32 = 0x2;
 /// Flags RefCnt Use Metric Mask ...`, addresses as the hex of the
 /// network-order word in the host's byte order.
 fn lookup_v4(table: &str, ip: Ipv4Addr) -> Option<Route> {
+    let network = |dest: u32| IpAddr::V4(Ipv4Addr::from(dest));
     let word = |hex: &str| {
         u32::from_str_radix(hex, 16)
             .ok()
             .map(|v| Ipv4Addr::from(v.to_ne_bytes()))
     };
-    let mut best: Option<(u32, u32, &str, u32)> = None;
+    let mut best: Option<(u32, u32, &str, u32, u32)> = None;
     for line in table.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         let [iface, dest, _gw, flags, _ref, _use, metric, mask, ..] = f[..] else {
@@ -225,21 +239,22 @@ fn lookup_v4(table: &str, ip: Ipv4Addr) -> Option<Route> {
             continue;
         }
         let bits = mask.count_ones();
-        if best.is_none_or(|(b, m, _, _)| bits > b || (bits == b && metric < m)) {
-            best = Some((bits, metric, iface, flags));
+        if best.is_none_or(|(b, m, _, _, _)| bits > b || (bits == b && metric < m)) {
+            best = Some((bits, metric, iface, flags, dest));
         }
     }
-    best.map(|(prefix, _, iface, flags)| Route {
+    best.map(|(prefix, _, iface, flags, dest)| Route {
         interface: iface.to_string(),
         gateway: flags & RTF_GATEWAY != 0,
         prefix,
+        network: network(dest),
     })
 }
 
 /// Longest-prefix match in `/proc/net/ipv6_route`: `dest plen src slen
 /// next_hop metric refcnt use flags iface`, addresses as 32 hex digits.
 fn lookup_v6(table: &str, ip: Ipv6Addr) -> Option<Route> {
-    let mut best: Option<(u32, u32, &str, u32)> = None;
+    let mut best: Option<(u32, u32, &str, u32, u128)> = None;
     for line in table.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
         let [dest, plen, _src, _slen, _hop, metric, _ref, _use, flags, iface] = f[..] else {
@@ -261,14 +276,15 @@ fn lookup_v6(table: &str, ip: Ipv6Addr) -> Option<Route> {
         if flags & RTF_UP == 0 || iface == "lo" || u128::from(ip) & mask != dest {
             continue;
         }
-        if best.is_none_or(|(b, m, _, _)| plen > b || (plen == b && metric < m)) {
-            best = Some((plen, metric, iface, flags));
+        if best.is_none_or(|(b, m, _, _, _)| plen > b || (plen == b && metric < m)) {
+            best = Some((plen, metric, iface, flags, dest));
         }
     }
-    best.map(|(prefix, _, iface, flags)| Route {
+    best.map(|(prefix, _, iface, flags, dest)| Route {
         interface: iface.to_string(),
         gateway: flags & RTF_GATEWAY != 0,
         prefix,
+        network: IpAddr::V6(Ipv6Addr::from(dest)),
     })
 }
 

@@ -131,9 +131,9 @@ pub struct CaptureRules {
     pub recheck: Duration,
     /// Pods of this node routed by an interface the jumps do not match.
     pub outside: Gauge,
-    /// Whether the pod interface is one L2 bridge (told to the connections
-    /// that keep client addresses: `net::transparent`).
-    pub pods_bridged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The subnets the node's pods share a link in (told to the
+    /// connections that keep client addresses: `net::transparent`).
+    pub shared_subnets: std::sync::Arc<arc_swap::ArcSwap<Vec<(IpAddr, u32)>>>,
 }
 
 /// Runs `program` (feeding it `stdin`), returning its standard output, or
@@ -208,6 +208,20 @@ impl CaptureRules {
             format!("-A PREROUTING -i {interface} -p tcp -j {CHAIN}"),
             format!("-A PREROUTING ! -i {interface} -p tcp -j {INBOUND_CHAIN}"),
         ])
+    }
+
+    /// Publishes the subnets the pods of this node share a link in.
+    fn share_subnets(&self, state: &ProxyState, routes: &Routes) {
+        let mut subnets: Vec<(IpAddr, u32)> = state
+            .workloads_on(&self.node)
+            .flat_map(|w| w.addresses.iter())
+            .filter_map(|ip| routes.shared_subnet(*ip))
+            .collect();
+        subnets.sort();
+        subnets.dedup();
+        if **self.shared_subnets.load() != subnets {
+            self.shared_subnets.store(std::sync::Arc::new(subnets));
+        }
     }
 
     /// The interface the kernel routes each pod of this node to, by pod
@@ -451,6 +465,7 @@ impl CaptureRules {
             }
         }
         self.families = installed;
+        self.share_subnets(state, &Routes::read());
         tracing::info!(interface = ?self.interface(), capture_port = self.capture_port, inbound_port = ?self.inbound_port, families = ?self.families, "capture rules installed");
         Ok(())
     }
@@ -542,7 +557,9 @@ impl CaptureRules {
     /// the jumps in; counts and reports the pods the interface does not
     /// cover. `reported` is the last report: each change is logged once.
     fn check_interface(&self, state: &ProxyState, reported: &mut Option<Vec<(String, String)>>) {
-        let found = self.pod_routes(state, &Routes::read());
+        let routes = Routes::read();
+        self.share_subnets(state, &routes);
+        let found = self.pod_routes(state, &routes);
         if self.setting == InterfaceSetting::Auto {
             let interfaces: BTreeSet<String> = found.values().cloned().collect();
             let current = self.interface();
@@ -578,10 +595,6 @@ impl CaptureRules {
         let Some(pattern) = self.interface() else {
             return;
         };
-        self.pods_bridged.store(
-            !pattern.ends_with('+') && link_kind(&pattern) == super::interface::LinkKind::Bridge,
-            std::sync::atomic::Ordering::Relaxed,
-        );
         let outside: Vec<(String, String)> = found
             .into_iter()
             .filter(|(_, interface)| !covers(&pattern, interface))
@@ -723,7 +736,7 @@ mod tests {
             backend: Backend::Default,
             recheck: Duration::from_secs(10),
             outside: Gauge::default(),
-            pods_bridged: Default::default(),
+            shared_subnets: Default::default(),
         }
     }
 

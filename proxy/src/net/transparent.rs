@@ -15,15 +15,17 @@
 //! reason (the first of each reason is logged):
 //! - `no_return_route`: the reply routing could not be installed;
 //! - `not_permitted`: the socket option or the bind was refused;
-//! - `same_bridge`: client and server are pods of this node on one L2
-//!   bridge: the server would answer its client directly over the bridge,
-//!   around the proxy;
+//! - `same_link`: client and server are pods of this node on one link (a
+//!   bridge CNI's subnet): the server would answer its client directly on
+//!   the link, around the proxy;
 //! - `family`: the client's address is not of the server's family.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,7 +40,7 @@ use super::connect::{connect, ConnectError};
 pub enum Fallback {
     NoReturnRoute,
     NotPermitted,
-    SameBridge,
+    SameLink,
     Family,
 }
 
@@ -47,7 +49,7 @@ impl Fallback {
         match self {
             Fallback::NoReturnRoute => "no_return_route",
             Fallback::NotPermitted => "not_permitted",
-            Fallback::SameBridge => "same_bridge",
+            Fallback::SameLink => "same_link",
             Fallback::Family => "family",
         }
     }
@@ -55,7 +57,7 @@ impl Fallback {
     const ALL: [Fallback; 4] = [
         Fallback::NoReturnRoute,
         Fallback::NotPermitted,
-        Fallback::SameBridge,
+        Fallback::SameLink,
         Fallback::Family,
     ];
 
@@ -79,9 +81,9 @@ pub struct SourceAddresses {
     mark: AtomicU32,
     /// Client addresses were asked for but the reply routing is missing.
     unavailable: AtomicBool,
-    /// Whether the node's pods share one L2 bridge (set by the capture
-    /// rules once they know the pod interface).
-    pub pods_bridged: Arc<AtomicBool>,
+    /// The subnets the node's pods share a link in (a bridge CNI's /24;
+    /// none with routed CNIs), kept up to date by the capture rules.
+    pub shared_subnets: Arc<ArcSwap<Vec<(IpAddr, u32)>>>,
     fallbacks: Family<FallbackLabels, Counter>,
     /// The first fallback of each reason is logged.
     logged: [AtomicBool; 4],
@@ -94,7 +96,7 @@ impl SourceAddresses {
         Self {
             mark: AtomicU32::new(0),
             unavailable: AtomicBool::new(false),
-            pods_bridged: Arc::new(AtomicBool::new(false)),
+            shared_subnets: Arc::new(ArcSwap::from_pointee(Vec::new())),
             fallbacks,
             logged: Default::default(),
         }
@@ -151,8 +153,14 @@ impl SourceAddresses {
             self.fall_back(Fallback::Family, client, server, "");
             return connect(server, timeout).await;
         }
-        if both_local_pods && self.pods_bridged.load(Ordering::Relaxed) {
-            self.fall_back(Fallback::SameBridge, client, server, "");
+        if both_local_pods
+            && self
+                .shared_subnets
+                .load()
+                .iter()
+                .any(|net| contains(*net, client) && contains(*net, server.ip()))
+        {
+            self.fall_back(Fallback::SameLink, client, server, "");
             return connect(server, timeout).await;
         }
         let socket = match transparent_socket(client, server, mark) {
@@ -183,6 +191,21 @@ impl SourceAddresses {
     }
 }
 
+/// Whether `ip` is inside `network/prefix`.
+fn contains((network, prefix): (IpAddr, u32), ip: IpAddr) -> bool {
+    match (network, ip.to_canonical()) {
+        (IpAddr::V4(net), IpAddr::V4(ip)) => {
+            let mask = u32::MAX.checked_shl(32 - prefix.min(32)).unwrap_or(0);
+            u32::from(net) & mask == u32::from(ip) & mask
+        }
+        (IpAddr::V6(net), IpAddr::V6(ip)) => {
+            let mask = u128::MAX.checked_shl(128 - prefix.min(128)).unwrap_or(0);
+            u128::from(net) & mask == u128::from(ip) & mask
+        }
+        _ => false,
+    }
+}
+
 /// A socket bound to `client` (any port) for `server`, transparent and
 /// marked.
 fn transparent_socket(client: IpAddr, server: SocketAddr, mark: u32) -> std::io::Result<TcpSocket> {
@@ -206,6 +229,21 @@ fn transparent_socket(client: IpAddr, server: SocketAddr, mark: u32) -> std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnets_contain_their_addresses_only() {
+        let net = ("10.244.1.0".parse().unwrap(), 24);
+        assert!(contains(net, "10.244.1.10".parse().unwrap()));
+        assert!(!contains(net, "10.244.2.10".parse().unwrap()));
+        assert!(!contains(net, "fd00::1".parse().unwrap()));
+        let v6 = ("fd00:244:1::".parse().unwrap(), 64);
+        assert!(contains(v6, "fd00:244:1::10".parse().unwrap()));
+        assert!(!contains(v6, "fd00:244:2::10".parse().unwrap()));
+        assert!(contains(
+            ("0.0.0.0".parse().unwrap(), 0),
+            "192.0.2.1".parse().unwrap()
+        ));
+    }
 
     #[tokio::test]
     async fn off_connects_from_the_node_and_counts_nothing() {
@@ -232,7 +270,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_of_another_family_or_on_the_same_bridge_falls_back() {
+    async fn a_client_of_another_family_or_on_the_same_link_falls_back() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let at = listener.local_addr().unwrap();
         let counts = Family::<FallbackLabels, Counter>::default();
@@ -252,7 +290,8 @@ mod tests {
                 .get(),
             1
         );
-        keep.pods_bridged.store(true, Ordering::Relaxed);
+        keep.shared_subnets
+            .store(Arc::new(vec![("0.0.0.0".parse().unwrap(), 0)]));
         keep.connect(
             "10.9.9.9".parse().unwrap(),
             at,
@@ -264,7 +303,7 @@ mod tests {
         assert_eq!(
             counts
                 .get_or_create(&FallbackLabels {
-                    reason: "same_bridge"
+                    reason: "same_link"
                 })
                 .get(),
             1

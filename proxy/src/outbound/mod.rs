@@ -230,9 +230,19 @@ impl Outbound {
     ) -> Result<Connected, OutboundError> {
         let state = self.store.snapshot();
         let source = state.peer_labels(&client.ip()).cloned();
-        let client_is_local_pod = state
+        let client_pod = state
             .workload_by_ip(&client.ip())
-            .is_some_and(|w| w.node.as_deref() == Some(self.node.as_str()));
+            .filter(|w| w.node.as_deref() == Some(self.node.as_str()));
+        let client_is_local_pod = client_pod.is_some();
+        let client_in_mesh = client_pod.is_some_and(|w| w.mesh);
+        // Beyond this node a connection keeps the pod's address, except a
+        // mesh pod's in plaintext to another mesh pod (a node without
+        // HBONE): the far proxy refuses plaintext claiming a mesh pod's
+        // address, and judges the node's.
+        let keeps_address = |endpoint: SocketAddr| {
+            client_is_local_pod
+                && !(client_in_mesh && state.workload_by_ip(&endpoint.ip()).is_some_and(|w| w.mesh))
+        };
         let address = match &destination {
             Destination::Address(address) => Ok(*address),
             Destination::Name(name, port) => {
@@ -288,7 +298,8 @@ impl Outbound {
         };
         let result = match decided.outcome {
             Ok(admitted) => {
-                self.open(client, client_is_local_pod, admitted, &mut parties)
+                let keep = keeps_address(admitted.endpoint);
+                self.open(client, client_is_local_pod, keep, admitted, &mut parties)
                     .await
             }
             Err(refusal) => {
@@ -320,7 +331,8 @@ impl Outbound {
                         tracing::info!(%client, failed = %target, retry = %admitted.endpoint, error = %e, "endpoint unreachable: retrying once on another endpoint");
                         target = admitted.endpoint;
                         parties.destination = state.peer_labels(&target.ip()).cloned();
-                        self.open(client, client_is_local_pod, admitted, &mut parties)
+                        let keep = keeps_address(admitted.endpoint);
+                        self.open(client, client_is_local_pod, keep, admitted, &mut parties)
                             .await
                     }
                     None => Err(e),
@@ -368,6 +380,7 @@ impl Outbound {
         &self,
         client: SocketAddr,
         client_is_local_pod: bool,
+        keeps_address: bool,
         admitted: Admitted<'_>,
         parties: &mut Parties,
     ) -> Result<Connected, OutboundError> {
@@ -398,10 +411,10 @@ impl Outbound {
                     .await?,
             ),
             // Elsewhere: from the client's address only when the client is
-            // a pod of this node, whose replies come back here; a client
-            // from outside would be answered around this node (kube-proxy
-            // masquerades these for the same reason).
-            Carry::Passthrough if client_is_local_pod => Upstream::Tcp(
+            // a pod of this node, whose replies come back here (a client
+            // from outside would be answered around this node: kube-proxy
+            // masquerades these for the same reason), see `keeps_address`.
+            Carry::Passthrough if keeps_address => Upstream::Tcp(
                 self.sources
                     .connect(client.ip(), endpoint, false, self.connect_timeout)
                     .await?,
