@@ -110,7 +110,13 @@ impl Metrics {
         use ferry_process::admin::reply;
         use http::StatusCode;
         ferry_process::admin::serve(listener, limits, move |req| match req.uri().path() {
-            "/metrics" => ferry_process::admin::metrics_reply(self.encode()),
+            "/metrics" => ferry_process::admin::metrics_reply(
+                self.encode(),
+                ferry_process::self_metrics::Build {
+                    version: ferry_api::build::VERSION,
+                    commit: ferry_api::build::GIT_COMMIT,
+                },
+            ),
             "/healthz/ready" => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             "/healthz/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
             _ => reply(

@@ -113,13 +113,18 @@ where
     .await
 }
 
-/// The `/metrics` reply for an encoded exposition.
-pub fn metrics_reply(encoded: Result<String, std::fmt::Error>) -> Reply {
+/// The `/metrics` reply for an encoded exposition, with the process's
+/// own metrics and the build information appended
+/// ([`crate::self_metrics`]).
+pub fn metrics_reply(
+    encoded: Result<String, std::fmt::Error>,
+    build: crate::self_metrics::Build<'_>,
+) -> Reply {
     match encoded {
         Ok(text) => reply(
             http::StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            text,
+            crate::self_metrics::append(text, build),
         ),
         Err(e) => reply(
             http::StatusCode::INTERNAL_SERVER_ERROR,

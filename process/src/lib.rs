@@ -6,6 +6,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod self_metrics;
 
 /// Log output format (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -188,7 +188,13 @@ impl Admin {
                 "text/plain",
                 "not ready: waiting for the first configuration\n".into(),
             ),
-            "/metrics" => ferry_process::admin::metrics_reply(self.metrics()),
+            "/metrics" => ferry_process::admin::metrics_reply(
+                self.metrics(),
+                ferry_process::self_metrics::Build {
+                    version: ferry_api::build::VERSION,
+                    commit: ferry_api::build::GIT_COMMIT,
+                },
+            ),
             "/config_dump" if surface == Surface::Admin => match self.config_dump() {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(

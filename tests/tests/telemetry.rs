@@ -191,6 +191,27 @@ async fn metrics_count_connections_bytes_failures_and_state() -> anyhow::Result<
         tokio::task::block_in_place(|| http_get(c.mesh.control_plane_metrics, "/metrics"))?;
     assert_eq!(status, 200);
     let cp = prom::parse(&text);
+    // Both daemons describe their process and build, under the standard
+    // names.
+    for (daemon, samples) in [("proxy", &scrape(&c, "node-a")?), ("control plane", &cp)] {
+        for name in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_threads",
+            "process_start_time_seconds",
+        ] {
+            assert!(prom::sum(samples, name, &[]) > 0.0, "{daemon}: no {name}");
+        }
+        let build = samples
+            .iter()
+            .find(|s| s.name == "ferry_build_info")
+            .unwrap_or_else(|| panic!("{daemon}: no ferry_build_info"));
+        assert_eq!(
+            build.labels.get("commit").map(String::as_str),
+            Some(ferry_api::build::GIT_COMMIT),
+            "{daemon}"
+        );
+    }
     assert_eq!(
         prom::sum(&cp, "ferry_cp_connected_proxies", &[]),
         2.0,
