@@ -161,7 +161,11 @@ async fn metrics_count_connections_bytes_failures_and_state() -> anyhow::Result<
         )
     };
     assert_eq!(failures(&a, "source", "no_endpoints"), 1.0);
-    assert_eq!(failures(&a, "source", "policy_denied"), 1.0);
+    // A cross-node denial is one denial: decided (and counted as
+    // policy_denied) by the destination; the source counts its failure
+    // as denied_by_destination.
+    assert_eq!(failures(&a, "source", "denied_by_destination"), 1.0);
+    assert_eq!(failures(&a, "source", "policy_denied"), 0.0);
     assert_eq!(failures(&b, "destination", "policy_denied"), 1.0);
     // Nothing is left open; the config and certificate gauges are set.
     assert_eq!(prom::sum(&a, "ferry_open_connections", &[]), 0.0);

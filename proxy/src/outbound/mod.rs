@@ -73,7 +73,7 @@ impl OutboundError {
                 | TunnelError::Config(_)
                 | TunnelError::NoCertificate(_) => FailureReason::TlsFailure,
                 TunnelError::Refused { status } if *status == http::StatusCode::FORBIDDEN => {
-                    FailureReason::PolicyDenied
+                    FailureReason::DeniedByDestination
                 }
                 _ => FailureReason::ConnectError,
             },

@@ -46,7 +46,7 @@ pub mod reply {
 ///   handshake) is "general SOCKS server failure" (1).
 pub fn reply_code(error: &OutboundError) -> u8 {
     match error.reason() {
-        FailureReason::PolicyDenied => reply::NOT_ALLOWED,
+        FailureReason::PolicyDenied | FailureReason::DeniedByDestination => reply::NOT_ALLOWED,
         FailureReason::NoEndpoints | FailureReason::Refused => reply::CONNECTION_REFUSED,
         FailureReason::Unresolved => reply::HOST_UNREACHABLE,
         FailureReason::ConnectError => match error {

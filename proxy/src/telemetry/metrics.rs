@@ -80,7 +80,12 @@ impl From<ferry_core::route::Mode> for Carried {
 pub enum FailureReason {
     /// The service has no eligible endpoint, or the port is not served.
     NoEndpoints,
+    /// Refused by this proxy's policy decision.
     PolicyDenied,
+    /// Refused by the destination's proxy (its policy, answered 403 on the
+    /// tunnel): that proxy counts the denial as `policy_denied`, so one
+    /// denial is counted once as a denial.
+    DeniedByDestination,
     /// The mutual TLS handshake failed (either side).
     TlsFailure,
     /// The upstream (pod or peer proxy) could not be reached, or refused.
@@ -98,6 +103,7 @@ impl FailureReason {
         match self {
             FailureReason::NoEndpoints => "no_endpoints",
             FailureReason::PolicyDenied => "policy_denied",
+            FailureReason::DeniedByDestination => "denied_by_destination",
             FailureReason::TlsFailure => "tls_failure",
             FailureReason::ConnectError => "connect_error",
             FailureReason::Unresolved => "unresolved",
