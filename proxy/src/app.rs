@@ -539,13 +539,38 @@ impl App {
             self.handover
                 .map(|(offer, socket)| offer.serve(socket, HANDOVER_TIMEOUT)),
         );
+        let xds_task = self.xds.run();
+        tokio::pin!(xds_task);
+        let mut inherited = self.inherited;
+        if inherited.from_predecessor() && !store.is_ready() {
+            // Taking over with no saved configuration (the predecessor had
+            // not saved it yet): the predecessor goes on serving until the
+            // control plane has configured this process, which accepts
+            // nothing before (its listener tasks have not started), so no
+            // connection meets a proxy that would refuse it.
+            let mut changes = store.subscribe();
+            let configured = async {
+                while !store.is_ready() {
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = &mut xds_task => {}
+                _ = configured => tracing::info!("configured by the control plane: taking over"),
+                // Shorter than the predecessor waits for `SERVING`.
+                _ = tokio::time::sleep(HANDOVER_TIMEOUT * 4) => {
+                    tracing::warn!("no configuration yet: taking over anyway (failing closed until it comes)");
+                }
+            }
+        }
         // Every listener is served from here on: the proxy this one
         // replaces (if any) stops accepting and drains.
-        let mut inherited = self.inherited;
         inherited.serving();
         let mut handed_over = false;
         tokio::select! {
-            _ = self.xds.run() => {}
+            _ = &mut xds_task => {}
             _ = handover_task => {
                 handed_over = true;
                 tracing::info!("a successor serves on this node: no longer accepting; draining");

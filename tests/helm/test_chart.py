@@ -11,7 +11,11 @@ this file. Checks:
   every key of values.yaml is documented there by a comment, and the schema
   rejects invalid value sets, at render time too;
 - every manifest rendered from each valid value set is valid, strictly (no
-  unknown fields), against the Kubernetes 1.29 to 1.33 API schemas;
+  unknown fields), against the Kubernetes 1.29 to 1.33 API schemas, but the
+  Prometheus Operator's PodMonitors and PrometheusRule (custom resources,
+  which those schemas lack): their selectors, ports and alerts are checked
+  here instead, every alert reading only metrics the binaries' sources
+  register;
 - the RBAC is exactly the documented least privilege, the proxy has none,
   the security contexts, probes, arguments, environment, images,
   scheduling, update strategies, disruption budget and volumes are as
@@ -217,6 +221,17 @@ VALID_VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "test": {"image": "registry.example.com/tools/curl:8.11.0"},
     },
+    # Prometheus Operator: PodMonitors and the PrometheusRule, with the
+    # labels a Prometheus' selectors pick, instead of the scrape annotations;
+    # a short certificate lifetime moves the expiry alert's threshold.
+    "prometheus-operator": {
+        "metrics": {
+            "scrapeAnnotations": False,
+            "podMonitor": {"enabled": True, "interval": "1m30s", "labels": {"release": "kube-prometheus-stack"}},
+            "alerts": {"enabled": True, "labels": {"release": "kube-prometheus-stack", "example.com/team": "mesh"}},
+        },
+        "controlPlane": {"workloadCertTTL": 7200},
+    },
 }
 
 INVALID_VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -268,6 +283,12 @@ INVALID_VALUE_SETS: dict[str, dict[str, Any]] = {
     "proxy maxSurge negative": {"proxy": {"updateStrategy": {"rollingUpdate": {"maxSurge": -1}}}},
     "disruption budget maxUnavailable 0": {"controlPlane": {"podDisruptionBudget": {"maxUnavailable": 0}}},
     "scrapeAnnotations as a string": {"metrics": {"scrapeAnnotations": "true"}},
+    "podMonitor.enabled as a string": {"metrics": {"podMonitor": {"enabled": "yes"}}},
+    "unknown podMonitor key": {"metrics": {"podMonitor": {"enabled": True, "port": 15020}}},
+    "podMonitor interval without a unit": {"metrics": {"podMonitor": {"interval": "30"}}},
+    "podMonitor label value with a space": {"metrics": {"podMonitor": {"labels": {"release": "kube prometheus"}}}},
+    "alerts.enabled as a string": {"metrics": {"alerts": {"enabled": "true"}}},
+    "unknown alerts key": {"metrics": {"alerts": {"enabled": True, "severity": "critical"}}},
     "empty test server image": {"test": {"serverImage": ""}},
 }
 
@@ -606,15 +627,27 @@ def check_invalid_values_rejected(chart: Any, counts: dict[str, int]) -> None:
     counts["invalid value sets rejected"] = len(INVALID_VALUE_SETS)
 
 
+# Custom resources of the Prometheus Operator: kubernetes-validate has only
+# the built-in API schemas, so these are left out of its validation and
+# checked by check_monitoring instead.
+CRD_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+
+
 def check_kubernetes_schemas(rendered: dict[str, list[dict[str, Any]]], counts: dict[str, int]) -> None:
     supported = kv_utils.all_versions()
     missing = [v for v in KUBE_VERSIONS if v not in supported]
     expect(not missing, f"kubernetes-validate {KV_VERSION} has no schemas for Kubernetes {missing}")
     problems = []
     validated = 0
+    skipped = 0
     for set_name, docs in rendered.items():
         for kube in KUBE_VERSIONS:
             for doc in docs:
+                if (doc.get("apiVersion"), doc.get("kind")) in CRD_KINDS:
+                    # Not a built-in kind: kubernetes-validate has no schema
+                    # for it (check_monitoring checks its structure).
+                    skipped += 1
+                    continue
                 what = f"[{set_name}, k8s {kube}] {doc['__source']}: {doc['kind']}/{doc['metadata']['name']}"
                 try:
                     got = kv_utils.validate(strip_source(doc), kube, strict=True)
@@ -627,7 +660,9 @@ def check_kubernetes_schemas(rendered: dict[str, list[dict[str, Any]]], counts: 
                 except kv_utils.SchemaNotFoundError as exc:
                     problems.append(f"{what}: {exc.message}")
     expect(not problems, "Kubernetes schema validation:\n    " + "\n    ".join(problems))
+    expect(skipped > 0, "no Prometheus Operator object was rendered: no value set enables them")
     counts["manifests valid"] = validated
+    counts["custom resources skipped"] = skipped
 
 
 def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, Any]], namespace: str) -> None:
@@ -653,6 +688,10 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
     ]
     if values["controlPlane"]["podDisruptionBudget"]["enabled"]:
         expected_kinds.append("PodDisruptionBudget/ferry-control-plane")
+    if values["metrics"]["podMonitor"]["enabled"]:
+        expected_kinds += ["PodMonitor/ferry-proxy", "PodMonitor/ferry-control-plane"]
+    if values["metrics"]["alerts"]["enabled"]:
+        expected_kinds.append("PrometheusRule/ferry")
     expect_eq(kinds, sorted(expected_kinds), f"{ctx} rendered objects")
 
     # Labels and namespaces.
@@ -888,7 +927,209 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
         f"{ctx} ferry-config data",
     )
 
+    check_monitoring(ctx, values, docs, namespace)
     check_test_objects(ctx, values, docs, namespace, px)
+
+
+# ---------------------------------------------------------------------------
+# Prometheus Operator objects (metrics.podMonitor, metrics.alerts)
+
+
+def exported_metrics() -> set[str]:
+    """The metric names the binaries export, read from their sources: the
+    proxy's registry (prefix ferry_) and the control plane's (ferry_cp_),
+    counters with _total and histograms with their series; and the process
+    figures of process/src/self_metrics.rs."""
+    string = r'"(?:[^"\\]|\\.)*"'
+    names: set[str] = set()
+    for rel, prefix in (("proxy/src/telemetry/metrics.rs", "ferry_"), ("control-plane/src/metrics.rs", "ferry_cp_")):
+        src = (REPO / rel).read_text().split("#[cfg(test)]")[0]
+        m = re.search(r'Registry::with_prefix\("(\w+)"\)', src)
+        expect(m is not None and f"{m.group(1)}_" == prefix, f"{rel}: registry prefix is not {prefix!r}")
+        fields = dict(re.findall(r"pub (\w+): ([^\n]+),\n", src))
+        registered = re.findall(rf'\.register\(\s*"(\w+)",\s*{string},\s*(?:m|metrics)\.(\w+)\.clone\(\)', src)
+        expect(len(registered) >= 5, f"{rel}: found only {len(registered)} registered metrics")
+        for name, field in registered:
+            kind = fields.get(field, "")
+            full = prefix + name
+            if "Counter" in kind:
+                names.add(full + "_total")
+            elif "Histogram" in kind:
+                names.update(full + s for s in ("_bucket", "_sum", "_count"))
+            else:
+                names.add(full)
+    self_metrics = (REPO / "process/src/self_metrics.rs").read_text().split("#[cfg(test)]")[0]
+    # (family, type, help, sample name, value): the sample names.
+    samples = re.findall(rf'"process_\w+",\s*"(?:counter|gauge)",\s*{string},\s*"(process_\w+)"', self_metrics)
+    expect(len(samples) >= 5, f"process/src/self_metrics.rs: found only {samples}")
+    names.update(samples)
+    names.update(re.findall(r"# TYPE (ferry_\w+) gauge", self_metrics))
+    return names
+
+
+PROMQL_WORDS = {"and", "or", "unless", "bool", "on", "ignoring", "group_left", "group_right", "offset", "by", "without"}
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names a (simple) PromQL expression reads: its identifiers
+    once strings, label matchers, ranges, grouping clauses, function calls
+    and operators are taken out."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    e = re.sub(r"\{[^}]*\}", "", e)
+    e = re.sub(r"\[[^\]]*\]", "", e)
+    e = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", e)
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
+        rest = e[m.end():].lstrip()
+        if rest.startswith("(") or m.group(0) in PROMQL_WORDS:
+            continue
+        # Durations such as 5m are numbers with a unit, not names.
+        if m.start() > 0 and e[m.start() - 1].isdigit():
+            continue
+        names.add(m.group(0))
+    return names
+
+
+def relabel(labels: dict[str, str], relabelings: list[dict[str, Any]]) -> dict[str, str] | None:
+    """Prometheus' relabeling (replace and keep, the actions the chart uses):
+    the target's labels after it, or None when it is dropped."""
+    labels = dict(labels)
+    for r in relabelings:
+        action = r.get("action", "replace").lower()
+        value = r.get("separator", ";").join(labels.get(n, "") for n in r.get("sourceLabels", []))
+        m = re.fullmatch(r.get("regex", "(.*)"), value)
+        if action == "keep":
+            if not m:
+                return None
+        elif action == "replace":
+            if m:
+                replacement = re.sub(r"\$\{(\w+)\}|\$(\d+)", lambda g: m.group(int(g.group(1) or g.group(2))), r.get("replacement", "$1"))
+                labels[r["targetLabel"]] = replacement
+        else:
+            raise Failure(f"relabel action {action} not simulated by the test")
+    return labels
+
+
+def check_monitoring(ctx: str, values: dict[str, Any], docs: list[dict[str, Any]], namespace: str) -> None:
+    """The PodMonitors select exactly the proxy and control plane pods and
+    scrape them on their metrics listeners; the PrometheusRule's alerts are
+    well formed and read only metrics the binaries export."""
+    pm_values = values["metrics"]["podMonitor"]
+    monitors = find(docs, "PodMonitor")
+    if not pm_values["enabled"]:
+        expect_eq(monitors, [], f"{ctx} PodMonitors with metrics.podMonitor.enabled false")
+    else:
+        for name, kind, component in (
+            ("ferry-proxy", "DaemonSet", "proxy"),
+            ("ferry-control-plane", "Deployment", "control-plane"),
+        ):
+            pm = one(docs, "PodMonitor", name)
+            what = f"{ctx} PodMonitor/{name}"
+            workload = one(docs, kind, name)
+            pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+            expect_eq(pm["apiVersion"], "monitoring.coreos.com/v1", f"{what} apiVersion")
+            expect_eq(
+                pm["metadata"]["labels"],
+                {**pm_values["labels"], **COMMON_LABELS, "app.kubernetes.io/component": component},
+                f"{what} labels (the user's, the chart's win)",
+            )
+            spec = pm["spec"]
+            expect_eq(sorted(spec), ["namespaceSelector", "podMetricsEndpoints", "selector"], f"{what} spec fields")
+            expect_eq(spec["namespaceSelector"], {"matchNames": [namespace]}, f"{what} namespaceSelector")
+            expect_eq(spec["selector"], {"matchLabels": workload["spec"]["selector"]["matchLabels"]}, f"{what} selector (the {kind}'s)")
+            expect(
+                all(pod_labels.get(k) == v for k, v in spec["selector"]["matchLabels"].items()),
+                f"{what} selector does not select the {kind}'s pods {pod_labels}",
+            )
+            (ep,) = spec["podMetricsEndpoints"]
+            expect_eq((ep.get("path"), ep.get("interval")), ("/metrics", pm_values["interval"]), f"{what} path and interval")
+            c = pod_spec(workload)["containers"][0]
+            listen = c["args"][c["args"].index("--metrics-listen") + 1]
+            port = int(listen.rsplit(":", 1)[1])
+            if component == "control-plane":
+                expect_eq(port, 15014, f"{what} control plane --metrics-listen port")
+                expect_eq(sorted(ep), ["interval", "path", "port"], f"{what} endpoint fields")
+                named = {p["name"]: p["containerPort"] for p in c["ports"]}
+                expect_eq(named.get(ep["port"]), port, f"{what} port {ep['port']!r} (the container's metrics port)")
+            else:
+                expect_eq(port, 15020, f"{what} proxy --metrics-listen port")
+                # No declared container port to select (port, portNumber and
+                # targetPort all keep only targets with a matching one): the
+                # address comes from the pod IP by relabeling.
+                expect_eq(sorted(ep), ["interval", "path", "relabelings"], f"{what} endpoint fields (no port selector)")
+                for pod_ip, address in (("10.1.2.3", "10.1.2.3:15020"), ("fd00:10::3", "[fd00:10::3]:15020")):
+                    target = {"__address__": pod_ip, "__meta_kubernetes_pod_ip": pod_ip, "__meta_kubernetes_pod_container_name": c["name"]}
+                    got = relabel(target, ep["relabelings"])
+                    expect_eq((got or {}).get("__address__"), address, f"{what} scrape address of a proxy with pod IP {pod_ip}")
+                other = {"__address__": "10.1.2.3", "__meta_kubernetes_pod_ip": "10.1.2.3", "__meta_kubernetes_pod_container_name": "debug"}
+                expect(relabel(other, ep["relabelings"]) is None, f"{what} must scrape the proxy container only")
+
+    alert_values = values["metrics"]["alerts"]
+    rules_docs = find(docs, "PrometheusRule")
+    if not alert_values["enabled"]:
+        expect_eq(rules_docs, [], f"{ctx} PrometheusRules with metrics.alerts.enabled false")
+        return
+    pr = one(docs, "PrometheusRule", "ferry")
+    what = f"{ctx} PrometheusRule/ferry"
+    expect_eq(pr["apiVersion"], "monitoring.coreos.com/v1", f"{what} apiVersion")
+    expect_eq(
+        pr["metadata"]["labels"],
+        {**alert_values["labels"], **COMMON_LABELS, "app.kubernetes.io/component": "alerts"},
+        f"{what} labels (the user's, the chart's win)",
+    )
+    known = exported_metrics()
+    proxy_sources = "\n".join(p.read_text() for p in sorted((REPO / "proxy" / "src").rglob("*.rs")))
+    alerts = {}
+    problems = []
+    for group in pr["spec"]["groups"]:
+        expect(set(group) == {"name", "rules"} and group["rules"], f"{what} group {group.get('name')}: name and rules")
+        for r in group["rules"]:
+            name = r.get("alert", "<no alert name>")
+            if sorted(r) != ["alert", "annotations", "expr", "for", "labels"]:
+                problems.append(f"{name}: fields {sorted(r)}, expected alert, annotations, expr, for, labels")
+                continue
+            expect(name not in alerts, f"{what}: alert {name} twice")
+            alerts[name] = r
+            expr = r["expr"]
+            if not isinstance(expr, str) or not expr.strip():
+                problems.append(f"{name}: empty expr")
+                continue
+            if not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", str(r["for"])):
+                problems.append(f"{name}: for {r['for']!r} is no Prometheus duration")
+            if r["labels"].get("severity") not in ("critical", "warning", "info"):
+                problems.append(f"{name}: severity {r['labels'].get('severity')!r}")
+            if not (r["annotations"].get("summary") and r["annotations"].get("description")):
+                problems.append(f"{name}: needs annotations summary and description")
+            if expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}"):
+                problems.append(f"{name}: unbalanced brackets in {expr!r}")
+            read = promql_metrics(expr)
+            if not read:
+                problems.append(f"{name}: reads no metric: {expr!r}")
+            unknown = sorted(read - known)
+            if unknown:
+                problems.append(f"{name}: {unknown} not exported by the binaries (from the sources): {expr!r}")
+            for value in re.findall(r'reason!?=~?"([^"]*)"', expr):
+                if f'"{value}"' not in proxy_sources:
+                    problems.append(f"{name}: reason {value!r} is not one the proxy reports")
+    expect(not problems, f"{what}:\n    " + "\n    ".join(problems))
+    expect_eq(
+        sorted(alerts),
+        sorted([
+            "FerryCertificateExpiringSoon",
+            "FerryClientAddressFallbacks",
+            "FerryControlPlaneNacks",
+            "FerryMTLSFailures",
+            "FerryNoProxyConnected",
+            "FerryPodsOutsideCaptureInterface",
+            "FerryProxyNotConfigured",
+        ]),
+        f"{what} alerts",
+    )
+    margin = values["controlPlane"]["workloadCertTTL"] // 4
+    expect(
+        alerts["FerryCertificateExpiringSoon"]["expr"].endswith(f"< {margin}"),
+        f"{what} certificate alert threshold: a quarter of workloadCertTTL ({margin}s): {alerts['FerryCertificateExpiringSoon']['expr']!r}",
+    )
 
 
 def check_test_objects(ctx: str, values: dict[str, Any], docs: list[dict[str, Any]], namespace: str, proxy: dict[str, Any]) -> None:
@@ -1387,12 +1628,17 @@ def check_notes(chart: Any) -> None:
             ),
         ),
         ({"proxy": {"kubeProxyReplacement": True}}, ("proxy.kubeProxyReplacement is true",)),
+        (
+            {"metrics": {"podMonitor": {"enabled": True}, "alerts": {"enabled": True}}},
+            ("PodMonitors ferry-proxy and ferry-control-plane", "scrapes each pod twice", "PrometheusRule ferry"),
+        ),
     ):
         rendered = render(chart, values)
         notes = next(v for k, v in rendered.items() if k.endswith("NOTES.txt"))
         for needle in needles:
             expect(needle in notes, f"NOTES.txt ({values}) lacks {needle!r}")
     notes = next(v for k, v in render(chart, {}).items() if k.endswith("NOTES.txt"))
+    expect("PodMonitor" not in notes and "PrometheusRule" not in notes, "NOTES.txt: no Prometheus Operator objects by default")
     expect("15000:15000" in notes and "0.0.0.0:15000" not in notes, "NOTES.txt: the admin port is reached through a port-forward only")
 
 
@@ -1554,7 +1800,8 @@ def main() -> int:
     print(
         f"chart: lint ok ({counts['lint runs']} strict runs); "
         f"{len(VALID_VALUE_SETS)} value sets x {len(KUBE_VERSIONS)} Kubernetes versions "
-        f"({KUBE_VERSIONS[0]}..{KUBE_VERSIONS[-1]}): {counts['manifests valid']} manifests valid; "
+        f"({KUBE_VERSIONS[0]}..{KUBE_VERSIONS[-1]}): {counts['manifests valid']} manifests valid "
+        f"({counts['custom resources skipped']} Prometheus Operator objects checked by the test instead); "
         f"{counts['invalid value sets rejected']} invalid value sets rejected; RBAC exact; "
         f"helm test scripts ok ({counts['test script cases']} cases x {counts['test script shells']} shells); "
         f"render_commands.py ok; "
