@@ -140,7 +140,7 @@ VALID_VALUE_SETS: dict[str, dict[str, Any]] = {
     "text-logs+otlp+user-ca+overrides": {
         "logFormat": "text",
         "logLevel": "info,ferry_proxy::hbone=trace",
-        "otlp": {"endpoint": "http://otel-collector.observability.svc:4317"},
+        "otlp": {"endpoint": "http://otel-collector.observability.svc:4317", "sampler": "parentbased_traceidratio", "samplerArg": "0.5"},
         "meshByDefault": True,
         "controlPlane": {
             "caSecret": {"name": "my-mesh-ca", "create": False},
@@ -245,6 +245,8 @@ INVALID_VALUE_SETS: dict[str, dict[str, Any]] = {
     "trust domain with a space": {"trustDomain": "my mesh"},
     "relative state folder": {"proxy": {"stateDir": "var/lib/ferry"}},
     "capture interface name too long": {"proxy": {"captureInterface": "averyveryverylongname"}},
+    "unknown OTLP sampler": {"otlp": {"sampler": "sometimes"}},
+    "OTLP sampler ratio above 1": {"otlp": {"samplerArg": "2"}},
     "string kubeProxyReplacement": {"proxy": {"kubeProxyReplacement": "yes"}},
     "iptables backend ipvs": {"proxy": {"iptablesBackend": "ipvs"}},
     "registry host in the repository": {"image": {"repository": "ghcr.io/ferry-mesh/ferry"}},
@@ -879,6 +881,15 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
     ]
     if values["otlp"]["endpoint"]:
         chart_env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": values["otlp"]["endpoint"]})
+        chart_env.append({"name": "OTEL_TRACES_SAMPLER", "value": values["otlp"]["sampler"]})
+        if values["otlp"]["samplerArg"]:
+            chart_env.append({"name": "OTEL_TRACES_SAMPLER_ARG", "value": values["otlp"]["samplerArg"]})
+        chart_env.append({"name": "FERRY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        chart_env.append({"name": "FERRY_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
+        chart_env.append({
+            "name": "OTEL_RESOURCE_ATTRIBUTES",
+            "value": "k8s.pod.name=$(FERRY_POD_NAME),k8s.namespace.name=$(FERRY_POD_NAMESPACE)",
+        })
     check_env(ctx, "proxy", px, chart_env, values, "proxy")
     # No declared ports: host ports would keep a surge pod off the node.
     expect_eq(px.get("ports"), None, f"{ctx} proxy ports (none: host network, maxSurge)")

@@ -141,6 +141,8 @@ fn the_chart_runs_what_it_renders() -> anyhow::Result<()> {
             "image.repository=mesh/ferry",
             "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "otlp.endpoint=http://otel-collector.observability:4317",
+            "otlp.sampler=parentbased_traceidratio",
+            "string:otlp.samplerArg=1",
             "logLevel=debug",
         ],
     )?;
@@ -157,24 +159,34 @@ fn the_chart_runs_what_it_renders() -> anyhow::Result<()> {
         Duration::from_secs(20),
         || {
             let spans = collector.spans();
-            let proxies = spans.iter().any(|s| {
-                s.resource
-                    .iter()
-                    .any(|(k, v)| k == "service.name" && v.contains("ferry"))
+            let has = |s: &otlp::Received, key: &str, want: &dyn Fn(&str) -> bool| {
+                s.resource.iter().any(|(k, v)| k == key && want(v))
+            };
+            // The chart's resource attributes: pod, namespace, node.
+            let described = spans.iter().any(|s| {
+                has(s, "service.name", &|v| v.contains("ferry"))
+                    && has(s, "k8s.pod.name", &|v| v.starts_with("ferry-proxy-node-"))
+                    && has(s, "k8s.namespace.name", &|v| v == NAMESPACE)
+                    && has(s, "k8s.node.name", &|v| v.starts_with("node-"))
             });
-            Ok((spans.len() >= 2 && proxies).then_some(()))
+            Ok((spans.len() >= 2 && described).then_some(()))
         },
     )
     .map_err(|e| e.context(run.lab.logs()))?;
     Ok(())
 }
 
-/// `render_commands.py` with `--set` for each of `values`.
+/// `render_commands.py` with `--set` for each of `values` (`--set-string`
+/// for those written `string:KEY=VALUE`).
 fn render(python: &Path, values: &[&str]) -> anyhow::Result<Value> {
     let mut command = Command::new(python);
     command.arg(ferry_tests::repo_root().join("tests/helm/render_commands.py"));
     for v in values {
-        command.args(["--set", v]);
+        // `string:KEY=VALUE`: as helm --set-string (a number kept a string).
+        match v.strip_prefix("string:") {
+            Some(v) => command.args(["--set-string", v]),
+            None => command.args(["--set", v]),
+        };
     }
     let out = command.output()?;
     anyhow::ensure!(
@@ -296,7 +308,14 @@ impl ChartRun {
             };
             let node_ns = lab.netns(&node.name).context("a node")?;
             node_ns.set_etc("hosts", &hosts)?;
-            let env = environment(spec, &[("spec.nodeName", node.name.as_str())])?;
+            let env = environment(
+                spec,
+                &[
+                    ("spec.nodeName", node.name.as_str()),
+                    ("metadata.name", pod.as_str()),
+                    ("metadata.namespace", NAMESPACE),
+                ],
+            )?;
             let container = container_of(spec, &env, &volumes.provide(spec)?)?;
             lab.run_container(&node.name, &node.name, &container)?;
         }
@@ -489,7 +508,8 @@ fn environment(spec: &Value, fields: &[(&str, &str)]) -> anyhow::Result<Vec<(Str
             .as_str()
             .context("an env entry without a name")?;
         let value = if let Some(v) = var["value"].as_str() {
-            v.to_string()
+            // The kubelet expands `$(VAR)` of variables defined before.
+            expand(v, &env)
         } else if let Some(field) = var["fieldRef"].as_str() {
             fields
                 .iter()
