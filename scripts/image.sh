@@ -80,8 +80,15 @@ done
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  for attempt in 1 2 3; do
+    if apt-get update -qq >&2 &&
+      apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; then
+      break
+    fi
+    [ "$attempt" -lt 3 ] || die "installing ${need[*]} with apt-get failed"
+    log "apt-get failed (attempt $attempt of 3); retrying in 10 s"
+    sleep 10
+  done
 fi
 
 # --- what is built -----------------------------------------------------------
@@ -180,11 +187,20 @@ else
   mkdir -p "$out/cache"
   log "Debian root filesystem: mmdebstrap $suite (${debs[*]}) from $mirror ..."
   mmlog="$out/cache/rootfs-$suite-$key.log"
-  if ! mmdebstrap --mode=root --format=tar "${mmdebstrap_args[@]}" \
-      "$suite" "$work/rootfs.tar" "${sources[@]}" >"$mmlog" 2>&1; then
-    tail -n 40 "$mmlog" >&2
-    die "mmdebstrap failed (log: $mmlog)"
-  fi
+  # A mirror that drops a connection should not fail the build: three
+  # attempts, a pause between them.
+  attempt=1
+  until mmdebstrap --mode=root --format=tar "${mmdebstrap_args[@]}" \
+      "$suite" "$work/rootfs.tar" "${sources[@]}" >"$mmlog" 2>&1; do
+    if [ "$attempt" -ge 3 ]; then
+      tail -n 40 "$mmlog" >&2
+      die "mmdebstrap failed $attempt times (log: $mmlog)"
+    fi
+    log "mmdebstrap failed (attempt $attempt of 3); retrying in 10 s"
+    rm -f "$work/rootfs.tar"
+    attempt=$((attempt + 1))
+    sleep 10
+  done
   mv "$work/rootfs.tar" "$rootfs_tar"
   log "cached as $rootfs_tar"
 fi
