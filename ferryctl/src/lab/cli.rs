@@ -39,31 +39,14 @@ pub fn up(manifests: &Path, check: bool, faults: bool, options: LabOptions) -> E
         lab.control_plane_ip
     );
     let results = lab.check_examples();
-    let mut failed = 0;
-    for r in &results {
-        println!(
-            "{} {}: {}",
-            if r.ok { "ok  " } else { "FAIL" },
-            r.what,
-            r.saw
-        );
-        failed += usize::from(!r.ok);
-    }
+    let mut failed = print_checks(&results);
     println!("{} passed, {} failed", results.len() - failed, failed);
     if check {
         // Servers see their clients' addresses; then node-a's proxy is
         // replaced twice under traffic.
         let mut results = lab.check_client_addresses();
         results.extend(lab.check_handover());
-        for r in &results {
-            println!(
-                "{} {}: {}",
-                if r.ok { "ok  " } else { "FAIL" },
-                r.what,
-                r.saw
-            );
-            failed += usize::from(!r.ok);
-        }
+        failed += print_checks(&results);
     }
     if faults {
         let mut results = lab.fault_suite();
@@ -108,6 +91,19 @@ pub fn up(manifests: &Path, check: bool, faults: bool, options: LabOptions) -> E
     }
     drop(lab);
     ExitCode::SUCCESS
+}
+
+/// Prints one line per check; how many failed.
+fn print_checks(results: &[super::checks::CheckResult]) -> usize {
+    for r in results {
+        println!(
+            "{} {}: {}",
+            if r.ok { "ok  " } else { "FAIL" },
+            r.what,
+            r.saw
+        );
+    }
+    results.iter().filter(|r| !r.ok).count()
 }
 
 /// Blocks until Ctrl-C or SIGTERM.

@@ -555,20 +555,7 @@ impl Lab {
     /// once the old process has stopped accepting; it goes on draining its
     /// connections in the background ([`Lab::wait_retired`]).
     pub fn upgrade(&mut self, name: &str) -> anyhow::Result<Duration> {
-        let (command, log) = self
-            .daemons
-            .get(name)
-            .cloned()
-            .with_context(|| format!("no daemon {name}"))?;
-        let index = self
-            .processes
-            .iter()
-            .position(|p| p.name() == name)
-            .with_context(|| format!("no daemon {name}"))?;
-        let log = (1..)
-            .map(|n| log.with_extension(format!("{n}.log")))
-            .find(|candidate| !candidate.exists())
-            .unwrap_or(log);
+        let (command, index, log) = self.next_run(name)?;
         let args: Vec<&str> = command.iter().map(String::as_str).collect();
         let started = std::time::Instant::now();
         let new = Process::start(name, Path::new("ip"), &args, log)?;
@@ -622,9 +609,10 @@ impl Lab {
         Ok(exited.into_iter().flatten().collect())
     }
 
-    /// Starts a daemon again with the command it was first started with
-    /// (stopping it first if it runs); its log goes on in a new file.
-    pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+    /// What starting daemon `name` again takes: the command it was first
+    /// started with, its place in the processes, and a new log file beside
+    /// the first ([`next_free`]).
+    fn next_run(&self, name: &str) -> anyhow::Result<(Vec<String>, usize, PathBuf)> {
         let (command, log) = self
             .daemons
             .get(name)
@@ -635,11 +623,14 @@ impl Lab {
             .iter()
             .position(|p| p.name() == name)
             .with_context(|| format!("no daemon {name}"))?;
+        Ok((command, index, next_free(&log, "log")))
+    }
+
+    /// Starts a daemon again with the command it was first started with
+    /// (stopping it first if it runs); its log goes on in a new file.
+    pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let (command, index, log) = self.next_run(name)?;
         self.processes[index].terminate(Duration::from_secs(10));
-        let log = (1..)
-            .map(|n| log.with_extension(format!("{n}.log")))
-            .find(|candidate| !candidate.exists())
-            .unwrap_or(log);
         let args: Vec<&str> = command.iter().map(String::as_str).collect();
         self.processes[index] = Process::start(name, Path::new("ip"), &args, log)?;
         Ok(())
@@ -730,17 +721,15 @@ impl Lab {
             .get(name)
             .with_context(|| format!("no namespace {name}"))?;
         // A log of its own, also for a second program in the same pod.
-        let base = format!("{}-{program}", name.replace('/', "-"));
-        let log = (0..)
-            .map(|n| {
-                self.work.path().join(if n == 0 {
-                    format!("{base}.log")
-                } else {
-                    format!("{base}.{n}.log")
-                })
-            })
-            .find(|candidate| !candidate.exists())
-            .unwrap_or_else(|| self.work.path().join(format!("{base}.log")));
+        let first = self
+            .work
+            .path()
+            .join(format!("{}-{program}.log", name.replace('/', "-")));
+        let log = if first.exists() {
+            next_free(&first, "log")
+        } else {
+            first
+        };
         Process::start(program, Path::new("ip"), &ns.command(program, args), log)
     }
 
@@ -789,6 +778,15 @@ impl Lab {
     pub fn netns(&self, name: &str) -> Option<&Netns> {
         self.namespaces.get(name)
     }
+}
+
+/// The first of `path.1.EXT`, `path.2.EXT`... that does not exist yet
+/// (`proxy-node-a.log` → `proxy-node-a.1.log`).
+fn next_free(path: &Path, extension: &str) -> PathBuf {
+    (1..)
+        .map(|n| path.with_extension(format!("{n}.{extension}")))
+        .find(|candidate| !candidate.exists())
+        .unwrap_or_else(|| path.to_path_buf())
 }
 
 /// A capture of a node's uplink ([`Lab::start_link_capture`]).

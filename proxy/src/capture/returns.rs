@@ -21,7 +21,6 @@
 //! stopped for good (a successor keeps them).
 
 use std::fmt::Write as _;
-use std::process::{Command, Stdio};
 
 use super::backend::Backend;
 use super::rules::{CaptureError, Family};
@@ -39,47 +38,17 @@ pub struct ReturnRouting {
     pub families: Vec<Family>,
 }
 
+/// `ip` with `args` (see [`run`]).
+fn ip(args: &[String]) -> Result<bool, CaptureError> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("ip", &args, None)
+}
+
+/// Runs `program` ([`super::rules::run`]); `false` when an `-C` check or
+/// a `del` of something absent failed, which is not an error here.
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<bool, CaptureError> {
-    let command = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CaptureError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        use std::io::Write as _;
-        pipe.write_all(input.as_bytes())
-            .map_err(|source| CaptureError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| CaptureError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if out.status.success() {
-        return Ok(true);
-    }
-    // `-C` of an absent rule, `rule del` of an absent rule: not errors.
-    if args.iter().any(|a| *a == "-C" || *a == "del") {
-        return Ok(false);
-    }
-    Err(CaptureError::Failed {
-        command,
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
+    let tolerated = args.iter().any(|a| *a == "-C" || *a == "del");
+    super::rules::run(program, args, stdin, tolerated).map(|out| out.is_some())
 }
 
 impl ReturnRouting {
@@ -105,11 +74,35 @@ impl ReturnRouting {
         out
     }
 
-    fn family_args(family: Family) -> &'static [&'static str] {
-        match family {
-            Family::V4 => &["-4"],
-            Family::V6 => &["-6"],
-        }
+    /// `ip -4|-6 rule VERB fwmark REPLY/MASK lookup TABLE`.
+    fn policy_rule(&self, family: Family, verb: &str) -> Vec<String> {
+        let family = match family {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        };
+        [family, "rule", verb, "fwmark"]
+            .into_iter()
+            .map(str::to_string)
+            .chain([
+                format!("{:#x}/{:#x}", self.reply_mark(), self.mask),
+                "lookup".into(),
+                self.table.to_string(),
+            ])
+            .collect()
+    }
+
+    /// `ip -4|-6 route VERB ... table TABLE`.
+    fn table_route(&self, family: Family, verb: &[&str]) -> Vec<String> {
+        let family = match family {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        };
+        std::iter::once(family)
+            .chain(["route"])
+            .chain(verb.iter().copied())
+            .map(str::to_string)
+            .chain(["table".into(), self.table.to_string()])
+            .collect()
     }
 
     /// Installs (or repairs) the chains, their jumps, the policy rule and
@@ -132,34 +125,14 @@ impl ReturnRouting {
                     )?;
                 }
             }
-            let fwmark = format!("{:#x}/{:#x}", self.reply_mark(), self.mask);
-            let table = self.table.to_string();
-            let f = Self::family_args(*family);
             // One rule: copies of earlier runs go first.
-            let del: Vec<&str> = f
-                .iter()
-                .copied()
-                .chain(["rule", "del", "fwmark", &fwmark, "lookup", &table])
-                .collect();
-            while run("ip", &del, None)? {}
-            let add: Vec<&str> = f
-                .iter()
-                .copied()
-                .chain(["rule", "add", "fwmark", &fwmark, "lookup", &table])
-                .collect();
-            run("ip", &add, None)?;
+            while ip(&self.policy_rule(*family, "del"))? {}
+            ip(&self.policy_rule(*family, "add"))?;
             let any = match family {
                 Family::V4 => "0.0.0.0/0",
                 Family::V6 => "::/0",
             };
-            let route: Vec<&str> = f
-                .iter()
-                .copied()
-                .chain([
-                    "route", "replace", "local", any, "dev", "lo", "table", &table,
-                ])
-                .collect();
-            run("ip", &route, None)?;
+            ip(&self.table_route(*family, &["replace", "local", any, "dev", "lo"]))?;
         }
         tracing::info!(mark = format!("{:#x}/{:#x}", self.mark, self.mask), table = self.table, families = ?self.families, "client addresses kept: reply routing installed");
         Ok(())
@@ -180,21 +153,8 @@ impl ReturnRouting {
                 let _ = run(&iptables, &["-w", "5", "-t", "mangle", "-F", chain], None);
                 let _ = run(&iptables, &["-w", "5", "-t", "mangle", "-X", chain], None);
             }
-            let fwmark = format!("{:#x}/{:#x}", self.reply_mark(), self.mask);
-            let table = self.table.to_string();
-            let f = Self::family_args(*family);
-            let del: Vec<&str> = f
-                .iter()
-                .copied()
-                .chain(["rule", "del", "fwmark", &fwmark, "lookup", &table])
-                .collect();
-            while run("ip", &del, None).unwrap_or(false) {}
-            let flush: Vec<&str> = f
-                .iter()
-                .copied()
-                .chain(["route", "flush", "table", &table])
-                .collect();
-            let _ = run("ip", &flush, None);
+            while ip(&self.policy_rule(*family, "del")).unwrap_or(false) {}
+            let _ = ip(&self.table_route(*family, &["flush"]));
         }
     }
 }
@@ -218,6 +178,16 @@ mod tests {
 -A FERRY_RETURN_OUT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x53a/0xfff\n\
 -A FERRY_RETURN_PRE -m connmark --mark 0x53a/0xfff -j MARK --set-xmark 0x53a/0xfff\n\
 COMMIT\n"
+        );
+        assert_eq!(
+            routing.policy_rule(Family::V4, "add").join(" "),
+            "-4 rule add fwmark 0x53a/0xfff lookup 133"
+        );
+        assert_eq!(
+            routing
+                .table_route(Family::V6, &["replace", "local", "::/0", "dev", "lo"])
+                .join(" "),
+            "-6 route replace local ::/0 dev lo table 133"
         );
     }
 }

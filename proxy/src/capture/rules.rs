@@ -138,7 +138,7 @@ pub struct CaptureRules {
 
 /// Runs `program` (feeding it `stdin`), returning its standard output, or
 /// `None` when it failed in a way `tolerated` accepts (its stderr).
-fn run(
+pub(super) fn run(
     program: &str,
     args: &[&str],
     stdin: Option<&str>,
