@@ -128,6 +128,12 @@ pub struct Endpoint {
     pub serving: bool,
     pub terminating: bool,
     pub hostname: Option<String>,
+    /// The zone of the endpoint's node (`topology.kubernetes.io/zone`).
+    pub zone: Option<String>,
+    /// Topology hints: the zones (`hints.forZones`) and the nodes
+    /// (`hints.forNodes`) that should use this endpoint. Empty: no hint.
+    pub zone_hints: Vec<String>,
+    pub node_hints: Vec<String>,
 }
 
 /// A Kubernetes Service with its endpoints.
@@ -151,6 +157,10 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// Endpoints come from a label selector (not hand-written slices).
     pub selector: bool,
+    /// `spec.trafficDistribution` as written (`PreferClose`,
+    /// `PreferSameZone`, `PreferSameNode`); routing reads the endpoints'
+    /// hints, this says where they came from.
+    pub traffic_distribution: Option<String>,
 }
 
 impl Service {
@@ -174,6 +184,8 @@ pub struct Node {
     pub name: String,
     pub addresses: Vec<NodeAddress>,
     pub hbone: Option<SocketAddr>,
+    /// The node's `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
 }
 
 /// An `ipBlock` peer.

@@ -488,9 +488,13 @@ fn service_to_proto(s: &Service) -> proto::Service {
                 serving: e.serving,
                 terminating: e.terminating,
                 hostname: e.hostname.clone().unwrap_or_default(),
+                zone: e.zone.clone().unwrap_or_default(),
+                zone_hints: e.zone_hints.clone(),
+                node_hints: e.node_hints.clone(),
             })
             .collect(),
         selector: s.selector,
+        traffic_distribution: s.traffic_distribution.clone().unwrap_or_default(),
     }
 }
 
@@ -561,6 +565,9 @@ fn service_from_proto(s: proto::Service) -> Result<Service, FieldError> {
                 serving: e.serving,
                 terminating: e.terminating,
                 hostname: non_empty(e.hostname),
+                zone: non_empty(e.zone),
+                zone_hints: e.zone_hints,
+                node_hints: e.node_hints,
             })
         })
         .collect::<Result<_, FieldError>>()?;
@@ -584,6 +591,7 @@ fn service_from_proto(s: proto::Service) -> Result<Service, FieldError> {
         )?,
         endpoints,
         selector: s.selector,
+        traffic_distribution: non_empty(s.traffic_distribution),
         namespace: s.namespace,
         name: s.name,
     })
@@ -604,6 +612,7 @@ fn node_to_proto(n: &Node) -> proto::Node {
             .collect(),
         hbone_address: n.hbone.map(|a| ip_bytes(&a.ip())).unwrap_or_default(),
         hbone_port: n.hbone.map_or(0, |a| u32::from(a.port())),
+        zone: n.zone.clone().unwrap_or_default(),
     }
 }
 
@@ -629,6 +638,7 @@ fn node_from_proto(n: proto::Node) -> Result<Node, FieldError> {
             })
             .collect(),
         hbone,
+        zone: non_empty(n.zone),
     })
 }
 
@@ -790,8 +800,12 @@ mod tests {
                 serving: true,
                 terminating: false,
                 hostname: None,
+                node_hints: Vec::new(),
+                zone: None,
+                zone_hints: Vec::new(),
             }],
             selector: true,
+            traffic_distribution: None,
         }
     }
 
@@ -827,6 +841,7 @@ mod tests {
                     address: "192.168.0.2".into(),
                 }],
                 hbone: Some("192.168.0.2:15008".parse().unwrap()),
+                zone: None,
             }),
             ResourceBody::Policy(Policy {
                 namespace: "default".into(),

@@ -497,6 +497,7 @@ mod tests {
                 address: ip.into(),
             }],
             hbone: None,
+            zone: None,
         });
         (
             body.key(),

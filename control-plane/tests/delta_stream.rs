@@ -24,6 +24,7 @@ fn node(name: &str, ip: &str) -> (ResourceKey, Published) {
             address: ip.into(),
         }],
         hbone: None,
+        zone: None,
     });
     (
         body.key(),

@@ -185,7 +185,7 @@ fn choose<'s>(
                     service,
                     port,
                     policy,
-                    serving_node,
+                    route::Locality::of(state, serving_node),
                     route::Ends {
                         client: client.ip(),
                         destination: ip,

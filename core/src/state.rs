@@ -884,6 +884,7 @@ mod tests {
                 })
                 .collect(),
             hbone: None,
+            zone: None,
         })
     }
 
@@ -915,6 +916,7 @@ mod tests {
             external_traffic_policy: TrafficPolicy::Cluster,
             endpoints: vec![],
             selector: false,
+            traffic_distribution: None,
         })
     }
 
@@ -1037,6 +1039,7 @@ mod tests {
                 address: "10.1.0.1".into(),
             }],
             hbone: Some("10.1.0.1:15008".parse().unwrap()),
+            zone: None,
         });
         let wire = VersionedResource::encode(&node);
         store.apply(response(1, &[node], &[]));

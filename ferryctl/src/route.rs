@@ -65,16 +65,27 @@ pub fn table(explanation: &Explanation) -> String {
     if let Some(host) = &explanation.external_name {
         line("external name:", host);
     }
+    if let Some(topology) = &explanation.topology {
+        let mut at = format!("node {}", topology.node);
+        if let Some(zone) = &topology.zone {
+            at.push_str(&format!(", zone {zone}"));
+        }
+        if let Some(distribution) = &topology.traffic_distribution {
+            at.push_str(&format!(", trafficDistribution {distribution}"));
+        }
+        line("topology:", &format!("{} ({at})", topology.summary));
+    }
     if explanation.endpoints.is_empty() {
         out.push_str("endpoints:     none\n");
         return out;
     }
     let yes_no = |b: bool| if b { "yes" } else { "no" };
-    let mut rows: Vec<[String; 8]> = vec![[
+    let mut rows: Vec<[String; 9]> = vec![[
         "POD".into(),
         "ADDRESS".into(),
         "PORT".into(),
         "NODE".into(),
+        "ZONE".into(),
         "READY".into(),
         "SERVING".into(),
         "TERMINATING".into(),
@@ -86,13 +97,14 @@ pub fn table(explanation: &Explanation) -> String {
             e.address.to_string(),
             e.port.to_string(),
             e.node.clone().unwrap_or_else(|| "-".into()),
+            e.zone.clone().unwrap_or_else(|| "-".into()),
             yes_no(e.ready).into(),
             yes_no(e.serving).into(),
             yes_no(e.terminating).into(),
             e.mode.as_str().into(),
         ]
     }));
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -124,6 +136,7 @@ mod tests {
             serving: true,
             terminating: false,
             mode,
+            zone: None,
         }
     }
 
@@ -154,6 +167,7 @@ mod tests {
                 ),
                 endpoint(None, "192.0.2.100", None, Mode::Passthrough),
             ],
+            topology: None,
         };
         let table = table(&explanation);
         let lines: Vec<&str> = table.lines().collect();
@@ -193,6 +207,7 @@ mod tests {
             affinity: None,
             external_name: None,
             endpoints: vec![],
+            topology: None,
         };
         assert_eq!(
             table(&refused),

@@ -287,6 +287,7 @@ mod tests {
             name: name.into(),
             addresses: vec![],
             hbone: Some("10.1.0.1:15008".parse().unwrap()),
+            zone: None,
         })
     }
 

@@ -113,3 +113,109 @@ fn bad_input_is_a_usage_error() -> anyhow::Result<()> {
     assert_eq!(code, Some(2));
     Ok(())
 }
+
+/// Three nodes in two zones, a `PreferClose` service with a pod in each
+/// zone but one pod hinted for zone-b only, from manifests in a folder of
+/// the test's own.
+const ZONED: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a, labels: {topology.kubernetes.io/zone: zone-a}}
+status: {addresses: [{type: InternalIP, address: 172.31.0.1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-b, labels: {topology.kubernetes.io/zone: zone-b}}
+status: {addresses: [{type: InternalIP, address: 172.31.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-c}
+status: {addresses: [{type: InternalIP, address: 172.31.0.3}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: default}
+spec:
+  clusterIP: 10.96.5.5
+  selector: {app: api}
+  trafficDistribution: PreferClose
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+fn zoned_pod(name: &str, node: &str, ip: &str, app: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}\n\
+         spec: {{nodeName: {node}, containers: [{{name: c, image: x}}]}}\n\
+         status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+    )
+}
+
+#[test]
+fn prefer_close_keeps_a_connection_in_its_zone_and_says_why() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut manifests = ZONED.to_string();
+    for (name, node, ip, app) in [
+        ("api-a", "node-a", "10.20.1.1", "api"),
+        ("api-b1", "node-b", "10.20.2.1", "api"),
+        ("api-b2", "node-b", "10.20.2.2", "api"),
+        ("client-a", "node-a", "10.20.1.9", "client"),
+        ("client-b", "node-b", "10.20.2.9", "client"),
+        ("client-c", "node-c", "10.20.3.9", "client"),
+    ] {
+        manifests.push_str(&zoned_pod(name, node, ip, app));
+    }
+    std::fs::write(dir.path().join("cluster.yaml"), manifests)?;
+    let route_in = |from: &str, output: &str| -> anyhow::Result<(Option<i32>, String)> {
+        let out = Command::new(ferry_tests::binary("ferryctl")?)
+            .args(["route", "--manifests"])
+            .arg(dir.path())
+            .args(["--from", from, "--to", "api:80", "--output", output])
+            .output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    };
+    // (client, endpoints, decision)
+    let cases = [
+        ("default/client-a", vec!["10.20.1.1"], "same_zone"),
+        (
+            "default/client-b",
+            vec!["10.20.2.1", "10.20.2.2"],
+            "same_zone",
+        ),
+        (
+            "default/client-c",
+            vec!["10.20.1.1", "10.20.2.1", "10.20.2.2"],
+            "everywhere",
+        ),
+    ];
+    for (from, endpoints, decision) in cases {
+        let (code, json) = route_in(from, "json")?;
+        assert_eq!(code, Some(0), "{from}: {json}");
+        let v: Value = serde_json::from_str(&json)?;
+        let got: Vec<&str> = v["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["address"].as_str())
+            .collect();
+        assert_eq!(got, endpoints, "{from}");
+        assert_eq!(v["topology"]["decision"], decision, "{from}");
+        assert_eq!(v["topology"]["traffic_distribution"], "PreferClose");
+    }
+    let (_, table) = route_in("default/client-a", "table")?;
+    assert!(
+        table.contains(
+            "topology:      zone zone-a only (hints.forZones) (node node-a, zone zone-a, trafficDistribution PreferClose)"
+        ),
+        "{table}"
+    );
+    let (_, table) = route_in("default/client-c", "table")?;
+    assert!(
+        table.contains("every zone: the node has no topology.kubernetes.io/zone label"),
+        "{table}"
+    );
+    Ok(())
+}

@@ -171,7 +171,7 @@ impl NamespaceState {
 pub struct Translator {
     options: TranslateOptions,
     namespaces: HashMap<String, NamespaceState>,
-    nodes: HashMap<String, Box<core::Node>>,
+    nodes: objects::Nodes,
     /// Compiled NetworkPolicies, and those with namespaceSelector peers
     /// (the only ones a pod of another namespace can affect).
     compiled: HashMap<NsName, policy::CompiledPolicy>,
@@ -235,7 +235,11 @@ impl Translator {
                 self.set_namespace_labels(&r.name, Some(labels), dirty);
             }
             K8sObject::Node(node) => {
-                self.nodes.insert(r.name.clone(), node);
+                let zone = objects::node_zone(&node).map(str::to_owned);
+                let old = self.nodes.insert(r.name.clone(), node);
+                if old.as_deref().and_then(objects::node_zone) != zone.as_deref() {
+                    self.zone_changed(&r.name, dirty);
+                }
                 dirty.nodes.insert(r.name);
             }
             K8sObject::Pod(pod) => {
@@ -275,7 +279,10 @@ impl Translator {
         match r.kind {
             ObjectKind::Namespace => self.set_namespace_labels(&r.name, None, dirty),
             ObjectKind::Node => {
-                self.nodes.remove(&r.name);
+                let old = self.nodes.remove(&r.name);
+                if old.as_deref().and_then(objects::node_zone).is_some() {
+                    self.zone_changed(&r.name, dirty);
+                }
                 dirty.nodes.insert(r.name.clone());
             }
             ObjectKind::Pod => {
@@ -294,6 +301,21 @@ impl Translator {
                 self.compiled.remove(&key);
                 self.spanning.remove(&key);
                 dirty.policies.insert(key);
+            }
+        }
+    }
+
+    /// A node's zone is part of the endpoints derived from its pods: the
+    /// selector-based services with a pod on it are translated again. (A
+    /// scan of the pods, but zones change about never.)
+    fn zone_changed(&self, node: &str, dirty: &mut Dirty) {
+        for (ns_name, ns) in &self.namespaces {
+            for (pod, services) in &ns.pod_services {
+                if ns.pods.get(pod).and_then(|w| w.node.as_deref()) == Some(node) {
+                    for service in services {
+                        dirty.services.insert((ns_name.clone(), service.clone()));
+                    }
+                }
             }
         }
     }
@@ -555,6 +577,7 @@ impl Translator {
         } else if let Some(members) = ns.members.get(name).filter(|m| !m.is_empty()) {
             objects::Backends::Workloads(
                 members.iter().filter_map(|pod| ns.pods.get(pod)).collect(),
+                &self.nodes,
             )
         } else {
             objects::Backends::None

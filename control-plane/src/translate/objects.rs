@@ -12,6 +12,22 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+/// Nodes by name.
+pub type Nodes = std::collections::HashMap<String, Box<core::Node>>;
+
+/// A node's zone, for topology-aware routing.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A node's zone label (`None` when absent or empty).
+pub fn node_zone(node: &core::Node) -> Option<&str> {
+    node.metadata
+        .labels
+        .as_ref()?
+        .get(ZONE_LABEL)
+        .map(String::as_str)
+        .filter(|z| !z.is_empty())
+}
+
 /// Label (on a pod or its namespace) that puts pods in or out of the mesh:
 /// `enabled` or `disabled`. The pod's label wins over its namespace's.
 pub const MESH_LABEL: &str = "ferry.dev/mesh";
@@ -167,6 +183,7 @@ pub fn node(node: &core::Node, options: &TranslateOptions) -> model::Node {
         name: node.metadata.name.clone().unwrap_or_default(),
         addresses,
         hbone,
+        zone: node_zone(node).map(str::to_owned),
     }
 }
 
@@ -224,9 +241,28 @@ fn traffic_policy(value: Option<&str>) -> TrafficPolicy {
 pub enum Backends<'a> {
     /// EndpointSlices labelled with the service's name, sorted by name.
     Slices(Vec<&'a EndpointSlice>),
-    /// Workloads selected by the service's selector, sorted by name.
-    Workloads(Vec<&'a model::Workload>),
+    /// Workloads selected by the service's selector, sorted by name, and
+    /// the nodes by name (for their zones).
+    Workloads(Vec<&'a model::Workload>, &'a Nodes),
     None,
+}
+
+/// `spec.trafficDistribution` values that ask for hints, and which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Distribution {
+    /// `PreferClose` (the older name) or `PreferSameZone`: zone hints.
+    SameZone,
+    /// `PreferSameNode`: node hints, and zone hints for proxies that only
+    /// read those.
+    SameNode,
+}
+
+fn distribution(value: Option<&str>) -> Option<Distribution> {
+    match value? {
+        "PreferClose" | "PreferSameZone" => Some(Distribution::SameZone),
+        "PreferSameNode" => Some(Distribution::SameNode),
+        _ => None,
+    }
 }
 
 /// A Service with its endpoints.
@@ -305,10 +341,12 @@ pub fn service(
     let mut endpoints = match (service_type, backends) {
         (ServiceType::ExternalName, _) | (_, Backends::None) => Vec::new(),
         (_, Backends::Slices(slices)) => slice_endpoints(&ports, &slices),
-        (_, Backends::Workloads(workloads)) => workload_endpoints(
+        (_, Backends::Workloads(workloads, zone)) => workload_endpoints(
             &ports,
             &workloads,
+            zone,
             spec.publish_not_ready_addresses == Some(true),
+            distribution(spec.traffic_distribution.as_deref()),
         ),
     };
     if !families.is_empty() {
@@ -339,6 +377,7 @@ pub fn service(
         external_traffic_policy: traffic_policy(spec.external_traffic_policy.as_deref()),
         endpoints,
         selector: service_selector(svc).is_some(),
+        traffic_distribution: spec.traffic_distribution.clone().filter(|t| !t.is_empty()),
         namespace,
         name,
     }
@@ -348,11 +387,16 @@ pub fn service(
 /// would write them: ready = Ready and not terminating, serving = Ready;
 /// with `publishNotReadyAddresses`, every endpoint is ready (serving and
 /// terminating still say what the pod is), so DNS and routing include
-/// pods that are not ready, as the API documents.
+/// pods that are not ready, as the API documents. The zone is the pod's
+/// node's; with a `trafficDistribution`, each ready endpoint is hinted for
+/// its own zone (and, for `PreferSameNode`, its own node), as the
+/// controller hints them.
 fn workload_endpoints(
     ports: &[ServicePort],
     workloads: &[&model::Workload],
+    nodes: &Nodes,
     publish_not_ready: bool,
+    distribution: Option<Distribution>,
 ) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for w in workloads {
@@ -363,16 +407,35 @@ fn workload_endpoints(
                 TargetPort::Name(name) => w.named_port(name, p.protocol),
             })
             .collect();
+        let zone = w
+            .node
+            .as_deref()
+            .and_then(|n| node_zone(nodes.get(n)?))
+            .map(str::to_owned);
+        let ready = publish_not_ready || (w.ready && !w.terminating);
+        let (zone_hints, node_hints) = match (distribution, ready) {
+            (Some(d), true) => (
+                zone.iter().cloned().collect(),
+                match d {
+                    Distribution::SameNode => w.node.iter().cloned().collect(),
+                    Distribution::SameZone => Vec::new(),
+                },
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
         for address in &w.addresses {
             out.push(Endpoint {
                 workload: Some(w.key_name()),
                 address: *address,
                 node: w.node.clone(),
                 ports: resolved.clone(),
-                ready: publish_not_ready || (w.ready && !w.terminating),
+                ready,
                 serving: w.ready,
                 terminating: w.terminating,
                 hostname: None,
+                zone: zone.clone(),
+                zone_hints: zone_hints.clone(),
+                node_hints: node_hints.clone(),
             });
         }
     }
@@ -419,6 +482,19 @@ fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endp
                     .unwrap_or_else(|| "default".into());
                 Some(format!("{ns}/{}", r.name.as_deref()?))
             });
+            let hints = ep.hints.as_ref();
+            let zone_hints: Vec<String> = hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect();
+            let node_hints: Vec<String> = hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect();
             for address in &ep.addresses {
                 let Ok(address) = address.parse::<IpAddr>() else {
                     continue;
@@ -435,6 +511,9 @@ fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endp
                     serving,
                     terminating,
                     hostname: ep.hostname.clone(),
+                    zone: ep.zone.clone().filter(|z| !z.is_empty()),
+                    zone_hints: zone_hints.clone(),
+                    node_hints: node_hints.clone(),
                 });
             }
         }

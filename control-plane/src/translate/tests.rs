@@ -739,8 +739,12 @@ spec:
                 serving: true,
                 terminating: false,
                 hostname: None,
+                node_hints: Vec::new(),
+                zone: None,
+                zone_hints: Vec::new(),
             }],
             selector: true,
+            traffic_distribution: None,
         }
     );
 }
@@ -1992,6 +1996,29 @@ fn validate_service_bad_traffic_policy() {
 }
 
 #[test]
+fn validate_service_traffic_distribution() {
+    assert_problems(&[
+        (
+            "unknown",
+            bad_service("trafficDistribution: PreferNear"),
+            &[
+                r#"spec.trafficDistribution: "PreferNear" is not one of PreferClose, PreferSameZone, PreferSameNode"#,
+            ],
+        ),
+        (
+            "PreferClose",
+            bad_service("trafficDistribution: PreferClose"),
+            &[],
+        ),
+        (
+            "PreferSameNode",
+            bad_service("trafficDistribution: PreferSameNode"),
+            &[],
+        ),
+    ]);
+}
+
+#[test]
 fn validate_endpoint_slice_without_service_name_label() {
     let slice_with = |labels: &str| {
         format!("kind: EndpointSlice\nmetadata: {{name: s, namespace: shop{labels}}}\naddressType: IPv4\nendpoints: []\n")
@@ -2184,4 +2211,190 @@ fn validate_bad_metadata_name() {
             &[r#"metadata.name: "web.v1" is not a valid service name (a DNS label)"#],
         ),
     ]);
+}
+
+// ------------------------------------------------------------ topology
+
+fn zoned_node(name: &str, zone: &str) -> String {
+    format!(
+        "kind: Node\nmetadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n\
+         status: {{addresses: [{{type: InternalIP, address: 192.168.0.1}}]}}\n"
+    )
+}
+
+fn on_node(pod: String, node: &str) -> String {
+    with(pod, "nodeName: node-a", &format!("nodeName: {node}"))
+}
+
+/// (address, zone, zone hints, node hints) of an endpoint.
+type EndpointTopology = (String, Option<String>, Vec<String>, Vec<String>);
+
+fn topology_of(s: &model::Service) -> Vec<EndpointTopology> {
+    s.endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.address.to_string(),
+                e.zone.clone(),
+                e.zone_hints.clone(),
+                e.node_hints.clone(),
+            )
+        })
+        .collect()
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_nodes_zone_label_is_published() {
+    let t = translated(&[zoned_node("node-a", "eu-1a"), node_yaml("node-b", "[]")]);
+    assert_eq!(node(&t, "node-a").zone.as_deref(), Some("eu-1a"));
+    assert_eq!(node(&t, "node-b").zone, None);
+}
+
+#[test]
+fn slice_zones_and_hints_are_kept() {
+    let t = translated(&[
+        svc("shop", "web", NO_SELECTOR),
+        slice(
+            "shop",
+            "s",
+            "web",
+            "
+- {addresses: [10.1.0.1], zone: eu-1a, hints: {forZones: [{name: eu-1a}, {name: eu-1b}]}}
+- {addresses: [10.1.0.2], zone: eu-1b, hints: {forNodes: [{name: node-b}], forZones: [{name: eu-1b}]}}
+- {addresses: [10.1.0.3]}",
+        ),
+    ]);
+    assert_eq!(
+        topology_of(&service(&t, "shop/web")),
+        [
+            (
+                "10.1.0.1".into(),
+                Some("eu-1a".into()),
+                strings(&["eu-1a", "eu-1b"]),
+                vec![]
+            ),
+            (
+                "10.1.0.2".into(),
+                Some("eu-1b".into()),
+                strings(&["eu-1b"]),
+                strings(&["node-b"])
+            ),
+            ("10.1.0.3".into(), None, vec![], vec![]),
+        ]
+    );
+}
+
+#[test]
+fn selector_endpoints_are_hinted_as_the_endpoint_slice_controller_hints_them() {
+    let pods = || {
+        vec![
+            zoned_node("node-a", "eu-1a"),
+            zoned_node("node-b", "eu-1b"),
+            node_yaml("node-c", "[]"),
+            pod("shop", "a", "{app: web}", "10.0.0.1"),
+            on_node(pod("shop", "b", "{app: web}", "10.0.0.2"), "node-b"),
+            on_node(pod("shop", "c", "{app: web}", "10.0.0.3"), "node-c"),
+            unready(on_node(
+                pod("shop", "d", "{app: web}", "10.0.0.4"),
+                "node-b",
+            )),
+        ]
+    };
+    let with_distribution = |d: Option<&str>| {
+        let mut manifests = pods();
+        let mut service = svc("shop", "web", "{app: web}");
+        if let Some(d) = d {
+            service.push_str(&format!("  trafficDistribution: {d}\n"));
+        }
+        manifests.push(service);
+        service_of(&translated(&manifests))
+    };
+    fn service_of(t: &Translator) -> model::Service {
+        service(t, "shop/web")
+    }
+    let zone = |z: &str| Some(z.to_string());
+    // Without a trafficDistribution: zones, no hints.
+    assert_eq!(
+        topology_of(&with_distribution(None)),
+        [
+            ("10.0.0.1".into(), zone("eu-1a"), vec![], vec![]),
+            ("10.0.0.2".into(), zone("eu-1b"), vec![], vec![]),
+            ("10.0.0.3".into(), None, vec![], vec![]),
+            ("10.0.0.4".into(), zone("eu-1b"), vec![], vec![]),
+        ]
+    );
+    // PreferClose (and its newer name): each ready endpoint hinted for its
+    // own zone; no zone, no hint; not ready, no hint.
+    for d in ["PreferClose", "PreferSameZone"] {
+        let s = with_distribution(Some(d));
+        assert_eq!(s.traffic_distribution.as_deref(), Some(d));
+        assert_eq!(
+            topology_of(&s),
+            [
+                (
+                    "10.0.0.1".into(),
+                    zone("eu-1a"),
+                    strings(&["eu-1a"]),
+                    vec![]
+                ),
+                (
+                    "10.0.0.2".into(),
+                    zone("eu-1b"),
+                    strings(&["eu-1b"]),
+                    vec![]
+                ),
+                ("10.0.0.3".into(), None, vec![], vec![]),
+                ("10.0.0.4".into(), zone("eu-1b"), vec![], vec![]),
+            ],
+            "{d}"
+        );
+    }
+    // PreferSameNode: the node as well as the zone.
+    assert_eq!(
+        topology_of(&with_distribution(Some("PreferSameNode"))),
+        [
+            (
+                "10.0.0.1".into(),
+                zone("eu-1a"),
+                strings(&["eu-1a"]),
+                strings(&["node-a"])
+            ),
+            (
+                "10.0.0.2".into(),
+                zone("eu-1b"),
+                strings(&["eu-1b"]),
+                strings(&["node-b"])
+            ),
+            ("10.0.0.3".into(), None, vec![], strings(&["node-c"])),
+            ("10.0.0.4".into(), zone("eu-1b"), vec![], vec![]),
+        ]
+    );
+}
+
+#[test]
+fn a_zone_change_retranslates_the_services_of_the_nodes_pods() {
+    let mut t = translated(&[
+        zoned_node("node-a", "eu-1a"),
+        pod("shop", "a", "{app: web}", "10.0.0.1"),
+        svc("shop", "web", "{app: web}"),
+        svc("shop", "other", "{app: db}"),
+    ]);
+    let changes = step(&mut t, vec![apply(&zoned_node("node-a", "eu-1c"))]);
+    assert_eq!(changes, ["+node node-a", "+service shop/web"]);
+    assert_eq!(
+        service(&t, "shop/web").endpoints[0].zone.as_deref(),
+        Some("eu-1c")
+    );
+    // A node update that leaves the zone alone touches no service.
+    let mut relabelled = zoned_node("node-a", "eu-1c");
+    relabelled = relabelled.replace("labels: {", "labels: {role: db, ");
+    let changes = step(&mut t, vec![apply(&relabelled)]);
+    assert!(
+        changes.iter().all(|c| !c.contains("service")),
+        "{changes:?}"
+    );
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use ferry_api::model::{Service, Workload};
 use serde::Serialize;
 
-use super::endpoints::{eligible, eligible_for, no_endpoints};
+use super::endpoints::{eligible, eligible_for, no_endpoints, Locality, Topology};
 use super::names::{name_target, service_by_name, NameTarget};
 use super::{mode_for, no_such_port, plan, service_plan, tcp_port, Access, Mode, Origin, Plan};
 use crate::state::ProxyState;
@@ -64,6 +64,8 @@ pub struct RouteEndpoint {
     /// The port connected to (the resolved target port).
     pub port: u16,
     pub node: Option<String>,
+    /// The zone of its node, when known.
+    pub zone: Option<String>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -72,7 +74,7 @@ pub struct RouteEndpoint {
 
 /// `ferryctl route`'s answer, computed by the proxy's own code. Serializes
 /// to `{"service", "mode", "reason", "affinity", "external_name",
-/// "endpoints"}`.
+/// "endpoints", "topology"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Explanation {
     /// `namespace/name` of the service, when one is involved.
@@ -90,6 +92,38 @@ pub struct Explanation {
     pub external_name: Option<String>,
     /// Every candidate [`eligible`] allows, or the one pod.
     pub endpoints: Vec<RouteEndpoint>,
+    /// For a service port: how topology hints narrowed its endpoints.
+    pub topology: Option<RouteTopology>,
+}
+
+/// The topology decision of an explained route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteTopology {
+    /// The node that serves the connection and its zone.
+    pub node: String,
+    pub zone: Option<String>,
+    /// `same_node`, `same_zone` or `everywhere`.
+    pub decision: &'static str,
+    /// The service's `trafficDistribution`, when set.
+    pub traffic_distribution: Option<String>,
+    /// One line for people.
+    pub summary: String,
+}
+
+impl RouteTopology {
+    fn new(service: &Service, at: Locality<'_>, topology: Topology<'_>) -> Self {
+        Self {
+            node: at.node.to_owned(),
+            zone: at.zone.map(str::to_owned),
+            decision: match topology {
+                Topology::SameNode(_) => "same_node",
+                Topology::SameZone(_) => "same_zone",
+                Topology::Everywhere(_) => "everywhere",
+            },
+            traffic_distribution: service.traffic_distribution.clone(),
+            summary: topology.describe(),
+        }
+    }
 }
 
 impl Explanation {
@@ -101,6 +135,7 @@ impl Explanation {
             affinity: None,
             external_name: None,
             endpoints: Vec::new(),
+            topology: None,
         }
     }
 }
@@ -263,6 +298,10 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
                         address,
                         port,
                         node: workload.node.clone(),
+                        zone: workload
+                            .node
+                            .as_deref()
+                            .and_then(|n| state.node(n)?.zone.clone()),
                         ready: workload.ready,
                         serving: workload.ready,
                         terminating: workload.terminating,
@@ -281,11 +320,12 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
             ..
         } => {
             let serving_node = node.unwrap_or(local_node);
+            let at = Locality::of(state, serving_node);
             // The family the data path would use: the address dialled, or
             // the cluster IP a name resolves to first.
             let set = match dialed.or_else(|| service.cluster_ips.first().copied()) {
-                Some(destination) => eligible_for(service, port, policy, serving_node, destination),
-                None => eligible(service, port, policy, serving_node),
+                Some(destination) => eligible_for(service, port, policy, at, destination),
+                None => eligible(service, port, policy, at),
             };
             let endpoints: Vec<RouteEndpoint> = set
                 .iter()
@@ -295,6 +335,7 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
                         address: e.address,
                         port: e.ports.get(port).copied().flatten()?,
                         node: e.node.clone(),
+                        zone: e.zone.clone(),
                         ready: e.ready,
                         serving: e.serving,
                         terminating: e.terminating,
@@ -311,7 +352,7 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
             let (mode, reason) = if endpoints.is_empty() {
                 (
                     RouteMode::Refused,
-                    Some(no_endpoints(service, port, policy, serving_node)),
+                    Some(no_endpoints(service, port, policy, at)),
                 )
             } else if endpoints
                 .iter()
@@ -331,6 +372,7 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
                         timeout_seconds,
                     }),
                 endpoints,
+                topology: Some(RouteTopology::new(service, at, set.topology())),
                 ..Explanation::bare(mode, Some(service), reason)
             }
         }

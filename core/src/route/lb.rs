@@ -15,7 +15,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use ferry_api::model::{Endpoint, Service, TrafficPolicy};
 
-use super::endpoints::{eligible_for, no_endpoints, Eligible};
+use super::endpoints::{eligible_for, no_endpoints, Eligible, Locality};
 
 trait KeyParts {
     fn parts(&self) -> (&str, &str, Option<IpAddr>);
@@ -140,20 +140,21 @@ impl LoadBalancer {
     /// client's endpoint is reused while it is still eligible and the entry
     /// is younger than the timeout (its time is refreshed on use); otherwise
     /// one is picked by round robin and remembered.
-    pub fn pick<'s>(
+    pub fn pick<'s, 'a>(
         &self,
         service: &'s Service,
         port: usize,
         policy: TrafficPolicy,
-        local_node: &str,
+        at: impl Into<Locality<'a>>,
         ends: Ends,
         now: Instant,
     ) -> Result<(&'s Endpoint, SocketAddr), String> {
+        let at = at.into();
         let Ends {
             client,
             destination,
         } = ends;
-        let set = eligible_for(service, port, policy, local_node, destination);
+        let set = eligible_for(service, port, policy, at, destination);
         let endpoint = match service.client_ip_affinity {
             None => self.round_robin(service, set),
             Some(seconds) => self.affine(
@@ -164,14 +165,14 @@ impl LoadBalancer {
                 Duration::from_secs(u64::from(seconds)),
             ),
         };
-        let endpoint = endpoint.ok_or_else(|| no_endpoints(service, port, policy, local_node))?;
+        let endpoint = endpoint.ok_or_else(|| no_endpoints(service, port, policy, at))?;
         // Eligible endpoints serve the port.
         let target = endpoint
             .ports
             .get(port)
             .copied()
             .flatten()
-            .ok_or_else(|| no_endpoints(service, port, policy, local_node))?;
+            .ok_or_else(|| no_endpoints(service, port, policy, at))?;
         Ok((endpoint, SocketAddr::new(endpoint.address, target)))
     }
 

@@ -71,8 +71,8 @@ pub mod names;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use endpoints::{eligible, eligible_for, Eligible};
-pub use explain::{explain, Explanation, RouteAffinity, RouteEndpoint, RouteMode};
+pub use endpoints::{eligible, eligible_for, Eligible, Locality, Topology, Unhinted};
+pub use explain::{explain, Explanation, RouteAffinity, RouteEndpoint, RouteMode, RouteTopology};
 pub use lb::{Ends, LoadBalancer};
 pub use names::{
     headless_addresses, name_target, resolve_fqdn, service_by_name, NameAnswer, NameTarget,

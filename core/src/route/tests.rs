@@ -40,6 +40,7 @@ pub(crate) fn node(
         name: name.into(),
         addresses,
         hbone: hbone.then(|| SocketAddr::new(ip(internal), 15008)),
+        zone: None,
     })
 }
 
@@ -100,6 +101,9 @@ pub(crate) fn ep(pod: &str, address: &str, node: &str, ports: &[Option<u16>]) ->
         serving: true,
         terminating: false,
         hostname: None,
+        node_hints: Vec::new(),
+        zone: None,
+        zone_hints: Vec::new(),
     }
 }
 
@@ -137,6 +141,7 @@ pub(crate) fn service(
         external_traffic_policy: TrafficPolicy::Cluster,
         endpoints,
         selector: true,
+        traffic_distribution: None,
     }
 }
 
@@ -1271,12 +1276,14 @@ fn explain_serializes_to_the_documented_shape() {
             "external_name": null,
             "endpoints": [
                 {"pod": "shop/a1", "address": "10.0.1.1", "port": 8080, "node": "n1",
-                 "ready": true, "serving": true, "terminating": false, "mode": "direct"},
+                 "zone": null, "ready": true, "serving": true, "terminating": false, "mode": "direct"},
                 {"pod": "shop/a2", "address": "10.0.2.1", "port": 8080, "node": "n2",
-                 "ready": true, "serving": true, "terminating": false, "mode": "hbone"},
+                 "zone": null, "ready": true, "serving": true, "terminating": false, "mode": "hbone"},
                 {"pod": "shop/legacy", "address": "10.0.2.9", "port": 8080, "node": "n2",
-                 "ready": true, "serving": true, "terminating": false, "mode": "passthrough"},
+                 "zone": null, "ready": true, "serving": true, "terminating": false, "mode": "passthrough"},
             ],
+            "topology": {"node": "n1", "zone": null, "decision": "everywhere",
+                         "traffic_distribution": null, "summary": "every zone: no topology hints"},
         })
     );
     // The metrics port: legacy does not serve it.
@@ -1302,6 +1309,7 @@ fn explain_serializes_refusals_and_external_names() {
             "affinity": null,
             "external_name": null,
             "endpoints": [],
+            "topology": null,
         })
     );
     assert_eq!(
@@ -1313,6 +1321,7 @@ fn explain_serializes_refusals_and_external_names() {
             "affinity": null,
             "external_name": "db.example.com",
             "endpoints": [],
+            "topology": null,
         })
     );
 }
@@ -1439,4 +1448,181 @@ fn a_dual_stack_service_is_served_per_family() {
             assert_eq!(address.ip(), ip(want), "{destination}");
         }
     }
+}
+
+// ---- topology ----
+
+fn hinted(mut e: Endpoint, zone: &str, zones: &[&str], nodes: &[&str]) -> Endpoint {
+    e.zone = Some(zone.into());
+    e.zone_hints = zones.iter().map(|z| z.to_string()).collect();
+    e.node_hints = nodes.iter().map(|n| n.to_string()).collect();
+    e
+}
+
+/// backend with a1 (n1, zone a), a2 (n2, zone b), a3 (n3, zone b), each
+/// hinted for its own zone.
+fn zoned_backend() -> Service {
+    let mut svc = backend();
+    let zones = ["a", "b", "b"];
+    svc.endpoints = svc
+        .endpoints
+        .into_iter()
+        .zip(zones)
+        .map(|(e, z)| hinted(e, z, &[z], &[]))
+        .collect();
+    svc.traffic_distribution = Some("PreferClose".into());
+    svc
+}
+
+fn at<'a>(node: &'a str, zone: Option<&'a str>) -> Locality<'a> {
+    Locality { node, zone }
+}
+
+#[test]
+fn zone_hints_keep_a_connection_in_its_zone() {
+    let svc = zoned_backend();
+    let set = eligible(&svc, 0, TrafficPolicy::Cluster, at("n1", Some("a")));
+    assert_eq!(addresses(set.iter()), ["10.0.1.1"]);
+    assert_eq!(set.topology(), Topology::SameZone("a"));
+    let set = eligible(&svc, 0, TrafficPolicy::Cluster, at("n9", Some("b")));
+    assert_eq!(addresses(set.iter()), ["10.0.2.1", "10.0.3.1"]);
+    assert_eq!(set.topology(), Topology::SameZone("b"));
+}
+
+#[test]
+fn zone_hints_fall_back_to_every_endpoint_as_kube_proxy_does() {
+    let all = ["10.0.1.1", "10.0.2.1", "10.0.3.1"];
+    // (case, service, serving locality, expected decision)
+    let mut one_unhinted = zoned_backend();
+    one_unhinted.endpoints[2].zone_hints.clear();
+    let mut unready_unhinted = zoned_backend();
+    unready_unhinted.endpoints[2] =
+        with_conditions(unready_unhinted.endpoints[2].clone(), false, false, false);
+    unready_unhinted.endpoints[2].zone_hints.clear();
+    let cases: [(&str, Service, Locality<'_>, Topology<'_>, &[&str]); 5] = [
+        (
+            "no hints at all",
+            backend(),
+            at("n1", Some("a")),
+            Topology::Everywhere(Unhinted::NoHints),
+            &all,
+        ),
+        (
+            "a ready endpoint without a hint",
+            one_unhinted,
+            at("n1", Some("a")),
+            Topology::Everywhere(Unhinted::MissingHint),
+            &all,
+        ),
+        (
+            "the node has no zone label",
+            zoned_backend(),
+            at("n1", None),
+            Topology::Everywhere(Unhinted::NodeWithoutZone),
+            &all,
+        ),
+        (
+            "no endpoint hinted for the node's zone",
+            zoned_backend(),
+            at("n1", Some("c")),
+            Topology::Everywhere(Unhinted::NoneForZone),
+            &all,
+        ),
+        (
+            "an unready endpoint's missing hint does not matter",
+            unready_unhinted,
+            at("n2", Some("b")),
+            Topology::SameZone("b"),
+            &["10.0.2.1"],
+        ),
+    ];
+    for (case, svc, locality, decision, expected) in cases {
+        let set = eligible(&svc, 0, TrafficPolicy::Cluster, locality);
+        assert_eq!(set.topology(), decision, "{case}");
+        assert_eq!(addresses(set.iter()), expected, "{case}");
+    }
+}
+
+#[test]
+fn hints_apply_to_the_cluster_policy_and_ready_endpoints_only() {
+    // Policy Local: the node's endpoints, whatever the hints say.
+    let mut svc = zoned_backend();
+    svc.endpoints[0].zone_hints = vec!["b".into()];
+    let set = eligible(&svc, 0, TrafficPolicy::Local, at("n1", Some("a")));
+    assert_eq!(addresses(set.iter()), ["10.0.1.1"]);
+    assert_eq!(set.topology(), Topology::Everywhere(Unhinted::LocalPolicy));
+    // Nothing ready: the serving-and-terminating fallback ignores hints.
+    let mut svc = zoned_backend();
+    for e in &mut svc.endpoints {
+        *e = with_conditions(e.clone(), false, true, true);
+    }
+    let set = eligible(&svc, 0, TrafficPolicy::Cluster, at("n1", Some("a")));
+    assert_eq!(addresses(set.iter()), ["10.0.1.1", "10.0.2.1", "10.0.3.1"]);
+    assert_eq!(set.topology(), Topology::Everywhere(Unhinted::Fallback));
+}
+
+#[test]
+fn node_hints_come_before_zone_hints() {
+    // PreferSameNode: each ready endpoint hinted for its node and zone.
+    let mut svc = zoned_backend();
+    for e in &mut svc.endpoints {
+        e.node_hints = e.node.iter().cloned().collect();
+    }
+    let set = eligible(&svc, 0, TrafficPolicy::Cluster, at("n2", Some("b")));
+    assert_eq!(addresses(set.iter()), ["10.0.2.1"]);
+    assert_eq!(set.topology(), Topology::SameNode("n2"));
+    // A node without an endpoint of its own: its zone's endpoints.
+    let set = eligible(&svc, 0, TrafficPolicy::Cluster, at("n9", Some("b")));
+    assert_eq!(addresses(set.iter()), ["10.0.2.1", "10.0.3.1"]);
+    assert_eq!(set.topology(), Topology::SameZone("b"));
+    // One ready endpoint without a node hint: node hints are ignored.
+    svc.endpoints[2].node_hints.clear();
+    let set = eligible(&svc, 0, TrafficPolicy::Cluster, at("n2", Some("b")));
+    assert_eq!(set.topology(), Topology::SameZone("b"));
+}
+
+#[test]
+fn the_data_path_and_ferryctl_route_use_the_serving_nodes_zone() {
+    let mut bodies = cluster();
+    for b in &mut bodies {
+        if let ResourceBody::Node(n) = b {
+            n.zone = Some(if n.name == "n1" { "a" } else { "b" }.into());
+        }
+    }
+    bodies.push(ResourceBody::Service(zoned_backend()));
+    let s = ConfigStore::holding(&bodies).snapshot();
+    let lb = LoadBalancer::new();
+    let svc = s.service("shop/backend").unwrap();
+    for _ in 0..4 {
+        let (e, _) = lb
+            .pick(
+                svc,
+                0,
+                TrafficPolicy::Cluster,
+                Locality::of(&s, LOCAL),
+                Ends {
+                    client: ip("10.0.1.100"),
+                    destination: ip("10.96.0.10"),
+                },
+                Instant::now(),
+            )
+            .unwrap();
+        assert_eq!(e.address, ip("10.0.1.1"), "zone a has one endpoint");
+    }
+    let e = explain_to(&s, "10.96.0.10:80");
+    let topology = e.topology.unwrap();
+    assert_eq!(
+        (
+            topology.node.as_str(),
+            topology.zone.as_deref(),
+            topology.decision
+        ),
+        ("n1", Some("a"), "same_zone")
+    );
+    assert_eq!(
+        topology.traffic_distribution.as_deref(),
+        Some("PreferClose")
+    );
+    assert_eq!(e.endpoints.len(), 1);
+    assert_eq!(e.endpoints[0].zone.as_deref(), Some("a"));
 }

@@ -716,6 +716,7 @@ mod tests {
             external_traffic_policy: TrafficPolicy::Cluster,
             endpoints: vec![],
             selector: true,
+            traffic_distribution: None,
         })
     }
 
@@ -752,6 +753,9 @@ mod tests {
                 serving: true,
                 terminating: false,
                 hostname: None,
+                node_hints: Vec::new(),
+                zone: None,
+                zone_hints: Vec::new(),
             });
         }
         service
@@ -939,6 +943,7 @@ COMMIT
                 },
             ],
             hbone: None,
+            zone: None,
         });
         let mut web = pod("web", "10.244.1.10", "node-a", true);
         if let ResourceBody::Workload(w) = &mut web {

@@ -388,9 +388,13 @@ mod tests {
                     serving: *ready,
                     terminating: false,
                     hostname: None,
+                    node_hints: Vec::new(),
+                    zone: None,
+                    zone_hints: Vec::new(),
                 })
                 .collect(),
             selector: true,
+            traffic_distribution: None,
         })
     }
 
