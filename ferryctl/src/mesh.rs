@@ -7,8 +7,23 @@ use ferry_control_plane::source::manifests::ManifestSource;
 use ferry_control_plane::translate::{TranslateOptions, Translator};
 use ferry_core::state::{ConfigStore, ProxyState};
 
-/// Builds the state a proxy would hold for this folder.
+/// Builds the state a proxy would hold for this folder; problems with
+/// its documents are printed as warnings (they keep out only the objects
+/// they name).
 pub fn proxy_state(dir: &std::path::Path) -> Result<Arc<ProxyState>, String> {
+    let (state, problems) = proxy_state_checked(dir)?;
+    for p in problems {
+        eprintln!("warning: {p}");
+    }
+    Ok(state)
+}
+
+/// [`proxy_state`], returning the problems instead of printing them: a
+/// document the manifest source refused, a resource the proxy's store
+/// rejected.
+pub fn proxy_state_checked(
+    dir: &std::path::Path,
+) -> Result<(Arc<ProxyState>, Vec<String>), String> {
     if !dir.is_dir() {
         return Err(format!(
             "--manifests {}: not a readable folder",
@@ -17,9 +32,7 @@ pub fn proxy_state(dir: &std::path::Path) -> Result<Arc<ProxyState>, String> {
     }
     let mut source = ManifestSource::new(dir);
     let (events, _) = source.rescan().map_err(|e| e.to_string())?;
-    for p in source.problems() {
-        eprintln!("warning: {p}");
-    }
+    let mut problems: Vec<String> = source.problems().iter().map(|p| p.to_string()).collect();
     let mut translator = Translator::new(TranslateOptions::default());
     translator.apply(events);
     let response = ferry_api::proto::DeltaResponse {
@@ -34,8 +47,6 @@ pub fn proxy_state(dir: &std::path::Path) -> Result<Arc<ProxyState>, String> {
     };
     let store = ConfigStore::new();
     let report = store.apply(response);
-    for e in &report.rejected {
-        eprintln!("warning: {e}");
-    }
-    Ok(store.snapshot())
+    problems.extend(report.rejected.iter().map(|e| e.to_string()));
+    Ok((store.snapshot(), problems))
 }

@@ -444,11 +444,18 @@ fn workload_endpoints(
 
 /// Endpoints from EndpointSlices. A service port maps to the slice port with
 /// the same name and protocol; absent conditions take the API's defaults
-/// (ready: true, serving: ready, terminating: false). FQDN slices carry no
-/// IP and are skipped; an address listed twice is used once.
+/// (ready: true, serving: true, terminating: false). Only an endpoint's
+/// first address counts (the API defines no meaning for the others, and
+/// kube-proxy ignores them). FQDN slices carry no IP and are skipped. A
+/// network endpoint is an address and port: the same address and target
+/// port listed again for a service port (in another slice, or twice in
+/// one) is used once, the first listing winning, while the same address
+/// with another port is another endpoint.
 fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = Vec::new();
+    // (service port index, address, target port) already listed.
     let mut seen = std::collections::HashSet::new();
+    let mut listed = std::collections::HashSet::new();
     for slice in slices {
         if slice.address_type == "FQDN" {
             continue;
@@ -469,7 +476,7 @@ fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endp
         for ep in &slice.endpoints {
             let conditions = ep.conditions.as_ref();
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
             let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
             let workload = ep.target_ref.as_ref().and_then(|r| {
                 if r.kind.as_deref() != Some("Pod") {
@@ -495,25 +502,30 @@ fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endp
                 .flatten()
                 .map(|n| n.name.clone())
                 .collect();
-            for address in &ep.addresses {
-                let Ok(address) = address.parse::<IpAddr>() else {
-                    continue;
-                };
-                if !seen.insert(address) {
+            if let Some(Ok(address)) = ep.addresses.first().map(|a| a.parse::<IpAddr>()) {
+                let mut endpoint_ports = resolved.clone();
+                for (index, port) in endpoint_ports.iter_mut().enumerate() {
+                    if let Some(number) = *port {
+                        if !seen.insert((index, address, number)) {
+                            *port = None;
+                        }
+                    }
+                }
+                if !listed.insert(address) && endpoint_ports.iter().all(Option::is_none) {
                     continue;
                 }
                 out.push(Endpoint {
                     workload: workload.clone(),
                     address,
                     node: ep.node_name.clone(),
-                    ports: resolved.clone(),
+                    ports: endpoint_ports,
                     ready,
                     serving,
                     terminating,
                     hostname: ep.hostname.clone(),
                     zone: ep.zone.clone().filter(|z| !z.is_empty()),
-                    zone_hints: zone_hints.clone(),
-                    node_hints: node_hints.clone(),
+                    zone_hints,
+                    node_hints,
                 });
             }
         }

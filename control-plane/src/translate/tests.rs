@@ -1232,13 +1232,15 @@ fn slice_conditions_take_the_api_defaults() {
     let cases = [
         ("absent", "", (true, true, false)),
         ("empty", ", conditions: {}", (true, true, false)),
+        // "A nil value should be interpreted as true" (EndpointConditions
+        // in the API reference), for serving as for ready.
         (
-            "not ready",
+            "not ready, serving unset",
             ", conditions: {ready: false}",
-            (false, false, false),
+            (false, true, false),
         ),
         (
-            "serving defaults to ready",
+            "serving unset",
             ", conditions: {ready: true}",
             (true, true, false),
         ),
@@ -1396,6 +1398,38 @@ fn duplicate_address_is_used_once() {
     let s = service(&t, "shop/web");
     assert_eq!(endpoint_addresses(&s), ["10.1.0.1", "10.1.0.2"]);
     assert!(s.endpoints[0].ready, "the first slice (by name) wins");
+}
+
+#[test]
+fn a_network_endpoint_is_an_address_and_a_port() {
+    // The same address on another port is another endpoint; only the
+    // first of an endpoint's addresses counts.
+    let other_port = "
+kind: EndpointSlice
+metadata: {name: s2, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 9000}]
+endpoints: [{addresses: [10.1.0.1]}, {addresses: [10.1.0.3, 10.1.0.4]}]
+";
+    let t = translated(&[
+        svc("shop", "web", NO_SELECTOR),
+        slice_of("shop", "s1", "web", &["10.1.0.1"]),
+        other_port.to_string(),
+    ]);
+    let s = service(&t, "shop/web");
+    let got: Vec<(String, Vec<Option<u16>>)> = s
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.ports.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.1.0.1".to_string(), vec![Some(8080)]),
+            ("10.1.0.1".to_string(), vec![Some(9000)]),
+            ("10.1.0.3".to_string(), vec![Some(9000)]),
+        ]
+    );
 }
 
 #[test]

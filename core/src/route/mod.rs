@@ -57,7 +57,7 @@
 //! names its ready endpoints ([`headless_addresses`]: one rule for DNS,
 //! the outbound path and `ferryctl route`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ferry_api::model::{Protocol, Service, TrafficPolicy, Workload};
 use serde::Serialize;
@@ -160,6 +160,19 @@ pub enum Plan<'s> {
     },
 }
 
+/// Whether the service has addresses of `ip`'s family: kube-proxy runs one
+/// proxier per family, and a single-stack service is unknown to the other
+/// one, so its node ports, load-balancer and external IPs of the other
+/// family are not the service's. (A service without cluster IPs is taken
+/// to serve both.)
+fn serves_family(service: &Service, ip: IpAddr) -> bool {
+    service.cluster_ips.is_empty()
+        || service
+            .cluster_ips
+            .iter()
+            .any(|c| c.is_ipv4() == ip.is_ipv4())
+}
+
 /// The index of the service port with this number and protocol TCP.
 pub(crate) fn tcp_port(service: &Service, port: u16) -> Option<usize> {
     service
@@ -202,7 +215,10 @@ pub fn plan(state: &ProxyState, origin: Origin, destination: SocketAddr) -> Plan
     let ip = destination.ip().to_canonical();
     let port = destination.port();
 
-    if let Some(service) = state.service_by_ip(&ip) {
+    if let Some(service) = state
+        .service_by_ip(&ip)
+        .filter(|s| s.cluster_ips.contains(&ip) || serves_family(s, ip))
+    {
         let access = if service.cluster_ips.contains(&ip) {
             Access::ClusterIp
         } else if service.load_balancer_ips.contains(&ip) {
@@ -224,7 +240,10 @@ pub fn plan(state: &ProxyState, origin: Origin, destination: SocketAddr) -> Plan
     }
 
     if let Some(node) = state.node_by_ip(&ip) {
-        if let Some(service) = state.service_by_node_port(port) {
+        if let Some(service) = state
+            .service_by_node_port(port)
+            .filter(|s| serves_family(s, ip))
+        {
             let index = service
                 .ports
                 .iter()

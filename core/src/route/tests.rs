@@ -1626,3 +1626,29 @@ fn the_data_path_and_ferryctl_route_use_the_serving_nodes_zone() {
     assert_eq!(e.endpoints.len(), 1);
     assert_eq!(e.endpoints[0].zone.as_deref(), Some("a"));
 }
+
+#[test]
+fn a_single_stack_service_is_unknown_on_the_other_family() {
+    // kube-proxy runs one proxier per family: an IPv4-only service's node
+    // port on a node's IPv6 address, and its external IP of the other
+    // family, are not the service's.
+    let mut bodies = cluster();
+    bodies.push(node("n6", "fd00:18::6", None, true));
+    let mut svc = web();
+    svc.external_ips.push(ip("2001:db8::50"));
+    bodies.push(ResourceBody::Service(svc));
+    let s = ConfigStore::holding(&bodies).snapshot();
+    for (destination, is_service) in [
+        ("10.1.0.2:30080", true),
+        ("[fd00:18::6]:30080", false),
+        ("192.0.2.50:80", true),
+        ("[2001:db8::50]:80", false),
+    ] {
+        let p = plan(&s, Origin::Outside, sa(destination));
+        assert_eq!(
+            matches!(p, Plan::Service { .. }),
+            is_service,
+            "{destination}: {p:?}"
+        );
+    }
+}
