@@ -94,7 +94,15 @@ VALID_VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "imagePullSecrets": [{"name": "regcred"}, {"name": "mirror-pull"}],
         "logLevel": "debug",
-        "otlp": {"endpoint": "http://otel-collector.observability.svc:4317"},
+        "otlp": {
+            "endpoint": "https://otel-collector.observability.svc:4318",
+            "protocol": "http/protobuf",
+            "compression": "gzip",
+            "timeoutMillis": 5000,
+            "headersSecret": {"name": "otlp-api-key", "key": "headers"},
+            "caSecret": {"name": "observability-ca", "key": "ca.pem"},
+            "clientCertSecret": "ferry-otlp-client",
+        },
         "controlPlane": {
             "replicas": 3,
             "drainTimeoutSeconds": 25,
@@ -247,6 +255,11 @@ INVALID_VALUE_SETS: dict[str, dict[str, Any]] = {
     "capture interface name too long": {"proxy": {"captureInterface": "averyveryverylongname"}},
     "unknown OTLP sampler": {"otlp": {"sampler": "sometimes"}},
     "OTLP sampler ratio above 1": {"otlp": {"samplerArg": "2"}},
+    "OTLP over http/json": {"otlp": {"protocol": "http/json"}},
+    "OTLP zstd compression": {"otlp": {"compression": "zstd"}},
+    "OTLP timeout as a duration": {"otlp": {"timeoutMillis": "10s"}},
+    "OTLP headers Secret without a key": {"otlp": {"headersSecret": {"name": "k", "key": ""}}},
+    "OTLP CA Secret with an upper-case name": {"otlp": {"caSecret": {"name": "MyCA", "key": "ca.crt"}}},
     "string kubeProxyReplacement": {"proxy": {"kubeProxyReplacement": "yes"}},
     "iptables backend ipvs": {"proxy": {"iptablesBackend": "ipvs"}},
     "registry host in the repository": {"image": {"repository": "ghcr.io/ferry-mesh/ferry"}},
@@ -884,6 +897,20 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
         chart_env.append({"name": "OTEL_TRACES_SAMPLER", "value": values["otlp"]["sampler"]})
         if values["otlp"]["samplerArg"]:
             chart_env.append({"name": "OTEL_TRACES_SAMPLER_ARG", "value": values["otlp"]["samplerArg"]})
+        otlp = values["otlp"]
+        chart_env.append({"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": otlp["protocol"]})
+        chart_env.append({"name": "OTEL_EXPORTER_OTLP_COMPRESSION", "value": otlp["compression"]})
+        chart_env.append({"name": "OTEL_EXPORTER_OTLP_TIMEOUT", "value": str(otlp["timeoutMillis"])})
+        if otlp["headersSecret"]["name"]:
+            chart_env.append({
+                "name": "OTEL_EXPORTER_OTLP_HEADERS",
+                "valueFrom": {"secretKeyRef": {"name": otlp["headersSecret"]["name"], "key": otlp["headersSecret"]["key"]}},
+            })
+        if otlp["caSecret"]["name"]:
+            chart_env.append({"name": "OTEL_EXPORTER_OTLP_CERTIFICATE", "value": "/etc/ferry/otlp-ca/ca.crt"})
+        if otlp["clientCertSecret"]:
+            chart_env.append({"name": "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "value": "/etc/ferry/otlp-client/tls.crt"})
+            chart_env.append({"name": "OTEL_EXPORTER_OTLP_CLIENT_KEY", "value": "/etc/ferry/otlp-client/tls.key"})
         chart_env.append({"name": "FERRY_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
         chart_env.append({"name": "FERRY_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
         chart_env.append({
@@ -924,6 +951,26 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
         )
     else:
         expect("/var/lib/ferry" not in mounts, f"{ctx} no state folder when proxy.stateDir is empty")
+    otlp = values["otlp"]
+    if otlp["endpoint"] and otlp["caSecret"]["name"]:
+        expect_eq(
+            volumes[mounts["/etc/ferry/otlp-ca"]].get("secret"),
+            {"secretName": otlp["caSecret"]["name"], "items": [{"key": otlp["caSecret"]["key"], "path": "ca.crt"}]},
+            f"{ctx} proxy OTLP CA volume",
+        )
+    else:
+        expect("/etc/ferry/otlp-ca" not in mounts, f"{ctx} no OTLP CA volume without otlp.caSecret")
+    if otlp["endpoint"] and otlp["clientCertSecret"]:
+        expect_eq(
+            volumes[mounts["/etc/ferry/otlp-client"]].get("secret"),
+            {
+                "secretName": otlp["clientCertSecret"],
+                "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+            },
+            f"{ctx} proxy OTLP client certificate volume",
+        )
+    else:
+        expect("/etc/ferry/otlp-client" not in mounts, f"{ctx} no OTLP client volume without otlp.clientCertSecret")
     expect_eq(pod.get("automountServiceAccountToken"), False, f"{ctx} proxy automountServiceAccountToken")
 
     # --- ConfigMap ------------------------------------------------------------------

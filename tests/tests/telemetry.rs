@@ -292,10 +292,29 @@ fn collect_exprs(v: &serde_json::Value, out: &mut BTreeSet<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_node_connection_is_one_trace_and_a_dead_collector_costs_nothing(
 ) -> anyhow::Result<()> {
-    let receiver = Receiver::start("127.0.0.1:0".parse()?).await?;
+    // The collector as an operator would run it: HTTPS with a private CA,
+    // HTTP/protobuf, gzip, an API key header, all set by the standard
+    // variables the proxy reads from its environment.
+    let pki = ferry_tests::otlp::TestPki::new()?;
+    let receiver = Receiver::start_with_options(
+        "127.0.0.1:0".parse()?,
+        ferry_tests::otlp::ReceiverOptions {
+            http: true,
+            tls: Some(pki.server.clone()),
+            client_ca: None,
+        },
+    )
+    .await?;
     let options = MeshOptions {
         proxy_env: vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("https://{}", receiver.address),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE".into(), pki.path("ca.pem")),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION".into(), "gzip".into()),
+            ("OTEL_EXPORTER_OTLP_HEADERS".into(), "api-key=k1".into()),
             ("FERRY_LOG_FORMAT".into(), "json".into()),
         ],
         ..mtls()
@@ -312,6 +331,9 @@ async fn a_cross_node_connection_is_one_trace_and_a_dead_collector_costs_nothing
         Ok(client.zip(server).map(|(c, s)| (c.clone(), s.clone())))
     })?;
     let (client, server) = spans;
+    let request = &receiver.requests()[0];
+    assert_eq!(request.header("content-encoding"), Some("gzip"));
+    assert_eq!(request.header("api-key"), Some("k1"));
     assert_eq!(client.span.trace_id, server.span.trace_id);
     assert_eq!(server.span.parent_span_id, client.span.span_id);
     assert!(

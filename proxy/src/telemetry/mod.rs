@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod metrics;
+pub mod otlp;
 pub mod trace;
 
 use std::fmt::Display;

@@ -38,8 +38,8 @@ const EXPORT_DEADLINE: Duration = Duration::from_secs(5);
 /// Errors setting tracing up.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("OTLP exporter: {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error(transparent)]
+    Otlp(#[from] super::otlp::OtlpError),
 }
 
 /// The tracer of a proxy with OTLP export.
@@ -72,9 +72,19 @@ impl Tracing {
         if !configured() {
             return Ok(None);
         }
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
+        let settings = super::otlp::OtlpSettings::from_lookup(|name| std::env::var(name).ok())?;
+        Self::with_settings(&settings, node, exported, dropped).map(Some)
+    }
+
+    /// Builds the OTLP pipeline from explicit settings; must run inside
+    /// the tokio runtime.
+    pub fn with_settings(
+        settings: &super::otlp::OtlpSettings,
+        node: &str,
+        exported: Counter,
+        dropped: Counter,
+    ) -> Result<Self, TraceError> {
+        let mut exporter = settings.exporter()?;
         // `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` are read by
         // the builder's detectors; the name is set only when not given.
         let mut resource =
@@ -90,10 +100,10 @@ impl Tracing {
             .with_span_processor(QueueProcessor { queue, dropped })
             .with_resource(resource)
             .build();
-        Ok(Some(Self {
+        Ok(Self {
             tracer: provider.tracer("ferry-proxy"),
             _provider: provider,
-        }))
+        })
     }
 
     /// Starts a connection span; `parent` joins it to the other side's trace.
