@@ -61,6 +61,9 @@ pub struct Workload {
     pub terminating: bool,
     /// Its traffic is carried by the mesh (HBONE capable).
     pub mesh: bool,
+    /// The workload the pod belongs to (its Deployment, StatefulSet,
+    /// DaemonSet, CronJob or Job), for telemetry; `None`: the pod alone.
+    pub controller: Option<String>,
 }
 
 impl Workload {

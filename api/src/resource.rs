@@ -398,6 +398,7 @@ fn workload_to_proto(w: &Workload) -> proto::Workload {
         ready: w.ready,
         terminating: w.terminating,
         mesh: w.mesh,
+        controller: w.controller.clone().unwrap_or_default(),
     }
 }
 
@@ -428,6 +429,7 @@ fn workload_from_proto(w: proto::Workload) -> Result<Workload, FieldError> {
         ready: w.ready,
         terminating: w.terminating,
         mesh: w.mesh,
+        controller: non_empty(w.controller),
     })
 }
 
@@ -826,6 +828,7 @@ mod tests {
             ready: true,
             terminating: false,
             mesh: true,
+            controller: None,
         }
     }
 

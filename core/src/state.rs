@@ -47,7 +47,7 @@ pub struct ProxyState {
     /// One shared `PeerLabels` per distinct (namespace, app, identity):
     /// pods of one app share it, so labels cost a map entry per pod.
     peer_sets: imbl::HashMap<String, Arc<PeerLabels>>,
-    service_hosts: imbl::HashMap<String, Arc<str>>,
+    service_hosts: imbl::HashMap<String, Arc<ServiceLabels>>,
     trust_domain: Arc<str>,
     /// When the last delta was applied.
     updated_at: Option<std::time::SystemTime>,
@@ -85,6 +85,64 @@ pub struct PeerLabels {
     pub namespace: Arc<str>,
     /// The SPIFFE identity, or empty outside the mesh.
     pub principal: Arc<str>,
+    /// The names Istio's standard metrics give it.
+    pub istio: IstioPeer,
+}
+
+/// A workload as Istio's standard metrics name it (its `source_*` and
+/// `destination_*` labels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IstioPeer {
+    /// The pod's controller (Deployment, StatefulSet...), else the pod.
+    pub workload: Arc<str>,
+    /// `service.istio.io/canonical-name`, else `app.kubernetes.io/name`,
+    /// else `app`, else the workload.
+    pub canonical_service: Arc<str>,
+    /// `service.istio.io/canonical-revision`, else
+    /// `app.kubernetes.io/version`, else `version`, else `latest`.
+    pub canonical_revision: Arc<str>,
+    /// `app` (else `app.kubernetes.io/name`), else `unknown`.
+    pub app: Arc<str>,
+    /// `version` (else `app.kubernetes.io/version`), else `unknown`.
+    pub version: Arc<str>,
+}
+
+impl IstioPeer {
+    fn of(w: &Workload) -> [&str; 5] {
+        let label = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| w.labels.get(*n))
+                .map(String::as_str)
+        };
+        let workload = w.controller.as_deref().unwrap_or(&w.name);
+        [
+            workload,
+            label(&[
+                "service.istio.io/canonical-name",
+                "app.kubernetes.io/name",
+                "app",
+            ])
+            .unwrap_or(workload),
+            label(&[
+                "service.istio.io/canonical-revision",
+                "app.kubernetes.io/version",
+                "version",
+            ])
+            .unwrap_or("latest"),
+            label(&["app", "app.kubernetes.io/name"]).unwrap_or("unknown"),
+            label(&["version", "app.kubernetes.io/version"]).unwrap_or("unknown"),
+        ]
+    }
+}
+
+/// How telemetry names a service: its host name, name and namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLabels {
+    /// `name.namespace.svc.<cluster domain>`.
+    pub host: Arc<str>,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
 }
 
 impl PeerLabels {
@@ -103,7 +161,13 @@ impl PeerLabels {
         } else {
             ""
         };
-        format!("{}\0{}\0{}", w.namespace, Self::app(w), service_account)
+        let istio = IstioPeer::of(w).join("\0");
+        format!(
+            "{}\0{}\0{}\0{istio}",
+            w.namespace,
+            Self::app(w),
+            service_account
+        )
     }
 
     fn of(w: &Workload, trust_domain: &str) -> Self {
@@ -122,6 +186,17 @@ impl PeerLabels {
                 )
             } else {
                 Arc::from("")
+            },
+            istio: {
+                let [workload, canonical_service, canonical_revision, app, version] =
+                    IstioPeer::of(w).map(Arc::<str>::from);
+                IstioPeer {
+                    workload,
+                    canonical_service,
+                    canonical_revision,
+                    app,
+                    version,
+                }
             },
         }
     }
@@ -248,8 +323,8 @@ impl ProxyState {
         self.workloads_by_ip.get(ip)
     }
 
-    /// The telemetry label of a service: its host name, shared.
-    pub fn service_label(&self, service: &Service) -> Option<&Arc<str>> {
+    /// The telemetry labels of a service, shared.
+    pub fn service_label(&self, service: &Service) -> Option<&Arc<ServiceLabels>> {
         self.service_hosts.get(service.hostname.as_str())
     }
 
@@ -501,8 +576,14 @@ impl ProxyState {
                 }
             }
             ResourceBody::Service(s) => {
-                self.service_hosts
-                    .insert(s.hostname.clone(), Arc::from(s.hostname.as_str()));
+                self.service_hosts.insert(
+                    s.hostname.clone(),
+                    Arc::new(ServiceLabels {
+                        host: Arc::from(s.hostname.as_str()),
+                        name: Arc::from(s.name.as_str()),
+                        namespace: Arc::from(s.namespace.as_str()),
+                    }),
+                );
                 Self::index_keys(&mut self.services_by_ip, Self::service_ips(s), &entry);
                 Self::index_keys(
                     &mut self.services_by_node_port,
@@ -688,6 +769,7 @@ mod tests {
             ready: true,
             terminating: false,
             mesh: true,
+            controller: None,
         })
     }
 
@@ -791,10 +873,12 @@ mod tests {
     #[test]
     fn telemetry_labels_are_shared_by_the_pods_of_an_app() {
         let store = ConfigStore::default();
+        // Pods of one Deployment (their controller).
         let labelled = |name: &str, ip: &str, app: &str| {
             let mut body = workload(name, ip);
             if let ResourceBody::Workload(w) = &mut body {
                 w.labels.insert("app".into(), app.into());
+                w.controller = Some(app.into());
             }
             body
         };
@@ -818,9 +902,42 @@ mod tests {
             "spiffe://cluster.local/ns/default/sa/default"
         );
         assert_eq!(&*c.workload, "db");
+        // Istio's names: the controller, the app as canonical service, no
+        // revision or version labels.
+        assert_eq!(
+            [
+                &*a.istio.workload,
+                &*a.istio.canonical_service,
+                &*a.istio.canonical_revision,
+                &*a.istio.app,
+                &*a.istio.version
+            ],
+            ["web", "web", "latest", "web", "unknown"]
+        );
+        // A version label is part of the set: v2 pods do not share v1's.
+        let mut v2 = labelled("d", "10.0.0.4", "web");
+        if let ResourceBody::Workload(w) = &mut v2 {
+            w.labels.insert("version".into(), "v2".into());
+            w.labels.insert(
+                "service.istio.io/canonical-name".into(),
+                "storefront".into(),
+            );
+        }
+        store.apply(response(2, &[v2], &[]));
+        let s = store.snapshot();
+        let d = s.peer_labels(&"10.0.0.4".parse().unwrap()).unwrap();
+        assert_eq!(
+            [
+                &*d.istio.canonical_service,
+                &*d.istio.canonical_revision,
+                &*d.istio.version
+            ],
+            ["storefront", "v2", "v2"]
+        );
+        assert_eq!(&*d.workload, "web");
         // A pod's address moves, another pod goes: the index follows.
         store.apply(response(
-            2,
+            3,
             &[labelled("a", "10.0.0.9", "web")],
             &[ResourceKey::new(Kind::Workload, "default/c")],
         ));

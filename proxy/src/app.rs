@@ -235,7 +235,11 @@ impl App {
         let xds = XdsClient::new(endpoint, &config.node, store.clone(), config.xds.clone())
             .with_token(token);
 
-        let metrics = Metrics::new();
+        let metrics = if config.istio_metrics {
+            Metrics::new().with_istio()
+        } else {
+            Metrics::new()
+        };
         // Telemetry never stops the data path: a tracing setting that
         // cannot be honoured is logged once and tracing is off.
         let tracing_pipeline = match Tracing::from_env(

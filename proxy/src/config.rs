@@ -188,6 +188,10 @@ pub struct Args {
     /// target `ferry::access`, in the --log-format); 0 turns them off.
     #[arg(long, env = "FERRY_ACCESS_LOG_RATE", default_value_t = 100)]
     pub access_log_rate: u32,
+    /// Also export Istio's standard TCP metrics (`istio_tcp_*` with Istio's
+    /// labels and byte directions), for Kiali and the Istio dashboards.
+    #[arg(long, env = "FERRY_ISTIO_METRICS")]
+    pub istio_metrics: bool,
 }
 
 /// How the proxy proves its node to the control plane and obtains
@@ -259,6 +263,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Access log lines per second at most; 0: none.
     pub access_log_rate: u32,
+    /// Istio's standard TCP metrics as well.
+    pub istio_metrics: bool,
     /// What one admin client may hold.
     pub admin_limits: AdminLimits,
     /// Where state is kept across restarts; `None`: nowhere.
@@ -387,6 +393,7 @@ impl Config {
             drain_timeout: args.drain_timeout,
             log_format: args.log_format,
             access_log_rate: args.access_log_rate,
+            istio_metrics: args.istio_metrics,
             admin_limits,
             state: args.state_dir.map(|dir| StateSettings {
                 dir,

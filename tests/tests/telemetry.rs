@@ -41,7 +41,14 @@ async fn echo(c: &Cluster, to: &str, port: u16, payload: &[u8]) -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_connections_bytes_failures_and_state() -> anyhow::Result<()> {
-    let c = Cluster::start(38, mtls()).await?;
+    let c = Cluster::start(
+        38,
+        MeshOptions {
+            proxy_args: vec!["--istio-metrics".into()],
+            ..mtls()
+        },
+    )
+    .await?;
     let n = c.n;
     // Traffic: through the service and to a pod on the other node.
     let payload = vec![7u8; 100_000];
@@ -83,6 +90,7 @@ async fn metrics_count_connections_bytes_failures_and_state() -> anyhow::Result<
 
     let a = scrape(&c, "node-a")?;
     let b = scrape(&c, "node-b")?;
+    istio_metrics_mirror_ferrys(&a, &b);
     let client = [
         ("source_workload", "client"),
         ("source_namespace", "shop"),
@@ -263,6 +271,102 @@ async fn metrics_count_connections_bytes_failures_and_state() -> anyhow::Result<
 }
 
 /// The `ferry_*` metric names in every `expr` of a dashboard.
+/// `--istio-metrics`: Istio's TCP metrics with Istio's label names and
+/// values, and its byte directions (received: client to server; sent:
+/// server to client), the same counts as Ferry's own.
+fn istio_metrics_mirror_ferrys(a: &[Sample], b: &[Sample]) {
+    let client = [
+        ("source_workload", "client"),
+        ("source_workload_namespace", "shop"),
+        ("source_canonical_service", "client"),
+        ("source_canonical_revision", "latest"),
+        ("source_app", "client"),
+        ("source_version", "unknown"),
+        ("source_cluster", "Kubernetes"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/shop/sa/client",
+        ),
+        ("request_protocol", "tcp"),
+        ("response_flags", "-"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        client.iter().chain(extra).copied().collect()
+    };
+    // The 100 kB echo to backend-b1, reported by its node over mTLS.
+    let to_b1 = with(&[
+        ("reporter", "destination"),
+        ("destination_workload", "backend-b1"),
+        ("destination_canonical_service", "backend"),
+        ("destination_app", "backend"),
+        ("destination_workload_namespace", "shop"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/shop/sa/backend",
+        ),
+        ("destination_service", "unknown"),
+        ("connection_security_policy", "mutual_tls"),
+    ]);
+    let request = prom::sum(b, "istio_tcp_received_bytes_total", &to_b1);
+    let response = prom::sum(b, "istio_tcp_sent_bytes_total", &to_b1);
+    assert!(request >= 100_000.0, "request bytes {request}");
+    assert!(response >= 100_000.0, "response bytes {response}");
+    let ferry = [
+        ("reporter", "destination"),
+        ("destination_workload", "backend"),
+        ("mode", "hbone"),
+    ];
+    assert_eq!(
+        (
+            prom::sum(
+                b,
+                "istio_tcp_received_bytes_total",
+                &[
+                    ("reporter", "destination"),
+                    ("connection_security_policy", "mutual_tls")
+                ]
+            ),
+            prom::sum(
+                b,
+                "istio_tcp_sent_bytes_total",
+                &[
+                    ("reporter", "destination"),
+                    ("connection_security_policy", "mutual_tls")
+                ]
+            ),
+        ),
+        (
+            prom::sum(b, "ferry_sent_bytes_total", &ferry),
+            prom::sum(b, "ferry_received_bytes_total", &ferry),
+        ),
+        "Istio's received is Ferry's sent (client to server), and the other way"
+    );
+    // The direct connection and the service's that went to backend-b1
+    // (the destination reports no service): all ended.
+    let opened = prom::sum(b, "istio_tcp_connections_opened_total", &to_b1);
+    assert!(opened >= 1.0, "{opened}");
+    assert_eq!(
+        prom::sum(b, "istio_tcp_connections_closed_total", &to_b1),
+        opened
+    );
+    // Through the service: its host, name and namespace, at the source.
+    let via_service = with(&[
+        ("reporter", "source"),
+        ("destination_service", "backend.shop.svc.cluster.local"),
+        ("destination_service_name", "backend"),
+        ("destination_service_namespace", "shop"),
+    ]);
+    assert_eq!(
+        prom::sum(a, "istio_tcp_connections_opened_total", &via_service),
+        3.0
+    );
+    assert_eq!(
+        prom::sum(a, "istio_tcp_connections_opened_total", &[]),
+        prom::sum(a, "ferry_connections_opened_total", &[]),
+        "one Istio count per Ferry count"
+    );
+}
+
 fn collect_exprs(v: &serde_json::Value, out: &mut BTreeSet<String>) {
     match v {
         serde_json::Value::Object(map) => {

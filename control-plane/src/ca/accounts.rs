@@ -105,6 +105,7 @@ mod tests {
             ready: true,
             terminating: false,
             mesh,
+            controller: None,
         });
         Change::Upsert(
             body.key(),

@@ -144,8 +144,44 @@ pub fn workload(
         terminating: pod.metadata.deletion_timestamp.is_some(),
         // Host-network pods share the node's address: nothing to capture.
         mesh: !host_network(pod) && in_mesh(&labels, namespace_labels, options),
+        controller: controller(pod),
         labels,
     })
+}
+
+/// The workload a pod belongs to, as Istio's telemetry names it: the
+/// controller in its owner references, with a ReplicaSet made by a
+/// Deployment named after the Deployment (the ReplicaSet's name less the
+/// pod's `pod-template-hash`) and a Job made by a CronJob after the
+/// CronJob (less the Job's numeric schedule suffix).
+pub fn controller(pod: &core::Pod) -> Option<String> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let name = owner.name.as_str();
+    let strip = |suffix: &str| {
+        name.strip_suffix(suffix)
+            .and_then(|n| n.strip_suffix('-'))
+            .filter(|n| !n.is_empty())
+    };
+    let derived = match owner.kind.as_str() {
+        "ReplicaSet" => pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash"))
+            .and_then(|hash| strip(hash)),
+        "Job" => name
+            .rsplit_once('-')
+            .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(base, _)| base)
+            .filter(|base| !base.is_empty()),
+        _ => None,
+    };
+    Some(derived.unwrap_or(name).to_string())
 }
 
 /// Whether the pod uses the node's network (and so is never in the mesh).

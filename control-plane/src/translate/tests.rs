@@ -341,6 +341,7 @@ status:
             ready: true,
             terminating: false,
             mesh: true,
+            controller: None,
         }
     );
 }
@@ -2431,4 +2432,43 @@ fn a_zone_change_retranslates_the_services_of_the_nodes_pods() {
         changes.iter().all(|c| !c.contains("service")),
         "{changes:?}"
     );
+}
+
+#[test]
+fn a_pods_controller_names_its_workload_for_telemetry() {
+    // (owner kind, owner name, pod-template-hash) -> controller
+    let cases = [
+        (
+            "ReplicaSet",
+            "web-7d9f8c6b5",
+            Some("7d9f8c6b5"),
+            Some("web"),
+        ),
+        ("ReplicaSet", "web-7d9f8c6b5", None, Some("web-7d9f8c6b5")),
+        ("StatefulSet", "db", None, Some("db")),
+        ("DaemonSet", "agent", None, Some("agent")),
+        ("Job", "report-28391040", None, Some("report")),
+        ("Job", "migrate", None, Some("migrate")),
+    ];
+    for (kind, name, hash, want) in cases {
+        let labels = match hash {
+            Some(h) => format!("{{app: web, pod-template-hash: \"{h}\"}}"),
+            None => "{app: web}".to_string(),
+        };
+        let p = with(
+            pod("shop", "a", &labels, "10.0.0.1"),
+            "uid: uid-a,",
+            &format!(
+                "uid: uid-a, ownerReferences: [{{apiVersion: apps/v1, kind: {kind}, name: {name}, uid: o1, controller: true}}],"
+            ),
+        );
+        let t = translated(&[p]);
+        assert_eq!(
+            workload(&t, "shop/a").controller.as_deref(),
+            want,
+            "{kind} {name}"
+        );
+    }
+    let t = translated(&[pod("shop", "a", "{app: web}", "10.0.0.1")]);
+    assert_eq!(workload(&t, "shop/a").controller, None, "no owner");
 }

@@ -57,6 +57,7 @@ pub(crate) fn pod(name: &str, address: &str, node: &str, mesh: bool) -> Workload
         ready: true,
         terminating: false,
         mesh,
+        controller: None,
     }
 }
 

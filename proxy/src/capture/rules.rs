@@ -679,6 +679,7 @@ mod tests {
             ready: true,
             terminating: false,
             mesh,
+            controller: None,
         })
     }
 

@@ -453,7 +453,7 @@ impl Outbound {
         Ok(Connected {
             upstream,
             tracked,
-            service: parties.service.clone(),
+            service: parties.service.as_ref().map(|s| s.host.clone()),
             endpoint,
             mode,
             telemetry,

@@ -200,6 +200,8 @@ pub struct Metrics {
     /// Connections made from the node's address although client
     /// addresses are kept, by reason (`net::transparent`).
     pub client_address_fallbacks: Family<crate::net::transparent::FallbackLabels, Counter>,
+    /// Istio's standard TCP metrics, when on (`--istio-metrics`).
+    pub istio: Option<super::istio::IstioMetrics>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -236,6 +238,7 @@ impl Metrics {
             spans_exported: Counter::default(),
             spans_dropped: Counter::default(),
             access_logs_suppressed: Counter::default(),
+            istio: None,
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -340,10 +343,25 @@ impl Metrics {
         }
     }
 
-    /// The text exposition (OpenMetrics text, which Prometheus reads).
+    /// With Istio's standard TCP metrics as well.
+    pub fn with_istio(self) -> Self {
+        Self {
+            istio: Some(super::istio::IstioMetrics::new()),
+            ..self
+        }
+    }
+
+    /// The text exposition (OpenMetrics text, which Prometheus reads):
+    /// Ferry's metrics, then Istio's when on, one `# EOF`.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        if let Some(istio) = &self.istio {
+            if out.ends_with("# EOF\n") {
+                out.truncate(out.len() - "# EOF\n".len());
+            }
+            istio.encode(&mut out)?;
+        }
         Ok(out)
     }
 }

@@ -4,6 +4,7 @@
 //! ([`Telemetry::begin`] and [`ConnectionTelemetry`], [`Telemetry::failure`]).
 
 pub mod access;
+pub mod istio;
 pub mod metrics;
 pub mod otlp;
 pub mod trace;
@@ -16,7 +17,8 @@ use std::time::Instant;
 use opentelemetry::trace::{Span as _, SpanKind, Status};
 use opentelemetry::{Context, KeyValue, StringValue};
 
-use ferry_core::state::PeerLabels;
+use ferry_core::state::{PeerLabels, ServiceLabels};
+use istio::IstioLabels;
 use metrics::{
     Carried, ConnectionLabels, FailureLabels, FailureReason, Metrics, ModeLabels, Reporter,
 };
@@ -28,6 +30,8 @@ pub struct Telemetry {
     tracing: Option<trace::Tracing>,
     access: access::RateLimit,
     empty: Arc<str>,
+    /// Istio's label values for what is not known.
+    unknown: Arc<str>,
 }
 
 /// The parties of a connection as telemetry names them; `None` for an
@@ -36,7 +40,7 @@ pub struct Telemetry {
 pub struct Parties {
     pub source: Option<Arc<PeerLabels>>,
     pub destination: Option<Arc<PeerLabels>>,
-    pub service: Option<Arc<str>>,
+    pub service: Option<Arc<ServiceLabels>>,
 }
 
 impl Telemetry {
@@ -52,6 +56,7 @@ impl Telemetry {
             tracing,
             access: access::RateLimit::new(access_logs_per_second, suppressed),
             empty: Arc::from(""),
+            unknown: Arc::from("unknown"),
         })
     }
 
@@ -87,9 +92,69 @@ impl Telemetry {
             destination_principal: dp.clone(),
             destination_service: parties
                 .service
-                .clone()
-                .unwrap_or_else(|| self.empty.clone()),
+                .as_ref()
+                .map_or_else(|| self.empty.clone(), |s| s.host.clone()),
             mode,
+        }
+    }
+
+    /// Istio's labels for a connection (when Istio's metrics are on).
+    fn istio_labels(&self, reporter: Reporter, parties: &Parties, mode: Carried) -> IstioLabels {
+        let u = &self.unknown;
+        let peer = |p: Option<&Arc<PeerLabels>>| match p {
+            Some(p) => [
+                p.istio.workload.clone(),
+                p.istio.canonical_service.clone(),
+                p.istio.canonical_revision.clone(),
+                p.namespace.clone(),
+                if p.principal.is_empty() {
+                    u.clone()
+                } else {
+                    p.principal.clone()
+                },
+                p.istio.app.clone(),
+                p.istio.version.clone(),
+            ],
+            None => [
+                u.clone(),
+                u.clone(),
+                u.clone(),
+                u.clone(),
+                u.clone(),
+                u.clone(),
+                u.clone(),
+            ],
+        };
+        let [sw, scs, scr, sn, sp, sa, sv] = peer(parties.source.as_ref());
+        let [dw, dcs, dcr, dn, dp, da, dv] = peer(parties.destination.as_ref());
+        let (service, service_name, service_namespace) = match &parties.service {
+            Some(s) => (s.host.clone(), s.name.clone(), s.namespace.clone()),
+            None => (u.clone(), u.clone(), u.clone()),
+        };
+        IstioLabels {
+            reporter,
+            source_workload: sw,
+            source_canonical_service: scs,
+            source_canonical_revision: scr,
+            source_workload_namespace: sn,
+            source_principal: sp,
+            source_app: sa,
+            source_version: sv,
+            source_cluster: istio::ISTIO_CLUSTER,
+            destination_service: service,
+            destination_service_namespace: service_namespace,
+            destination_service_name: service_name,
+            destination_workload: dw,
+            destination_canonical_service: dcs,
+            destination_canonical_revision: dcr,
+            destination_workload_namespace: dn,
+            destination_principal: dp,
+            destination_app: da,
+            destination_version: dv,
+            destination_cluster: istio::ISTIO_CLUSTER,
+            request_protocol: "tcp",
+            response_flags: "-",
+            connection_security_policy: if mode.mtls() { "mutual_tls" } else { "none" },
         }
     }
 
@@ -105,7 +170,7 @@ impl Telemetry {
     ) {
         let (sw, sn, sp) = self.part(parties.source.as_ref());
         let (dw, dn, _) = self.part(parties.destination.as_ref());
-        let service = parties.service.as_ref().unwrap_or(&self.empty);
+        let service = parties.service.as_ref().map_or(&self.empty, |s| &s.host);
         self.metrics
             .connection_failures
             .get_or_create(&FailureLabels {
@@ -156,6 +221,11 @@ impl Telemetry {
         parent: Option<&Context>,
     ) -> ConnectionTelemetry {
         let labels = self.labels(reporter, parties, mode);
+        let istio = self
+            .metrics
+            .istio
+            .is_some()
+            .then(|| self.istio_labels(reporter, parties, mode));
         let span = self
             .tracing
             .as_ref()
@@ -163,6 +233,7 @@ impl Telemetry {
         ConnectionTelemetry {
             telemetry: self.clone(),
             labels,
+            istio,
             client,
             target,
             started: Instant::now(),
@@ -234,6 +305,8 @@ fn start_span(
 pub struct ConnectionTelemetry {
     telemetry: Arc<Telemetry>,
     labels: ConnectionLabels,
+    /// Istio's labels, when Istio's metrics are on.
+    istio: Option<IstioLabels>,
     client: SocketAddr,
     target: SocketAddr,
     started: Instant,
@@ -256,6 +329,9 @@ impl ConnectionTelemetry {
         }
         let metrics = &self.telemetry.metrics;
         metrics.connections_opened.get_or_create(&self.labels).inc();
+        if let (Some(istio), Some(labels)) = (&metrics.istio, &self.istio) {
+            istio.connections_opened.get_or_create(labels).inc();
+        }
         metrics
             .open_connections
             .get_or_create(&ModeLabels {
@@ -283,6 +359,13 @@ impl ConnectionTelemetry {
         t.metrics.connections_closed.get_or_create(l).inc();
         t.metrics.sent_bytes.get_or_create(l).inc_by(sent);
         t.metrics.received_bytes.get_or_create(l).inc_by(received);
+        if let (Some(istio), Some(labels)) = (&t.metrics.istio, &self.istio) {
+            // Istio's convention: "received" is the request direction
+            // (client to server), "sent" the response (server to client).
+            istio.connections_closed.get_or_create(labels).inc();
+            istio.received_bytes.get_or_create(labels).inc_by(sent);
+            istio.sent_bytes.get_or_create(labels).inc_by(received);
+        }
         let mode = ModeLabels {
             reporter: l.reporter,
             mode: l.mode,
