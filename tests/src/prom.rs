@@ -10,11 +10,27 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// The exemplar of each sample that has one: (sample, exemplar labels,
+/// exemplar value).
+pub fn exemplars(text: &str) -> Vec<(Sample, BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter_map(|line| {
+            let (sample, exemplar) = line.split_once(" # {")?;
+            let sample = parse(sample).pop()?;
+            let (labels, rest) = exemplar.split_once('}')?;
+            let value = rest.split_whitespace().next()?.parse().ok()?;
+            Some((sample, parse_labels(labels)?, value))
+        })
+        .collect()
+}
+
 /// Every sample of the exposition (comments skipped).
 pub fn parse(text: &str) -> Vec<Sample> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|line| {
+            // An OpenMetrics exemplar follows ` # `: not part of the sample.
+            let line = line.split(" # ").next()?;
             let (series, value) = line.rsplit_once(' ')?;
             let value = value.parse().ok()?;
             let (name, labels) = match series.split_once('{') {

@@ -270,7 +270,6 @@ async fn metrics_count_connections_bytes_failures_and_state() -> anyhow::Result<
     Ok(())
 }
 
-/// The `ferry_*` metric names in every `expr` of a dashboard.
 /// `--istio-metrics`: Istio's TCP metrics with Istio's label names and
 /// values, and its byte directions (received: client to server; sent:
 /// server to client), the same counts as Ferry's own.
@@ -367,6 +366,7 @@ fn istio_metrics_mirror_ferrys(a: &[Sample], b: &[Sample]) {
     );
 }
 
+/// The `ferry_*` metric names in every `expr` of a dashboard.
 fn collect_exprs(v: &serde_json::Value, out: &mut BTreeSet<String>) {
     match v {
         serde_json::Value::Object(map) => {
@@ -486,6 +486,23 @@ async fn a_cross_node_connection_is_one_trace_and_a_dead_collector_costs_nothing
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    // The connection-duration histogram carries the trace as an
+    // OpenMetrics exemplar, on both sides.
+    for node in ["node-a", "node-b"] {
+        let admin = c.mesh.proxy(node)?.admin;
+        let (_, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"))?;
+        let exemplars = prom::exemplars(&text);
+        let found = exemplars.iter().find(|(sample, labels, value)| {
+            sample.name == "ferry_connection_duration_seconds_bucket"
+                && sample.labels.get("mode").map(String::as_str) == Some("hbone")
+                && labels.get("trace_id") == Some(&trace_id)
+                && *value >= 0.0
+        });
+        assert!(
+            found.is_some(),
+            "{node}: no exemplar with trace {trace_id}: {exemplars:?}"
+        );
+    }
     for node in ["node-a", "node-b"] {
         let log = c.mesh.proxy(node)?.process.log();
         let line = log

@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 /// Which side of a connection reports it.
@@ -165,6 +166,18 @@ pub struct IdentityLabel {
     pub identity: String,
 }
 
+/// The exemplar of a connection-duration observation: the trace of the
+/// connection (OpenMetrics exemplars, for a jump from a latency panel to
+/// the trace).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabel {
+    pub trace_id: String,
+}
+
+/// The connection-duration histogram, with the trace of a recent
+/// connection per bucket as its exemplar.
+pub type DurationHistogram = HistogramWithExemplars<TraceLabel>;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
     pub reporter: Reporter,
@@ -182,7 +195,7 @@ pub struct Metrics {
     /// Bytes from the server back to the client.
     pub received_bytes: Family<ConnectionLabels, Counter>,
     pub connection_failures: Family<FailureLabels, Counter>,
-    pub connection_duration: Family<ModeLabels, Histogram, fn() -> Histogram>,
+    pub connection_duration: Family<ModeLabels, DurationHistogram, fn() -> DurationHistogram>,
     pub open_connections: Family<ModeLabels, Gauge>,
     pub config_revision: Gauge,
     pub config_updated: Gauge<f64, AtomicU64>,
@@ -204,9 +217,9 @@ pub struct Metrics {
     pub istio: Option<super::istio::IstioMetrics>,
 }
 
-fn duration_histogram() -> Histogram {
+fn duration_histogram() -> DurationHistogram {
     // 1 ms to ~9 h.
-    Histogram::new(exponential_buckets(0.001, 4.0, 13))
+    HistogramWithExemplars::new(exponential_buckets(0.001, 4.0, 13))
 }
 
 impl Default for Metrics {

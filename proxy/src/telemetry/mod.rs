@@ -370,14 +370,19 @@ impl ConnectionTelemetry {
             reporter: l.reporter,
             mode: l.mode,
         };
-        t.metrics
-            .connection_duration
-            .get_or_create(&mode)
-            .observe(elapsed.as_secs_f64());
+        let trace_id = self
+            .span
+            .as_ref()
+            .map(|span| span.span_context().trace_id());
+        t.metrics.connection_duration.get_or_create(&mode).observe(
+            elapsed.as_secs_f64(),
+            trace_id.map(|id| metrics::TraceLabel {
+                trace_id: id.to_string(),
+            }),
+            None,
+        );
         t.metrics.open_connections.get_or_create(&mode).dec();
-        let mut trace_id = None;
         if let Some(span) = self.span.as_mut() {
-            trace_id = Some(span.span_context().trace_id());
             span.set_attribute(KeyValue::new("ferry.sent_bytes", sent as i64));
             span.set_attribute(KeyValue::new("ferry.received_bytes", received as i64));
             span.set_attribute(KeyValue::new("ferry.outcome", outcome));
