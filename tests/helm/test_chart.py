@@ -1183,7 +1183,9 @@ def check_monitoring(ctx: str, values: dict[str, Any], docs: list[dict[str, Any]
             "FerryCertificateExpiringSoon",
             "FerryClientAddressFallbacks",
             "FerryControlPlaneNacks",
+            "FerryDaemonDown",
             "FerryMTLSFailures",
+            "FerryPolicyDenialSpike",
             "FerryNoProxyConnected",
             "FerryPodsOutsideCaptureInterface",
             "FerryProxyNotConfigured",
@@ -1195,6 +1197,133 @@ def check_monitoring(ctx: str, values: dict[str, Any], docs: list[dict[str, Any]
         alerts["FerryCertificateExpiringSoon"]["expr"].endswith(f"< {margin}"),
         f"{what} certificate alert threshold: a quarter of workloadCertTTL ({margin}s): {alerts['FerryCertificateExpiringSoon']['expr']!r}",
     )
+    check_alert_values(what, pr["spec"]["groups"], margin)
+
+
+# ---------------------------------------------------------------------------
+# Alert expressions evaluated by Prometheus (promtool test rules)
+
+
+def alert_cases(margin: int) -> dict[str, dict[str, Any]]:
+    """For each alert: synthetic series (promtool's expanding notation, one
+    sample a minute), and what its expression must give at a time: the
+    series that fire, with their labels and values, or none for the series
+    that must not fire."""
+    proxy = 'instance="10.0.0.1:15020"'
+    return {
+        "FerryNoProxyConnected": {
+            "series": [
+                ('ferry_cp_connected_proxies{instance="cp-0:15014"}', "0x20"),
+                ('ferry_cp_connected_proxies{instance="cp-1:15014"}', "0x20"),
+            ],
+            "at": "10m",
+            "expect": [({}, 0)],
+            "quiet_series": [
+                ('ferry_cp_connected_proxies{instance="cp-0:15014"}', "0x20"),
+                ('ferry_cp_connected_proxies{instance="cp-1:15014"}', "3x20"),
+            ],
+        },
+        "FerryProxyNotConfigured": {
+            # 60 refusals a minute: one a second.
+            "series": [(f'ferry_connection_failures_total{{{proxy},reporter="source",reason="not_configured"}}', "0+60x20")],
+            "at": "10m",
+            "expect": [({"instance": "10.0.0.1:15020"}, 1)],
+            "quiet_series": [(f'ferry_connection_failures_total{{{proxy},reporter="source",reason="no_endpoints"}}', "0+60x20")],
+        },
+        "FerryMTLSFailures": {
+            "series": [(f'ferry_connection_failures_total{{{proxy},reporter="source",reason="tls_failure"}}', "0+30x20")],
+            "at": "10m",
+            "expect": [({"instance": "10.0.0.1:15020"}, 0.5)],
+            "quiet_series": [(f'ferry_connection_failures_total{{{proxy},reporter="source",reason="tls_failure"}}', "5x20")],
+        },
+        "FerryCertificateExpiringSoon": {
+            # Expires at 3600 s; at 10 m (600 s) it has 3000 s left.
+            "series": [(f'ferry_certificate_expiry_timestamp_seconds{{{proxy},identity="spiffe://cluster.local/ns/a/sa/b"}}', "3600x20")],
+            "at": "10m",
+            "expect": [({"instance": "10.0.0.1:15020", "identity": "spiffe://cluster.local/ns/a/sa/b"}, 3000)] if 3000 < margin else [],
+            "quiet_series": [(f'ferry_certificate_expiry_timestamp_seconds{{{proxy},identity="spiffe://cluster.local/ns/a/sa/b"}}', f"{margin + 3600}x20")],
+        },
+        "FerryControlPlaneNacks": {
+            "series": [('ferry_cp_nacks_total{instance="cp-0:15014"}', "0+6x20")],
+            "at": "15m",
+            "expect": [({}, 0.1)],
+            "quiet_series": [('ferry_cp_nacks_total{instance="cp-0:15014"}', "2x20")],
+        },
+        "FerryPodsOutsideCaptureInterface": {
+            "series": [(f"ferry_capture_pods_outside_interface{{{proxy}}}", "2x20")],
+            "at": "10m",
+            "expect": [({"instance": "10.0.0.1:15020"}, 2)],
+            "quiet_series": [(f"ferry_capture_pods_outside_interface{{{proxy}}}", "0x20")],
+        },
+        "FerryClientAddressFallbacks": {
+            "series": [
+                (f'ferry_client_address_fallbacks_total{{{proxy},reason="not_permitted"}}', "0+6x20"),
+                (f'ferry_client_address_fallbacks_total{{{proxy},reason="same_link"}}', "0+600x20"),
+            ],
+            "at": "15m",
+            "expect": [({"instance": "10.0.0.1:15020", "reason": "not_permitted"}, 0.1)],
+            "quiet_series": [(f'ferry_client_address_fallbacks_total{{{proxy},reason="same_link"}}', "0+600x20")],
+        },
+        "FerryDaemonDown": {
+            # Scraped for 10 minutes, then gone; another keeps answering.
+            "series": [
+                (f'ferry_build_info{{{proxy},version="0.1.0",commit="abc"}}', "1x10 _x20"),
+                ('ferry_build_info{instance="10.0.0.2:15020",version="0.1.0",commit="abc"}', "1x30"),
+            ],
+            "at": "20m",
+            "expect": [({"instance": "10.0.0.1:15020"}, 1)],
+            "quiet_series": [(f'ferry_build_info{{{proxy},version="0.1.0",commit="abc"}}', "1x30")],
+        },
+        "FerryPolicyDenialSpike": {
+            # 3 a second to shop/db, counted once (at the denying proxy);
+            # a trickle to shop/web stays quiet.
+            "series": [
+                (f'ferry_connection_failures_total{{{proxy},reporter="destination",reason="policy_denied",destination_namespace="shop",destination_workload="db"}}', "0+180x20"),
+                (f'ferry_connection_failures_total{{{proxy},reporter="destination",reason="policy_denied",destination_namespace="shop",destination_workload="web"}}', "0+6x20"),
+            ],
+            "at": "10m",
+            "expect": [({"destination_namespace": "shop", "destination_workload": "db"}, 3)],
+            "quiet_series": [
+                (f'ferry_connection_failures_total{{{proxy},reporter="destination",reason="policy_denied",destination_namespace="shop",destination_workload="web"}}', "0+6x20"),
+            ],
+        },
+    }
+
+
+def check_alert_values(what: str, groups: list[dict[str, Any]], margin: int) -> None:
+    """Every alert's expression, evaluated by promtool on synthetic series:
+    what it must return when the condition holds (labels and value), and
+    nothing when it does not."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        expect(os.environ.get("FERRY_E2E") != "required", "promtool (Debian package prometheus) is required")
+        print("chart: promtool not found, alert expressions not evaluated")
+        return
+    alerts = {r["alert"]: r for g in groups for r in g["rules"]}
+    cases = alert_cases(margin)
+    expect_eq(sorted(cases), sorted(alerts), f"{what}: an evaluation case per alert")
+    tests = []
+    for name, case in cases.items():
+        expr = alerts[name]["expr"]
+        for series, expected in ((case["series"], case["expect"]), (case["quiet_series"], [])):
+            tests.append({
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": [{
+                    "expr": expr,
+                    "eval_time": case["at"],
+                    "exp_samples": [{"labels": "{" + ",".join(f'{k}="{v}"' for k, v in sorted(l.items())) + "}", "value": value} for l, value in expected],
+                }],
+            })
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = Path(tmp) / "rules.yaml"
+        rules.write_text(yaml.safe_dump({"groups": groups}))
+        test = Path(tmp) / "test.yaml"
+        test.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
+        check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+        expect(check.returncode == 0, f"{what}: promtool check rules:\n{check.stdout}{check.stderr}")
+        run = subprocess.run([promtool, "test", "rules", str(test)], capture_output=True, text=True)
+        expect(run.returncode == 0, f"{what}: promtool test rules ({len(tests)} evaluations):\n{run.stdout}{run.stderr}")
 
 
 def check_test_objects(ctx: str, values: dict[str, Any], docs: list[dict[str, Any]], namespace: str, proxy: dict[str, Any]) -> None:
