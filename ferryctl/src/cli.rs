@@ -75,6 +75,10 @@ pub enum LabCommand {
         /// veths (Calico) or point-to-point veths (kindnet).
         #[arg(long, value_enum, default_value = "bridge")]
         cni: ferryctl::lab::cni::Cni,
+        /// Also run Prometheus (Debian's `prometheus`) in the lab's network,
+        /// scraping every proxy and the control plane each second.
+        #[arg(long)]
+        prometheus: bool,
     },
 }
 

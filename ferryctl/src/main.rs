@@ -39,6 +39,7 @@ fn main() -> ExitCode {
                     kube_proxy,
                     image,
                     cni,
+                    prometheus,
                 },
         } => ferryctl::lab::cli::up(
             &manifests,
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
                 kube_proxy,
                 image,
                 cni,
+                prometheus,
                 ..Default::default()
             },
         ),

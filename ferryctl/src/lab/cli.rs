@@ -38,6 +38,16 @@ pub fn up(manifests: &Path, check: bool, faults: bool, options: LabOptions) -> E
         lab.pods.len(),
         lab.control_plane_ip
     );
+    if options.prometheus {
+        println!(
+            "prometheus: http://{}:{} in the lab's network (e.g. ip netns exec {}-net curl -s 'http://{}:{}/api/v1/query?query=up')",
+            lab.control_plane_ip,
+            super::PROMETHEUS_PORT,
+            prefix,
+            lab.control_plane_ip,
+            super::PROMETHEUS_PORT
+        );
+    }
     let results = lab.check_examples();
     let mut failed = print_checks(&results);
     println!("{} passed, {} failed", results.len() - failed, failed);

@@ -113,7 +113,21 @@ pub struct LabOptions {
     pub cni: cni::Cni,
     /// `--capture-interface` of the proxies (default `auto`).
     pub capture_interface: Option<String>,
+    /// Also run Prometheus, scraping every proxy and the control plane
+    /// ([`Lab::start_prometheus`]).
+    pub prometheus: bool,
 }
+
+/// Where each proxy serves `/metrics` on its node's address (as the
+/// chart's 15020).
+pub const PROXY_METRICS_PORT: u16 = 15020;
+
+/// Where the control plane serves `/metrics` on its lab address.
+pub const CONTROL_PLANE_METRICS_PORT: u16 = 15014;
+
+/// Where the lab's Prometheus ([`Lab::start_prometheus`]) listens, on the
+/// control plane's address.
+pub const PROMETHEUS_PORT: u16 = 9090;
 
 /// The name of the outside client's namespace in [`Lab::netns`], [`Lab::curl`].
 pub const OUTSIDE: &str = "outside";
@@ -250,6 +264,9 @@ impl Lab {
         std::fs::create_dir(&copy)?;
         copy_dir(manifests, &copy)?;
         lab.start(&copy, &options)?;
+        if options.prometheus && !options.no_daemons {
+            lab.start_prometheus()?;
+        }
         Ok(lab)
     }
 
@@ -308,12 +325,18 @@ impl Lab {
                 format!("{}s", ttl.as_secs()),
             ]);
         }
+        // Metrics on the lab network, where the lab's Prometheus scrapes.
+        cp_args.extend([
+            "--metrics-listen".into(),
+            format!("{}:{CONTROL_PLANE_METRICS_PORT}", self.control_plane_ip),
+        ]);
         let cp_args: Vec<&str> = cp_args.iter().map(String::as_str).collect();
         let command = self.daemon_command(net, "ferry-control-plane", &cp_args)?;
         self.start_daemon("control-plane", command, work.join("control-plane.log"))?;
         let control_plane = format!("https://{listen}");
         for node in self.nodes.clone() {
             let hbone = format!("{}:15008", node.ip);
+            let metrics = format!("{}:{PROXY_METRICS_PORT}", node.ip);
             let dns = format!("{}:53", node.gateway);
             let state = work
                 .join(format!("state-{}", node.name))
@@ -332,6 +355,8 @@ impl Lab {
                     &pki_arg,
                     "--admin",
                     "127.0.0.1:15000",
+                    "--metrics-listen",
+                    &metrics,
                     "--socks5",
                     "127.0.0.1:15080",
                     "--hbone",
@@ -752,6 +777,118 @@ impl Lab {
             .exec("curl", &["-sSf", "-m", "5", url])?
             .trim()
             .to_string())
+    }
+
+    /// Runs Prometheus (Debian's `prometheus`) in the lab's network,
+    /// scraping every proxy and the control plane each second (job
+    /// `ferry-proxy` with a `node` label, job `ferry-control-plane`), with
+    /// exemplar storage on; waits until every target is up. Stopped with
+    /// the lab. Returns its address.
+    pub fn start_prometheus(&mut self) -> anyhow::Result<std::net::SocketAddr> {
+        let work = self.work.path().to_path_buf();
+        let mut config = String::from(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+  - job_name: ferry-proxy
+    static_configs:
+",
+        );
+        for node in &self.nodes {
+            config.push_str(&format!(
+                "      - targets: ['{}:{PROXY_METRICS_PORT}']
+        labels: {{node: {}}}
+",
+                node.ip, node.name
+            ));
+        }
+        config.push_str(&format!(
+            "  - job_name: ferry-control-plane
+    static_configs:
+      - targets: ['{}:{CONTROL_PLANE_METRICS_PORT}']
+",
+            self.control_plane_ip
+        ));
+        let file = work.join("prometheus.yml");
+        std::fs::write(&file, config)?;
+        let address = std::net::SocketAddr::from((self.control_plane_ip, PROMETHEUS_PORT));
+        let args = [
+            format!("--config.file={}", file.display()),
+            format!("--storage.tsdb.path={}", work.join("prometheus").display()),
+            format!("--web.listen-address={address}"),
+            "--enable-feature=exemplar-storage".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let command = self.namespaces["net"].command("prometheus", &args);
+        self.processes.push(Process::start(
+            "prometheus",
+            Path::new("ip"),
+            &command,
+            work.join("prometheus.log"),
+        )?);
+        let targets = self.nodes.len() + 1;
+        wait_for(
+            "Prometheus scraping every proxy and the control plane",
+            Duration::from_secs(60),
+            || {
+                let up = self.prometheus_query("sum(up)").unwrap_or_default();
+                Ok(up
+                    .first()
+                    .filter(|(_, v)| *v as usize == targets)
+                    .map(|_| ()))
+            },
+        )
+        .with_context(|| self.logs())?;
+        Ok(address)
+    }
+
+    /// Evaluates a PromQL expression (instant query, now) with the lab's
+    /// Prometheus: each series' labels and value.
+    pub fn prometheus_query(
+        &self,
+        expr: &str,
+    ) -> anyhow::Result<Vec<(BTreeMap<String, String>, f64)>> {
+        let url = format!(
+            "http://{}:{PROMETHEUS_PORT}/api/v1/query",
+            self.control_plane_ip
+        );
+        let body = self.namespaces["net"].exec(
+            "curl",
+            &[
+                "-sS",
+                "-m",
+                "10",
+                "--data-urlencode",
+                &format!("query={expr}"),
+                &url,
+            ],
+        )?;
+        let reply: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("Prometheus answered {body}"))?;
+        if reply["status"] != "success" {
+            bail!("{expr}: {}", reply["error"]);
+        }
+        let result = &reply["data"]["result"];
+        let value = |v: &serde_json::Value| -> Option<f64> { v[1].as_str()?.parse().ok() };
+        Ok(match reply["data"]["resultType"].as_str() {
+            Some("vector") => result
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|series| {
+                    let labels = series["metric"]
+                        .as_object()?
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect();
+                    Some((labels, value(&series["value"])?))
+                })
+                .collect(),
+            Some("scalar") => value(result)
+                .map(|v| (BTreeMap::new(), v))
+                .into_iter()
+                .collect(),
+            other => bail!("{expr}: unexpected result type {other:?}"),
+        })
     }
 
     /// `/config_dump` of a node's proxy.
