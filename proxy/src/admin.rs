@@ -80,6 +80,8 @@ impl Admin {
         let state = self.store.snapshot();
         m.config_revision
             .set(i64::try_from(state.revision()).unwrap_or(i64::MAX));
+        m.control_plane_connected
+            .set(i64::from(self.xds.status().connected));
         if let Some(at) = state.updated_at() {
             m.config_updated.set(
                 at.duration_since(std::time::UNIX_EPOCH)

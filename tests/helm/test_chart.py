@@ -1188,6 +1188,7 @@ def check_monitoring(ctx: str, values: dict[str, Any], docs: list[dict[str, Any]
             "FerryPolicyDenialSpike",
             "FerryNoProxyConnected",
             "FerryPodsOutsideCaptureInterface",
+            "FerryProxyConfigStale",
             "FerryProxyNotConfigured",
         ]),
         f"{what} alerts",
@@ -1263,6 +1264,15 @@ def alert_cases(margin: int) -> dict[str, dict[str, Any]]:
             "at": "15m",
             "expect": [({"instance": "10.0.0.1:15020", "reason": "not_permitted"}, 0.1)],
             "quiet_series": [(f'ferry_client_address_fallbacks_total{{{proxy},reason="same_link"}}', "0+600x20")],
+        },
+        "FerryProxyConfigStale": {
+            "series": [
+                (f"ferry_control_plane_connected{{{proxy}}}", "0x20"),
+                ('ferry_control_plane_connected{instance="10.0.0.2:15020"}', "1x20"),
+            ],
+            "at": "10m",
+            "expect": [({"instance": "10.0.0.1:15020"}, 0)],
+            "quiet_series": [(f"ferry_control_plane_connected{{{proxy}}}", "1x20")],
         },
         "FerryDaemonDown": {
             # Scraped for 10 minutes, then gone; another keeps answering.

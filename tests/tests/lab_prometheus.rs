@@ -260,7 +260,7 @@ fn dashboard_and_alert_queries_show_the_traffic_that_was_sent() -> anyhow::Resul
 
     // Every alert expression evaluates, and none fires on a healthy mesh.
     let alerts = alert_exprs()?;
-    assert!(alerts.len() >= 9, "{alerts:?}");
+    assert!(alerts.len() >= 10, "{alerts:?}");
     for (name, expr) in &alerts {
         let firing = q(expr).map_err(|e| anyhow::anyhow!("{name}: {expr}: {e}"))?;
         assert!(
@@ -271,6 +271,11 @@ fn dashboard_and_alert_queries_show_the_traffic_that_was_sent() -> anyhow::Resul
     // The alerts' inputs are there (an alert over a missing metric would
     // never fire): the control plane sees both proxies.
     assert_eq!(total(&q("sum(ferry_cp_connected_proxies)")?), 2.0);
+    let connected = q("ferry_control_plane_connected")?;
+    assert!(
+        connected.len() == 2 && connected.iter().all(|(_, v)| *v == 1.0),
+        "{connected:?}"
+    );
     assert_eq!(
         q("ferry_build_info")?.len(),
         3,

@@ -198,6 +198,8 @@ pub struct Metrics {
     pub connection_duration: Family<ModeLabels, DurationHistogram, fn() -> DurationHistogram>,
     pub open_connections: Family<ModeLabels, Gauge>,
     pub config_revision: Gauge,
+    /// 1 while the configuration stream to the control plane is up.
+    pub control_plane_connected: Gauge,
     pub config_updated: Gauge<f64, AtomicU64>,
     pub config_resources: Family<KindLabel, Gauge>,
     pub certificate_expiry: Family<IdentityLabel, Gauge>,
@@ -240,6 +242,7 @@ impl Metrics {
             connection_duration: Family::new_with_constructor(duration_histogram),
             open_connections: Family::default(),
             config_revision: Gauge::default(),
+            control_plane_connected: Gauge::default(),
             capture_pods_outside_interface: Gauge::default(),
             client_address_fallbacks: Family::default(),
             config_updated: Gauge::default(),
@@ -294,6 +297,11 @@ impl Metrics {
             "config_revision",
             "Control plane revision of the applied configuration",
             m.config_revision.clone(),
+        );
+        registry.register(
+            "control_plane_connected",
+            "1 while the configuration stream to the control plane is up; 0 while the proxy serves its last good configuration without it",
+            m.control_plane_connected.clone(),
         );
         registry.register(
             "config_last_update_timestamp_seconds",

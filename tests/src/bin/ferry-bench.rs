@@ -265,6 +265,8 @@ async fn telemetry_cost() -> anyhow::Result<()> {
         // Every connection is logged (the default rate limit would hide
         // the cost under load).
         ("FERRY_ACCESS_LOG_RATE".to_string(), "1000000".to_string()),
+        // Istio's metrics as well, and (with tracing) exemplars.
+        ("FERRY_ISTIO_METRICS".to_string(), "true".to_string()),
     ];
     let mut results = Vec::new();
     for (n, env) in [(BLOCK, off_env), (BLOCK_ON, on_env)] {
@@ -307,7 +309,7 @@ async fn telemetry_cost() -> anyhow::Result<()> {
         ),
     ];
     print_table(
-        "Telemetry cost (loopback mesh; on = access log line + OTLP span per connection on each proxy)",
+        "Telemetry cost (loopback mesh; on = access log line + OTLP span + Istio metrics + exemplar per connection on each proxy)",
         ("on", "off"),
         rows,
     );
