@@ -190,7 +190,11 @@ pub struct Args {
     pub access_log_rate: u32,
     /// Also export Istio's standard TCP metrics (`istio_tcp_*` with Istio's
     /// labels and byte directions), for Kiali and the Istio dashboards.
-    #[arg(long, env = "FERRY_ISTIO_METRICS")]
+    #[arg(
+        long,
+        env = "FERRY_ISTIO_METRICS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub istio_metrics: bool,
 }
 

@@ -127,19 +127,44 @@ fn dashboard_and_alert_queries_show_the_traffic_that_was_sent() -> anyhow::Resul
         }
         Ok(())
     };
-    traffic(1)?;
-    std::thread::sleep(Duration::from_millis(2500));
-    traffic(3)?;
-
     let q = |expr: &str| -> anyhow::Result<Series> { lab.prometheus_query(expr) };
-    // Scraped: the denials reached Prometheus.
-    wait_for("the traffic in Prometheus", Duration::from_secs(30), || {
-        let denied = q("sum(ferry_connection_failures_total{reason=\"policy_denied\"})")?;
-        Ok((total(&denied) >= 4.0).then_some(()))
+    // A round is in once a scrape has its counters at their new values.
+    let stored = |denied: f64, plaintext: f64| -> anyhow::Result<()> {
+        wait_for(
+            "a scrape after the traffic",
+            Duration::from_secs(60),
+            || {
+                let d = total(&q(
+                    "sum(ferry_connection_failures_total{reason=\"policy_denied\"})",
+                )?);
+                let p = total(&q(
+                "sum(ferry_connections_opened_total{reporter=\"destination\",mode=\"plaintext\"})",
+            )?);
+                Ok((d >= denied && p >= plaintext).then_some(()))
+            },
+        )
+        .with_context_logs(&logs)
+    };
+    traffic(1)?;
+    stored(1.0, 1.0)?;
+    traffic(3)?;
+    stored(4.0, 4.0)?;
+    // Each denial is counted once, by the proxy that denied it.
+    assert_eq!(
+        total(&q(
+            "sum(ferry_connection_failures_total{reason=\"policy_denied\"})"
+        )?),
+        4.0
+    );
+    // The rates over the window see the second round, which was scraped
+    // after the first.
+    wait_for("rates above zero", Duration::from_secs(30), || {
+        let r = total(&q(
+            "sum(rate(ferry_connection_failures_total{reason=\"policy_denied\"}[5m]))",
+        )?);
+        Ok((r > 0.0).then_some(()))
     })
     .with_context_logs(&logs)?;
-    // Two more scrapes, so every rate has its samples.
-    std::thread::sleep(Duration::from_secs(3));
 
     let queries = dashboard_queries()?;
     let mut results: BTreeMap<u64, Vec<Series>> = BTreeMap::new();

@@ -307,13 +307,6 @@ fn service(o: &Service, p: &mut Problems) {
             }
         }
     }
-    match spec.traffic_distribution.as_deref() {
-        None | Some("PreferClose" | "PreferSameZone" | "PreferSameNode") => {}
-        Some(other) => p.add(
-            "spec.trafficDistribution",
-            format!("{other:?} is not one of PreferClose, PreferSameZone, PreferSameNode"),
-        ),
-    }
     if let Some(sel) = &spec.selector {
         for key in sel.keys() {
             if key.is_empty() {

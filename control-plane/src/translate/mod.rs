@@ -184,6 +184,8 @@ struct Dirty {
     workloads: BTreeSet<NsName>,
     services: BTreeSet<NsName>,
     nodes: BTreeSet<String>,
+    /// Nodes whose zone changed: their pods' services, found once per batch.
+    zones: BTreeSet<String>,
     policies: BTreeSet<NsName>,
 }
 
@@ -238,7 +240,7 @@ impl Translator {
                 let zone = objects::node_zone(&node).map(str::to_owned);
                 let old = self.nodes.insert(r.name.clone(), node);
                 if old.as_deref().and_then(objects::node_zone) != zone.as_deref() {
-                    self.zone_changed(&r.name, dirty);
+                    dirty.zones.insert(r.name.clone());
                 }
                 dirty.nodes.insert(r.name);
             }
@@ -281,7 +283,7 @@ impl Translator {
             ObjectKind::Node => {
                 let old = self.nodes.remove(&r.name);
                 if old.as_deref().and_then(objects::node_zone).is_some() {
-                    self.zone_changed(&r.name, dirty);
+                    dirty.zones.insert(r.name.clone());
                 }
                 dirty.nodes.insert(r.name.clone());
             }
@@ -306,12 +308,21 @@ impl Translator {
     }
 
     /// A node's zone is part of the endpoints derived from its pods: the
-    /// selector-based services with a pod on it are translated again. (A
-    /// scan of the pods, but zones change about never.)
-    fn zone_changed(&self, node: &str, dirty: &mut Dirty) {
+    /// selector-based services with a pod on those nodes are translated
+    /// again. One scan of the selected pods per batch, whatever the number
+    /// of nodes (a first list brings every node at once).
+    fn zones_changed(&self, dirty: &mut Dirty) {
+        if dirty.zones.is_empty() {
+            return;
+        }
         for (ns_name, ns) in &self.namespaces {
             for (pod, services) in &ns.pod_services {
-                if ns.pods.get(pod).and_then(|w| w.node.as_deref()) == Some(node) {
+                let on_changed = ns
+                    .pods
+                    .get(pod)
+                    .and_then(|w| w.node.as_deref())
+                    .is_some_and(|node| dirty.zones.contains(node));
+                if on_changed {
                     for service in services {
                         dirty.services.insert((ns_name.clone(), service.clone()));
                     }
@@ -585,7 +596,8 @@ impl Translator {
         Some(objects::service(svc, backends, &self.options))
     }
 
-    fn flush(&mut self, dirty: Dirty) -> Vec<Change> {
+    fn flush(&mut self, mut dirty: Dirty) -> Vec<Change> {
+        self.zones_changed(&mut dirty);
         let mut changes = Vec::new();
         for key in dirty.nodes {
             let body = self

@@ -153,7 +153,7 @@ pub fn workload(
 /// controller in its owner references, with a ReplicaSet made by a
 /// Deployment named after the Deployment (the ReplicaSet's name less the
 /// pod's `pod-template-hash`) and a Job made by a CronJob after the
-/// CronJob (less the Job's numeric schedule suffix).
+/// CronJob (less the Job's 8-10 digit schedule suffix).
 pub fn controller(pod: &core::Pod) -> Option<String> {
     let owner = pod
         .metadata
@@ -176,7 +176,9 @@ pub fn controller(pod: &core::Pod) -> Option<String> {
             .and_then(|hash| strip(hash)),
         "Job" => name
             .rsplit_once('-')
-            .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            // A CronJob names its Jobs after the scheduled minute (8 to 10
+            // digits); another Job keeps its name.
+            .filter(|(_, n)| (8..=10).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
             .map(|(base, _)| base)
             .filter(|base| !base.is_empty()),
         _ => None,

@@ -2031,26 +2031,22 @@ fn validate_service_bad_traffic_policy() {
 }
 
 #[test]
-fn validate_service_traffic_distribution() {
-    assert_problems(&[
-        (
-            "unknown",
-            bad_service("trafficDistribution: PreferNear"),
-            &[
-                r#"spec.trafficDistribution: "PreferNear" is not one of PreferClose, PreferSameZone, PreferSameNode"#,
-            ],
+fn an_unknown_traffic_distribution_is_accepted_and_gives_no_hints() {
+    // Kubernetes adds values over time: a value Ferry does not know is
+    // not an error (the API server of a newer version accepts it), it
+    // only sets no hints.
+    let manifests = [
+        zoned_node("node-a", "eu-1a"),
+        pod("shop", "a", "{app: web}", "10.0.0.1"),
+        format!(
+            "{}  trafficDistribution: PreferSomewhere\n",
+            svc("shop", "web", "{app: web}")
         ),
-        (
-            "PreferClose",
-            bad_service("trafficDistribution: PreferClose"),
-            &[],
-        ),
-        (
-            "PreferSameNode",
-            bad_service("trafficDistribution: PreferSameNode"),
-            &[],
-        ),
-    ]);
+    ];
+    let t = translated(&manifests);
+    let s = service(&t, "shop/web");
+    assert_eq!(s.traffic_distribution.as_deref(), Some("PreferSomewhere"));
+    assert!(s.endpoints.iter().all(|e| e.zone_hints.is_empty()));
 }
 
 #[test]
@@ -2449,6 +2445,7 @@ fn a_pods_controller_names_its_workload_for_telemetry() {
         ("DaemonSet", "agent", None, Some("agent")),
         ("Job", "report-28391040", None, Some("report")),
         ("Job", "migrate", None, Some("migrate")),
+        ("Job", "backup-2", None, Some("backup-2")),
     ];
     for (kind, name, hash, want) in cases {
         let labels = match hash {

@@ -370,10 +370,14 @@ impl ConnectionTelemetry {
             reporter: l.reporter,
             mode: l.mode,
         };
+        // Only a sampled span is exported: an exemplar must lead to a
+        // trace that exists.
         let trace_id = self
             .span
             .as_ref()
-            .map(|span| span.span_context().trace_id());
+            .map(|span| span.span_context())
+            .filter(|context| context.is_sampled())
+            .map(|context| context.trace_id());
         t.metrics.connection_duration.get_or_create(&mode).observe(
             elapsed.as_secs_f64(),
             trace_id.map(|id| metrics::TraceLabel {
