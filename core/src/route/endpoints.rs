@@ -21,7 +21,7 @@
 //! plane derives from a selector, from the same rule the controller
 //! applies.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ferry_api::model::{Endpoint, Service, TrafficPolicy};
 use serde::Serialize;
@@ -232,6 +232,20 @@ impl<'s> Eligible<'s> {
     /// True when the endpoint with this address is eligible.
     pub fn contains(&self, addr: IpAddr) -> bool {
         self.find(addr).is_some()
+    }
+
+    /// The eligible endpoint at this address and target port.
+    pub(crate) fn find_target(&self, target: SocketAddr) -> Option<&'s Endpoint> {
+        self.iter().find(|e| {
+            e.address == target.ip()
+                && e.ports.get(self.port).copied().flatten() == Some(target.port())
+        })
+    }
+
+    /// An endpoint's address with its target port for this service port.
+    pub(crate) fn target(&self, endpoint: &Endpoint) -> Option<SocketAddr> {
+        let port = endpoint.ports.get(self.port).copied().flatten()?;
+        Some(SocketAddr::new(endpoint.address, port))
     }
 
     pub(crate) fn find(&self, addr: IpAddr) -> Option<&'s Endpoint> {

@@ -93,10 +93,11 @@ impl PartialEq for BalanceKey {
 
 impl Eq for BalanceKey {}
 
-/// A client's affinity to an endpoint.
+/// A client's affinity to an endpoint: its address and target port (two
+/// slices may list one address with two ports, two endpoints).
 #[derive(Debug, Clone, Copy)]
 struct Sticky {
-    address: IpAddr,
+    address: SocketAddr,
     last_used: Instant,
     timeout: Duration,
 }
@@ -210,13 +211,15 @@ impl LoadBalancer {
         timeout: Duration,
     ) -> Option<&'s Endpoint> {
         let reuse_or_move = |sticky: &mut Sticky| {
-            let kept = set.find(sticky.address).filter(|_| sticky.fresh(now));
+            let kept = set
+                .find_target(sticky.address)
+                .filter(|_| sticky.fresh(now));
             let endpoint = match kept {
                 Some(endpoint) => endpoint,
                 None => self.round_robin(service, set)?,
             };
             *sticky = Sticky {
-                address: endpoint.address,
+                address: set.target(endpoint)?,
                 last_used: now,
                 timeout,
             };
@@ -237,7 +240,7 @@ impl LoadBalancer {
             MapEntry::Vacant(entry) => {
                 let endpoint = self.round_robin(service, set)?;
                 entry.insert(Sticky {
-                    address: endpoint.address,
+                    address: set.target(endpoint)?,
                     last_used: now,
                     timeout,
                 });

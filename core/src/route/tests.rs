@@ -1653,3 +1653,46 @@ fn a_single_stack_service_is_unknown_on_the_other_family() {
         );
     }
 }
+
+#[test]
+fn affinity_keeps_the_address_and_port_of_its_endpoint() {
+    // Two slices list one address with two ports: two endpoints. A client
+    // with ClientIP affinity stays on the one it got, port included.
+    let mut svc = service(
+        "twoports",
+        Some("10.96.0.60"),
+        vec![tcp("http", 80, 8080)],
+        vec![
+            ep("a2", "10.0.2.1", "n2", &[Some(8080)]),
+            ep("a2", "10.0.2.1", "n2", &[Some(9000)]),
+        ],
+    );
+    svc.client_ip_affinity = Some(60);
+    let s = state_with(vec![svc]);
+    let lb = LoadBalancer::new();
+    let svc = s.service("shop/twoports").unwrap();
+    let now = Instant::now();
+    let pick = |client: &str| {
+        lb.pick(
+            svc,
+            0,
+            TrafficPolicy::Cluster,
+            LOCAL,
+            Ends {
+                client: ip(client),
+                destination: ip("10.96.0.60"),
+            },
+            now,
+        )
+        .unwrap()
+        .1
+    };
+    for client in ["10.0.1.100", "10.0.1.101"] {
+        let first = pick(client);
+        for _ in 0..4 {
+            assert_eq!(pick(client), first, "{client}");
+        }
+    }
+    // Round robin gave the two clients the two endpoints.
+    assert_ne!(pick("10.0.1.100"), pick("10.0.1.101"));
+}
