@@ -150,16 +150,15 @@ impl OtlpSettings {
             "OTEL_EXPORTER_OTLP_INSECURE",
         )
         .is_some_and(|(_, v)| v.eq_ignore_ascii_case("true"));
-        let traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty());
-        let general = get("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty());
-        let (variable, mut endpoint, append) = match (traces_endpoint, general) {
-            (Some(e), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e, false),
-            (None, Some(e)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", e, true),
-            (None, None) => {
+        // The traces endpoint is used as it is; the general one gets the
+        // signal's path (HTTP).
+        let (variable, mut endpoint, append) = match lookup(
+            &get,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ) {
+            Some((variable, e)) => (variable, e, variable == "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            None => {
                 let default = match transport {
                     Transport::Grpc => "http://localhost:4317",
                     Transport::HttpProtobuf => "http://localhost:4318",
@@ -258,23 +257,27 @@ impl OtlpSettings {
         })
     }
 
-    fn read(&self, file: &Option<(&'static str, PathBuf)>) -> Result<Option<Vec<u8>>, OtlpError> {
+    fn read(file: &Option<(&'static str, PathBuf)>) -> Result<Option<Loaded>, OtlpError> {
         let Some((variable, path)) = file else {
             return Ok(None);
         };
-        std::fs::read(path).map(Some).map_err(|e| OtlpError::File {
+        let loaded = Loaded {
             variable,
             path: path.clone(),
-            reason: e.to_string(),
-        })
+            bytes: Vec::new(),
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(Loaded { bytes, ..loaded })),
+            Err(e) => Err(loaded.invalid(e.to_string())),
+        }
     }
 
     /// Builds the exporter; needs a Tokio runtime.
     pub fn exporter(&self) -> Result<opentelemetry_otlp::SpanExporter, OtlpError> {
-        let ca = self.read(&self.ca)?;
+        let ca = Self::read(&self.ca)?;
         let identity = match (
-            self.read(&self.client_certificate)?,
-            self.read(&self.client_key)?,
+            Self::read(&self.client_certificate)?,
+            Self::read(&self.client_key)?,
         ) {
             (Some(cert), Some(key)) => Some((cert, key)),
             _ => None,
@@ -289,10 +292,14 @@ impl OtlpSettings {
                 if self.tls {
                     let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
                     if let Some(ca) = &ca {
-                        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+                        tls =
+                            tls.ca_certificate(tonic::transport::Certificate::from_pem(&ca.bytes));
                     }
                     if let Some((cert, key)) = &identity {
-                        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+                        tls = tls.identity(tonic::transport::Identity::from_pem(
+                            &cert.bytes,
+                            &key.bytes,
+                        ));
                     }
                     builder = builder.with_tls_config(tls);
                 }
@@ -313,7 +320,7 @@ impl OtlpSettings {
                 Ok(builder.build()?)
             }
             Transport::HttpProtobuf => {
-                let client = HyperHttp::new(self, ca.as_deref(), identity.as_ref())?;
+                let client = HyperHttp::new(self.timeout, ca.as_ref(), identity.as_ref())?;
                 let mut builder = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(Protocol::HttpBinary)
@@ -329,6 +336,25 @@ impl OtlpSettings {
                 }
                 Ok(builder.build()?)
             }
+        }
+    }
+}
+
+/// A file a setting names, read, with the variable and path its errors
+/// name.
+#[derive(Debug)]
+struct Loaded {
+    variable: &'static str,
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Loaded {
+    fn invalid(&self, reason: String) -> OtlpError {
+        OtlpError::File {
+            variable: self.variable,
+            path: self.path.clone(),
+            reason,
         }
     }
 }
@@ -349,39 +375,25 @@ struct HyperHttp {
 
 impl HyperHttp {
     fn new(
-        settings: &OtlpSettings,
-        ca: Option<&[u8]>,
-        identity: Option<&(Vec<u8>, Vec<u8>)>,
+        timeout: Duration,
+        ca: Option<&Loaded>,
+        identity: Option<&(Loaded, Loaded)>,
     ) -> Result<Self, OtlpError> {
         let mut roots = rustls::RootCertStore::empty();
         // Unreadable system certificates are skipped: the configured CA
         // may be all that is needed.
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         if let Some(ca) = ca {
-            let variable = settings
-                .ca
-                .as_ref()
-                .map_or("OTEL_EXPORTER_OTLP_CERTIFICATE", |c| c.0);
-            let path = settings
-                .ca
-                .as_ref()
-                .map(|c| c.1.clone())
-                .unwrap_or_default();
-            let bad = |reason: String| OtlpError::File {
-                variable,
-                path: path.clone(),
-                reason,
-            };
             let mut found = 0;
-            for cert in CertificateDer::pem_slice_iter(ca) {
-                let cert = cert.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+            for cert in CertificateDer::pem_slice_iter(&ca.bytes) {
+                let cert = cert.map_err(|e| ca.invalid(format!("not PEM certificates: {e}")))?;
                 roots
                     .add(cert)
-                    .map_err(|e| bad(format!("not a CA certificate: {e}")))?;
+                    .map_err(|e| ca.invalid(format!("not a CA certificate: {e}")))?;
                 found += 1;
             }
             if found == 0 {
-                return Err(bad("holds no certificate".into()));
+                return Err(ca.invalid("holds no certificate".into()));
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -395,32 +407,14 @@ impl HyperHttp {
         let config = match identity {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
-                let variable = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
-                let path = settings
-                    .client_certificate
-                    .as_ref()
-                    .map(|c| c.1.clone())
-                    .unwrap_or_default();
-                let bad = |reason: String| OtlpError::File {
-                    variable,
-                    path: path.clone(),
-                    reason,
-                };
-                let chain = CertificateDer::pem_slice_iter(cert)
+                let chain = CertificateDer::pem_slice_iter(&cert.bytes)
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
-                let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| OtlpError::File {
-                    variable: "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-                    path: settings
-                        .client_key
-                        .as_ref()
-                        .map(|c| c.1.clone())
-                        .unwrap_or_default(),
-                    reason: format!("not a PEM private key: {e}"),
-                })?;
+                    .map_err(|e| cert.invalid(format!("not PEM certificates: {e}")))?;
+                let private = PrivateKeyDer::from_pem_slice(&key.bytes)
+                    .map_err(|e| key.invalid(format!("not a PEM private key: {e}")))?;
                 builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| bad(format!("unusable with its key: {e}")))?
+                    .with_client_auth_cert(chain, private)
+                    .map_err(|e| cert.invalid(format!("unusable with its key: {e}")))?
             }
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -431,7 +425,7 @@ impl HyperHttp {
             .build();
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
-            timeout: settings.timeout,
+            timeout,
         })
     }
 }
@@ -611,5 +605,37 @@ mod tests {
             error.starts_with("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: /nonexistent/ca.pem: "),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn unusable_certificate_files_name_their_variable_and_path() {
+        let dir = std::env::temp_dir().join(format!("ferry-otlp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let junk = junk.display().to_string();
+        let http = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ];
+        let with = |extra: &[(&'static str, &str)]| {
+            let mut vars: Vec<(&str, &str)> = http.to_vec();
+            vars.extend_from_slice(extra);
+            settings(&vars).unwrap().exporter().unwrap_err().to_string()
+        };
+        assert_eq!(
+            with(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", &junk)]),
+            format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {junk}: holds no certificate")
+        );
+        assert_eq!(
+            with(&[
+                ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &junk),
+                ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", &junk),
+            ]),
+            format!(
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: {junk}: not a PEM private key: no items found"
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
