@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks for building and testing
-# Ferry (when run as root; otherwise says what is missing): iproute2,
+# Ferry (when run as root; otherwise says what is missing): make (jemalloc
+# is built from source with the proxy), iproute2,
 # iptables and nftables, curl, ping, python3 with venv (the lab's pods and
 # the chart tests), g++ (libFuzzer, built with the fuzz targets),
 # prometheus (promtool evaluates the chart's alert expressions; the lab can
@@ -9,7 +10,7 @@
 set -euo pipefail
 
 need=()
-for tool in curl:curl ip:iproute2 iptables:iptables nft:nftables ping:iputils-ping python3:python3 g++:g++ promtool:prometheus; do
+for tool in curl:curl ip:iproute2 iptables:iptables nft:nftables ping:iputils-ping python3:python3 g++:g++ promtool:prometheus make:make; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 # The chart tests run the Helm SDK and kubernetes-validate from a venv.

@@ -196,6 +196,12 @@ pub struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub istio_metrics: bool,
+    /// Threads that run the data path. One is the most efficient per byte
+    /// and per connection (no hand-offs between threads: see
+    /// docs/benchmarks.md) and leaves the node's other cores to its pods;
+    /// raise it on nodes whose traffic needs more than one core.
+    #[arg(long, env = "FERRY_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
 }
 
 /// How the proxy proves its node to the control plane and obtains
@@ -269,6 +275,8 @@ pub struct Config {
     pub access_log_rate: u32,
     /// Istio's standard TCP metrics as well.
     pub istio_metrics: bool,
+    /// Threads of the runtime.
+    pub worker_threads: usize,
     /// What one admin client may hold.
     pub admin_limits: AdminLimits,
     /// Where state is kept across restarts; `None`: nowhere.
@@ -308,6 +316,9 @@ impl Config {
             .map_err(|(flag, message)| invalid(flag, message))?;
         if args.dns_max_forwards == 0 {
             return Err(invalid("dns-max-forwards", "must be at least 1"));
+        }
+        if args.worker_threads == 0 {
+            return Err(invalid("worker-threads", "must be at least 1"));
         }
         if args.hbone_streams == 0 {
             return Err(invalid("hbone-streams", "must be at least 1"));
@@ -398,6 +409,7 @@ impl Config {
             log_format: args.log_format,
             access_log_rate: args.access_log_rate,
             istio_metrics: args.istio_metrics,
+            worker_threads: args.worker_threads,
             admin_limits,
             state: args.state_dir.map(|dir| StateSettings {
                 dir,

@@ -217,6 +217,7 @@ VALID_VALUE_SETS: dict[str, dict[str, Any]] = {
         "proxy": {
             "captureInterface": "cilium_host",
             "accessLogRate": 0,
+            "workerThreads": 4,
             "stateDir": "",
             "iptablesBackend": "legacy",
             "priorityClassName": "",
@@ -251,6 +252,7 @@ INVALID_VALUE_SETS: dict[str, dict[str, Any]] = {
     "bad toleration operator": {"proxy": {"tolerations": [{"operator": "Sometimes"}]}},
     "string meshByDefault": {"meshByDefault": "yes"},
     "negative access log rate": {"proxy": {"accessLogRate": -5}},
+    "no worker threads": {"proxy": {"workerThreads": 0}},
     "trust domain with a space": {"trustDomain": "my mesh"},
     "relative state folder": {"proxy": {"stateDir": "var/lib/ferry"}},
     "capture interface name too long": {"proxy": {"captureInterface": "averyveryverylongname"}},
@@ -879,6 +881,7 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
             f"--kube-proxy-replacement={str(pxv['kubeProxyReplacement']).lower()}",
             "--iptables-backend", pxv["iptablesBackend"],
             "--access-log-rate", str(pxv["accessLogRate"]),
+            "--worker-threads", str(pxv["workerThreads"]),
             "--cluster-domain", values["clusterDomain"],
             "--drain-timeout", f"{pxv['drainTimeoutSeconds']}s",
             "--log-format", values["logFormat"],

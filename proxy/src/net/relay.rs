@@ -14,12 +14,63 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-/// How much is read at once: big enough that bulk transfers cost few
-/// system calls and few HTTP/2 frames.
-const READ_CHUNK: usize = 64 * 1024;
+/// Reads adapt to the traffic. A connection holds no read buffer while
+/// it waits for data: an idle connection costs its task and its socket,
+/// not buffers. A buffer is taken when the socket is readable and given
+/// back when it runs dry. Its size is learnt: it starts at `FIRST_READ`,
+/// doubles each time a read fills it, up to `MAX_READ` (bulk transfers
+/// then cost few system calls and few HTTP/2 frames), and falls back to
+/// `FIRST_READ` after a small read.
+const FIRST_READ: usize = 16 * 1024;
+const MAX_READ: usize = 256 * 1024;
+
+/// The read buffer of one direction, sized by [`FIRST_READ`]/[`MAX_READ`].
+#[derive(Debug)]
+struct ReadBuffer {
+    buf: BytesMut,
+    size: usize,
+}
+
+impl ReadBuffer {
+    fn new() -> Self {
+        Self {
+            buf: BytesMut::new(),
+            size: FIRST_READ,
+        }
+    }
+
+    /// Reads what the socket has into `buf` (after what is already
+    /// there), waiting until it has something. `Ok(0)` is EOF.
+    async fn read(&mut self, reader: &OwnedReadHalf) -> std::io::Result<usize> {
+        loop {
+            // `reserve` reclaims the allocation when every chunk split off
+            // it has been dropped (usually so: h2 drops a chunk once it is
+            // written), and allocates otherwise.
+            self.buf.reserve(self.size);
+            match reader.try_read_buf(&mut self.buf) {
+                Ok(n) => {
+                    if n >= self.size {
+                        self.size = (self.size * 2).min(MAX_READ);
+                    } else if n < self.size / 4 {
+                        self.size = FIRST_READ;
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.buf.is_empty() {
+                        self.buf = BytesMut::new();
+                    }
+                    reader.readable().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
 
 /// The other end of a relayed TCP connection.
 #[derive(Debug)]
@@ -99,19 +150,16 @@ pub async fn relay(
 }
 
 /// One direction between two sockets; EOF shuts the writer down.
-async fn copy_tcp(
-    mut reader: impl AsyncRead + Unpin,
-    mut writer: impl AsyncWrite + Unpin,
-    count: &AtomicU64,
-) {
-    let mut buf = vec![0u8; READ_CHUNK];
+async fn copy_tcp(reader: OwnedReadHalf, mut writer: OwnedWriteHalf, count: &AtomicU64) {
+    let mut buffer = ReadBuffer::new();
     loop {
-        match reader.read(&mut buf).await {
+        match buffer.read(&reader).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if writer.write_all(&buf[..n]).await.is_err() {
+                if writer.write_all(&buffer.buf).await.is_err() {
                     break;
                 }
+                buffer.buf.clear();
                 count.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
@@ -120,16 +168,11 @@ async fn copy_tcp(
 }
 
 /// TCP to an HTTP/2 stream: EOF becomes END_STREAM, a read error a reset.
-/// Each read is frozen and handed to h2 as is (no copy).
-async fn tcp_to_h2(
-    mut reader: impl AsyncRead + Unpin,
-    mut send: SendStream<Bytes>,
-    count: &AtomicU64,
-) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+/// Each read is split off and handed to h2 as is (no copy).
+async fn tcp_to_h2(reader: OwnedReadHalf, mut send: SendStream<Bytes>, count: &AtomicU64) {
+    let mut buffer = ReadBuffer::new();
     loop {
-        buf.reserve(READ_CHUNK);
-        match reader.read_buf(&mut buf).await {
+        match buffer.read(&reader).await {
             Ok(0) => {
                 let _ = send.send_data(Bytes::new(), true);
                 return;
@@ -140,7 +183,7 @@ async fn tcp_to_h2(
                 return;
             }
         }
-        let mut chunk = buf.split().freeze();
+        let mut chunk = buffer.buf.split().freeze();
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
             match poll_fn(|cx| send.poll_capacity(cx)).await {
@@ -160,7 +203,7 @@ async fn tcp_to_h2(
 }
 
 /// An HTTP/2 stream to TCP: END_STREAM shuts the TCP write side down.
-async fn h2_to_tcp(mut recv: RecvStream, mut writer: impl AsyncWrite + Unpin, count: &AtomicU64) {
+async fn h2_to_tcp(mut recv: RecvStream, mut writer: OwnedWriteHalf, count: &AtomicU64) {
     while let Some(Ok(data)) = recv.data().await {
         let n = data.len();
         if writer.write_all(&data).await.is_err() {
@@ -175,6 +218,7 @@ async fn h2_to_tcp(mut recv: RecvStream, mut writer: impl AsyncWrite + Unpin, co
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     /// A connected pair of loopback sockets.
@@ -185,6 +229,63 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (client, server)
+    }
+
+    #[tokio::test]
+    async fn reads_grow_while_they_fill_the_buffer_and_idle_holds_none() {
+        // A send buffer big enough that the whole burst is written at once.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(1 << 20).unwrap();
+        let mut client = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (proxied, _) = listener.accept().await.unwrap();
+        let (reader, _writer) = proxied.into_split();
+        let burst = FIRST_READ + 2 * FIRST_READ + 4 * FIRST_READ;
+        client.write_all(&vec![7u8; burst]).await.unwrap();
+        let mut buffer = ReadBuffer::new();
+        let mut reads = Vec::new();
+        let mut total = 0;
+        while total < burst {
+            let n = buffer.read(&reader).await.unwrap();
+            assert!(buffer.buf.iter().all(|b| *b == 7));
+            buffer.buf.clear();
+            reads.push(n);
+            total += n;
+        }
+        // Each read was at most the learnt size, and a full one doubled it.
+        assert_eq!(reads[0], FIRST_READ, "{reads:?}");
+        assert!(buffer.size > FIRST_READ, "{reads:?}");
+        // Idle: the next read waits holding no buffer, then a small read
+        // brings the size back down.
+        let idle = tokio::spawn(async move {
+            let n = buffer.read(&reader).await.unwrap();
+            (n, buffer.size)
+        });
+        tokio::task::yield_now().await;
+        client.write_all(b"ping").await.unwrap();
+        let (n, size) = idle.await.unwrap();
+        assert_eq!((n, size), (4, FIRST_READ));
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_gives_its_buffer_back() {
+        let (mut client, proxied) = pair().await;
+        let (reader, _writer) = proxied.into_split();
+        client.write_all(b"hello").await.unwrap();
+        let mut buffer = ReadBuffer::new();
+        assert_eq!(buffer.read(&reader).await.unwrap(), 5);
+        buffer.buf.clear();
+        assert!(buffer.buf.capacity() >= FIRST_READ);
+        // Nothing more to read: the buffer is released before waiting.
+        {
+            let waiting = buffer.read(&reader);
+            tokio::pin!(waiting);
+            assert!(futures::poll!(waiting.as_mut()).is_pending());
+        }
+        assert_eq!(buffer.buf.capacity(), 0);
     }
 
     #[tokio::test]
