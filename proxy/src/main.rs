@@ -13,13 +13,23 @@ use ferry_proxy::config::{Args, Config};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// One worker thread is a current-thread runtime: every task (listeners,
+/// relays, HTTP/2 connections) runs on the thread that wakes it, with no
+/// hand-off between threads. With more, the proxy itself runs as a task,
+/// so its listeners' accept loops run on the workers too, not on the
+/// thread that waits for the end.
 fn main() -> anyhow::Result<()> {
     let config = Config::from_args(Args::parse())?;
     ferry_process::init_tracing(config.log_format);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .thread_name("ferry-proxy")
-        .enable_all()
-        .build()?
-        .block_on(async { App::build(config).await?.run().await })
+    let runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        workers => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("ferry-proxy")
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(async { tokio::spawn(async { App::build(config).await?.run().await }).await? })
 }

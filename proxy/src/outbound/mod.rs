@@ -223,7 +223,21 @@ impl Outbound {
     /// Resolves, decides and connects. `client` is the connecting socket's
     /// address: its IP identifies the source pod. A failure is counted and
     /// logged here; a success carries its telemetry to [`Outbound::relay`].
+    ///
+    /// The work is boxed: resolving and connecting (the DNS lookup, the
+    /// HBONE pool and its CONNECT exchange) hold far more state than
+    /// relaying, and inline it would size the caller's future, and so its
+    /// task, for the connection's whole life (about 18 KiB per open
+    /// connection, measured: docs/benchmarks.md).
     pub async fn connect(
+        &self,
+        client: SocketAddr,
+        destination: Destination,
+    ) -> Result<Connected, OutboundError> {
+        Box::pin(self.decide_and_connect(client, destination)).await
+    }
+
+    async fn decide_and_connect(
         &self,
         client: SocketAddr,
         destination: Destination,
