@@ -22,6 +22,9 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR=target/fuzz
 # Line tables only: a crash's backtrace names the code, the build stays short.
 export CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
+# Not the shipped binaries' link-time optimisation: it would make every
+# fuzz build several times longer for no gain in coverage.
+export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 # --target keeps the flags off build scripts and proc macros.
 cargo build --release --locked -p ferry-fuzz --target "$host" --bins
