@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 /// doubles each time a read fills it, up to `MAX_READ` (bulk transfers
 /// then cost few system calls and few HTTP/2 frames), and falls back to
 /// `FIRST_READ` after a small read.
-const FIRST_READ: usize = 16 * 1024;
+const FIRST_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
 
 /// The read buffer of one direction, sized by [`FIRST_READ`]/[`MAX_READ`].
