@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
             .build()?,
         workers => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
-            .thread_name("ferry-proxy")
+            .thread_name("ferry-worker")
             .enable_all()
             .build()?,
     };

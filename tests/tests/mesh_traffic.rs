@@ -92,6 +92,74 @@ async fn cross_node_traffic_is_mutual_tls_on_the_wire() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The data path on a multi-threaded runtime (`--worker-threads 3`; the
+/// default is one thread, a current-thread runtime): bulk transfers both
+/// ways over HBONE, and many connections at once, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_worker_threads_carry_the_same_traffic() -> anyhow::Result<()> {
+    let n = 46;
+    let options = MeshOptions {
+        proxy_args: ["--worker-threads", "3"].map(String::from).to_vec(),
+        ..mtls()
+    };
+    let c = Cluster::start(n, options).await?;
+    // The flag took: each proxy runs its workers (blocking-pool threads,
+    // if any, carry the same name).
+    for node in ["node-a", "node-b"] {
+        let pid = c.mesh.proxy(node)?.process.pid().expect("running");
+        let workers = std::fs::read_dir(format!("/proc/{pid}/task"))?
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "ferry-worker")
+            .count();
+        assert!(workers >= 3, "{node}: {workers} worker threads");
+    }
+    let socks = c.socks("node-a")?;
+    // Bulk, cross node, with half-close: 8 MiB out and every byte back.
+    let payload: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut stream = socks5_connect(socks, c.client(), &c.ip(2, 11).to_string(), 9090).await?;
+    assert_eq!(read_banner(&mut stream).await?, "backend-b1");
+    let (mut reader, mut writer) = stream.into_split();
+    let sent = payload.clone();
+    let writing = tokio::spawn(async move {
+        writer.write_all(&sent).await?;
+        writer.shutdown().await
+    });
+    let mut echoed = Vec::with_capacity(payload.len());
+    tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut echoed)).await??;
+    writing.await??;
+    assert!(
+        echoed == payload,
+        "{} of {} bytes came back",
+        echoed.len(),
+        payload.len()
+    );
+    // Many at once: each connection echoes its own message.
+    let connections = (0..64u32).map(|i| {
+        let client = c.client();
+        let target = c.ip(2, 11 + (i % 2) as u8).to_string();
+        tokio::spawn(async move {
+            let mut stream = socks5_connect(socks, client, &target, 9090).await?;
+            read_banner(&mut stream).await?;
+            let message = format!("message {i} ").repeat(100);
+            stream.write_all(message.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut back = String::new();
+            stream.read_to_string(&mut back).await?;
+            anyhow::ensure!(back == message, "connection {i}: echo differs");
+            anyhow::Ok(())
+        })
+    });
+    let results = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::future::join_all(connections),
+    )
+    .await?;
+    for result in results {
+        result??;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_affinity_and_endpoint_removal() -> anyhow::Result<()> {
     let c = Cluster::start(32, mtls()).await?;
