@@ -50,7 +50,6 @@ pub struct IstioLabels {
 /// dashboards: `--istio-metrics`.
 #[derive(Debug)]
 pub struct IstioMetrics {
-    registry: Registry,
     pub connections_opened: Family<IstioLabels, Counter>,
     pub connections_closed: Family<IstioLabels, Counter>,
     /// Response bytes: server to client.
@@ -61,44 +60,35 @@ pub struct IstioMetrics {
 
 impl IstioMetrics {
     pub(super) fn new() -> Self {
-        let mut registry = Registry::with_prefix("istio_tcp");
-        let metrics = Self {
+        Self {
             connections_opened: Family::default(),
             connections_closed: Family::default(),
             sent_bytes: Family::default(),
             received_bytes: Family::default(),
-            registry: Registry::default(),
-        };
+        }
+    }
+
+    /// Registers the metrics in `registry` (prefixed `istio_tcp`).
+    pub(super) fn register(&self, registry: &mut Registry) {
         registry.register(
             "connections_opened",
             "Total TCP connections opened (Istio's standard metric)",
-            metrics.connections_opened.clone(),
+            self.connections_opened.clone(),
         );
         registry.register(
             "connections_closed",
             "Total TCP connections closed (Istio's standard metric)",
-            metrics.connections_closed.clone(),
+            self.connections_closed.clone(),
         );
         registry.register(
             "sent_bytes",
             "Bytes sent in responses, server to client (Istio's standard metric)",
-            metrics.sent_bytes.clone(),
+            self.sent_bytes.clone(),
         );
         registry.register(
             "received_bytes",
             "Bytes received in requests, client to server (Istio's standard metric)",
-            metrics.received_bytes.clone(),
+            self.received_bytes.clone(),
         );
-        Self {
-            registry,
-            ..metrics
-        }
-    }
-}
-
-impl IstioMetrics {
-    /// Appends the exposition (with its `# EOF`).
-    pub(super) fn encode(&self, out: &mut String) -> Result<(), std::fmt::Error> {
-        prometheus_client::encoding::text::encode(out, &self.registry)
     }
 }

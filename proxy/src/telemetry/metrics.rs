@@ -232,7 +232,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("ferry");
+        // One root: Ferry's metrics under `ferry_`, Istio's (when on) under
+        // `istio_tcp_`, encoded together.
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("ferry");
         let metrics = Self {
             connections_opened: Family::default(),
             connections_closed: Family::default(),
@@ -359,30 +362,76 @@ impl Metrics {
             m.access_logs_suppressed.clone(),
         );
         Self {
-            registry,
+            registry: root,
             ..metrics
         }
     }
 
     /// With Istio's standard TCP metrics as well.
-    pub fn with_istio(self) -> Self {
+    pub fn with_istio(mut self) -> Self {
+        let istio = super::istio::IstioMetrics::new();
+        istio.register(self.registry.sub_registry_with_prefix("istio_tcp"));
         Self {
-            istio: Some(super::istio::IstioMetrics::new()),
+            istio: Some(istio),
             ..self
         }
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus reads):
-    /// Ferry's metrics, then Istio's when on, one `# EOF`.
+    /// Ferry's metrics, and Istio's when on.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        if let Some(istio) = &self.istio {
-            if out.ends_with("# EOF\n") {
-                out.truncate(out.len() - "# EOF\n".len());
-            }
-            istio.encode(&mut out)?;
-        }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istio_metrics_are_encoded_with_ferrys_under_their_own_prefix() {
+        let metrics = Metrics::new().with_istio();
+        if let Some(istio) = &metrics.istio {
+            istio
+                .connections_opened
+                .get_or_create(&crate::telemetry::istio::IstioLabels {
+                    reporter: Reporter::Source,
+                    source_workload: "a".into(),
+                    source_canonical_service: "a".into(),
+                    source_canonical_revision: "latest".into(),
+                    source_workload_namespace: "ns".into(),
+                    source_principal: "unknown".into(),
+                    source_app: "a".into(),
+                    source_version: "unknown".into(),
+                    source_cluster: "Kubernetes",
+                    destination_service: "unknown".into(),
+                    destination_service_namespace: "unknown".into(),
+                    destination_service_name: "unknown".into(),
+                    destination_workload: "unknown".into(),
+                    destination_canonical_service: "unknown".into(),
+                    destination_canonical_revision: "unknown".into(),
+                    destination_workload_namespace: "unknown".into(),
+                    destination_principal: "unknown".into(),
+                    destination_app: "unknown".into(),
+                    destination_version: "unknown".into(),
+                    destination_cluster: "Kubernetes",
+                    request_protocol: "tcp",
+                    response_flags: "-",
+                    connection_security_policy: "none",
+                })
+                .inc();
+        }
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("\nferry_config_revision 0\n"), "{text}");
+        assert!(
+            text.contains("\nistio_tcp_connections_opened_total{"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"));
+        let plain = Metrics::new().encode().unwrap();
+        assert!(!plain.contains("istio_tcp"), "{plain}");
     }
 }

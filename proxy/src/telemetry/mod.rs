@@ -115,15 +115,7 @@ impl Telemetry {
                 p.istio.app.clone(),
                 p.istio.version.clone(),
             ],
-            None => [
-                u.clone(),
-                u.clone(),
-                u.clone(),
-                u.clone(),
-                u.clone(),
-                u.clone(),
-                u.clone(),
-            ],
+            None => std::array::from_fn(|_| u.clone()),
         };
         let [sw, scs, scr, sn, sp, sa, sv] = peer(parties.source.as_ref());
         let [dw, dcs, dcr, dn, dp, da, dv] = peer(parties.destination.as_ref());
