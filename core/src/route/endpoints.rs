@@ -236,10 +236,7 @@ impl<'s> Eligible<'s> {
 
     /// The eligible endpoint at this address and target port.
     pub(crate) fn find_target(&self, target: SocketAddr) -> Option<&'s Endpoint> {
-        self.iter().find(|e| {
-            e.address == target.ip()
-                && e.ports.get(self.port).copied().flatten() == Some(target.port())
-        })
+        self.iter().find(|e| self.target(e) == Some(target))
     }
 
     /// An endpoint's address with its target port for this service port.

@@ -609,9 +609,8 @@ mod tests {
 
     #[tokio::test]
     async fn unusable_certificate_files_name_their_variable_and_path() {
-        let dir = std::env::temp_dir().join(format!("ferry-otlp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let junk = dir.join("junk.pem");
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate\n").unwrap();
         let junk = junk.display().to_string();
         let http = [
@@ -636,6 +635,5 @@ mod tests {
                 "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: {junk}: not a PEM private key: no items found"
             )
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
