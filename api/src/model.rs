@@ -198,11 +198,37 @@ pub struct IpBlock {
     pub except: Vec<String>,
 }
 
-/// A policy peer with its selectors resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A policy peer with its selectors resolved: the workloads of a peer
+/// group, workloads listed inline, or an address block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct PolicyPeer {
+    /// Workload keys listed inline (control planes before peer groups).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<String>,
+    /// The peer group whose members match (see [`PeerGroup`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub ip_block: Option<IpBlock>,
+}
+
+/// The members in one namespace of a policy peer (a pod selector and a
+/// namespace selector, resolved). Policies name the peer by `group`; the
+/// peer's members are the union of its groups' pods over namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerGroup {
+    pub namespace: String,
+    pub group: String,
+    /// Pod names in `namespace`, sorted.
+    pub pods: Vec<String>,
+    /// The selectors, for people.
+    pub selector: String,
+}
+
+impl PeerGroup {
+    /// The group's resource name, `namespace/group`.
+    pub fn key_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.group)
+    }
 }
 
 /// A port (or port range) of a policy rule.

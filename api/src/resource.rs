@@ -22,11 +22,19 @@ pub enum Kind {
     Service,
     Node,
     Policy,
+    #[serde(rename = "peer_group")]
+    PeerGroup,
 }
 
 impl Kind {
     /// All kinds, in the order a proxy applies them.
-    pub const ALL: [Kind; 4] = [Kind::Node, Kind::Workload, Kind::Service, Kind::Policy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Node,
+        Kind::Workload,
+        Kind::Service,
+        Kind::PeerGroup,
+        Kind::Policy,
+    ];
 
     fn to_proto(self) -> proto::Kind {
         match self {
@@ -34,6 +42,7 @@ impl Kind {
             Kind::Service => proto::Kind::Service,
             Kind::Node => proto::Kind::Node,
             Kind::Policy => proto::Kind::Policy,
+            Kind::PeerGroup => proto::Kind::PeerGroup,
         }
     }
 
@@ -43,6 +52,7 @@ impl Kind {
             proto::Kind::Service => Some(Kind::Service),
             proto::Kind::Node => Some(Kind::Node),
             proto::Kind::Policy => Some(Kind::Policy),
+            proto::Kind::PeerGroup => Some(Kind::PeerGroup),
             proto::Kind::Unspecified => None,
         }
     }
@@ -54,6 +64,7 @@ impl Kind {
             Kind::Service => "service",
             Kind::Node => "node",
             Kind::Policy => "policy",
+            Kind::PeerGroup => "peer_group",
         }
     }
 }
@@ -177,6 +188,7 @@ pub enum ResourceBody {
     Service(Service),
     Node(Node),
     Policy(Policy),
+    PeerGroup(PeerGroup),
 }
 
 impl ResourceBody {
@@ -187,6 +199,7 @@ impl ResourceBody {
             ResourceBody::Service(s) => ResourceKey::new(Kind::Service, s.key_name()),
             ResourceBody::Node(n) => ResourceKey::new(Kind::Node, n.name.clone()),
             ResourceBody::Policy(p) => ResourceKey::new(Kind::Policy, p.key_name()),
+            ResourceBody::PeerGroup(g) => ResourceKey::new(Kind::PeerGroup, g.key_name()),
         }
     }
 
@@ -196,6 +209,7 @@ impl ResourceBody {
             ResourceBody::Service(s) => proto::resource::Body::Service(service_to_proto(s)),
             ResourceBody::Node(n) => proto::resource::Body::Node(node_to_proto(n)),
             ResourceBody::Policy(p) => proto::resource::Body::Policy(policy_to_proto(p)),
+            ResourceBody::PeerGroup(g) => proto::resource::Body::PeerGroup(peer_group_to_proto(g)),
         }
     }
 }
@@ -261,6 +275,9 @@ impl VersionedResource {
             }
             Some(proto::resource::Body::Policy(p)) => {
                 ResourceBody::Policy(policy_from_proto(p).map_err(fail)?)
+            }
+            Some(proto::resource::Body::PeerGroup(g)) => {
+                ResourceBody::PeerGroup(peer_group_from_proto(g).map_err(fail)?)
             }
         };
         let body_key = body.key();
@@ -655,6 +672,7 @@ fn rules_to_proto(rules: &[PolicyRule]) -> Vec<proto::PolicyRule> {
                 .iter()
                 .map(|p| proto::PolicyPeer {
                     workloads: p.workloads.clone(),
+                    group: p.group.clone().unwrap_or_default(),
                     ip_block: p.ip_block.as_ref().map(|b| proto::IpBlock {
                         cidr: b.cidr.clone(),
                         except: b.except.clone(),
@@ -708,14 +726,24 @@ fn rules_from_proto(
                 peers: r
                     .peers
                     .into_iter()
-                    .map(|p| PolicyPeer {
-                        workloads: p.workloads,
-                        ip_block: p.ip_block.map(|b| IpBlock {
-                            cidr: b.cidr,
-                            except: b.except,
-                        }),
+                    .enumerate()
+                    .map(|(j, p)| {
+                        if p.group.contains('/') {
+                            return Err(FieldError::new(
+                                format!("{field}[{i}].peers[{j}].group"),
+                                format!("{:?} is not a group name (it has a '/')", p.group),
+                            ));
+                        }
+                        Ok(PolicyPeer {
+                            workloads: p.workloads,
+                            group: non_empty(p.group),
+                            ip_block: p.ip_block.map(|b| IpBlock {
+                                cidr: b.cidr,
+                                except: b.except,
+                            }),
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_, FieldError>>()?,
                 ports,
             })
         })
@@ -745,6 +773,51 @@ fn policy_from_proto(p: proto::Policy) -> Result<Policy, FieldError> {
         selected: p.selected,
         ingress: p.ingress,
         egress: p.egress,
+    })
+}
+
+// ---- peer group ----
+
+fn peer_group_to_proto(g: &PeerGroup) -> proto::PeerGroup {
+    proto::PeerGroup {
+        namespace: g.namespace.clone(),
+        group: g.group.clone(),
+        pods: g.pods.clone(),
+        selector: g.selector.clone(),
+    }
+}
+
+fn peer_group_from_proto(g: proto::PeerGroup) -> Result<PeerGroup, FieldError> {
+    required(&g.namespace, "namespace")?;
+    required(&g.group, "group")?;
+    if g.group.contains('/') {
+        return Err(FieldError::new(
+            "group",
+            format!("{:?} is not a group name (it has a '/')", g.group),
+        ));
+    }
+    if let Some(i) = g.pods.iter().position(|p| p.is_empty() || p.contains('/')) {
+        return Err(FieldError::new(
+            format!("pods[{i}]"),
+            format!("{:?} is not a pod name", g.pods[i]),
+        ));
+    }
+    // Proxies look members up by binary search.
+    if let Some(i) = g.pods.windows(2).position(|w| w[0] >= w[1]) {
+        return Err(FieldError::new(
+            format!("pods[{}]", i + 1),
+            format!(
+                "{:?} after {:?}: pods must be sorted and distinct",
+                g.pods[i + 1],
+                g.pods[i]
+            ),
+        ));
+    }
+    Ok(PeerGroup {
+        namespace: g.namespace,
+        group: g.group,
+        pods: g.pods,
+        selector: g.selector,
     })
 }
 
@@ -853,13 +926,24 @@ mod tests {
                 ingress: true,
                 egress: false,
                 ingress_rules: vec![PolicyRule {
-                    peers: vec![PolicyPeer {
-                        workloads: vec![],
-                        ip_block: Some(IpBlock {
-                            cidr: "10.0.0.0/8".into(),
-                            except: vec!["10.1.0.0/16".into()],
-                        }),
-                    }],
+                    peers: vec![
+                        PolicyPeer {
+                            group: Some("3f9a0c1d2e4b5a69".into()),
+                            ..PolicyPeer::default()
+                        },
+                        PolicyPeer {
+                            workloads: vec!["other/client".into()],
+                            ..PolicyPeer::default()
+                        },
+                        PolicyPeer {
+                            workloads: vec![],
+                            group: None,
+                            ip_block: Some(IpBlock {
+                                cidr: "10.0.0.0/8".into(),
+                                except: vec!["10.1.0.0/16".into()],
+                            }),
+                        },
+                    ],
                     ports: vec![PolicyPort {
                         protocol: Protocol::Tcp,
                         port: Some(TargetPort::Number(80)),
@@ -867,6 +951,12 @@ mod tests {
                     }],
                 }],
                 egress_rules: vec![],
+            }),
+            ResourceBody::PeerGroup(PeerGroup {
+                namespace: "other".into(),
+                group: "3f9a0c1d2e4b5a69".into(),
+                pods: vec!["client".into(), "client-2".into()],
+                selector: "namespaces {team=a} pods {role=client}".into(),
             }),
         ];
         for body in bodies {
@@ -924,6 +1014,38 @@ mod tests {
         assert_eq!(
             err.message,
             "endpoints[0].ports: has 2 entries for 1 service ports"
+        );
+    }
+
+    #[test]
+    fn a_peer_group_names_its_namespace_group_and_pods() {
+        let group = |namespace: &str, group: &str, pod: &str| {
+            VersionedResource::encode(&ResourceBody::PeerGroup(PeerGroup {
+                namespace: namespace.into(),
+                group: group.into(),
+                pods: vec![pod.into()],
+                selector: String::new(),
+            }))
+        };
+        let decoded = VersionedResource::decode(group("shop", "g1", "web")).unwrap();
+        assert_eq!(decoded.key, ResourceKey::new(Kind::PeerGroup, "shop/g1"));
+        let err = VersionedResource::decode(group("shop", "g/1", "web")).unwrap_err();
+        assert_eq!(
+            err.message,
+            r#"group: "g/1" is not a group name (it has a '/')"#
+        );
+        let err = VersionedResource::decode(group("shop", "g1", "")).unwrap_err();
+        assert_eq!(err.message, r#"pods[0]: "" is not a pod name"#);
+        let err = VersionedResource::decode(group("", "g1", "web")).unwrap_err();
+        assert_eq!(err.message, "namespace: must not be empty");
+        let mut unsorted = group("shop", "g1", "web");
+        if let Some(proto::resource::Body::PeerGroup(g)) = unsorted.body.as_mut() {
+            g.pods.push("api".into());
+        }
+        let err = VersionedResource::decode(unsorted).unwrap_err();
+        assert_eq!(
+            err.message,
+            r#"pods[1]: "api" after "web": pods must be sorted and distinct"#
         );
     }
 

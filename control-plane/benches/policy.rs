@@ -2,7 +2,9 @@
 //! of 100 pods, 10 policies each with pod, namespace+pod and named-port
 //! rules, half with egress rules). Measures compilation in the control
 //! plane, the proxy's policy memory, and the cost of evaluating one new
-//! connection (both directions), with its allocation count.
+//! connection (both directions), with its allocation count. Policy peers
+//! are published as shared peer groups: the wire rows count policies and
+//! groups together.
 //! Run: `cargo bench -p ferry-control-plane --bench policy`.
 
 mod common;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use ferry_api::model::Protocol;
 use ferry_api::proto::DeltaResponse;
 use ferry_control_plane::source::{K8sObject, SourceEvent};
-use ferry_control_plane::translate::{Change, TranslateOptions, Translator};
+use ferry_control_plane::translate::{Change, Scope, TranslateOptions, Translator};
 use ferry_core::policy::allowed as policy_allows;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
@@ -24,6 +26,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 const NAMESPACES: usize = 100;
 const PODS_PER_NAMESPACE: usize = 100;
 const POLICIES_PER_NAMESPACE: usize = 10;
+/// Pods are spread over this many nodes.
+const NODES: usize = 100;
 const EVALUATIONS: usize = 200_000;
 const ROLES: [&str; 3] = ["frontend", "api", "db"];
 
@@ -75,7 +79,7 @@ fn cluster() -> Vec<SourceEvent> {
                     ..Default::default()
                 },
                 spec: Some(core::PodSpec {
-                    node_name: Some(format!("node-{}", index % 100)),
+                    node_name: Some(format!("node-{}", index % NODES)),
                     containers: vec![core::Container {
                         name: "c".into(),
                         ports: Some(vec![core::ContainerPort {
@@ -165,24 +169,56 @@ fn main() {
         revision: 1,
         ..Default::default()
     };
-    let mut policy_bytes = 0;
+    // Bytes of policy state as published (each resource once), and as the
+    // proxies receive it (each resource once per node in its scope).
+    let (mut policy_bytes, mut group_bytes, mut streamed) = (0usize, 0usize, 0usize);
+    let (mut policies, mut groups) = (0usize, 0usize);
     for change in changes {
         if let Change::Upsert(key, p) = change {
-            if key.kind == ferry_api::Kind::Policy {
-                policy_bytes += prost::Message::encoded_len(p.resource.as_ref());
+            let len = prost::Message::encoded_len(p.resource.as_ref());
+            let fan_out = match &p.scope {
+                Scope::AllNodes => NODES,
+                Scope::Nodes(nodes) => nodes.len(),
+            };
+            match key.kind {
+                ferry_api::Kind::Policy => {
+                    policies += 1;
+                    policy_bytes += len;
+                    streamed += len * fan_out;
+                }
+                ferry_api::Kind::PeerGroup => {
+                    groups += 1;
+                    group_bytes += len;
+                    streamed += len * fan_out;
+                }
+                _ => {}
             }
             response.resources.push((*p.resource).clone());
         }
     }
+    let mib = |b: usize| format!("{:.2} MiB", b as f64 / 1048576.0);
     rows.push((
-        "policy resources on the wire (all 1,000)".into(),
-        format!("{:.1} MiB", policy_bytes as f64 / 1048576.0),
+        format!("policy state on the wire ({policies} policies + {groups} peer group shares)"),
+        format!(
+            "{} ({} policies, {} groups)",
+            mib(policy_bytes + group_bytes),
+            mib(policy_bytes),
+            mib(group_bytes)
+        ),
+    ));
+    rows.push((
+        format!("policy state sent to the {NODES} proxies (each to its nodes)"),
+        mib(streamed),
+    ));
+    rows.push((
+        "distinct peers (groups) of the 1,000 policies".into(),
+        translator.peer_group_count().to_string(),
     ));
 
     // One pod changes its role label: the policies whose sets it enters or
     // leaves are patched and republished.
     let mut times = Vec::new();
-    let mut republished = 0;
+    let mut republished = [0usize; 3];
     for i in 0..50usize {
         let n = (i * 7) % NAMESPACES;
         let p = (i * 13) % PODS_PER_NAMESPACE;
@@ -198,7 +234,7 @@ fn main() {
                 ..Default::default()
             },
             spec: Some(core::PodSpec {
-                node_name: Some(format!("node-{}", (n * PODS_PER_NAMESPACE + p) % 100)),
+                node_name: Some(format!("node-{}", (n * PODS_PER_NAMESPACE + p) % NODES)),
                 containers: vec![core::Container {
                     name: "c".into(),
                     ports: Some(vec![core::ContainerPort {
@@ -219,18 +255,34 @@ fn main() {
         let started = Instant::now();
         let changes = translator.apply([SourceEvent::Apply(K8sObject::from(pod))]);
         times.push(started.elapsed());
-        republished += changes
-            .iter()
-            .filter(|c| matches!(c, Change::Upsert(k, _) if k.kind == ferry_api::Kind::Policy))
-            .count();
+        for change in &changes {
+            let key = match change {
+                Change::Upsert(key, _) | Change::Remove(key) => key,
+            };
+            match key.kind {
+                ferry_api::Kind::Policy => republished[0] += 1,
+                ferry_api::Kind::PeerGroup => republished[1] += 1,
+                _ => republished[2] += 1,
+            }
+        }
     }
     times.sort();
     rows.push((
-        "control plane: one pod label change (median of 50)".into(),
+        "control plane: one pod label change (median / max of 50)".into(),
         format!(
-            "{:.2?}, {:.1} policies republished on average",
+            "{:.2?} / {:.2?}",
             times[times.len() / 2],
-            republished as f64 / 50.0
+            times[times.len() - 1]
+        ),
+    ));
+    rows.push((
+        "  resources republished per change (mean)".into(),
+        format!(
+            "{:.1}: {:.1} policies, {:.1} peer group shares, {:.1} others",
+            republished.iter().sum::<usize>() as f64 / 50.0,
+            republished[0] as f64 / 50.0,
+            republished[1] as f64 / 50.0,
+            republished[2] as f64 / 50.0
         ),
     ));
 

@@ -186,7 +186,7 @@ mod tests {
     use super::*;
     use crate::route::tests::{node, pod, sa};
     use crate::state::ConfigStore;
-    use ferry_api::model::{Policy, PolicyPeer, PolicyRule};
+    use ferry_api::model::{PeerGroup, Policy, PolicyPeer, PolicyRule};
     use ferry_api::ResourceBody;
     use std::sync::Arc;
 
@@ -195,7 +195,7 @@ mod tests {
     /// n1: a1 10.0.1.1 and client 10.0.1.100 (mesh, each its own service
     /// account), outsider 10.0.1.50 (outside the mesh); n2: a2 10.0.2.1
     /// (mesh), legacy 10.0.2.9 (outside the mesh); a2's ingress is open to
-    /// a1 only.
+    /// a1 only (the one member of its peer group).
     fn workload(name: &str, address: &str, node: &str, mesh: bool) -> ResourceBody {
         let mut w = pod(name, address, node, mesh);
         w.service_account = name.into();
@@ -220,12 +220,18 @@ mod tests {
             egress: false,
             ingress_rules: vec![PolicyRule {
                 peers: vec![PolicyPeer {
-                    workloads: vec!["shop/a1".into()],
-                    ip_block: None,
+                    group: Some("g-a1".into()),
+                    ..PolicyPeer::default()
                 }],
                 ports: vec![],
             }],
             egress_rules: vec![],
+        }));
+        bodies.push(ResourceBody::PeerGroup(PeerGroup {
+            namespace: "shop".into(),
+            group: "g-a1".into(),
+            pods: vec!["a1".into()],
+            selector: "pods {app=a1} in namespace shop".into(),
         }));
         ConfigStore::holding(&bodies).snapshot()
     }

@@ -30,15 +30,23 @@ use std::net::IpAddr;
 /// One peer of a rule, ready for lookups.
 #[derive(Debug, Clone)]
 struct CompiledPeer {
+    /// Workloads listed inline in the policy.
     workloads: HashSet<String>,
+    /// The peer group whose members match, looked up in the index.
+    group: Option<String>,
     block: Option<(Cidr, Vec<Cidr>)>,
 }
 
 impl CompiledPeer {
-    fn matches(&self, other: &Party<'_>) -> bool {
+    fn matches(&self, index: &impl PolicyIndex, other: &Party<'_>) -> bool {
         if let Some(key) = other.key {
             if self.workloads.contains(key) {
                 return true;
+            }
+            if let Some(group) = &self.group {
+                if index.in_peer_group(group, key) {
+                    return true;
+                }
             }
         }
         match &self.block {
@@ -78,6 +86,7 @@ fn compile_rules(rules: &[ferry_api::model::PolicyRule]) -> Vec<CompiledRule> {
                     .iter()
                     .map(|p| CompiledPeer {
                         workloads: p.workloads.iter().cloned().collect(),
+                        group: p.group.clone(),
                         block: p.ip_block.as_ref().and_then(|b| {
                             let cidr = Cidr::parse(&b.cidr).ok()?;
                             let except = b
@@ -108,12 +117,17 @@ impl CompiledPolicy {
 }
 
 /// The policies that select a workload (by `namespace/name`), in the order
-/// they should be reported.
+/// they should be reported, and the members of peer groups.
 pub trait PolicyIndex {
     fn policies_selecting<'a>(
         &'a self,
         workload: &'a str,
     ) -> impl Iterator<Item = &'a CompiledPolicy> + 'a;
+
+    /// Whether `workload` (`namespace/name`) is a member of peer group
+    /// `group`. A group the index does not hold has no members: a peer
+    /// naming it admits nobody (fails closed).
+    fn in_peer_group(&self, group: &str, workload: &str) -> bool;
 }
 
 /// One end of a connection: an address, and the workload behind it if any
@@ -185,6 +199,7 @@ impl std::fmt::Display for Direction {
 impl CompiledRule {
     fn matches(
         &self,
+        index: &impl PolicyIndex,
         other: &Party<'_>,
         port: u16,
         protocol: Protocol,
@@ -193,7 +208,7 @@ impl CompiledRule {
         let peer_ok = self
             .peers
             .as_ref()
-            .is_none_or(|peers| peers.iter().any(|p| p.matches(other)));
+            .is_none_or(|peers| peers.iter().any(|p| p.matches(index, other)));
         peer_ok
             && (self.ports.is_empty()
                 || self
@@ -231,7 +246,7 @@ fn allows(
         isolated = true;
         if rules
             .iter()
-            .any(|r| r.matches(other, port, protocol, destination))
+            .any(|r| r.matches(index, other, port, protocol, destination))
         {
             return true;
         }
@@ -289,7 +304,7 @@ fn judge(
         };
         if let Some(index) = rules
             .iter()
-            .position(|r| r.matches(other, port, protocol, destination))
+            .position(|r| r.matches(index, other, port, protocol, destination))
         {
             return DirectionVerdict::Allowed {
                 policy: policy.key.clone(),

@@ -325,7 +325,7 @@ mod tests {
             egress_rules: vec![PolicyRule {
                 peers: vec![PolicyPeer {
                     workloads: vec!["shop/a2".into()],
-                    ip_block: None,
+                    ..PolicyPeer::default()
                 }],
                 ports: vec![],
             }],

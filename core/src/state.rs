@@ -42,6 +42,9 @@ pub struct ProxyState {
     /// selecting each workload.
     policies: imbl::HashMap<String, Arc<CompiledPolicy>>,
     policies_by_workload: imbl::HashMap<String, imbl::OrdSet<String>>,
+    /// Peer groups by group, then namespace: each entry's pods are sorted,
+    /// so membership is a binary search in the resource itself.
+    peer_groups: imbl::HashMap<String, imbl::HashMap<String, Entry>>,
     /// Telemetry labels, built once per resource version so that a
     /// connection's metrics take reference counts, not allocations.
     /// One shared `PeerLabels` per distinct (namespace, app, identity):
@@ -341,12 +344,13 @@ impl ProxyState {
     }
 
     /// How many resources of each kind the state holds.
-    pub fn counts(&self) -> [(Kind, usize); 4] {
+    pub fn counts(&self) -> [(Kind, usize); 5] {
         let mut counts = [
             (Kind::Workload, 0),
             (Kind::Service, 0),
             (Kind::Node, 0),
             (Kind::Policy, 0),
+            (Kind::PeerGroup, 0),
         ];
         for key in self.resources.keys() {
             if let Some(c) = counts.iter_mut().find(|(k, _)| *k == key.kind) {
@@ -530,6 +534,14 @@ impl ProxyState {
             ResourceBody::Node(n) => {
                 Self::unindex_keys(&mut self.nodes_by_ip, Self::node_ips(n), key);
             }
+            ResourceBody::PeerGroup(g) => {
+                if let Some(namespaces) = self.peer_groups.get_mut(&g.group) {
+                    namespaces.remove(&g.namespace);
+                    if namespaces.is_empty() {
+                        self.peer_groups.remove(&g.group);
+                    }
+                }
+            }
             ResourceBody::Policy(p) => {
                 self.policies.remove(&key.name);
                 for w in &p.selected {
@@ -594,6 +606,12 @@ impl ProxyState {
             ResourceBody::Node(n) => {
                 Self::index_keys(&mut self.nodes_by_ip, Self::node_ips(n), &entry);
             }
+            ResourceBody::PeerGroup(g) => {
+                self.peer_groups
+                    .entry(g.group.clone())
+                    .or_default()
+                    .insert(g.namespace.clone(), entry.clone());
+            }
             ResourceBody::Policy(p) => {
                 self.policies
                     .insert(entry.key.name.clone(), Arc::new(CompiledPolicy::compile(p)));
@@ -628,6 +646,23 @@ impl PolicyIndex for ProxyState {
             .into_iter()
             .flatten()
             .filter_map(|name| self.policies.get(name).map(|p| p.as_ref()))
+    }
+
+    fn in_peer_group(&self, group: &str, workload: &str) -> bool {
+        let Some((namespace, pod)) = workload.split_once('/') else {
+            return false;
+        };
+        let entry = self
+            .peer_groups
+            .get(group)
+            .and_then(|namespaces| namespaces.get(namespace));
+        match entry.map(|e| &e.body) {
+            // Sorted: checked when the resource was decoded.
+            Some(ResourceBody::PeerGroup(g)) => {
+                g.pods.binary_search_by(|p| p.as_str().cmp(pod)).is_ok()
+            }
+            _ => false,
+        }
     }
 }
 

@@ -145,11 +145,12 @@ impl Admin {
             })
             .sum();
         let summary = format!(
-            "{} nodes, {} workloads, {} services ({endpoints} endpoints), {} policies",
+            "{} nodes, {} workloads, {} services ({endpoints} endpoints), {} policies ({} peer group shares)",
             count(ferry_api::Kind::Node),
             count(ferry_api::Kind::Workload),
             count(ferry_api::Kind::Service),
             count(ferry_api::Kind::Policy),
+            count(ferry_api::Kind::PeerGroup),
         );
         serde_json::to_string_pretty(&ConfigDump {
             node: &self.node,

@@ -14,6 +14,7 @@
 //! Each batch of events marks resources dirty; each dirty resource is
 //! translated once, encoded, and reported only if its content version changed.
 
+mod groups;
 pub mod objects;
 pub mod policy;
 
@@ -172,10 +173,9 @@ pub struct Translator {
     options: TranslateOptions,
     namespaces: HashMap<String, NamespaceState>,
     nodes: objects::Nodes,
-    /// Compiled NetworkPolicies, and those with namespaceSelector peers
-    /// (the only ones a pod of another namespace can affect).
+    /// Compiled NetworkPolicies, and the peer groups they refer to.
     compiled: HashMap<NsName, policy::CompiledPolicy>,
-    spanning: BTreeSet<NsName>,
+    groups: groups::PeerGroups,
     output: HashMap<ResourceKey, Published>,
 }
 
@@ -187,6 +187,11 @@ struct Dirty {
     /// Nodes whose zone changed: their pods' services, found once per batch.
     zones: BTreeSet<String>,
     policies: BTreeSet<NsName>,
+    /// Peer group shares whose members changed, or that go to other nodes.
+    groups: BTreeSet<groups::Share>,
+    /// Groups whose users changed or went to other nodes: where the group
+    /// is sent is worked out again.
+    group_nodes: BTreeSet<String>,
 }
 
 impl Translator {
@@ -205,6 +210,11 @@ impl Translator {
     /// NetworkPolicies received so far (compiled by the policy translation).
     pub fn policy_count(&self) -> usize {
         self.namespaces.values().map(|n| n.policies.len()).sum()
+    }
+
+    /// Distinct policy peers (groups) the policies refer to.
+    pub fn peer_group_count(&self) -> usize {
+        self.groups.len()
     }
 
     /// Applies a batch of source events; returns the resources whose content
@@ -264,13 +274,17 @@ impl Translator {
             }
             K8sObject::NetworkPolicy(policy) => {
                 let key = (r.namespace.clone(), r.name.clone());
-                let compiled = policy::CompiledPolicy::compile(&policy, self.pod_views());
-                if compiled.spans_namespaces() {
-                    self.spanning.insert(key.clone());
-                } else {
-                    self.spanning.remove(&key);
+                let (compiled, specs) =
+                    policy::CompiledPolicy::compile(&policy, self.pod_views_of(&r.namespace));
+                // New groups first: a group both versions use is kept.
+                for spec in specs {
+                    dirty.group_nodes.insert(spec.id.clone());
+                    self.groups
+                        .acquire(spec, &key, &self.namespaces, &mut dirty.groups);
                 }
-                self.compiled.insert(key.clone(), compiled);
+                if let Some(old) = self.compiled.insert(key.clone(), compiled) {
+                    self.release_groups(&key, &old, dirty);
+                }
                 self.namespace(&r.namespace).policies.insert(r.name, policy);
                 dirty.policies.insert(key);
             }
@@ -300,8 +314,9 @@ impl Translator {
                     ns.policies.remove(&r.name);
                 }
                 let key = (r.namespace.clone(), r.name.clone());
-                self.compiled.remove(&key);
-                self.spanning.remove(&key);
+                if let Some(old) = self.compiled.remove(&key) {
+                    self.release_groups(&key, &old, dirty);
+                }
                 dirty.policies.insert(key);
             }
         }
@@ -416,23 +431,45 @@ impl Translator {
         self.pod_changed_for_policies(namespace, name, dirty);
     }
 
-    /// Every pod, as policy compilation sees it.
-    fn pod_views(&self) -> impl Iterator<Item = policy::PodView<'_>> {
-        self.namespaces.iter().flat_map(|(ns_name, ns)| {
-            let labels = ns.effective_labels.as_ref();
-            ns.pods.iter().filter_map(move |(pod, w)| {
-                Some(policy::PodView {
-                    namespace: ns_name,
-                    name: pod,
-                    labels: &w.labels,
-                    namespace_labels: labels?,
+    /// The pods of one namespace, as policy compilation sees them.
+    fn pod_views_of<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = policy::PodView<'a>> + 'a {
+        self.namespaces
+            .get_key_value(namespace)
+            .into_iter()
+            .flat_map(|(ns_name, ns)| {
+                let labels = ns.effective_labels.as_ref();
+                ns.pods.iter().filter_map(move |(pod, w)| {
+                    Some(policy::PodView {
+                        namespace: ns_name,
+                        name: pod,
+                        labels: &w.labels,
+                        namespace_labels: labels?,
+                    })
                 })
             })
-        })
     }
 
-    /// Re-checks one pod against the policies that could select it: those of
-    /// its namespace and those with namespaceSelector peers.
+    /// A policy changed or went: the groups its old version referred to
+    /// lose it as a user (unless the new version still refers to them).
+    fn release_groups(&mut self, key: &NsName, old: &policy::CompiledPolicy, dirty: &mut Dirty) {
+        let kept: BTreeSet<&str> = self
+            .compiled
+            .get(key)
+            .map(|new| new.group_ids().collect())
+            .unwrap_or_default();
+        for id in old.group_ids() {
+            dirty.group_nodes.insert(id.to_string());
+            if !kept.contains(id) {
+                self.groups.release(id, key, &mut dirty.groups);
+            }
+        }
+    }
+
+    /// Re-checks one pod against the policies of its namespace (their own
+    /// selectors) and the peer groups that could admit it.
     fn pod_changed_for_policies(&mut self, namespace: &str, name: &str, dirty: &mut Dirty) {
         let key = format!("{namespace}/{name}");
         let ns = self.namespaces.get(namespace);
@@ -444,55 +481,28 @@ impl Translator {
                 namespace_labels: ns.effective_labels.as_ref()?,
             })
         });
-        // Split borrows: the namespace and the spanning set are read while
-        // the compiled policies are patched; nothing is cloned per policy.
-        let compiled = &mut self.compiled;
-        let mut patch = |policy_key: &NsName, dirty: &mut Dirty| {
-            let Some(policy) = compiled.get_mut(policy_key) else {
-                return;
-            };
-            // A selected pod's node decides which proxies get the policy.
-            let selects = policy.selected.contains(&key);
-            if policy.update_pod(&key, view) || selects {
-                dirty.policies.insert(policy_key.clone());
-            }
-        };
         if let Some(ns) = ns {
             for policy_name in ns.policies.keys() {
                 let policy_key = (namespace.to_string(), policy_name.clone());
-                if !self.spanning.contains(&policy_key) {
-                    patch(&policy_key, dirty);
+                let Some(policy) = self.compiled.get_mut(&policy_key) else {
+                    continue;
+                };
+                // A selected pod's node decides which proxies get the policy.
+                let selects = policy.selected.contains(&key);
+                if policy.update_pod(&key, view) || selects {
+                    dirty.policies.insert(policy_key);
                 }
             }
         }
-        for policy_key in &self.spanning {
-            patch(policy_key, dirty);
-        }
+        self.groups
+            .update_pod(namespace, name, view, &mut dirty.groups);
     }
 
     /// Re-checks a namespace's pods against namespaceSelector peers.
     fn namespace_labels_changed_for_policies(&mut self, namespace: &str, dirty: &mut Dirty) {
-        let Some(ns) = self.namespaces.get(namespace) else {
-            return;
-        };
-        let Some(ns_labels) = ns.effective_labels.as_ref() else {
-            return;
-        };
-        for policy_key in &self.spanning {
-            let Some(compiled) = self.compiled.get_mut(policy_key) else {
-                continue;
-            };
-            for (pod, w) in &ns.pods {
-                let view = policy::PodView {
-                    namespace,
-                    name: pod,
-                    labels: &w.labels,
-                    namespace_labels: ns_labels,
-                };
-                if compiled.update_pod(&view.key(), Some(view)) {
-                    dirty.policies.insert(policy_key.clone());
-                }
-            }
+        if let Some(ns) = self.namespaces.get(namespace) {
+            self.groups
+                .update_namespace(namespace, ns, &mut dirty.groups);
         }
     }
 
@@ -629,24 +639,52 @@ impl Translator {
                 &mut changes,
             );
         }
-        for key in dirty.policies {
+        for key in std::mem::take(&mut dirty.policies) {
             let resource_key = ResourceKey::new(Kind::Policy, format!("{}/{}", key.0, key.1));
-            let Some(compiled) = self.compiled.get(&key) else {
+            let Some(compiled) = self.compiled.get_mut(&key) else {
                 self.publish_scoped(resource_key, None, Scope::AllNodes, &mut changes);
                 continue;
             };
             // Enforced where the selected pods run: ingress on the
             // destination's node, egress on the source's.
+            let namespaces = &self.namespaces;
             let nodes: BTreeSet<String> = compiled
                 .selected
                 .iter()
                 .filter_map(|w| {
                     let (ns, pod) = w.split_once('/')?;
-                    self.namespaces.get(ns)?.pods.get(pod)?.node.clone()
+                    namespaces.get(ns)?.pods.get(pod)?.node.clone()
                 })
                 .collect();
+            if nodes != compiled.nodes {
+                // Its groups go where the policy goes.
+                dirty
+                    .group_nodes
+                    .extend(compiled.group_ids().map(str::to_owned));
+                compiled.nodes = nodes.clone();
+            }
             let body = ResourceBody::Policy(compiled.to_model());
             self.publish_scoped(resource_key, Some(body), Scope::Nodes(nodes), &mut changes);
+        }
+        for id in std::mem::take(&mut dirty.group_nodes) {
+            let nodes: BTreeSet<String> = self
+                .groups
+                .users(&id)
+                .filter_map(|user| self.compiled.get(user))
+                .flat_map(|policy| policy.nodes.iter().cloned())
+                .collect();
+            self.groups.set_nodes(&id, nodes, &mut dirty.groups);
+        }
+        for (namespace, id) in std::mem::take(&mut dirty.groups) {
+            let key = ResourceKey::new(Kind::PeerGroup, format!("{namespace}/{id}"));
+            match self.groups.share(&namespace, &id) {
+                Some((group, nodes)) => {
+                    let scope = Scope::Nodes(nodes.clone());
+                    let body = ResourceBody::PeerGroup(group);
+                    self.publish_scoped(key, Some(body), scope, &mut changes);
+                }
+                None => self.publish_scoped(key, None, Scope::AllNodes, &mut changes),
+            }
         }
         changes
     }

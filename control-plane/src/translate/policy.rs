@@ -1,13 +1,13 @@
 //! NetworkPolicy compilation: selectors resolved to workload sets.
 //!
-//! A compiled policy keeps, for its own pod selector and for every peer of
-//! every rule, the set of workloads ("namespace/name") it matches. Sets are
-//! patched, not recomputed, when a pod or a namespace changes: a pod change
-//! re-checks that one pod against the slots of the policies that could
-//! match it (those of its namespace, and those with a namespaceSelector
-//! peer); a namespace label change re-checks that namespace's pods against
-//! namespaceSelector peers. Only a policy's own change compiles it from
-//! scratch.
+//! A compiled policy keeps the set of workloads ("namespace/name") its own
+//! pod selector selects, and refers to each peer (a pod selector and a
+//! namespace selector) by the id of its group: the group is derived from
+//! the selectors alone ([`GroupSpec`]), so every policy writing the same
+//! peer shares one, resolved once and published once
+//! ([`super::groups`]). The selected set is patched, not recomputed, when
+//! a pod of the policy's namespace changes; only a policy's own change
+//! compiles it from scratch.
 //!
 //! Semantics follow networking.k8s.io/v1: policyTypes inferred when absent
 //! (Ingress always, Egress when an egress section exists); an empty
@@ -17,7 +17,7 @@
 //! ports may be named (resolved by the proxy against the destination pod)
 //! and carry an endPort range.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ferry_api::model::{self, IpBlock, PolicyPeer, PolicyPort, PolicyRule, Protocol, TargetPort};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -69,19 +69,15 @@ pub enum Slot {
         namespaces: LabelSelector,
         pods: Option<LabelSelector>,
     },
-    /// An ipBlock peer: no workload set.
-    Block(IpBlock),
 }
 
 impl Slot {
-    fn from_peer(peer: &NetworkPolicyPeer) -> Self {
-        if let Some(block) = &peer.ip_block {
-            return Slot::Block(IpBlock {
-                cidr: block.cidr.clone(),
-                except: block.except.clone().unwrap_or_default(),
-            });
+    /// The selectors of a peer; `None` for an ipBlock.
+    fn from_peer(peer: &NetworkPolicyPeer) -> Option<Self> {
+        if peer.ip_block.is_some() {
+            return None;
         }
-        match (&peer.namespace_selector, &peer.pod_selector) {
+        Some(match (&peer.namespace_selector, &peer.pod_selector) {
             (Some(ns), pods) => Slot::Namespaces {
                 namespaces: ns.clone(),
                 pods: pods.clone(),
@@ -92,7 +88,7 @@ impl Slot {
                 match_expressions: Some(vec![]),
                 match_labels: Some(BTreeMap::from([(String::new(), String::new())])),
             }),
-        }
+        })
     }
 
     /// Whether a pod (its namespace, labels and its namespace's labels) is in this slot
@@ -114,7 +110,6 @@ impl Slot {
                         .as_ref()
                         .is_none_or(|p| selector_matches(p, pod_labels))
             }
-            Slot::Block(_) => false,
         }
     }
 
@@ -123,15 +118,24 @@ impl Slot {
     }
 }
 
-/// A rule with its peer slots and ports.
+/// A peer of a compiled rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Peer {
+    /// The members of a peer group (by id; see [`super::groups`]).
+    Group(String),
+    /// An ipBlock.
+    Block(IpBlock),
+}
+
+/// A rule with its peers and ports.
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
     /// `None`: every peer (empty or absent `from`/`to`).
-    pub peers: Option<Vec<(Slot, HashSet<String>)>>,
+    pub peers: Option<Vec<Peer>>,
     pub ports: Vec<PolicyPort>,
 }
 
-/// A policy with every selector resolved.
+/// A policy with its own selector resolved; its peers refer to groups.
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     pub namespace: String,
@@ -142,6 +146,84 @@ pub struct CompiledPolicy {
     pub egress: bool,
     pub ingress_rules: Vec<CompiledRule>,
     pub egress_rules: Vec<CompiledRule>,
+    /// The nodes of the selected pods, where the policy is enforced: as
+    /// last published (empty until then).
+    pub nodes: BTreeSet<String>,
+}
+
+/// A peer selector as a group: its id and what it selects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSpec {
+    pub id: String,
+    /// The namespace of the policy that wrote it: a pod-selector-only peer
+    /// selects pods of that namespace.
+    pub home: String,
+    pub slot: Slot,
+    /// Canonical text of the selectors (for people; hashed into `id`).
+    pub text: String,
+}
+
+impl GroupSpec {
+    /// The group of a peer slot.
+    fn of(slot: Slot, home: &str) -> Self {
+        let text = match &slot {
+            Slot::Pods(pods) => format!("pods {{{}}} in namespace {home}", selector_text(pods)),
+            Slot::Namespaces { namespaces, pods } => format!(
+                "pods {{{}}} in namespaces {{{}}}",
+                pods.as_ref().map(selector_text).unwrap_or_default(),
+                selector_text(namespaces)
+            ),
+        };
+        Self {
+            id: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes())),
+            home: home.to_string(),
+            slot,
+            text,
+        }
+    }
+
+    /// Whether the group admits pods of other namespaces than its home.
+    pub fn spans_namespaces(&self) -> bool {
+        self.slot.spans_namespaces()
+    }
+
+    pub fn matches(&self, pod: &PodView<'_>) -> bool {
+        self.slot
+            .matches(&self.home, pod.namespace, pod.labels, pod.namespace_labels)
+    }
+}
+
+/// A label selector as canonical text, in the syntax of `kubectl -l`:
+/// terms sorted, values of set terms sorted, a one-value `In` written as
+/// `k=v`, so that equal selectors read the same (and name the same group)
+/// whatever way they were written.
+pub fn selector_text(selector: &LabelSelector) -> String {
+    let mut terms: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let mut values: Vec<&str> = e.values.iter().flatten().map(String::as_str).collect();
+        values.sort_unstable();
+        values.dedup();
+        let values = values.join(",");
+        terms.push(match e.operator.as_str() {
+            // `k in (v)` is `k=v`: written either way, one group.
+            "In" if !values.contains(',') && !values.is_empty() => {
+                format!("{}={values}", e.key)
+            }
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            "DoesNotExist" => format!("!{}", e.key),
+            other => format!("{} {other} ({values})", e.key),
+        });
+    }
+    terms.sort_unstable();
+    terms.dedup();
+    terms.join(",")
 }
 
 fn ports(list: Option<&Vec<NetworkPolicyPort>>) -> Vec<PolicyPort> {
@@ -168,10 +250,28 @@ fn ports(list: Option<&Vec<NetworkPolicyPort>>) -> Vec<PolicyPort> {
 fn rule(
     peers: Option<&Vec<NetworkPolicyPeer>>,
     port_list: Option<&Vec<NetworkPolicyPort>>,
+    home: &str,
+    groups: &mut Vec<GroupSpec>,
 ) -> CompiledRule {
     let peers = peers.filter(|p| !p.is_empty()).map(|p| {
         p.iter()
-            .map(|peer| (Slot::from_peer(peer), HashSet::new()))
+            .map(|peer| match (Slot::from_peer(peer), &peer.ip_block) {
+                (Some(slot), _) => {
+                    let spec = GroupSpec::of(slot, home);
+                    let id = spec.id.clone();
+                    if !groups.iter().any(|g| g.id == id) {
+                        groups.push(spec);
+                    }
+                    Peer::Group(id)
+                }
+                (None, block) => Peer::Block(IpBlock {
+                    cidr: block.as_ref().map(|b| b.cidr.clone()).unwrap_or_default(),
+                    except: block
+                        .as_ref()
+                        .and_then(|b| b.except.clone())
+                        .unwrap_or_default(),
+                }),
+            })
             .collect()
     });
     CompiledRule {
@@ -203,8 +303,13 @@ impl PodView<'_> {
 }
 
 impl CompiledPolicy {
-    /// Compiles a policy against every pod.
-    pub fn compile<'a>(policy: &NetworkPolicy, pods: impl Iterator<Item = PodView<'a>>) -> Self {
+    /// Compiles a policy against the pods of its namespace (the only pods
+    /// its own selector can select); returns it with the groups of its
+    /// peers (each once).
+    pub fn compile<'a>(
+        policy: &NetworkPolicy,
+        pods: impl Iterator<Item = PodView<'a>>,
+    ) -> (Self, Vec<GroupSpec>) {
         let namespace = policy
             .metadata
             .namespace
@@ -221,69 +326,60 @@ impl CompiledPolicy {
             ),
             None => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
         };
+        let mut groups = Vec::new();
+        let ingress_rules = spec
+            .ingress
+            .iter()
+            .flatten()
+            .map(|r| rule(r.from.as_ref(), r.ports.as_ref(), &namespace, &mut groups))
+            .collect();
+        let egress_rules = spec
+            .egress
+            .iter()
+            .flatten()
+            .map(|r| rule(r.to.as_ref(), r.ports.as_ref(), &namespace, &mut groups))
+            .collect();
         let mut compiled = Self {
             select: Slot::Pods(spec.pod_selector.clone().unwrap_or_default()),
             selected: HashSet::new(),
             ingress,
             egress,
-            ingress_rules: spec
-                .ingress
-                .iter()
-                .flatten()
-                .map(|r| rule(r.from.as_ref(), r.ports.as_ref()))
-                .collect(),
-            egress_rules: spec
-                .egress
-                .iter()
-                .flatten()
-                .map(|r| rule(r.to.as_ref(), r.ports.as_ref()))
-                .collect(),
+            ingress_rules,
+            egress_rules,
             namespace,
             name,
+            nodes: BTreeSet::new(),
         };
         for pod in pods {
             compiled.update_pod(&pod.key(), Some(pod));
         }
-        compiled
+        (compiled, groups)
     }
 
-    /// Whether any slot can match pods outside the policy's namespace.
-    pub fn spans_namespaces(&self) -> bool {
+    /// The ids of the groups its peers refer to (a group may repeat).
+    pub fn group_ids(&self) -> impl Iterator<Item = &str> {
         self.ingress_rules
             .iter()
             .chain(&self.egress_rules)
             .flat_map(|r| r.peers.iter().flatten())
-            .any(|(slot, _)| slot.spans_namespaces())
+            .filter_map(|peer| match peer {
+                Peer::Group(id) => Some(id.as_str()),
+                Peer::Block(_) => None,
+            })
     }
 
-    /// Re-checks one pod (`None`: it is gone) against every slot; returns
-    /// whether any set changed.
+    /// Re-checks one pod (`None`: it is gone) against the policy's own
+    /// selector; returns whether the selected set changed.
     pub fn update_pod(&mut self, key: &str, pod: Option<PodView<'_>>) -> bool {
-        let Self {
-            namespace,
-            select,
-            selected,
-            ingress_rules,
-            egress_rules,
-            ..
-        } = self;
-        let check = |slot: &Slot, set: &mut HashSet<String>| -> bool {
-            let now = pod.is_some_and(|p| {
-                slot.matches(namespace, p.namespace, p.labels, p.namespace_labels)
-            });
-            match (now, set.contains(key)) {
-                (true, false) => set.insert(key.to_string()),
-                (false, true) => set.remove(key),
-                _ => false,
-            }
-        };
-        let mut changed = check(select, selected);
-        for rule in ingress_rules.iter_mut().chain(egress_rules.iter_mut()) {
-            for (slot, set) in rule.peers.iter_mut().flatten() {
-                changed |= check(slot, set);
-            }
+        let now = pod.is_some_and(|p| {
+            self.select
+                .matches(&self.namespace, p.namespace, p.labels, p.namespace_labels)
+        });
+        match (now, self.selected.contains(key)) {
+            (true, false) => self.selected.insert(key.to_string()),
+            (false, true) => self.selected.remove(key),
+            _ => false,
         }
-        changed
     }
 
     /// The model resource.
@@ -296,11 +392,14 @@ impl CompiledPolicy {
                         .peers
                         .iter()
                         .flatten()
-                        .map(|(slot, set)| PolicyPeer {
-                            workloads: sorted(set),
-                            ip_block: match slot {
-                                Slot::Block(b) => Some(b.clone()),
-                                _ => None,
+                        .map(|peer| match peer {
+                            Peer::Group(id) => PolicyPeer {
+                                group: Some(id.clone()),
+                                ..PolicyPeer::default()
+                            },
+                            Peer::Block(block) => PolicyPeer {
+                                ip_block: Some(block.clone()),
+                                ..PolicyPeer::default()
                             },
                         })
                         .collect(),

@@ -121,8 +121,12 @@ struct Model {
 fn decoded(t: &Translator) -> Model {
     let mut m = Model::default();
     for (key, published) in t.published() {
-        // Policies are scoped to nodes; their own tests cover them.
-        if key.kind == ferry_api::Kind::Policy {
+        // Policies and their peer groups are scoped to nodes; their own
+        // tests cover them.
+        if matches!(
+            key.kind,
+            ferry_api::Kind::Policy | ferry_api::Kind::PeerGroup
+        ) {
             continue;
         }
         assert_eq!(published.scope, Scope::AllNodes, "{key}");
@@ -135,7 +139,7 @@ fn decoded(t: &Translator) -> Model {
             ResourceBody::Service(s) => m.services.insert(name, s).is_none(),
             ResourceBody::Workload(w) => m.workloads.insert(name, w).is_none(),
             ResourceBody::Node(n) => m.nodes.insert(name, n).is_none(),
-            ResourceBody::Policy(p) => panic!("unexpected policy {p:?}"),
+            ResourceBody::Policy(_) | ResourceBody::PeerGroup(_) => continue,
         };
         assert!(fresh, "{key} published twice");
     }
@@ -2468,4 +2472,273 @@ fn a_pods_controller_names_its_workload_for_telemetry() {
     }
     let t = translated(&[pod("shop", "a", "{app: web}", "10.0.0.1")]);
     assert_eq!(workload(&t, "shop/a").controller, None, "no owner");
+}
+
+// ---------------------------------------------------------- peer groups
+
+/// A pod on `node`.
+fn pod_on(node: &str, ns: &str, name: &str, labels: &str, ip: &str) -> String {
+    with(
+        pod(ns, name, labels, ip),
+        "nodeName: node-a",
+        &format!("nodeName: {node}"),
+    )
+}
+
+/// Shop's `web` admits `role: client` pods of every namespace labelled
+/// `team: a`; `api` admits the same peer, and `role: front` of shop.
+fn grouped_cluster() -> Vec<String> {
+    vec![
+        "kind: Namespace\nmetadata: {name: shop, labels: {team: a}}".to_string(),
+        "kind: Namespace\nmetadata: {name: other, labels: {team: a}}".to_string(),
+        "kind: Namespace\nmetadata: {name: far, labels: {team: b}}".to_string(),
+        pod_on("node-a", "shop", "web", "{app: web}", "10.0.0.1"),
+        pod_on("node-b", "shop", "api", "{app: api}", "10.0.0.2"),
+        pod_on("node-a", "shop", "c1", "{role: client}", "10.0.0.3"),
+        pod_on("node-c", "other", "c2", "{role: client}", "10.0.1.1"),
+        pod_on("node-c", "far", "c3", "{role: client}", "10.0.2.1"),
+        pod_on("node-c", "shop", "f1", "{role: front}", "10.0.0.4"),
+        "kind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}, podSelector: {matchLabels: {role: client}}}]}]".to_string(),
+        // The same peer written the other way round: the same group.
+        "kind: NetworkPolicy\nmetadata: {name: api, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress: [{from: [{podSelector: {matchExpressions: [{key: role, operator: In, values: [client]}]}, namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [a]}]}}, {podSelector: {matchLabels: {role: front}}}]}]".to_string(),
+    ]
+}
+
+/// Every published peer group share: `namespace/group` -> (pods, nodes).
+fn shares(t: &Translator) -> BTreeMap<String, (Vec<String>, Scope)> {
+    t.published()
+        .iter()
+        .filter(|(k, _)| k.kind == ferry_api::Kind::PeerGroup)
+        .map(|(k, p)| {
+            let decoded = VersionedResource::decode(p.resource.as_ref().clone())
+                .unwrap_or_else(|e| panic!("{k} does not decode: {e}"));
+            let ResourceBody::PeerGroup(g) = decoded.body else {
+                panic!("{k} is not a peer group");
+            };
+            (k.name.clone(), (g.pods, p.scope.clone()))
+        })
+        .collect()
+}
+
+fn published_policy(t: &Translator, name: &str) -> model::Policy {
+    let key = ferry_api::ResourceKey::new(ferry_api::Kind::Policy, name);
+    let p = &t.published()[&key];
+    match VersionedResource::decode(p.resource.as_ref().clone()).map(|r| r.body) {
+        Ok(ResourceBody::Policy(p)) => p,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn nodes(list: &[&str]) -> Scope {
+    Scope::Nodes(list.iter().map(|n| n.to_string()).collect())
+}
+
+#[test]
+fn equal_peers_of_different_policies_share_one_group_split_by_namespace() {
+    let t = translated(&grouped_cluster());
+    let web = published_policy(&t, "shop/web");
+    let api = published_policy(&t, "shop/api");
+    let group = |p: &model::Policy, i: usize| p.ingress_rules[0].peers[i].group.clone().unwrap();
+    assert_eq!(group(&web, 0), group(&api, 0), "one group for one peer");
+    assert_ne!(group(&api, 0), group(&api, 1));
+    assert!(web.ingress_rules[0].peers[0].workloads.is_empty());
+    assert_eq!(t.peer_group_count(), 2);
+    let client = group(&web, 0);
+    let front = group(&api, 1);
+    // Members per namespace (far is team b: none); each share goes where
+    // the policies naming it are enforced (web on node-a, api on node-b).
+    assert_eq!(
+        shares(&t),
+        BTreeMap::from([
+            (
+                format!("other/{client}"),
+                (vec!["c2".to_string()], nodes(&["node-a", "node-b"]))
+            ),
+            (
+                format!("shop/{client}"),
+                (vec!["c1".to_string()], nodes(&["node-a", "node-b"]))
+            ),
+            (
+                format!("shop/{front}"),
+                (vec!["f1".to_string()], nodes(&["node-b"]))
+            ),
+        ])
+    );
+    let share = &t.published()
+        [&ferry_api::ResourceKey::new(ferry_api::Kind::PeerGroup, format!("shop/{client}"))];
+    let Ok(ResourceBody::PeerGroup(g)) =
+        VersionedResource::decode(share.resource.as_ref().clone()).map(|r| r.body)
+    else {
+        panic!("not a group");
+    };
+    assert_eq!(g.selector, "pods {role=client} in namespaces {team=a}");
+}
+
+#[test]
+fn the_group_id_depends_on_the_selectors_only() {
+    use super::policy::selector_text;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    let expression = |key: &str, operator: &str, values: &[&str]| LabelSelectorRequirement {
+        key: key.into(),
+        operator: operator.into(),
+        values: Some(values.iter().map(|v| v.to_string()).collect()),
+    };
+    let a = LabelSelector {
+        match_labels: Some(labels(&[("app", "web"), ("tier", "1")])),
+        match_expressions: Some(vec![
+            expression("zone", "NotIn", &["b", "a", "b"]),
+            expression("env", "Exists", &[]),
+        ]),
+    };
+    let b = LabelSelector {
+        match_labels: Some(labels(&[("tier", "1"), ("app", "web")])),
+        match_expressions: Some(vec![
+            expression("env", "Exists", &[]),
+            expression("zone", "NotIn", &["a", "b"]),
+        ]),
+    };
+    assert_eq!(selector_text(&a), "app=web,env,tier=1,zone notin (a,b)");
+    let one_value = LabelSelector {
+        match_labels: None,
+        match_expressions: Some(vec![expression("app", "In", &["web"])]),
+    };
+    assert_eq!(selector_text(&one_value), "app=web");
+    assert_eq!(selector_text(&a), selector_text(&b));
+    assert_eq!(selector_text(&LabelSelector::default()), "");
+    // Two translators (two replicas) name every group alike.
+    let one = translated(&grouped_cluster());
+    let mut reversed = grouped_cluster();
+    reversed.reverse();
+    let two = translated(&reversed);
+    let versions = |t: &Translator| -> BTreeMap<String, u64> {
+        t.published()
+            .iter()
+            .map(|(k, p)| (k.to_string(), p.version()))
+            .collect()
+    };
+    assert_eq!(versions(&one), versions(&two));
+}
+
+#[test]
+fn a_pod_label_change_republishes_its_namespace_share_and_no_policy() {
+    let mut t = translated(&grouped_cluster());
+    let client = published_policy(&t, "shop/web").ingress_rules[0].peers[0]
+        .group
+        .clone()
+        .unwrap();
+    // c2 stops being a client: only other's share of the client group and
+    // the workload change; no policy is republished.
+    assert_eq!(
+        step(
+            &mut t,
+            vec![apply(&pod_on(
+                "node-c",
+                "other",
+                "c2",
+                "{role: server}",
+                "10.0.1.1"
+            ))]
+        ),
+        [
+            "+workload other/c2".to_string(),
+            format!("-peer_group other/{client}"),
+        ]
+    );
+    // A new client in shop: shop's share only.
+    assert_eq!(
+        step(
+            &mut t,
+            vec![apply(&pod_on(
+                "node-c",
+                "shop",
+                "c4",
+                "{role: client}",
+                "10.0.0.9"
+            ))]
+        ),
+        [
+            format!("+peer_group shop/{client}"),
+            "+workload shop/c4".to_string(),
+        ]
+    );
+    assert_eq!(shares(&t)[&format!("shop/{client}")].0, ["c1", "c4"]);
+    // Team b's namespace joins team a: its client becomes a member.
+    assert_eq!(
+        step(
+            &mut t,
+            vec![apply(
+                "kind: Namespace\nmetadata: {name: far, labels: {team: a}}"
+            )]
+        ),
+        [format!("+peer_group far/{client}")]
+    );
+}
+
+#[test]
+fn groups_follow_their_policies_nodes_and_go_with_the_last_policy() {
+    let mut t = translated(&grouped_cluster());
+    let client = published_policy(&t, "shop/web").ingress_rules[0].peers[0]
+        .group
+        .clone()
+        .unwrap();
+    // web moves to node-d: the client group goes to node-d instead of node-a.
+    step(
+        &mut t,
+        vec![apply(&pod_on(
+            "node-d",
+            "shop",
+            "web",
+            "{app: web}",
+            "10.0.0.1",
+        ))],
+    );
+    assert_eq!(
+        shares(&t)[&format!("shop/{client}")].1,
+        nodes(&["node-b", "node-d"])
+    );
+    // api goes: its front group goes with it; the client group stays for web.
+    let changes = step(
+        &mut t,
+        vec![delete(ObjectKind::NetworkPolicy, "shop", "api")],
+    );
+    assert!(
+        changes.contains(&"-policy shop/api".to_string()),
+        "{changes:?}"
+    );
+    assert_eq!(t.peer_group_count(), 1);
+    assert_eq!(
+        shares(&t)
+            .into_values()
+            .map(|(_, scope)| scope)
+            .collect::<Vec<_>>(),
+        [nodes(&["node-d"]), nodes(&["node-d"])]
+    );
+    // web goes: nothing of either is left.
+    step(
+        &mut t,
+        vec![delete(ObjectKind::NetworkPolicy, "shop", "web")],
+    );
+    assert_eq!(t.peer_group_count(), 0);
+    assert!(shares(&t).is_empty());
+}
+
+#[test]
+fn a_policy_edit_keeps_the_groups_both_versions_use() {
+    let mut t = translated(&grouped_cluster());
+    let before = shares(&t);
+    // api drops its second peer: the front group goes, the shared one stays
+    // (its shares are not republished: same members, same nodes).
+    let edited = "kind: NetworkPolicy\nmetadata: {name: api, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  ingress: [{from: [{podSelector: {matchLabels: {role: client}}, namespaceSelector: {matchLabels: {team: a}}}]}]";
+    let front = published_policy(&t, "shop/api").ingress_rules[0].peers[1]
+        .group
+        .clone()
+        .unwrap();
+    assert_eq!(
+        step(&mut t, vec![apply(edited)]),
+        [
+            "+policy shop/api".to_string(),
+            format!("-peer_group shop/{front}"),
+        ]
+    );
+    assert_eq!(shares(&t).len(), before.len() - 1);
 }
