@@ -79,6 +79,10 @@ pub enum LabCommand {
         /// scraping every proxy and the control plane each second.
         #[arg(long)]
         prometheus: bool,
+        /// Control plane replicas (1 to 8), each at its own address; every
+        /// proxy is given all of them and streams from one at a time.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+        control_plane_replicas: u8,
     },
 }
 

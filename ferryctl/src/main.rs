@@ -40,6 +40,7 @@ fn main() -> ExitCode {
                     image,
                     cni,
                     prometheus,
+                    control_plane_replicas,
                 },
         } => ferryctl::lab::cli::up(
             &manifests,
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
                 image,
                 cni,
                 prometheus,
+                control_plane_replicas: usize::from(control_plane_replicas),
                 ..Default::default()
             },
         ),

@@ -32,7 +32,7 @@ use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracing;
 use crate::telemetry::Telemetry;
 use crate::tracker::ConnectionTracker;
-use crate::xds::{control_plane_endpoint, XdsClient};
+use crate::xds::{control_plane_channel, control_plane_endpoints, XdsClient};
 
 /// The TLS settings towards the control plane (trusting `ca_pem`, with the
 /// node's client certificate when it has one) and the identity manager that
@@ -50,9 +50,9 @@ fn mesh_credentials(
         tls = tls.identity(identity);
     }
     let roots = crate::identity::root_store(ca_pem)?;
-    let ca_channel = control_plane_endpoint(&config.xds, Some(tls.clone()))
-        .context("--control-plane")?
-        .connect_lazy();
+    let ca_channel = control_plane_channel(
+        control_plane_endpoints(&config.xds, Some(tls.clone())).context("--control-plane")?,
+    );
     let identities = IdentityManager::new(
         &config.node,
         trust_domain,
@@ -227,12 +227,12 @@ impl App {
             }
             None => None,
         };
-        let endpoint = control_plane_endpoint(&config.xds, tls).context("--control-plane")?;
+        let endpoints = control_plane_endpoints(&config.xds, tls).context("--control-plane")?;
         let token = match &config.credentials {
             Credentials::Token { token_file, .. } => Some(TokenFile::new(token_file)),
             _ => None,
         };
-        let xds = XdsClient::new(endpoint, &config.node, store.clone(), config.xds.clone())
+        let xds = XdsClient::new(endpoints, &config.node, store.clone(), config.xds.clone())
             .with_token(token);
 
         let metrics = if config.istio_metrics {
@@ -497,7 +497,7 @@ impl App {
     /// Serves until a shutdown signal, then removes the capture rules.
     pub async fn run(self) -> anyhow::Result<()> {
         let config = &self.config;
-        tracing::info!(version = ferry_api::build::LONG_VERSION, node = %config.node, admin = %config.listeners.admin, socks5 = %config.listeners.socks5, hbone = %config.listeners.hbone, control_plane = %config.xds.url, mtls = self.identities.is_some(), "proxy starting");
+        tracing::info!(version = ferry_api::build::LONG_VERSION, node = %config.node, admin = %config.listeners.admin, socks5 = %config.listeners.socks5, hbone = %config.listeners.hbone, control_plane = %config.xds.urls.join(","), mtls = self.identities.is_some(), "proxy starting");
         let store = self.store.clone();
         let (admin, admin_listener) = self.admin;
         let identity_task = optional(

@@ -28,7 +28,9 @@ pub struct Args {
     /// Name of the node this proxy serves (as in the Node object).
     #[arg(long, env = "FERRY_NODE_NAME")]
     pub node: String,
-    /// Control plane URL (https:// when --certs is given).
+    /// Control plane URL (https:// when --certs is given); several,
+    /// comma-separated, for replicas: the proxy streams from one and moves
+    /// to the next when its stream ends (CSRs are spread over all).
     #[arg(
         long,
         env = "FERRY_CONTROL_PLANE",
@@ -323,6 +325,20 @@ impl Config {
         if args.hbone_streams == 0 {
             return Err(invalid("hbone-streams", "must be at least 1"));
         }
+        let urls: Vec<String> = args
+            .control_plane
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .collect();
+        if let Some(bad) = urls
+            .iter()
+            .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(ConfigError {
+                flag: "control-plane",
+                message: format!("{bad:?} is not an http:// or https:// URL"),
+            });
+        }
         for (flag, value) in [
             ("connect-timeout", args.connect_timeout),
             ("tls-handshake-timeout", args.tls_handshake_timeout),
@@ -368,7 +384,7 @@ impl Config {
                 client_address_table: args.client_address_table,
             },
             xds: XdsSettings {
-                url: args.control_plane,
+                urls,
                 connect_timeout: Duration::from_secs(3),
                 keepalive_interval: Duration::from_secs(10),
                 keepalive_timeout: Duration::from_secs(5),
@@ -438,6 +454,18 @@ mod tests {
         assert_eq!(config.h2.max_streams, 100);
         assert_eq!(config.credentials, Credentials::None);
         assert_eq!(config.listeners.capture, None);
+        assert_eq!(config.xds.urls, ["http://127.0.0.1:15010"]);
+        let replicas = parse(&[
+            "--node",
+            "n1",
+            "--control-plane",
+            "https://10.0.0.2:15010, https://10.0.0.3:15010",
+        ])
+        .unwrap();
+        assert_eq!(
+            replicas.xds.urls,
+            ["https://10.0.0.2:15010", "https://10.0.0.3:15010"]
+        );
     }
 
     #[test]
@@ -454,6 +482,15 @@ mod tests {
             ),
             (vec!["--node", "n1", "--connect-timeout", "soon"], "soon"),
             (vec!["--node", "n1", "--ca-root", "/ca.pem"], "--token-file"),
+            (
+                vec![
+                    "--node",
+                    "n1",
+                    "--control-plane",
+                    "https://a:1,,https://b:1",
+                ],
+                r#"--control-plane: "" is not an http:// or https:// URL"#,
+            ),
         ];
         for (flags, want) in cases {
             let err = parse(&flags).unwrap_err();

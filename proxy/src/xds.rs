@@ -24,7 +24,8 @@ use crate::net::backoff::Backoff;
 /// The config stream to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct XdsSettings {
-    pub url: String,
+    /// The control plane replicas (one or more).
+    pub urls: Vec<String>,
     /// TCP connect to the control plane.
     pub connect_timeout: Duration,
     /// HTTP/2 keepalive PING interval on the stream.
@@ -39,21 +40,49 @@ pub struct XdsSettings {
     pub max_message_bytes: usize,
 }
 
-/// The control plane endpoint: `url` (http:// or https://) with keepalives,
-/// and mTLS with the node credential when `tls` is given.
-pub fn control_plane_endpoint(
+/// The control plane's endpoints, one per replica URL (http:// or
+/// https://), with keepalives, and mTLS with the node credential when `tls`
+/// is given.
+pub fn control_plane_endpoints(
     settings: &XdsSettings,
     tls: Option<tonic::transport::ClientTlsConfig>,
-) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(settings.url.clone())?
-        .connect_timeout(settings.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(settings.keepalive_interval)
-        .keep_alive_timeout(settings.keepalive_timeout);
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls)?;
+) -> Result<Vec<tonic::transport::Endpoint>, tonic::transport::Error> {
+    settings
+        .urls
+        .iter()
+        .map(|url| {
+            let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?
+                .connect_timeout(settings.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(settings.keepalive_interval)
+                .keep_alive_timeout(settings.keepalive_timeout);
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone())?;
+            }
+            Ok(endpoint)
+        })
+        .collect()
+}
+
+/// A channel for unary calls (the CA) to any replica: connected lazily to
+/// the one replica, or balanced over several (a replica that does not
+/// answer is left out until it does).
+pub fn control_plane_channel(
+    endpoints: Vec<tonic::transport::Endpoint>,
+) -> tonic::transport::Channel {
+    match <[_; 1]>::try_from(endpoints) {
+        Ok([one]) => one.connect_lazy(),
+        Err(many) => tonic::transport::Channel::balance_list(many.into_iter()),
     }
-    Ok(endpoint)
+}
+
+/// Where a node's proxy streams from first: spread over the replicas by
+/// node name, so that proxies do not all start on the first.
+fn first_replica(node: &str, replicas: usize) -> usize {
+    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % replicas.max(1) as u64).unwrap_or(0)
 }
 
 /// Errors of one stream session; all of them lead to a reconnect.
@@ -82,6 +111,9 @@ pub struct XdsStatus {
     pub nacks: u64,
     pub last_error: Option<String>,
     pub last_response: Option<LastResponse>,
+    /// The first response of the current (or last) stream: what bringing
+    /// the proxy in sync took (a delta against what it held).
+    pub last_resync: Option<LastResponse>,
 }
 
 /// Summary of the most recent response.
@@ -101,8 +133,9 @@ pub struct LastResponse {
 /// The delta config client of one node proxy.
 #[derive(Debug, Clone)]
 pub struct XdsClient {
-    endpoint: tonic::transport::Endpoint,
-    address: String,
+    /// The replicas; one stream at a time, to `endpoints[next]`.
+    endpoints: Vec<tonic::transport::Endpoint>,
+    next: usize,
     node: String,
     store: Arc<ConfigStore>,
     status: Arc<Mutex<XdsStatus>>,
@@ -113,23 +146,28 @@ pub struct XdsClient {
 }
 
 impl XdsClient {
-    /// `endpoint`: the control plane, with TLS settings when the proxy has
-    /// node credentials (see [`control_plane_endpoint`]).
+    /// `endpoints`: the control plane's replicas (at least one), with TLS
+    /// settings when the proxy has node credentials (see
+    /// [`control_plane_endpoints`]).
     pub fn new(
-        endpoint: tonic::transport::Endpoint,
+        endpoints: Vec<tonic::transport::Endpoint>,
         node: impl Into<String>,
         store: Arc<ConfigStore>,
         settings: XdsSettings,
     ) -> Self {
-        let address = endpoint.uri().to_string();
+        let node = node.into();
+        let next = first_replica(&node, endpoints.len());
         Self {
-            endpoint,
             status: Arc::new(Mutex::new(XdsStatus {
-                control_plane: address.clone(),
+                control_plane: endpoints
+                    .get(next)
+                    .map(|e| e.uri().to_string())
+                    .unwrap_or_default(),
                 ..XdsStatus::default()
             })),
-            address,
-            node: node.into(),
+            endpoints,
+            next,
+            node,
             store,
             token: None,
             settings,
@@ -161,25 +199,39 @@ impl XdsClient {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// Runs until the task is dropped: stream, and reconnect when it breaks.
-    pub async fn run(self) {
+    /// Runs until the task is dropped: stream, and reconnect when it
+    /// breaks, to the next replica (the one that ended the stream is
+    /// likely going away; with one replica, to the same).
+    pub async fn run(mut self) {
         let mut backoff =
             Backoff::new(self.settings.reconnect_initial, self.settings.reconnect_max);
         loop {
-            let result = self.session(&mut backoff).await;
+            let Some(endpoint) = self.endpoints.get(self.next).cloned() else {
+                tracing::error!("no control plane to connect to");
+                return;
+            };
+            let address = endpoint.uri().to_string();
+            self.update(|s| s.control_plane = address.clone());
+            let result = self.session(&endpoint, &address, &mut backoff).await;
             self.update(|s| {
                 s.connected = false;
                 s.last_error = result.as_ref().err().map(ToString::to_string);
             });
             if let Err(e) = result {
-                tracing::warn!(error = %e, "config stream down; serving the last good configuration");
+                tracing::warn!(control_plane = %address, error = %e, "config stream down; serving the last good configuration");
             }
+            self.next = (self.next + 1) % self.endpoints.len();
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
-    async fn session(&self, backoff: &mut Backoff) -> Result<(), XdsError> {
-        let channel = self.endpoint.connect().await.map_err(XdsError::Connect)?;
+    async fn session(
+        &self,
+        endpoint: &tonic::transport::Endpoint,
+        address: &str,
+        backoff: &mut Backoff,
+    ) -> Result<(), XdsError> {
+        let channel = endpoint.connect().await.map_err(XdsError::Connect)?;
         let mut client = ConfigDiscoveryClient::new(channel)
             .max_decoding_message_size(self.settings.max_message_bytes);
 
@@ -201,7 +253,7 @@ impl XdsClient {
             s.connects += 1;
             s.last_error = None;
         });
-        tracing::info!(control_plane = %self.address, node = %self.node, held = held_count, "config stream established");
+        tracing::info!(control_plane = %address, node = %self.node, held = held_count, "config stream established");
         self.connects.send_modify(|n| *n += 1);
 
         let mut first = true;
@@ -235,7 +287,7 @@ impl XdsClient {
                 s.resources_received += report.applied as u64 + report.rejected.len() as u64;
                 s.removals_received += report.removed as u64;
                 s.nacks += u64::from(!errors.is_empty());
-                s.last_response = Some(LastResponse {
+                let response = LastResponse {
                     nonce: nonce.clone(),
                     revision,
                     resources: report.applied + report.rejected.len(),
@@ -246,7 +298,11 @@ impl XdsClient {
                     unix_time: SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs()),
-                });
+                };
+                if first {
+                    s.last_resync = Some(response.clone());
+                }
+                s.last_response = Some(response);
             });
             first = false;
             tx.send(DeltaRequest {

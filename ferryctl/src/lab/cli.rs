@@ -32,11 +32,16 @@ pub fn up(manifests: &Path, check: bool, faults: bool, options: LabOptions) -> E
             return ExitCode::FAILURE;
         }
     };
+    let replicas: Vec<String> = lab
+        .control_plane_ips
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     println!(
         "ferry lab: {} nodes, {} pods, control plane at {} (mTLS, mesh CA)",
         lab.nodes.len(),
         lab.pods.len(),
-        lab.control_plane_ip
+        replicas.join(", ")
     );
     if options.prometheus {
         println!(

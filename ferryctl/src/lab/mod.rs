@@ -73,7 +73,11 @@ pub struct LabPod {
 pub struct Lab {
     pub nodes: Vec<LabNode>,
     pub pods: Vec<LabPod>,
+    /// The first control plane replica's address (Prometheus runs there).
     pub control_plane_ip: Ipv4Addr,
+    /// Every replica's address, in order: replica 1 is the daemon
+    /// `control-plane`, replica N > 1 `control-plane-N`.
+    pub control_plane_ips: Vec<Ipv4Addr>,
     // Drop order: processes first, then namespaces, then the work folder.
     processes: Vec<Process>,
     /// Proxies replaced by [`Lab::upgrade`], draining until they exit, with
@@ -116,6 +120,23 @@ pub struct LabOptions {
     /// Also run Prometheus, scraping every proxy and the control plane
     /// ([`Lab::start_prometheus`]).
     pub prometheus: bool,
+    /// Control plane replicas, each from its own copy of the manifests
+    /// watch, at its own address (0: one). Every proxy is given all of
+    /// them, as the chart's replicas behind one Service.
+    pub control_plane_replicas: usize,
+}
+
+/// Most control plane replicas a lab runs (their addresses are .2 to .9 of
+/// the node network).
+pub const MAX_CONTROL_PLANE_REPLICAS: usize = 8;
+
+/// The lab's name of control plane replica `replica` (1-based).
+pub fn control_plane_daemon(replica: usize) -> String {
+    if replica <= 1 {
+        "control-plane".to_string()
+    } else {
+        format!("control-plane-{replica}")
+    }
 }
 
 /// Where each proxy serves `/metrics` on its node's address (as the
@@ -151,9 +172,14 @@ impl Lab {
         if nodes.is_empty() {
             bail!("{}: no nodes in the manifests", manifests.display());
         }
+        let replicas = options.control_plane_replicas.max(1);
+        if replicas > MAX_CONTROL_PLANE_REPLICAS {
+            bail!("control plane replicas: {replicas} is more than the lab's {MAX_CONTROL_PLANE_REPLICAS}");
+        }
         let work = tempfile::tempdir()?;
         let mut lab = Self {
             control_plane_ip: Ipv4Addr::UNSPECIFIED,
+            control_plane_ips: Vec::new(),
             nodes: nodes.clone(),
             pods: pods.clone(),
             processes: Vec::new(),
@@ -172,9 +198,20 @@ impl Lab {
         net.ip(&["link", "add", "sw0", "type", "bridge"])?;
         net.ip(&["link", "set", "sw0", "up"])?;
         let base = nodes[0].ip.octets();
-        let cp = Ipv4Addr::new(base[0], base[1], base[2], 2);
-        net.ip(&["addr", "add", &format!("{cp}/24"), "dev", "sw0"])?;
-        lab.control_plane_ip = cp;
+        for replica in 0..replicas {
+            // At most 8: .2 to .9.
+            let host = 2 + u8::try_from(replica).unwrap_or(0);
+            let cp = Ipv4Addr::new(base[0], base[1], base[2], host);
+            if nodes.iter().any(|n| n.ip == cp) {
+                bail!(
+                    "control plane replica {}: {cp} is a node's address",
+                    replica + 1
+                );
+            }
+            net.ip(&["addr", "add", &format!("{cp}/24"), "dev", "sw0"])?;
+            lab.control_plane_ips.push(cp);
+        }
+        lab.control_plane_ip = lab.control_plane_ips[0];
         lab.namespaces.insert("net".into(), net);
 
         for (i, node) in nodes.iter().enumerate() {
@@ -285,9 +322,11 @@ impl Lab {
             "init".to_string(),
             "--out".into(),
             pki.display().to_string(),
-            "--san".into(),
-            self.control_plane_ip.to_string(),
         ];
+        for ip in &self.control_plane_ips {
+            args.push("--san".into());
+            args.push(ip.to_string());
+        }
         for n in &self.nodes {
             args.push("--node".into());
             args.push(n.name.clone());
@@ -306,34 +345,44 @@ impl Lab {
         if !out.status.success() {
             bail!("ferry-certs: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let listen = format!("{}:15010", self.control_plane_ip);
         let pki_arg = pki.display().to_string();
         let net = &self.namespaces["net"];
-        let mut cp_args = vec![
-            "--manifests".to_string(),
-            manifests.display().to_string(),
-            "--listen".into(),
-            listen.clone(),
-            "--tls-dir".into(),
-            pki_arg.clone(),
-        ];
-        if let Some(ttl) = options.workload_cert_ttl {
+        let mut urls = Vec::new();
+        let mut replicas = Vec::new();
+        for (i, ip) in self.control_plane_ips.iter().enumerate() {
+            let listen = format!("{ip}:15010");
+            let mut cp_args = vec![
+                "--manifests".to_string(),
+                manifests.display().to_string(),
+                "--listen".into(),
+                listen.clone(),
+                "--tls-dir".into(),
+                pki_arg.clone(),
+            ];
+            if let Some(ttl) = options.workload_cert_ttl {
+                cp_args.extend([
+                    "--workload-cert-ttl".into(),
+                    ttl.as_secs().to_string(),
+                    "--workload-cert-min-ttl".into(),
+                    format!("{}s", ttl.as_secs()),
+                ]);
+            }
+            // Metrics on the lab network, where the lab's Prometheus scrapes.
             cp_args.extend([
-                "--workload-cert-ttl".into(),
-                ttl.as_secs().to_string(),
-                "--workload-cert-min-ttl".into(),
-                format!("{}s", ttl.as_secs()),
+                "--metrics-listen".into(),
+                format!("{ip}:{CONTROL_PLANE_METRICS_PORT}"),
             ]);
+            let cp_args: Vec<&str> = cp_args.iter().map(String::as_str).collect();
+            let command = self.daemon_command(net, "ferry-control-plane", &cp_args)?;
+            let name = control_plane_daemon(i + 1);
+            let log = work.join(format!("{name}.log"));
+            replicas.push((name, command, log));
+            urls.push(format!("https://{listen}"));
         }
-        // Metrics on the lab network, where the lab's Prometheus scrapes.
-        cp_args.extend([
-            "--metrics-listen".into(),
-            format!("{}:{CONTROL_PLANE_METRICS_PORT}", self.control_plane_ip),
-        ]);
-        let cp_args: Vec<&str> = cp_args.iter().map(String::as_str).collect();
-        let command = self.daemon_command(net, "ferry-control-plane", &cp_args)?;
-        self.start_daemon("control-plane", command, work.join("control-plane.log"))?;
-        let control_plane = format!("https://{listen}");
+        for (name, command, log) in replicas {
+            self.start_daemon(&name, command, log)?;
+        }
+        let control_plane = urls.join(",");
         for node in self.nodes.clone() {
             let hbone = format!("{}:15008", node.ip);
             let metrics = format!("{}:{PROXY_METRICS_PORT}", node.ip);
@@ -560,6 +609,15 @@ impl Lab {
         self.daemon(name)?
             .pid()
             .with_context(|| format!("{name} is not running"))
+    }
+
+    /// The PID of a running daemon, read without changing the lab (for a
+    /// thread that shares it).
+    pub fn daemon_pid(&self, name: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|p| p.name() == name)
+            .and_then(|p| p.pid())
     }
 
     /// Sends `signal` (`STOP`, `CONT`, `KILL`...) to a daemon.
@@ -801,12 +859,17 @@ scrape_configs:
                 node.ip, node.name
             ));
         }
+        let targets: Vec<String> = self
+            .control_plane_ips
+            .iter()
+            .map(|ip| format!("'{ip}:{CONTROL_PLANE_METRICS_PORT}'"))
+            .collect();
         config.push_str(&format!(
             "  - job_name: ferry-control-plane
     static_configs:
-      - targets: ['{}:{CONTROL_PLANE_METRICS_PORT}']
+      - targets: [{}]
 ",
-            self.control_plane_ip
+            targets.join(", ")
         ));
         let file = work.join("prometheus.yml");
         std::fs::write(&file, config)?;
