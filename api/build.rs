@@ -11,6 +11,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
         .btree_map(".")
+        .bytes(".ferry.v1.DeltaResponseEncoded.resources")
+        .compile_fds(descriptors.clone())?;
+    // The control plane's server: the same service, answering with
+    // DeltaResponseEncoded (wire-identical to DeltaResponse).
+    let server = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("server");
+    std::fs::create_dir_all(&server)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(&server)
+        .extern_path(
+            ".ferry.v1.DeltaResponse",
+            "crate::proto::DeltaResponseEncoded",
+        )
+        .extern_path(".ferry.v1", "crate::proto")
         .compile_fds(descriptors)?;
     println!("cargo:rustc-env=FERRY_GIT_COMMIT={}", git_commit());
     Ok(())

@@ -21,4 +21,12 @@ pub mod proto {
     tonic::include_proto!("ferry.v1");
 }
 
+/// The `ConfigDiscovery` service as the control plane serves it: its
+/// responses are [`proto::DeltaResponseEncoded`], whose resources are
+/// encoded once and sent to every proxy as they are.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod proto_server {
+    include!(concat!(env!("OUT_DIR"), "/server/ferry.v1.rs"));
+}
+
 pub use resource::{KeyView, Kind, ResourceBody, ResourceError, ResourceKey, VersionedResource};

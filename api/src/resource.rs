@@ -1018,6 +1018,37 @@ mod tests {
     }
 
     #[test]
+    fn the_encoded_response_is_a_delta_response_on_the_wire() {
+        use prost::Message;
+        let resources = vec![
+            VersionedResource::encode(&ResourceBody::Service(service())),
+            VersionedResource::encode(&ResourceBody::Workload(workload())),
+        ];
+        let removed = vec![ResourceKey::new(Kind::Node, "gone").to_proto()];
+        let encoded = proto::DeltaResponseEncoded {
+            nonce: "7".into(),
+            revision: 42,
+            resources: resources
+                .iter()
+                .map(|r| prost::bytes::Bytes::from(r.encode_to_vec()))
+                .collect(),
+            removed: removed.clone(),
+        }
+        .encode_to_vec();
+        let expected = proto::DeltaResponse {
+            nonce: "7".into(),
+            revision: 42,
+            resources,
+            removed,
+        };
+        assert_eq!(encoded, expected.encode_to_vec());
+        assert_eq!(
+            proto::DeltaResponse::decode(encoded.as_slice()).unwrap(),
+            expected
+        );
+    }
+
+    #[test]
     fn a_peer_group_names_its_namespace_group_and_pods() {
         let group = |namespace: &str, group: &str, pod: &str| {
             VersionedResource::encode(&ResourceBody::PeerGroup(PeerGroup {

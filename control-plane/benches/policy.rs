@@ -154,7 +154,7 @@ fn cluster() -> Vec<SourceEvent> {
     events
 }
 
-fn main() {
+fn main() -> anyhow::Result<()> {
     let mut rows: Vec<(String, String)> = Vec::new();
     let events = cluster();
     let started = Instant::now();
@@ -175,7 +175,7 @@ fn main() {
     let (mut policies, mut groups) = (0usize, 0usize);
     for change in changes {
         if let Change::Upsert(key, p) = change {
-            let len = prost::Message::encoded_len(p.resource.as_ref());
+            let len = p.encoded.len();
             let fan_out = match &p.scope {
                 Scope::AllNodes => NODES,
                 Scope::Nodes(nodes) => nodes.len(),
@@ -193,7 +193,7 @@ fn main() {
                 }
                 _ => {}
             }
-            response.resources.push((*p.resource).clone());
+            response.resources.push(p.resource()?);
         }
     }
     let mib = |b: usize| format!("{:.2} MiB", b as f64 / 1048576.0);
@@ -354,4 +354,5 @@ fn main() {
     for (k, v) in rows {
         println!("{k:<width$} | {v}");
     }
+    Ok(())
 }

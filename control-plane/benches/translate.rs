@@ -9,9 +9,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use ferry_api::proto::DeltaResponse;
+use ferry_api::proto::{DeltaResponse, DeltaResponseEncoded};
 use ferry_api::ResourceKey;
-use ferry_control_plane::push::ConfigCache;
+use ferry_control_plane::push::{ConfigCache, Held};
 use ferry_control_plane::source::{K8sObject, SourceEvent};
 use ferry_control_plane::translate::{TranslateOptions, Translator};
 use k8s_openapi::api::core::v1 as core;
@@ -137,7 +137,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-fn main() {
+fn main() -> anyhow::Result<()> {
     let mut rows: Vec<(String, String)> = Vec::new();
     // The input objects are consumed by the translator: what is live after
     // the build, over this baseline, is what the control plane retains.
@@ -170,15 +170,19 @@ fn main() {
     // Full push to one proxy.
     let none = HashMap::new();
     let started = Instant::now();
-    let (revision, full) = cache.delta("node-0", None, &none, &none);
-    let response = DeltaResponse {
+    let (revision, full) = cache.delta("node-0", Held::Reported(&none), &none)?;
+    // As the control plane sends it: the resources as they were encoded.
+    let encoded = DeltaResponseEncoded {
         nonce: "1".into(),
         revision,
-        resources: full.upserts.iter().map(|r| (**r).clone()).collect(),
+        resources: full.upserts.iter().map(|r| r.encoded.clone()).collect(),
         removed: vec![],
-    };
-    let full_bytes = response.encoded_len();
+    }
+    .encode_to_vec();
+    let full_bytes = encoded.len();
     let full_time = started.elapsed();
+    // As the proxy reads it.
+    let response = DeltaResponse::decode(encoded.as_slice())?;
     rows.push((
         "initial push to one proxy: compute + build".into(),
         format!("{full_time:.2?}"),
@@ -186,11 +190,6 @@ fn main() {
     rows.push(("initial push size".into(), mib(full_bytes as isize)));
 
     // Proxy memory for the whole configuration.
-    let client: HashMap<ResourceKey, u64> = full
-        .upserts
-        .iter()
-        .filter_map(|r| Some((ResourceKey::from_proto(r.key.as_ref()?)?, r.version)))
-        .collect();
     drop(full);
     let before = live();
     let store = ferry_core::state::ConfigStore::new();
@@ -259,7 +258,6 @@ fn main() {
     let mut bytes = 0;
     let mut changed = 0;
     let mut since = revision;
-    let mut client = client;
     for i in 0..200 {
         let service = (i * 37) % (NAMESPACES * SERVICES_PER_NAMESPACE);
         let ns = format!("ns-{}", service / SERVICES_PER_NAMESPACE);
@@ -272,20 +270,15 @@ fn main() {
         cache.commit(changes);
         translate_times.push(started.elapsed());
         let started = Instant::now();
-        let (rev, delta) = cache.delta("node-7", Some(since), &client, &none);
-        let response = DeltaResponse {
+        let (rev, delta) = cache.delta("node-7", Held::InSyncAt(since), &none)?;
+        let response = DeltaResponseEncoded {
             nonce: "n".into(),
             revision: rev,
-            resources: delta.upserts.iter().map(|r| (**r).clone()).collect(),
+            resources: delta.upserts.iter().map(|r| r.encoded.clone()).collect(),
             removed: delta.removals.iter().map(ResourceKey::to_proto).collect(),
         };
         bytes = response.encoded_len();
         delta_times.push(started.elapsed());
-        for r in &delta.upserts {
-            if let Some(key) = r.key.as_ref().and_then(ResourceKey::from_proto) {
-                client.insert(key, r.version);
-            }
-        }
         since = rev;
     }
     rows.push((
@@ -307,7 +300,7 @@ fn main() {
     let fanout = Instant::now();
     let mut total = 0;
     for n in 0..NODES {
-        let (_, delta) = cache.delta(&format!("node-{n}"), Some(since - 1), &client, &none);
+        let (_, delta) = cache.delta(&format!("node-{n}"), Held::InSyncAt(since - 1), &none)?;
         total += delta.upserts.len();
     }
     let _ = total;
@@ -326,4 +319,5 @@ fn main() {
     for (k, v) in rows {
         println!("{k:<width$} | {v}");
     }
+    Ok(())
 }

@@ -1,21 +1,28 @@
 //! The versioned configuration and the per-node delta streams.
 //!
 //! [`ConfigCache`] holds every published resource and a log of which keys
-//! changed at which revision. Each proxy stream ([`ConfigDiscoveryService`])
-//! remembers what its proxy holds (the versions it ACKed) and, on every new
-//! revision, looks only at the keys changed since the revision it last
-//! handled. One response is in flight per stream: changes that arrive while
-//! the proxy is applying one are folded into the next.
+//! changed at which revision, each entry with what the key was before that
+//! change. A proxy stream ([`ConfigDiscoveryService`]) compares the
+//! versions the proxy reports when it subscribes with the cache once; from
+//! then on it keeps no copy of what its proxy holds, only the revision it
+//! is in sync at: what the proxy holds is what the cache held then for its
+//! node, which the log's "before" entries give for every key changed
+//! since. So a stream costs the same memory however large the
+//! configuration, and on every new revision it looks only at the keys
+//! changed since. One response is in flight per stream: changes that
+//! arrive while the proxy is applying one are folded into the next. A
+//! stream further behind than the log is ended, and its proxy resubscribes
+//! reporting its versions.
 //!
 //! A NACKed resource stays at the proxy's last good version; the stream will
 //! not send that same version again, only a newer one.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
-use ferry_api::proto::config_discovery_server::ConfigDiscovery;
-use ferry_api::proto::{DeltaRequest, DeltaResponse};
+use ferry_api::proto::{DeltaRequest, DeltaResponseEncoded as DeltaResponse};
+use ferry_api::proto_server::config_discovery_server::ConfigDiscovery;
 use ferry_api::ResourceKey;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
@@ -25,19 +32,27 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::translate::{Change, Published};
 
-pub use ferry_api::proto::config_discovery_server::ConfigDiscoveryServer;
+pub use ferry_api::proto_server::config_discovery_server::ConfigDiscoveryServer;
 
 /// How many changed keys the log keeps; a stream further behind than this
 /// compares everything once instead.
 /// Default entries of the change log (`--change-log-entries`).
 pub const LOG_CAPACITY: usize = 262_144;
 
+/// A key changed at a revision, and what it was before (`None`: absent).
+#[derive(Debug)]
+struct LogEntry {
+    revision: u64,
+    key: ResourceKey,
+    before: Option<Published>,
+}
+
 #[derive(Debug, Default)]
 struct CacheInner {
     revision: u64,
     resources: HashMap<ResourceKey, Published>,
-    /// (revision, key changed at that revision), oldest first.
-    log: VecDeque<(u64, ResourceKey)>,
+    /// Oldest first.
+    log: VecDeque<LogEntry>,
     /// Changes at or before this revision may be missing from the log.
     log_floor: u64,
     /// When the current revision was committed (push latency).
@@ -67,8 +82,36 @@ impl Default for ConfigCache {
 /// What one response sends.
 #[derive(Debug, Default, PartialEq)]
 pub struct Delta {
-    pub upserts: Vec<Arc<ferry_api::proto::Resource>>,
+    pub upserts: Vec<Upsert>,
     pub removals: Vec<ResourceKey>,
+}
+
+/// A resource to send: its key and version (to follow the proxy's ACK),
+/// and its encoded form (sent as it is).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upsert {
+    pub key: ResourceKey,
+    pub version: u64,
+    pub encoded: bytes::Bytes,
+}
+
+/// What a stream knows of what its proxy holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Held<'a> {
+    /// The versions the proxy reported when it subscribed: compared with
+    /// every resource once.
+    Reported(&'a HashMap<ResourceKey, u64>),
+    /// The proxy holds what its node was sent up to this revision.
+    InSyncAt(u64),
+}
+
+/// The revision a stream is in sync at is older than the change log: what
+/// its proxy holds is no longer known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("in sync at revision {seen}, older than the change log (from revision {floor})")]
+pub struct FellBehind {
+    pub seen: u64,
+    pub floor: u64,
 }
 
 impl ConfigCache {
@@ -123,21 +166,25 @@ impl ConfigCache {
             inner.committed_at = Some(std::time::Instant::now());
             let revision = inner.revision;
             for change in changes {
-                let key = match change {
+                let (key, before) = match change {
                     Change::Upsert(key, published) => {
-                        inner.resources.insert(key.clone(), published);
-                        key
+                        let before = inner.resources.insert(key.clone(), published);
+                        (key, before)
                     }
                     Change::Remove(key) => {
-                        inner.resources.remove(&key);
-                        key
+                        let before = inner.resources.remove(&key);
+                        (key, before)
                     }
                 };
-                inner.log.push_back((revision, key));
+                inner.log.push_back(LogEntry {
+                    revision,
+                    key,
+                    before,
+                });
             }
             while inner.log.len() > self.log_capacity {
-                if let Some((rev, _)) = inner.log.pop_front() {
-                    inner.log_floor = rev;
+                if let Some(entry) = inner.log.pop_front() {
+                    inner.log_floor = entry.revision;
                 }
             }
             revision
@@ -150,46 +197,63 @@ impl ConfigCache {
         self.revision.subscribe()
     }
 
-    /// What a proxy on `node` holding `client` (minus `rejected` versions it
-    /// refused) needs to reach the current revision. `since`: the revision
-    /// the client state corresponds to, or `None` to compare everything.
+    /// What a proxy on `node` needs to reach the current revision, given
+    /// what it holds (`held`) and the versions it refused (`rejected`, not
+    /// sent again).
     pub fn delta(
         &self,
         node: &str,
-        since: Option<u64>,
-        client: &HashMap<ResourceKey, u64>,
+        held: Held<'_>,
         rejected: &HashMap<ResourceKey, u64>,
-    ) -> (u64, Delta) {
+    ) -> Result<(u64, Delta), FellBehind> {
         let inner = self.read();
         let mut delta = Delta::default();
-        let consider = |key: &ResourceKey, delta: &mut Delta| {
+        // `had`: the version the proxy holds (`None`: it holds none).
+        let consider = |key: &ResourceKey, had: Option<u64>, delta: &mut Delta| {
             let desired = inner.resources.get(key).filter(|p| p.scope.includes(node));
             match desired {
                 Some(p) => {
                     let v = p.version();
-                    if client.get(key) != Some(&v) && rejected.get(key) != Some(&v) {
-                        delta.upserts.push(p.resource.clone());
+                    if had != Some(v) && rejected.get(key) != Some(&v) {
+                        delta.upserts.push(Upsert {
+                            key: key.clone(),
+                            version: v,
+                            encoded: p.encoded.clone(),
+                        });
                     }
                 }
                 None => {
-                    if client.contains_key(key) {
+                    if had.is_some() || rejected.contains_key(key) {
                         delta.removals.push(key.clone());
                     }
                 }
             }
         };
-        match since {
-            Some(since) if since >= inner.log_floor => {
-                let start = inner.log.partition_point(|(rev, _)| *rev <= since);
-                let keys: BTreeSet<&ResourceKey> =
-                    inner.log.range(start..).map(|(_, k)| k).collect();
-                for key in keys {
-                    consider(key, &mut delta);
+        match held {
+            Held::InSyncAt(seen) => {
+                if seen < inner.log_floor {
+                    return Err(FellBehind {
+                        seen,
+                        floor: inner.log_floor,
+                    });
+                }
+                // Each key changed since `seen`, with what it was at `seen`:
+                // the "before" of its first change since.
+                let start = inner.log.partition_point(|e| e.revision <= seen);
+                let mut changed: BTreeMap<&ResourceKey, Option<&Published>> = BTreeMap::new();
+                for entry in inner.log.range(start..) {
+                    changed.entry(&entry.key).or_insert(entry.before.as_ref());
+                }
+                for (key, before) in changed {
+                    let had = before
+                        .filter(|p| p.scope.includes(node))
+                        .map(Published::version);
+                    consider(key, had, &mut delta);
                 }
             }
-            _ => {
+            Held::Reported(client) => {
                 for key in inner.resources.keys() {
-                    consider(key, &mut delta);
+                    consider(key, client.get(key).copied(), &mut delta);
                 }
                 for key in client.keys() {
                     if !inner.resources.contains_key(key) {
@@ -198,7 +262,7 @@ impl ConfigCache {
                 }
             }
         }
-        (inner.revision, delta)
+        Ok((inner.revision, delta))
     }
 }
 
@@ -291,7 +355,7 @@ impl ConfigDiscovery for ConfigDiscoveryService {
         }
         let (tx, rx) = mpsc::channel(4);
         let session = NodeSession::new(first, self.cache.clone(), self.metrics.clone());
-        tracing::info!(node = %session.node, ?peer, held = session.client.len(), "proxy subscribed");
+        tracing::info!(node = %session.node, ?peer, held = session.reported.as_ref().map_or(0, HashMap::len), "proxy subscribed");
         tokio::spawn(session.run(requests, tx, self.stopping.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -300,6 +364,8 @@ impl ConfigDiscovery for ConfigDiscoveryService {
 #[derive(Debug)]
 struct Pending {
     nonce: String,
+    /// The revision the proxy is in sync at once it has applied this.
+    revision: u64,
     upserts: Vec<(ResourceKey, u64)>,
     removals: Vec<ResourceKey>,
 }
@@ -309,11 +375,13 @@ struct Pending {
 struct NodeSession {
     node: String,
     cache: Arc<ConfigCache>,
-    /// What the proxy holds (ACKed).
-    client: HashMap<ResourceKey, u64>,
+    /// The versions the proxy reported when it subscribed, until the first
+    /// response is computed from them.
+    reported: Option<HashMap<ResourceKey, u64>>,
     /// Versions the proxy refused: not sent again.
     rejected: HashMap<ResourceKey, u64>,
-    /// Revision the client state reflects; `None` until the first full compare.
+    /// The revision the proxy is in sync at (it ACKed a response bringing
+    /// it there); `None` until it ACKs the first.
     seen: Option<u64>,
     next_nonce: u64,
     pending: Option<Pending>,
@@ -334,7 +402,7 @@ impl NodeSession {
         Self {
             node: first.node,
             cache,
-            client,
+            reported: Some(client),
             rejected: HashMap::new(),
             seen: None,
             next_nonce: 1,
@@ -358,12 +426,28 @@ impl NodeSession {
         loop {
             if self.pending.is_none() {
                 let current = *revisions.borrow_and_update();
-                if self.seen.is_none_or(|seen| current > seen) {
-                    let first = self.seen.is_none();
-                    let (revision, delta) =
-                        self.cache
-                            .delta(&self.node, self.seen, &self.client, &self.rejected);
-                    self.seen = Some(revision);
+                let held = match (&self.reported, self.seen) {
+                    (Some(reported), _) => Some(Held::Reported(reported)),
+                    (None, Some(seen)) if current > seen => Some(Held::InSyncAt(seen)),
+                    _ => None,
+                };
+                if let Some(held) = held {
+                    let first = matches!(held, Held::Reported(_));
+                    let (revision, delta) = match self.cache.delta(&self.node, held, &self.rejected)
+                    {
+                        Ok(delta) => delta,
+                        Err(behind) => {
+                            tracing::warn!(node = %self.node, %behind, "proxy stream fell behind the change log: ending it, the proxy resubscribes with its versions");
+                            let _ = tx
+                                .send(Err(Status::unavailable(format!(
+                                    "{behind}: subscribe again"
+                                ))))
+                                .await;
+                            break;
+                        }
+                    };
+                    // Compared once; from now on the revision says it all.
+                    self.reported = None;
                     // The first response is sent even when empty: it tells
                     // the proxy it is in sync.
                     if first || !delta.upserts.is_empty() || !delta.removals.is_empty() {
@@ -371,6 +455,8 @@ impl NodeSession {
                         if tx.send(Ok(response)).await.is_err() {
                             break;
                         }
+                    } else {
+                        self.seen = Some(revision);
                     }
                 }
             }
@@ -413,10 +499,8 @@ impl NodeSession {
         let mut upserts = Vec::with_capacity(delta.upserts.len());
         let mut resources = Vec::with_capacity(delta.upserts.len());
         for r in delta.upserts {
-            if let Some(key) = r.key.as_ref().and_then(ResourceKey::from_proto) {
-                upserts.push((key, r.version));
-            }
-            resources.push((*r).clone());
+            upserts.push((r.key, r.version));
+            resources.push(r.encoded);
         }
         tracing::debug!(node = %self.node, revision, nonce, upserts = upserts.len(), removals = delta.removals.len(), "sending delta");
         self.metrics.pushes.inc();
@@ -436,6 +520,7 @@ impl NodeSession {
         };
         self.pending = Some(Pending {
             nonce,
+            revision,
             upserts,
             removals: delta.removals,
         });
@@ -459,13 +544,12 @@ impl NodeSession {
                 self.rejected.insert(key, version);
             } else {
                 self.rejected.remove(&key);
-                self.client.insert(key, version);
             }
         }
         for key in pending.removals {
-            self.client.remove(&key);
             self.rejected.remove(&key);
         }
+        self.seen = Some(pending.revision);
     }
 }
 
@@ -501,46 +585,66 @@ mod tests {
         });
         (
             body.key(),
-            Published {
-                resource: Arc::new(VersionedResource::encode(&body)),
-                scope: Scope::AllNodes,
-            },
+            Published::new(&VersionedResource::encode(&body), Scope::AllNodes),
         )
     }
 
     fn names(delta: &Delta) -> (Vec<String>, Vec<String>) {
-        let mut up: Vec<String> = delta
-            .upserts
-            .iter()
-            .map(|r| r.key.as_ref().unwrap().name.clone())
-            .collect();
+        let mut up: Vec<String> = delta.upserts.iter().map(|r| r.key.name.clone()).collect();
         up.sort();
         (up, delta.removals.iter().map(|k| k.name.clone()).collect())
+    }
+
+    fn reported(map: &HashMap<ResourceKey, u64>) -> Held<'_> {
+        Held::Reported(map)
     }
 
     #[test]
     fn delta_since_a_revision_sends_only_changed_keys() {
         let cache = ConfigCache::default();
+        let none = HashMap::new();
         let (ka, a) = node("a", "10.0.0.1");
         let (kb, b) = node("b", "10.0.0.2");
         cache.commit(vec![
             Change::Upsert(ka.clone(), a.clone()),
             Change::Upsert(kb.clone(), b.clone()),
         ]);
-        let (rev, full) = cache.delta("x", None, &HashMap::new(), &HashMap::new());
+        let (rev, full) = cache.delta("x", reported(&none), &none).unwrap();
         assert_eq!(rev, 1);
         assert_eq!(names(&full).0, ["a", "b"]);
 
-        let client: HashMap<_, _> = [(ka.clone(), a.version()), (kb.clone(), b.version())].into();
         let (_, a2) = node("a", "10.0.0.9");
         cache.commit(vec![Change::Upsert(ka.clone(), a2)]);
         cache.commit(vec![Change::Remove(kb.clone())]);
-        let (rev, delta) = cache.delta("x", Some(1), &client, &HashMap::new());
+        let (rev, delta) = cache.delta("x", Held::InSyncAt(1), &none).unwrap();
         assert_eq!(rev, 3);
         assert_eq!(
             names(&delta),
             (vec!["a".to_string()], vec!["b".to_string()])
         );
+        // In sync at the latest: nothing.
+        let (_, nothing) = cache.delta("x", Held::InSyncAt(3), &none).unwrap();
+        assert_eq!(nothing, Delta::default());
+    }
+
+    #[test]
+    fn what_a_proxy_holds_is_what_the_log_says_its_node_had() {
+        let cache = ConfigCache::default();
+        let none = HashMap::new();
+        let (ka, a) = node("a", "10.0.0.1");
+        cache.commit(vec![Change::Upsert(ka.clone(), a.clone())]);
+        // Changed, then changed back: the proxy in sync at 1 already holds it.
+        let (_, a2) = node("a", "10.0.0.9");
+        cache.commit(vec![Change::Upsert(ka.clone(), a2)]);
+        cache.commit(vec![Change::Upsert(ka.clone(), a.clone())]);
+        let (_, delta) = cache.delta("x", Held::InSyncAt(1), &none).unwrap();
+        assert_eq!(delta, Delta::default());
+        // Added and removed since: it never held it, nothing to remove.
+        let (kc, c) = node("c", "10.0.0.3");
+        cache.commit(vec![Change::Upsert(kc.clone(), c)]);
+        cache.commit(vec![Change::Remove(kc)]);
+        let (_, delta) = cache.delta("x", Held::InSyncAt(3), &none).unwrap();
+        assert_eq!(delta, Delta::default());
     }
 
     #[test]
@@ -550,26 +654,53 @@ mod tests {
         cache.commit(vec![Change::Upsert(ka.clone(), a.clone())]);
         let stale = ResourceKey::new(Kind::Node, "gone");
         let client: HashMap<_, _> = [(ka, a.version()), (stale, 7)].into();
-        let (_, delta) = cache.delta("x", None, &client, &HashMap::new());
+        let (_, delta) = cache
+            .delta("x", reported(&client), &HashMap::new())
+            .unwrap();
         assert_eq!(names(&delta), (vec![], vec!["gone".to_string()]));
     }
 
     #[test]
     fn rejected_versions_are_not_resent_and_scope_is_honoured() {
         let cache = ConfigCache::default();
+        let none = HashMap::new();
         let (ka, mut a) = node("a", "10.0.0.1");
-        a.scope = Scope::Nodes(["node-1".to_string()].into());
+        a.scope = Scope::Nodes(Arc::new(["node-1".to_string()].into()));
         cache.commit(vec![Change::Upsert(ka.clone(), a.clone())]);
-        let (_, other) = cache.delta("node-2", None, &HashMap::new(), &HashMap::new());
+        let (_, other) = cache.delta("node-2", reported(&none), &none).unwrap();
         assert!(other.upserts.is_empty());
-        let (_, mine) = cache.delta("node-1", None, &HashMap::new(), &HashMap::new());
+        let (_, mine) = cache.delta("node-1", reported(&none), &none).unwrap();
         assert_eq!(mine.upserts.len(), 1);
         let rejected: HashMap<_, _> = [(ka.clone(), a.version())].into();
-        let (_, again) = cache.delta("node-1", None, &HashMap::new(), &rejected);
+        let (_, again) = cache.delta("node-1", reported(&none), &rejected).unwrap();
         assert!(again.upserts.is_empty());
-        // Moving out of scope removes it from a proxy that held it.
-        let client: HashMap<_, _> = [(ka, a.version())].into();
-        let (_, gone) = cache.delta("node-2", Some(0), &client, &HashMap::new());
-        assert_eq!(gone.removals.len(), 1);
+        // Moving to another node's scope removes it from the proxy that
+        // held it, and sends it to the other.
+        let mut moved = a.clone();
+        moved.scope = Scope::Nodes(Arc::new(["node-2".to_string()].into()));
+        cache.commit(vec![Change::Upsert(ka, moved)]);
+        let (_, gone) = cache.delta("node-1", Held::InSyncAt(1), &none).unwrap();
+        assert_eq!(names(&gone), (vec![], vec!["a".to_string()]));
+        let (_, came) = cache.delta("node-2", Held::InSyncAt(1), &none).unwrap();
+        assert_eq!(names(&came), (vec!["a".to_string()], vec![]));
+        // A third node never held it: nothing to remove.
+        let (_, neither) = cache.delta("node-3", Held::InSyncAt(1), &none).unwrap();
+        assert_eq!(neither, Delta::default());
+    }
+
+    #[test]
+    fn a_stream_behind_the_log_is_told_so() {
+        let cache = ConfigCache::with_log_capacity(2);
+        let none = HashMap::new();
+        for i in 0..4 {
+            let (k, n) = node("a", &format!("10.0.0.{i}"));
+            cache.commit(vec![Change::Upsert(k, n)]);
+        }
+        assert_eq!(
+            cache.delta("x", Held::InSyncAt(1), &none).unwrap_err(),
+            FellBehind { seen: 1, floor: 2 }
+        );
+        assert!(cache.delta("x", Held::InSyncAt(2), &none).is_ok());
+        assert!(cache.delta("x", reported(&none), &none).is_ok());
     }
 }

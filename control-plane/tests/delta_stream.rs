@@ -28,10 +28,7 @@ fn node(name: &str, ip: &str) -> (ResourceKey, Published) {
     });
     (
         body.key(),
-        Published {
-            resource: Arc::new(VersionedResource::encode(&body)),
-            scope: Scope::AllNodes,
-        },
+        Published::new(&VersionedResource::encode(&body), Scope::AllNodes),
     )
 }
 

@@ -82,7 +82,7 @@ impl Cluster {
         };
         for change in changes {
             match change {
-                Change::Upsert(_, p) => response.resources.push((*p.resource).clone()),
+                Change::Upsert(_, p) => response.resources.push(p.resource().unwrap()),
                 Change::Remove(key) => response.removed.push(key.to_proto()),
             }
         }

@@ -35,14 +35,16 @@ pub fn proxy_state_checked(
     let mut problems: Vec<String> = source.problems().iter().map(|p| p.to_string()).collect();
     let mut translator = Translator::new(TranslateOptions::default());
     translator.apply(events);
+    let resources = translator
+        .published()
+        .values()
+        .map(|p| p.resource())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("a translated resource does not decode: {e}"))?;
     let response = ferry_api::proto::DeltaResponse {
         nonce: "ferryctl".into(),
         revision: 1,
-        resources: translator
-            .published()
-            .values()
-            .map(|p| (*p.resource).clone())
-            .collect(),
+        resources,
         removed: Vec::new(),
     };
     let store = ConfigStore::new();

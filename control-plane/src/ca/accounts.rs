@@ -36,7 +36,10 @@ impl NodeAccounts {
         for change in changes {
             let (key, entry) = match change {
                 Change::Upsert(key, published) if key.kind == Kind::Workload => {
-                    let entry = match &published.resource.body {
+                    // Encoded once for the wire; a workload is a few
+                    // hundred bytes to read back.
+                    let decoded = published.resource().ok().and_then(|r| r.body);
+                    let entry = match decoded {
                         Some(resource::Body::Workload(w)) if w.mesh && !w.node.is_empty() => {
                             Some((
                                 w.node.clone(),
@@ -109,10 +112,7 @@ mod tests {
         });
         Change::Upsert(
             body.key(),
-            Published {
-                resource: Arc::new(VersionedResource::encode(&body)),
-                scope: Scope::AllNodes,
-            },
+            Published::new(&VersionedResource::encode(&body), Scope::AllNodes),
         )
     }
 

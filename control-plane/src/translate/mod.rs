@@ -21,6 +21,8 @@ pub mod policy;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use ferry_api::model::Workload;
 use ferry_api::proto;
 use ferry_api::{Kind, ResourceBody, ResourceKey, VersionedResource};
@@ -38,8 +40,9 @@ use crate::source::{K8sObject, ObjectKind, ObjectRef, SourceEvent};
 pub enum Scope {
     /// Every proxy (services, workloads and nodes are needed for outbound).
     AllNodes,
-    /// Only the proxies of these nodes.
-    Nodes(BTreeSet<String>),
+    /// Only the proxies of these nodes (shared: the change log keeps the
+    /// scope a resource had before each change).
+    Nodes(Arc<BTreeSet<String>>),
 }
 
 impl Scope {
@@ -51,16 +54,34 @@ impl Scope {
     }
 }
 
-/// A translated resource, encoded for the wire.
-#[derive(Debug, Clone)]
+/// A translated resource, encoded for the wire once: every stream sends
+/// these bytes as they are (`proto::DeltaResponseEncoded`), and the
+/// control plane keeps no other copy of the translated resource.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Published {
-    pub resource: Arc<proto::Resource>,
+    /// A `proto::Resource`, encoded.
+    pub encoded: Bytes,
+    pub version: u64,
     pub scope: Scope,
 }
 
 impl Published {
+    /// Encodes a resource for publishing.
+    pub fn new(resource: &proto::Resource, scope: Scope) -> Self {
+        Self {
+            encoded: Bytes::from(prost::Message::encode_to_vec(resource)),
+            version: resource.version,
+            scope,
+        }
+    }
+
     pub fn version(&self) -> u64 {
-        self.resource.version
+        self.version
+    }
+
+    /// The resource, decoded (for the few readers that need its fields).
+    pub fn resource(&self) -> Result<proto::Resource, prost::DecodeError> {
+        prost::Message::decode(self.encoded.clone())
     }
 }
 
@@ -664,7 +685,12 @@ impl Translator {
                 compiled.nodes = nodes.clone();
             }
             let body = ResourceBody::Policy(compiled.to_model());
-            self.publish_scoped(resource_key, Some(body), Scope::Nodes(nodes), &mut changes);
+            self.publish_scoped(
+                resource_key,
+                Some(body),
+                Scope::Nodes(Arc::new(nodes)),
+                &mut changes,
+            );
         }
         for id in std::mem::take(&mut dirty.group_nodes) {
             let nodes: BTreeSet<String> = self
@@ -679,7 +705,7 @@ impl Translator {
             let key = ResourceKey::new(Kind::PeerGroup, format!("{namespace}/{id}"));
             match self.groups.share(&namespace, &id) {
                 Some((group, nodes)) => {
-                    let scope = Scope::Nodes(nodes.clone());
+                    let scope = Scope::Nodes(Arc::new(nodes.clone()));
                     let body = ResourceBody::PeerGroup(group);
                     self.publish_scoped(key, Some(body), scope, &mut changes);
                 }
@@ -707,10 +733,7 @@ impl Translator {
                 if current.is_some_and(|p| p.version() == resource.version && p.scope == scope) {
                     return;
                 }
-                let published = Published {
-                    resource: Arc::new(resource),
-                    scope,
-                };
+                let published = Published::new(&resource, scope);
                 self.output.insert(key.clone(), published.clone());
                 changes.push(Change::Upsert(key, published));
             }

@@ -130,7 +130,7 @@ fn decoded(t: &Translator) -> Model {
             continue;
         }
         assert_eq!(published.scope, Scope::AllNodes, "{key}");
-        let resource = VersionedResource::decode(published.resource.as_ref().clone())
+        let resource = VersionedResource::decode(published.resource().unwrap())
             .unwrap_or_else(|e| panic!("published {key} does not decode: {e}"));
         assert_eq!(&resource.key, key);
         assert_eq!(resource.version, published.version(), "{key}");
@@ -2510,7 +2510,7 @@ fn shares(t: &Translator) -> BTreeMap<String, (Vec<String>, Scope)> {
         .iter()
         .filter(|(k, _)| k.kind == ferry_api::Kind::PeerGroup)
         .map(|(k, p)| {
-            let decoded = VersionedResource::decode(p.resource.as_ref().clone())
+            let decoded = VersionedResource::decode(p.resource().unwrap())
                 .unwrap_or_else(|e| panic!("{k} does not decode: {e}"));
             let ResourceBody::PeerGroup(g) = decoded.body else {
                 panic!("{k} is not a peer group");
@@ -2523,14 +2523,16 @@ fn shares(t: &Translator) -> BTreeMap<String, (Vec<String>, Scope)> {
 fn published_policy(t: &Translator, name: &str) -> model::Policy {
     let key = ferry_api::ResourceKey::new(ferry_api::Kind::Policy, name);
     let p = &t.published()[&key];
-    match VersionedResource::decode(p.resource.as_ref().clone()).map(|r| r.body) {
+    match VersionedResource::decode(p.resource().unwrap()).map(|r| r.body) {
         Ok(ResourceBody::Policy(p)) => p,
         other => panic!("{name}: {other:?}"),
     }
 }
 
 fn nodes(list: &[&str]) -> Scope {
-    Scope::Nodes(list.iter().map(|n| n.to_string()).collect())
+    Scope::Nodes(std::sync::Arc::new(
+        list.iter().map(|n| n.to_string()).collect(),
+    ))
 }
 
 #[test]
@@ -2567,7 +2569,7 @@ fn equal_peers_of_different_policies_share_one_group_split_by_namespace() {
     let share = &t.published()
         [&ferry_api::ResourceKey::new(ferry_api::Kind::PeerGroup, format!("shop/{client}"))];
     let Ok(ResourceBody::PeerGroup(g)) =
-        VersionedResource::decode(share.resource.as_ref().clone()).map(|r| r.body)
+        VersionedResource::decode(share.resource().unwrap()).map(|r| r.body)
     else {
         panic!("not a group");
     };
