@@ -279,6 +279,17 @@ fn trim_meta(meta: &mut ObjectMeta) {
         resource_version: meta.resource_version.take(),
         labels: meta.labels.take(),
         deletion_timestamp: meta.deletion_timestamp.take(),
+        // The controlling owner names a pod's workload in telemetry.
+        owner_references: meta
+            .owner_references
+            .take()
+            .map(|owners| {
+                owners
+                    .into_iter()
+                    .filter(|o| o.controller == Some(true))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|owners| !owners.is_empty()),
         ..ObjectMeta::default()
     };
 }
@@ -371,7 +382,35 @@ mod tests {
 
     #[test]
     fn trimming_changes_nothing_the_translation_produces() {
-        let full = examples();
+        let mut full = examples();
+        // Pods of a Deployment, as on a cluster: their workload is named
+        // after it.
+        for e in &mut full {
+            if let SourceEvent::Apply(K8sObject::Pod(p)) = e {
+                p.metadata.owner_references = Some(vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                        api_version: "apps/v1".into(),
+                        kind: "ReplicaSet".into(),
+                        name: "shop-7d4b9c8f6d".into(),
+                        uid: "u".into(),
+                        controller: Some(true),
+                        block_owner_deletion: Some(true),
+                    },
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "ConfigMap".into(),
+                        name: "not-a-controller".into(),
+                        uid: "c".into(),
+                        controller: None,
+                        block_owner_deletion: None,
+                    },
+                ]);
+                p.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert("pod-template-hash".into(), "7d4b9c8f6d".into());
+            }
+        }
         let mut trimmed = full.clone();
         for e in &mut trimmed {
             if let SourceEvent::Apply(o) = e {
