@@ -402,7 +402,11 @@ fn workload_to_proto(w: &Workload) -> proto::Workload {
         node: w.node.clone().unwrap_or_default(),
         service_account: w.service_account.clone(),
         addresses: w.addresses.iter().map(ip_bytes).collect(),
-        labels: w.labels.clone(),
+        labels: w
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         ports: w
             .ports
             .iter()
@@ -441,7 +445,7 @@ fn workload_from_proto(w: proto::Workload) -> Result<Workload, FieldError> {
         name: w.name,
         node: non_empty(w.node),
         service_account: w.service_account,
-        labels: w.labels,
+        labels: Labels::from(w.labels),
         ports,
         ready: w.ready,
         terminating: w.terminating,
@@ -892,7 +896,7 @@ mod tests {
             node: Some("node-a".into()),
             service_account: "web".into(),
             addresses: vec!["10.0.1.5".parse().unwrap()],
-            labels: BTreeMap::from([("app".into(), "web".into())]),
+            labels: Labels::from(BTreeMap::from([("app".into(), "web".into())])),
             ports: vec![NamedPort {
                 name: "web".into(),
                 port: 8080,

@@ -34,6 +34,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use prost::Message;
 use tokio::sync::mpsc;
 
+/// The control plane binary's allocator, so that its memory is measured as
+/// it runs.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const TRUST_DOMAIN: &str = "cluster.local";
 const SERVICES: usize = 200;
 const PODS_PER_SERVICE: usize = 5;

@@ -17,6 +17,11 @@ use ferry_control_plane::app::App;
 use ferry_control_plane::config::{Args, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The control plane binary's allocator, so that its memory is measured as
+/// it runs.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const NAMESPACES: usize = 100;
 const PODS_PER_NAMESPACE: usize = 100;
 const SERVICES_PER_NAMESPACE: usize = 10;

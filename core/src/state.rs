@@ -115,7 +115,7 @@ impl IstioPeer {
         let label = |names: &[&str]| {
             names
                 .iter()
-                .find_map(|n| w.labels.get(*n))
+                .find_map(|n| w.labels.get(n))
                 .map(String::as_str)
         };
         let workload = w.controller.as_deref().unwrap_or(&w.name);
@@ -789,7 +789,6 @@ mod tests {
     use super::*;
     use ferry_api::model::NodeAddress;
     use ferry_api::proto;
-    use std::collections::BTreeMap;
 
     fn workload(name: &str, ip: &str) -> ResourceBody {
         ResourceBody::Workload(Workload {
@@ -799,7 +798,7 @@ mod tests {
             node: Some("n1".into()),
             service_account: "default".into(),
             addresses: vec![ip.parse().unwrap()],
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             ports: vec![],
             ready: true,
             terminating: false,

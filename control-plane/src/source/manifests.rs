@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::de::DeserializeOwned;
@@ -329,7 +330,9 @@ struct Stamp {
 #[derive(Debug)]
 struct FileState {
     stamp: Stamp,
-    objects: BTreeMap<ObjectRef, K8sObject>,
+    /// Trimmed to what translation reads, as the Kubernetes source trims
+    /// (`kube::trim`); shared with `ManifestSource::published`.
+    objects: BTreeMap<ObjectRef, Arc<K8sObject>>,
     problems: Vec<ManifestProblem>,
     /// Objects of kinds Ferry does not read.
     ignored: Vec<String>,
@@ -345,7 +348,7 @@ pub struct ManifestSource {
     /// Which files define each object (the first by path wins).
     owners: HashMap<ObjectRef, BTreeSet<PathBuf>>,
     /// What has been reported downstream.
-    published: HashMap<ObjectRef, K8sObject>,
+    published: HashMap<ObjectRef, Arc<K8sObject>>,
     /// Changed files not read yet because they may still be being written:
     /// the stamp last seen and since when it has not changed.
     pending: HashMap<PathBuf, (Stamp, Instant)>,
@@ -505,7 +508,7 @@ impl ManifestSource {
 
     /// The objects currently in force.
     pub fn objects(&self) -> impl Iterator<Item = &K8sObject> {
-        self.published.values()
+        self.published.values().map(|o| o.as_ref())
     }
 
     /// Re-reads every changed file now; returns the object changes and the
@@ -663,10 +666,14 @@ impl ManifestSource {
             self.pending.remove(&path);
             let parsed = parse_manifest(&path, &text);
             let previous = self.files.remove(&path);
-            let mut objects: BTreeMap<ObjectRef, K8sObject> = parsed
+            let mut objects: BTreeMap<ObjectRef, Arc<K8sObject>> = parsed
                 .objects
                 .into_iter()
-                .map(|o| (o.object_ref(), o))
+                .map(|mut o| {
+                    // Validated whole; kept only as translation reads it.
+                    super::kube::trim(&mut o);
+                    (o.object_ref(), Arc::new(o))
+                })
                 .collect();
             if let Some(prev) = &previous {
                 // Keep the last good version of objects whose document broke;
@@ -713,9 +720,13 @@ impl ManifestSource {
                 .and_then(|f| f.objects.get(&r));
             match winner {
                 Some(object) => {
-                    if self.published.get(&r) != Some(object) {
+                    let same = self
+                        .published
+                        .get(&r)
+                        .is_some_and(|p| Arc::ptr_eq(p, object) || p == object);
+                    if !same {
                         self.published.insert(r, object.clone());
-                        events.push(SourceEvent::Apply(object.clone()));
+                        events.push(SourceEvent::Apply(K8sObject::clone(object)));
                     }
                 }
                 None => {

@@ -126,7 +126,7 @@ impl NamespaceState {
     }
 
     /// Services whose selector matches these labels.
-    fn selecting(&self, labels: &BTreeMap<String, String>) -> BTreeSet<String> {
+    fn selecting(&self, labels: &ferry_api::model::Labels) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for (k, v) in labels {
             let Some(candidates) = self.selector_index.get(&(k.clone(), v.clone())) else {

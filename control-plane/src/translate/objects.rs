@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ferry_api::model::{
-    self, Endpoint, Protocol, ServicePort, ServiceType, TargetPort, TrafficPolicy,
+    self, Endpoint, LabelLookup, Labels, Protocol, ServicePort, ServiceType, TargetPort,
+    TrafficPolicy,
 };
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -53,8 +54,8 @@ impl Default for TranslateOptions {
     }
 }
 
-fn mesh_label(labels: Option<&BTreeMap<String, String>>) -> Option<bool> {
-    match labels?.get(MESH_LABEL)?.as_str() {
+fn mesh_label(labels: Option<&impl LabelLookup>) -> Option<bool> {
+    match labels?.label(MESH_LABEL)? {
         "enabled" => Some(true),
         "disabled" => Some(false),
         _ => None,
@@ -63,7 +64,7 @@ fn mesh_label(labels: Option<&BTreeMap<String, String>>) -> Option<bool> {
 
 /// Whether a pod with these labels, in a namespace with these labels, is in the mesh.
 pub fn in_mesh(
-    pod_labels: &BTreeMap<String, String>,
+    pod_labels: &Labels,
     namespace_labels: Option<&BTreeMap<String, String>>,
     options: &TranslateOptions,
 ) -> bool {
@@ -96,7 +97,7 @@ pub fn workload(
         return None;
     }
     let spec = pod.spec.as_ref();
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let labels = Labels::from(pod.metadata.labels.clone().unwrap_or_default());
     let mut addresses: Vec<IpAddr> = status
         .and_then(|s| s.pod_ips.as_ref())
         .into_iter()
@@ -226,10 +227,7 @@ pub fn node(node: &core::Node, options: &TranslateOptions) -> model::Node {
 }
 
 /// Whether a service selector (equality-based, non-empty) matches these labels.
-pub fn selector_matches(
-    selector: &BTreeMap<String, String>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
+pub fn selector_matches(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 

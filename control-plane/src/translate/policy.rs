@@ -19,7 +19,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use ferry_api::model::{self, IpBlock, PolicyPeer, PolicyPort, PolicyRule, Protocol, TargetPort};
+use ferry_api::model::{
+    self, IpBlock, LabelLookup, Labels, PolicyPeer, PolicyPort, PolicyRule, Protocol, TargetPort,
+};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -28,19 +30,19 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Whether a label selector matches `labels`. An empty selector matches everything.
-pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(selector: &LabelSelector, labels: &impl LabelLookup) -> bool {
     let labels_ok = selector
         .match_labels
         .iter()
         .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+        .all(|(k, v)| labels.label(k) == Some(v.as_str()));
     labels_ok
         && selector.match_expressions.iter().flatten().all(|e| {
-            let value = labels.get(&e.key);
+            let value = labels.label(&e.key);
             let values = e.values.as_deref().unwrap_or_default();
             match e.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+                "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
                 "Exists" => value.is_some(),
                 "DoesNotExist" => value.is_none(),
                 // Refused by validation; match nothing if one slips through.
@@ -97,7 +99,7 @@ impl Slot {
         &self,
         policy_namespace: &str,
         pod_namespace: &str,
-        pod_labels: &BTreeMap<String, String>,
+        pod_labels: &Labels,
         namespace_labels: &BTreeMap<String, String>,
     ) -> bool {
         match self {
@@ -292,7 +294,7 @@ fn sorted(set: &HashSet<String>) -> Vec<String> {
 pub struct PodView<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a Labels,
     pub namespace_labels: &'a BTreeMap<String, String>,
 }
 

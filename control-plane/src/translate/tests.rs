@@ -336,7 +336,7 @@ status:
             node: Some("node-a".into()),
             service_account: "web-sa".into(),
             addresses: ips(&["10.0.1.5"]),
-            labels: labels(&[("app", "web"), ("version", "v1")]),
+            labels: labels(&[("app", "web"), ("version", "v1")]).into(),
             ports: vec![
                 named_port("http", 8080, Protocol::Tcp),
                 named_port("dns", 53, Protocol::Udp),
@@ -1610,7 +1610,10 @@ fn pod_label_change_returns_the_workload_and_its_old_and_new_services_only() {
         endpoint_workloads(&service(&t, "shop/api")),
         ["shop/a", "shop/c"]
     );
-    assert_eq!(workload(&t, "shop/a").labels, labels(&[("app", "api")]));
+    assert_eq!(
+        workload(&t, "shop/a").labels,
+        labels(&[("app", "api")]).into()
+    );
 }
 
 #[test]

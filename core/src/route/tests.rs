@@ -52,7 +52,7 @@ pub(crate) fn pod(name: &str, address: &str, node: &str, mesh: bool) -> Workload
         node: Some(node.into()),
         service_account: "default".into(),
         addresses: vec![ip(address)],
-        labels: BTreeMap::new(),
+        labels: Default::default(),
         ports: vec![],
         ready: true,
         terminating: false,
