@@ -7,8 +7,8 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 
-use tikv_jemallocator::Jemalloc as Underlying;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use tikv_jemallocator::Jemalloc as Underlying;
 
 struct Counting;
 
