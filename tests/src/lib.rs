@@ -30,8 +30,37 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks; the listener is closed again).
+/// A free TCP port on 127.0.0.1 for a daemon to listen on, checked by
+/// binding it (the listener is closed again).
+///
+/// Taken below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port the OS hands out as
+/// "ephemeral" can be taken, before the daemon binds it, by the source
+/// port of any outgoing connection of a test running beside (a real
+/// failure: `--metrics-listen 127.0.0.1:38643: Address already in use`).
+/// Ports below the range are only ever taken by listeners; each call of
+/// this process moves on (tests of one binary run in parallel threads),
+/// and each process starts elsewhere in the range.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u32, ephemeral_low.clamp(12_000, 65_535));
+    let span = high - low;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(low + offset) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    // Every port below the range is taken: let the OS pick.
     let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
     Ok(listener.local_addr()?.port())
 }
