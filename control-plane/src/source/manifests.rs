@@ -309,6 +309,58 @@ fn read_document(
     }
 }
 
+/// Parses files (`path`, text) as [`parse_manifest`] does, each object
+/// then trimmed to what translation reads (it was validated whole), on
+/// every core; the results in the order of `files`.
+fn parse_files(files: &[(PathBuf, Stamp, String)]) -> Vec<ParsedFile> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let parse = |(path, _, text): &(PathBuf, Stamp, String)| {
+        let mut parsed = parse_manifest(path, text);
+        for object in &mut parsed.objects {
+            super::kube::trim(object);
+        }
+        parsed
+    };
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    if workers <= 1 {
+        return files.iter().map(parse).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<ParsedFile>> = Vec::new();
+    slots.resize_with(files.len(), || None);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(file) = files.get(i) else {
+                            break;
+                        };
+                        done.push((i, parse(file)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for handle in handles {
+            match handle.join() {
+                Ok(done) => {
+                    for (i, parsed) in done {
+                        slots[i] = Some(parsed);
+                    }
+                }
+                // As if parsed here: a panic is the caller's.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    slots.into_iter().flatten().collect()
+}
+
 /// Namespaced objects written without a namespace live in `default`.
 fn default_namespace(object: &mut K8sObject) {
     let meta = match object {
@@ -606,6 +658,7 @@ impl ManifestSource {
             }
         }
 
+        let mut read: Vec<(PathBuf, Stamp, String)> = Vec::new();
         for (path, stamp) in listed {
             if self.files.get(&path).is_some_and(|f| f.stamp == stamp) {
                 self.pending.remove(&path);
@@ -664,16 +717,18 @@ impl ManifestSource {
                 }
             };
             self.pending.remove(&path);
-            let parsed = parse_manifest(&path, &text);
+            read.push((path, stamp, text));
+        }
+        // Parsing (YAML, typing, defaults, validation, trimming) is most of
+        // reading a folder: the files are parsed on every core, then merged
+        // one at a time, in order.
+        let parsed_files = parse_files(&read);
+        for ((path, stamp, _), parsed) in read.into_iter().zip(parsed_files) {
             let previous = self.files.remove(&path);
             let mut objects: BTreeMap<ObjectRef, Arc<K8sObject>> = parsed
                 .objects
                 .into_iter()
-                .map(|mut o| {
-                    // Validated whole; kept only as translation reads it.
-                    super::kube::trim(&mut o);
-                    (o.object_ref(), Arc::new(o))
-                })
+                .map(|o| (o.object_ref(), Arc::new(o)))
                 .collect();
             if let Some(prev) = &previous {
                 // Keep the last good version of objects whose document broke;
