@@ -30,7 +30,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::translate::{Change, Published};
+use crate::translate::{Change, Published, Scope};
 
 pub use ferry_api::proto_server::config_discovery_server::ConfigDiscoveryServer;
 
@@ -39,12 +39,14 @@ pub use ferry_api::proto_server::config_discovery_server::ConfigDiscoveryServer;
 /// Default entries of the change log (`--change-log-entries`).
 pub const LOG_CAPACITY: usize = 262_144;
 
-/// A key changed at a revision, and what it was before (`None`: absent).
+/// A key changed at a revision, and what it was before: its version and
+/// scope (`None`: absent). Not the resource itself: the log may hold many
+/// changes of one large resource.
 #[derive(Debug)]
 struct LogEntry {
     revision: u64,
     key: ResourceKey,
-    before: Option<Published>,
+    before: Option<(u64, crate::translate::Scope)>,
 }
 
 #[derive(Debug, Default)]
@@ -179,10 +181,16 @@ impl ConfigCache {
                 inner.log.push_back(LogEntry {
                     revision,
                     key,
-                    before,
+                    before: before.map(|p| (p.version, p.scope)),
                 });
             }
-            while inner.log.len() > self.log_capacity {
+            // Only revisions older than this one are trimmed: a commit
+            // larger than the log (a relist, a mass relabel) stays whole,
+            // so streams one revision behind still get a delta instead of
+            // all being ended at once.
+            while inner.log.len() > self.log_capacity
+                && inner.log.front().is_some_and(|e| e.revision < revision)
+            {
                 if let Some(entry) = inner.log.pop_front() {
                     inner.log_floor = entry.revision;
                 }
@@ -240,14 +248,14 @@ impl ConfigCache {
                 // Each key changed since `seen`, with what it was at `seen`:
                 // the "before" of its first change since.
                 let start = inner.log.partition_point(|e| e.revision <= seen);
-                let mut changed: BTreeMap<&ResourceKey, Option<&Published>> = BTreeMap::new();
+                let mut changed: BTreeMap<&ResourceKey, Option<&(u64, Scope)>> = BTreeMap::new();
                 for entry in inner.log.range(start..) {
                     changed.entry(&entry.key).or_insert(entry.before.as_ref());
                 }
                 for (key, before) in changed {
                     let had = before
-                        .filter(|p| p.scope.includes(node))
-                        .map(Published::version);
+                        .filter(|(_, scope)| scope.includes(node))
+                        .map(|(version, _)| *version);
                     consider(key, had, &mut delta);
                 }
             }
@@ -686,6 +694,34 @@ mod tests {
         // A third node never held it: nothing to remove.
         let (_, neither) = cache.delta("node-3", Held::InSyncAt(1), &none).unwrap();
         assert_eq!(neither, Delta::default());
+    }
+
+    #[test]
+    fn a_commit_larger_than_the_log_stays_whole() {
+        let cache = ConfigCache::with_log_capacity(2);
+        let none = HashMap::new();
+        let (ka, a) = node("a", "10.0.0.1");
+        cache.commit(vec![Change::Upsert(ka, a)]);
+        // Three changes in one revision, with room for two: the revision
+        // before is trimmed, this one is kept whole.
+        let batch: Vec<Change> = ["b", "c", "d"]
+            .iter()
+            .map(|n| {
+                let (k, p) = node(n, "10.0.0.2");
+                Change::Upsert(k, p)
+            })
+            .collect();
+        cache.commit(batch);
+        let (rev, delta) = cache.delta("x", Held::InSyncAt(1), &none).unwrap();
+        assert_eq!(rev, 2);
+        assert_eq!(names(&delta).0, ["b", "c", "d"]);
+        // The next commit trims it.
+        let (ke, e) = node("e", "10.0.0.3");
+        cache.commit(vec![Change::Upsert(ke, e)]);
+        assert_eq!(
+            cache.delta("x", Held::InSyncAt(1), &none).unwrap_err(),
+            FellBehind { seen: 1, floor: 2 }
+        );
     }
 
     #[test]
