@@ -83,21 +83,12 @@ impl PeerGroups {
                 Box::new(namespaces.get_key_value(&spec.home).into_iter())
             };
         for (namespace, ns) in candidates {
-            let Some(namespace_labels) = ns.effective_labels.as_ref() else {
-                continue;
-            };
-            for (pod, w) in &ns.pods {
-                let view = PodView {
-                    namespace,
-                    name: pod,
-                    labels: &w.labels,
-                    namespace_labels,
-                };
+            for view in ns.pod_views(namespace) {
                 if spec.matches(&view) {
                     members
                         .entry(namespace.clone())
                         .or_default()
-                        .insert(pod.clone());
+                        .insert(view.name.to_string());
                 }
             }
         }
@@ -184,23 +175,14 @@ impl PeerGroups {
         ns: &NamespaceState,
         changed: &mut BTreeSet<Share>,
     ) {
-        let Some(namespace_labels) = ns.effective_labels.as_ref() else {
-            return;
-        };
         for id in &self.spanning {
             let Some(group) = self.groups.get_mut(id) else {
                 continue;
             };
             let mut any = false;
-            for (pod, w) in &ns.pods {
-                let view = PodView {
-                    namespace,
-                    name: pod,
-                    labels: &w.labels,
-                    namespace_labels,
-                };
+            for view in ns.pod_views(namespace) {
                 let now = group.spec.matches(&view);
-                any |= Self::set_member(&mut group.members, namespace, pod, now);
+                any |= Self::set_member(&mut group.members, namespace, view.name, now);
             }
             if any {
                 changed.insert((namespace.to_string(), id.clone()));

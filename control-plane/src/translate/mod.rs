@@ -146,6 +146,20 @@ impl NamespaceState {
         out
     }
 
+    /// This namespace's pods as policy compilation sees them (`namespace`:
+    /// its name); none until its labels are known.
+    fn pod_views<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = policy::PodView<'a>> {
+        let labels = self.effective_labels.as_ref();
+        self.pods.iter().filter_map(move |(pod, w)| {
+            Some(policy::PodView {
+                namespace,
+                name: pod,
+                labels: &w.labels,
+                namespace_labels: labels?,
+            })
+        })
+    }
+
     fn unlink_service(&mut self, name: &str, selector: Option<&BTreeMap<String, String>>) {
         if let Some(pair) = selector.and_then(Self::selector_pair) {
             if let Some(set) = self.selector_index.get_mut(&pair) {
@@ -460,17 +474,7 @@ impl Translator {
         self.namespaces
             .get_key_value(namespace)
             .into_iter()
-            .flat_map(|(ns_name, ns)| {
-                let labels = ns.effective_labels.as_ref();
-                ns.pods.iter().filter_map(move |(pod, w)| {
-                    Some(policy::PodView {
-                        namespace: ns_name,
-                        name: pod,
-                        labels: &w.labels,
-                        namespace_labels: labels?,
-                    })
-                })
-            })
+            .flat_map(|(name, ns)| ns.pod_views(name))
     }
 
     /// A policy changed or went: the groups its old version referred to
