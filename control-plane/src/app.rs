@@ -197,9 +197,12 @@ impl App {
             .http2_keepalive_interval(Some(config.http2_keepalive))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .max_concurrent_streams(config.max_streams_per_connection);
-        let mut discovery = ConfigDiscoveryService::new(cache)
+        let board = crate::status::StatusBoard::new();
+        let mut discovery = ConfigDiscoveryService::new(cache.clone())
             .with_metrics(metrics.clone())
-            .with_max_request_bytes(config.max_request_bytes);
+            .with_max_request_bytes(config.max_request_bytes)
+            .with_status_board(board.clone());
+        let mut status_auth = Arc::new(Authenticator::None);
         let ca = match pki {
             Some(MeshPki {
                 authority,
@@ -211,14 +214,31 @@ impl App {
                     .context("configuring TLS")?;
                 let auth = Arc::new(auth);
                 discovery = discovery.with_authenticator(auth.clone());
+                status_auth = auth.clone();
                 Some(
-                    MeshCa::new(Arc::new(authority), accounts, config.workload_cert_ttl)
-                        .with_authenticator(auth)
-                        .with_metrics(metrics),
+                    MeshCa::new(
+                        Arc::new(authority),
+                        accounts.clone(),
+                        config.workload_cert_ttl,
+                    )
+                    .with_authenticator(auth)
+                    .with_metrics(metrics)
+                    .with_status_board(board.clone()),
                 )
             }
             None => None,
         };
+        let status = crate::status::MeshStatusService::new(
+            board,
+            cache,
+            status_auth,
+            accounts,
+            crate::status::Replica {
+                name: config.replica_name.clone(),
+                started_at: std::time::SystemTime::now(),
+                ca: ca.is_some(),
+            },
+        );
         // SIGTERM: stop accepting, close every proxy stream (they
         // reconnect, to another replica if there is one), let open
         // requests finish within the drain timeout, then exit.
@@ -232,6 +252,7 @@ impl App {
         let server = builder
             .add_service(discovery.into_server())
             .add_optional_service(ca.map(MeshCa::into_server))
+            .add_service(status.into_server())
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 signal,

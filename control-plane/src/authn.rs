@@ -12,6 +12,12 @@
 //!   the token's node claim when the API server adds one). Outcomes are
 //!   remembered for a while and reviews in flight are bounded
 //!   ([`ReviewLimits`]), so unknown tokens cannot flood the API server.
+//!
+//! The read-only status API ([`crate::status`]) admits the same node
+//! credentials, and, in a cluster, people and tools holding a Kubernetes
+//! token allowed to `get` the resource `meshstatus` of API group
+//! `ferry.dev` in the control plane's namespace (TokenReview, then
+//! SubjectAccessReview): [`Authenticator::viewer`]. Nobody is anonymous.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -70,20 +76,72 @@ impl Authenticator {
                 authenticated_node(request, trust_domain)
             }
             Authenticator::ServiceAccountToken(reviewer) => {
-                let token = request
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .ok_or_else(|| {
-                        Status::unauthenticated(
-                            "a service account token is required (authorization: Bearer)",
-                        )
-                    })?;
-                reviewer.node(token.trim()).await.map(Some)
+                let token = bearer(request).ok_or_else(|| {
+                    Status::unauthenticated(
+                        "a service account token is required (authorization: Bearer)",
+                    )
+                })?;
+                reviewer.node(token).await.map(Some)
             }
         }
     }
+}
+
+/// The RBAC check a status caller's token must pass: verb `get` on
+/// resource `meshstatus` of API group `ferry.dev`, in the control plane's
+/// namespace.
+pub const STATUS_API_GROUP: &str = "ferry.dev";
+/// See [`STATUS_API_GROUP`].
+pub const STATUS_RESOURCE: &str = "meshstatus";
+/// See [`STATUS_API_GROUP`].
+pub const STATUS_VERB: &str = "get";
+
+impl Authenticator {
+    /// Who may read the status API: a node credential, or a Kubernetes
+    /// token RBAC allows to `get` `meshstatus.ferry.dev`. Returns a name
+    /// for the log; an error refuses the request.
+    pub async fn viewer<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        match self {
+            Authenticator::None => Err(Status::unauthenticated(
+                "the status API needs authenticated callers: this control plane runs without --tls-dir or --ca-secret",
+            )),
+            Authenticator::NodeCertificate { trust_domain } => {
+                match authenticated_node(request, trust_domain)? {
+                    Some(node) => Ok(format!("node {node}")),
+                    None => Err(Status::unauthenticated(
+                        "present a node credential (mTLS client certificate)",
+                    )),
+                }
+            }
+            Authenticator::ServiceAccountToken(reviewer) => {
+                let token = bearer(request).ok_or_else(|| {
+                    Status::unauthenticated(format!(
+                        "a Kubernetes token allowed to {STATUS_VERB} {STATUS_RESOURCE}.{STATUS_API_GROUP} is required (authorization: Bearer)"
+                    ))
+                })?;
+                reviewer.viewer(token).await
+            }
+        }
+    }
+}
+
+/// The bearer token of a request.
+fn bearer<T>(request: &Request<T>) -> Option<&str> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// What a token is reviewed for: each is remembered on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Purpose {
+    /// A proxy proving its node.
+    Node,
+    /// A caller of the status API.
+    Viewer,
 }
 
 /// A review's outcome (the node, or the refusal) and when it was made.
@@ -96,8 +154,9 @@ pub struct TokenReviewer {
     /// The proxies' service account: namespace and name.
     namespace: String,
     account: String,
-    /// Reviewed tokens: the node, or the refusal, and when.
-    cache: Mutex<HashMap<String, Reviewed>>,
+    /// Reviewed tokens, per purpose: the node (or the caller's name), or
+    /// the refusal, and when.
+    cache: Mutex<HashMap<(Purpose, String), Reviewed>>,
     /// At most `limits.in_flight` TokenReviews in flight: unknown tokens
     /// cannot flood the API server.
     reviews: tokio::sync::Semaphore,
@@ -133,9 +192,9 @@ impl TokenReviewer {
         }
     }
 
-    fn cached(&self, token: &str) -> Option<Result<String, Status>> {
+    fn cached(&self, purpose: Purpose, token: &str) -> Option<Result<String, Status>> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let (outcome, at) = cache.get(token)?;
+        let (outcome, at) = cache.get(&(purpose, token.to_string()))?;
         self.fresh(outcome, *at).then(|| outcome.clone())
     }
 
@@ -150,7 +209,18 @@ impl TokenReviewer {
 
     /// The node of the proxy holding `token`.
     pub async fn node(&self, token: &str) -> Result<String, Status> {
-        if let Some(outcome) = self.cached(token) {
+        self.remembered(Purpose::Node, token).await
+    }
+
+    /// Whether `token` may read the status API (its user's name if so).
+    pub async fn viewer(&self, token: &str) -> Result<String, Status> {
+        self.remembered(Purpose::Viewer, token).await
+    }
+
+    /// The outcome of reviewing `token` for `purpose`: remembered, else
+    /// asked of the API server (within the bound on reviews in flight).
+    async fn remembered(&self, purpose: Purpose, token: &str) -> Result<String, Status> {
+        if let Some(outcome) = self.cached(purpose, token) {
             return outcome;
         }
         let _permit = self
@@ -159,10 +229,13 @@ impl TokenReviewer {
             .await
             .map_err(|_| Status::unavailable("shutting down"))?;
         // Another caller may have reviewed it while this one waited.
-        if let Some(outcome) = self.cached(token) {
+        if let Some(outcome) = self.cached(purpose, token) {
             return outcome;
         }
-        let outcome = self.review(token).await;
+        let outcome = match purpose {
+            Purpose::Node => self.review(token).await,
+            Purpose::Viewer => self.review_viewer(token).await,
+        };
         // API trouble is not the token's fault: not remembered.
         let remember = match &outcome {
             Ok(_) => true,
@@ -176,9 +249,81 @@ impl TokenReviewer {
                     cache.clear();
                 }
             }
-            cache.insert(token.to_string(), (outcome.clone(), Instant::now()));
+            cache.insert(
+                (purpose, token.to_string()),
+                (outcome.clone(), Instant::now()),
+            );
         }
         outcome
+    }
+
+    /// TokenReview (for the API server's own audiences: a person's or a
+    /// tool's token), then SubjectAccessReview of the status verb in the
+    /// control plane's namespace.
+    async fn review_viewer(&self, token: &str) -> Result<String, Status> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+        };
+        let review = TokenReview {
+            metadata: ObjectMeta::default(),
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: None,
+            },
+            status: None,
+        };
+        let reviewed = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| Status::unavailable(format!("TokenReview failed: {e}")))?;
+        let status = reviewed
+            .status
+            .ok_or_else(|| Status::unavailable("TokenReview returned no status"))?;
+        if status.authenticated != Some(true) {
+            return Err(Status::unauthenticated(format!(
+                "token rejected: {}",
+                status.error.as_deref().unwrap_or("not authenticated")
+            )));
+        }
+        let user = status.user.unwrap_or_default();
+        let username = user.username.clone().unwrap_or_default();
+        let access = SubjectAccessReview {
+            metadata: ObjectMeta::default(),
+            spec: SubjectAccessReviewSpec {
+                user: user.username,
+                groups: user.groups,
+                uid: user.uid,
+                extra: user.extra,
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(STATUS_API_GROUP.into()),
+                    resource: Some(STATUS_RESOURCE.into()),
+                    verb: Some(STATUS_VERB.into()),
+                    namespace: Some(self.namespace.clone()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            status: None,
+        };
+        let decided = Api::<SubjectAccessReview>::all(self.client.clone())
+            .create(&PostParams::default(), &access)
+            .await
+            .map_err(|e| Status::unavailable(format!("SubjectAccessReview failed: {e}")))?;
+        let decision = decided
+            .status
+            .ok_or_else(|| Status::unavailable("SubjectAccessReview returned no status"))?;
+        if !decision.allowed || decision.denied == Some(true) {
+            return Err(Status::permission_denied(format!(
+                "{username} may not {STATUS_VERB} {STATUS_RESOURCE}.{STATUS_API_GROUP} in namespace {}{}",
+                self.namespace,
+                decision
+                    .reason
+                    .filter(|r| !r.is_empty())
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(username)
     }
 
     async fn review(&self, token: &str) -> Result<String, Status> {

@@ -110,6 +110,10 @@ pub struct Args {
     pub workload_cert_min_ttl: Duration,
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// How this replica names itself in the status API (`ferryctl
+    /// status`); the chart passes the pod's name. Default: the host name.
+    #[arg(long, env = "FERRY_REPLICA_NAME")]
+    pub replica_name: Option<String>,
     /// Prometheus metrics and readiness (`/metrics`, `/healthz/ready`).
     #[arg(long, env = "FERRY_METRICS_LISTEN", default_value = "127.0.0.1:15014")]
     pub metrics_listen: SocketAddr,
@@ -246,6 +250,8 @@ pub struct Config {
     /// Lifetimes of workload certificates.
     pub workload_cert_ttl: TtlBounds,
     pub log_format: LogFormat,
+    /// This replica's name in the status API.
+    pub replica_name: String,
 }
 
 /// A flag that cannot be used as given.
@@ -372,8 +378,24 @@ impl Config {
                 max: Duration::from_secs(args.workload_cert_ttl),
             },
             log_format: args.log_format,
+            replica_name: match args.replica_name {
+                Some(name) if name.trim().is_empty() => {
+                    return Err(invalid("replica-name", "must not be empty".into()))
+                }
+                Some(name) => name,
+                None => host_name(),
+            },
         })
     }
+}
+
+/// The host's name (`/proc/sys/kernel/hostname`), else `control-plane`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "control-plane".into())
 }
 
 #[cfg(test)]

@@ -12,4 +12,5 @@ pub mod config;
 pub mod metrics;
 pub mod push;
 pub mod source;
+pub mod status;
 pub mod translate;

@@ -157,6 +157,20 @@ impl ConfigCache {
         self.len() == 0
     }
 
+    /// The current revision, the number of resources and the nodes of the
+    /// configuration (sorted), for the status API.
+    pub fn summary(&self) -> (u64, usize, Vec<String>) {
+        let inner = self.read();
+        let mut nodes: Vec<String> = inner
+            .resources
+            .keys()
+            .filter(|k| k.kind == ferry_api::Kind::Node)
+            .map(|k| k.name.clone())
+            .collect();
+        nodes.sort_unstable();
+        (inner.revision, inner.resources.len(), nodes)
+    }
+
     /// Publishes a batch of changes as one new revision.
     pub fn commit(&self, changes: Vec<Change>) {
         if changes.is_empty() {
@@ -285,6 +299,8 @@ pub struct ConfigDiscoveryService {
     max_request_bytes: usize,
     /// Becomes true when the control plane stops: every stream ends.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Where each stream shows its state (the status API).
+    board: Arc<crate::status::StatusBoard>,
 }
 
 impl ConfigDiscoveryService {
@@ -295,6 +311,7 @@ impl ConfigDiscoveryService {
             metrics: Arc::default(),
             max_request_bytes: 64 << 20,
             stopping: tokio::sync::watch::channel(false).1,
+            board: Arc::default(),
         }
     }
 
@@ -315,6 +332,12 @@ impl ConfigDiscoveryService {
     /// Counts streams, pushes and NACKs in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Shows every stream's state on `board` (the status API).
+    pub fn with_status_board(mut self, board: Arc<crate::status::StatusBoard>) -> Self {
+        self.board = board;
         self
     }
 
@@ -343,6 +366,11 @@ impl ConfigDiscovery for ConfigDiscoveryService {
     ) -> Result<Response<Self::DeltaConfigStream>, Status> {
         let peer = request.remote_addr();
         let authenticated = self.auth.node(&request).await?;
+        // The node credential's expiry, for the status API.
+        let credential_not_after = request
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned())
+            .and_then(|leaf| ferry_pki::not_after(leaf.as_ref()).ok());
         let mut requests = request.into_inner();
         let first = match requests.next().await {
             Some(Ok(first)) => first,
@@ -362,7 +390,10 @@ impl ConfigDiscovery for ConfigDiscoveryService {
             )));
         }
         let (tx, rx) = mpsc::channel(4);
-        let session = NodeSession::new(first, self.cache.clone(), self.metrics.clone());
+        let mut status = crate::status::StreamStatus::new(&first.node, peer);
+        status.credential_not_after = credential_not_after;
+        let status = self.board.open(status);
+        let session = NodeSession::new(first, self.cache.clone(), self.metrics.clone(), status);
         tracing::info!(node = %session.node, ?peer, held = session.reported.as_ref().map_or(0, HashMap::len), "proxy subscribed");
         tokio::spawn(session.run(requests, tx, self.stopping.clone()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -394,6 +425,8 @@ struct NodeSession {
     next_nonce: u64,
     pending: Option<Pending>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// This stream on the status board (listed while the session lives).
+    status: crate::status::StreamHandle,
 }
 
 impl NodeSession {
@@ -401,6 +434,7 @@ impl NodeSession {
         first: DeltaRequest,
         cache: Arc<ConfigCache>,
         metrics: Arc<crate::metrics::Metrics>,
+        status: crate::status::StreamHandle,
     ) -> Self {
         let client = first
             .initial_versions
@@ -416,6 +450,7 @@ impl NodeSession {
             next_nonce: 1,
             pending: None,
             metrics,
+            status,
         }
     }
 
@@ -465,6 +500,7 @@ impl NodeSession {
                         }
                     } else {
                         self.seen = Some(revision);
+                        self.status.update(|s| s.synced_revision = revision);
                     }
                 }
             }
@@ -532,6 +568,8 @@ impl NodeSession {
             upserts,
             removals: delta.removals,
         });
+        self.status
+            .update(|s| s.pending = Some((revision, std::time::SystemTime::now())));
         response
     }
 
@@ -545,19 +583,41 @@ impl NodeSession {
             .into_iter()
             .filter_map(|e| Some((ResourceKey::from_proto(e.key.as_ref()?)?, e.message)))
             .collect();
+        let now = std::time::SystemTime::now();
+        let mut nacked = Vec::new();
+        let mut cleared = Vec::new();
         for (key, version) in pending.upserts {
             if let Some(message) = errors.get(&key) {
                 self.metrics.nacks.inc();
                 tracing::warn!(node = %self.node, resource = %key, %message, "proxy rejected a resource (NACK); it keeps its last good version");
-                self.rejected.insert(key, version);
-            } else {
-                self.rejected.remove(&key);
+                self.rejected.insert(key.clone(), version);
+                nacked.push((
+                    key,
+                    crate::status::Rejection {
+                        version,
+                        message: message.clone(),
+                        at: now,
+                    },
+                ));
+            } else if self.rejected.remove(&key).is_some() {
+                cleared.push(key);
             }
         }
         for key in pending.removals {
-            self.rejected.remove(&key);
+            if self.rejected.remove(&key).is_some() {
+                cleared.push(key);
+            }
         }
         self.seen = Some(pending.revision);
+        self.status.update(|s| {
+            s.synced_revision = pending.revision;
+            s.pending = None;
+            s.nacks += nacked.len() as u64;
+            for key in &cleared {
+                s.rejections.remove(key);
+            }
+            s.rejections.extend(nacked);
+        });
     }
 }
 
@@ -694,6 +754,70 @@ mod tests {
         // A third node never held it: nothing to remove.
         let (_, neither) = cache.delta("node-3", Held::InSyncAt(1), &none).unwrap();
         assert_eq!(neither, Delta::default());
+    }
+
+    #[test]
+    fn the_status_board_follows_acks_and_nacks() {
+        let cache = Arc::new(ConfigCache::default());
+        let (ka, a) = node("a", "10.0.0.1");
+        let (kb, b) = node("b", "10.0.0.2");
+        cache.commit(vec![
+            Change::Upsert(ka.clone(), a.clone()),
+            Change::Upsert(kb.clone(), b),
+        ]);
+        let board = crate::status::StatusBoard::new();
+        let handle = board.open(crate::status::StreamStatus::new("node-1", None));
+        let mut session = NodeSession::new(
+            DeltaRequest {
+                node: "node-1".into(),
+                ..DeltaRequest::default()
+            },
+            cache.clone(),
+            Arc::default(),
+            handle,
+        );
+        let none = HashMap::new();
+        let (revision, delta) = cache.delta("node-1", reported(&none), &none).unwrap();
+        let response = session.prepare(revision, delta);
+        let shown = &board.streams()[0];
+        assert_eq!(shown.pending.map(|(r, _)| r), Some(revision));
+        assert_eq!(shown.synced_revision, 0);
+        // The proxy refuses "a" and takes "b".
+        session.on_request(DeltaRequest {
+            response_nonce: response.nonce.clone(),
+            errors: vec![ferry_api::proto::ResourceError {
+                key: Some(ka.to_proto()),
+                message: "addresses[0]: 5 bytes".into(),
+            }],
+            ..DeltaRequest::default()
+        });
+        let shown = &board.streams()[0];
+        assert_eq!(shown.synced_revision, revision);
+        assert!(shown.pending.is_none());
+        assert_eq!(shown.nacks, 1);
+        assert_eq!(shown.rejections.len(), 1);
+        assert_eq!(shown.rejections[&ka].message, "addresses[0]: 5 bytes");
+        assert_eq!(shown.rejections[&ka].version, a.version());
+        // A new version of "a" is taken: the rejection goes.
+        let (_, mut a2) = node("a", "10.0.0.9");
+        a2.scope = Scope::AllNodes;
+        cache.commit(vec![Change::Upsert(ka.clone(), a2)]);
+        let (revision, delta) = cache
+            .delta("node-1", Held::InSyncAt(revision), &session.rejected)
+            .unwrap();
+        assert_eq!(names(&delta).0, ["a"]);
+        let response = session.prepare(revision, delta);
+        session.on_request(DeltaRequest {
+            response_nonce: response.nonce,
+            ..DeltaRequest::default()
+        });
+        let shown = &board.streams()[0];
+        assert!(shown.rejections.is_empty());
+        assert_eq!(shown.nacks, 1);
+        assert_eq!(shown.synced_revision, revision);
+        // The stream's entry goes with the session.
+        drop(session);
+        assert!(board.streams().is_empty());
     }
 
     #[test]

@@ -28,6 +28,33 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The running mesh: control plane replicas, proxies connected, out of
+    /// date or refusing configuration (NACK), certificates close to
+    /// expiry. Exit 0 when healthy, 1 when a problem is found, 2 when the
+    /// mesh cannot be reached.
+    Status {
+        #[command(flatten)]
+        target: Live,
+        /// A response unanswered for longer makes its proxy out of date.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        stale_after: std::time::Duration,
+        /// A node credential with less left is reported.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        credential_warning: std::time::Duration,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// The live configuration of one node's proxy.
+    ProxyConfig {
+        /// The node.
+        node: String,
+        #[arg(value_enum, default_value = "all")]
+        section: ferryctl::live::proxy_config::Section,
+        #[command(flatten)]
+        target: Live,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Explain how a connection from a pod to HOST:PORT would be routed.
     Route {
         #[arg(long)]
@@ -42,6 +69,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+/// Where the running mesh is.
+#[derive(Debug, clap::Args)]
+pub struct Live {
+    /// The lab running on this machine (`scripts/lab.sh`, `ferryctl lab
+    /// up`); NAME picks one when several run.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+    pub lab: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,8 +149,4 @@ pub enum PolicyCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-}
+pub use ferryctl::output::Output;

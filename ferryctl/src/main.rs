@@ -14,6 +14,8 @@
 //!   evaluation code the proxy runs (`ferry-core`).
 //! - `ferryctl lab up [--manifests DIR] [--check]` runs the local
 //!   multi-node mesh in network namespaces ([`ferryctl::lab`]).
+//! - `ferryctl status --lab` and `ferryctl proxy-config NODE --lab` read
+//!   the running mesh ([`ferryctl::live`]).
 
 use std::process::ExitCode;
 
@@ -55,6 +57,37 @@ fn main() -> ExitCode {
                 ..Default::default()
             },
         ),
+        Command::Status {
+            target,
+            stale_after,
+            credential_warning,
+            output,
+        } => match ferryctl::live::Target::from_flags(target.lab) {
+            Ok(target) => ferryctl::live::status(
+                &target,
+                output,
+                ferryctl::live::status::Thresholds {
+                    stale_after,
+                    credential_warning,
+                },
+            ),
+            Err(e) => {
+                eprintln!("ferryctl status: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::ProxyConfig {
+            node,
+            section,
+            target,
+            output,
+        } => match ferryctl::live::Target::from_flags(target.lab) {
+            Ok(target) => ferryctl::live::proxy_config(&target, &node, section, output),
+            Err(e) => {
+                eprintln!("ferryctl proxy-config: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Route {
             manifests,
             from,

@@ -90,8 +90,8 @@ pub fn reachability(dir: PathBuf, ports: Vec<u16>, output: Output) -> ExitCode {
         }
     }
     match output {
-        Output::Json => match serde_json::to_string_pretty(&results) {
-            Ok(json) => println!("{json}"),
+        Output::Json | Output::Yaml => match ferryctl::output::structured(&results, output) {
+            Ok(text) => println!("{}", text.trim_end()),
             Err(e) => {
                 eprintln!("ferryctl: {e}");
                 return ExitCode::FAILURE;
@@ -190,8 +190,8 @@ pub fn explain(dir: PathBuf, from: &str, to: &str, output: Output) -> ExitCode {
         protocol,
     );
     match output {
-        Output::Json => match serde_json::to_string_pretty(&verdict) {
-            Ok(json) => println!("{json}"),
+        Output::Json | Output::Yaml => match ferryctl::output::structured(&verdict, output) {
+            Ok(text) => println!("{}", text.trim_end()),
             Err(e) => {
                 eprintln!("ferryctl: {e}");
                 return ExitCode::FAILURE;

@@ -27,13 +27,15 @@ pub fn run(dir: PathBuf, from: &str, to: &str, output: Output) -> ExitCode {
     match ferry_core::route::explain(&state, source, to) {
         Ok(explanation) => {
             match output {
-                Output::Json => match serde_json::to_string_pretty(&explanation) {
-                    Ok(json) => println!("{json}"),
-                    Err(e) => {
-                        eprintln!("ferryctl: {e}");
-                        return ExitCode::FAILURE;
+                Output::Json | Output::Yaml => {
+                    match ferryctl::output::structured(&explanation, output) {
+                        Ok(text) => println!("{}", text.trim_end()),
+                        Err(e) => {
+                            eprintln!("ferryctl: {e}");
+                            return ExitCode::FAILURE;
+                        }
                     }
-                },
+                }
                 Output::Table => print!("{}", table(&explanation)),
             }
             ExitCode::SUCCESS

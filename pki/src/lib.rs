@@ -163,6 +163,15 @@ pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// When a DER certificate stops being valid.
+pub fn not_after(der: &[u8]) -> Result<std::time::SystemTime, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    let seconds = cert.validity().not_after.timestamp();
+    let seconds =
+        u64::try_from(seconds).map_err(|_| format!("notAfter {seconds} is before 1970"))?;
+    Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+}
+
 /// The trust domain a mesh root certificate carries (URI SAN `spiffe://<td>`).
 pub fn ca_trust_domain(cert_pem: &str, path: &Path) -> Result<String, CertError> {
     let der = pem_to_der(cert_pem, path, "PEM certificate")?;

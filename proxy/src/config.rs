@@ -37,6 +37,13 @@ pub struct Args {
         default_value = "http://127.0.0.1:15010"
     )]
     pub control_plane: String,
+    /// Fault injection, for drills of NACK handling and alerting
+    /// (`ferryctl status`, the NACK alert): refuse these resources
+    /// (NACK) as if they failed validation, keeping their last good
+    /// version. `KIND/NAME`, comma-separated: `service/default/web`,
+    /// `policy/shop/deny-all`, `node/node-a`. Never needed otherwise.
+    #[arg(long, env = "FERRY_REFUSE_RESOURCES", value_delimiter = ',')]
+    pub refuse_resources: Vec<String>,
     /// Mesh PKI folder (`ferry-certs init`): ca.pem and nodes/<node>.pem,
     /// nodes/<node>-key.pem. Without it the proxy has no mesh identity:
     /// config only, no HBONE.
@@ -294,6 +301,15 @@ pub struct StateSettings {
     pub save_settle: Duration,
 }
 
+/// `KIND/NAME` (`service/default/web`) as a resource key.
+fn parse_resource_key(text: &str) -> Option<ferry_api::ResourceKey> {
+    let (kind, name) = text.trim().split_once('/')?;
+    let kind = ferry_api::Kind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind)?;
+    (!name.is_empty()).then(|| ferry_api::ResourceKey::new(kind, name))
+}
+
 /// A flag that cannot be used as given.
 #[derive(Debug, thiserror::Error)]
 #[error("--{flag}: {message}")]
@@ -339,6 +355,18 @@ impl Config {
                 message: format!("{bad:?} is not an http:// or https:// URL"),
             });
         }
+        let refuse = args
+            .refuse_resources
+            .iter()
+            .map(|r| {
+                parse_resource_key(r).ok_or_else(|| ConfigError {
+                    flag: "refuse-resources",
+                    message: format!(
+                        "{r:?} is not KIND/NAME (kinds: workload, service, node, policy, peer_group)"
+                    ),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         for (flag, value) in [
             ("connect-timeout", args.connect_timeout),
             ("tls-handshake-timeout", args.tls_handshake_timeout),
@@ -391,6 +419,7 @@ impl Config {
                 reconnect_initial: Duration::from_millis(100),
                 reconnect_max: Duration::from_secs(5),
                 max_message_bytes: 512 << 20,
+                refuse,
             },
             certificates: CertificateSettings {
                 ttl: Duration::from_secs(args.cert_ttl),
@@ -444,6 +473,31 @@ mod tests {
             Args::try_parse_from(std::iter::once("ferry-proxy").chain(flags.iter().copied()))
                 .map_err(|e| e.to_string())?;
         Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn refused_resources_are_kind_and_name() {
+        let config = parse(&[
+            "--node",
+            "n1",
+            "--refuse-resources",
+            "service/default/web,peer_group/shop/0123",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.xds.refuse,
+            [
+                ferry_api::ResourceKey::new(ferry_api::Kind::Service, "default/web"),
+                ferry_api::ResourceKey::new(ferry_api::Kind::PeerGroup, "shop/0123"),
+            ]
+        );
+        for bad in ["web", "svc/default/web", "service/"] {
+            let error = parse(&["--node", "n1", "--refuse-resources", bad]).unwrap_err();
+            assert!(
+                error.contains("--refuse-resources") && error.contains(bad),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct XdsSettings {
     pub reconnect_max: Duration,
     /// Largest config message accepted (a full initial push at scale).
     pub max_message_bytes: usize,
+    /// Fault injection (`--refuse-resources`): refused as if invalid.
+    pub refuse: Vec<ferry_api::ResourceKey>,
 }
 
 /// The control plane's endpoints, one per replica URL (http:// or
@@ -195,6 +197,32 @@ impl XdsClient {
             .clone()
     }
 
+    /// Takes the resources `--refuse-resources` names out of `response`,
+    /// as rejections (fault injection: a drill of NACK handling).
+    fn refuse_injected(
+        &self,
+        response: &mut ferry_api::proto::DeltaResponse,
+    ) -> Vec<ferry_api::ResourceError> {
+        if self.settings.refuse.is_empty() {
+            return Vec::new();
+        }
+        let mut refused = Vec::new();
+        response.resources.retain(|r| {
+            let key = r.key.as_ref().and_then(ferry_api::ResourceKey::from_proto);
+            match key.filter(|k| self.settings.refuse.contains(k)) {
+                Some(key) => {
+                    refused.push(ferry_api::ResourceError {
+                        key,
+                        message: "refused by --refuse-resources (fault injection)".into(),
+                    });
+                    false
+                }
+                None => true,
+            }
+        });
+        refused
+    }
+
     fn update(&self, f: impl FnOnce(&mut XdsStatus)) {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -257,12 +285,14 @@ impl XdsClient {
         self.connects.send_modify(|n| *n += 1);
 
         let mut first = true;
-        while let Some(response) = responses.message().await? {
+        while let Some(mut response) = responses.message().await? {
             backoff.reset();
             let bytes = response.encoded_len();
             let nonce = response.nonce.clone();
             let revision = response.revision;
-            let report = self.store.apply(response);
+            let refused = self.refuse_injected(&mut response);
+            let mut report = self.store.apply(response);
+            report.rejected.extend(refused);
             let errors: Vec<WireError> = report
                 .rejected
                 .iter()

@@ -327,8 +327,12 @@ EXPECTED_CLUSTER_RULES = sorted(
         rule(["discovery.k8s.io"], ["endpointslices"], ["list", "watch"]),
         rule(["networking.k8s.io"], ["networkpolicies"], ["list", "watch"]),
         rule(["authentication.k8s.io"], ["tokenreviews"], ["create"]),
+        rule(["authorization.k8s.io"], ["subjectaccessreviews"], ["create"]),
     ]
 )
+
+# The role the status API requires of callers' tokens (bound by users).
+EXPECTED_VIEWER_RULES = [rule(["ferry.dev"], ["meshstatus"], ["get"])]
 
 
 def expected_role_rules(values: dict[str, Any]) -> list[Rule]:
@@ -690,6 +694,7 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     expected_kinds = [
         "ClusterRole/ferry-control-plane",
+        "ClusterRole/ferry-mesh-viewer",
         "ClusterRoleBinding/ferry-control-plane",
         "ConfigMap/ferry-config",
         "DaemonSet/ferry-proxy",
@@ -729,6 +734,8 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
     cr = one(docs, "ClusterRole", "ferry-control-plane")
     expect_rules(normalise_rules(cr["rules"]), EXPECTED_CLUSTER_RULES, f"{ctx} ClusterRole rules")
     expect("aggregationRule" not in cr, f"{ctx} ClusterRole must not aggregate")
+    viewer = one(docs, "ClusterRole", "ferry-mesh-viewer")
+    expect_rules(normalise_rules(viewer["rules"]), EXPECTED_VIEWER_RULES, f"{ctx} ClusterRole ferry-mesh-viewer rules")
     role = one(docs, "Role", "ferry-control-plane")
     expect_rules(normalise_rules(role["rules"]), expected_role_rules(values), f"{ctx} Role rules")
 
@@ -798,6 +805,7 @@ def check_objects(set_name: str, values: dict[str, Any], docs: list[dict[str, An
         cp,
         [
             {"name": "FERRY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "FERRY_REPLICA_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "RUST_LOG", "value": values["logLevel"]},
         ],
         values,

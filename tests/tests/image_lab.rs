@@ -256,7 +256,13 @@ impl ChartRun {
         )?;
         make_readable(&kube)?;
         let spec = &chart["controlPlane"];
-        let env = environment(spec, &[("metadata.namespace", NAMESPACE)])?;
+        let env = environment(
+            spec,
+            &[
+                ("metadata.namespace", NAMESPACE),
+                ("metadata.name", "ferry-control-plane-0"),
+            ],
+        )?;
         let mut container = container_of(spec, &env, &BTreeMap::new())?;
         // Where a pod would find its service account: the lab's API.
         container

@@ -65,6 +65,8 @@ pub struct MeshCa {
     ttl: TtlBounds,
     metrics: Arc<crate::metrics::Metrics>,
     auth: Arc<Authenticator>,
+    /// Every signed certificate is shown here (the status API).
+    board: Option<Arc<crate::status::StatusBoard>>,
 }
 
 impl MeshCa {
@@ -76,6 +78,7 @@ impl MeshCa {
             auth: Arc::new(Authenticator::NodeCertificate { trust_domain }),
             ttl,
             metrics: Arc::default(),
+            board: None,
         }
     }
 
@@ -92,6 +95,12 @@ impl MeshCa {
     /// Counts signed and refused requests in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Records every certificate signed on `board` (the status API).
+    pub fn with_status_board(mut self, board: Arc<crate::status::StatusBoard>) -> Self {
+        self.board = Some(board);
         self
     }
 
@@ -152,6 +161,14 @@ impl CertificateAuthority for MeshCa {
             .sign_workload(&identity, &csr, ttl)
             .map_err(|e| Status::internal(e.to_string()))?;
         self.count("signed");
+        if let Some(board) = &self.board {
+            match ferry_pki::pem_der(&cert).and_then(|der| ferry_pki::not_after(&der)) {
+                Ok(not_after) => board.issued(&node, &identity.to_string(), not_after),
+                Err(e) => {
+                    tracing::warn!(%identity, error = %e, "the signed certificate is unreadable: not shown in the status")
+                }
+            }
+        }
         tracing::info!(node, %identity, ttl_seconds = ttl.as_secs(), "workload certificate signed");
         Ok(Response::new(SignResponse {
             cert_chain_pem: vec![cert],

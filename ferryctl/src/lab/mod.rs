@@ -91,6 +91,11 @@ pub struct Lab {
     image: Option<image::Image>,
     /// How the pods are wired.
     pub cni: cni::Cni,
+    /// The lab's record for `ferryctl --lab` ([`crate::live::lab`]),
+    /// removed first when the lab goes down.
+    record: Option<crate::live::lab::RecordGuard>,
+    /// The lab's name: the prefix of its namespaces.
+    pub name: String,
     pub work: tempfile::TempDir,
 }
 
@@ -138,6 +143,12 @@ pub fn control_plane_daemon(replica: usize) -> String {
         format!("control-plane-{replica}")
     }
 }
+
+/// Where the control plane replicas serve gRPC (config, CA, status).
+pub const CONTROL_PLANE_PORT: u16 = 15010;
+
+/// Where each proxy serves its admin endpoints, on its node's loopback.
+pub const PROXY_ADMIN_PORT: u16 = 15000;
 
 /// Where each proxy serves `/metrics` on its node's address (as the
 /// chart's 15020).
@@ -188,6 +199,8 @@ impl Lab {
             namespaces: BTreeMap::new(),
             image: None,
             cni: options.cni,
+            record: None,
+            name: prefix.to_string(),
             work,
         };
         if let Some(reference) = &options.image {
@@ -301,10 +314,57 @@ impl Lab {
         std::fs::create_dir(&copy)?;
         copy_dir(manifests, &copy)?;
         lab.start(&copy, &options)?;
+        if !options.no_daemons {
+            lab.record = Some(lab.record(&copy).publish()?);
+        }
         if options.prometheus && !options.no_daemons {
             lab.start_prometheus()?;
         }
         Ok(lab)
+    }
+
+    /// What `ferryctl --lab` needs to reach this lab.
+    fn record(&self, manifests: &Path) -> crate::live::lab::LabRecord {
+        use crate::live::lab::{LabNodeRecord, LabPodRecord, LabRecord, LabReplica};
+        LabRecord {
+            name: self.name.clone(),
+            pid: std::process::id(),
+            pki: self.work.path().join("pki"),
+            control_plane_netns: self.namespaces["net"].name.clone(),
+            replicas: self
+                .control_plane_ips
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| LabReplica {
+                    name: control_plane_daemon(i + 1),
+                    address: std::net::SocketAddr::from((*ip, CONTROL_PLANE_PORT)),
+                })
+                .collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| LabNodeRecord {
+                    name: n.name.clone(),
+                    netns: self.namespaces[&n.name].name.clone(),
+                    address: n.ip,
+                    admin: std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, PROXY_ADMIN_PORT)),
+                })
+                .collect(),
+            pods: self
+                .pods
+                .iter()
+                .map(|p| LabPodRecord {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    node: p.node.clone(),
+                    netns: self.namespaces[&format!("{}/{}", p.namespace, p.name)]
+                        .name
+                        .clone(),
+                    ip: p.ip,
+                })
+                .collect(),
+            manifests: manifests.to_path_buf(),
+        }
     }
 
     fn start(&mut self, manifests: &Path, options: &LabOptions) -> anyhow::Result<()> {
@@ -350,7 +410,7 @@ impl Lab {
         let mut urls = Vec::new();
         let mut replicas = Vec::new();
         for (i, ip) in self.control_plane_ips.iter().enumerate() {
-            let listen = format!("{ip}:15010");
+            let listen = format!("{ip}:{CONTROL_PLANE_PORT}");
             let mut cp_args = vec![
                 "--manifests".to_string(),
                 manifests.display().to_string(),
@@ -371,6 +431,8 @@ impl Lab {
             cp_args.extend([
                 "--metrics-listen".into(),
                 format!("{ip}:{CONTROL_PLANE_METRICS_PORT}"),
+                "--replica-name".into(),
+                control_plane_daemon(i + 1),
             ]);
             let cp_args: Vec<&str> = cp_args.iter().map(String::as_str).collect();
             let command = self.daemon_command(net, "ferry-control-plane", &cp_args)?;
@@ -386,6 +448,7 @@ impl Lab {
         for node in self.nodes.clone() {
             let hbone = format!("{}:15008", node.ip);
             let metrics = format!("{}:{PROXY_METRICS_PORT}", node.ip);
+            let admin = format!("127.0.0.1:{PROXY_ADMIN_PORT}");
             let dns = format!("{}:53", node.gateway);
             let state = work
                 .join(format!("state-{}", node.name))
@@ -403,7 +466,7 @@ impl Lab {
                     "--certs",
                     &pki_arg,
                     "--admin",
-                    "127.0.0.1:15000",
+                    &admin,
                     "--metrics-listen",
                     &metrics,
                     "--socks5",
@@ -713,6 +776,23 @@ impl Lab {
     /// (stopping it first if it runs); its log goes on in a new file.
     pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
         let (command, index, log) = self.next_run(name)?;
+        self.processes[index].terminate(Duration::from_secs(10));
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        self.processes[index] = Process::start(name, Path::new("ip"), &args, log)?;
+        Ok(())
+    }
+
+    /// Starts a daemon again with `extra` arguments after those it was
+    /// first started with (a fault to inject, say); [`Lab::restart`] goes
+    /// back to the first command. Not for labs run from an image.
+    pub fn restart_with(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        if self.image.is_some() {
+            bail!(
+                "restart_with: {name} runs from an image, whose command takes no extra arguments"
+            );
+        }
+        let (mut command, index, log) = self.next_run(name)?;
+        command.extend(extra.iter().map(|a| a.to_string()));
         self.processes[index].terminate(Duration::from_secs(10));
         let args: Vec<&str> = command.iter().map(String::as_str).collect();
         self.processes[index] = Process::start(name, Path::new("ip"), &args, log)?;

@@ -34,6 +34,45 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// Runs `f` on a short-lived thread inside the named network namespace
+/// (`/run/netns/<name>`), for sockets: a socket belongs to the namespace
+/// it was made in for life, so it can be used from any thread afterwards.
+/// The calling thread stays where it is.
+pub fn in_namespace<T: Send>(
+    name: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let path = std::path::Path::new("/run/netns").join(name);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<T> {
+                let ns = std::fs::File::open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("entering network namespace {name}"))?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread working in {name} panicked"))?
+    })
+}
+
+/// A TCP connection to `addr` made inside the named network namespace
+/// (non-blocking, for tokio).
+pub fn connect_in(
+    name: &str,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> anyhow::Result<std::net::TcpStream> {
+    in_namespace(name, || {
+        let stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connecting to {addr} in network namespace {name}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
+    })
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -51,25 +90,13 @@ impl Netns {
     }
 
     /// A TCP listener inside this namespace, for a server of the test
-    /// process itself (an API server, a collector). A socket belongs to the
-    /// namespace it was made in for life: a short-lived thread enters the
-    /// namespace, binds, and ends; the calling thread stays where it is.
+    /// process itself (an API server, a collector).
     pub fn listen_tcp(&self, addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-        let path = std::path::Path::new("/run/netns").join(&self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> anyhow::Result<std::net::TcpListener> {
-                    let ns = std::fs::File::open(&path)
-                        .with_context(|| format!("opening {}", path.display()))?;
-                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .with_context(|| format!("entering {}", self.name))?;
-                    let listener = std::net::TcpListener::bind(addr)
-                        .with_context(|| format!("binding {addr} in {}", self.name))?;
-                    listener.set_nonblocking(true)?;
-                    Ok(listener)
-                })
-                .join()
-                .map_err(|_| anyhow::anyhow!("the thread binding in {} panicked", self.name))?
+        in_namespace(&self.name, || {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding {addr} in {}", self.name))?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
         })
     }
 

@@ -1,0 +1,125 @@
+//! Talking to a running lab's daemons: the control plane replicas' status
+//! API (gRPC, mTLS with a node credential of the lab's PKI) and the
+//! proxies' admin endpoints (HTTP on each node's loopback). Every socket
+//! is opened inside the lab's network namespaces
+//! ([`crate::lab::netns::connect_in`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use ferry_api::proto::mesh_status_client::MeshStatusClient;
+use ferry_api::proto::{StatusRequest, StatusResponse};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+use super::lab::{LabNodeRecord, LabRecord, LabReplica};
+use crate::lab::netns::connect_in;
+
+/// How long one request to a daemon may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A TCP connection inside `netns`, for tokio.
+async fn connect(netns: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
+    let netns = netns.to_string();
+    let stream =
+        tokio::task::spawn_blocking(move || connect_in(&netns, addr, REQUEST_TIMEOUT)).await??;
+    Ok(tokio::net::TcpStream::from_std(stream)?)
+}
+
+/// A client of one running lab.
+#[derive(Debug, Clone)]
+pub struct LabClient {
+    pub record: LabRecord,
+    tls: tonic::transport::ClientTlsConfig,
+}
+
+impl LabClient {
+    /// Authenticates as the lab's first node (a node credential: the
+    /// status API admits the mesh's node credentials).
+    pub fn new(record: LabRecord) -> anyhow::Result<Self> {
+        let pki = &record.pki;
+        let node = record
+            .nodes
+            .first()
+            .with_context(|| format!("lab {} has no nodes", record.name))?;
+        let ca = ferry_pki::read_pem(&pki.join(ferry_pki::files::CA_CERT))?;
+        let (cert, key) = ferry_pki::files::node(&node.name);
+        let credential = ferry_pki::Credential::load(&pki.join(cert), &pki.join(key))?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .identity(tonic::transport::Identity::from_pem(
+                credential.cert_pem,
+                credential.key_pem,
+            ));
+        Ok(Self { record, tls })
+    }
+
+    /// One replica's status.
+    pub async fn status(&self, replica: &LabReplica) -> anyhow::Result<StatusResponse> {
+        let netns = self.record.control_plane_netns.clone();
+        let addr = replica.address;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(self.tls.clone())?
+            .connect_timeout(REQUEST_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        let channel = endpoint
+            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                let netns = netns.clone();
+                async move { connect(&netns, addr).await.map(TokioIo::new) }
+            }))
+            .await
+            .with_context(|| format!("control plane {} at {addr}", replica.name))?;
+        let response = MeshStatusClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!(
+                    "control plane {} at {addr}: {}: {}",
+                    replica.name,
+                    status.code(),
+                    status.message()
+                )
+            })?;
+        Ok(response.into_inner())
+    }
+
+    /// `GET path` of a node's proxy admin endpoint: the body, which must
+    /// come with 200.
+    pub async fn admin_get(&self, node: &LabNodeRecord, path: &str) -> anyhow::Result<Bytes> {
+        let what = format!("proxy of {} ({} {path})", node.name, node.admin);
+        tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let response = self.admin_request(node, path).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            if !status.is_success() {
+                bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
+            }
+            Ok(body)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
+        .and_then(|r| r)
+        .with_context(|| what)
+    }
+
+    /// Starts `GET path` on a node's proxy admin endpoint; the body
+    /// streams (`/flows`).
+    pub async fn admin_request(
+        &self,
+        node: &LabNodeRecord,
+        path: &str,
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+        let stream = connect(&node.netns, node.admin).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = http::Request::get(path)
+            .header(http::header::HOST, node.admin.to_string())
+            .body(Empty::<Bytes>::new())?;
+        Ok(sender.send_request(request).await?)
+    }
+}

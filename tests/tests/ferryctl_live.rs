@@ -1,0 +1,241 @@
+//! `ferryctl status` and `ferryctl proxy-config` against the running lab
+//! (two control plane replicas): the status agrees with what the lab set
+//! up; a NACK provoked on one proxy (`--refuse-resources`) shows, with the
+//! proxy's reason, and makes the exit code 1; a replica that stops shows
+//! as unreachable; `proxy-config` gives what the proxy's own dump holds.
+//! Needs root (see `netns::root_or_skip`).
+
+use std::process::Command;
+use std::time::Duration;
+
+use ferry_tests::netns::root_or_skip;
+use ferry_tests::wait_for;
+use ferryctl::lab::{control_plane_daemon, Lab, LabOptions};
+use serde_json::Value;
+
+/// Runs `ferryctl ARGS --lab NAME`: the exit code, stdout and stderr.
+fn ferryctl(lab: &Lab, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = Command::new(ferry_tests::binary("ferryctl")?)
+        .args(args)
+        .args(["--lab", &lab.name])
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `ferryctl status --output json`: the exit code and the report.
+fn status(lab: &Lab) -> anyhow::Result<(i32, Value)> {
+    let (code, stdout, stderr) = ferryctl(lab, &["status", "--output", "json"])?;
+    let report = serde_json::from_str(&stdout)
+        .map_err(|e| anyhow::anyhow!("status output is not JSON ({e}): {stdout}\n{stderr}"))?;
+    Ok((code, report))
+}
+
+fn proxy<'a>(report: &'a Value, node: &str) -> &'a Value {
+    report["proxies"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["node"] == node))
+        .unwrap_or(&Value::Null)
+}
+
+const PROBE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: nack-probe, namespace: shop}
+spec:
+  clusterIP: 10.96.0.99
+  selector: {app: backend}
+  ports:
+  - {name: http, port: 80, targetPort: api}
+";
+
+#[test]
+fn status_and_proxy_config_read_the_live_lab() -> anyhow::Result<()> {
+    if !root_or_skip("status_and_proxy_config_read_the_live_lab") {
+        return Ok(());
+    }
+    let examples = ferry_tests::repo_root().join("deploy/examples");
+    let mut lab = Lab::up_with(
+        &examples,
+        &format!("fctl{}", std::process::id() % 10_000),
+        LabOptions {
+            control_plane_replicas: 2,
+            ..LabOptions::default()
+        },
+    )?;
+    let nodes: Vec<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
+
+    // Healthy: both replicas, every node's proxy in sync with the replica
+    // its own dump says it streams from, the certificates it holds valid.
+    let report = wait_for("a healthy status", Duration::from_secs(20), || {
+        let (code, report) = status(&lab)?;
+        let in_sync = report["proxies"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["state"] == "in-sync"));
+        Ok((code == 0 && report["healthy"] == true && in_sync).then_some(report))
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", lab.logs()))?;
+    let replicas: Vec<&str> = report["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(replicas, [control_plane_daemon(1), control_plane_daemon(2)]);
+    assert_eq!(report["nodes"]["total"], nodes.len());
+    assert_eq!(report["nodes"]["connected"], nodes.len());
+    for (node, ip) in lab.nodes.iter().map(|n| (&n.name, n.ip)) {
+        let shown = proxy(&report, node);
+        assert_eq!(shown["state"], "in-sync", "{shown}");
+        let dump = lab.config_dump(node)?;
+        let url = dump["xds"]["control_plane"].as_str().unwrap_or_default();
+        let replica = shown["replica"].as_str().unwrap_or_default();
+        let index = replicas.iter().position(|r| *r == replica).unwrap_or(99);
+        let address = report["replicas"][index]["address"].as_str().unwrap_or("?");
+        assert!(
+            url.contains(address),
+            "{node} streams from {url}, status says {replica} ({address})"
+        );
+        assert!(
+            shown["peer"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&format!("{ip}:")),
+            "{shown}"
+        );
+        // Every identity the proxy holds a certificate for is shown valid.
+        for cert in dump["certificates"].as_array().into_iter().flatten() {
+            let identity = &cert["identity"];
+            let listed = report["certificates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["node"] == node.as_str() && &c["identity"] == identity);
+            let listed = listed
+                .unwrap_or_else(|| panic!("{node} {identity} not in {}", report["certificates"]));
+            assert_eq!(listed["state"], "valid");
+            assert_eq!(listed["needed"], true);
+        }
+    }
+    let (code, table, _) = ferryctl(&lab, &["status"])?;
+    assert_eq!(code, 0, "{table}");
+    assert!(
+        table.contains(&format!("PROXIES: {0} of {0} nodes connected", nodes.len())),
+        "{table}"
+    );
+    assert!(table.contains("status: healthy"), "{table}");
+
+    // proxy-config: the proxy's own dump, by section.
+    let dump = lab.config_dump("node-a")?;
+    let (code, stdout, stderr) = ferryctl(
+        &lab,
+        &["proxy-config", "node-a", "workloads", "--output", "json"],
+    )?;
+    assert_eq!(code, 0, "{stderr}");
+    let workloads: Value = serde_json::from_str(&stdout)?;
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| w["key"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(keys(&workloads), keys(&dump["resources"]["workload"]));
+    let (code, stdout, _) = ferryctl(
+        &lab,
+        &["proxy-config", "node-a", "services", "--output", "yaml"],
+    )?;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("key: shop/backend"), "{stdout}");
+    let (code, stdout, _) = ferryctl(&lab, &["proxy-config", "node-a"])?;
+    assert_eq!(code, 0);
+    for section in [
+        "WORKLOAD",
+        "SERVICE",
+        "POLICY",
+        "IDENTITY",
+        "shop/backend-from-frontend",
+    ] {
+        assert!(stdout.contains(section), "{section} not in\n{stdout}");
+    }
+    let (code, _, stderr) = ferryctl(&lab, &["proxy-config", "node-z"])?;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no node node-z"), "{stderr}");
+
+    // A NACK: node-b's proxy refuses a new service.
+    lab.restart_with("node-b", &["--refuse-resources", "service/shop/nack-probe"])?;
+    std::fs::write(lab.manifests().join("40-nack-probe.yaml"), PROBE)?;
+    let report = wait_for(
+        "node-b shown refusing the probe",
+        Duration::from_secs(30),
+        || {
+            let (code, report) = status(&lab)?;
+            // node-a takes the probe (it may be a moment behind).
+            let shown = proxy(&report, "node-b")["state"] == "nacking"
+                && proxy(&report, "node-a")["state"] == "in-sync";
+            Ok((code == 1 && shown).then_some(report))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", lab.logs()))?;
+    let b = proxy(&report, "node-b");
+    assert_eq!(
+        b["rejections"][0]["resource"], "service shop/nack-probe",
+        "{b}"
+    );
+    assert!(
+        b["rejections"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fault injection"),
+        "{b}"
+    );
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains("node node-b: the proxy refuses 1 resource"),
+        "{problems}"
+    );
+    let (code, table, _) = ferryctl(&lab, &["status"])?;
+    assert_eq!(code, 1);
+    assert!(
+        table.contains("REFUSED RESOURCE") && table.contains("service shop/nack-probe"),
+        "{table}"
+    );
+
+    // Back to its first command: it takes the probe, the mesh is healthy.
+    lab.restart("node-b")?;
+    wait_for(
+        "a healthy status after the fault",
+        Duration::from_secs(30),
+        || {
+            let (code, report) = status(&lab)?;
+            Ok((code == 0 && report["healthy"] == true).then_some(()))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", lab.logs()))?;
+
+    // A replica stops: shown unreachable, its proxies on the other one.
+    lab.stop(&control_plane_daemon(2))?;
+    let report = wait_for(
+        "replica 2 unreachable, every proxy on replica 1",
+        Duration::from_secs(30),
+        || {
+            let (code, report) = status(&lab)?;
+            let moved = nodes
+                .iter()
+                .all(|n| proxy(&report, n)["replica"] == control_plane_daemon(1).as_str());
+            Ok((code == 1 && moved).then_some(report))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", lab.logs()))?;
+    assert_eq!(report["replicas"][1]["reachable"], false);
+    assert!(
+        report["problems"]
+            .to_string()
+            .contains("control plane control-plane-2"),
+        "{}",
+        report["problems"]
+    );
+    Ok(())
+}
