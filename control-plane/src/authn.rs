@@ -436,3 +436,22 @@ pub fn authenticated_node<T>(
     }
     Ok(Some(node.node))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_status_api_admits_nobody_anonymous() {
+        let request = Request::new(());
+        let err = Authenticator::None.viewer(&request).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("--tls-dir or --ca-secret"), "{err}");
+        let certificates = Authenticator::NodeCertificate {
+            trust_domain: "cluster.local".into(),
+        };
+        let err = certificates.viewer(&request).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(err.message().contains("node credential"), "{err}");
+    }
+}

@@ -55,6 +55,34 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Connections the proxies carried or refused (their flow logs): the
+    /// last ones, then with --follow every new one as it ends.
+    Flows {
+        #[command(flatten)]
+        target: Live,
+        /// Keep showing new flows (until Ctrl-C, or --duration).
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: stop after this long.
+        #[arg(long, value_parser = humantime::parse_duration, requires = "follow")]
+        duration: Option<std::time::Duration>,
+        /// Source pod, NAMESPACE/NAME.
+        #[arg(long)]
+        from: Option<String>,
+        /// Destination: a pod or a service (NAMESPACE/NAME), or an IP.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_parser = ["allowed", "denied", "failed"])]
+        verdict: Option<String>,
+        /// Only this node's proxy.
+        #[arg(long)]
+        node: Option<String>,
+        /// How many of the flows already recorded to show first.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Explain how a connection from a pod to HOST:PORT would be routed.
     Route {
         #[arg(long)]

@@ -14,8 +14,8 @@
 //!   evaluation code the proxy runs (`ferry-core`).
 //! - `ferryctl lab up [--manifests DIR] [--check]` runs the local
 //!   multi-node mesh in network namespaces ([`ferryctl::lab`]).
-//! - `ferryctl status --lab` and `ferryctl proxy-config NODE --lab` read
-//!   the running mesh ([`ferryctl::live`]).
+//! - `ferryctl status --lab`, `ferryctl proxy-config NODE --lab` and
+//!   `ferryctl flows --lab` read the running mesh ([`ferryctl::live`]).
 
 use std::process::ExitCode;
 
@@ -85,6 +85,37 @@ fn main() -> ExitCode {
             Ok(target) => ferryctl::live::proxy_config(&target, &node, section, output),
             Err(e) => {
                 eprintln!("ferryctl proxy-config: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Flows {
+            target,
+            follow,
+            duration,
+            from,
+            to,
+            verdict,
+            node,
+            last,
+            output,
+        } => match ferryctl::live::Target::from_flags(target.lab) {
+            Ok(target) => ferryctl::live::flows(
+                &target,
+                &ferryctl::live::flows::Filter {
+                    from,
+                    to,
+                    verdict,
+                    node,
+                },
+                last,
+                follow.then_some(ferryctl::live::flows::Follow {
+                    duration,
+                    interval: std::time::Duration::from_millis(500),
+                }),
+                output,
+            ),
+            Err(e) => {
+                eprintln!("ferryctl flows: {e}");
                 ExitCode::from(2)
             }
         },

@@ -5,6 +5,10 @@
 //! - `GET /healthz/live`: 200 while the process serves.
 //! - `GET /config_dump`: JSON of every resource the proxy holds, with its
 //!   version, plus the config stream's status.
+//! - `GET /flows?since=SEQ&limit=N`: the flow log after `SEQ` (default
+//!   0: all it holds), at most `N` (default 1000, the newest), as JSON
+//!   `{node, next, lost, flows}`; `ferryctl flows` asks again with
+//!   `since=next`.
 //! - `GET /metrics`: Prometheus metrics (docs/observability.md).
 //!
 //! Two listeners serve them: `--admin` (loopback by default) everything,
@@ -69,6 +73,15 @@ struct ConfigDump<'a> {
     /// Every timeout and limit the proxy runs with.
     settings: &'a serde_json::Value,
     resources: BTreeMap<&'static str, Vec<DumpEntry<'a>>>,
+}
+
+#[derive(Serialize)]
+struct FlowsReply<'a> {
+    node: &'a str,
+    /// Whether the proxy keeps a flow log (`--flow-history`).
+    enabled: bool,
+    #[serde(flatten)]
+    page: crate::telemetry::flows::FlowPage,
 }
 
 impl Admin {
@@ -198,6 +211,49 @@ impl Admin {
                     commit: ferry_api::build::GIT_COMMIT,
                 },
             ),
+            "/flows" if surface == Surface::Admin => {
+                let query = req.uri().query().unwrap_or("");
+                let number = |name: &str| {
+                    query
+                        .split('&')
+                        .filter_map(|pair| pair.split_once('='))
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, v)| v.parse::<u64>())
+                };
+                let since = match number("since").transpose() {
+                    Ok(v) => v.unwrap_or(0),
+                    Err(_) => {
+                        return reply(
+                            StatusCode::BAD_REQUEST,
+                            "text/plain",
+                            "since: not a number\n".into(),
+                        )
+                    }
+                };
+                let limit = match number("limit").transpose() {
+                    Ok(v) => usize::try_from(v.unwrap_or(1000)).unwrap_or(usize::MAX),
+                    Err(_) => {
+                        return reply(
+                            StatusCode::BAD_REQUEST,
+                            "text/plain",
+                            "limit: not a number\n".into(),
+                        )
+                    }
+                };
+                let page = self.telemetry.flows.since(since, limit);
+                match serde_json::to_string(&FlowsReply {
+                    node: &self.node,
+                    enabled: self.telemetry.flows.enabled(),
+                    page,
+                }) {
+                    Ok(json) => reply(StatusCode::OK, "application/json", json),
+                    Err(e) => reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        format!("{e}\n"),
+                    ),
+                }
+            }
             "/config_dump" if surface == Surface::Admin => match self.config_dump() {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(
@@ -211,7 +267,7 @@ impl Admin {
                 "text/plain",
                 match surface {
                     Surface::Admin => {
-                        "not found; try /healthz/ready, /healthz/live, /config_dump or /metrics\n"
+                        "not found; try /healthz/ready, /healthz/live, /config_dump, /flows or /metrics\n"
                     }
                     Surface::Stats => "not found; try /healthz/ready, /healthz/live or /metrics\n",
                 }

@@ -256,7 +256,12 @@ impl App {
         if tracing_pipeline.is_some() {
             tracing::info!("exporting connection spans over OTLP");
         }
-        let telemetry = Telemetry::new(metrics, tracing_pipeline, config.access_log_rate);
+        let telemetry = Telemetry::new(
+            metrics,
+            tracing_pipeline,
+            config.access_log_rate,
+            config.flow_history,
+        );
         let pool = identities.as_ref().map(|i| {
             Arc::new(HbonePool::new(
                 i.clone(),

@@ -197,6 +197,10 @@ pub struct Args {
     /// target `ferry::access`, in the --log-format); 0 turns them off.
     #[arg(long, env = "FERRY_ACCESS_LOG_RATE", default_value_t = 100)]
     pub access_log_rate: u32,
+    /// Connections the flow log keeps (the last ones, carried or refused;
+    /// `ferryctl flows`, admin `/flows`); 0 turns it off.
+    #[arg(long, env = "FERRY_FLOW_HISTORY", default_value_t = 1024)]
+    pub flow_history: usize,
     /// Also export Istio's standard TCP metrics (`istio_tcp_*` with Istio's
     /// labels and byte directions), for Kiali and the Istio dashboards.
     #[arg(
@@ -282,6 +286,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Access log lines per second at most; 0: none.
     pub access_log_rate: u32,
+    /// Connections the flow log keeps; 0: none.
+    pub flow_history: usize,
     /// Istio's standard TCP metrics as well.
     pub istio_metrics: bool,
     /// Threads of the runtime.
@@ -453,6 +459,7 @@ impl Config {
             drain_timeout: args.drain_timeout,
             log_format: args.log_format,
             access_log_rate: args.access_log_rate,
+            flow_history: args.flow_history,
             istio_metrics: args.istio_metrics,
             worker_threads: args.worker_threads,
             admin_limits,

@@ -17,6 +17,9 @@
 //!   create (POST to the collection), update (PUT).
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: answers from the
 //!   tokens registered with [`ApiServer::add_token`].
+//! - `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`: allowed
+//!   when a grant registered with [`ApiServer::grant`] matches the user
+//!   (or one of its groups) and the resource attributes exactly.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -94,6 +97,20 @@ struct State {
     lists: u32,
     tokens: BTreeMap<String, TokenIdentity>,
     reviews: u32,
+    /// RBAC: who may do what.
+    grants: Vec<Grant>,
+    access_reviews: u32,
+}
+
+/// One RBAC permission: `subject` (a user or a group) may `verb` the
+/// `resource` of API `group` in `namespace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub subject: String,
+    pub group: String,
+    pub resource: String,
+    pub verb: String,
+    pub namespace: String,
 }
 
 /// The running server; stops when dropped.
@@ -342,6 +359,16 @@ impl ApiServer {
         self.lock().reviews
     }
 
+    /// Adds an RBAC permission for SubjectAccessReview.
+    pub fn grant(&self, grant: Grant) {
+        self.lock().grants.push(grant);
+    }
+
+    /// How many SubjectAccessReviews were made.
+    pub fn access_reviews(&self) -> u32 {
+        self.lock().access_reviews
+    }
+
     /// An object as stored, if any.
     pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let path = collection(api_version, kind)?;
@@ -375,6 +402,15 @@ impl Shared {
                 Err(_) => return respond(400, &status(400, "BadRequest", "unreadable body")),
             };
             return self.token_review(&body);
+        }
+        if path == "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+            && method == http::Method::POST
+        {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return respond(400, &status(400, "BadRequest", "unreadable body")),
+            };
+            return self.access_review(&body);
         }
         if let Some((api_version, kind)) = kind_of(&path) {
             if method == http::Method::GET {
@@ -572,6 +608,33 @@ impl Shared {
             }
             _ => respond(405, &status(405, "MethodNotAllowed", "not supported here")),
         }
+    }
+
+    fn access_review(&self, body: &[u8]) -> http::Response<Body> {
+        let Ok(review) = serde_json::from_slice::<Value>(body) else {
+            return respond(400, &status(400, "BadRequest", "not JSON"));
+        };
+        let spec = &review["spec"];
+        let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+        let mut subjects = vec![text(&spec["user"])];
+        subjects.extend(spec["groups"].as_array().into_iter().flatten().map(&text));
+        let attributes = &spec["resourceAttributes"];
+        let mut state = self.lock();
+        state.access_reviews += 1;
+        let allowed = state.grants.iter().any(|g| {
+            subjects.contains(&g.subject)
+                && g.group == text(&attributes["group"])
+                && g.resource == text(&attributes["resource"])
+                && g.verb == text(&attributes["verb"])
+                && g.namespace == text(&attributes["namespace"])
+        });
+        let mut out = review;
+        out["status"] = if allowed {
+            json!({"allowed": true, "reason": "granted by the test"})
+        } else {
+            json!({"allowed": false, "reason": "no RBAC rule allows it"})
+        };
+        respond(201, &out)
     }
 
     fn token_review(&self, body: &[u8]) -> http::Response<Body> {

@@ -2,7 +2,9 @@
 //! (two control plane replicas): the status agrees with what the lab set
 //! up; a NACK provoked on one proxy (`--refuse-resources`) shows, with the
 //! proxy's reason, and makes the exit code 1; a replica that stops shows
-//! as unreachable; `proxy-config` gives what the proxy's own dump holds.
+//! as unreachable; `proxy-config` gives what the proxy's own dump holds;
+//! `flows` shows a connection NetworkPolicy denied (and, following, one
+//! denied while it watches) and an allowed one, with pods named.
 //! Needs root (see `netns::root_or_skip`).
 
 use std::process::Command;
@@ -163,6 +165,101 @@ fn status_and_proxy_config_read_the_live_lab() -> anyhow::Result<()> {
     let (code, _, stderr) = ferryctl(&lab, &["proxy-config", "node-z"])?;
     assert_eq!(code, 2);
     assert!(stderr.contains("no node node-z"), "{stderr}");
+
+    // flows: a denied connection (the backend admits only the frontend;
+    // db-0 is a mesh pod on node-b) and an allowed one.
+    assert!(lab.curl("shop/db-0", "http://backend.shop/").is_err());
+    lab.curl("shop/frontend", "http://backend.shop/")?;
+    let flows = |args: &[&str]| -> anyhow::Result<Vec<Value>> {
+        let mut all = vec!["flows", "--output", "json"];
+        all.extend_from_slice(args);
+        let (code, stdout, stderr) = ferryctl(&lab, &all)?;
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<Vec<Value>>(&stdout)
+            .map_err(|e| anyhow::anyhow!("flows output ({e}): {stdout}"))
+    };
+    let denied = wait_for("the denied flow", Duration::from_secs(10), || {
+        let denied = flows(&["--verdict", "denied", "--from", "shop/db-0"])?;
+        Ok((!denied.is_empty()).then_some(denied))
+    })?;
+    for flow in &denied {
+        assert_eq!(flow["verdict"], "denied", "{flow}");
+        assert_eq!(flow["source"]["pod"], "shop/db-0", "{flow}");
+        assert_eq!(
+            flow["source"]["identity"], "spiffe://cluster.local/ns/shop/sa/db",
+            "{flow}"
+        );
+        // The client's proxy knows the service; the server's sees a pod.
+        let (field, prefix) = if flow["reporter"] == "source" {
+            (&flow["service"], "backend.shop.svc")
+        } else {
+            (&flow["destination"]["pod"], "shop/backend-")
+        };
+        assert!(
+            field.as_str().unwrap_or_default().starts_with(prefix),
+            "{flow}"
+        );
+    }
+    assert!(
+        denied.iter().any(|f| f["outcome"] == "policy_denied"),
+        "the destination's proxy records the denial: {denied:?}"
+    );
+    let allowed = flows(&[
+        "--verdict",
+        "allowed",
+        "--from",
+        "shop/frontend",
+        "--to",
+        "shop/backend",
+    ])?;
+    assert!(
+        allowed.iter().any(|f| f["outcome"] == "completed"
+            && f["destination"]["pod"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("shop/backend-")),
+        "{allowed:?}"
+    );
+    assert!(flows(&["--verdict", "denied", "--from", "shop/frontend"])?.is_empty());
+    // Following: a denial made while it watches shows up, one JSON per line.
+    let follower = Command::new(ferry_tests::binary("ferryctl")?)
+        .args([
+            "flows",
+            "--follow",
+            "--duration",
+            "4s",
+            "--last",
+            "0",
+            "--verdict",
+            "denied",
+            "--output",
+            "json",
+            "--lab",
+            &lab.name,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(lab.curl("default/client", "http://backend.shop/").is_err());
+    let out = follower.wait_with_output()?;
+    assert!(out.status.success());
+    let followed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(!followed.is_empty(), "no denial followed");
+    assert!(
+        followed
+            .iter()
+            .all(|f| f["verdict"] == "denied" && f["source"]["pod"] == "default/client"),
+        "{followed:?}"
+    );
+    let (code, table, _) = ferryctl(&lab, &["flows", "--verdict", "denied"])?;
+    assert_eq!(code, 0);
+    assert!(
+        table.starts_with("TIME") && table.contains("policy_denied"),
+        "{table}"
+    );
 
     // A NACK: node-b's proxy refuses a new service.
     lab.restart_with("node-b", &["--refuse-resources", "service/shop/nack-probe"])?;

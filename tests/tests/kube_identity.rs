@@ -5,6 +5,8 @@
 //! node; rejected tokens, another service account's token, a token for
 //! another audience and a token of a proxy on another node are refused;
 //! the CA signs only for service accounts of pods on the token's node.
+//! The status API admits only tokens RBAC allows to get
+//! `meshstatus.ferry.dev` (TokenReview, then SubjectAccessReview).
 //! Block 127.88.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,8 +17,9 @@ use std::time::Duration;
 
 use ferry_api::identity::Identity;
 use ferry_api::proto::certificate_authority_client::CertificateAuthorityClient;
-use ferry_api::proto::SignRequest;
-use ferry_tests::apiserver::{ApiServer, TokenIdentity};
+use ferry_api::proto::mesh_status_client::MeshStatusClient;
+use ferry_api::proto::{SignRequest, StatusRequest, StatusResponse};
+use ferry_tests::apiserver::{ApiServer, Grant, TokenIdentity};
 use ferry_tests::{binary, http_get, wait_for, Process};
 
 const PROXY_ACCOUNT: &str = "system:serviceaccount:ferry-system:ferry-proxy";
@@ -71,7 +74,10 @@ fn start_control_plane(
             "--token-audience",
             "ferry",
         ],
-        &[("KUBECONFIG".into(), kubeconfig.display().to_string())],
+        &[
+            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
+            ("FERRY_REPLICA_NAME".into(), name.to_string()),
+        ],
         dir.join(format!("{name}.log")),
     )?;
     Ok(ControlPlane {
@@ -163,6 +169,32 @@ async fn sign(
         .sign(request)
         .await
         .map(|_| ())
+}
+
+async fn mesh_status(
+    cp: &ControlPlane,
+    root: &str,
+    token: Option<&str>,
+) -> Result<StatusResponse, tonic::Status> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(root));
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", cp.listen))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut request = tonic::Request::new(StatusRequest {});
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    MeshStatusClient::new(channel)
+        .status(request)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,5 +345,64 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
         assert!(sign(&cp1, &root, "flood", &frontend).await.is_err());
     }
     assert_eq!(server.reviews() - before, 1, "one review for 20 refusals");
+
+    // The status API: a person's token (no audience of ours) that RBAC
+    // allows; nobody anonymous, no proxy token, no token without the grant.
+    server.add_token(
+        "token-operator",
+        TokenIdentity {
+            username: "alice".into(),
+            audiences: vec![],
+            pod: None,
+            node: None,
+        },
+    );
+    server.add_token(
+        "token-intern",
+        TokenIdentity {
+            username: "bob".into(),
+            audiences: vec![],
+            pod: None,
+            node: None,
+        },
+    );
+    server.grant(Grant {
+        subject: "alice".into(),
+        group: "ferry.dev".into(),
+        resource: "meshstatus".into(),
+        verb: "get".into(),
+        namespace: "ferry-system".into(),
+    });
+    let err = mesh_status(&cp1, &root, None).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = mesh_status(&cp1, &root, Some("nope")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = mesh_status(&cp1, &root, Some("token-intern"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    assert!(
+        err.message()
+            .contains("bob may not get meshstatus.ferry.dev in namespace ferry-system"),
+        "{err}"
+    );
+    // A proxy's token: its service account has no such grant.
+    let err = mesh_status(&cp1, &root, Some("token-a")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let status = mesh_status(&cp1, &root, Some("token-operator")).await?;
+    assert_eq!(status.replica, "control-plane-1");
+    assert!(status.ca);
+    assert_eq!(status.nodes, ["node-a", "node-b"]);
+    assert!(
+        status.certificates.iter().any(|c| c.node == "node-a"
+            && c.identity == "spiffe://cluster.local/ns/shop/sa/frontend"
+            && c.needed),
+        "{:?}",
+        status.certificates
+    );
+    // Outcomes are remembered: asking again costs no review.
+    let before = (server.reviews(), server.access_reviews());
+    mesh_status(&cp1, &root, Some("token-operator")).await?;
+    assert_eq!((server.reviews(), server.access_reviews()), before);
     Ok(())
 }

@@ -1,11 +1,13 @@
-//! Commands on a running mesh: `ferryctl status` ([`status`]) and
-//! `ferryctl proxy-config` ([`proxy_config`]).
+//! Commands on a running mesh: `ferryctl status` ([`status`]),
+//! `ferryctl proxy-config` ([`proxy_config`]) and `ferryctl flows`
+//! ([`flows`]).
 //!
 //! Where the mesh runs ([`Target`]): `--lab [NAME]`, the lab on this
 //! machine ([`lab`]: found from its record, reached inside its network
 //! namespaces with a node credential of its PKI).
 
 pub mod client;
+pub mod flows;
 pub mod lab;
 pub mod proxy_config;
 pub mod status;
@@ -133,6 +135,54 @@ pub fn proxy_config(
         Err(e) => {
             eprintln!("ferryctl proxy-config: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ferryctl flows`: exit 0, or 2 when the mesh cannot be reached.
+pub fn flows(
+    target: &Target,
+    filter: &flows::Filter,
+    last: usize,
+    follow: Option<flows::Follow>,
+    output: Output,
+) -> ExitCode {
+    let run = || -> anyhow::Result<()> {
+        let client = target.client()?;
+        runtime()?.block_on(async {
+            let mut reader = flows::Reader::new(&client, filter.node.as_deref()).await?;
+            let mut collected = Vec::new();
+            let following = follow.is_some();
+            if output == Output::Table {
+                println!("{}", flows::HEADER);
+            }
+            flows::run(&mut reader, filter, last, follow, |flow| match output {
+                Output::Table => println!("{}", flows::row(flow)),
+                // Following: one JSON object per line, one YAML document
+                // per flow; else one array at the end.
+                Output::Json if following => match serde_json::to_string(flow) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => eprintln!("ferryctl flows: {e}"),
+                },
+                Output::Yaml if following => match serde_yaml::to_string(flow) {
+                    Ok(doc) => println!("---\n{}", doc.trim_end()),
+                    Err(e) => eprintln!("ferryctl flows: {e}"),
+                },
+                _ => collected.push(flow.clone()),
+            })
+            .await;
+            if !following && output != Output::Table {
+                let text = structured(&collected, output).map_err(anyhow::Error::msg)?;
+                println!("{}", text.trim_end());
+            }
+            anyhow::Ok(())
+        })
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferryctl flows: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -1,9 +1,10 @@
 //! What the proxy tells operators about the connections it carries:
-//! Prometheus metrics ([`metrics`]), OTLP traces ([`trace`]) and access
-//! logs ([`access`]), all fed from one place per connection
+//! Prometheus metrics ([`metrics`]), OTLP traces ([`trace`]), access
+//! logs ([`access`]) and the flow log ([`flows`], `ferryctl flows`), all fed from one place per connection
 //! ([`Telemetry::begin`] and [`ConnectionTelemetry`], [`Telemetry::failure`]).
 
 pub mod access;
+pub mod flows;
 pub mod istio;
 pub mod metrics;
 pub mod otlp;
@@ -29,6 +30,8 @@ pub struct Telemetry {
     pub metrics: Metrics,
     tracing: Option<trace::Tracing>,
     access: access::RateLimit,
+    /// The last connections, for `ferryctl flows`.
+    pub flows: flows::FlowLog,
     empty: Arc<str>,
     /// Istio's label values for what is not known.
     unknown: Arc<str>,
@@ -44,25 +47,29 @@ pub struct Parties {
 }
 
 impl Telemetry {
-    /// `access_logs_per_second` 0 turns access logs off.
+    /// `access_logs_per_second` 0 turns access logs off; the flow log keeps
+    /// the last `flow_history` connections (0: off).
     pub fn new(
         metrics: Metrics,
         tracing: Option<trace::Tracing>,
         access_logs_per_second: u32,
+        flow_history: usize,
     ) -> Arc<Self> {
         let suppressed = metrics.access_logs_suppressed.clone();
         Arc::new(Self {
             metrics,
             tracing,
             access: access::RateLimit::new(access_logs_per_second, suppressed),
+            flows: flows::FlowLog::new(flow_history),
             empty: Arc::from(""),
             unknown: Arc::from("unknown"),
         })
     }
 
-    /// Metrics only: no traces, no access logs (tests, benchmarks).
+    /// Metrics only: no traces, no access logs, no flow log (tests,
+    /// benchmarks).
     pub fn metrics_only() -> Arc<Self> {
-        Self::new(Metrics::new(), None, 0)
+        Self::new(Metrics::new(), None, 0, 0)
     }
 
     pub fn tracing_enabled(&self) -> bool {
@@ -161,8 +168,28 @@ impl Telemetry {
         detail: &dyn Display,
     ) {
         let (sw, sn, sp) = self.part(parties.source.as_ref());
-        let (dw, dn, _) = self.part(parties.destination.as_ref());
+        let (dw, dn, dp) = self.part(parties.destination.as_ref());
         let service = parties.service.as_ref().map_or(&self.empty, |s| &s.host);
+        self.flows.record(|seq| flows::Flow {
+            seq,
+            time_unix_ms: flows_now(),
+            reporter: reporter.as_str(),
+            verdict: match reason {
+                FailureReason::PolicyDenied | FailureReason::DeniedByDestination => {
+                    flows::Verdict::Denied
+                }
+                _ => flows::Verdict::Failed,
+            },
+            outcome: reason.as_str(),
+            mode: None,
+            source: flows::peer(&client, sw, sn, sp),
+            destination: flows::peer(target, dw, dn, dp),
+            service: service.clone(),
+            sent_bytes: 0,
+            received_bytes: 0,
+            duration_ms: 0,
+            detail: Some(detail.to_string()),
+        });
         self.metrics
             .connection_failures
             .get_or_create(&FailureLabels {
@@ -234,6 +261,13 @@ impl Telemetry {
             done: false,
         }
     }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+fn flows_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The span of a connection, with its attributes.
@@ -389,6 +423,31 @@ impl ConnectionTelemetry {
             }
             span.end();
         }
+        t.flows.record(|seq| flows::Flow {
+            seq,
+            time_unix_ms: flows_now(),
+            reporter: l.reporter.as_str(),
+            verdict: flows::Verdict::Allowed,
+            outcome,
+            mode: Some(l.mode.as_str()),
+            source: flows::peer(
+                &self.client,
+                &l.source_workload,
+                &l.source_namespace,
+                &l.source_principal,
+            ),
+            destination: flows::peer(
+                &self.target,
+                &l.destination_workload,
+                &l.destination_namespace,
+                &l.destination_principal,
+            ),
+            service: l.destination_service.clone(),
+            sent_bytes: sent,
+            received_bytes: received,
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            detail: None,
+        });
         if let access::Admit::Write { suppressed } = t.access.admit() {
             tracing::info!(
                 target: "ferry::access",

@@ -1,0 +1,216 @@
+//! The flow log: the last connections this proxy carried or refused, for
+//! `ferryctl flows` (admin `/flows?since=SEQ`), like Hubble's ring of
+//! flows.
+//!
+//! A fixed ring of slots, written without a lock: a connection takes the
+//! next sequence number (one atomic add) and stores its flow in that
+//! number's slot (one atomic pointer swap), overwriting the oldest. A
+//! reader copies the slots newer than its cursor; nothing a reader does
+//! can slow a writer, and a slow reader just finds that flows it had not
+//! read were overwritten (it is told how many). `--flow-history 0` turns
+//! the log off (then recording costs one branch).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+/// One side of a flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowPeer {
+    /// The address as the proxy saw it (a name for an unresolved target).
+    pub address: String,
+    /// The workload telemetry names (empty: not a known pod).
+    pub workload: Arc<str>,
+    pub namespace: Arc<str>,
+    /// The SPIFFE identity (empty outside the mesh).
+    pub identity: Arc<str>,
+}
+
+/// What became of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Carried (whatever its outcome).
+    Allowed,
+    /// Refused by NetworkPolicy (here or at the destination's proxy).
+    Denied,
+    /// Failed before carrying data for another reason.
+    Failed,
+}
+
+/// One connection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Flow {
+    /// Its place in this proxy's log.
+    pub seq: u64,
+    /// When it ended (or failed).
+    pub time_unix_ms: u64,
+    /// `source` (the client's proxy) or `destination` (the server's).
+    pub reporter: &'static str,
+    pub verdict: Verdict,
+    /// How it ended (`completed`, `aborted`...) or why it failed
+    /// (`policy_denied`, `no_endpoints`...).
+    pub outcome: &'static str,
+    /// How it was carried (`hbone`, `direct`, `passthrough`,
+    /// `plaintext`); absent for a connection that failed first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    pub source: FlowPeer,
+    pub destination: FlowPeer,
+    /// The service's host name (empty: not through a service).
+    pub service: Arc<str>,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub duration_ms: u64,
+    /// Why it failed, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The ring.
+#[derive(Debug)]
+pub struct FlowLog {
+    slots: Box<[ArcSwapOption<Flow>]>,
+    /// The next sequence number (the first flow is 1).
+    next: AtomicU64,
+}
+
+/// What a reader gets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowPage {
+    /// Ask again with `since` = this to get what follows.
+    pub next: u64,
+    /// Flows after the reader's cursor that were overwritten before it
+    /// read them.
+    pub lost: u64,
+    pub flows: Vec<Arc<Flow>>,
+}
+
+impl FlowLog {
+    /// A log of the last `capacity` flows (0: off).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            slots: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.slots.is_empty()
+    }
+
+    /// Records a flow (built only when the log is on); `build` is given
+    /// its sequence number.
+    pub fn record(&self, build: impl FnOnce(u64) -> Flow) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = (seq % self.slots.len() as u64) as usize;
+        self.slots[slot].store(Some(Arc::new(build(seq))));
+    }
+
+    /// The flows after `since`, oldest first, at most `limit` (the newest).
+    pub fn since(&self, since: u64, limit: usize) -> FlowPage {
+        let next = self.next.load(Ordering::Relaxed);
+        let mut flows: Vec<Arc<Flow>> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.load_full())
+            .filter(|f| f.seq > since && f.seq < next)
+            .collect();
+        flows.sort_unstable_by_key(|f| f.seq);
+        // Sequence numbers after the cursor that are no longer held.
+        let wanted = next.saturating_sub(since.saturating_add(1));
+        let lost = wanted.saturating_sub(flows.len() as u64);
+        if flows.len() > limit {
+            flows.drain(..flows.len() - limit);
+        }
+        FlowPage {
+            next: next.saturating_sub(1).max(since),
+            lost,
+            flows,
+        }
+    }
+}
+
+/// A peer as flows show it.
+pub fn peer(
+    address: &dyn std::fmt::Display,
+    workload: &Arc<str>,
+    namespace: &Arc<str>,
+    identity: &Arc<str>,
+) -> FlowPeer {
+    FlowPeer {
+        address: address.to_string(),
+        workload: workload.clone(),
+        namespace: namespace.clone(),
+        identity: identity.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(seq: u64) -> Flow {
+        let empty: Arc<str> = Arc::from("");
+        Flow {
+            seq,
+            time_unix_ms: seq,
+            reporter: "source",
+            verdict: Verdict::Allowed,
+            outcome: "completed",
+            mode: Some("hbone"),
+            source: peer(&"10.0.0.1:1", &empty, &empty, &empty),
+            destination: peer(&"10.0.0.2:80", &empty, &empty, &empty),
+            service: empty,
+            sent_bytes: 1,
+            received_bytes: 2,
+            duration_ms: 3,
+            detail: None,
+        }
+    }
+
+    fn seqs(page: &FlowPage) -> Vec<u64> {
+        page.flows.iter().map(|f| f.seq).collect()
+    }
+
+    #[test]
+    fn readers_get_what_follows_their_cursor_and_are_told_what_was_overwritten() {
+        let log = FlowLog::new(4);
+        let empty = log.since(0, 100);
+        assert_eq!((empty.next, empty.lost, empty.flows.len()), (0, 0, 0));
+        for _ in 0..3 {
+            log.record(flow);
+        }
+        let page = log.since(0, 100);
+        assert_eq!(seqs(&page), [1, 2, 3]);
+        assert_eq!((page.next, page.lost), (3, 0));
+        // Six more: the ring holds the last four (6..=9).
+        for _ in 0..6 {
+            log.record(flow);
+        }
+        let page = log.since(3, 100);
+        assert_eq!(seqs(&page), [6, 7, 8, 9]);
+        assert_eq!((page.next, page.lost), (9, 2));
+        assert_eq!(seqs(&log.since(7, 100)), [8, 9]);
+        // A limit keeps the newest.
+        assert_eq!(seqs(&log.since(0, 2)), [8, 9]);
+        let caught_up = log.since(9, 100);
+        assert_eq!(
+            (caught_up.next, caught_up.lost, caught_up.flows.len()),
+            (9, 0, 0)
+        );
+    }
+
+    #[test]
+    fn an_empty_log_records_nothing_and_builds_nothing() {
+        let log = FlowLog::new(0);
+        assert!(!log.enabled());
+        log.record(|_| unreachable!("built while off"));
+        assert_eq!(log.since(0, 10).flows.len(), 0);
+    }
+}
