@@ -157,6 +157,19 @@ impl ConfigCache {
         self.len() == 0
     }
 
+    /// The current revision and every resource a proxy on `node` holds
+    /// once in sync, for the status API.
+    pub fn for_node(&self, node: &str) -> (u64, Vec<Published>) {
+        let inner = self.read();
+        let resources = inner
+            .resources
+            .values()
+            .filter(|p| p.scope.includes(node))
+            .cloned()
+            .collect();
+        (inner.revision, resources)
+    }
+
     /// The current revision, the number of resources and the nodes of the
     /// configuration (sorted), for the status API.
     pub fn summary(&self) -> (u64, usize, Vec<String>) {

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use ferry_api::proto::mesh_status_server::{MeshStatus, MeshStatusServer};
-use ferry_api::proto::{self, StatusRequest, StatusResponse};
+use ferry_api::proto::{
+    self, NodeResourcesRequest, NodeResourcesResponse, StatusRequest, StatusResponse,
+};
 use ferry_api::ResourceKey;
 use tonic::{Request, Response, Status};
 
@@ -278,19 +280,44 @@ impl MeshStatusService {
     }
 }
 
+impl MeshStatusService {
+    /// Who is asking, or the refusal (logged).
+    async fn caller<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        self.auth.viewer(request).await.inspect_err(|status| {
+            tracing::warn!(peer = ?request.remote_addr(), reason = %status.message(), "status request refused");
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl MeshStatus for MeshStatusService {
+    async fn node_resources(
+        &self,
+        request: Request<NodeResourcesRequest>,
+    ) -> Result<Response<NodeResourcesResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let node = request.into_inner().node;
+        if node.is_empty() {
+            return Err(Status::invalid_argument("node: must not be empty"));
+        }
+        let (revision, published) = self.cache.for_node(&node);
+        let resources = published
+            .iter()
+            .map(crate::translate::Published::resource)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::internal(format!("a published resource does not decode: {e}")))?;
+        tracing::debug!(%caller, node, resources = resources.len(), "node resources requested");
+        Ok(Response::new(NodeResourcesResponse {
+            revision,
+            resources,
+        }))
+    }
+
     async fn status(
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let caller = match self.auth.viewer(&request).await {
-            Ok(caller) => caller,
-            Err(status) => {
-                tracing::warn!(peer = ?request.remote_addr(), reason = %status.message(), "status request refused");
-                return Err(status);
-            }
-        };
+        let caller = self.caller(&request).await?;
         tracing::debug!(%caller, "status requested");
         let needed = |node: &str, identity: &str| {
             identity

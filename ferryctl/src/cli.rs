@@ -83,6 +83,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// One object of the running mesh, as the mesh sees it.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeCommand,
+    },
     /// Explain how a connection from a pod to HOST:PORT would be routed.
     Route {
         #[arg(long)]
@@ -94,6 +99,24 @@ pub enum Command {
         /// node port, a load-balancer IP or a pod IP, with a port.
         #[arg(long)]
         to: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DescribeCommand {
+    /// A pod: enrolment, identity and certificate, the policies that
+    /// select it and what they admit, the services it backs, and with
+    /// --to what its outbound connection there would do.
+    Pod {
+        /// NAMESPACE/NAME.
+        pod: String,
+        /// A destination, HOST:PORT (as `ferryctl route --to`).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        target: Live,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },

@@ -14,8 +14,9 @@
 //!   evaluation code the proxy runs (`ferry-core`).
 //! - `ferryctl lab up [--manifests DIR] [--check]` runs the local
 //!   multi-node mesh in network namespaces ([`ferryctl::lab`]).
-//! - `ferryctl status --lab`, `ferryctl proxy-config NODE --lab` and
-//!   `ferryctl flows --lab` read the running mesh ([`ferryctl::live`]).
+//! - `ferryctl status --lab`, `ferryctl proxy-config NODE --lab`,
+//!   `ferryctl flows --lab` and `ferryctl describe pod NS/NAME --lab` read
+//!   the running mesh ([`ferryctl::live`]).
 
 use std::process::ExitCode;
 
@@ -23,11 +24,12 @@ use clap::Parser;
 
 mod check;
 mod cli;
+mod describe;
 
 mod policy;
 mod route;
 
-use cli::{Cli, Command, LabCommand, PolicyCommand};
+use cli::{Cli, Command, DescribeCommand, LabCommand, PolicyCommand};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -116,6 +118,21 @@ fn main() -> ExitCode {
             ),
             Err(e) => {
                 eprintln!("ferryctl flows: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Describe {
+            what:
+                DescribeCommand::Pod {
+                    pod,
+                    to,
+                    target,
+                    output,
+                },
+        } => match ferryctl::live::Target::from_flags(target.lab) {
+            Ok(target) => describe::pod(&target, &pod, to.as_deref(), output),
+            Err(e) => {
+                eprintln!("ferryctl describe: {e}");
                 ExitCode::from(2)
             }
         },

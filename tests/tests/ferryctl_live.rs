@@ -4,7 +4,9 @@
 //! proxy's reason, and makes the exit code 1; a replica that stops shows
 //! as unreachable; `proxy-config` gives what the proxy's own dump holds;
 //! `flows` shows a connection NetworkPolicy denied (and, following, one
-//! denied while it watches) and an allowed one, with pods named.
+//! denied while it watches) and an allowed one, with pods named;
+//! `describe pod` gives a pod's identity and certificate, its services and
+//! policies, and the route and verdict of a connection it would make.
 //! Needs root (see `netns::root_or_skip`).
 
 use std::process::Command;
@@ -165,6 +167,54 @@ fn status_and_proxy_config_read_the_live_lab() -> anyhow::Result<()> {
     let (code, _, stderr) = ferryctl(&lab, &["proxy-config", "node-z"])?;
     assert_eq!(code, 2);
     assert!(stderr.contains("no node node-z"), "{stderr}");
+
+    // describe pod: from the live configuration and its node's proxy.
+    let describe = |args: &[&str]| -> anyhow::Result<Value> {
+        let mut all = vec!["describe", "pod"];
+        all.extend_from_slice(args);
+        all.extend(["--output", "json"]);
+        let (code, stdout, stderr) = ferryctl(&lab, &all)?;
+        assert_eq!(code, 0, "{stderr}");
+        Ok(serde_json::from_str(&stdout)?)
+    };
+    let backend = describe(&["shop/backend-1"])?;
+    assert_eq!(
+        backend["identity"],
+        "spiffe://cluster.local/ns/shop/sa/backend"
+    );
+    let held = lab.config_dump("node-a")?["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["identity"] == backend["identity"])
+        .map(|c| c["not_after_unix"].clone());
+    assert_eq!(Some(backend["certificate"]["not_after_unix"].clone()), held);
+    assert!(
+        backend["services"].to_string().contains("shop/backend"),
+        "{backend}"
+    );
+    assert_eq!(
+        backend["policies"][0]["policy"],
+        "shop/backend-from-frontend"
+    );
+    assert_eq!(
+        backend["policies"][0]["ingress"][0]["peers"],
+        serde_json::json!(["shop/frontend"])
+    );
+    let db = describe(&["shop/db-0", "--to", "backend.shop:80"])?;
+    assert_eq!(db["route"]["service"], "shop/backend");
+    assert_eq!(db["verdict"]["allowed"], false, "{db}");
+    let frontend = describe(&["shop/frontend", "--to", "backend.shop:80"])?;
+    assert_eq!(frontend["verdict"]["allowed"], true, "{frontend}");
+    let (code, table, _) = ferryctl(
+        &lab,
+        &["describe", "pod", "shop/db-0", "--to", "backend.shop:80"],
+    )?;
+    assert_eq!(code, 0);
+    assert!(table.contains("policy:        DENIED"), "{table}");
+    let (code, _, stderr) = ferryctl(&lab, &["describe", "pod", "shop/nope"])?;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no pod shop/nope"), "{stderr}");
 
     // flows: a denied connection (the backend admits only the frontend;
     // db-0 is a mesh pod on node-b) and an allowed one.

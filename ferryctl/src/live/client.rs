@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use ferry_api::proto::mesh_status_client::MeshStatusClient;
-use ferry_api::proto::{StatusRequest, StatusResponse};
+use ferry_api::proto::{
+    NodeResourcesRequest, NodeResourcesResponse, StatusRequest, StatusResponse,
+};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
@@ -26,6 +28,17 @@ async fn connect(netns: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::Tc
     let stream =
         tokio::task::spawn_blocking(move || connect_in(&netns, addr, REQUEST_TIMEOUT)).await??;
     Ok(tokio::net::TcpStream::from_std(stream)?)
+}
+
+/// A replica's refusal, named.
+fn refused(replica: &LabReplica, status: &tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(
+        "control plane {} at {}: {}: {}",
+        replica.name,
+        replica.address,
+        status.code(),
+        status.message()
+    )
 }
 
 /// A client of one running lab.
@@ -56,8 +69,11 @@ impl LabClient {
         Ok(Self { record, tls })
     }
 
-    /// One replica's status.
-    pub async fn status(&self, replica: &LabReplica) -> anyhow::Result<StatusResponse> {
+    /// A client of one replica's status API.
+    async fn replica(
+        &self,
+        replica: &LabReplica,
+    ) -> anyhow::Result<MeshStatusClient<tonic::transport::Channel>> {
         let netns = self.record.control_plane_netns.clone();
         let addr = replica.address;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
@@ -71,18 +87,40 @@ impl LabClient {
             }))
             .await
             .with_context(|| format!("control plane {} at {addr}", replica.name))?;
-        let response = MeshStatusClient::new(channel)
+        Ok(MeshStatusClient::new(channel))
+    }
+
+    /// One replica's status.
+    pub async fn status(&self, replica: &LabReplica) -> anyhow::Result<StatusResponse> {
+        let response = self
+            .replica(replica)
+            .await?
             .status(StatusRequest {})
             .await
-            .map_err(|status| {
-                anyhow::anyhow!(
-                    "control plane {} at {addr}: {}: {}",
-                    replica.name,
-                    status.code(),
-                    status.message()
-                )
-            })?;
+            .map_err(|status| refused(replica, &status))?;
         Ok(response.into_inner())
+    }
+
+    /// What the control plane serves `node`, from the first replica that
+    /// answers.
+    pub async fn node_resources(&self, node: &str) -> anyhow::Result<NodeResourcesResponse> {
+        let mut errors = Vec::new();
+        for replica in &self.record.replicas {
+            let asked = async {
+                self.replica(replica)
+                    .await?
+                    .node_resources(NodeResourcesRequest {
+                        node: node.to_string(),
+                    })
+                    .await
+                    .map_err(|status| refused(replica, &status))
+            };
+            match asked.await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        bail!("no control plane replica answered: {}", errors.join("; "))
     }
 
     /// `GET path` of a node's proxy admin endpoint: the body, which must

@@ -61,6 +61,82 @@ pub async fn answers(client: &LabClient) -> Vec<status::Answer> {
     futures::future::join_all(asks).await
 }
 
+/// What the mesh holds for one pod ([`pod_state`]).
+#[derive(Debug)]
+pub struct PodState {
+    /// What the control plane serves the pod's node, in the proxy's store.
+    pub state: std::sync::Arc<ferry_core::state::ProxyState>,
+    pub trust_domain: String,
+    /// The certificate the node's proxy holds for the pod's identity: not
+    /// after, refresh at (Unix seconds).
+    pub certificate: Option<(u64, u64)>,
+}
+
+/// What the mesh holds for pod `key` (`namespace/name`).
+pub fn pod_state(target: &Target, key: &str) -> anyhow::Result<PodState> {
+    let client = target.client()?;
+    let ca = ferry_pki::read_pem(&client.record.pki.join(ferry_pki::files::CA_CERT))?;
+    let trust_domain = ferry_pki::ca_trust_domain(&ca, &client.record.pki)?;
+    let rt = runtime()?;
+    let state_of = |node: &str| -> anyhow::Result<std::sync::Arc<ferry_core::state::ProxyState>> {
+        let response = rt.block_on(client.node_resources(node))?;
+        let store = ferry_core::state::ConfigStore::for_trust_domain(&trust_domain);
+        let report = store.apply(ferry_api::proto::DeltaResponse {
+            nonce: "ferryctl".into(),
+            revision: response.revision,
+            resources: response.resources,
+            removed: Vec::new(),
+        });
+        if let Some(e) = report.rejected.first() {
+            anyhow::bail!(
+                "the control plane serves {node} a resource the proxy's code refuses: {e}"
+            );
+        }
+        Ok(store.snapshot())
+    };
+    let first = client
+        .record
+        .nodes
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("lab {} has no nodes", client.record.name))?;
+    let mut state = state_of(&first.name)?;
+    let node = state
+        .workload(key)
+        .ok_or_else(|| anyhow::anyhow!("no pod {key} in the mesh's configuration"))?
+        .node
+        .clone();
+    let mut certificate = None;
+    if let Some(node) = node.filter(|n| client.record.node(n).is_ok()) {
+        if node != first.name {
+            state = state_of(&node)?;
+        }
+        let record = client.record.node(&node)?.clone();
+        let dump: serde_json::Value =
+            serde_json::from_slice(&rt.block_on(client.admin_get(&record, "/config_dump"))?)?;
+        if let Some(w) = state.workload(key) {
+            let identity =
+                ferry_api::identity::Identity::new(&trust_domain, &w.namespace, &w.service_account)
+                    .to_string();
+            certificate = dump["certificates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["identity"] == identity.as_str())
+                .and_then(|c| {
+                    Some((
+                        c["not_after_unix"].as_u64()?,
+                        c["refresh_at_unix"].as_u64()?,
+                    ))
+                });
+        }
+    }
+    Ok(PodState {
+        state,
+        trust_domain,
+        certificate,
+    })
+}
+
 /// `ferryctl status`: exit 0 when healthy, 1 when a problem is found, 2
 /// when the mesh cannot be reached at all.
 pub fn status(target: &Target, output: Output, thresholds: status::Thresholds) -> ExitCode {
