@@ -83,6 +83,16 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// One archive (.tar.gz) with the status, every proxy's config dump,
+    /// metrics, flows and recent logs, and the control plane's, with
+    /// secrets left out.
+    BugReport {
+        #[command(flatten)]
+        target: Live,
+        /// Where to write it (default: ferry-bug-report-<time>.tar.gz here).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// One object of the running mesh, as the mesh sees it.
     Describe {
         #[command(subcommand)]

@@ -121,6 +121,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::BugReport { target, out } => {
+            match ferryctl::live::Target::from_flags(target.lab) {
+                Ok(target) => ferryctl::live::bug_report(&target, out),
+                Err(e) => {
+                    eprintln!("ferryctl bug-report: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Describe {
             what:
                 DescribeCommand::Pod {

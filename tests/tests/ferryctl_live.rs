@@ -6,7 +6,9 @@
 //! `flows` shows a connection NetworkPolicy denied (and, following, one
 //! denied while it watches) and an allowed one, with pods named;
 //! `describe pod` gives a pod's identity and certificate, its services and
-//! policies, and the route and verdict of a connection it would make.
+//! policies, and the route and verdict of a connection it would make;
+//! `bug-report` writes one archive with every daemon's state and logs and
+//! no key material.
 //! Needs root (see `netns::root_or_skip`).
 
 use std::process::Command;
@@ -309,6 +311,58 @@ fn status_and_proxy_config_read_the_live_lab() -> anyhow::Result<()> {
     assert!(
         table.starts_with("TIME") && table.contains("policy_denied"),
         "{table}"
+    );
+
+    // bug-report: everything, and no key material.
+    let out = tempfile::tempdir()?;
+    let archive = out.path().join("report.tar.gz");
+    let archive_arg = archive.display().to_string();
+    let (code, stdout, stderr) = ferryctl(&lab, &["bug-report", "--out", &archive_arg])?;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let unpacked = out.path().join("unpacked");
+    std::fs::create_dir(&unpacked)?;
+    let untar = Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()?;
+    assert!(untar.success());
+    let root = unpacked.join("report");
+    let mut expected = vec![
+        "README.txt".to_string(),
+        "status.json".into(),
+        "status.txt".into(),
+        "lab.json".into(),
+        "control-plane/control-plane/metrics.txt".into(),
+        "control-plane/control-plane/control-plane.log".into(),
+        "control-plane/control-plane-2/metrics.txt".into(),
+    ];
+    for node in &nodes {
+        for file in ["config_dump.json", "metrics.txt", "flows.json"] {
+            expected.push(format!("nodes/{node}/{file}"));
+        }
+        expected.push(format!("nodes/{node}/proxy-{node}.log"));
+    }
+    for file in &expected {
+        let path = root.join(file);
+        assert!(
+            path.metadata().is_ok_and(|m| m.len() > 0),
+            "{file} missing or empty in the report:\n{stdout}\n{stderr}"
+        );
+    }
+    let reported: Value = serde_json::from_slice(&std::fs::read(root.join("status.json"))?)?;
+    assert_eq!(reported["nodes"]["total"], nodes.len());
+    let flows_json = std::fs::read_to_string(root.join("nodes/node-a/flows.json"))?;
+    assert!(flows_json.contains("policy_denied"), "{flows_json}");
+    let all = Command::new("grep")
+        .args(["-rl", "PRIVATE KEY"])
+        .arg(&root)
+        .output()?;
+    assert!(
+        all.stdout.is_empty(),
+        "key material in {}",
+        String::from_utf8_lossy(&all.stdout)
     );
 
     // A NACK: node-b's proxy refuses a new service.

@@ -338,6 +338,7 @@ impl Lab {
                 .map(|(i, ip)| LabReplica {
                     name: control_plane_daemon(i + 1),
                     address: std::net::SocketAddr::from((*ip, CONTROL_PLANE_PORT)),
+                    metrics: std::net::SocketAddr::from((*ip, CONTROL_PLANE_METRICS_PORT)),
                 })
                 .collect(),
             nodes: self
@@ -364,6 +365,7 @@ impl Lab {
                 })
                 .collect(),
             manifests: manifests.to_path_buf(),
+            work: self.work.path().to_path_buf(),
         }
     }
 

@@ -127,37 +127,43 @@ impl LabClient {
     /// come with 200.
     pub async fn admin_get(&self, node: &LabNodeRecord, path: &str) -> anyhow::Result<Bytes> {
         let what = format!("proxy of {} ({} {path})", node.name, node.admin);
-        tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let response = self.admin_request(node, path).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            if !status.is_success() {
-                bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
-            }
-            Ok(body)
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
-        .and_then(|r| r)
-        .with_context(|| what)
+        http_get(&node.netns, node.admin, path)
+            .await
+            .with_context(|| what)
     }
+}
 
-    /// Starts `GET path` on a node's proxy admin endpoint; the body
-    /// streams (`/flows`).
-    pub async fn admin_request(
-        &self,
-        node: &LabNodeRecord,
-        path: &str,
-    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
-        let stream = connect(&node.netns, node.admin).await?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let request = http::Request::get(path)
-            .header(http::header::HOST, node.admin.to_string())
-            .body(Empty::<Bytes>::new())?;
-        Ok(sender.send_request(request).await?)
-    }
+/// `GET path` from `addr` inside `netns`: the body, which must come with
+/// 200, within [`REQUEST_TIMEOUT`].
+pub async fn http_get(netns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
+    tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let response = request(netns, addr, path).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
+        }
+        Ok(body)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
+    .and_then(|r| r)
+}
+
+/// Starts `GET path` on `addr` inside `netns`; the body streams.
+async fn request(
+    netns: &str,
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
+    let stream = connect(netns, addr).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    Ok(sender.send_request(request).await?)
 }

@@ -22,6 +22,8 @@ pub struct LabReplica {
     pub name: String,
     /// Its gRPC address (config, CA, status) in `netns`.
     pub address: SocketAddr,
+    /// Its metrics address (`/metrics`) in `netns`.
+    pub metrics: SocketAddr,
 }
 
 /// A node of a lab, with its proxy.
@@ -61,6 +63,9 @@ pub struct LabRecord {
     pub pods: Vec<LabPodRecord>,
     /// The manifests folder the control plane watches (the lab's copy).
     pub manifests: PathBuf,
+    /// The lab's work folder: the daemons' logs (`<daemon>.log`,
+    /// `proxy-<node>.log`, restarts beside them).
+    pub work: PathBuf,
 }
 
 impl LabRecord {

@@ -1,11 +1,13 @@
 //! Commands on a running mesh: `ferryctl status` ([`status`]),
-//! `ferryctl proxy-config` ([`proxy_config`]) and `ferryctl flows`
-//! ([`flows`]).
+//! `ferryctl proxy-config` ([`proxy_config`]), `ferryctl flows`
+//! ([`flows`]), `ferryctl bug-report` ([`bugreport`]), and the live state
+//! behind `ferryctl describe` ([`pod_state`]).
 //!
 //! Where the mesh runs ([`Target`]): `--lab [NAME]`, the lab on this
 //! machine ([`lab`]: found from its record, reached inside its network
 //! namespaces with a node credential of its PKI).
 
+pub mod bugreport;
 pub mod client;
 pub mod flows;
 pub mod lab;
@@ -258,6 +260,43 @@ pub fn flows(
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferryctl flows: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `ferryctl bug-report`: writes the archive to `out` (default
+/// `ferry-bug-report-<Unix time>.tar.gz` here); exit 0, or 2 when the mesh
+/// cannot be reached or the archive cannot be written.
+pub fn bug_report(target: &Target, out: Option<std::path::PathBuf>) -> ExitCode {
+    let out = out.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        std::path::PathBuf::from(format!("ferry-bug-report-{now}.tar.gz"))
+    });
+    let run = || -> anyhow::Result<bugreport::Written> {
+        let client = target.client()?;
+        runtime()?.block_on(bugreport::write(&client, &out))
+    };
+    match run() {
+        Ok(written) => {
+            for (name, bytes) in &written.files {
+                println!("{bytes:>10}  {name}");
+            }
+            for error in &written.errors {
+                eprintln!("ferryctl bug-report: not collected: {error}");
+            }
+            println!(
+                "wrote {} ({} files, {} secrets redacted)",
+                written.path.display(),
+                written.files.len(),
+                written.redacted
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferryctl bug-report: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -1,0 +1,345 @@
+//! `ferryctl bug-report`: one `.tar.gz` with what a maintainer needs to
+//! understand a mesh's trouble:
+//! - the status report (`status.json`, `status.txt`);
+//! - every proxy's config dump, metrics, flow log and recent log;
+//! - every control plane replica's metrics and recent log;
+//! - the lab's record.
+//!
+//! Secrets are left out. No key material is read: the PKI folder is never
+//! opened. Every file also passes through [`redact`], which replaces
+//! private keys, bearer tokens and JWTs wherever they appear. What could
+//! not be collected is listed in `errors.txt` with the reason, so nothing
+//! is silently missing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use super::client::{http_get, LabClient};
+use super::status;
+
+/// Bytes kept from the end of each log.
+pub const LOG_TAIL: u64 = 1 << 20;
+
+/// Replaces secrets in `text`: PEM private keys, `Bearer` tokens and
+/// JWTs. Returns the text and how many secrets were replaced.
+pub fn redact(text: &str) -> (String, usize) {
+    let mut out = String::with_capacity(text.len());
+    let mut count = 0;
+    let mut rest = text;
+    // PEM private keys, whole blocks.
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let label_start = start + "-----BEGIN ".len();
+        let Some(label_length) = rest[label_start..].find("-----") else {
+            break;
+        };
+        let label = &rest[label_start..label_start + label_length];
+        let after = label_start + label_length + "-----".len();
+        if label.ends_with("PRIVATE KEY") {
+            let end_marker = format!("-----END {label}-----");
+            let end = rest[after..]
+                .find(&end_marker)
+                .map_or(rest.len(), |i| after + i + end_marker.len());
+            out.push_str(&rest[..start]);
+            out.push_str("[redacted private key]");
+            count += 1;
+            rest = &rest[end..];
+        } else {
+            out.push_str(&rest[..after]);
+            rest = &rest[after..];
+        }
+    }
+    out.push_str(rest);
+    // Bearer tokens and JWTs, word by word.
+    let mut redacted = String::with_capacity(out.len());
+    let mut bearer = false;
+    for piece in out.split_inclusive(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+        let word = piece.trim_end_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'');
+        let tail = &piece[word.len()..];
+        let jwt = word.starts_with("eyJ") && word.matches('.').count() == 2 && word.len() > 20;
+        if (bearer && !word.is_empty()) || jwt {
+            redacted.push_str("[redacted token]");
+            redacted.push_str(tail);
+            count += 1;
+        } else {
+            redacted.push_str(piece);
+        }
+        if !word.is_empty() {
+            bearer = word.eq_ignore_ascii_case("bearer");
+        }
+    }
+    (redacted, count)
+}
+
+/// The archive being written.
+struct Archive {
+    builder: tar::Builder<flate2::write::GzEncoder<std::fs::File>>,
+    prefix: String,
+    files: Vec<(String, usize)>,
+    redacted: usize,
+    errors: Vec<String>,
+    now: u64,
+}
+
+impl Archive {
+    fn add(&mut self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let text = String::from_utf8_lossy(bytes);
+        let (clean, redacted) = redact(&text);
+        self.redacted += redacted;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(clean.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(self.now);
+        header.set_cksum();
+        let path = format!("{}/{name}", self.prefix);
+        self.builder
+            .append_data(&mut header, &path, clean.as_bytes())
+            .with_context(|| format!("adding {path}"))?;
+        self.files.push((name.to_string(), clean.len()));
+        Ok(())
+    }
+
+    /// Adds what `got` gave, or records why it could not be had.
+    fn add_or_note(&mut self, name: &str, got: anyhow::Result<Vec<u8>>) -> anyhow::Result<()> {
+        match got {
+            Ok(bytes) => self.add(name, &bytes),
+            Err(e) => {
+                self.errors.push(format!("{name}: {e:#}"));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The end of a log file (at most [`LOG_TAIL`] bytes, from a line start).
+fn tail(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let length = file.metadata()?.len();
+    let start = length.saturating_sub(LOG_TAIL);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    if start > 0 {
+        if let Some(newline) = bytes.iter().position(|b| *b == b'\n') {
+            bytes.drain(..=newline);
+        }
+    }
+    Ok(bytes)
+}
+
+/// The log files of daemon `stem` in `work`: `<stem>.log` and the
+/// restarts' `<stem>.<n>.log`, oldest first.
+fn logs_of(work: &Path, stem: &str) -> Vec<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(work)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let middle = name.strip_prefix(stem)?.strip_suffix(".log")?;
+            let order = if middle.is_empty() {
+                0
+            } else {
+                middle.strip_prefix('.')?.parse::<u32>().ok()?
+            };
+            Some((order, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, path)| path).collect()
+}
+
+/// What was written.
+#[derive(Debug)]
+pub struct Written {
+    pub path: PathBuf,
+    pub files: Vec<(String, usize)>,
+    pub redacted: usize,
+    pub errors: Vec<String>,
+}
+
+/// Collects the report of the lab `client` reaches into `out`.
+pub async fn write(client: &LabClient, out: &Path) -> anyhow::Result<Written> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let prefix = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| {
+            n.trim_end_matches(".gz")
+                .trim_end_matches(".tar")
+                .to_string()
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "ferry-bug-report".into());
+    let mut archive = Archive {
+        builder: tar::Builder::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::default(),
+        )),
+        prefix,
+        files: Vec::new(),
+        redacted: 0,
+        errors: Vec::new(),
+        now,
+    };
+    let record = &client.record;
+
+    let answers = super::answers(client).await;
+    let report = status::report(&answers, status::Thresholds::default());
+    archive.add(
+        "status.json",
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    archive.add("status.txt", status::table(&report).as_bytes())?;
+    archive.add("lab.json", serde_json::to_string_pretty(record)?.as_bytes())?;
+
+    for replica in &record.replicas {
+        let dir = format!("control-plane/{}", replica.name);
+        let metrics = http_get(&record.control_plane_netns, replica.metrics, "/metrics")
+            .await
+            .map(|b| b.to_vec());
+        archive.add_or_note(&format!("{dir}/metrics.txt"), metrics)?;
+        let logs = logs_of(&record.work, &replica.name);
+        if logs.is_empty() {
+            archive
+                .errors
+                .push(format!("{dir}: no log in {}", record.work.display()));
+        }
+        for log in logs {
+            let name = log.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = format!("{dir}/{}", name.unwrap_or_default());
+            archive.add_or_note(&name, tail(&log))?;
+        }
+    }
+    for node in &record.nodes {
+        let dir = format!("nodes/{}", node.name);
+        for (file, path) in [
+            ("config_dump.json", "/config_dump"),
+            ("metrics.txt", "/metrics"),
+            ("flows.json", "/flows"),
+        ] {
+            let got = client.admin_get(node, path).await.map(|b| b.to_vec());
+            archive.add_or_note(&format!("{dir}/{file}"), got)?;
+        }
+        let logs = logs_of(&record.work, &format!("proxy-{}", node.name));
+        if logs.is_empty() {
+            archive
+                .errors
+                .push(format!("{dir}: no log in {}", record.work.display()));
+        }
+        for log in logs {
+            let name = log.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = format!("{dir}/{}", name.unwrap_or_default());
+            archive.add_or_note(&name, tail(&log))?;
+        }
+    }
+    let mut readme = format!(
+        "Ferry bug report of lab {}, written by ferryctl {} at Unix time {now}.\n\n\
+         status.json, status.txt: `ferryctl status` of the mesh.\n\
+         control-plane/<replica>/: metrics, recent log (last {} KiB of each file).\n\
+         nodes/<node>/: the proxy's config dump, metrics, flow log, recent log.\n\
+         lab.json: the lab's record.\n\n\
+         Secrets: no key material was read, and {} secret(s) (private keys, bearer tokens, JWTs) were replaced with [redacted ...].\n",
+        record.name,
+        ferry_api::build::LONG_VERSION,
+        LOG_TAIL >> 10,
+        archive.redacted
+    );
+    if !archive.errors.is_empty() {
+        readme.push_str("\nNot collected (see errors.txt).\n");
+        let errors = archive.errors.join("\n") + "\n";
+        archive.add("errors.txt", errors.as_bytes())?;
+    }
+    archive.add("README.txt", readme.as_bytes())?;
+    let Archive {
+        builder,
+        files,
+        redacted,
+        errors,
+        ..
+    } = archive;
+    let mut gz = builder.into_inner()?;
+    gz.flush()?;
+    gz.finish()?.sync_all()?;
+    Ok(Written {
+        path: out.to_path_buf(),
+        files,
+        redacted,
+        errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_keys_bearer_tokens_and_jwts_are_redacted() {
+        let text = "cert:\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n\
+                    key:\n-----BEGIN PRIVATE KEY-----\nMIGH\nAAAA\n-----END PRIVATE KEY-----\n\
+                    ec:\n-----BEGIN EC PRIVATE KEY-----\nBBBB\n-----END EC PRIVATE KEY-----\n\
+                    header authorization: Bearer abc.def-123 sent\n\
+                    {\"token\":\"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl\"}\n";
+        let (clean, count) = redact(text);
+        assert_eq!(count, 4, "{clean}");
+        assert!(
+            clean.contains("-----BEGIN CERTIFICATE-----\nMIIB"),
+            "{clean}"
+        );
+        for secret in ["MIGH", "BBBB", "abc.def-123", "eyJhbGci"] {
+            assert!(!clean.contains(secret), "{secret} left in\n{clean}");
+        }
+        assert!(
+            clean.contains("key:\n[redacted private key]\nec:\n[redacted private key]\n"),
+            "{clean}"
+        );
+        assert!(clean.contains("Bearer [redacted token] sent"), "{clean}");
+        assert!(
+            clean.contains("{\"token\":\"[redacted token]\"}"),
+            "{clean}"
+        );
+        assert_eq!(
+            redact("nothing to hide\n"),
+            ("nothing to hide\n".to_string(), 0)
+        );
+    }
+
+    #[test]
+    fn logs_are_found_with_their_restarts_in_order_and_tails_start_at_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "proxy-node-a.log",
+            "proxy-node-a.2.log",
+            "proxy-node-a.1.log",
+            "proxy-node-ab.log",
+            "control-plane-2.log",
+        ] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let names: Vec<String> = logs_of(dir.path(), "proxy-node-a")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "proxy-node-a.log",
+                "proxy-node-a.1.log",
+                "proxy-node-a.2.log"
+            ]
+        );
+        assert!(logs_of(dir.path(), "control-plane").is_empty());
+        let big = dir.path().join("big.log");
+        let line = "x".repeat(99) + "\n";
+        std::fs::write(&big, line.repeat(20_000)).unwrap();
+        let tail = tail(&big).unwrap();
+        assert!(tail.len() as u64 <= LOG_TAIL);
+        assert!(tail.starts_with(line.as_bytes()));
+    }
+}
