@@ -16,11 +16,15 @@
 //!   the three above: what, where, how, as whom, allowed or why not.
 //! - [`arrival`]: its twin for an inbound connection (over an HBONE tunnel
 //!   or in plaintext): who the source is, and whether it may be delivered.
+//! - [`iptables`]: which iptables backend a node uses, from what each
+//!   holds (the proxy's `--iptables-backend auto`, `ferryctl check
+//!   --pre-install`).
 //!
 //! Shared by `ferry-proxy` (the data path) and `ferryctl` (explanations),
 //! so what ferryctl says is what the proxy does.
 
 pub mod arrival;
+pub mod iptables;
 pub mod policy;
 pub mod request;
 pub mod route;

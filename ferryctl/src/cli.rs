@@ -13,10 +13,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Validate a folder of manifests as the control plane would.
+    /// Validate a folder of manifests as the control plane would; or,
+    /// with --pre-install, whether this node can run Ferry's proxy (kernel,
+    /// iptables, kube-proxy, CNI, ports, Kubernetes version), with a fix
+    /// for each failure.
     Check {
+        #[arg(
+            long,
+            required_unless_present = "pre_install",
+            conflicts_with = "pre_install"
+        )]
+        manifests: Option<PathBuf>,
+        /// Check this node's requirements instead.
         #[arg(long)]
-        manifests: PathBuf,
+        pre_install: bool,
+        /// Where the CNI keeps its configuration.
+        #[arg(long, default_value = "/etc/cni/net.d", requires = "pre_install")]
+        cni_dir: PathBuf,
+        /// With --pre-install.
+        #[arg(long, value_enum, default_value = "table", requires = "pre_install")]
+        output: Output,
     },
     /// The local multi-node mesh in network namespaces (needs root).
     Lab {

@@ -3,7 +3,8 @@
 //!
 //! - `ferryctl check --manifests DIR` validates a folder exactly as the
 //!   control plane would: exit 0 when clean, 1 with one line per problem
-//!   (file, object and field) otherwise.
+//!   (file, object and field) otherwise. `ferryctl check --pre-install`
+//!   checks this node's requirements instead.
 //! - `ferryctl route --manifests DIR --from NS/POD --to HOST:PORT` explains
 //!   what the proxy of that pod's node would do with such a connection,
 //!   with the routing code the proxy runs (`ferry-core`).
@@ -25,6 +26,7 @@ use clap::Parser;
 mod check;
 mod cli;
 mod describe;
+mod preinstall;
 
 mod policy;
 mod route;
@@ -33,7 +35,15 @@ use cli::{Cli, Command, DescribeCommand, LabCommand, PolicyCommand};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Check { manifests } => check::run(manifests),
+        Command::Check {
+            manifests,
+            pre_install,
+            cni_dir,
+            output,
+        } => match manifests {
+            Some(manifests) if !pre_install => check::run(manifests),
+            _ => preinstall::run(&cni_dir, output),
+        },
         Command::Lab {
             command:
                 LabCommand::Up {

@@ -17,6 +17,8 @@
 //!   create (POST to the collection), update (PUT).
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: answers from the
 //!   tokens registered with [`ApiServer::add_token`].
+//! - `GET /version`: the server's version ([`ApiServer::set_version`],
+//!   1.33 by default).
 //! - `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`: allowed
 //!   when a grant registered with [`ApiServer::grant`] matches the user
 //!   (or one of its groups) and the resource attributes exactly.
@@ -100,6 +102,8 @@ struct State {
     /// RBAC: who may do what.
     grants: Vec<Grant>,
     access_reviews: u32,
+    /// `/version`: major and minor.
+    server_version: Option<(u32, u32)>,
 }
 
 /// One RBAC permission: `subject` (a user or a group) may `verb` the
@@ -359,6 +363,11 @@ impl ApiServer {
         self.lock().reviews
     }
 
+    /// What `/version` answers (1.33 by default).
+    pub fn set_version(&self, major: u32, minor: u32) {
+        self.lock().server_version = Some((major, minor));
+    }
+
     /// Adds an RBAC permission for SubjectAccessReview.
     pub fn grant(&self, grant: Grant) {
         self.lock().grants.push(grant);
@@ -402,6 +411,23 @@ impl Shared {
                 Err(_) => return respond(400, &status(400, "BadRequest", "unreadable body")),
             };
             return self.token_review(&body);
+        }
+        if path == "/version" && method == http::Method::GET {
+            let (major, minor) = self.lock().server_version.unwrap_or((1, 33));
+            return respond(
+                200,
+                &json!({
+                    "major": major.to_string(),
+                    "minor": minor.to_string(),
+                    "gitVersion": format!("v{major}.{minor}.0"),
+                    "gitCommit": "test",
+                    "gitTreeState": "clean",
+                    "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "go1.24",
+                    "compiler": "gc",
+                    "platform": "linux/amd64",
+                }),
+            );
         }
         if path == "/apis/authorization.k8s.io/v1/subjectaccessreviews"
             && method == http::Method::POST
