@@ -109,6 +109,11 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Checks through the live mesh with a pair of test workloads.
+    Connectivity {
+        #[command(subcommand)]
+        command: ConnectivityCommand,
+    },
     /// One object of the running mesh, as the mesh sees it.
     Describe {
         #[command(subcommand)]
@@ -125,6 +130,21 @@ pub enum Command {
         /// node port, a load-balancer IP or a pod IP, with a port.
         #[arg(long)]
         to: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectivityCommand {
+    /// Adds a client and a server pod (on two nodes), a service, a
+    /// headless service and a NetworkPolicy in namespace
+    /// ferry-connectivity; checks service by name and address, cross-node
+    /// traffic, headless, policy allowed and denied, and mutual TLS on the
+    /// link; removes them again. Exit 1 when a check fails.
+    Test {
+        #[command(flatten)]
+        target: Live,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },

@@ -31,7 +31,7 @@ mod preinstall;
 mod policy;
 mod route;
 
-use cli::{Cli, Command, DescribeCommand, LabCommand, PolicyCommand};
+use cli::{Cli, Command, ConnectivityCommand, DescribeCommand, LabCommand, PolicyCommand};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -140,6 +140,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Connectivity {
+            command: ConnectivityCommand::Test { target, output },
+        } => match ferryctl::live::Target::from_flags(target.lab) {
+            Ok(target) => ferryctl::live::connectivity_test(&target, output),
+            Err(e) => {
+                eprintln!("ferryctl connectivity test: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Describe {
             what:
                 DescribeCommand::Pod {

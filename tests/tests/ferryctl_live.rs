@@ -8,7 +8,8 @@
 //! `describe pod` gives a pod's identity and certificate, its services and
 //! policies, and the route and verdict of a connection it would make;
 //! `bug-report` writes one archive with every daemon's state and logs and
-//! no key material.
+//! no key material; `connectivity test` passes, fails when a policy blocks
+//! its client, and leaves nothing behind.
 //! Needs root (see `netns::root_or_skip`).
 
 use std::process::Command;
@@ -364,6 +365,70 @@ fn status_and_proxy_config_read_the_live_lab() -> anyhow::Result<()> {
         "key material in {}",
         String::from_utf8_lossy(&all.stdout)
     );
+
+    // connectivity test: passes, and removes what it added.
+    let connectivity = |lab: &Lab| -> anyhow::Result<(i32, Value)> {
+        let (code, stdout, stderr) = ferryctl(lab, &["connectivity", "test", "--output", "json"])?;
+        let report = serde_json::from_str(&stdout)
+            .map_err(|e| anyhow::anyhow!("connectivity output ({e}): {stdout}\n{stderr}"))?;
+        Ok((code, report))
+    };
+    let (code, report) = connectivity(&lab)?;
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["cleaned_up"], true);
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["check"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pod to pod across nodes, allowed by policy",
+            "service by name",
+            "service by cluster IP",
+            "headless service by name",
+            "policy denies another port",
+            "mutual TLS on the link between the nodes"
+        ]
+    );
+    assert!(!lab.manifests().join("zz-ferry-connectivity.yaml").exists());
+    assert!(!Command::new("ip")
+        .args(["netns", "list"])
+        .output()?
+        .stdout
+        .windows(4)
+        .any(|w| w == b"-ct0" || w == b"-ct1"));
+    // A policy that blocks the test client's egress: the checks through it
+    // fail, the denial check still passes, and the exit code says so.
+    let block = lab.manifests().join("31-block-connectivity.yaml");
+    std::fs::write(
+        &block,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: block-client, namespace: ferry-connectivity}\nspec:\n  podSelector:\n    matchLabels: {app: client}\n  policyTypes: [Egress]\n",
+    )?;
+    let (code, report) = connectivity(&lab)?;
+    assert_eq!(code, 1, "{report:#}");
+    let status_of = |name: &str| {
+        report["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["check"] == name)
+            .map(|c| c["status"].clone())
+    };
+    assert_eq!(
+        status_of("service by name"),
+        Some("fail".into()),
+        "{report:#}"
+    );
+    assert_eq!(
+        status_of("policy denies another port"),
+        Some("pass".into()),
+        "{report:#}"
+    );
+    assert_eq!(report["cleaned_up"], true);
+    std::fs::remove_file(&block)?;
 
     // A NACK: node-b's proxy refuses a new service.
     lab.restart_with("node-b", &["--refuse-resources", "service/shop/nack-probe"])?;

@@ -22,7 +22,18 @@ use std::net::Ipv4Addr;
 use super::netns::Netns;
 
 /// The wiring style.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Cni {
     /// A bridge `cni0` (flannel, the bridge plugin).
     #[default]

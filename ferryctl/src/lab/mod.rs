@@ -349,6 +349,7 @@ impl Lab {
                     netns: self.namespaces[&n.name].name.clone(),
                     address: n.ip,
                     admin: std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, PROXY_ADMIN_PORT)),
+                    gateway: n.gateway,
                 })
                 .collect(),
             pods: self
@@ -366,6 +367,7 @@ impl Lab {
                 .collect(),
             manifests: manifests.to_path_buf(),
             work: self.work.path().to_path_buf(),
+            cni: self.cni,
         }
     }
 
@@ -859,23 +861,7 @@ impl Lab {
             .namespaces
             .get(node)
             .with_context(|| format!("no node {node}"))?;
-        let script = self.work.path().join("sniff.py");
-        std::fs::write(&script, SNIFFER)?;
-        let stop = self.work.path().join(format!("sniff-{node}.stop"));
-        let _ = std::fs::remove_file(&stop);
-        let (script, stop_arg) = (script.display().to_string(), stop.display().to_string());
-        let mut args = vec![script.as_str(), "up0", stop_arg.as_str()];
-        args.extend(markers);
-        let sniffer = Process::start(
-            "sniffer",
-            Path::new("ip"),
-            &ns.command("python3", &args),
-            self.work.path().join(format!("sniff-{node}.log")),
-        )?;
-        wait_for("the link capture to start", Duration::from_secs(10), || {
-            Ok(sniffer.log().contains("ready").then_some(()))
-        })?;
-        Ok(LinkCapture { sniffer, stop })
+        LinkCapture::start(&ns.name, self.work.path(), node, markers)
     }
 
     /// Starts a long-running program in a pod (or node) namespace; it is
@@ -1079,6 +1065,37 @@ pub struct LinkCapture {
 }
 
 impl LinkCapture {
+    /// Starts capturing the packets on the uplink (`up0`) of the node
+    /// namespace `netns` (named `node`), with its files in `work`.
+    pub fn start(netns: &str, work: &Path, node: &str, markers: &[&str]) -> anyhow::Result<Self> {
+        let script = work.join("sniff.py");
+        std::fs::write(&script, SNIFFER)?;
+        let stop = work.join(format!("sniff-{node}.stop"));
+        let _ = std::fs::remove_file(&stop);
+        let (script, stop_arg) = (script.display().to_string(), stop.display().to_string());
+        let mut args = vec![
+            "netns",
+            "exec",
+            netns,
+            "python3",
+            script.as_str(),
+            "up0",
+            stop_arg.as_str(),
+        ];
+        args.extend(markers);
+        let log = work.join(format!("sniff-{node}.log"));
+        let log = if log.exists() {
+            next_free(&log, "log")
+        } else {
+            log
+        };
+        let sniffer = Process::start("sniffer", Path::new("ip"), &args, log)?;
+        wait_for("the link capture to start", Duration::from_secs(10), || {
+            Ok(sniffer.log().contains("ready").then_some(()))
+        })?;
+        Ok(Self { sniffer, stop })
+    }
+
     /// Stops the capture; what it saw.
     pub fn finish(mut self) -> anyhow::Result<LinkReport> {
         std::fs::write(&self.stop, b"")?;

@@ -35,6 +35,8 @@ pub struct LabNodeRecord {
     pub address: Ipv4Addr,
     /// The proxy's admin address inside `netns` (`/config_dump`).
     pub admin: SocketAddr,
+    /// The gateway of the node's pods (`.1` of their /24).
+    pub gateway: Ipv4Addr,
 }
 
 /// A pod of a lab.
@@ -66,6 +68,8 @@ pub struct LabRecord {
     /// The lab's work folder: the daemons' logs (`<daemon>.log`,
     /// `proxy-<node>.log`, restarts beside them).
     pub work: PathBuf,
+    /// How pods are wired to their node.
+    pub cni: crate::lab::cni::Cni,
 }
 
 impl LabRecord {

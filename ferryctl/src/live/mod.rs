@@ -1,7 +1,8 @@
 //! Commands on a running mesh: `ferryctl status` ([`status`]),
 //! `ferryctl proxy-config` ([`proxy_config`]), `ferryctl flows`
-//! ([`flows`]), `ferryctl bug-report` ([`bugreport`]), and the live state
-//! behind `ferryctl describe` ([`pod_state`]).
+//! ([`flows`]), `ferryctl bug-report` ([`bugreport`]), `ferryctl
+//! connectivity test` ([`connectivity`]), and the live state behind
+//! `ferryctl describe` ([`pod_state`]).
 //!
 //! Where the mesh runs ([`Target`]): `--lab [NAME]`, the lab on this
 //! machine ([`lab`]: found from its record, reached inside its network
@@ -9,6 +10,7 @@
 
 pub mod bugreport;
 pub mod client;
+pub mod connectivity;
 pub mod flows;
 pub mod lab;
 pub mod proxy_config;
@@ -299,5 +301,37 @@ pub fn bug_report(target: &Target, out: Option<std::path::PathBuf>) -> ExitCode 
             eprintln!("ferryctl bug-report: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `ferryctl connectivity test`: exit 0 when every check passes, 1 when
+/// one fails, 2 when the test cannot run.
+pub fn connectivity_test(target: &Target, output: Output) -> ExitCode {
+    let run = || -> anyhow::Result<connectivity::Report> {
+        let client = target.client()?;
+        connectivity::run(&client, &runtime()?)
+    };
+    let report = match run() {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("ferryctl connectivity test: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let printed = match output {
+        Output::Table => Ok(connectivity::table(&report)),
+        _ => structured(&report, output),
+    };
+    match printed {
+        Ok(text) => println!("{}", text.trim_end()),
+        Err(e) => {
+            eprintln!("ferryctl connectivity test: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
