@@ -168,14 +168,7 @@ pub enum DescribeCommand {
     },
 }
 
-/// Where the running mesh is.
-#[derive(Debug, clap::Args)]
-pub struct Live {
-    /// The lab running on this machine (`scripts/lab.sh`, `ferryctl lab
-    /// up`); NAME picks one when several run.
-    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
-    pub lab: Option<String>,
-}
+pub use ferryctl::live::Live;
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {

@@ -74,7 +74,7 @@ fn main() -> ExitCode {
             stale_after,
             credential_warning,
             output,
-        } => match ferryctl::live::Target::from_flags(target.lab) {
+        } => match ferryctl::live::Target::from_flags(target) {
             Ok(target) => ferryctl::live::status(
                 &target,
                 output,
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             section,
             target,
             output,
-        } => match ferryctl::live::Target::from_flags(target.lab) {
+        } => match ferryctl::live::Target::from_flags(target) {
             Ok(target) => ferryctl::live::proxy_config(&target, &node, section, output),
             Err(e) => {
                 eprintln!("ferryctl proxy-config: {e}");
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             node,
             last,
             output,
-        } => match ferryctl::live::Target::from_flags(target.lab) {
+        } => match ferryctl::live::Target::from_flags(target) {
             Ok(target) => ferryctl::live::flows(
                 &target,
                 &ferryctl::live::flows::Filter {
@@ -131,18 +131,16 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::BugReport { target, out } => {
-            match ferryctl::live::Target::from_flags(target.lab) {
-                Ok(target) => ferryctl::live::bug_report(&target, out),
-                Err(e) => {
-                    eprintln!("ferryctl bug-report: {e}");
-                    ExitCode::from(2)
-                }
+        Command::BugReport { target, out } => match ferryctl::live::Target::from_flags(target) {
+            Ok(target) => ferryctl::live::bug_report(&target, out),
+            Err(e) => {
+                eprintln!("ferryctl bug-report: {e}");
+                ExitCode::from(2)
             }
-        }
+        },
         Command::Connectivity {
             command: ConnectivityCommand::Test { target, output },
-        } => match ferryctl::live::Target::from_flags(target.lab) {
+        } => match ferryctl::live::Target::from_flags(target) {
             Ok(target) => ferryctl::live::connectivity_test(&target, output),
             Err(e) => {
                 eprintln!("ferryctl connectivity test: {e}");
@@ -157,7 +155,7 @@ fn main() -> ExitCode {
                     target,
                     output,
                 },
-        } => match ferryctl::live::Target::from_flags(target.lab) {
+        } => match ferryctl::live::Target::from_flags(target) {
             Ok(target) => describe::pod(&target, &pod, to.as_deref(), output),
             Err(e) => {
                 eprintln!("ferryctl describe: {e}");

@@ -332,7 +332,15 @@ EXPECTED_CLUSTER_RULES = sorted(
 )
 
 # The role the status API requires of callers' tokens (bound by users).
-EXPECTED_VIEWER_RULES = [rule(["ferry.dev"], ["meshstatus"], ["get"])]
+EXPECTED_VIEWER_RULES = sorted(
+    [
+        rule(["ferry.dev"], ["meshstatus"], ["get"]),
+        rule([""], ["pods"], ["get", "list"]),
+        rule([""], ["pods/portforward"], ["create"]),
+        rule([""], ["pods/log"], ["get"]),
+        rule([""], ["configmaps"], ["get"], ["ferry-ca-root"]),
+    ]
+)
 
 
 def expected_role_rules(values: dict[str, Any]) -> list[Rule]:

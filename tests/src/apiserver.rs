@@ -17,6 +17,10 @@
 //!   create (POST to the collection), update (PUT).
 //! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: answers from the
 //!   tokens registered with [`ApiServer::add_token`].
+//! - `GET /api/v1/namespaces/<ns>/pods/<pod>/portforward?ports=P`: the
+//!   WebSocket port-forward protocol (`v4.channel.k8s.io`, as kube-rs and
+//!   kubectl speak it) to where [`ApiServer::forward`] says that pod's
+//!   port is; `.../log`: the file [`ApiServer::pod_log`] names.
 //! - `GET /version`: the server's version ([`ApiServer::set_version`],
 //!   1.33 by default).
 //! - `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`: allowed
@@ -104,6 +108,10 @@ struct State {
     access_reviews: u32,
     /// `/version`: major and minor.
     server_version: Option<(u32, u32)>,
+    /// Port-forwards: (namespace, pod, port) to a local address.
+    forwards: BTreeMap<(String, String, u16), SocketAddr>,
+    /// Pod logs: (namespace, pod) to a file.
+    logs: BTreeMap<(String, String), std::path::PathBuf>,
 }
 
 /// One RBAC permission: `subject` (a user or a group) may `verb` the
@@ -201,6 +209,8 @@ impl ApiServer {
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        // Port-forwards upgrade to WebSocket.
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -222,6 +232,12 @@ impl ApiServer {
     /// A kubeconfig pointing at this server (no credentials).
     pub fn kubeconfig(&self) -> String {
         self.kubeconfig_for(&format!("http://{}", self.address))
+    }
+
+    /// A kubeconfig pointing at this server whose user presents `token`.
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
+        self.kubeconfig()
+            .replace("  user: {}\n", &format!("  user: {{token: \"{token}\"}}\n"))
     }
 
     /// A kubeconfig for this server as `server` (a URL) reaches it.
@@ -363,6 +379,20 @@ impl ApiServer {
         self.lock().reviews
     }
 
+    /// Port-forwards to `port` of pod `namespace/pod` reach `target`.
+    pub fn forward(&self, namespace: &str, pod: &str, port: u16, target: SocketAddr) {
+        self.lock()
+            .forwards
+            .insert((namespace.into(), pod.into(), port), target);
+    }
+
+    /// The log of pod `namespace/pod` is the file `path`.
+    pub fn pod_log(&self, namespace: &str, pod: &str, path: &std::path::Path) {
+        self.lock()
+            .logs
+            .insert((namespace.into(), pod.into()), path.to_path_buf());
+    }
+
     /// What `/version` answers (1.33 by default).
     pub fn set_version(&self, major: u32, minor: u32) {
         self.lock().server_version = Some((major, minor));
@@ -452,11 +482,23 @@ impl Shared {
         }
         // /api/v1/namespaces/<ns>/<resource>[/<name>]
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if let ["api", "v1", "namespaces", namespace, "pods", pod, sub] = parts.as_slice() {
+            let (namespace, pod) = (namespace.to_string(), pod.to_string());
+            match *sub {
+                "portforward" => return self.portforward(req, &namespace, &pod, &params),
+                "log" => return self.log(&namespace, &pod, &params),
+                _ => {}
+            }
+        }
         if let ["api", "v1", "namespaces", namespace, resource, rest @ ..] = parts.as_slice() {
             let collection = format!("/api/v1/{resource}");
-            let Some(collection) = kind_of(&collection).map(|_| path_static(&collection)) else {
+            let Some((api_version, kind)) = kind_of(&collection) else {
                 return respond(404, &status(404, "NotFound", "no such resource"));
             };
+            let collection = path_static(&collection);
+            if rest.is_empty() && method == http::Method::GET {
+                return self.list_namespaced(collection, api_version, kind, namespace, &params);
+            }
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return respond(400, &status(400, "BadRequest", "unreadable body")),
@@ -636,6 +678,155 @@ impl Shared {
         }
     }
 
+    /// The objects of one namespace, those matching an equality
+    /// `labelSelector` (`k=v,k2=v2`) when one is given.
+    fn list_namespaced(
+        &self,
+        collection: &'static str,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        params: &BTreeMap<String, String>,
+    ) -> http::Response<Body> {
+        let selector: Vec<(String, String)> = params
+            .get("labelSelector")
+            .map(|s| {
+                s.replace("%3D", "=")
+                    .replace("%2C", ",")
+                    .replace("%2F", "/")
+            })
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|term| term.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let state = self.lock();
+        let items: Vec<Value> = state
+            .objects
+            .iter()
+            .filter(|((c, ns, _), _)| *c == collection && ns == namespace)
+            .map(|(_, o)| o)
+            .filter(|o| {
+                selector
+                    .iter()
+                    .all(|(k, v)| o["metadata"]["labels"][k.as_str()] == v.as_str())
+            })
+            .cloned()
+            .collect();
+        respond(
+            200,
+            &json!({
+                "apiVersion": api_version,
+                "kind": format!("{kind}List"),
+                "metadata": {"resourceVersion": state.version.to_string()},
+                "items": items,
+            }),
+        )
+    }
+
+    /// A pod's log: the file registered for it, the last `tailLines`.
+    fn log(
+        &self,
+        namespace: &str,
+        pod: &str,
+        params: &BTreeMap<String, String>,
+    ) -> http::Response<Body> {
+        let path = self
+            .lock()
+            .logs
+            .get(&(namespace.to_string(), pod.to_string()))
+            .cloned();
+        let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) else {
+            return respond(
+                404,
+                &status(404, "NotFound", &format!("no log of {namespace}/{pod}")),
+            );
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = params
+            .get("tailLines")
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(lines.len());
+        let body = lines[lines.len().saturating_sub(tail)..].join("\n") + "\n";
+        let mut response = http::Response::new(Full::new(Bytes::from(body)).boxed());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        response
+    }
+
+    /// The WebSocket port-forward protocol: channel 0 carries the port's
+    /// bytes, channel 1 its errors; each starts with the port number.
+    fn portforward(
+        &self,
+        req: http::Request<Incoming>,
+        namespace: &str,
+        pod: &str,
+        params: &BTreeMap<String, String>,
+    ) -> http::Response<Body> {
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        let port = params
+            .get("ports")
+            .map(|p| p.replace("%2C", ","))
+            .and_then(|p| p.split(',').next().and_then(|p| p.parse::<u16>().ok()));
+        let Some(port) = port else {
+            return respond(
+                400,
+                &status(400, "BadRequest", "ports: one port is required"),
+            );
+        };
+        let target = self
+            .lock()
+            .forwards
+            .get(&(namespace.to_string(), pod.to_string(), port))
+            .copied();
+        let Some(target) = target else {
+            return respond(
+                404,
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("pod {namespace}/{pod} has no port {port} here"),
+                ),
+            );
+        };
+        let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
+            return respond(400, &status(400, "BadRequest", "not a WebSocket upgrade"));
+        };
+        tokio::spawn(async move {
+            let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            pump(ws, port, target).await;
+        });
+        let mut response = http::Response::new(Full::new(Bytes::new()).boxed());
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade"),
+        );
+        if let Ok(accept) = http::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+            headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        headers.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static("v4.channel.k8s.io"),
+        );
+        response
+    }
+
     fn access_review(&self, body: &[u8]) -> http::Response<Body> {
         let Ok(review) = serde_json::from_slice::<Value>(body) else {
             return respond(400, &status(400, "BadRequest", "not JSON"));
@@ -715,4 +906,63 @@ fn path_static(path: &str) -> &'static str {
     kind_of(path)
         .and_then(|(v, k)| collection(v, k))
         .unwrap_or("/")
+}
+
+/// Carries one port-forward: WebSocket frames (channel byte first) to and
+/// from a TCP connection to the target.
+async fn pump<S>(ws: tokio_tungstenite::WebSocketStream<S>, port: u16, target: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut sink, mut frames) = ws.split();
+    let [lo, hi] = port.to_le_bytes();
+    for channel in [0u8, 1] {
+        if sink
+            .send(Message::binary(vec![channel, lo, hi]))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let tcp = match tokio::net::TcpStream::connect(target).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let mut error = vec![1u8];
+            error.extend(format!("connecting to {target}: {e}").into_bytes());
+            let _ = sink.send(Message::binary(error)).await;
+            let _ = sink.close().await;
+            return;
+        }
+    };
+    let (mut from_target, mut to_target) = tcp.into_split();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            frame = frames.next() => match frame {
+                Some(Ok(Message::Binary(bytes))) if bytes.len() > 1 && bytes[0] == 0 => {
+                    if to_target.write_all(&bytes[1..]).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            read = from_target.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut frame = Vec::with_capacity(n + 1);
+                    frame.push(0u8);
+                    frame.extend_from_slice(&buffer[..n]);
+                    if sink.send(Message::binary(frame)).await.is_err() {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    let _ = sink.close().await;
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub mod apiserver;
+pub mod kube;
 pub mod net;
 pub mod netns;
 pub mod otlp;

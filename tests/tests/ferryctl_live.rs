@@ -334,7 +334,7 @@ fn status_and_proxy_config_read_the_live_lab() -> anyhow::Result<()> {
         "README.txt".to_string(),
         "status.json".into(),
         "status.txt".into(),
-        "lab.json".into(),
+        "mesh.json".into(),
         "control-plane/control-plane/metrics.txt".into(),
         "control-plane/control-plane/control-plane.log".into(),
         "control-plane/control-plane-2/metrics.txt".into(),

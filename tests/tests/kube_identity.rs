@@ -11,8 +11,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use ferry_api::identity::Identity;
@@ -20,7 +18,11 @@ use ferry_api::proto::certificate_authority_client::CertificateAuthorityClient;
 use ferry_api::proto::mesh_status_client::MeshStatusClient;
 use ferry_api::proto::{SignRequest, StatusRequest, StatusResponse};
 use ferry_tests::apiserver::{ApiServer, Grant, TokenIdentity};
-use ferry_tests::{binary, http_get, wait_for, Process};
+use ferry_tests::kube::{start_control_plane, start_proxy, ControlPlane, Proxy};
+use ferry_tests::{http_get, wait_for};
+
+/// This test's addresses: 127.88.0.0/16.
+const BLOCK: u8 = 88;
 
 const PROXY_ACCOUNT: &str = "system:serviceaccount:ferry-system:ferry-proxy";
 
@@ -37,94 +39,6 @@ fn token(username: &str, pod: Option<(&str, &str)>, audience: &str) -> TokenIden
         pod: pod.map(|(p, u)| (p.into(), u.into())),
         node: None,
     }
-}
-
-struct ControlPlane {
-    listen: SocketAddr,
-    _process: Process,
-}
-
-/// Every listener of this test stands on its own address of 127.88.0.0/16,
-/// so no other test's ephemeral ports can collide with it.
-fn start_control_plane(
-    dir: &Path,
-    kubeconfig: &Path,
-    name: &str,
-    replica: u8,
-) -> anyhow::Result<ControlPlane> {
-    let ip = format!("127.88.0.{replica}");
-    let listen: SocketAddr = format!("{ip}:15010").parse()?;
-    let metrics = format!("{ip}:15014");
-    let process = Process::start_with_env(
-        name,
-        &binary("ferry-control-plane")?,
-        &[
-            "--source",
-            "kubernetes",
-            "--listen",
-            &listen.to_string(),
-            "--metrics-listen",
-            &metrics,
-            "--ca-secret",
-            "ferry-ca",
-            "--namespace",
-            "ferry-system",
-            "--server-name",
-            &ip,
-            "--token-audience",
-            "ferry",
-        ],
-        &[
-            ("KUBECONFIG".into(), kubeconfig.display().to_string()),
-            ("FERRY_REPLICA_NAME".into(), name.to_string()),
-        ],
-        dir.join(format!("{name}.log")),
-    )?;
-    Ok(ControlPlane {
-        listen,
-        _process: process,
-    })
-}
-
-struct Proxy {
-    admin: SocketAddr,
-    process: Process,
-}
-
-fn start_proxy(
-    dir: &Path,
-    cp: &ControlPlane,
-    node: &str,
-    token: &str,
-    name: &str,
-    index: u8,
-) -> anyhow::Result<Proxy> {
-    let token_file = dir.join(format!("{name}.token"));
-    std::fs::write(&token_file, token)?;
-    let ip = format!("127.88.1.{index}");
-    let admin: SocketAddr = format!("{ip}:15000").parse()?;
-    let process = Process::start(
-        name,
-        &binary("ferry-proxy")?,
-        &[
-            "--node",
-            node,
-            "--control-plane",
-            &format!("https://{}", cp.listen),
-            "--ca-root",
-            &dir.join("ca.pem").display().to_string(),
-            "--token-file",
-            &token_file.display().to_string(),
-            "--admin",
-            &admin.to_string(),
-            "--socks5",
-            &format!("{ip}:1080"),
-            "--hbone",
-            &format!("{ip}:15008"),
-        ],
-        dir.join(format!("{name}.log")),
-    )?;
-    Ok(Proxy { admin, process })
 }
 
 fn dump(proxy: &Proxy) -> anyhow::Result<serde_json::Value> {
@@ -246,8 +160,8 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig())?;
     // Two replicas start together: one CA between them.
-    let cp1 = start_control_plane(dir.path(), &kubeconfig, "control-plane-1", 1)?;
-    let cp2 = start_control_plane(dir.path(), &kubeconfig, "control-plane-2", 2)?;
+    let cp1 = start_control_plane(dir.path(), &kubeconfig, "control-plane-1", BLOCK, 1)?;
+    let cp2 = start_control_plane(dir.path(), &kubeconfig, "control-plane-2", BLOCK, 2)?;
     let root = tokio::task::block_in_place(|| {
         wait_for("the published CA root", Duration::from_secs(30), || {
             Ok(server
@@ -271,6 +185,7 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
             "node-a",
             "token-a",
             &format!("proxy-a{i}"),
+            BLOCK,
             i as u8 + 1,
         )?;
         let d = tokio::task::block_in_place(|| {
@@ -320,6 +235,7 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
             node,
             token,
             &format!("bad-{i}"),
+            BLOCK,
             i as u8 + 10,
         )?);
     }

@@ -3,7 +3,7 @@
 //! - the status report (`status.json`, `status.txt`);
 //! - every proxy's config dump, metrics, flow log and recent log;
 //! - every control plane replica's metrics and recent log;
-//! - the lab's record.
+//! - where the mesh's parts are (the lab's record, or the cluster's pods).
 //!
 //! Secrets are left out. No key material is read: the PKI folder is never
 //! opened. Every file also passes through [`redact`], which replaces
@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::client::{http_get, LabClient};
 use super::status;
 
 /// Bytes kept from the end of each log.
@@ -152,6 +151,27 @@ fn logs_of(work: &Path, stem: &str) -> Vec<PathBuf> {
     found.into_iter().map(|(_, path)| path).collect()
 }
 
+/// The recent logs of daemon `stem` in a lab's work folder: the end of
+/// each of its files, restarts included (named as the files are).
+pub fn lab_logs(work: &Path, stem: &str) -> Vec<(String, anyhow::Result<Vec<u8>>)> {
+    let logs = logs_of(work, stem);
+    if logs.is_empty() {
+        return vec![(
+            format!("{stem}.log"),
+            Err(anyhow::anyhow!("no log in {}", work.display())),
+        )];
+    }
+    logs.into_iter()
+        .map(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, tail(&path))
+        })
+        .collect()
+}
+
 /// What was written.
 #[derive(Debug)]
 pub struct Written {
@@ -161,8 +181,8 @@ pub struct Written {
     pub errors: Vec<String>,
 }
 
-/// Collects the report of the lab `client` reaches into `out`.
-pub async fn write(client: &LabClient, out: &Path) -> anyhow::Result<Written> {
+/// Collects the report of `mesh` into `out`.
+pub async fn write(mesh: &super::Mesh, out: &Path) -> anyhow::Result<Written> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -188,67 +208,46 @@ pub async fn write(client: &LabClient, out: &Path) -> anyhow::Result<Written> {
         errors: Vec::new(),
         now,
     };
-    let record = &client.record;
-
-    let answers = super::answers(client).await;
+    let answers = super::answers(mesh).await;
     let report = status::report(&answers, status::Thresholds::default());
     archive.add(
         "status.json",
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
     archive.add("status.txt", status::table(&report).as_bytes())?;
-    archive.add("lab.json", serde_json::to_string_pretty(record)?.as_bytes())?;
+    archive.add("mesh.json", mesh.summary()?.as_bytes())?;
 
-    for replica in &record.replicas {
+    for replica in mesh.replicas() {
         let dir = format!("control-plane/{}", replica.name);
-        let metrics = http_get(&record.control_plane_netns, replica.metrics, "/metrics")
-            .await
-            .map(|b| b.to_vec());
+        let metrics = mesh.replica_metrics(&replica).await.map(|b| b.to_vec());
         archive.add_or_note(&format!("{dir}/metrics.txt"), metrics)?;
-        let logs = logs_of(&record.work, &replica.name);
-        if logs.is_empty() {
-            archive
-                .errors
-                .push(format!("{dir}: no log in {}", record.work.display()));
-        }
-        for log in logs {
-            let name = log.file_name().map(|n| n.to_string_lossy().into_owned());
-            let name = format!("{dir}/{}", name.unwrap_or_default());
-            archive.add_or_note(&name, tail(&log))?;
+        for (name, log) in mesh.replica_logs(&replica).await {
+            archive.add_or_note(&format!("{dir}/{name}"), log)?;
         }
     }
-    for node in &record.nodes {
-        let dir = format!("nodes/{}", node.name);
+    for node in mesh.nodes() {
+        let dir = format!("nodes/{node}");
         for (file, path) in [
             ("config_dump.json", "/config_dump"),
             ("metrics.txt", "/metrics"),
             ("flows.json", "/flows"),
         ] {
-            let got = client.admin_get(node, path).await.map(|b| b.to_vec());
+            let got = mesh.admin_get(&node, path).await.map(|b| b.to_vec());
             archive.add_or_note(&format!("{dir}/{file}"), got)?;
         }
-        let logs = logs_of(&record.work, &format!("proxy-{}", node.name));
-        if logs.is_empty() {
-            archive
-                .errors
-                .push(format!("{dir}: no log in {}", record.work.display()));
-        }
-        for log in logs {
-            let name = log.file_name().map(|n| n.to_string_lossy().into_owned());
-            let name = format!("{dir}/{}", name.unwrap_or_default());
-            archive.add_or_note(&name, tail(&log))?;
+        for (name, log) in mesh.proxy_logs(&node).await {
+            archive.add_or_note(&format!("{dir}/{name}"), log)?;
         }
     }
     let mut readme = format!(
-        "Ferry bug report of lab {}, written by ferryctl {} at Unix time {now}.\n\n\
+        "Ferry bug report of {}, written by ferryctl {} at Unix time {now}.\n\n\
          status.json, status.txt: `ferryctl status` of the mesh.\n\
-         control-plane/<replica>/: metrics, recent log (last {} KiB of each file).\n\
+         control-plane/<replica>/: metrics, recent log.\n\
          nodes/<node>/: the proxy's config dump, metrics, flow log, recent log.\n\
-         lab.json: the lab's record.\n\n\
+         mesh.json: where the mesh's parts are (the lab's record, or the cluster's pods).\n\n\
          Secrets: no key material was read, and {} secret(s) (private keys, bearer tokens, JWTs) were replaced with [redacted ...].\n",
-        record.name,
+        mesh.name(),
         ferry_api::build::LONG_VERSION,
-        LOG_TAIL >> 10,
         archive.redacted
     );
     if !archive.errors.is_empty() {

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::client::LabClient;
-use super::lab::LabNodeRecord;
+use super::Mesh;
 
 /// One side of a flow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,28 +149,30 @@ impl Pods {
     }
 }
 
-/// Reads the flow logs of a lab's proxies.
+/// Reads the flow logs of a mesh's proxies.
 #[derive(Debug)]
 pub struct Reader<'a> {
-    client: &'a LabClient,
-    nodes: Vec<LabNodeRecord>,
+    mesh: &'a Mesh,
+    nodes: Vec<String>,
     cursors: BTreeMap<String, u64>,
     pods: Pods,
 }
 
 impl<'a> Reader<'a> {
-    pub async fn new(client: &'a LabClient, node: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn new(mesh: &'a Mesh, node: Option<&str>) -> anyhow::Result<Self> {
+        let all = mesh.nodes();
         let nodes = match node {
-            Some(name) => vec![client.record.node(name)?.clone()],
-            None => client.record.nodes.clone(),
+            Some(name) if all.iter().any(|n| n == name) => vec![name.to_string()],
+            Some(name) => anyhow::bail!("no proxy on node {name} (nodes: {})", all.join(", ")),
+            None => all,
         };
         let first = nodes
             .first()
-            .ok_or_else(|| anyhow::anyhow!("lab {} has no nodes", client.record.name))?;
-        let dump = client.admin_get(first, "/config_dump").await?;
+            .ok_or_else(|| anyhow::anyhow!("{}: no node has a proxy", mesh.name()))?;
+        let dump = mesh.admin_get(first, "/config_dump").await?;
         let pods = Pods::from_dump(&serde_json::from_slice(&dump)?);
         Ok(Self {
-            client,
+            mesh,
             nodes,
             cursors: BTreeMap::new(),
             pods,
@@ -183,11 +184,11 @@ impl<'a> Reader<'a> {
     pub async fn read(&mut self) -> Vec<Flow> {
         let mut flows = Vec::new();
         for node in &self.nodes {
-            let since = self.cursors.get(&node.name).copied().unwrap_or(0);
+            let since = self.cursors.get(node).copied().unwrap_or(0);
             let path = format!("/flows?since={since}");
-            let page = match self.client.admin_get(node, &path).await {
+            let page = match self.mesh.admin_get(node, &path).await {
                 Ok(body) => serde_json::from_slice::<Page>(&body)
-                    .map_err(|e| anyhow::anyhow!("{}: /flows: {e}", node.name)),
+                    .map_err(|e| anyhow::anyhow!("{node}: /flows: {e}")),
                 Err(e) => Err(e),
             };
             match page {
@@ -204,7 +205,7 @@ impl<'a> Reader<'a> {
                             page.node, page.lost
                         );
                     }
-                    self.cursors.insert(node.name.clone(), page.next);
+                    self.cursors.insert(node.clone(), page.next);
                     for mut flow in page.flows {
                         flow.node = page.node.clone();
                         self.pods.name(&mut flow.source);

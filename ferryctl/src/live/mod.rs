@@ -4,45 +4,92 @@
 //! connectivity test` ([`connectivity`]), and the live state behind
 //! `ferryctl describe` ([`pod_state`]).
 //!
-//! Where the mesh runs ([`Target`]): `--lab [NAME]`, the lab on this
-//! machine ([`lab`]: found from its record, reached inside its network
-//! namespaces with a node credential of its PKI).
+//! Where the mesh runs ([`Target`], [`Mesh`]):
+//! - `--lab [NAME]`, the lab on this machine ([`lab`]: found from its
+//!   record, reached inside its network namespaces with a node credential
+//!   of its PKI);
+//! - `--kubernetes`, the kubeconfig's cluster ([`kubernetes`]: through the
+//!   API server only, port-forwards to the control plane and the proxies'
+//!   admin endpoints, the caller's token reviewed and authorized by the
+//!   control plane).
 
 pub mod bugreport;
 pub mod client;
 pub mod connectivity;
 pub mod flows;
+pub mod kubernetes;
 pub mod lab;
+pub mod mesh;
 pub mod proxy_config;
 pub mod status;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::output::{structured, Output};
 
 use self::client::LabClient;
+use self::kubernetes::{KubeClient, KubeTarget};
 use self::lab::LabRecord;
+pub use self::mesh::Mesh;
+
+/// Where the running mesh is (flags of every live command).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Live {
+    /// The lab running on this machine (`scripts/lab.sh`, `ferryctl lab
+    /// up`); NAME picks one when several run.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "", conflicts_with = "kubernetes")]
+    pub lab: Option<String>,
+    /// The cluster of the kubeconfig (`KUBECONFIG`, `~/.kube/config`, or
+    /// in-cluster), through its API server only.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// With --kubernetes: the kubeconfig context (default: the current).
+    #[arg(long, requires = "kubernetes")]
+    pub context: Option<String>,
+    /// With --kubernetes: the namespace Ferry runs in.
+    #[arg(long, default_value = "ferry-system", requires = "kubernetes")]
+    pub namespace: String,
+    /// With --kubernetes: a bearer token for the control plane's status
+    /// API (`-`: stdin) instead of the kubeconfig's.
+    #[arg(long, requires = "kubernetes")]
+    pub token_file: Option<PathBuf>,
+}
 
 /// Where the mesh runs.
 #[derive(Debug, Clone)]
 pub enum Target {
     /// A lab on this machine: the only running one, or the one named.
     Lab(Option<String>),
+    /// A cluster, through its API server.
+    Kubernetes(KubeTarget),
 }
 
 impl Target {
-    /// From `--lab [NAME]`.
-    pub fn from_flags(lab: Option<String>) -> Result<Self, String> {
-        match lab {
-            Some(name) if name.is_empty() => Ok(Target::Lab(None)),
-            Some(name) => Ok(Target::Lab(Some(name))),
-            None => Err("say where the mesh runs: --lab [NAME] (the lab on this machine)".into()),
+    /// From `--lab [NAME]` or `--kubernetes`.
+    pub fn from_flags(live: Live) -> Result<Self, String> {
+        match (live.lab, live.kubernetes) {
+            (Some(name), _) if name.is_empty() => Ok(Target::Lab(None)),
+            (Some(name), _) => Ok(Target::Lab(Some(name))),
+            (None, true) => Ok(Target::Kubernetes(KubeTarget {
+                context: live.context,
+                namespace: live.namespace,
+                token_file: live.token_file,
+            })),
+            (None, false) => Err(
+                "say where the mesh runs: --lab [NAME] (the lab on this machine) or --kubernetes (the kubeconfig's cluster)"
+                    .into(),
+            ),
         }
     }
 
-    fn client(&self) -> anyhow::Result<LabClient> {
+    /// Connects to the mesh.
+    pub async fn connect(&self) -> anyhow::Result<Mesh> {
         match self {
-            Target::Lab(name) => LabClient::new(LabRecord::find(name.as_deref())?),
+            Target::Lab(name) => Ok(Mesh::Lab(LabClient::new(LabRecord::find(
+                name.as_deref(),
+            )?)?)),
+            Target::Kubernetes(target) => Ok(Mesh::Kubernetes(KubeClient::connect(target).await?)),
         }
     }
 }
@@ -53,13 +100,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Asks every replica of the lab.
-pub async fn answers(client: &LabClient) -> Vec<status::Answer> {
-    let asks = client.record.replicas.iter().map(|replica| async move {
+/// Asks every replica of the mesh.
+pub async fn answers(mesh: &Mesh) -> Vec<status::Answer> {
+    let replicas = mesh.replicas();
+    let asks = replicas.iter().map(|replica| async move {
         status::Answer {
             name: replica.name.clone(),
-            address: replica.address.to_string(),
-            response: client.status(replica).await.map_err(|e| format!("{e:#}")),
+            address: replica.address.clone(),
+            response: mesh.status(replica).await.map_err(|e| format!("{e:#}")),
         }
     });
     futures::future::join_all(asks).await
@@ -78,66 +126,72 @@ pub struct PodState {
 
 /// What the mesh holds for pod `key` (`namespace/name`).
 pub fn pod_state(target: &Target, key: &str) -> anyhow::Result<PodState> {
-    let client = target.client()?;
-    let ca = ferry_pki::read_pem(&client.record.pki.join(ferry_pki::files::CA_CERT))?;
-    let trust_domain = ferry_pki::ca_trust_domain(&ca, &client.record.pki)?;
     let rt = runtime()?;
-    let state_of = |node: &str| -> anyhow::Result<std::sync::Arc<ferry_core::state::ProxyState>> {
-        let response = rt.block_on(client.node_resources(node))?;
-        let store = ferry_core::state::ConfigStore::for_trust_domain(&trust_domain);
-        let report = store.apply(ferry_api::proto::DeltaResponse {
-            nonce: "ferryctl".into(),
-            revision: response.revision,
-            resources: response.resources,
-            removed: Vec::new(),
-        });
-        if let Some(e) = report.rejected.first() {
-            anyhow::bail!(
-                "the control plane serves {node} a resource the proxy's code refuses: {e}"
-            );
-        }
-        Ok(store.snapshot())
-    };
-    let first = client
-        .record
-        .nodes
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("lab {} has no nodes", client.record.name))?;
-    let mut state = state_of(&first.name)?;
-    let node = state
-        .workload(key)
-        .ok_or_else(|| anyhow::anyhow!("no pod {key} in the mesh's configuration"))?
-        .node
-        .clone();
-    let mut certificate = None;
-    if let Some(node) = node.filter(|n| client.record.node(n).is_ok()) {
-        if node != first.name {
-            state = state_of(&node)?;
-        }
-        let record = client.record.node(&node)?.clone();
-        let dump: serde_json::Value =
-            serde_json::from_slice(&rt.block_on(client.admin_get(&record, "/config_dump"))?)?;
-        if let Some(w) = state.workload(key) {
-            let identity =
-                ferry_api::identity::Identity::new(&trust_domain, &w.namespace, &w.service_account)
-                    .to_string();
-            certificate = dump["certificates"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| c["identity"] == identity.as_str())
-                .and_then(|c| {
-                    Some((
-                        c["not_after_unix"].as_u64()?,
-                        c["refresh_at_unix"].as_u64()?,
-                    ))
+    rt.block_on(async {
+        let mesh = target.connect().await?;
+        let trust_domain = mesh.trust_domain()?;
+        let state_of = |node: String| {
+            let (mesh, trust_domain) = (&mesh, &trust_domain);
+            async move {
+                let response = mesh.node_resources(&node).await?;
+                let store = ferry_core::state::ConfigStore::for_trust_domain(trust_domain);
+                let report = store.apply(ferry_api::proto::DeltaResponse {
+                    nonce: "ferryctl".into(),
+                    revision: response.revision,
+                    resources: response.resources,
+                    removed: Vec::new(),
                 });
+                if let Some(e) = report.rejected.first() {
+                    anyhow::bail!(
+                        "the control plane serves {node} a resource the proxy's code refuses: {e}"
+                    );
+                }
+                anyhow::Ok(store.snapshot())
+            }
+        };
+        let nodes = mesh.nodes();
+        let first = nodes
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{}: no node has a proxy", mesh.name()))?;
+        let mut state = state_of(first.clone()).await?;
+        let node = state
+            .workload(key)
+            .ok_or_else(|| anyhow::anyhow!("no pod {key} in the mesh's configuration"))?
+            .node
+            .clone();
+        let mut certificate = None;
+        if let Some(node) = node.filter(|n| nodes.contains(n)) {
+            if node != first {
+                state = state_of(node.clone()).await?;
+            }
+            let dump: serde_json::Value =
+                serde_json::from_slice(&mesh.admin_get(&node, "/config_dump").await?)?;
+            if let Some(w) = state.workload(key) {
+                let identity = ferry_api::identity::Identity::new(
+                    &trust_domain,
+                    &w.namespace,
+                    &w.service_account,
+                )
+                .to_string();
+                certificate = dump["certificates"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["identity"] == identity.as_str())
+                    .and_then(|c| {
+                        Some((
+                            c["not_after_unix"].as_u64()?,
+                            c["refresh_at_unix"].as_u64()?,
+                        ))
+                    });
+            }
         }
-    }
-    Ok(PodState {
-        state,
-        trust_domain,
-        certificate,
+        Ok(PodState {
+            state,
+            trust_domain,
+            certificate,
+        })
     })
 }
 
@@ -145,8 +199,10 @@ pub fn pod_state(target: &Target, key: &str) -> anyhow::Result<PodState> {
 /// when the mesh cannot be reached at all.
 pub fn status(target: &Target, output: Output, thresholds: status::Thresholds) -> ExitCode {
     let run = || -> anyhow::Result<status::MeshReport> {
-        let client = target.client()?;
-        let answers = runtime()?.block_on(answers(&client));
+        let answers = runtime()?.block_on(async {
+            let mesh = target.connect().await?;
+            anyhow::Ok(answers(&mesh).await)
+        })?;
         Ok(status::report(&answers, thresholds))
     };
     let report = match run() {
@@ -184,12 +240,12 @@ pub fn proxy_config(
     output: Output,
 ) -> ExitCode {
     let run = || -> anyhow::Result<serde_json::Value> {
-        let client = target.client()?;
-        let node = client.record.node(node)?.clone();
-        let body = runtime()?.block_on(client.admin_get(&node, "/config_dump"))?;
-        serde_json::from_slice(&body).map_err(|e| {
-            anyhow::anyhow!("the proxy of {}: /config_dump is not JSON: {e}", node.name)
-        })
+        let body = runtime()?.block_on(async {
+            let mesh = target.connect().await?;
+            mesh.admin_get(node, "/config_dump").await
+        })?;
+        serde_json::from_slice(&body)
+            .map_err(|e| anyhow::anyhow!("the proxy of {node}: /config_dump is not JSON: {e}"))
     };
     let dump = match run() {
         Ok(dump) => dump,
@@ -228,9 +284,9 @@ pub fn flows(
     output: Output,
 ) -> ExitCode {
     let run = || -> anyhow::Result<()> {
-        let client = target.client()?;
         runtime()?.block_on(async {
-            let mut reader = flows::Reader::new(&client, filter.node.as_deref()).await?;
+            let mesh = target.connect().await?;
+            let mut reader = flows::Reader::new(&mesh, filter.node.as_deref()).await?;
             let mut collected = Vec::new();
             let following = follow.is_some();
             if output == Output::Table {
@@ -278,8 +334,10 @@ pub fn bug_report(target: &Target, out: Option<std::path::PathBuf>) -> ExitCode 
         std::path::PathBuf::from(format!("ferry-bug-report-{now}.tar.gz"))
     });
     let run = || -> anyhow::Result<bugreport::Written> {
-        let client = target.client()?;
-        runtime()?.block_on(bugreport::write(&client, &out))
+        runtime()?.block_on(async {
+            let mesh = target.connect().await?;
+            bugreport::write(&mesh, &out).await
+        })
     };
     match run() {
         Ok(written) => {
@@ -308,8 +366,12 @@ pub fn bug_report(target: &Target, out: Option<std::path::PathBuf>) -> ExitCode 
 /// one fails, 2 when the test cannot run.
 pub fn connectivity_test(target: &Target, output: Output) -> ExitCode {
     let run = || -> anyhow::Result<connectivity::Report> {
-        let client = target.client()?;
-        connectivity::run(&client, &runtime()?)
+        let runtime = runtime()?;
+        let mesh = runtime.block_on(target.connect())?;
+        let lab = mesh.lab().ok_or_else(|| {
+            anyhow::anyhow!("the connectivity test runs in the lab only (--lab): on a cluster it would need an image to run its test pods")
+        })?;
+        connectivity::run(lab, &runtime)
     };
     let report = match run() {
         Ok(report) => report,
