@@ -264,27 +264,7 @@ impl TokenReviewer {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
         };
-        let review = TokenReview {
-            metadata: ObjectMeta::default(),
-            spec: TokenReviewSpec {
-                token: Some(token.to_string()),
-                audiences: None,
-            },
-            status: None,
-        };
-        let reviewed = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| Status::unavailable(format!("TokenReview failed: {e}")))?;
-        let status = reviewed
-            .status
-            .ok_or_else(|| Status::unavailable("TokenReview returned no status"))?;
-        if status.authenticated != Some(true) {
-            return Err(Status::unauthenticated(format!(
-                "token rejected: {}",
-                status.error.as_deref().unwrap_or("not authenticated")
-            )));
-        }
+        let status = self.token_review(token, None).await?;
         let user = status.user.unwrap_or_default();
         let username = user.username.clone().unwrap_or_default();
         let access = SubjectAccessReview {
@@ -326,12 +306,18 @@ impl TokenReviewer {
         Ok(username)
     }
 
-    async fn review(&self, token: &str) -> Result<String, Status> {
+    /// Asks the API server who holds `token` (for `audiences`; `None`:
+    /// the API server's own); an unauthenticated token is refused.
+    async fn token_review(
+        &self,
+        token: &str,
+        audiences: Option<Vec<String>>,
+    ) -> Result<k8s_openapi::api::authentication::v1::TokenReviewStatus, Status> {
         let review = TokenReview {
             metadata: ObjectMeta::default(),
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                audiences: Some(vec![self.audience.clone()]),
+                audiences,
             },
             status: None,
         };
@@ -348,6 +334,13 @@ impl TokenReviewer {
                 status.error.as_deref().unwrap_or("not authenticated")
             )));
         }
+        Ok(status)
+    }
+
+    async fn review(&self, token: &str) -> Result<String, Status> {
+        let status = self
+            .token_review(token, Some(vec![self.audience.clone()]))
+            .await?;
         // An authenticator that ignores audiences answers without any:
         // the token must be shown to be ours.
         if !status

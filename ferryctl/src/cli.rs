@@ -108,6 +108,9 @@ pub enum Command {
         /// Where to write it (default: ferry-bug-report-<time>.tar.gz here).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// What was written: a table, or JSON/YAML.
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Checks through the live mesh with a pair of test workloads.
     Connectivity {

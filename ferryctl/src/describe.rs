@@ -17,7 +17,7 @@ use ferry_core::policy::{evaluate, DirectionVerdict, PolicyIndex, Verdict};
 use ferry_core::route::Explanation;
 use ferry_core::state::ProxyState;
 use ferryctl::live::Target;
-use ferryctl::output::{structured, Output};
+use ferryctl::output::{now_unix, print, Output};
 use serde::Serialize;
 
 /// A certificate the pod's node proxy holds for its identity.
@@ -449,24 +449,10 @@ pub fn pod(target: &Target, key: &str, to: Option<&str>, output: Output) -> Exit
             return ExitCode::from(2);
         }
     };
-    let printed = match output {
-        Output::Table => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            Ok(table(&view, now))
-        }
-        _ => structured(&view, output),
-    };
-    match printed {
-        Ok(text) => {
-            println!("{}", text.trim_end());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ferryctl describe: {e}");
-            ExitCode::FAILURE
-        }
+    if print(&view, output, |v| table(v, now_unix()), "describe") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -131,8 +131,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::BugReport { target, out } => match ferryctl::live::Target::from_flags(target) {
-            Ok(target) => ferryctl::live::bug_report(&target, out),
+        Command::BugReport {
+            target,
+            out,
+            output,
+        } => match ferryctl::live::Target::from_flags(target) {
+            Ok(target) => ferryctl::live::bug_report(&target, out, output),
             Err(e) => {
                 eprintln!("ferryctl bug-report: {e}");
                 ExitCode::from(2)

@@ -11,6 +11,38 @@ pub enum Output {
     Yaml,
 }
 
+/// Prints `value`: `table()` for [`Output::Table`], else JSON or YAML.
+/// A value that cannot be written is reported as `ferryctl <command>: ...`
+/// on stderr, and `false` returned.
+pub fn print<T: Serialize>(
+    value: &T,
+    output: Output,
+    table: impl FnOnce(&T) -> String,
+    command: &str,
+) -> bool {
+    let text = match output {
+        Output::Table => Ok(table(value)),
+        Output::Json | Output::Yaml => structured(value, output),
+    };
+    match text {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            true
+        }
+        Err(e) => {
+            eprintln!("ferryctl {command}: {e}");
+            false
+        }
+    }
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `value` as YAML for [`Output::Yaml`], else as JSON (tables are each
 /// command's own).
 pub fn structured<T: Serialize>(value: &T, output: Output) -> Result<String, String> {

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use ferryctl::output::{structured, Output};
+use ferryctl::output::{print, Output};
 use serde::Serialize;
 
 /// The oldest Kubernetes the chart supports (`Chart.yaml`).
@@ -662,16 +662,8 @@ pub fn run(cni_dir: &Path, output: Output) -> ExitCode {
         }
     };
     let report = runtime.block_on(checks(cni_dir));
-    let printed = match output {
-        Output::Table => Ok(table(&report)),
-        _ => structured(&report, output),
-    };
-    match printed {
-        Ok(text) => println!("{}", text.trim_end()),
-        Err(e) => {
-            eprintln!("ferryctl check: {e}");
-            return ExitCode::from(2);
-        }
+    if !print(&report, output, table, "check") {
+        return ExitCode::from(2);
     }
     if report.ok {
         ExitCode::SUCCESS

@@ -172,13 +172,35 @@ pub fn lab_logs(work: &Path, stem: &str) -> Vec<(String, anyhow::Result<Vec<u8>>
         .collect()
 }
 
-/// What was written.
-#[derive(Debug)]
+/// What was written (`--output json|yaml`).
+#[derive(Debug, serde::Serialize)]
 pub struct Written {
+    /// The archive.
     pub path: PathBuf,
+    /// Each file inside and its size in bytes.
     pub files: Vec<(String, usize)>,
+    /// Secrets replaced.
     pub redacted: usize,
+    /// What could not be collected, and why.
     pub errors: Vec<String>,
+}
+
+/// The report's table for people.
+pub fn table(written: &Written) -> String {
+    let mut out = String::new();
+    for (name, bytes) in &written.files {
+        out.push_str(&format!("{bytes:>10}  {name}\n"));
+    }
+    for error in &written.errors {
+        out.push_str(&format!("not collected: {error}\n"));
+    }
+    out.push_str(&format!(
+        "wrote {} ({} files, {} secrets redacted)\n",
+        written.path.display(),
+        written.files.len(),
+        written.redacted
+    ));
+    out
 }
 
 /// Collects the report of `mesh` into `out`.

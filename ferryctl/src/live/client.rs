@@ -137,33 +137,33 @@ impl LabClient {
 /// 200, within [`REQUEST_TIMEOUT`].
 pub async fn http_get(netns: &str, addr: SocketAddr, path: &str) -> anyhow::Result<Bytes> {
     tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let response = request(netns, addr, path).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
-        }
-        Ok(body)
+        let stream = connect(netns, addr).await?;
+        get_over(stream, &addr.to_string(), path).await
     })
     .await
     .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))
     .and_then(|r| r)
 }
 
-/// Starts `GET path` on `addr` inside `netns`; the body streams.
-async fn request(
-    netns: &str,
-    addr: SocketAddr,
-    path: &str,
-) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
-    let stream = connect(netns, addr).await?;
+/// `GET path` over a connection made elsewhere (in a namespace, through
+/// a port-forward): the body, which must come with 200.
+pub async fn get_over<S>(stream: S, host: &str, path: &str) -> anyhow::Result<Bytes>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     let request = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
+        .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())?;
-    Ok(sender.send_request(request).await?)
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    Ok(body)
 }

@@ -23,13 +23,12 @@ use ferry_api::proto::mesh_status_client::MeshStatusClient;
 use ferry_api::proto::{
     NodeResourcesRequest, NodeResourcesResponse, StatusRequest, StatusResponse,
 };
-use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{ListParams, LogParams};
 use kube::Api;
 
-use super::client::REQUEST_TIMEOUT;
+use super::client::{get_over, REQUEST_TIMEOUT};
 
 /// The labels of the chart's pods.
 const PART_OF: &str = "app.kubernetes.io/part-of=ferry";
@@ -274,21 +273,7 @@ impl KubeClient {
     pub async fn http_get(&self, pod: &str, port: u16, path: &str) -> anyhow::Result<Bytes> {
         tokio::time::timeout(REQUEST_TIMEOUT, async {
             let stream = self.forward(pod, port).await?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let request = http::Request::get(path)
-                .header(http::header::HOST, format!("127.0.0.1:{port}"))
-                .body(Empty::<Bytes>::new())?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            if !status.is_success() {
-                bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
-            }
-            Ok(body)
+            get_over(stream, &format!("127.0.0.1:{port}"), path).await
         })
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}"))

@@ -28,6 +28,18 @@ pub struct Replica {
     pub address: String,
 }
 
+/// The lab's record of `replica`.
+fn lab_replica<'a>(
+    lab: &'a LabClient,
+    replica: &Replica,
+) -> anyhow::Result<&'a super::lab::LabReplica> {
+    lab.record
+        .replicas
+        .iter()
+        .find(|r| r.name == replica.name)
+        .with_context(|| format!("no replica {} in lab {}", replica.name, lab.record.name))
+}
+
 /// A file of a log, or why it could not be had.
 pub type LogFile = (String, anyhow::Result<Vec<u8>>);
 
@@ -80,15 +92,7 @@ impl Mesh {
 
     pub async fn status(&self, replica: &Replica) -> anyhow::Result<StatusResponse> {
         match self {
-            Mesh::Lab(lab) => {
-                let record = lab
-                    .record
-                    .replicas
-                    .iter()
-                    .find(|r| r.name == replica.name)
-                    .with_context(|| format!("no replica {}", replica.name))?;
-                lab.status(record).await
-            }
+            Mesh::Lab(lab) => lab.status(lab_replica(lab, replica)?).await,
             Mesh::Kubernetes(kube) => kube.status(&replica.name).await,
         }
     }
@@ -124,12 +128,7 @@ impl Mesh {
     pub async fn replica_metrics(&self, replica: &Replica) -> anyhow::Result<Bytes> {
         match self {
             Mesh::Lab(lab) => {
-                let record = lab
-                    .record
-                    .replicas
-                    .iter()
-                    .find(|r| r.name == replica.name)
-                    .with_context(|| format!("no replica {}", replica.name))?;
+                let record = lab_replica(lab, replica)?;
                 http_get(&lab.record.control_plane_netns, record.metrics, "/metrics").await
             }
             Mesh::Kubernetes(kube) => {

@@ -26,7 +26,7 @@ pub mod status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::output::{structured, Output};
+use crate::output::{now_unix, print, structured, Output};
 
 use self::client::LabClient;
 use self::kubernetes::{KubeClient, KubeTarget};
@@ -212,16 +212,8 @@ pub fn status(target: &Target, output: Output, thresholds: status::Thresholds) -
             return ExitCode::from(2);
         }
     };
-    let printed = match output {
-        Output::Table => Ok(status::table(&report)),
-        _ => structured(&report, output),
-    };
-    match printed {
-        Ok(text) => println!("{}", text.trim_end()),
-        Err(e) => {
-            eprintln!("ferryctl status: {e}");
-            return ExitCode::FAILURE;
-        }
+    if !print(&report, output, status::table, "status") {
+        return ExitCode::FAILURE;
     }
     if report.replicas.iter().all(|r| !r.reachable) {
         ExitCode::from(2)
@@ -254,24 +246,24 @@ pub fn proxy_config(
             return ExitCode::from(2);
         }
     };
-    let printed = match output {
-        Output::Table => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            Ok(proxy_config::table(&dump, section, now))
-        }
-        _ => structured(&proxy_config::select(&dump, section), output),
+    let shown = match output {
+        Output::Table => print(
+            &dump,
+            output,
+            |dump| proxy_config::table(dump, section, now_unix()),
+            "proxy-config",
+        ),
+        _ => print(
+            &proxy_config::select(&dump, section),
+            output,
+            |_| String::new(),
+            "proxy-config",
+        ),
     };
-    match printed {
-        Ok(text) => {
-            println!("{}", text.trim_end());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ferryctl proxy-config: {e}");
-            ExitCode::FAILURE
-        }
+    if shown {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -326,7 +318,7 @@ pub fn flows(
 /// `ferryctl bug-report`: writes the archive to `out` (default
 /// `ferry-bug-report-<Unix time>.tar.gz` here); exit 0, or 2 when the mesh
 /// cannot be reached or the archive cannot be written.
-pub fn bug_report(target: &Target, out: Option<std::path::PathBuf>) -> ExitCode {
+pub fn bug_report(target: &Target, out: Option<std::path::PathBuf>, output: Output) -> ExitCode {
     let out = out.unwrap_or_else(|| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -341,19 +333,11 @@ pub fn bug_report(target: &Target, out: Option<std::path::PathBuf>) -> ExitCode 
     };
     match run() {
         Ok(written) => {
-            for (name, bytes) in &written.files {
-                println!("{bytes:>10}  {name}");
+            if print(&written, output, bugreport::table, "bug-report") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
-            for error in &written.errors {
-                eprintln!("ferryctl bug-report: not collected: {error}");
-            }
-            println!(
-                "wrote {} ({} files, {} secrets redacted)",
-                written.path.display(),
-                written.files.len(),
-                written.redacted
-            );
-            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("ferryctl bug-report: {e:#}");
@@ -380,16 +364,8 @@ pub fn connectivity_test(target: &Target, output: Output) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let printed = match output {
-        Output::Table => Ok(connectivity::table(&report)),
-        _ => structured(&report, output),
-    };
-    match printed {
-        Ok(text) => println!("{}", text.trim_end()),
-        Err(e) => {
-            eprintln!("ferryctl connectivity test: {e}");
-            return ExitCode::from(2);
-        }
+    if !print(&report, output, connectivity::table, "connectivity test") {
+        return ExitCode::from(2);
     }
     if report.passed {
         ExitCode::SUCCESS
