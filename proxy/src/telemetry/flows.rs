@@ -16,11 +16,28 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
+/// Where a side of a flow was: a socket address (kept as it is: no
+/// allocation per connection), or a name the proxy did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowAddress {
+    Socket(std::net::SocketAddr),
+    Name(String),
+}
+
+impl Serialize for FlowAddress {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            FlowAddress::Socket(addr) => serializer.collect_str(addr),
+            FlowAddress::Name(name) => serializer.serialize_str(name),
+        }
+    }
+}
+
 /// One side of a flow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlowPeer {
     /// The address as the proxy saw it (a name for an unresolved target).
-    pub address: String,
+    pub address: FlowAddress,
     /// The workload telemetry names (empty: not a known pod).
     pub workload: Arc<str>,
     pub namespace: Arc<str>,
@@ -138,13 +155,13 @@ impl FlowLog {
 
 /// A peer as flows show it.
 pub fn peer(
-    address: &dyn std::fmt::Display,
+    address: FlowAddress,
     workload: &Arc<str>,
     namespace: &Arc<str>,
     identity: &Arc<str>,
 ) -> FlowPeer {
     FlowPeer {
-        address: address.to_string(),
+        address,
         workload: workload.clone(),
         namespace: namespace.clone(),
         identity: identity.clone(),
@@ -164,8 +181,13 @@ mod tests {
             verdict: Verdict::Allowed,
             outcome: "completed",
             mode: Some("hbone"),
-            source: peer(&"10.0.0.1:1", &empty, &empty, &empty),
-            destination: peer(&"10.0.0.2:80", &empty, &empty, &empty),
+            source: peer(
+                FlowAddress::Socket("10.0.0.1:1".parse().unwrap()),
+                &empty,
+                &empty,
+                &empty,
+            ),
+            destination: peer(FlowAddress::Name("web.shop".into()), &empty, &empty, &empty),
             service: empty,
             sent_bytes: 1,
             received_bytes: 2,
@@ -199,6 +221,9 @@ mod tests {
         assert_eq!(seqs(&log.since(7, 100)), [8, 9]);
         // A limit keeps the newest.
         assert_eq!(seqs(&log.since(0, 2)), [8, 9]);
+        let json = serde_json::to_value(&page.flows[0]).unwrap();
+        assert_eq!(json["source"]["address"], "10.0.0.1:1");
+        assert_eq!(json["destination"]["address"], "web.shop");
         let caught_up = log.since(9, 100);
         assert_eq!(
             (caught_up.next, caught_up.lost, caught_up.flows.len()),

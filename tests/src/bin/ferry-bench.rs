@@ -11,9 +11,10 @@
 //! instead measures the mesh twice, with telemetry off (metrics only, no
 //! access logs, no traces) and on (access logs, and a span per connection
 //! on each proxy exported over OTLP to an in-process receiver), and prints
-//! the cost. Every loop is bounded in count and time. Run with the release
-//! binaries:
-//! `cargo build --release --bins && cargo run --release -p ferry-tests --bin ferry-bench [telemetry]`.
+//! the cost; `ferry-bench flows` does the same for the flow log
+//! (`--flow-history 0` vs its default). Every loop is bounded in count and
+//! time. Run with the release binaries:
+//! `cargo build --release --bins && cargo run --release -p ferry-tests --bin ferry-bench [telemetry|flows]`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -253,6 +254,23 @@ fn print_table(title: &str, columns: (&str, &str), rows: Vec<(String, String, St
     }
 }
 
+/// The flow log (`ferryctl flows`) off vs on (its default, 1,024 flows),
+/// through the mesh; access logs off in both.
+async fn flows_cost() -> anyhow::Result<()> {
+    let env = |history: &str| {
+        vec![
+            ("FERRY_ACCESS_LOG_RATE".to_string(), "0".to_string()),
+            ("FERRY_FLOW_HISTORY".to_string(), history.to_string()),
+        ]
+    };
+    compare(
+        "Flow log cost (loopback mesh; on = one flow recorded per connection on each proxy)",
+        env("0"),
+        env("1024"),
+    )
+    .await
+}
+
 /// Telemetry off vs on, through the mesh.
 async fn telemetry_cost() -> anyhow::Result<()> {
     let off_env = vec![("FERRY_ACCESS_LOG_RATE".to_string(), "0".to_string())];
@@ -268,6 +286,23 @@ async fn telemetry_cost() -> anyhow::Result<()> {
         // Istio's metrics as well, and (with tracing) exemplars.
         ("FERRY_ISTIO_METRICS".to_string(), "true".to_string()),
     ];
+    compare(
+        "Telemetry cost (loopback mesh; on = access log line + OTLP span + Istio metrics + exemplar per connection on each proxy)",
+        off_env,
+        on_env,
+    )
+    .await?;
+    println!("spans received by the OTLP receiver: {}", receiver.count());
+    Ok(())
+}
+
+/// One mesh with `off_env`, then one with `on_env`: the figures side by
+/// side.
+async fn compare(
+    title: &str,
+    off_env: Vec<(String, String)>,
+    on_env: Vec<(String, String)>,
+) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for (n, env) in [(BLOCK, off_env), (BLOCK_ON, on_env)] {
         let b = bench_mesh(n, env).await?;
@@ -308,12 +343,7 @@ async fn telemetry_cost() -> anyhow::Result<()> {
             ratio(on_cps, off_cps),
         ),
     ];
-    print_table(
-        "Telemetry cost (loopback mesh; on = access log line + OTLP span + Istio metrics + exemplar per connection on each proxy)",
-        ("on", "off"),
-        rows,
-    );
-    println!("spans received by the OTLP receiver: {}", receiver.count());
+    print_table(title, ("on", "off"), rows);
     Ok(())
 }
 
@@ -321,7 +351,8 @@ async fn telemetry_cost() -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("telemetry") => return telemetry_cost().await,
-        Some(other) => anyhow::bail!("usage: ferry-bench [telemetry] (got {other})"),
+        Some("flows") => return flows_cost().await,
+        Some(other) => anyhow::bail!("usage: ferry-bench [telemetry|flows] (got {other})"),
         None => {}
     }
     let bench = bench_mesh(BLOCK, Vec::new()).await?;
