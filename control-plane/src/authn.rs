@@ -98,16 +98,16 @@ pub const STATUS_VERB: &str = "get";
 
 impl Authenticator {
     /// Who may read the status API: a node credential, or a Kubernetes
-    /// token RBAC allows to `get` `meshstatus.ferry.dev`. Returns a name
-    /// for the log; an error refuses the request.
-    pub async fn viewer<T>(&self, request: &Request<T>) -> Result<String, Status> {
+    /// token RBAC allows to `get` `meshstatus.ferry.dev`. An error refuses
+    /// the request.
+    pub async fn viewer<T>(&self, request: &Request<T>) -> Result<Viewer, Status> {
         match self {
             Authenticator::None => Err(Status::unauthenticated(
                 "the status API needs authenticated callers: this control plane runs without --tls-dir or --ca-secret",
             )),
             Authenticator::NodeCertificate { trust_domain } => {
                 match authenticated_node(request, trust_domain)? {
-                    Some(node) => Ok(format!("node {node}")),
+                    Some(node) => Ok(Viewer::Node(node)),
                     None => Err(Status::unauthenticated(
                         "present a node credential (mTLS client certificate)",
                     )),
@@ -119,8 +119,26 @@ impl Authenticator {
                         "a Kubernetes token allowed to {STATUS_VERB} {STATUS_RESOURCE}.{STATUS_API_GROUP} is required (authorization: Bearer)"
                     ))
                 })?;
-                reviewer.viewer(token).await
+                reviewer.viewer(token).await.map(Viewer::User)
             }
+        }
+    }
+}
+
+/// Who reads the status API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// A proxy's node credential: it sees its own node's resources only.
+    Node(String),
+    /// A Kubernetes user RBAC allows.
+    User(String),
+}
+
+impl std::fmt::Display for Viewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Viewer::Node(node) => write!(f, "node {node}"),
+            Viewer::User(user) => write!(f, "user {user}"),
         }
     }
 }

@@ -115,7 +115,9 @@ impl StatusBoard {
     pub fn issued(&self, node: &str, identity: &str, not_after: SystemTime) {
         let now = SystemTime::now();
         let mut issued = lock(&self.issued);
-        if issued.len() >= MAX_ISSUED {
+        let key = (node.to_string(), identity.to_string());
+        // A renewal takes its certificate's place, full table or not.
+        if issued.len() >= MAX_ISSUED && !issued.contains_key(&key) {
             issued.retain(|_, i| i.not_after > now);
             if issued.len() >= MAX_ISSUED {
                 tracing::debug!(
@@ -126,10 +128,7 @@ impl StatusBoard {
                 return;
             }
         }
-        issued.insert(
-            (node.to_string(), identity.to_string()),
-            Issued { at: now, not_after },
-        );
+        issued.insert(key, Issued { at: now, not_after });
     }
 
     /// Every open stream, oldest first.
@@ -280,9 +279,21 @@ impl MeshStatusService {
     }
 }
 
+/// A node credential reads what its own node is served, as the config
+/// stream gives it (no other node's policies); a user RBAC allows reads
+/// any node's.
+fn may_read_node(caller: &crate::authn::Viewer, node: &str) -> Result<(), Status> {
+    match caller {
+        crate::authn::Viewer::Node(own) if own != node => Err(Status::permission_denied(format!(
+            "the credential of node {own} reads only its own node's resources, not {node}'s"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl MeshStatusService {
     /// Who is asking, or the refusal (logged).
-    async fn caller<T>(&self, request: &Request<T>) -> Result<String, Status> {
+    async fn caller<T>(&self, request: &Request<T>) -> Result<crate::authn::Viewer, Status> {
         self.auth.viewer(request).await.inspect_err(|status| {
             tracing::warn!(peer = ?request.remote_addr(), reason = %status.message(), "status request refused");
         })
@@ -300,6 +311,7 @@ impl MeshStatus for MeshStatusService {
         if node.is_empty() {
             return Err(Status::invalid_argument("node: must not be empty"));
         }
+        may_read_node(&caller, &node)?;
         let (revision, published) = self.cache.for_node(&node);
         let resources = published
             .iter()
@@ -339,6 +351,15 @@ impl MeshStatus for MeshStatusService {
 mod tests {
     use super::*;
     use ferry_api::Kind;
+
+    #[test]
+    fn a_node_credential_reads_only_its_own_nodes_resources() {
+        use crate::authn::Viewer;
+        assert!(may_read_node(&Viewer::Node("node-a".into()), "node-a").is_ok());
+        let refused = may_read_node(&Viewer::Node("node-a".into()), "node-b").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(may_read_node(&Viewer::User("alice".into()), "node-b").is_ok());
+    }
 
     #[test]
     fn streams_are_listed_while_open_and_keep_their_updates() {
@@ -421,8 +442,17 @@ mod tests {
             }
         }
         board.issued("new", "id", future);
+        // Full of live certificates: a renewal still takes its place.
+        let later = future + std::time::Duration::from_secs(60);
+        board.issued("n0", "id", later);
         let issued = lock(&board.issued);
         assert_eq!(issued.len(), 2);
+        assert_eq!(
+            issued
+                .get(&("n0".to_string(), "id".to_string()))
+                .map(|i| i.not_after),
+            Some(later)
+        );
         assert!(issued.contains_key(&("new".to_string(), "id".to_string())));
         assert!(issued.contains_key(&("n0".to_string(), "id".to_string())));
     }

@@ -21,35 +21,95 @@ use super::status;
 /// Bytes kept from the end of each log.
 pub const LOG_TAIL: u64 = 1 << 20;
 
-/// Replaces secrets in `text`: PEM private keys, `Bearer` tokens and
-/// JWTs. Returns the text and how many secrets were replaced.
-pub fn redact(text: &str) -> (String, usize) {
-    let mut out = String::with_capacity(text.len());
-    let mut count = 0;
-    let mut rest = text;
-    // PEM private keys, whole blocks.
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let label_start = start + "-----BEGIN ".len();
-        let Some(label_length) = rest[label_start..].find("-----") else {
-            break;
-        };
-        let label = &rest[label_start..label_start + label_length];
-        let after = label_start + label_length + "-----".len();
-        if label.ends_with("PRIVATE KEY") {
-            let end_marker = format!("-----END {label}-----");
-            let end = rest[after..]
-                .find(&end_marker)
-                .map_or(rest.len(), |i| after + i + end_marker.len());
-            out.push_str(&rest[..start]);
-            out.push_str("[redacted private key]");
-            count += 1;
-            rest = &rest[end..];
-        } else {
-            out.push_str(&rest[..after]);
-            rest = &rest[after..];
+/// Whether a line is part of a PEM body (base64, possibly padded).
+fn base64_line(line: &str) -> bool {
+    let line = line.trim();
+    !line.is_empty()
+        && line
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+}
+
+/// The position just past `-----END <label>PRIVATE KEY-----` in `line`.
+fn key_end(line: &str) -> Option<usize> {
+    let start = line.find("-----END ")?;
+    let close = line[start + 9..].find("-----")? + start + 9;
+    line[start..close]
+        .ends_with("PRIVATE KEY")
+        .then_some(close + 5)
+}
+
+/// The position of a `-----BEGIN <label>PRIVATE KEY-----` in `line`.
+fn key_begin(line: &str) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(i) = line[from..].find("-----BEGIN ") {
+        let start = from + i;
+        let label = start + "-----BEGIN ".len();
+        // The label ends on the same line, or this is no marker.
+        match line[label..].find("-----") {
+            Some(close) if line[label..label + close].ends_with("PRIVATE KEY") => {
+                return Some((start, label + close + 5));
+            }
+            _ => from = label,
         }
     }
-    out.push_str(rest);
+    None
+}
+
+/// Replaces secrets in `text`: PEM private keys (whole blocks, one cut
+/// off at the start of a log tail, and blocks written on one line),
+/// `Bearer` tokens (`Bearer x`, `authorization=Bearer x`) and JWTs.
+/// Returns the text and how many secrets were replaced.
+pub fn redact(text: &str) -> (String, usize) {
+    const KEY: &str = "[redacted private key]";
+    let mut count = 0;
+    let mut lines: Vec<String> = Vec::new();
+    let mut in_key = false;
+    for line in text.split_inclusive('\n') {
+        let mut rest = line;
+        let mut kept = String::new();
+        loop {
+            if in_key {
+                match key_end(rest) {
+                    Some(end) => {
+                        in_key = false;
+                        rest = &rest[end..];
+                    }
+                    None => {
+                        // Still inside the key: keep only the line break.
+                        if rest.ends_with('\n') {
+                            kept.push('\n');
+                        }
+                        rest = "";
+                        break;
+                    }
+                }
+            } else if let Some((start, after)) = key_begin(rest) {
+                kept.push_str(&rest[..start]);
+                kept.push_str(KEY);
+                count += 1;
+                in_key = true;
+                rest = &rest[after..];
+            } else if let Some(end) = key_end(rest) {
+                // The end of a key whose start was cut off (a log tail):
+                // its body is the base64 lines just before.
+                while lines.last().is_some_and(|l| base64_line(l)) {
+                    lines.pop();
+                }
+                kept.push_str(KEY);
+                count += 1;
+                rest = &rest[end..];
+            } else {
+                break;
+            }
+        }
+        kept.push_str(rest);
+        // A line that was only key body leaves nothing.
+        if !(kept == "\n" && line != "\n") {
+            lines.push(kept);
+        }
+    }
+    let out = lines.concat();
     // Bearer tokens and JWTs, word by word.
     let mut redacted = String::with_capacity(out.len());
     let mut bearer = false;
@@ -65,7 +125,8 @@ pub fn redact(text: &str) -> (String, usize) {
             redacted.push_str(piece);
         }
         if !word.is_empty() {
-            bearer = word.eq_ignore_ascii_case("bearer");
+            let lower = word.to_ascii_lowercase();
+            bearer = lower == "bearer" || lower.ends_with("=bearer") || lower.ends_with(":bearer");
         }
     }
     (redacted, count)
@@ -252,7 +313,7 @@ pub async fn write(mesh: &super::Mesh, out: &Path) -> anyhow::Result<Written> {
         for (file, path) in [
             ("config_dump.json", "/config_dump"),
             ("metrics.txt", "/metrics"),
-            ("flows.json", "/flows"),
+            ("flows.json", "/flows?limit=1000000"),
         ] {
             let got = mesh.admin_get(&node, path).await.map(|b| b.to_vec());
             archive.add_or_note(&format!("{dir}/{file}"), got)?;
@@ -329,6 +390,40 @@ mod tests {
             redact("nothing to hide\n"),
             ("nothing to hide\n".to_string(), 0)
         );
+    }
+
+    #[test]
+    fn keys_cut_off_written_on_one_line_or_behind_a_false_marker_are_redacted() {
+        // A marker without its closing dashes must not swallow the next.
+        let (clean, _) = redact(
+            "-----BEGIN x\n-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\nafter\n",
+        );
+        assert!(!clean.contains("SECRET"), "{clean}");
+        assert!(
+            clean.contains("-----BEGIN x\n") && clean.ends_with("after\n"),
+            "{clean}"
+        );
+        // A log tail that starts inside a key.
+        let (clean, count) = redact(
+            "log line\nMIIEvQIBADANBgkq\nhkiG9w0BAQEFAASC==\n-----END RSA PRIVATE KEY-----\nnext\n",
+        );
+        assert_eq!(count, 1);
+        assert_eq!(clean, "log line\n[redacted private key]\nnext\n");
+        // A key in a JSON string, on one line.
+        let (clean, _) = redact(
+            "{\"key\":\"-----BEGIN PRIVATE KEY-----\\nQUJD\\n-----END PRIVATE KEY-----\\n\"}\n",
+        );
+        assert!(!clean.contains("QUJD"), "{clean}");
+        // A key without an end: everything after it goes.
+        let (clean, _) = redact("a\n-----BEGIN PRIVATE KEY-----\nQUJD\n");
+        assert!(!clean.contains("QUJD"), "{clean}");
+        // Bearer tokens in key=value fields.
+        let (clean, _) = redact("authorization=Bearer abc123 ok\nAuthorization: bearer xyz\n");
+        assert!(
+            !clean.contains("abc123") && !clean.contains("xyz"),
+            "{clean}"
+        );
+        assert!(clean.contains(" ok"), "{clean}");
     }
 
     #[test]

@@ -41,43 +41,56 @@ fn refused(replica: &LabReplica, status: &tonic::Status) -> anyhow::Error {
     )
 }
 
+/// Largest answer accepted from the status API (a large mesh's
+/// resources for one node, as the proxies accept them).
+pub const MAX_STATUS_MESSAGE: usize = 512 << 20;
+
 /// A client of one running lab.
 #[derive(Debug, Clone)]
 pub struct LabClient {
     pub record: LabRecord,
-    tls: tonic::transport::ClientTlsConfig,
+    ca_pem: String,
 }
 
 impl LabClient {
-    /// Authenticates as the lab's first node (a node credential: the
-    /// status API admits the mesh's node credentials).
+    /// Calls the status API with the lab's node credentials (it admits
+    /// the mesh's node credentials; each reads its own node's resources).
     pub fn new(record: LabRecord) -> anyhow::Result<Self> {
-        let pki = &record.pki;
-        let node = record
-            .nodes
-            .first()
-            .with_context(|| format!("lab {} has no nodes", record.name))?;
-        let ca = ferry_pki::read_pem(&pki.join(ferry_pki::files::CA_CERT))?;
-        let (cert, key) = ferry_pki::files::node(&node.name);
-        let credential = ferry_pki::Credential::load(&pki.join(cert), &pki.join(key))?;
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        if record.nodes.is_empty() {
+            bail!("lab {} has no nodes", record.name);
+        }
+        let ca_pem = ferry_pki::read_pem(&record.pki.join(ferry_pki::files::CA_CERT))?;
+        Ok(Self { record, ca_pem })
+    }
+
+    /// mTLS as `node` (default: the lab's first node).
+    fn tls(&self, node: Option<&str>) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        let node = match node {
+            Some(node) => node,
+            None => &self.record.nodes[0].name,
+        };
+        let (cert, key) = ferry_pki::files::node(node);
+        let pki = &self.record.pki;
+        let credential = ferry_pki::Credential::load(&pki.join(cert), &pki.join(key))
+            .with_context(|| format!("the credential of node {node}"))?;
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
             .identity(tonic::transport::Identity::from_pem(
                 credential.cert_pem,
                 credential.key_pem,
-            ));
-        Ok(Self { record, tls })
+            )))
     }
 
-    /// A client of one replica's status API.
+    /// A client of one replica's status API, as `node`.
     async fn replica(
         &self,
         replica: &LabReplica,
+        node: Option<&str>,
     ) -> anyhow::Result<MeshStatusClient<tonic::transport::Channel>> {
         let netns = self.record.control_plane_netns.clone();
         let addr = replica.address;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
-            .tls_config(self.tls.clone())?
+            .tls_config(self.tls(node)?)?
             .connect_timeout(REQUEST_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
         let channel = endpoint
@@ -87,13 +100,13 @@ impl LabClient {
             }))
             .await
             .with_context(|| format!("control plane {} at {addr}", replica.name))?;
-        Ok(MeshStatusClient::new(channel))
+        Ok(MeshStatusClient::new(channel).max_decoding_message_size(MAX_STATUS_MESSAGE))
     }
 
     /// One replica's status.
     pub async fn status(&self, replica: &LabReplica) -> anyhow::Result<StatusResponse> {
         let response = self
-            .replica(replica)
+            .replica(replica, None)
             .await?
             .status(StatusRequest {})
             .await
@@ -107,7 +120,7 @@ impl LabClient {
         let mut errors = Vec::new();
         for replica in &self.record.replicas {
             let asked = async {
-                self.replica(replica)
+                self.replica(replica, Some(node))
                     .await?
                     .node_resources(NodeResourcesRequest {
                         node: node.to_string(),

@@ -72,6 +72,9 @@ struct TestBed {
     /// The servers (stopped first), then the pods' namespaces.
     servers: Vec<Process>,
     pods: Vec<Netns>,
+    /// Files of the test's own (the server's script), then the lock.
+    files: Vec<PathBuf>,
+    lock: PathBuf,
 }
 
 impl Drop for TestBed {
@@ -79,7 +82,33 @@ impl Drop for TestBed {
         let _ = std::fs::remove_file(&self.manifest);
         self.servers.clear();
         self.pods.clear();
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
+        let _ = std::fs::remove_file(&self.lock);
     }
+}
+
+/// Takes the lab's connectivity lock (`connectivity.lock` in its work
+/// folder, holding the PID of the run). A lock whose process is gone was
+/// left by an interrupted run: its manifests are removed (its namespaces
+/// go when this run makes its own) and the lock is taken over.
+fn lock(record: &LabRecord) -> anyhow::Result<PathBuf> {
+    let lock = record.work.join("connectivity.lock");
+    if let Ok(pid) = std::fs::read_to_string(&lock) {
+        let pid = pid.trim();
+        if !pid.is_empty() && std::path::Path::new("/proc").join(pid).exists() {
+            bail!(
+                "another connectivity test is running in lab {} (pid {pid})",
+                record.name
+            );
+        }
+        eprintln!("ferryctl connectivity test: cleaning up after an interrupted run (pid {pid})");
+        let _ = std::fs::remove_file(record.manifests.join(MANIFEST));
+    }
+    std::fs::write(&lock, std::process::id().to_string())
+        .with_context(|| format!("writing {}", lock.display()))?;
+    Ok(lock)
 }
 
 /// A free pod address on a node: high in its /24, not any lab pod's.
@@ -172,23 +201,20 @@ pub fn run(client: &LabClient, runtime: &tokio::runtime::Runtime) -> anyhow::Res
     let taken: Vec<Ipv4Addr> = record.pods.iter().map(|p| p.ip).collect();
     let client_ip = pod_address(&client_node, &taken)?;
     let server_ip = pod_address(&server_node, &[taken.clone(), vec![client_ip]].concat())?;
-    if record.manifests.join(MANIFEST).exists() {
-        bail!(
-            "another connectivity test is running (its manifests: {})",
-            record.manifests.join(MANIFEST).display()
-        );
-    }
-    // A test that just ended: its removal may still be on its way.
+    let mut bed = TestBed {
+        manifest: record.manifests.join(MANIFEST),
+        servers: Vec::new(),
+        pods: Vec::new(),
+        files: Vec::new(),
+        lock: lock(record)?,
+    };
+    // A test that just ended, or was interrupted: its removal may still
+    // be on its way.
     let state = gone(client, runtime, &client_node.name)
         .with_context(|| format!("namespace {NAMESPACE} is still in the mesh"))?;
     let cluster_ip = cluster_ip(&state);
 
     // The pods, wired as the lab wires its own.
-    let mut bed = TestBed {
-        manifest: record.manifests.join(MANIFEST),
-        servers: Vec::new(),
-        pods: Vec::new(),
-    };
     for (k, (node, ip)) in [(&client_node, client_ip), (&server_node, server_ip)]
         .into_iter()
         .enumerate()
@@ -210,6 +236,7 @@ pub fn run(client: &LabClient, runtime: &tokio::runtime::Runtime) -> anyhow::Res
     }
     let script = record.work.join("connectivity-server.py");
     std::fs::write(&script, crate::lab::probes::SERVER)?;
+    bed.files.push(script.clone());
     let (script, server_ip_arg) = (script.display().to_string(), server_ip.to_string());
     let (allowed, denied) = (ALLOWED_PORT.to_string(), DENIED_PORT.to_string());
     let server_log = record.work.join("connectivity-server.log");
@@ -415,12 +442,7 @@ pub fn run(client: &LabClient, runtime: &tokio::runtime::Runtime) -> anyhow::Res
 /// Where a node's flow log ends now (0 when it cannot be read: every
 /// flow is then "after").
 fn flow_cursor(client: &LabClient, runtime: &tokio::runtime::Runtime, node: &LabNodeRecord) -> u64 {
-    runtime
-        .block_on(client.admin_get(node, "/flows?limit=0"))
-        .ok()
-        .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
-        .and_then(|page| page["next"].as_u64())
-        .unwrap_or(0)
+    read_flows(client, runtime, node, 0).map_or(0, |(_, next)| next)
 }
 
 /// The flows a node's proxy recorded after `since`.
@@ -430,14 +452,38 @@ fn flows_after(
     node: &LabNodeRecord,
     since: u64,
 ) -> Result<Vec<serde_json::Value>, String> {
-    let body = runtime
-        .block_on(client.admin_get(node, &format!("/flows?since={since}")))
-        .map_err(|e| format!("{e:#}"))?;
-    let mut page: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    Ok(match page["flows"].take() {
-        serde_json::Value::Array(flows) => flows,
-        _ => Vec::new(),
-    })
+    read_flows(client, runtime, node, since).map(|(flows, _)| flows)
+}
+
+/// Every flow after `since` (page by page), and where the log ends.
+fn read_flows(
+    client: &LabClient,
+    runtime: &tokio::runtime::Runtime,
+    node: &LabNodeRecord,
+    since: u64,
+) -> Result<(Vec<serde_json::Value>, u64), String> {
+    const PAGE: usize = 1000;
+    let mut all = Vec::new();
+    let mut cursor = since;
+    // The ring holds 1,024 flows by default: a few pages at most.
+    for _ in 0..16 {
+        let body = runtime
+            .block_on(client.admin_get(node, &format!("/flows?since={cursor}&limit={PAGE}")))
+            .map_err(|e| format!("{e:#}"))?;
+        let mut page: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        cursor = page["next"].as_u64().unwrap_or(cursor);
+        let flows = match page["flows"].take() {
+            serde_json::Value::Array(flows) => flows,
+            _ => Vec::new(),
+        };
+        let full = flows.len() >= PAGE;
+        all.extend(flows);
+        if !full {
+            break;
+        }
+    }
+    Ok((all, cursor))
 }
 
 /// Waits (up to 15 s) until the control plane no longer serves the test's

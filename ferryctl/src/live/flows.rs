@@ -62,10 +62,19 @@ pub struct Flow {
 struct Page {
     node: String,
     enabled: bool,
+    /// The proxy process's numbering: a new one means a restart.
+    #[serde(default)]
+    epoch: u64,
     next: u64,
     lost: u64,
     flows: Vec<Flow>,
 }
+
+/// Flows asked for per request; a reader asks again until it has all.
+const PAGE: usize = 1000;
+
+/// Pages read from one proxy per read at most (its whole ring, and some).
+const MAX_PAGES: usize = 64;
 
 /// Which flows to show.
 #[derive(Debug, Clone, Default)]
@@ -154,7 +163,8 @@ impl Pods {
 pub struct Reader<'a> {
     mesh: &'a Mesh,
     nodes: Vec<String>,
-    cursors: BTreeMap<String, u64>,
+    /// Per node: the proxy's numbering and the last flow read.
+    cursors: BTreeMap<String, (u64, u64)>,
     pods: Pods,
 }
 
@@ -184,36 +194,53 @@ impl<'a> Reader<'a> {
     pub async fn read(&mut self) -> Vec<Flow> {
         let mut flows = Vec::new();
         for node in &self.nodes {
-            let since = self.cursors.get(node).copied().unwrap_or(0);
-            let path = format!("/flows?since={since}");
-            let page = match self.mesh.admin_get(node, &path).await {
-                Ok(body) => serde_json::from_slice::<Page>(&body)
-                    .map_err(|e| anyhow::anyhow!("{node}: /flows: {e}")),
-                Err(e) => Err(e),
-            };
-            match page {
-                Ok(page) => {
-                    if !page.enabled {
-                        eprintln!(
-                            "ferryctl flows: {}: the proxy keeps no flow log (--flow-history 0)",
-                            page.node
-                        );
+            for _ in 0..MAX_PAGES {
+                let (epoch, since) = self.cursors.get(node).copied().unwrap_or((0, 0));
+                let path = format!("/flows?since={since}&limit={PAGE}");
+                let page = match self.mesh.admin_get(node, &path).await {
+                    Ok(body) => serde_json::from_slice::<Page>(&body)
+                        .map_err(|e| anyhow::anyhow!("{node}: /flows: {e}")),
+                    Err(e) => Err(e),
+                };
+                let page = match page {
+                    Ok(page) => page,
+                    Err(e) => {
+                        eprintln!("ferryctl flows: {e:#}");
+                        break;
                     }
-                    if page.lost > 0 && since > 0 {
-                        eprintln!(
-                            "ferryctl flows: {}: {} flows were overwritten before they were read",
-                            page.node, page.lost
-                        );
-                    }
-                    self.cursors.insert(node.clone(), page.next);
-                    for mut flow in page.flows {
-                        flow.node = page.node.clone();
-                        self.pods.name(&mut flow.source);
-                        self.pods.name(&mut flow.destination);
-                        flows.push(flow);
-                    }
+                };
+                if page.epoch != epoch && since > 0 {
+                    // The proxy restarted: its numbering began again.
+                    eprintln!(
+                        "ferryctl flows: {}: the proxy restarted; reading its log from the start",
+                        page.node
+                    );
+                    self.cursors.insert(node.clone(), (page.epoch, 0));
+                    continue;
                 }
-                Err(e) => eprintln!("ferryctl flows: {e:#}"),
+                if !page.enabled {
+                    eprintln!(
+                        "ferryctl flows: {}: the proxy keeps no flow log (--flow-history 0)",
+                        page.node
+                    );
+                }
+                if page.lost > 0 && since > 0 {
+                    eprintln!(
+                        "ferryctl flows: {}: {} flows were overwritten before they were read",
+                        page.node, page.lost
+                    );
+                }
+                self.cursors.insert(node.clone(), (page.epoch, page.next));
+                let full = page.flows.len() >= PAGE;
+                for mut flow in page.flows {
+                    flow.node = page.node.clone();
+                    self.pods.name(&mut flow.source);
+                    self.pods.name(&mut flow.destination);
+                    flows.push(flow);
+                }
+                if !full {
+                    break;
+                }
             }
         }
         flows.sort_by(|a, b| {

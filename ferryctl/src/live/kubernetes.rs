@@ -218,7 +218,8 @@ impl KubeClient {
             }))
             .await
             .with_context(|| format!("control plane {pod}"))?;
-        Ok(MeshStatusClient::new(channel))
+        Ok(MeshStatusClient::new(channel)
+            .max_decoding_message_size(super::client::MAX_STATUS_MESSAGE))
     }
 
     fn authorized<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {

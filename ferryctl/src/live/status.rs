@@ -69,6 +69,9 @@ pub enum ProxyState {
     Nacking,
     /// No replica has a stream from it.
     Disconnected,
+    /// No answering replica has a stream from it, and some replica did not
+    /// answer: it may stream from that one.
+    Unknown,
 }
 
 impl ProxyState {
@@ -79,6 +82,7 @@ impl ProxyState {
             ProxyState::OutOfDate => "out-of-date",
             ProxyState::Nacking => "nacking",
             ProxyState::Disconnected => "disconnected",
+            ProxyState::Unknown => "unknown",
         }
     }
 }
@@ -262,6 +266,7 @@ pub fn report(answers: &[Answer], thresholds: Thresholds) -> MeshReport {
     if replicas.iter().all(|r| !r.reachable) {
         problems.push("no control plane replica answered".into());
     }
+    let any_unreachable = replicas.iter().any(|r| !r.reachable);
     let mut proxies = Vec::new();
     let all_nodes: BTreeSet<&str> = nodes
         .iter()
@@ -270,12 +275,19 @@ pub fn report(answers: &[Answer], thresholds: Thresholds) -> MeshReport {
         .collect();
     for node in all_nodes {
         let Some((status, stream)) = streams.get(node) else {
-            problems.push(format!(
-                "node {node}: no proxy streams from any control plane replica"
-            ));
+            // With a replica unanswered, its proxies are not known to be
+            // gone (that replica is the problem reported).
+            let state = if any_unreachable {
+                ProxyState::Unknown
+            } else {
+                problems.push(format!(
+                    "node {node}: no proxy streams from any control plane replica"
+                ));
+                ProxyState::Disconnected
+            };
             proxies.push(ProxyReport {
                 node: node.to_string(),
-                state: ProxyState::Disconnected,
+                state,
                 replica: None,
                 peer: None,
                 connected_seconds: None,
@@ -395,7 +407,7 @@ pub fn report(answers: &[Answer], thresholds: Thresholds) -> MeshReport {
     }
     let connected = proxies
         .iter()
-        .filter(|p| p.state != ProxyState::Disconnected)
+        .filter(|p| !matches!(p.state, ProxyState::Disconnected | ProxyState::Unknown))
         .count();
     MeshReport {
         healthy: problems.is_empty(),
@@ -476,7 +488,7 @@ pub fn table(report: &MeshReport) -> String {
             p.node.clone(),
             p.state.as_str().into(),
             p.replica.clone().unwrap_or_else(|| "-".into()),
-            if p.state == ProxyState::Disconnected {
+            if matches!(p.state, ProxyState::Disconnected | ProxyState::Unknown) {
                 "-".into()
             } else {
                 format!("{}/{}", p.synced_revision, p.replica_revision)
@@ -687,7 +699,6 @@ mod tests {
             "node-a: revision 5 sent 30 s ago and not acknowledged (in sync at 3)",
             "node-a: the node credential expires in 60m",
             "node-b: the proxy refuses 1 resource (NACK; it keeps the last good version): service default/web: refused by --refuse-resources (fault injection)",
-            "node-c: no proxy streams from any control plane replica",
             "node-a: the certificate of spiffe://cluster.local/ns/default/sa/web expires in",
         ] {
             assert!(problems.contains(expected), "{expected:?} not in\n{problems}");
@@ -703,13 +714,31 @@ mod tests {
             [
                 ("node-a", ProxyState::OutOfDate),
                 ("node-b", ProxyState::Nacking),
-                ("node-c", ProxyState::Disconnected)
+                ("node-c", ProxyState::Unknown)
             ]
         );
         assert_eq!(report.nodes.connected, 2);
         let table = table(&report);
         assert!(table.contains("REFUSED RESOURCE"), "{table}");
-        assert!(table.contains("status: 6 problems"), "{table}");
+        assert!(table.contains("status: 5 problems"), "{table}");
+    }
+
+    #[test]
+    fn a_node_without_a_stream_while_every_replica_answers_is_disconnected() {
+        let report = report(
+            &[answer(replica(
+                "cp-1",
+                5,
+                vec![stream("node-a", 1000, 5), stream("node-b", 1000, 5)],
+            ))],
+            Thresholds::default(),
+        );
+        assert_eq!(report.proxies[2].state, ProxyState::Disconnected);
+        assert_eq!(
+            report.problems,
+            ["node node-c: no proxy streams from any control plane replica"]
+        );
+        assert_eq!(report.nodes.connected, 2);
     }
 
     #[test]

@@ -92,11 +92,17 @@ pub struct FlowLog {
     slots: Box<[ArcSwapOption<Flow>]>,
     /// The next sequence number (the first flow is 1).
     next: AtomicU64,
+    /// Names this process's numbering: a reader whose cursor came from
+    /// another (the proxy restarted) starts over.
+    epoch: u64,
 }
 
 /// What a reader gets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FlowPage {
+    /// This process's numbering ([`FlowLog`]): when it changes, the
+    /// reader's cursor means nothing here.
+    pub epoch: u64,
     /// Ask again with `since` = this to get what follows.
     pub next: u64,
     /// Flows after the reader's cursor that were overwritten before it
@@ -108,14 +114,22 @@ pub struct FlowPage {
 impl FlowLog {
     /// A log of the last `capacity` flows (0: off).
     pub fn new(capacity: usize) -> Self {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         Self {
             slots: (0..capacity).map(|_| ArcSwapOption::empty()).collect(),
             next: AtomicU64::new(1),
+            epoch,
         }
     }
 
     pub fn enabled(&self) -> bool {
         !self.slots.is_empty()
+    }
+
+    fn slot(&self, seq: u64) -> &ArcSwapOption<Flow> {
+        &self.slots[(seq % self.slots.len() as u64) as usize]
     }
 
     /// Records a flow (built only when the log is on); `build` is given
@@ -124,29 +138,53 @@ impl FlowLog {
         if self.slots.is_empty() {
             return;
         }
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let slot = (seq % self.slots.len() as u64) as usize;
-        self.slots[slot].store(Some(Arc::new(build(seq))));
+        let seq = self.next.fetch_add(1, Ordering::AcqRel);
+        self.store(Arc::new(build(seq)));
     }
 
-    /// The flows after `since`, oldest first, at most `limit` (the newest).
+    /// Puts a flow in its slot. A writer a whole ring ahead may have
+    /// stored first: an older flow never replaces a newer one.
+    fn store(&self, flow: Arc<Flow>) {
+        let seq = flow.seq;
+        self.slot(seq).rcu(|current| match current {
+            Some(newer) if newer.seq > seq => Some(newer.clone()),
+            _ => Some(flow.clone()),
+        });
+    }
+
+    /// The flows after `since`, oldest first, at most `limit`: ask again
+    /// from the page's `next` for the rest. A flow whose number is taken
+    /// but not yet stored ends the page before it (the next read gets
+    /// it); one overwritten before it was read is counted in `lost`.
     pub fn since(&self, since: u64, limit: usize) -> FlowPage {
-        let next = self.next.load(Ordering::Relaxed);
-        let mut flows: Vec<Arc<Flow>> = self
-            .slots
-            .iter()
-            .filter_map(|slot| slot.load_full())
-            .filter(|f| f.seq > since && f.seq < next)
-            .collect();
-        flows.sort_unstable_by_key(|f| f.seq);
-        // Sequence numbers after the cursor that are no longer held.
-        let wanted = next.saturating_sub(since.saturating_add(1));
-        let lost = wanted.saturating_sub(flows.len() as u64);
-        if flows.len() > limit {
-            flows.drain(..flows.len() - limit);
+        let next = self.next.load(Ordering::Acquire);
+        let newest = next.saturating_sub(1);
+        // A cursor from another numbering (a restarted proxy): start over.
+        let since = if since > newest { 0 } else { since };
+        let capacity = self.slots.len() as u64;
+        // Numbers below this were overwritten already.
+        let oldest = newest.saturating_sub(capacity.saturating_sub(1)).max(1);
+        let start = (since + 1).max(oldest);
+        let mut lost = start - (since + 1);
+        let mut cursor = start - 1;
+        let mut flows = Vec::new();
+        if capacity > 0 {
+            for seq in start..=newest {
+                if flows.len() >= limit {
+                    break;
+                }
+                match self.slot(seq).load_full() {
+                    Some(flow) if flow.seq == seq => flows.push(flow),
+                    Some(flow) if flow.seq > seq => lost += 1,
+                    // Still being written.
+                    _ => break,
+                }
+                cursor = seq;
+            }
         }
         FlowPage {
-            next: next.saturating_sub(1).max(since),
+            epoch: self.epoch,
+            next: cursor,
             lost,
             flows,
         }
@@ -218,17 +256,42 @@ mod tests {
         let page = log.since(3, 100);
         assert_eq!(seqs(&page), [6, 7, 8, 9]);
         assert_eq!((page.next, page.lost), (9, 2));
-        assert_eq!(seqs(&log.since(7, 100)), [8, 9]);
-        // A limit keeps the newest.
-        assert_eq!(seqs(&log.since(0, 2)), [8, 9]);
         let json = serde_json::to_value(&page.flows[0]).unwrap();
         assert_eq!(json["source"]["address"], "10.0.0.1:1");
         assert_eq!(json["destination"]["address"], "web.shop");
+        assert_eq!(seqs(&log.since(7, 100)), [8, 9]);
+        // A limit pages from the oldest: nothing is skipped.
+        let first = log.since(5, 2);
+        assert_eq!((seqs(&first), first.next), (vec![6, 7], 7));
+        let rest = log.since(first.next, 2);
+        assert_eq!((seqs(&rest), rest.next, rest.lost), (vec![8, 9], 9, 0));
         let caught_up = log.since(9, 100);
         assert_eq!(
             (caught_up.next, caught_up.lost, caught_up.flows.len()),
             (9, 0, 0)
         );
+        // A cursor from a previous process's numbering starts over.
+        let restarted = log.since(500, 100);
+        assert_eq!(seqs(&restarted), [6, 7, 8, 9]);
+        assert_eq!(restarted.epoch, log.epoch);
+    }
+
+    #[test]
+    fn a_flow_being_written_ends_the_page_and_an_older_one_never_replaces_a_newer() {
+        let log = FlowLog::new(4);
+        log.record(flow);
+        // Number 2 is taken, not yet stored; number 3 is stored.
+        log.next.store(4, Ordering::Release);
+        log.store(Arc::new(flow(3)));
+        let page = log.since(0, 100);
+        assert_eq!((seqs(&page), page.next, page.lost), (vec![1], 1, 0));
+        log.store(Arc::new(flow(2)));
+        assert_eq!(seqs(&log.since(page.next, 100)), [2, 3]);
+        // Number 9 lands in 1's slot; a late writer of 5 (same slot) loses.
+        log.next.store(10, Ordering::Release);
+        log.store(Arc::new(flow(9)));
+        log.store(Arc::new(flow(5)));
+        assert_eq!(log.slot(9).load_full().map(|f| f.seq), Some(9));
     }
 
     #[test]
