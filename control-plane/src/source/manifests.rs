@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::validate::validate;
-use super::{K8sObject, ObjectKind, ObjectRef, SourceEvent};
+use super::{K8sObject, ObjectKind, ObjectRef, SourceEvent, StoredObject};
 
 /// The stamp standing for a file that has vanished (in `pending`).
 const GONE: Stamp = Stamp {
@@ -312,14 +312,19 @@ fn read_document(
 /// Parses files (`path`, text) as [`parse_manifest`] does, each object
 /// then trimmed to what translation reads (it was validated whole), on
 /// every core; the results in the order of `files`.
-fn parse_files(files: &[(PathBuf, Stamp, String)]) -> Vec<ParsedFile> {
+/// A parsed file, with each object's kept form ([`StoredObject`], index
+/// for index), made on the parsing threads too.
+type Scanned = (ParsedFile, Vec<Result<StoredObject, serde_json::Error>>);
+
+fn parse_files(files: &[(PathBuf, Stamp, String)]) -> Vec<Scanned> {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let parse = |(path, _, text): &(PathBuf, Stamp, String)| {
+    let parse = |(path, _, text): &(PathBuf, Stamp, String)| -> Scanned {
         let mut parsed = parse_manifest(path, text);
         for object in &mut parsed.objects {
             super::kube::trim(object);
         }
-        parsed
+        let stored = parsed.objects.iter().map(StoredObject::new).collect();
+        (parsed, stored)
     };
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -328,7 +333,7 @@ fn parse_files(files: &[(PathBuf, Stamp, String)]) -> Vec<ParsedFile> {
         return files.iter().map(parse).collect();
     }
     let next = AtomicUsize::new(0);
-    let mut slots: Vec<Option<ParsedFile>> = Vec::new();
+    let mut slots: Vec<Option<Scanned>> = Vec::new();
     slots.resize_with(files.len(), || None);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -383,8 +388,9 @@ struct Stamp {
 struct FileState {
     stamp: Stamp,
     /// Trimmed to what translation reads, as the Kubernetes source trims
-    /// (`kube::trim`); shared with `ManifestSource::published`.
-    objects: BTreeMap<ObjectRef, Arc<K8sObject>>,
+    /// (`kube::trim`), and kept compact ([`StoredObject`]); shared with
+    /// `ManifestSource::published`.
+    objects: BTreeMap<ObjectRef, Arc<StoredObject>>,
     problems: Vec<ManifestProblem>,
     /// Objects of kinds Ferry does not read.
     ignored: Vec<String>,
@@ -400,7 +406,7 @@ pub struct ManifestSource {
     /// Which files define each object (the first by path wins).
     owners: HashMap<ObjectRef, BTreeSet<PathBuf>>,
     /// What has been reported downstream.
-    published: HashMap<ObjectRef, Arc<K8sObject>>,
+    published: HashMap<ObjectRef, Arc<StoredObject>>,
     /// Changed files not read yet because they may still be being written:
     /// the stamp last seen and since when it has not changed.
     pending: HashMap<PathBuf, (Stamp, Instant)>,
@@ -558,9 +564,14 @@ impl ManifestSource {
         kinds
     }
 
-    /// The objects currently in force.
-    pub fn objects(&self) -> impl Iterator<Item = &K8sObject> {
-        self.published.values().map(|o| o.as_ref())
+    /// How many objects are in force.
+    pub fn object_count(&self) -> usize {
+        self.published.len()
+    }
+
+    /// Bytes the source keeps of the objects in force.
+    pub fn kept_bytes(&self) -> usize {
+        self.published.values().map(|o| o.size()).sum()
     }
 
     /// Re-reads every changed file now; returns the object changes and the
@@ -723,13 +734,24 @@ impl ManifestSource {
         // reading a folder: the files are parsed on every core, then merged
         // one at a time, in order.
         let parsed_files = parse_files(&read);
-        for ((path, stamp, _), parsed) in read.into_iter().zip(parsed_files) {
+        // This scan's objects, typed, by file: published as they are
+        // (a kept object is typed again only when it is published later).
+        let mut fresh: HashMap<(PathBuf, ObjectRef), K8sObject> = HashMap::new();
+        for ((path, stamp, _), (parsed, stored)) in read.into_iter().zip(parsed_files) {
             let previous = self.files.remove(&path);
-            let mut objects: BTreeMap<ObjectRef, Arc<K8sObject>> = parsed
-                .objects
-                .into_iter()
-                .map(|o| (o.object_ref(), Arc::new(o)))
-                .collect();
+            let mut objects: BTreeMap<ObjectRef, Arc<StoredObject>> = BTreeMap::new();
+            for (object, stored) in parsed.objects.into_iter().zip(stored) {
+                let r = object.object_ref();
+                match stored {
+                    Ok(stored) => {
+                        objects.insert(r.clone(), Arc::new(stored));
+                        fresh.insert((path.clone(), r), object);
+                    }
+                    Err(e) => {
+                        tracing::error!(object = %r, error = %e, "cannot keep an object: left out")
+                    }
+                }
+            }
             if let Some(prev) = &previous {
                 // Keep the last good version of objects whose document broke;
                 // if a broken document cannot be identified, keep them all.
@@ -771,17 +793,26 @@ impl ManifestSource {
                 .owners
                 .get(&r)
                 .and_then(|files| files.first())
-                .and_then(|file| self.files.get(file))
-                .and_then(|f| f.objects.get(&r));
+                .and_then(|file| Some((file, self.files.get(file)?.objects.get(&r)?)));
             match winner {
-                Some(object) => {
+                Some((file, object)) => {
                     let same = self
                         .published
                         .get(&r)
                         .is_some_and(|p| Arc::ptr_eq(p, object) || p == object);
                     if !same {
+                        let typed = match fresh.remove(&(file.clone(), r.clone())) {
+                            Some(typed) => typed,
+                            None => match object.object() {
+                                Ok(typed) => typed,
+                                Err(e) => {
+                                    tracing::error!(object = %r, error = %e, "a kept object does not read back: not published");
+                                    continue;
+                                }
+                            },
+                        };
                         self.published.insert(r, object.clone());
-                        events.push(SourceEvent::Apply(K8sObject::clone(object)));
+                        events.push(SourceEvent::Apply(typed));
                     }
                 }
                 None => {
@@ -1061,7 +1092,7 @@ metadata: {name: shop}
         assert!(problems[0]
             .to_string()
             .contains("(Service shop/web): spec.ports[0].port: -1 is outside 1-65535"));
-        assert_eq!(source.objects().count(), 2);
+        assert_eq!(source.object_count(), 2);
         assert_eq!(source.problems().len(), 1);
 
         // A syntax error hides which object the document was: keep everything.
@@ -1069,7 +1100,7 @@ metadata: {name: shop}
         let (events, problems) = source.rescan().unwrap();
         assert!(events.is_empty());
         assert_eq!(problems.len(), 1);
-        assert_eq!(source.objects().count(), 2);
+        assert_eq!(source.object_count(), 2);
 
         // Fixed again: the service is updated, nothing was lost meanwhile.
         std::fs::write(&a, GOOD.replace("port: 80,", "port: 82,")).unwrap();
@@ -1112,7 +1143,7 @@ metadata: {name: shop}
             assert!(scan.events.is_empty(), "{:?}", names(&scan.events));
             assert!(scan.deferred);
         }
-        assert_eq!(source.objects().count(), 2);
+        assert_eq!(source.object_count(), 2);
         // The write lands: only the real change is reported.
         std::fs::write(&a, GOOD.replace("port: 80,", "port: 81,")).unwrap();
         let t2 = t1 + Duration::from_secs(2);
@@ -1153,7 +1184,7 @@ metadata: {name: shop}
         assert!(settled(&mut source, t0 + Duration::from_secs(3))
             .problems
             .is_empty());
-        assert_eq!(source.objects().count(), 2);
+        assert_eq!(source.object_count(), 2);
         // An empty file is how a folder says "no objects".
         std::fs::write(dir.path().join("empty.yaml"), "").unwrap();
         // a.yaml is gone for good once past the grace.
@@ -1178,7 +1209,7 @@ metadata: {name: shop}
         let t0 = Instant::now();
         settled(&mut source, t0);
         settled(&mut source, t0 + Duration::from_millis(150));
-        assert_eq!(source.objects().count(), 2);
+        assert_eq!(source.object_count(), 2);
         // Gone for a moment (a save by rename, a checkout), then back.
         std::fs::remove_file(&a).unwrap();
         let scan = settled(&mut source, t0 + Duration::from_secs(1));
@@ -1187,7 +1218,7 @@ metadata: {name: shop}
         settled(&mut source, t0 + Duration::from_millis(1_200));
         let scan = settled(&mut source, t0 + Duration::from_secs(2));
         assert!(scan.events.is_empty(), "{:?}", names(&scan.events));
-        assert_eq!(source.objects().count(), 2);
+        assert_eq!(source.object_count(), 2);
     }
 
     #[test]
@@ -1232,7 +1263,7 @@ metadata: {name: shop}
         let (events, problems) = source.rescan().unwrap();
         assert!(events.is_empty() && problems.is_empty());
         assert_eq!(source.problems().len(), 1);
-        assert_eq!(source.objects().count(), 2);
+        assert_eq!(source.object_count(), 2);
         std::fs::write(&a, GOOD).unwrap();
         let (_, problems) = source.rescan().unwrap();
         assert!(problems.is_empty());
