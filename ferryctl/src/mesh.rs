@@ -41,14 +41,24 @@ pub fn proxy_state_checked(
         .map(|p| p.resource())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("a translated resource does not decode: {e}"))?;
-    let response = ferry_api::proto::DeltaResponse {
+    let (state, report) = hold(1, resources, ferry_api::identity::DEFAULT_TRUST_DOMAIN);
+    problems.extend(report.rejected.iter().map(|e| e.to_string()));
+    Ok((state, problems))
+}
+
+/// What a proxy holds once it has applied `resources` (at `revision`),
+/// with the proxy's own store, and what the store refused.
+pub fn hold(
+    revision: u64,
+    resources: Vec<ferry_api::proto::Resource>,
+    trust_domain: &str,
+) -> (Arc<ProxyState>, ferry_core::state::ApplyReport) {
+    let store = ConfigStore::for_trust_domain(trust_domain);
+    let report = store.apply(ferry_api::proto::DeltaResponse {
         nonce: "ferryctl".into(),
-        revision: 1,
+        revision,
         resources,
         removed: Vec::new(),
-    };
-    let store = ConfigStore::new();
-    let report = store.apply(response);
-    problems.extend(report.rejected.iter().map(|e| e.to_string()));
-    Ok((store.snapshot(), problems))
+    });
+    (store.snapshot(), report)
 }

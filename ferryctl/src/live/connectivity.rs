@@ -496,14 +496,11 @@ fn gone(
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let served = runtime.block_on(client.node_resources(node))?;
-        let store = ferry_core::state::ConfigStore::new();
-        store.apply(ferry_api::proto::DeltaResponse {
-            nonce: "ferryctl".into(),
-            revision: served.revision,
-            resources: served.resources,
-            removed: Vec::new(),
-        });
-        let state = store.snapshot();
+        let (state, _) = crate::mesh::hold(
+            served.revision,
+            served.resources,
+            ferry_api::identity::DEFAULT_TRUST_DOMAIN,
+        );
         let present = state
             .iter()
             .any(|r| r.key.name.starts_with(&format!("{NAMESPACE}/")));

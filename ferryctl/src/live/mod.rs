@@ -134,19 +134,14 @@ pub fn pod_state(target: &Target, key: &str) -> anyhow::Result<PodState> {
             let (mesh, trust_domain) = (&mesh, &trust_domain);
             async move {
                 let response = mesh.node_resources(&node).await?;
-                let store = ferry_core::state::ConfigStore::for_trust_domain(trust_domain);
-                let report = store.apply(ferry_api::proto::DeltaResponse {
-                    nonce: "ferryctl".into(),
-                    revision: response.revision,
-                    resources: response.resources,
-                    removed: Vec::new(),
-                });
+                let (state, report) =
+                    crate::mesh::hold(response.revision, response.resources, trust_domain);
                 if let Some(e) = report.rejected.first() {
                     anyhow::bail!(
                         "the control plane serves {node} a resource the proxy's code refuses: {e}"
                     );
                 }
-                anyhow::Ok(store.snapshot())
+                anyhow::Ok(state)
             }
         };
         let nodes = mesh.nodes();
