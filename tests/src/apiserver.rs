@@ -114,6 +114,18 @@ struct State {
     logs: BTreeMap<(String, String), std::path::PathBuf>,
 }
 
+impl TokenIdentity {
+    /// A person's token, for the API server's own audience (no pod).
+    pub fn user(username: &str) -> Self {
+        Self {
+            username: username.into(),
+            audiences: vec![],
+            pod: None,
+            node: None,
+        }
+    }
+}
+
 /// One RBAC permission: `subject` (a user or a group) may `verb` the
 /// `resource` of API `group` in `namespace`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +135,20 @@ pub struct Grant {
     pub resource: String,
     pub verb: String,
     pub namespace: String,
+}
+
+impl Grant {
+    /// What the status API requires (`ferry-mesh-viewer`'s first rule):
+    /// `get meshstatus.ferry.dev` in `namespace`.
+    pub fn mesh_status(subject: &str, namespace: &str) -> Self {
+        Self {
+            subject: subject.into(),
+            group: "ferry.dev".into(),
+            resource: "meshstatus".into(),
+            verb: "get".into(),
+            namespace: namespace.into(),
+        }
+    }
 }
 
 /// The running server; stops when dropped.

@@ -78,22 +78,8 @@ async fn ferryctl_reads_a_cluster_through_its_api_server() -> anyhow::Result<()>
             },
         );
     }
-    server.add_token(
-        "token-operator",
-        TokenIdentity {
-            username: "alice".into(),
-            audiences: vec![],
-            pod: None,
-            node: None,
-        },
-    );
-    server.grant(Grant {
-        subject: "alice".into(),
-        group: "ferry.dev".into(),
-        resource: "meshstatus".into(),
-        verb: "get".into(),
-        namespace: "ferry-system".into(),
-    });
+    server.add_token("token-operator", TokenIdentity::user("alice"));
+    server.grant(Grant::mesh_status("alice", "ferry-system"));
 
     let dir = tempfile::tempdir()?;
     let cp_kubeconfig = dir.path().join("cp-kubeconfig");
@@ -238,15 +224,7 @@ async fn ferryctl_reads_a_cluster_through_its_api_server() -> anyhow::Result<()>
             .contains("--token-file"),
         "{report}"
     );
-    server.add_token(
-        "token-bob",
-        TokenIdentity {
-            username: "bob".into(),
-            audiences: vec![],
-            pod: None,
-            node: None,
-        },
-    );
+    server.add_token("token-bob", TokenIdentity::user("bob"));
     let bob = dir.path().join("bob");
     std::fs::write(&bob, server.kubeconfig_with_token("token-bob"))?;
     let (code, report, _) = tokio::task::block_in_place(|| status(&bob))?;

@@ -56,21 +56,29 @@ fn refused_with(proxy: &Proxy, want: &str) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", proxy.process.log()))
 }
 
+/// A TLS channel to `cp`, verified against the published root.
+async fn channel(
+    cp: &ControlPlane,
+    root: &str,
+) -> Result<tonic::transport::Channel, tonic::Status> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(root));
+    tonic::transport::Endpoint::from_shared(format!("https://{}", cp.listen))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))
+}
+
 async fn sign(
     cp: &ControlPlane,
     root: &str,
     token: &str,
     identity: &Identity,
 ) -> Result<(), tonic::Status> {
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(root));
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", cp.listen))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let channel = channel(cp, root).await?;
     let (csr_pem, _) = ferry_pki::workload_csr(identity).unwrap();
     let mut request = tonic::Request::new(SignRequest {
         csr_pem,
@@ -90,15 +98,7 @@ async fn mesh_status(
     root: &str,
     token: Option<&str>,
 ) -> Result<StatusResponse, tonic::Status> {
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(root));
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", cp.listen))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let channel = channel(cp, root).await?;
     let mut request = tonic::Request::new(StatusRequest {});
     if let Some(token) = token {
         request
@@ -264,31 +264,9 @@ async fn proxies_prove_their_node_with_service_account_tokens() -> anyhow::Resul
 
     // The status API: a person's token (no audience of ours) that RBAC
     // allows; nobody anonymous, no proxy token, no token without the grant.
-    server.add_token(
-        "token-operator",
-        TokenIdentity {
-            username: "alice".into(),
-            audiences: vec![],
-            pod: None,
-            node: None,
-        },
-    );
-    server.add_token(
-        "token-intern",
-        TokenIdentity {
-            username: "bob".into(),
-            audiences: vec![],
-            pod: None,
-            node: None,
-        },
-    );
-    server.grant(Grant {
-        subject: "alice".into(),
-        group: "ferry.dev".into(),
-        resource: "meshstatus".into(),
-        verb: "get".into(),
-        namespace: "ferry-system".into(),
-    });
+    server.add_token("token-operator", TokenIdentity::user("alice"));
+    server.add_token("token-intern", TokenIdentity::user("bob"));
+    server.grant(Grant::mesh_status("alice", "ferry-system"));
     let err = mesh_status(&cp1, &root, None).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     let err = mesh_status(&cp1, &root, Some("nope")).await.unwrap_err();
