@@ -651,10 +651,7 @@ pub fn table(report: &Report) -> String {
 /// Runs `ferryctl check --pre-install`: exit 0 when nothing fails, 1
 /// otherwise.
 pub fn run(cni_dir: &Path, output: Output) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match ferryctl::live::runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("ferryctl check: {e}");

@@ -6,9 +6,9 @@
 //! - `GET /config_dump`: JSON of every resource the proxy holds, with its
 //!   version, plus the config stream's status.
 //! - `GET /flows?since=SEQ&limit=N`: the flow log after `SEQ` (default
-//!   0: all it holds), at most `N` (default 1000, the newest), as JSON
-//!   `{node, next, lost, flows}`; `ferryctl flows` asks again with
-//!   `since=next`.
+//!   0: all it holds), oldest first, at most `N` (default 1000), as JSON
+//!   `{node, enabled, epoch, next, lost, flows}`; `ferryctl flows` asks
+//!   again with `since=next` until a page is not full.
 //! - `GET /metrics`: Prometheus metrics (docs/observability.md).
 //!
 //! Two listeners serve them: `--admin` (loopback by default) everything,
