@@ -29,3 +29,4 @@ pub mod policy;
 pub mod request;
 pub mod route;
 pub mod state;
+pub(crate) mod table;

@@ -19,38 +19,50 @@ use ferry_api::{KeyView, Kind, ResourceBody, ResourceError, ResourceKey, Version
 use serde::Serialize;
 
 use crate::policy::{Check, CompiledPolicy, Denied, Party, PolicyIndex};
+use crate::table::{Keyed, Table};
 
 type Entry = Arc<VersionedResource>;
+
+/// A resource is stored under its own key: the table holds a pointer per
+/// resource, not a second copy of every key.
+impl Keyed for Entry {
+    type Key = ResourceKey;
+    fn key(&self) -> &ResourceKey {
+        &self.key
+    }
+}
 
 /// An immutable view of the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyState {
     revision: u64,
-    resources: imbl::HashMap<ResourceKey, Entry>,
+    /// Persistent tables (see [`crate::table`]): a snapshot clones in O(1)
+    /// and a delta copies only the shards it writes.
+    resources: Table<Entry>,
     /// Pod addresses, with the workload's telemetry labels (one map entry
     /// serves both lookups a new connection makes).
-    workloads_by_ip: imbl::HashMap<IpAddr, WorkloadAt>,
-    services_by_ip: imbl::HashMap<IpAddr, Entry>,
+    workloads_by_ip: Table<(IpAddr, WorkloadAt)>,
+    services_by_ip: Table<(IpAddr, Entry)>,
     /// InternalIP and ExternalIP addresses of nodes.
-    nodes_by_ip: imbl::HashMap<IpAddr, Entry>,
+    nodes_by_ip: Table<(IpAddr, Entry)>,
     /// The workloads of each node, by key: what runs here is found
     /// without scanning the cluster.
-    workloads_by_node: imbl::HashMap<String, imbl::OrdSet<String>>,
+    workloads_by_node: Table<(String, imbl::OrdSet<String>)>,
     /// Node ports of NodePort and LoadBalancer services.
-    services_by_node_port: imbl::HashMap<u16, Entry>,
+    services_by_node_port: Table<(u16, Entry)>,
     /// Policies ready for evaluation, by policy name, and the policies
     /// selecting each workload.
-    policies: imbl::HashMap<String, Arc<CompiledPolicy>>,
-    policies_by_workload: imbl::HashMap<String, imbl::OrdSet<String>>,
+    policies: Table<(String, Arc<CompiledPolicy>)>,
+    policies_by_workload: Table<(String, imbl::OrdSet<String>)>,
     /// Peer groups by group, then namespace: each entry's pods are sorted,
     /// so membership is a binary search in the resource itself.
-    peer_groups: imbl::HashMap<String, imbl::HashMap<String, Entry>>,
+    peer_groups: Table<(String, imbl::OrdMap<String, Entry>)>,
     /// Telemetry labels, built once per resource version so that a
     /// connection's metrics take reference counts, not allocations.
     /// One shared `PeerLabels` per distinct (namespace, app, identity):
     /// pods of one app share it, so labels cost a map entry per pod.
-    peer_sets: imbl::HashMap<String, Arc<PeerLabels>>,
-    service_hosts: imbl::HashMap<String, Arc<ServiceLabels>>,
+    peer_sets: Table<(String, Arc<PeerLabels>)>,
+    service_hosts: Table<(String, Arc<ServiceLabels>)>,
     trust_domain: Arc<str>,
     /// When the last delta was applied.
     updated_at: Option<std::time::SystemTime>,
@@ -231,7 +243,7 @@ impl ProxyState {
 
     /// Every resource (unordered).
     pub fn iter(&self) -> impl Iterator<Item = &VersionedResource> {
-        self.resources.values().map(|e| e.as_ref())
+        self.resources.iter().map(|e| e.as_ref())
     }
 
     /// The workload that owns a pod IP.
@@ -241,7 +253,7 @@ impl ProxyState {
 
     /// The service with this cluster, load-balancer or external IP.
     pub fn service_by_ip(&self, ip: &IpAddr) -> Option<&Service> {
-        match &self.services_by_ip.get(ip)?.body {
+        match &self.services_by_ip.value(ip)?.body {
             ResourceBody::Service(s) => Some(s),
             _ => None,
         }
@@ -249,7 +261,7 @@ impl ProxyState {
 
     /// The node with this InternalIP or ExternalIP address.
     pub fn node_by_ip(&self, ip: &IpAddr) -> Option<&Node> {
-        match &self.nodes_by_ip.get(ip)?.body {
+        match &self.nodes_by_ip.value(ip)?.body {
             ResourceBody::Node(n) => Some(n),
             _ => None,
         }
@@ -258,7 +270,7 @@ impl ProxyState {
     /// The NodePort or LoadBalancer service that owns this node port (any
     /// protocol: the caller checks the port's protocol).
     pub fn service_by_node_port(&self, port: u16) -> Option<&Service> {
-        match &self.services_by_node_port.get(&port)?.body {
+        match &self.services_by_node_port.value(&port)?.body {
             ResourceBody::Service(s) => Some(s),
             _ => None,
         }
@@ -292,7 +304,7 @@ impl ProxyState {
     /// What this state holds, for resuming a stream.
     pub fn versions(&self) -> Vec<ResourceVersion> {
         self.resources
-            .values()
+            .iter()
             .map(|e| ResourceVersion {
                 key: Some(e.key.to_proto()),
                 version: e.version,
@@ -306,8 +318,23 @@ impl ProxyState {
         if self.peer_sets.len() > 1024 && self.peer_sets.len() > self.workloads_by_ip.len() {
             // Held only by the set map: no pod has them.
             self.peer_sets
-                .retain(|_, labels| Arc::strong_count(labels) > 1);
+                .retain(|(_, labels)| Arc::strong_count(labels) > 1);
         }
+    }
+
+    /// Returns the room the tables grew into while a delta was applied.
+    fn shrink_to_fit(&mut self) {
+        self.resources.shrink_to_fit();
+        self.workloads_by_ip.shrink_to_fit();
+        self.services_by_ip.shrink_to_fit();
+        self.nodes_by_ip.shrink_to_fit();
+        self.workloads_by_node.shrink_to_fit();
+        self.services_by_node_port.shrink_to_fit();
+        self.policies.shrink_to_fit();
+        self.policies_by_workload.shrink_to_fit();
+        self.peer_groups.shrink_to_fit();
+        self.peer_sets.shrink_to_fit();
+        self.service_hosts.shrink_to_fit();
     }
 
     /// The telemetry labels of the workload at `ip`.
@@ -323,12 +350,12 @@ impl ProxyState {
         if self.nodes_by_ip.contains_key(ip) {
             return None;
         }
-        self.workloads_by_ip.get(ip)
+        self.workloads_by_ip.value(ip)
     }
 
     /// The telemetry labels of a service, shared.
     pub fn service_label(&self, service: &Service) -> Option<&Arc<ServiceLabels>> {
-        self.service_hosts.get(service.hostname.as_str())
+        self.service_hosts.value(service.hostname.as_str())
     }
 
     /// When the last delta was applied (`None` before the first).
@@ -352,8 +379,8 @@ impl ProxyState {
             (Kind::Policy, 0),
             (Kind::PeerGroup, 0),
         ];
-        for key in self.resources.keys() {
-            if let Some(c) = counts.iter_mut().find(|(k, _)| *k == key.kind) {
+        for entry in self.resources.iter() {
+            if let Some(c) = counts.iter_mut().find(|(k, _)| *k == entry.key.kind) {
                 c.1 += 1;
             }
         }
@@ -363,7 +390,7 @@ impl ProxyState {
     /// The workloads scheduled on `node` (in key order).
     pub fn workloads_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Workload> + 'a {
         self.workloads_by_node
-            .get(node)
+            .value(node)
             .into_iter()
             .flat_map(|keys| keys.iter())
             .filter_map(|key| match &self.lookup(Kind::Workload, key)?.body {
@@ -486,25 +513,25 @@ impl ProxyState {
 
     /// Removes the index entries that still point at `owner`.
     fn unindex_keys<K: Hash + Eq + Clone, V: Owned + Clone>(
-        index: &mut imbl::HashMap<K, V>,
+        index: &mut Table<(K, V)>,
         keys: impl IntoIterator<Item = K>,
         owner: &ResourceKey,
     ) {
         for k in keys {
             // Another resource may have taken the key since.
-            if index.get(&k).is_some_and(|e| e.owner() == owner) {
+            if index.value(&k).is_some_and(|e| e.owner() == owner) {
                 index.remove(&k);
             }
         }
     }
 
     fn index_keys<K: Hash + Eq + Clone>(
-        index: &mut imbl::HashMap<K, Entry>,
+        index: &mut Table<(K, Entry)>,
         keys: impl IntoIterator<Item = K>,
         entry: &Entry,
     ) {
         for k in keys {
-            index.insert(k, entry.clone());
+            index.insert((k, entry.clone()));
         }
     }
 
@@ -514,10 +541,10 @@ impl ProxyState {
             ResourceBody::Workload(w) => {
                 Self::unindex_keys(&mut self.workloads_by_ip, w.addresses.iter().copied(), key);
                 if let Some(node) = &w.node {
-                    if let Some(keys) = self.workloads_by_node.get_mut(node) {
+                    if let Some((_, keys)) = self.workloads_by_node.get_mut(node.as_str()) {
                         keys.remove(&key.name);
                         if keys.is_empty() {
-                            self.workloads_by_node.remove(node);
+                            self.workloads_by_node.remove(node.as_str());
                         }
                     }
                 }
@@ -535,20 +562,20 @@ impl ProxyState {
                 Self::unindex_keys(&mut self.nodes_by_ip, Self::node_ips(n), key);
             }
             ResourceBody::PeerGroup(g) => {
-                if let Some(namespaces) = self.peer_groups.get_mut(&g.group) {
+                if let Some((_, namespaces)) = self.peer_groups.get_mut(g.group.as_str()) {
                     namespaces.remove(&g.namespace);
                     if namespaces.is_empty() {
-                        self.peer_groups.remove(&g.group);
+                        self.peer_groups.remove(g.group.as_str());
                     }
                 }
             }
             ResourceBody::Policy(p) => {
-                self.policies.remove(&key.name);
+                self.policies.remove(key.name.as_str());
                 for w in &p.selected {
-                    if let Some(set) = self.policies_by_workload.get_mut(w) {
+                    if let Some((_, set)) = self.policies_by_workload.get_mut(w.as_str()) {
                         set.remove(&key.name);
                         if set.is_empty() {
-                            self.policies_by_workload.remove(w);
+                            self.policies_by_workload.remove(w.as_str());
                         }
                     }
                 }
@@ -557,45 +584,45 @@ impl ProxyState {
     }
 
     fn insert(&mut self, entry: Entry) {
-        if let Some(old) = self.resources.insert(entry.key.clone(), entry.clone()) {
+        if let Some(old) = self.resources.insert(entry.clone()) {
             self.unindex(&old);
         }
         match &entry.body {
             ResourceBody::Workload(w) => {
                 if let Some(node) = &w.node {
                     self.workloads_by_node
-                        .entry(node.clone())
-                        .or_default()
+                        .get_or_insert_with(node.as_str(), || (node.clone(), Default::default()))
+                        .1
                         .insert(entry.key.name.clone());
                 }
                 let set = PeerLabels::set_key(w);
-                let labels = match self.peer_sets.get(&set) {
+                let labels = match self.peer_sets.value(set.as_str()) {
                     Some(shared) => shared.clone(),
                     None => {
                         let labels = Arc::new(PeerLabels::of(w, &self.trust_domain));
-                        self.peer_sets.insert(set, labels.clone());
+                        self.peer_sets.insert((set, labels.clone()));
                         labels
                     }
                 };
                 for ip in &w.addresses {
-                    self.workloads_by_ip.insert(
+                    self.workloads_by_ip.insert((
                         *ip,
                         WorkloadAt {
                             entry: entry.clone(),
                             labels: labels.clone(),
                         },
-                    );
+                    ));
                 }
             }
             ResourceBody::Service(s) => {
-                self.service_hosts.insert(
+                self.service_hosts.insert((
                     s.hostname.clone(),
                     Arc::new(ServiceLabels {
                         host: Arc::from(s.hostname.as_str()),
                         name: Arc::from(s.name.as_str()),
                         namespace: Arc::from(s.namespace.as_str()),
                     }),
-                );
+                ));
                 Self::index_keys(&mut self.services_by_ip, Self::service_ips(s), &entry);
                 Self::index_keys(
                     &mut self.services_by_node_port,
@@ -608,17 +635,17 @@ impl ProxyState {
             }
             ResourceBody::PeerGroup(g) => {
                 self.peer_groups
-                    .entry(g.group.clone())
-                    .or_default()
+                    .get_or_insert_with(g.group.as_str(), || (g.group.clone(), Default::default()))
+                    .1
                     .insert(g.namespace.clone(), entry.clone());
             }
             ResourceBody::Policy(p) => {
                 self.policies
-                    .insert(entry.key.name.clone(), Arc::new(CompiledPolicy::compile(p)));
+                    .insert((entry.key.name.clone(), Arc::new(CompiledPolicy::compile(p))));
                 for w in &p.selected {
                     self.policies_by_workload
-                        .entry(w.clone())
-                        .or_default()
+                        .get_or_insert_with(w.as_str(), || (w.clone(), Default::default()))
+                        .1
                         .insert(entry.key.name.clone());
                 }
             }
@@ -642,10 +669,10 @@ impl PolicyIndex for ProxyState {
         workload: &'a str,
     ) -> impl Iterator<Item = &'a CompiledPolicy> + 'a {
         self.policies_by_workload
-            .get(workload)
+            .value(workload)
             .into_iter()
             .flatten()
-            .filter_map(|name| self.policies.get(name).map(|p| p.as_ref()))
+            .filter_map(|name| self.policies.value(name.as_str()).map(|p| p.as_ref()))
     }
 
     fn in_peer_group(&self, group: &str, workload: &str) -> bool {
@@ -654,7 +681,7 @@ impl PolicyIndex for ProxyState {
         };
         let entry = self
             .peer_groups
-            .get(group)
+            .value(group)
             .and_then(|namespaces| namespaces.get(namespace));
         match entry.map(|e| &e.body) {
             // Sorted: checked when the resource was decoded.
@@ -759,6 +786,7 @@ impl ConfigStore {
             }
         }
         next.forget_unused_peer_sets();
+        next.shrink_to_fit();
         self.current.store(Arc::new(next));
         self.ready.store(true, Ordering::Release);
         self.changes.send_modify(|n| *n += 1);
