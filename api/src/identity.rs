@@ -32,14 +32,14 @@ pub struct IdentityError {
 
 impl Identity {
     pub fn new(
-        trust_domain: impl Into<String>,
-        namespace: impl Into<String>,
-        service_account: impl Into<String>,
+        trust_domain: impl AsRef<str>,
+        namespace: impl AsRef<str>,
+        service_account: impl AsRef<str>,
     ) -> Self {
         Self {
-            trust_domain: trust_domain.into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
+            trust_domain: trust_domain.as_ref().to_string(),
+            namespace: namespace.as_ref().to_string(),
+            service_account: service_account.as_ref().to_string(),
         }
     }
 

@@ -4,8 +4,9 @@
 //! its endpoints, a policy lists the workloads it selects. The proxy matches
 //! keys and addresses, never selectors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -37,51 +38,68 @@ impl Protocol {
     }
 }
 
+/// A shared, immutable string: cloning it takes a reference count. Names
+/// that repeat across a cluster (namespaces, nodes, service accounts,
+/// label keys and values, workload keys) are stored once per process
+/// through an [`Interner`].
+pub type Name = Arc<str>;
+
 /// A named container port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct NamedPort {
-    pub name: String,
+    pub name: Name,
     pub port: u16,
     pub protocol: Protocol,
 }
 
-/// A pod's labels: sorted by key, each key once. A sorted vector rather
-/// than a `BTreeMap`: a pod has a handful of labels, and a map's first node
-/// reserves room for eleven (about 540 bytes) where this takes what the
-/// labels need. Kept for every pod by the control plane and every proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
-pub struct Labels(Vec<(String, String)>);
+/// A pod's labels: sorted by key, each key once. Immutable and shared: the
+/// pods of one template hold one copy (see [`Interner::labels`]), where a
+/// map per pod cost hundreds of bytes for two or three labels. Kept for
+/// every pod by the control plane and every proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Labels(Arc<[(Name, Name)]>);
+
+impl Default for Labels {
+    fn default() -> Self {
+        Self(Arc::from([]))
+    }
+}
 
 impl Labels {
     pub fn new() -> Self {
         Self::default()
     }
 
-    pub fn get(&self, key: &str) -> Option<&String> {
+    pub fn get(&self, key: &str) -> Option<&str> {
         self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .binary_search_by(|(k, _)| (**k).cmp(key))
             .ok()
-            .map(|i| &self.0[i].1)
+            .map(|i| &*self.0[i].1)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
         self.get(key).is_some()
     }
 
-    /// Sets a label; returns its previous value.
-    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+    /// Sets a label (a copy of the set with it); returns its previous
+    /// value.
+    pub fn insert(&mut self, key: impl Into<Name>, value: impl Into<Name>) -> Option<Name> {
+        let (key, value) = (key.into(), value.into());
+        let mut pairs = self.0.to_vec();
+        let previous = match pairs.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => Some(std::mem::replace(&mut pairs[i].1, value)),
             Err(i) => {
-                self.0.insert(i, (key, value));
+                pairs.insert(i, (key, value));
                 None
             }
-        }
+        };
+        self.0 = Arc::from(pairs);
+        previous
     }
 
     /// In key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 
     pub fn len(&self) -> usize {
@@ -90,6 +108,11 @@ impl Labels {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Whether two values are the same shared set (interned together).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -100,7 +123,7 @@ pub trait LabelLookup {
 
 impl LabelLookup for Labels {
     fn label(&self, key: &str) -> Option<&str> {
-        self.get(key).map(String::as_str)
+        self.get(key)
     }
 }
 
@@ -110,34 +133,48 @@ impl LabelLookup for BTreeMap<String, String> {
     }
 }
 
-impl FromIterator<(String, String)> for Labels {
-    /// The last value of a repeated key wins, as in a map.
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        let mut labels = Self::default();
-        for (k, v) in iter {
-            labels.insert(k, v);
+/// Sorted pairs, the last value of a repeated key winning, as in a map.
+fn sorted_pairs<K: Into<Name>, V: Into<Name>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> Vec<(Name, Name)> {
+    let mut pairs: Vec<(Name, Name)> = pairs
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    // Stable: of equal keys, the last stays last.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(Name, Name)> = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        match out.last_mut() {
+            Some(last) if last.0 == k => last.1 = v,
+            _ => out.push((k, v)),
         }
-        labels.0.shrink_to_fit();
-        labels
+    }
+    out
+}
+
+impl<K: Into<Name>, V: Into<Name>> FromIterator<(K, V)> for Labels {
+    /// The last value of a repeated key wins, as in a map.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(Arc::from(sorted_pairs(iter)))
     }
 }
 
 impl From<BTreeMap<String, String>> for Labels {
     fn from(map: BTreeMap<String, String>) -> Self {
-        // Already sorted and unique.
-        Self(map.into_iter().collect())
+        map.into_iter().collect()
     }
 }
 
 impl<'a> IntoIterator for &'a Labels {
-    type Item = (&'a String, &'a String);
+    type Item = (&'a str, &'a str);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, String)>,
-        fn(&'a (String, String)) -> (&'a String, &'a String),
+        std::slice::Iter<'a, (Name, Name)>,
+        fn(&'a (Name, Name)) -> (&'a str, &'a str),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, v)| (k, v))
+        self.0.iter().map(|(k, v)| (&**k, &**v))
     }
 }
 
@@ -147,25 +184,142 @@ impl Serialize for Labels {
     }
 }
 
+/// Stores each distinct name, label set and port list once, so that the
+/// pods of one template, the endpoints of one service and everything on
+/// one node share them: a proxy holding a whole cluster keeps each
+/// namespace, node, service account, label and workload key once, and a
+/// reference count per use. One per store (the proxy's configuration, the
+/// control plane's translator); not shared between threads.
+#[derive(Debug, Default)]
+pub struct Interner {
+    names: HashSet<Name>,
+    labels: HashSet<Labels>,
+    named_ports: HashSet<Arc<[NamedPort]>>,
+    endpoint_ports: HashSet<Arc<[Option<u16>]>>,
+    lists: HashSet<Arc<[Name]>>,
+    /// How many values were kept after the last sweep.
+    swept_at: usize,
+}
+
+impl Interner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The shared copy of a name.
+    pub fn name(&mut self, value: &str) -> Name {
+        if let Some(name) = self.names.get(value) {
+            return name.clone();
+        }
+        let name = Name::from(value);
+        self.names.insert(name.clone());
+        name
+    }
+
+    /// The shared copy of an optional name; empty is none.
+    pub fn optional(&mut self, value: &str) -> Option<Name> {
+        (!value.is_empty()).then(|| self.name(value))
+    }
+
+    fn shared<T: ?Sized + Eq + std::hash::Hash>(
+        set: &mut HashSet<Arc<T>>,
+        value: Arc<T>,
+    ) -> Arc<T> {
+        if let Some(shared) = set.get(&value) {
+            return shared.clone();
+        }
+        set.insert(value.clone());
+        value
+    }
+
+    /// The shared copy of a label set (its keys and values shared too).
+    pub fn labels<K: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Labels {
+        let pairs: Vec<(Name, Name)> = pairs
+            .into_iter()
+            .map(|(k, v)| (self.name(k.as_ref()), self.name(v.as_ref())))
+            .collect();
+        let labels = Labels(Arc::from(sorted_pairs(pairs)));
+        if let Some(shared) = self.labels.get(&labels) {
+            return shared.clone();
+        }
+        self.labels.insert(labels.clone());
+        labels
+    }
+
+    /// The shared copy of a pod's named ports.
+    pub fn named_ports(&mut self, ports: Vec<NamedPort>) -> Arc<[NamedPort]> {
+        let ports = ports
+            .into_iter()
+            .map(|p| NamedPort {
+                name: self.name(&p.name),
+                ..p
+            })
+            .collect::<Vec<_>>();
+        Self::shared(&mut self.named_ports, Arc::from(ports))
+    }
+
+    /// The shared copy of an endpoint's resolved ports.
+    pub fn endpoint_ports(&mut self, ports: Vec<Option<u16>>) -> Arc<[Option<u16>]> {
+        Self::shared(&mut self.endpoint_ports, Arc::from(ports))
+    }
+
+    /// The shared copy of a list of names (topology hints).
+    pub fn names<S: AsRef<str>>(&mut self, list: impl IntoIterator<Item = S>) -> Arc<[Name]> {
+        let list: Vec<Name> = list.into_iter().map(|n| self.name(n.as_ref())).collect();
+        Self::shared(&mut self.lists, Arc::from(list))
+    }
+
+    /// Values held.
+    pub fn len(&self) -> usize {
+        self.names.len()
+            + self.labels.len()
+            + self.named_ports.len()
+            + self.endpoint_ports.len()
+            + self.lists.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets the values nothing but the interner holds any more, once
+    /// it holds twice as many as after the last sweep (so a sweep, a pass
+    /// over every value, is paid for by as many insertions).
+    pub fn sweep(&mut self) {
+        if self.len() < 1024 || self.len() < 2 * self.swept_at {
+            return;
+        }
+        // Sets first: they hold names.
+        self.labels.retain(|l| Arc::strong_count(&l.0) > 1);
+        self.named_ports.retain(|p| Arc::strong_count(p) > 1);
+        self.endpoint_ports.retain(|p| Arc::strong_count(p) > 1);
+        self.lists.retain(|l| Arc::strong_count(l) > 1);
+        self.names.retain(|n| Arc::strong_count(n) > 1);
+        self.swept_at = self.len();
+    }
+}
+
 /// A pod as the data path needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Workload {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Name,
     /// Node the pod runs on; `None` while it is not scheduled.
-    pub node: Option<String>,
-    pub service_account: String,
-    pub addresses: Vec<IpAddr>,
+    pub node: Option<Name>,
+    pub service_account: Name,
+    pub addresses: Box<[IpAddr]>,
     pub labels: Labels,
-    pub ports: Vec<NamedPort>,
+    pub ports: Arc<[NamedPort]>,
     pub ready: bool,
     pub terminating: bool,
     /// Its traffic is carried by the mesh (HBONE capable).
     pub mesh: bool,
     /// The workload the pod belongs to (its Deployment, StatefulSet,
     /// DaemonSet, CronJob or Job), for telemetry; `None`: the pod alone.
-    pub controller: Option<String>,
+    pub controller: Option<Name>,
 }
 
 impl Workload {
@@ -178,7 +332,7 @@ impl Workload {
     pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
         self.ports
             .iter()
-            .find(|p| p.name == name && p.protocol == protocol)
+            .find(|p| &*p.name == name && p.protocol == protocol)
             .map(|p| p.port)
     }
 }
@@ -223,22 +377,22 @@ pub struct ServicePort {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     /// `namespace/name` of the backing workload; `None` for a bare address.
-    pub workload: Option<String>,
+    pub workload: Option<Name>,
     pub address: IpAddr,
-    pub node: Option<String>,
+    pub node: Option<Name>,
     /// Resolved target port for each entry of [`Service::ports`], same order;
     /// `None` where this endpoint does not serve that port.
-    pub ports: Vec<Option<u16>>,
+    pub ports: Arc<[Option<u16>]>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub hostname: Option<String>,
+    pub hostname: Option<Name>,
     /// The zone of the endpoint's node (`topology.kubernetes.io/zone`).
-    pub zone: Option<String>,
+    pub zone: Option<Name>,
     /// Topology hints: the zones (`hints.forZones`) and the nodes
     /// (`hints.forNodes`) that should use this endpoint. Empty: no hint.
-    pub zone_hints: Vec<String>,
-    pub node_hints: Vec<String>,
+    pub zone_hints: Arc<[Name]>,
+    pub node_hints: Arc<[Name]>,
 }
 
 /// A Kubernetes Service with its endpoints.
@@ -383,11 +537,11 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(labels.len(), 2);
-        assert_eq!(labels.get("app").map(String::as_str), Some("api"));
+        assert_eq!(labels.get("app"), Some("api"));
         assert_eq!(labels.get("zone"), None);
-        assert_eq!(labels.insert("tier".into(), "1".into()), None);
-        assert_eq!(labels.insert("tier".into(), "2".into()), Some("1".into()));
-        let keys: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(labels.insert("tier", "1"), None);
+        assert_eq!(labels.insert("tier", "2"), Some("1".into()));
+        let keys: Vec<&str> = labels.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["app", "tier", "version"]);
         let map = BTreeMap::from([
             ("app".to_string(), "api".to_string()),
@@ -400,5 +554,39 @@ mod tests {
             serde_json::to_string(&labels).unwrap(),
             serde_json::to_string(&map).unwrap()
         );
+    }
+
+    #[test]
+    fn the_interner_shares_equal_values_and_forgets_unused_ones() {
+        let mut interner = Interner::new();
+        let a = interner.labels([("app", "web"), ("tier", "1")]);
+        let b = interner.labels([("tier", "1"), ("app", "web")]);
+        assert!(a.ptr_eq(&b), "one label set");
+        let c = interner.labels([("app", "db")]);
+        assert!(!a.ptr_eq(&c));
+        let n1 = interner.name("ns-1/pod");
+        let n2 = interner.name("ns-1/pod");
+        assert!(Arc::ptr_eq(&n1, &n2));
+        let p1 = interner.endpoint_ports(vec![Some(80), None]);
+        let p2 = interner.endpoint_ports(vec![Some(80), None]);
+        assert!(Arc::ptr_eq(&p1, &p2));
+        let ports = interner.named_ports(vec![NamedPort {
+            name: "http".into(),
+            port: 8080,
+            protocol: Protocol::Tcp,
+        }]);
+        // Interned names inside sets are the same shared strings.
+        assert!(Arc::ptr_eq(&ports[0].name, &interner.name("http")));
+        // Held: kept by a sweep. Dropped: forgotten once the interner is
+        // large enough to sweep.
+        drop((b, c, n2, p2));
+        for i in 0..2_000 {
+            interner.name(&format!("temporary-{i}"));
+        }
+        interner.sweep();
+        assert!(interner.len() < 100, "{} values kept", interner.len());
+        let again = interner.labels([("app", "web"), ("tier", "1")]);
+        assert!(again.ptr_eq(&a), "a held set survives the sweep");
+        assert!(Arc::ptr_eq(&interner.name("ns-1/pod"), &n1));
     }
 }

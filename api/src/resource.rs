@@ -74,7 +74,9 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ResourceKey {
     pub kind: Kind,
-    pub name: String,
+    /// Shared: the proxy's tables and indexes, and the control plane's
+    /// published map, change log and streams, hold one copy of each key.
+    pub name: Name,
 }
 
 /// A borrowed view of a [`ResourceKey`]: maps keyed by `ResourceKey` can
@@ -128,7 +130,7 @@ impl<'a> std::borrow::Borrow<dyn KeyView + 'a> for ResourceKey {
 }
 
 impl ResourceKey {
-    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+    pub fn new(kind: Kind, name: impl Into<Name>) -> Self {
         Self {
             kind,
             name: name.into(),
@@ -138,14 +140,14 @@ impl ResourceKey {
     pub fn to_proto(&self) -> proto::ResourceKey {
         proto::ResourceKey {
             kind: self.kind.to_proto() as i32,
-            name: self.name.clone(),
+            name: self.name.to_string(),
         }
     }
 
     /// Converts a wire key; `None` for an unknown kind or an empty name.
     pub fn from_proto(key: &proto::ResourceKey) -> Option<Self> {
         let kind = Kind::from_proto(key.kind)?;
-        (!key.name.is_empty()).then(|| Self::new(kind, key.name.clone()))
+        (!key.name.is_empty()).then(|| Self::new(kind, key.name.as_str()))
     }
 }
 
@@ -185,7 +187,9 @@ impl FieldError {
 #[serde(untagged)]
 pub enum ResourceBody {
     Workload(Workload),
-    Service(Service),
+    /// Boxed: the largest body, and the rarest (one per ten or so
+    /// workloads); inline it would size every resource.
+    Service(Box<Service>),
     Node(Node),
     Policy(Policy),
     PeerGroup(PeerGroup),
@@ -200,6 +204,33 @@ impl ResourceBody {
             ResourceBody::Node(n) => ResourceKey::new(Kind::Node, n.name.clone()),
             ResourceBody::Policy(p) => ResourceKey::new(Kind::Policy, p.key_name()),
             ResourceBody::PeerGroup(g) => ResourceKey::new(Kind::PeerGroup, g.key_name()),
+        }
+    }
+
+    /// Whether this body belongs under `key` (its kind and name), without
+    /// building the key.
+    fn is_under(&self, key: &ResourceKey) -> bool {
+        let namespaced = |namespace: &str, name: &str| {
+            let full = &*key.name;
+            full.len() == namespace.len() + 1 + name.len()
+                && full.starts_with(namespace)
+                && full[namespace.len()..].starts_with('/')
+                && full.ends_with(name)
+        };
+        match self {
+            ResourceBody::Workload(w) => {
+                key.kind == Kind::Workload && namespaced(&w.namespace, &w.name)
+            }
+            ResourceBody::Service(s) => {
+                key.kind == Kind::Service && namespaced(&s.namespace, &s.name)
+            }
+            ResourceBody::Node(n) => key.kind == Kind::Node && *key.name == *n.name,
+            ResourceBody::Policy(p) => {
+                key.kind == Kind::Policy && namespaced(&p.namespace, &p.name)
+            }
+            ResourceBody::PeerGroup(g) => {
+                key.kind == Kind::PeerGroup && namespaced(&g.namespace, &g.group)
+            }
         }
     }
 
@@ -252,7 +283,20 @@ impl VersionedResource {
 
     /// Converts a resource received from the wire, checking every field.
     pub fn decode(resource: proto::Resource) -> Result<Self, ResourceError> {
-        let Some(key) = resource.key.as_ref().and_then(ResourceKey::from_proto) else {
+        Self::decode_with(resource, &mut Interner::new())
+    }
+
+    /// [`decode`](Self::decode), with the names, label sets and port lists
+    /// shared with what `interner` already holds.
+    pub fn decode_with(
+        resource: proto::Resource,
+        interner: &mut Interner,
+    ) -> Result<Self, ResourceError> {
+        let key = resource.key.as_ref().and_then(|k| {
+            let kind = Kind::from_proto(k.kind)?;
+            (!k.name.is_empty()).then(|| ResourceKey::new(kind, interner.name(&k.name)))
+        });
+        let Some(key) = key else {
             return Err(ResourceError {
                 key: ResourceKey::new(Kind::Workload, "<missing>"),
                 message: "key: missing, of unknown kind, or with an empty name".into(),
@@ -265,10 +309,10 @@ impl VersionedResource {
         let body = match resource.body {
             None => return Err(fail(FieldError::new("body", "missing"))),
             Some(proto::resource::Body::Workload(w)) => {
-                ResourceBody::Workload(workload_from_proto(w).map_err(fail)?)
+                ResourceBody::Workload(workload_from_proto(w, interner).map_err(fail)?)
             }
             Some(proto::resource::Body::Service(s)) => {
-                ResourceBody::Service(service_from_proto(s).map_err(fail)?)
+                ResourceBody::Service(Box::new(service_from_proto(s, interner).map_err(fail)?))
             }
             Some(proto::resource::Body::Node(n)) => {
                 ResourceBody::Node(node_from_proto(n).map_err(fail)?)
@@ -280,8 +324,8 @@ impl VersionedResource {
                 ResourceBody::PeerGroup(peer_group_from_proto(g).map_err(fail)?)
             }
         };
-        let body_key = body.key();
-        if body_key != key {
+        if !body.is_under(&key) {
+            let body_key = body.key();
             return Err(fail(FieldError::new(
                 "body",
                 format!("describes {body_key}, not the key it was sent under"),
@@ -317,7 +361,7 @@ fn ip_from_bytes(bytes: &[u8], field: impl FnOnce() -> String) -> Result<IpAddr,
     ))
 }
 
-fn ips_from_bytes(list: &[Vec<u8>], field: &str) -> Result<Vec<IpAddr>, FieldError> {
+fn ips_from_bytes<C: FromIterator<IpAddr>>(list: &[Vec<u8>], field: &str) -> Result<C, FieldError> {
     list.iter()
         .enumerate()
         .map(|(i, b)| ip_from_bytes(b, || format!("{field}[{i}]")))
@@ -384,6 +428,10 @@ fn non_empty(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
+fn text(value: &Option<Name>) -> String {
+    value.as_deref().unwrap_or_default().to_string()
+}
+
 fn required(value: &str, field: &str) -> Result<(), FieldError> {
     if value.is_empty() {
         Err(FieldError::new(field, "must not be empty"))
@@ -396,22 +444,21 @@ fn required(value: &str, field: &str) -> Result<(), FieldError> {
 
 fn workload_to_proto(w: &Workload) -> proto::Workload {
     proto::Workload {
-        uid: w.uid.clone(),
-        namespace: w.namespace.clone(),
-        name: w.name.clone(),
-        node: w.node.clone().unwrap_or_default(),
-        service_account: w.service_account.clone(),
+        namespace: w.namespace.to_string(),
+        name: w.name.to_string(),
+        node: text(&w.node),
+        service_account: w.service_account.to_string(),
         addresses: w.addresses.iter().map(ip_bytes).collect(),
         labels: w
             .labels
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         ports: w
             .ports
             .iter()
             .map(|p| proto::NamedPort {
-                name: p.name.clone(),
+                name: p.name.to_string(),
                 port: u32::from(p.port),
                 protocol: protocol_to_proto(p.protocol),
             })
@@ -419,11 +466,14 @@ fn workload_to_proto(w: &Workload) -> proto::Workload {
         ready: w.ready,
         terminating: w.terminating,
         mesh: w.mesh,
-        controller: w.controller.clone().unwrap_or_default(),
+        controller: text(&w.controller),
     }
 }
 
-fn workload_from_proto(w: proto::Workload) -> Result<Workload, FieldError> {
+fn workload_from_proto(
+    w: proto::Workload,
+    interner: &mut Interner,
+) -> Result<Workload, FieldError> {
     required(&w.namespace, "namespace")?;
     required(&w.name, "name")?;
     let ports = w
@@ -434,23 +484,23 @@ fn workload_from_proto(w: proto::Workload) -> Result<Workload, FieldError> {
             Ok(NamedPort {
                 port: port(p.port, || format!("ports[{i}].port"))?,
                 protocol: protocol_from_proto(p.protocol, || format!("ports[{i}].protocol"))?,
-                name: p.name,
+                name: p.name.into(),
             })
         })
         .collect::<Result<_, FieldError>>()?;
     Ok(Workload {
         addresses: ips_from_bytes(&w.addresses, "addresses")?,
-        uid: w.uid,
-        namespace: w.namespace,
-        name: w.name,
-        node: non_empty(w.node),
-        service_account: w.service_account,
-        labels: Labels::from(w.labels),
-        ports,
+        namespace: interner.name(&w.namespace),
+        // Unique to the pod: not worth a place in the interner.
+        name: w.name.into(),
+        node: interner.optional(&w.node),
+        service_account: interner.name(&w.service_account),
+        labels: interner.labels(&w.labels),
+        ports: interner.named_ports(ports),
         ready: w.ready,
         terminating: w.terminating,
         mesh: w.mesh,
-        controller: non_empty(w.controller),
+        controller: interner.optional(&w.controller),
     })
 }
 
@@ -503,17 +553,17 @@ fn service_to_proto(s: &Service) -> proto::Service {
             .endpoints
             .iter()
             .map(|e| proto::Endpoint {
-                workload: e.workload.clone().unwrap_or_default(),
+                workload: text(&e.workload),
                 address: ip_bytes(&e.address),
-                node: e.node.clone().unwrap_or_default(),
+                node: text(&e.node),
                 ports: e.ports.iter().map(|p| p.map_or(0, u32::from)).collect(),
                 ready: e.ready,
                 serving: e.serving,
                 terminating: e.terminating,
-                hostname: e.hostname.clone().unwrap_or_default(),
-                zone: e.zone.clone().unwrap_or_default(),
-                zone_hints: e.zone_hints.clone(),
-                node_hints: e.node_hints.clone(),
+                hostname: text(&e.hostname),
+                zone: text(&e.zone),
+                zone_hints: e.zone_hints.iter().map(|z| z.to_string()).collect(),
+                node_hints: e.node_hints.iter().map(|n| n.to_string()).collect(),
             })
             .collect(),
         selector: s.selector,
@@ -521,7 +571,7 @@ fn service_to_proto(s: &Service) -> proto::Service {
     }
 }
 
-fn service_from_proto(s: proto::Service) -> Result<Service, FieldError> {
+fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Service, FieldError> {
     required(&s.namespace, "namespace")?;
     required(&s.name, "name")?;
     let service_type = match proto::ServiceType::try_from(s.r#type) {
@@ -574,23 +624,25 @@ fn service_from_proto(s: proto::Service) -> Result<Service, FieldError> {
                     ),
                 ));
             }
+            let ports = e
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(j, p)| optional_port(*p, || format!("endpoints[{i}].ports[{j}]")))
+                .collect::<Result<_, _>>()?;
             Ok(Endpoint {
                 address: ip_from_bytes(&e.address, || format!("endpoints[{i}].address"))?,
-                ports: e
-                    .ports
-                    .iter()
-                    .enumerate()
-                    .map(|(j, p)| optional_port(*p, || format!("endpoints[{i}].ports[{j}]")))
-                    .collect::<Result<_, _>>()?,
-                workload: non_empty(e.workload),
-                node: non_empty(e.node),
+                ports: interner.endpoint_ports(ports),
+                // The workload's key, shared with the workload's own.
+                workload: interner.optional(&e.workload),
+                node: interner.optional(&e.node),
                 ready: e.ready,
                 serving: e.serving,
                 terminating: e.terminating,
-                hostname: non_empty(e.hostname),
-                zone: non_empty(e.zone),
-                zone_hints: e.zone_hints,
-                node_hints: e.node_hints,
+                hostname: non_empty(e.hostname).map(Name::from),
+                zone: interner.optional(&e.zone),
+                zone_hints: interner.names(&e.zone_hints),
+                node_hints: interner.names(&e.node_hints),
             })
         })
         .collect::<Result<_, FieldError>>()?;
@@ -874,14 +926,14 @@ mod tests {
                 workload: Some("default/web-1".into()),
                 address: "10.0.1.5".parse().unwrap(),
                 node: Some("node-a".into()),
-                ports: vec![Some(8080)],
+                ports: vec![Some(8080)].into(),
                 ready: true,
                 serving: true,
                 terminating: false,
                 hostname: None,
-                node_hints: Vec::new(),
+                node_hints: Vec::new().into(),
                 zone: None,
-                zone_hints: Vec::new(),
+                zone_hints: Vec::new().into(),
             }],
             selector: true,
             traffic_distribution: None,
@@ -890,18 +942,18 @@ mod tests {
 
     fn workload() -> Workload {
         Workload {
-            uid: "u1".into(),
             namespace: "default".into(),
             name: "web-1".into(),
             node: Some("node-a".into()),
             service_account: "web".into(),
-            addresses: vec!["10.0.1.5".parse().unwrap()],
+            addresses: vec!["10.0.1.5".parse().unwrap()].into(),
             labels: Labels::from(BTreeMap::from([("app".into(), "web".into())])),
             ports: vec![NamedPort {
                 name: "web".into(),
                 port: 8080,
                 protocol: Protocol::Tcp,
-            }],
+            }]
+            .into(),
             ready: true,
             terminating: false,
             mesh: true,
@@ -912,7 +964,7 @@ mod tests {
     #[test]
     fn every_kind_round_trips_through_the_wire() {
         let bodies = [
-            ResourceBody::Service(service()),
+            ResourceBody::Service(Box::new(service())),
             ResourceBody::Workload(workload()),
             ResourceBody::Node(Node {
                 name: "node-a".into(),
@@ -987,7 +1039,7 @@ mod tests {
 
     #[test]
     fn bad_address_is_rejected_with_resource_and_field() {
-        let mut wire = VersionedResource::encode(&ResourceBody::Service(service()));
+        let mut wire = VersionedResource::encode(&ResourceBody::Service(Box::new(service())));
         if let Some(proto::resource::Body::Service(s)) = wire.body.as_mut() {
             s.endpoints[0].address = vec![1, 2, 3];
         }
@@ -1000,7 +1052,7 @@ mod tests {
 
     #[test]
     fn out_of_range_port_is_rejected() {
-        let mut wire = VersionedResource::encode(&ResourceBody::Service(service()));
+        let mut wire = VersionedResource::encode(&ResourceBody::Service(Box::new(service())));
         if let Some(proto::resource::Body::Service(s)) = wire.body.as_mut() {
             s.ports[0].port = 70_000;
         }
@@ -1010,7 +1062,7 @@ mod tests {
 
     #[test]
     fn endpoint_port_list_must_match_service_ports() {
-        let mut wire = VersionedResource::encode(&ResourceBody::Service(service()));
+        let mut wire = VersionedResource::encode(&ResourceBody::Service(Box::new(service())));
         if let Some(proto::resource::Body::Service(s)) = wire.body.as_mut() {
             s.endpoints[0].ports.push(81);
         }
@@ -1025,7 +1077,7 @@ mod tests {
     fn the_encoded_response_is_a_delta_response_on_the_wire() {
         use prost::Message;
         let resources = vec![
-            VersionedResource::encode(&ResourceBody::Service(service())),
+            VersionedResource::encode(&ResourceBody::Service(Box::new(service()))),
             VersionedResource::encode(&ResourceBody::Workload(workload())),
         ];
         let removed = vec![ResourceKey::new(Kind::Node, "gone").to_proto()];

@@ -178,7 +178,7 @@ impl ConfigCache {
             .resources
             .keys()
             .filter(|k| k.kind == ferry_api::Kind::Node)
-            .map(|k| k.name.clone())
+            .map(|k| k.name.to_string())
             .collect();
         nodes.sort_unstable();
         (inner.revision, inner.resources.len(), nodes)
@@ -671,9 +671,16 @@ mod tests {
     }
 
     fn names(delta: &Delta) -> (Vec<String>, Vec<String>) {
-        let mut up: Vec<String> = delta.upserts.iter().map(|r| r.key.name.clone()).collect();
+        let mut up: Vec<String> = delta
+            .upserts
+            .iter()
+            .map(|r| r.key.name.to_string())
+            .collect();
         up.sort();
-        (up, delta.removals.iter().map(|k| k.name.clone()).collect())
+        (
+            up,
+            delta.removals.iter().map(|k| k.name.to_string()).collect(),
+        )
     }
 
     fn reported(map: &HashMap<ResourceKey, u64>) -> Held<'_> {

@@ -167,7 +167,7 @@ fn tunnel_source(
         .and_then(|v| v.parse::<SocketAddr>().ok())
         .ok_or_else(|| format!("malformed forwarded header {forwarded:?}"))?;
     match state.workload_by_ip(&address.ip()) {
-        Some(w) if w.namespace == namespace && w.service_account == service_account => {
+        Some(w) if *w.namespace == *namespace && *w.service_account == *service_account => {
             Ok(address)
         }
         Some(w) => Err(format!(

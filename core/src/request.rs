@@ -302,13 +302,13 @@ mod tests {
     /// a policy isolating `a1`'s egress to `a2` only.
     fn state() -> Arc<ProxyState> {
         let mut bodies = cluster();
-        bodies.push(ResourceBody::Service(backend()));
-        bodies.push(ResourceBody::Service(service(
+        bodies.push(ResourceBody::Service(Box::new(backend())));
+        bodies.push(ResourceBody::Service(Box::new(service(
             "empty",
             Some("10.96.0.20"),
             vec![tcp("http", 80, 8080)],
             vec![],
-        )));
+        ))));
         bodies.push(ResourceBody::Workload(pod(
             "stranger",
             "10.0.1.50",
@@ -472,7 +472,7 @@ mod tests {
     #[test]
     fn external_traffic_policy_local_restricts_outside_clients_only() {
         let mut bodies = crate::route::tests::cluster();
-        bodies.push(ResourceBody::Service(crate::route::tests::web()));
+        bodies.push(ResourceBody::Service(Box::new(crate::route::tests::web())));
         let state = ConfigStore::holding(&bodies).snapshot();
         let endpoints_for = |client: &str| {
             let lb = LoadBalancer::new();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use ferry_api::model::{Node, Policy, Service, ServiceType, Workload};
+use ferry_api::model::{Interner, Name, Node, Policy, Service, ServiceType, Workload};
 use ferry_api::proto::{DeltaResponse, ResourceVersion};
 use ferry_api::{KeyView, Kind, ResourceBody, ResourceError, ResourceKey, VersionedResource};
 use serde::Serialize;
@@ -47,13 +47,13 @@ pub struct ProxyState {
     nodes_by_ip: Table<(IpAddr, Entry)>,
     /// The workloads of each node, by key: what runs here is found
     /// without scanning the cluster.
-    workloads_by_node: Table<(String, imbl::OrdSet<String>)>,
+    workloads_by_node: Table<(Name, imbl::OrdSet<Name>)>,
     /// Node ports of NodePort and LoadBalancer services.
     services_by_node_port: Table<(u16, Entry)>,
     /// Policies ready for evaluation, by policy name, and the policies
     /// selecting each workload.
-    policies: Table<(String, Arc<CompiledPolicy>)>,
-    policies_by_workload: Table<(String, imbl::OrdSet<String>)>,
+    policies: Table<(Name, Arc<CompiledPolicy>)>,
+    policies_by_workload: Table<(Name, imbl::OrdSet<Name>)>,
     /// Peer groups by group, then namespace: each entry's pods are sorted,
     /// so membership is a binary search in the resource itself.
     peer_groups: Table<(String, imbl::OrdMap<String, Entry>)>,
@@ -124,12 +124,7 @@ pub struct IstioPeer {
 
 impl IstioPeer {
     fn of(w: &Workload) -> [&str; 5] {
-        let label = |names: &[&str]| {
-            names
-                .iter()
-                .find_map(|n| w.labels.get(n))
-                .map(String::as_str)
-        };
+        let label = |names: &[&str]| names.iter().find_map(|n| w.labels.get(n));
         let workload = w.controller.as_deref().unwrap_or(&w.name);
         [
             workload,
@@ -171,11 +166,7 @@ impl PeerLabels {
 
     /// What makes two workloads' labels equal.
     fn set_key(w: &Workload) -> String {
-        let service_account = if w.mesh {
-            w.service_account.as_str()
-        } else {
-            ""
-        };
+        let service_account = if w.mesh { &*w.service_account } else { "" };
         let istio = IstioPeer::of(w).join("\0");
         format!(
             "{}\0{}\0{}\0{istio}",
@@ -189,13 +180,13 @@ impl PeerLabels {
         let workload = Self::app(w);
         Self {
             workload: Arc::from(workload),
-            namespace: Arc::from(w.namespace.as_str()),
+            namespace: w.namespace.clone(),
             principal: if w.mesh {
                 Arc::from(
                     ferry_api::identity::Identity::new(
                         trust_domain,
-                        &w.namespace,
-                        &w.service_account,
+                        &*w.namespace,
+                        &*w.service_account,
                     )
                     .to_string(),
                 )
@@ -405,7 +396,7 @@ impl ProxyState {
         self.services_by_ip
             .iter()
             .filter_map(|(ip, e)| match &e.body {
-                ResourceBody::Service(s) => Some((*ip, s)),
+                ResourceBody::Service(s) => Some((*ip, &**s)),
                 _ => None,
             })
     }
@@ -415,7 +406,7 @@ impl ProxyState {
         self.services_by_node_port
             .iter()
             .filter_map(|(port, e)| match &e.body {
-                ResourceBody::Service(s) => Some((*port, s)),
+                ResourceBody::Service(s) => Some((*port, &**s)),
                 _ => None,
             })
     }
@@ -455,7 +446,7 @@ impl ProxyState {
     pub fn workload_entry_by_ip(&self, ip: &IpAddr) -> Option<(&str, &Workload)> {
         let entry = &self.workload_at(ip)?.entry;
         match &entry.body {
-            ResourceBody::Workload(w) => Some((entry.key.name.as_str(), w)),
+            ResourceBody::Workload(w) => Some((&*entry.key.name, w)),
             _ => None,
         }
     }
@@ -464,7 +455,7 @@ impl ProxyState {
     pub fn workload_entry(&self, key: &str) -> Option<(&str, &Workload)> {
         let entry = self.lookup(Kind::Workload, key)?;
         match &entry.body {
-            ResourceBody::Workload(w) => Some((entry.key.name.as_str(), w)),
+            ResourceBody::Workload(w) => Some((&*entry.key.name, w)),
             _ => None,
         }
     }
@@ -541,10 +532,10 @@ impl ProxyState {
             ResourceBody::Workload(w) => {
                 Self::unindex_keys(&mut self.workloads_by_ip, w.addresses.iter().copied(), key);
                 if let Some(node) = &w.node {
-                    if let Some((_, keys)) = self.workloads_by_node.get_mut(node.as_str()) {
+                    if let Some((_, keys)) = self.workloads_by_node.get_mut(&**node) {
                         keys.remove(&key.name);
                         if keys.is_empty() {
-                            self.workloads_by_node.remove(node.as_str());
+                            self.workloads_by_node.remove(&**node);
                         }
                     }
                 }
@@ -570,7 +561,7 @@ impl ProxyState {
                 }
             }
             ResourceBody::Policy(p) => {
-                self.policies.remove(key.name.as_str());
+                self.policies.remove(&*key.name);
                 for w in &p.selected {
                     if let Some((_, set)) = self.policies_by_workload.get_mut(w.as_str()) {
                         set.remove(&key.name);
@@ -591,7 +582,7 @@ impl ProxyState {
             ResourceBody::Workload(w) => {
                 if let Some(node) = &w.node {
                     self.workloads_by_node
-                        .get_or_insert_with(node.as_str(), || (node.clone(), Default::default()))
+                        .get_or_insert_with(&**node, || (node.clone(), Default::default()))
                         .1
                         .insert(entry.key.name.clone());
                 }
@@ -644,7 +635,9 @@ impl ProxyState {
                     .insert((entry.key.name.clone(), Arc::new(CompiledPolicy::compile(p))));
                 for w in &p.selected {
                     self.policies_by_workload
-                        .get_or_insert_with(w.as_str(), || (w.clone(), Default::default()))
+                        .get_or_insert_with(w.as_str(), || {
+                            (Name::from(w.as_str()), Default::default())
+                        })
                         .1
                         .insert(entry.key.name.clone());
                 }
@@ -672,7 +665,7 @@ impl PolicyIndex for ProxyState {
             .value(workload)
             .into_iter()
             .flatten()
-            .filter_map(|name| self.policies.value(name.as_str()).map(|p| p.as_ref()))
+            .filter_map(|name| self.policies.value(&**name).map(|p| p.as_ref()))
     }
 
     fn in_peer_group(&self, group: &str, workload: &str) -> bool {
@@ -707,6 +700,9 @@ pub struct ApplyReport {
 #[derive(Debug)]
 pub struct ConfigStore {
     current: ArcSwap<ProxyState>,
+    /// Names, label sets and port lists, each stored once across every
+    /// resource (the writer's alone: taken once per applied delta).
+    interner: std::sync::Mutex<Interner>,
     ready: AtomicBool,
     /// Bumped after every applied delta, for tasks that follow the config.
     changes: tokio::sync::watch::Sender<u64>,
@@ -731,6 +727,7 @@ impl ConfigStore {
         };
         Self {
             current: ArcSwap::from_pointee(state),
+            interner: std::sync::Mutex::default(),
             ready: AtomicBool::new(false),
             changes: tokio::sync::watch::Sender::new(0),
         }
@@ -758,10 +755,16 @@ impl ConfigStore {
     pub fn apply(&self, response: DeltaResponse) -> ApplyReport {
         let mut next = ProxyState::clone(&self.current.load());
         let mut report = ApplyReport::default();
+        // Only the writer takes it; a panic elsewhere cannot leave it
+        // half-updated in a way that matters (it is a cache of values).
+        let mut interner = self
+            .interner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         next.revision = response.revision;
         next.updated_at = Some(std::time::SystemTime::now());
         for resource in response.resources {
-            match VersionedResource::decode(resource) {
+            match VersionedResource::decode_with(resource, &mut interner) {
                 Ok(decoded) => {
                     next.insert(Arc::new(decoded));
                     report.applied += 1;
@@ -788,6 +791,7 @@ impl ConfigStore {
         next.forget_unused_peer_sets();
         next.shrink_to_fit();
         self.current.store(Arc::new(next));
+        interner.sweep();
         self.ready.store(true, Ordering::Release);
         self.changes.send_modify(|n| *n += 1);
         report
@@ -820,14 +824,13 @@ mod tests {
 
     fn workload(name: &str, ip: &str) -> ResourceBody {
         ResourceBody::Workload(Workload {
-            uid: String::new(),
             namespace: "default".into(),
             name: name.into(),
             node: Some("n1".into()),
             service_account: "default".into(),
-            addresses: vec![ip.parse().unwrap()],
+            addresses: vec![ip.parse().unwrap()].into(),
             labels: Default::default(),
-            ports: vec![],
+            ports: vec![].into(),
             ready: true,
             terminating: false,
             mesh: true,
@@ -862,7 +865,7 @@ mod tests {
                 .workload_by_ip(&"10.0.0.1".parse().unwrap())
                 .unwrap()
                 .name,
-            "a"
+            "a".into()
         );
         assert!(before.workload("default/b").is_none());
         let after = store.snapshot();
@@ -873,7 +876,7 @@ mod tests {
                 .workload_by_ip(&"10.0.0.2".parse().unwrap())
                 .unwrap()
                 .name,
-            "b"
+            "b".into()
         );
     }
 
@@ -917,7 +920,7 @@ mod tests {
             &[],
         ));
         let names = |s: &ProxyState, node: &str| -> Vec<String> {
-            s.workloads_on(node).map(|w| w.name.clone()).collect()
+            s.workloads_on(node).map(|w| w.name.to_string()).collect()
         };
         let s = store.snapshot();
         assert_eq!(names(&s, "n1"), ["a", "b"]);
@@ -939,7 +942,7 @@ mod tests {
         let labelled = |name: &str, ip: &str, app: &str| {
             let mut body = workload(name, ip);
             if let ResourceBody::Workload(w) = &mut body {
-                w.labels.insert("app".into(), app.into());
+                w.labels.insert("app", app);
                 w.controller = Some(app.into());
             }
             body
@@ -979,11 +982,9 @@ mod tests {
         // A version label is part of the set: v2 pods do not share v1's.
         let mut v2 = labelled("d", "10.0.0.4", "web");
         if let ResourceBody::Workload(w) = &mut v2 {
-            w.labels.insert("version".into(), "v2".into());
-            w.labels.insert(
-                "service.istio.io/canonical-name".into(),
-                "storefront".into(),
-            );
+            w.labels.insert("version", "v2");
+            w.labels
+                .insert("service.istio.io/canonical-name", "storefront");
         }
         store.apply(response(2, &[v2], &[]));
         let s = store.snapshot();
@@ -1069,7 +1070,7 @@ mod tests {
 
     fn service(name: &str, service_type: ServiceType, node_ports: &[Option<u16>]) -> ResourceBody {
         use ferry_api::model::{Protocol, ServicePort, TargetPort, TrafficPolicy};
-        ResourceBody::Service(Service {
+        ResourceBody::Service(Box::new(Service {
             namespace: "default".into(),
             name: name.into(),
             hostname: format!("{name}.default.svc.cluster.local"),
@@ -1096,7 +1097,7 @@ mod tests {
             endpoints: vec![],
             selector: false,
             traffic_distribution: None,
-        })
+        }))
     }
 
     #[test]

@@ -202,7 +202,7 @@ pub fn view(
             let ports = s
                 .ports
                 .iter()
-                .zip(&e.ports)
+                .zip(e.ports.iter())
                 .filter_map(|(sp, target)| {
                     target.map(|t| format!("{}/{} -> {t}", sp.port, protocol(sp.protocol)))
                 })
@@ -247,12 +247,12 @@ pub fn view(
     let (verdict, verdict_for) = verdict.unzip();
     Ok(PodView {
         pod: key,
-        node: workload.node.clone(),
+        node: workload.node.as_deref().map(str::to_string),
         addresses: workload.addresses.iter().map(ToString::to_string).collect(),
         ready: workload.ready,
         terminating: workload.terminating,
         mesh: workload.mesh,
-        service_account: workload.service_account.clone(),
+        service_account: workload.service_account.to_string(),
         identity: workload.mesh.then(|| {
             ferry_api::identity::Identity::new(
                 trust_domain,
@@ -262,7 +262,7 @@ pub fn view(
             .to_string()
         }),
         certificate,
-        controller: workload.controller.clone(),
+        controller: workload.controller.as_deref().map(str::to_string),
         labels: workload
             .labels
             .iter()

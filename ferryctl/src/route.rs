@@ -95,11 +95,11 @@ pub fn table(explanation: &Explanation) -> String {
     ]];
     rows.extend(explanation.endpoints.iter().map(|e| {
         [
-            e.pod.clone().unwrap_or_else(|| "-".into()),
+            e.pod.as_deref().unwrap_or("-").to_string(),
             e.address.to_string(),
             e.port.to_string(),
-            e.node.clone().unwrap_or_else(|| "-".into()),
-            e.zone.clone().unwrap_or_else(|| "-".into()),
+            e.node.as_deref().unwrap_or("-").to_string(),
+            e.zone.as_deref().unwrap_or("-").to_string(),
             yes_no(e.ready).into(),
             yes_no(e.serving).into(),
             yes_no(e.terminating).into(),
@@ -130,10 +130,10 @@ mod tests {
 
     fn endpoint(pod: Option<&str>, address: &str, node: Option<&str>, mode: Mode) -> RouteEndpoint {
         RouteEndpoint {
-            pod: pod.map(String::from),
+            pod: pod.map(Into::into),
             address: address.parse().unwrap(),
             port: 8080,
-            node: node.map(String::from),
+            node: node.map(Into::into),
             ready: true,
             serving: true,
             terminating: false,

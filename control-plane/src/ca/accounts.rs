@@ -53,7 +53,7 @@ impl NodeAccounts {
                 Change::Remove(key) if key.kind == Kind::Workload => (key, None),
                 _ => continue,
             };
-            if let Some((node, account)) = inner.workloads.remove(&key.name) {
+            if let Some((node, account)) = inner.workloads.remove(&*key.name) {
                 if let Some(accounts) = inner.nodes.get_mut(&node) {
                     if let Some(n) = accounts.get_mut(&account) {
                         *n -= 1;
@@ -73,7 +73,9 @@ impl NodeAccounts {
                     .or_default()
                     .entry(account.clone())
                     .or_default() += 1;
-                inner.workloads.insert(key.name.clone(), (node, account));
+                inner
+                    .workloads
+                    .insert(key.name.to_string(), (node, account));
             }
         }
     }
@@ -97,14 +99,13 @@ mod tests {
 
     fn workload(name: &str, node: &str, sa: &str, mesh: bool) -> Change {
         let body = ResourceBody::Workload(Workload {
-            uid: String::new(),
             namespace: "shop".into(),
             name: name.into(),
             node: Some(node.into()),
             service_account: sa.into(),
-            addresses: vec![],
+            addresses: vec![].into(),
             labels: Default::default(),
-            ports: vec![],
+            ports: vec![].into(),
             ready: true,
             terminating: false,
             mesh,

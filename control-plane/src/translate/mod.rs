@@ -129,7 +129,7 @@ impl NamespaceState {
     fn selecting(&self, labels: &ferry_api::model::Labels) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for (k, v) in labels {
-            let Some(candidates) = self.selector_index.get(&(k.clone(), v.clone())) else {
+            let Some(candidates) = self.selector_index.get(&(k.to_string(), v.to_string())) else {
                 continue;
             };
             for name in candidates {
@@ -212,6 +212,8 @@ pub struct Translator {
     compiled: HashMap<NsName, policy::CompiledPolicy>,
     groups: groups::PeerGroups,
     output: HashMap<ResourceKey, Published>,
+    /// Pods' names, label sets and ports, each kept once.
+    interner: ferry_api::model::Interner,
 }
 
 #[derive(Default)]
@@ -294,7 +296,8 @@ impl Translator {
                     .namespaces
                     .get(&r.namespace)
                     .and_then(|n| n.labels.as_ref());
-                let workload = objects::workload(&pod, ns_labels, &self.options);
+                let workload =
+                    objects::workload(&pod, ns_labels, &self.options, &mut self.interner);
                 let ns = self.namespace(&r.namespace);
                 if objects::host_network(&pod) {
                     ns.host_network.insert(r.name.clone());
@@ -657,7 +660,7 @@ impl Translator {
         for key in dirty.services {
             let body = self
                 .translate_service(&key.0, &key.1)
-                .map(ResourceBody::Service);
+                .map(|s| ResourceBody::Service(Box::new(s)));
             self.publish(
                 ResourceKey::new(Kind::Service, format!("{}/{}", key.0, key.1)),
                 body,
@@ -678,7 +681,15 @@ impl Translator {
                 .iter()
                 .filter_map(|w| {
                     let (ns, pod) = w.split_once('/')?;
-                    namespaces.get(ns)?.pods.get(pod)?.node.clone()
+                    Some(
+                        namespaces
+                            .get(ns)?
+                            .pods
+                            .get(pod)?
+                            .node
+                            .as_deref()?
+                            .to_string(),
+                    )
                 })
                 .collect();
             if nodes != compiled.nodes {

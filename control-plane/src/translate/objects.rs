@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use std::sync::Arc;
+
 use ferry_api::model::{
-    self, Endpoint, LabelLookup, Labels, Protocol, ServicePort, ServiceType, TargetPort,
-    TrafficPolicy,
+    self, Endpoint, Interner, LabelLookup, Labels, Name, Protocol, ServicePort, ServiceType,
+    TargetPort, TrafficPolicy,
 };
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -88,6 +90,7 @@ pub fn workload(
     pod: &core::Pod,
     namespace_labels: Option<&BTreeMap<String, String>>,
     options: &TranslateOptions,
+    interner: &mut Interner,
 ) -> Option<model::Workload> {
     let status = pod.status.as_ref();
     if matches!(
@@ -97,7 +100,7 @@ pub fn workload(
         return None;
     }
     let spec = pod.spec.as_ref();
-    let labels = Labels::from(pod.metadata.labels.clone().unwrap_or_default());
+    let labels = interner.labels(pod.metadata.labels.iter().flatten());
     let mut addresses: Vec<IpAddr> = status
         .and_then(|s| s.pod_ips.as_ref())
         .into_iter()
@@ -113,7 +116,7 @@ pub fn workload(
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| {
             Some(model::NamedPort {
-                name: p.name.clone().filter(|n| !n.is_empty())?,
+                name: p.name.as_deref().filter(|n| !n.is_empty())?.into(),
                 port: port(p.container_port)?,
                 protocol: protocol(p.protocol.as_deref()),
             })
@@ -125,27 +128,24 @@ pub fn workload(
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
     Some(model::Workload {
-        uid: pod.metadata.uid.clone().unwrap_or_default(),
-        namespace: pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        node: spec
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty()),
-        service_account: spec
-            .and_then(|s| s.service_account_name.clone())
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "default".into()),
-        addresses,
-        ports,
+        namespace: interner.name(pod.metadata.namespace.as_deref().unwrap_or("default")),
+        name: pod.metadata.name.as_deref().unwrap_or_default().into(),
+        node: interner.optional(
+            spec.and_then(|s| s.node_name.as_deref())
+                .unwrap_or_default(),
+        ),
+        service_account: interner.name(
+            spec.and_then(|s| s.service_account_name.as_deref())
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default"),
+        ),
+        addresses: addresses.into(),
+        ports: interner.named_ports(ports),
         ready,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         // Host-network pods share the node's address: nothing to capture.
         mesh: !host_network(pod) && in_mesh(&labels, namespace_labels, options),
-        controller: controller(pod),
+        controller: controller(pod).map(|c| interner.name(&c)),
         labels,
     })
 }
@@ -447,21 +447,24 @@ fn workload_endpoints(
             .node
             .as_deref()
             .and_then(|n| node_zone(nodes.get(n)?))
-            .map(str::to_owned);
+            .map(Name::from);
         let ready = publish_not_ready || (w.ready && !w.terminating);
+        let none: Arc<[Name]> = Arc::from([]);
         let (zone_hints, node_hints) = match (distribution, ready) {
             (Some(d), true) => (
                 zone.iter().cloned().collect(),
                 match d {
                     Distribution::SameNode => w.node.iter().cloned().collect(),
-                    Distribution::SameZone => Vec::new(),
+                    Distribution::SameZone => none.clone(),
                 },
             ),
-            _ => (Vec::new(), Vec::new()),
+            _ => (none.clone(), none),
         };
+        let resolved: Arc<[Option<u16>]> = resolved.into();
+        let key = Name::from(w.key_name());
         for address in &w.addresses {
             out.push(Endpoint {
-                workload: Some(w.key_name()),
+                workload: Some(key.clone()),
                 address: *address,
                 node: w.node.clone(),
                 ports: resolved.clone(),
@@ -526,17 +529,17 @@ fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endp
                 Some(format!("{ns}/{}", r.name.as_deref()?))
             });
             let hints = ep.hints.as_ref();
-            let zone_hints: Vec<String> = hints
+            let zone_hints: Arc<[Name]> = hints
                 .and_then(|h| h.for_zones.as_ref())
                 .into_iter()
                 .flatten()
-                .map(|z| z.name.clone())
+                .map(|z| Name::from(z.name.as_str()))
                 .collect();
-            let node_hints: Vec<String> = hints
+            let node_hints: Arc<[Name]> = hints
                 .and_then(|h| h.for_nodes.as_ref())
                 .into_iter()
                 .flatten()
-                .map(|n| n.name.clone())
+                .map(|n| Name::from(n.name.as_str()))
                 .collect();
             if let Some(Ok(address)) = ep.addresses.first().map(|a| a.parse::<IpAddr>()) {
                 let mut endpoint_ports = resolved.clone();
@@ -551,15 +554,15 @@ fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endp
                     continue;
                 }
                 out.push(Endpoint {
-                    workload: workload.clone(),
+                    workload: workload.as_deref().map(Name::from),
                     address,
-                    node: ep.node_name.clone(),
-                    ports: endpoint_ports,
+                    node: ep.node_name.as_deref().map(Name::from),
+                    ports: endpoint_ports.into(),
                     ready,
                     serving,
                     terminating,
-                    hostname: ep.hostname.clone(),
-                    zone: ep.zone.clone().filter(|z| !z.is_empty()),
+                    hostname: ep.hostname.as_deref().map(Name::from),
+                    zone: ep.zone.as_deref().filter(|z| !z.is_empty()).map(Name::from),
                     zone_hints,
                     node_hints,
                 });

@@ -136,9 +136,9 @@ fn decoded(t: &Translator) -> Model {
         assert_eq!(resource.version, published.version(), "{key}");
         let name = key.name.clone();
         let fresh = match resource.body {
-            ResourceBody::Service(s) => m.services.insert(name, s).is_none(),
-            ResourceBody::Workload(w) => m.workloads.insert(name, w).is_none(),
-            ResourceBody::Node(n) => m.nodes.insert(name, n).is_none(),
+            ResourceBody::Service(s) => m.services.insert(name.to_string(), *s).is_none(),
+            ResourceBody::Workload(w) => m.workloads.insert(name.to_string(), w).is_none(),
+            ResourceBody::Node(n) => m.nodes.insert(name.to_string(), n).is_none(),
             ResourceBody::Policy(_) | ResourceBody::PeerGroup(_) => continue,
         };
         assert!(fresh, "{key} published twice");
@@ -194,7 +194,7 @@ fn endpoint_addresses(s: &model::Service) -> Vec<String> {
 fn endpoint_workloads(s: &model::Service) -> Vec<String> {
     s.endpoints
         .iter()
-        .map(|e| e.workload.clone().unwrap_or_else(|| "-".into()))
+        .map(|e| e.workload.as_deref().unwrap_or("-").to_string())
         .collect()
 }
 
@@ -330,18 +330,18 @@ status:
     assert_eq!(
         workload(&t, "shop/web-1"),
         model::Workload {
-            uid: "1234-abcd".into(),
             namespace: "shop".into(),
             name: "web-1".into(),
             node: Some("node-a".into()),
             service_account: "web-sa".into(),
-            addresses: ips(&["10.0.1.5"]),
+            addresses: ips(&["10.0.1.5"]).into(),
             labels: labels(&[("app", "web"), ("version", "v1")]).into(),
             ports: vec![
                 named_port("http", 8080, Protocol::Tcp),
                 named_port("dns", 53, Protocol::Udp),
                 named_port("metrics", 9100, Protocol::Sctp),
-            ],
+            ]
+            .into(),
             ready: true,
             terminating: false,
             mesh: true,
@@ -375,7 +375,11 @@ fn pod_addresses_come_from_pod_ips_else_pod_ip() {
         let t = translated(&[format!(
             "kind: Pod\nmetadata: {{name: p, namespace: shop}}\nspec: {{containers: [{{name: app}}]}}\nstatus:\n  {status}\n"
         )]);
-        assert_eq!(workload(&t, "shop/p").addresses, ips(want), "case {name}");
+        assert_eq!(
+            workload(&t, "shop/p").addresses,
+            ips(want).into(),
+            "case {name}"
+        );
     }
 }
 
@@ -439,7 +443,7 @@ fn pod_service_account_defaults_to_default() {
         );
         assert_eq!(
             workload(&translated(&[yaml]), "shop/p").service_account,
-            want,
+            want.into(),
             "case {name}"
         );
     }
@@ -468,7 +472,7 @@ fn pod_named_container_ports_become_workload_ports() {
     for (name, containers, want) in cases {
         let yaml = format!("kind: Pod\nmetadata: {{name: p, namespace: shop}}\nspec: {{containers: {containers}}}\n");
         assert_eq!(
-            &workload(&translated(&[yaml]), "shop/p").ports,
+            &*workload(&translated(&[yaml]), "shop/p").ports,
             want,
             "case {name}"
         );
@@ -480,7 +484,7 @@ fn pod_without_namespace_lands_in_default() {
     let t = translated(&["kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: app}]}\n"]);
     let w = workload(&t, "default/p");
     assert_eq!(
-        (w.namespace.as_str(), w.name.as_str(), w.node.as_deref()),
+        (&*w.namespace, &*w.name, w.node.as_deref()),
         ("default", "p", None)
     );
 }
@@ -739,14 +743,14 @@ spec:
                 workload: Some("shop/a".into()),
                 address: "10.0.0.1".parse().unwrap(),
                 node: Some("node-a".into()),
-                ports: vec![Some(8080), Some(5353)],
+                ports: vec![Some(8080), Some(5353)].into(),
                 ready: true,
                 serving: true,
                 terminating: false,
                 hostname: None,
-                node_hints: Vec::new(),
+                node_hints: Vec::new().into(),
                 zone: None,
-                zone_hints: Vec::new(),
+                zone_hints: Vec::new().into(),
             }],
             selector: true,
             traffic_distribution: None,
@@ -881,7 +885,7 @@ fn target_port_forms() {
         ]);
         let s = service(&t, "shop/web");
         assert_eq!(s.ports[0].target_port, want_target, "case {name}");
-        assert_eq!(s.endpoints[0].ports, [want_port], "case {name}");
+        assert_eq!(s.endpoints[0].ports, [want_port].into(), "case {name}");
     }
 }
 
@@ -919,7 +923,7 @@ spec:
     let ports: Vec<_> = s
         .endpoints
         .iter()
-        .map(|e| (e.workload.as_deref(), e.ports.clone()))
+        .map(|e| (e.workload.as_deref(), e.ports.to_vec()))
         .collect();
     assert_eq!(
         ports,
@@ -1122,7 +1126,7 @@ fn endpoint_conditions_follow_pod_readiness_and_termination() {
                 e.workload.as_deref(),
                 e.address,
                 e.node.as_deref(),
-                e.ports.as_slice(),
+                &*e.ports,
                 e.hostname.as_deref()
             ),
             (
@@ -1228,7 +1232,7 @@ fn slices_take_precedence_over_the_selector() {
     let s = service(&t, "shop/web");
     assert_eq!(endpoint_addresses(&s), ["10.1.0.1"]);
     assert!(s.selector);
-    assert_eq!(s.endpoints[0].ports, [Some(8080)]);
+    assert_eq!(s.endpoints[0].ports, [Some(8080)].into());
 }
 
 #[test]
@@ -1302,7 +1306,7 @@ fn slice_ports_map_by_service_port_name_and_protocol() {
             ),
         ]);
         assert_eq!(
-            service(&t, "shop/web").endpoints[0].ports,
+            &*service(&t, "shop/web").endpoints[0].ports,
             *want,
             "case {name}"
         );
@@ -1425,7 +1429,7 @@ endpoints: [{addresses: [10.1.0.1]}, {addresses: [10.1.0.3, 10.1.0.4]}]
     let got: Vec<(String, Vec<Option<u16>>)> = s
         .endpoints
         .iter()
-        .map(|e| (e.address.to_string(), e.ports.clone()))
+        .map(|e| (e.address.to_string(), e.ports.to_vec()))
         .collect();
     assert_eq!(
         got,
@@ -1447,7 +1451,7 @@ fn selectorless_service_uses_manual_slices() {
     let s = service(&t, "shop/web");
     assert!(!s.selector);
     assert_eq!(endpoint_addresses(&s), ["10.9.0.1", "10.9.0.2"]);
-    assert_eq!(s.endpoints[0].ports, [Some(8080)]);
+    assert_eq!(s.endpoints[0].ports, [Some(8080)].into());
 
     // Without slices, a selector-less service has no endpoints.
     assert_eq!(
@@ -2273,9 +2277,9 @@ fn topology_of(s: &model::Service) -> Vec<EndpointTopology> {
         .map(|e| {
             (
                 e.address.to_string(),
-                e.zone.clone(),
-                e.zone_hints.clone(),
-                e.node_hints.clone(),
+                e.zone.as_deref().map(str::to_string),
+                e.zone_hints.iter().map(|z| z.to_string()).collect(),
+                e.node_hints.iter().map(|n| n.to_string()).collect(),
             )
         })
         .collect()
@@ -2518,7 +2522,7 @@ fn shares(t: &Translator) -> BTreeMap<String, (Vec<String>, Scope)> {
             let ResourceBody::PeerGroup(g) = decoded.body else {
                 panic!("{k} is not a peer group");
             };
-            (k.name.clone(), (g.pods, p.scope.clone()))
+            (k.name.to_string(), (g.pods, p.scope.clone()))
         })
         .collect()
 }

@@ -147,8 +147,12 @@ impl<'s> Eligible<'s> {
             && if self.ready {
                 endpoint.ready
                     && match self.topology {
-                        Topology::SameNode(node) => endpoint.node_hints.iter().any(|n| n == node),
-                        Topology::SameZone(zone) => endpoint.zone_hints.iter().any(|z| z == zone),
+                        Topology::SameNode(node) => {
+                            endpoint.node_hints.iter().any(|n| **n == *node)
+                        }
+                        Topology::SameZone(zone) => {
+                            endpoint.zone_hints.iter().any(|z| **z == *zone)
+                        }
                         Topology::Everywhere(_) => true,
                     }
             } else {
@@ -179,14 +183,10 @@ impl<'s> Eligible<'s> {
             all_node &= !e.node_hints.is_empty();
             all_zone &= !e.zone_hints.is_empty();
             if for_node.is_none() {
-                for_node = e
-                    .node_hints
-                    .iter()
-                    .find(|n| *n == at.node)
-                    .map(String::as_str);
+                for_node = e.node_hints.iter().find(|n| ***n == *at.node).map(|n| &**n);
             }
             if let (None, Some(zone)) = (for_zone, at.zone) {
-                for_zone = e.zone_hints.iter().find(|z| *z == zone).map(String::as_str);
+                for_zone = e.zone_hints.iter().find(|z| ***z == *zone).map(|z| &**z);
             }
         }
         if !any {

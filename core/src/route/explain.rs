@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use ferry_api::model::{Service, Workload};
+use ferry_api::model::{Name, Service, Workload};
 use serde::Serialize;
 
 use super::endpoints::{eligible, eligible_for, no_endpoints, Locality, Topology};
@@ -59,13 +59,13 @@ pub struct RouteAffinity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteEndpoint {
     /// `namespace/name` of its pod; `None` for a bare address.
-    pub pod: Option<String>,
+    pub pod: Option<Name>,
     pub address: IpAddr,
     /// The port connected to (the resolved target port).
     pub port: u16,
-    pub node: Option<String>,
+    pub node: Option<Name>,
     /// The zone of its node, when known.
-    pub zone: Option<String>,
+    pub zone: Option<Name>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -294,14 +294,14 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
             Explanation {
                 endpoints: address
                     .map(|address| RouteEndpoint {
-                        pod: Some(key.clone()),
+                        pod: Some(key.as_str().into()),
                         address,
                         port,
                         node: workload.node.clone(),
                         zone: workload
                             .node
                             .as_deref()
-                            .and_then(|n| state.node(n)?.zone.clone()),
+                            .and_then(|n| state.node(n)?.zone.as_deref().map(Name::from)),
                         ready: workload.ready,
                         serving: workload.ready,
                         terminating: workload.terminating,

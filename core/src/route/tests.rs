@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::state::ConfigStore;
-use ferry_api::model::{Endpoint, Node, NodeAddress, ServicePort, ServiceType, TargetPort};
+use ferry_api::model::{Endpoint, Name, Node, NodeAddress, ServicePort, ServiceType, TargetPort};
 use ferry_api::ResourceBody;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -46,14 +46,13 @@ pub(crate) fn node(
 
 pub(crate) fn pod(name: &str, address: &str, node: &str, mesh: bool) -> Workload {
     Workload {
-        uid: format!("uid-{name}"),
         namespace: "shop".into(),
         name: name.into(),
         node: Some(node.into()),
         service_account: "default".into(),
-        addresses: vec![ip(address)],
+        addresses: vec![ip(address)].into(),
         labels: Default::default(),
-        ports: vec![],
+        ports: vec![].into(),
         ready: true,
         terminating: false,
         mesh,
@@ -94,17 +93,17 @@ pub(crate) fn tcp(name: &str, port: u16, target: u16) -> ServicePort {
 /// A ready endpoint of pod `shop/<pod>` (or a bare address for "").
 pub(crate) fn ep(pod: &str, address: &str, node: &str, ports: &[Option<u16>]) -> Endpoint {
     Endpoint {
-        workload: (!pod.is_empty()).then(|| format!("shop/{pod}")),
+        workload: (!pod.is_empty()).then(|| format!("shop/{pod}").into()),
         address: ip(address),
-        node: (!node.is_empty()).then(|| node.to_string()),
-        ports: ports.to_vec(),
+        node: (!node.is_empty()).then(|| node.into()),
+        ports: ports.to_vec().into(),
         ready: true,
         serving: true,
         terminating: false,
         hostname: None,
-        node_hints: Vec::new(),
+        node_hints: Vec::new().into(),
         zone: None,
-        zone_hints: Vec::new(),
+        zone_hints: Vec::new().into(),
     }
 }
 
@@ -166,7 +165,11 @@ pub(crate) fn backend() -> Service {
 /// The cluster plus these services, through the config store.
 pub(crate) fn state_with(services: Vec<Service>) -> Arc<ProxyState> {
     let mut bodies = cluster();
-    bodies.extend(services.into_iter().map(ResourceBody::Service));
+    bodies.extend(
+        services
+            .into_iter()
+            .map(|s| ResourceBody::Service(Box::new(s))),
+    );
     ConfigStore::holding(&bodies).snapshot()
 }
 
@@ -289,7 +292,7 @@ pub(crate) fn web() -> Service {
         ..tcp("http", 80, 8080)
     }];
     for e in &mut web.endpoints {
-        e.ports = vec![Some(8080)];
+        e.ports = vec![Some(8080)].into();
     }
     web.external_traffic_policy = TrafficPolicy::Local;
     web
@@ -445,7 +448,7 @@ fn a_pod_ip_is_that_pod_and_its_mode_depends_on_where_it_runs() {
     for (dest, want_pod, want_mode) in cases {
         match plan(&s, Origin::Cluster, sa(dest)) {
             Plan::Workload { workload, port } => {
-                assert_eq!(workload.name, want_pod, "{dest}");
+                assert_eq!(workload.name, want_pod.into(), "{dest}");
                 assert_eq!(port, 8080, "{dest}");
             }
             other => panic!("{dest}: expected a pod, got {other:?}"),
@@ -454,7 +457,10 @@ fn a_pod_ip_is_that_pod_and_its_mode_depends_on_where_it_runs() {
         assert_eq!(e.mode, want_mode.into(), "{dest}");
         assert_eq!(e.service, None, "{dest}");
         assert_eq!(e.endpoints.len(), 1, "{dest}");
-        assert_eq!(e.endpoints[0].pod, Some(format!("shop/{want_pod}")));
+        assert_eq!(
+            e.endpoints[0].pod.as_deref(),
+            Some(format!("shop/{want_pod}").as_str())
+        );
         assert_eq!(e.endpoints[0].address, sa(dest).ip());
         assert_eq!(e.endpoints[0].port, 8080);
         assert_eq!(e.endpoints[0].mode, want_mode);
@@ -495,7 +501,7 @@ fn a_headless_service_is_reached_through_its_pods() {
     // Its backends by pod IP.
     match plan(&s, Origin::Cluster, sa("10.0.2.1:5432")) {
         Plan::Workload { workload, port } => {
-            assert_eq!((workload.name.as_str(), port), ("a2", 5432));
+            assert_eq!((&*workload.name, port), ("a2", 5432));
         }
         other => panic!("expected a pod, got {other:?}"),
     }
@@ -1060,7 +1066,9 @@ fn affinity_moves_when_its_endpoint_becomes_ineligible() {
     let mut unported = svc.clone();
     for e in &mut unported.endpoints {
         if e.address == moved {
-            e.ports[0] = None;
+            let mut ports = e.ports.to_vec();
+            ports[0] = None;
+            e.ports = ports.into();
         }
     }
     let (elsewhere, _) = lb
@@ -1455,8 +1463,8 @@ fn a_dual_stack_service_is_served_per_family() {
 
 fn hinted(mut e: Endpoint, zone: &str, zones: &[&str], nodes: &[&str]) -> Endpoint {
     e.zone = Some(zone.into());
-    e.zone_hints = zones.iter().map(|z| z.to_string()).collect();
-    e.node_hints = nodes.iter().map(|n| n.to_string()).collect();
+    e.zone_hints = zones.iter().map(|z| Name::from(*z)).collect();
+    e.node_hints = nodes.iter().map(|n| Name::from(*n)).collect();
     e
 }
 
@@ -1495,11 +1503,11 @@ fn zone_hints_fall_back_to_every_endpoint_as_kube_proxy_does() {
     let all = ["10.0.1.1", "10.0.2.1", "10.0.3.1"];
     // (case, service, serving locality, expected decision)
     let mut one_unhinted = zoned_backend();
-    one_unhinted.endpoints[2].zone_hints.clear();
+    one_unhinted.endpoints[2].zone_hints = Arc::from([]);
     let mut unready_unhinted = zoned_backend();
     unready_unhinted.endpoints[2] =
         with_conditions(unready_unhinted.endpoints[2].clone(), false, false, false);
-    unready_unhinted.endpoints[2].zone_hints.clear();
+    unready_unhinted.endpoints[2].zone_hints = Arc::from([]);
     let cases: [(&str, Service, Locality<'_>, Topology<'_>, &[&str]); 5] = [
         (
             "no hints at all",
@@ -1548,7 +1556,7 @@ fn zone_hints_fall_back_to_every_endpoint_as_kube_proxy_does() {
 fn hints_apply_to_the_cluster_policy_and_ready_endpoints_only() {
     // Policy Local: the node's endpoints, whatever the hints say.
     let mut svc = zoned_backend();
-    svc.endpoints[0].zone_hints = vec!["b".into()];
+    svc.endpoints[0].zone_hints = vec!["b".into()].into();
     let set = eligible(&svc, 0, TrafficPolicy::Local, at("n1", Some("a")));
     assert_eq!(addresses(set.iter()), ["10.0.1.1"]);
     assert_eq!(set.topology(), Topology::Everywhere(Unhinted::LocalPolicy));
@@ -1577,7 +1585,7 @@ fn node_hints_come_before_zone_hints() {
     assert_eq!(addresses(set.iter()), ["10.0.2.1", "10.0.3.1"]);
     assert_eq!(set.topology(), Topology::SameZone("b"));
     // One ready endpoint without a node hint: node hints are ignored.
-    svc.endpoints[2].node_hints.clear();
+    svc.endpoints[2].node_hints = Arc::from([]);
     let set = eligible(&svc, 0, TrafficPolicy::Cluster, at("n2", Some("b")));
     assert_eq!(set.topology(), Topology::SameZone("b"));
 }
@@ -1590,7 +1598,7 @@ fn the_data_path_and_ferryctl_route_use_the_serving_nodes_zone() {
             n.zone = Some(if n.name == "n1" { "a" } else { "b" }.into());
         }
     }
-    bodies.push(ResourceBody::Service(zoned_backend()));
+    bodies.push(ResourceBody::Service(Box::new(zoned_backend())));
     let s = ConfigStore::holding(&bodies).snapshot();
     let lb = LoadBalancer::new();
     let svc = s.service("shop/backend").unwrap();
@@ -1637,7 +1645,7 @@ fn a_single_stack_service_is_unknown_on_the_other_family() {
     bodies.push(node("n6", "fd00:18::6", None, true));
     let mut svc = web();
     svc.external_ips.push(ip("2001:db8::50"));
-    bodies.push(ResourceBody::Service(svc));
+    bodies.push(ResourceBody::Service(Box::new(svc)));
     let s = ConfigStore::holding(&bodies).snapshot();
     for (destination, is_service) in [
         ("10.1.0.2:30080", true),

@@ -565,7 +565,7 @@ mod tests {
         assert!(client.mesh);
         let echo = state.service("ferry-connectivity/echo").unwrap();
         assert_eq!(echo.endpoints.len(), 1);
-        assert_eq!(echo.endpoints[0].ports, [Some(ALLOWED_PORT)]);
+        assert_eq!(&*echo.endpoints[0].ports, [Some(ALLOWED_PORT)]);
         assert!(
             state
                 .service("ferry-connectivity/echo-headless")

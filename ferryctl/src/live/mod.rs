@@ -156,7 +156,8 @@ pub fn pod_state(target: &Target, key: &str) -> anyhow::Result<PodState> {
             .workload(key)
             .ok_or_else(|| anyhow::anyhow!("no pod {key} in the mesh's configuration"))?
             .node
-            .clone();
+            .as_deref()
+            .map(str::to_string);
         let mut certificate = None;
         if let Some(node) = node.filter(|n| nodes.contains(n)) {
             if node != first {

@@ -668,14 +668,13 @@ mod tests {
 
     fn pod(name: &str, ip: &str, node: &str, mesh: bool) -> ResourceBody {
         ResourceBody::Workload(Workload {
-            uid: name.into(),
             namespace: "shop".into(),
             name: name.into(),
             node: Some(node.into()),
             service_account: "default".into(),
-            addresses: vec![ip.parse().unwrap()],
+            addresses: vec![ip.parse().unwrap()].into(),
             labels: Default::default(),
-            ports: vec![],
+            ports: vec![].into(),
             ready: true,
             terminating: false,
             mesh,
@@ -689,7 +688,7 @@ mod tests {
         lb: Option<&str>,
         node_port: Option<u16>,
     ) -> ResourceBody {
-        ResourceBody::Service(Service {
+        ResourceBody::Service(Box::new(Service {
             namespace: "shop".into(),
             name: name.into(),
             hostname: format!("{name}.shop.svc.cluster.local"),
@@ -718,7 +717,7 @@ mod tests {
             endpoints: vec![],
             selector: true,
             traffic_distribution: None,
-        })
+        }))
     }
 
     fn state(bodies: &[ResourceBody]) -> std::sync::Arc<ProxyState> {
@@ -746,17 +745,17 @@ mod tests {
     fn backed_by(mut service: ResourceBody, workload: &str, ip: &str) -> ResourceBody {
         if let ResourceBody::Service(s) = &mut service {
             s.endpoints.push(ferry_api::model::Endpoint {
-                workload: Some(format!("shop/{workload}")),
+                workload: Some(format!("shop/{workload}").into()),
                 address: ip.parse().unwrap(),
                 node: Some("node-b".into()),
-                ports: vec![Some(8080)],
+                ports: vec![Some(8080)].into(),
                 ready: true,
                 serving: true,
                 terminating: false,
                 hostname: None,
-                node_hints: Vec::new(),
+                node_hints: Vec::new().into(),
                 zone: None,
-                zone_hints: Vec::new(),
+                zone_hints: Vec::new().into(),
             });
         }
         service
@@ -896,7 +895,7 @@ COMMIT
     fn each_family_gets_its_own_addresses() {
         let mut dual = pod("web", "10.244.1.10", "node-a", true);
         if let ResourceBody::Workload(w) = &mut dual {
-            w.addresses.push("fd00:244:1::10".parse().unwrap());
+            w.addresses = [w.addresses[0], "fd00:244:1::10".parse().unwrap()].into();
         }
         let mut svc = service("api", "10.96.0.20", None, None);
         if let ResourceBody::Service(s) = &mut svc {
@@ -948,7 +947,7 @@ COMMIT
         });
         let mut web = pod("web", "10.244.1.10", "node-a", true);
         if let ResourceBody::Workload(w) = &mut web {
-            w.addresses.push("fd00:244:1::10".parse().unwrap());
+            w.addresses = [w.addresses[0], "fd00:244:1::10".parse().unwrap()].into();
         }
         let s = state(&[node, web]);
         let v4 = rules().render_family(&s, Family::V4);

@@ -359,7 +359,7 @@ mod tests {
         external: Option<&str>,
         endpoints: &[(&str, bool)],
     ) -> ResourceBody {
-        ResourceBody::Service(Service {
+        ResourceBody::Service(Box::new(Service {
             namespace: "shop".into(),
             name: name.into(),
             hostname: format!("{name}.shop.svc.cluster.local"),
@@ -383,19 +383,19 @@ mod tests {
                     workload: None,
                     address: ip.parse().unwrap(),
                     node: None,
-                    ports: vec![],
+                    ports: vec![].into(),
                     ready: *ready,
                     serving: *ready,
                     terminating: false,
                     hostname: None,
-                    node_hints: Vec::new(),
+                    node_hints: Vec::new().into(),
                     zone: None,
-                    zone_hints: Vec::new(),
+                    zone_hints: Vec::new().into(),
                 })
                 .collect(),
             selector: true,
             traffic_distribution: None,
-        })
+        }))
     }
 
     fn store() -> Arc<ConfigStore> {

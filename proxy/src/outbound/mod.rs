@@ -263,7 +263,7 @@ impl Outbound {
                 let namespace = state
                     .workload_by_ip(&client.ip())
                     .filter(|w| w.node.as_deref() == Some(self.node.as_str()))
-                    .map_or("default", |w| w.namespace.as_str());
+                    .map_or("default", |w| &*w.namespace);
                 self.resolve(&state, name, *port, namespace).await
             }
         };
