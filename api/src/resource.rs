@@ -610,7 +610,7 @@ fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Serv
             })
         })
         .collect::<Result<_, FieldError>>()?;
-    let endpoints = s
+    let mut endpoints = s
         .endpoints
         .into_iter()
         .enumerate()
@@ -645,7 +645,10 @@ fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Serv
                 node_hints: interner.names(&e.node_hints),
             })
         })
-        .collect::<Result<_, FieldError>>()?;
+        .collect::<Result<Vec<_>, FieldError>>()?;
+    // Collected in place: the vector would keep the decoded messages'
+    // capacity (a proto endpoint is larger than the model's).
+    endpoints.shrink_to_fit();
     Ok(Service {
         hostname: s.hostname,
         service_type,

@@ -194,6 +194,11 @@ impl ConfigCache {
             inner.revision += 1;
             inner.committed_at = Some(std::time::Instant::now());
             let revision = inner.revision;
+            // The first configuration: a proxy behind it held nothing, and
+            // gets everything by comparing what it reports; logging it
+            // would keep an entry per resource (7 MiB at 111,000) for no
+            // stream's use.
+            let first = inner.resources.is_empty();
             for change in changes {
                 let (key, before) = match change {
                     Change::Upsert(key, published) => {
@@ -205,11 +210,16 @@ impl ConfigCache {
                         (key, before)
                     }
                 };
-                inner.log.push_back(LogEntry {
-                    revision,
-                    key,
-                    before: before.map(|p| (p.version, p.scope)),
-                });
+                if !first {
+                    inner.log.push_back(LogEntry {
+                        revision,
+                        key,
+                        before: before.map(|p| (p.version, p.scope)),
+                    });
+                }
+            }
+            if first {
+                inner.log_floor = revision;
             }
             // Only revisions older than this one are trimmed: a commit
             // larger than the log (a relist, a mass relabel) stays whole,
@@ -265,6 +275,14 @@ impl ConfigCache {
             }
         };
         match held {
+            // Revision 0 is the empty configuration: what a proxy in sync
+            // there needs is everything in its scope, whatever the log
+            // keeps (the first configuration is not logged).
+            Held::InSyncAt(0) => {
+                for key in inner.resources.keys() {
+                    consider(key, None, &mut delta);
+                }
+            }
             Held::InSyncAt(seen) => {
                 if seen < inner.log_floor {
                     return Err(FellBehind {
@@ -866,6 +884,27 @@ mod tests {
             cache.delta("x", Held::InSyncAt(1), &none).unwrap_err(),
             FellBehind { seen: 1, floor: 2 }
         );
+    }
+
+    #[test]
+    fn the_first_configuration_is_not_logged_and_revision_0_gets_all_of_it() {
+        let cache = ConfigCache::default();
+        let none = HashMap::new();
+        let (ka, a) = node("a", "10.0.0.1");
+        let (kb, b) = node("b", "10.0.0.2");
+        cache.commit(vec![Change::Upsert(ka.clone(), a), Change::Upsert(kb, b)]);
+        assert_eq!(cache.read().log.len(), 0);
+        let (rev, delta) = cache.delta("x", Held::InSyncAt(0), &none).unwrap();
+        assert_eq!(rev, 1);
+        assert_eq!(names(&delta).0, ["a", "b"]);
+        // Later ones are.
+        let (_, a2) = node("a", "10.0.0.9");
+        cache.commit(vec![Change::Upsert(ka, a2)]);
+        assert_eq!(cache.read().log.len(), 1);
+        let (_, delta) = cache.delta("x", Held::InSyncAt(1), &none).unwrap();
+        assert_eq!(names(&delta).0, ["a"]);
+        let (_, delta) = cache.delta("x", Held::InSyncAt(0), &none).unwrap();
+        assert_eq!(names(&delta).0, ["a", "b"]);
     }
 
     #[test]

@@ -94,6 +94,52 @@ pub enum Change {
 
 type NsName = (String, String);
 
+/// A pod's services: a small sorted set. A pod is selected by a service or
+/// two, where a `BTreeSet`'s first node reserves room for eleven (about 280
+/// bytes for every pod).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Names(Vec<String>);
+
+impl Names {
+    fn insert(&mut self, name: String) {
+        if let Err(i) = self.0.binary_search(&name) {
+            self.0.insert(i, name);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.0.binary_search_by(|n| n.as_str().cmp(name)) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<String> for Names {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
+        let mut names: Vec<String> = iter.into_iter().collect();
+        names.sort_unstable();
+        names.dedup();
+        names.shrink_to_fit();
+        Self(names)
+    }
+}
+
+impl<'a> IntoIterator for &'a Names {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// Everything translation keeps about one namespace.
 #[derive(Debug, Default)]
 struct NamespaceState {
@@ -104,7 +150,9 @@ struct NamespaceState {
     effective_labels: Option<BTreeMap<String, String>>,
     /// Pods, already translated (the only pod fields translation needs).
     /// Finished pods are not kept: they are nobody's backend.
-    pods: HashMap<String, Workload>,
+    /// Boxed: a namespace's table has room for up to twice its pods, and
+    /// a slot holding the workload itself cost twice the workload.
+    pods: HashMap<String, Box<Workload>>,
     /// Pods on the host network: never in the mesh, whatever the labels say.
     host_network: HashSet<String>,
     services: HashMap<String, Box<core::Service>>,
@@ -114,7 +162,7 @@ struct NamespaceState {
     /// Pods selected by each selector-based service.
     members: HashMap<String, BTreeSet<String>>,
     /// Services selecting each pod (the reverse of `members`).
-    pod_services: HashMap<String, BTreeSet<String>>,
+    pod_services: HashMap<String, Names>,
     slices: HashMap<String, Box<EndpointSlice>>,
     slices_by_service: HashMap<String, BTreeSet<String>>,
     policies: HashMap<String, Box<NetworkPolicy>>,
@@ -427,7 +475,7 @@ impl Translator {
         dirty: &mut Dirty,
     ) {
         let ns = self.namespace(namespace);
-        let unchanged = ns.pods.get(name) == workload.as_ref();
+        let unchanged = ns.pods.get(name).map(|w| &**w) == workload.as_ref();
         if unchanged {
             return;
         }
@@ -441,13 +489,13 @@ impl Translator {
         };
         match workload {
             Some(w) => {
-                ns.pods.insert(name.to_string(), w);
+                ns.pods.insert(name.to_string(), Box::new(w));
             }
             None => {
                 ns.pods.remove(name);
             }
         }
-        for service in old_services.difference(&new_services) {
+        for service in old_services.iter().filter(|s| !new_services.contains(*s)) {
             if let Some(members) = ns.members.get_mut(service) {
                 members.remove(name);
             }
@@ -458,13 +506,14 @@ impl Translator {
                 .or_default()
                 .insert(name.to_string());
         }
-        for service in old_services.union(&new_services) {
+        for service in old_services.iter().chain(&new_services) {
             dirty
                 .services
                 .insert((namespace.to_string(), service.clone()));
         }
         if !new_services.is_empty() {
-            ns.pod_services.insert(name.to_string(), new_services);
+            ns.pod_services
+                .insert(name.to_string(), new_services.into_iter().collect());
         }
         self.pod_changed_for_policies(namespace, name, dirty);
     }
@@ -625,7 +674,10 @@ impl Translator {
             objects::Backends::Slices(slices)
         } else if let Some(members) = ns.members.get(name).filter(|m| !m.is_empty()) {
             objects::Backends::Workloads(
-                members.iter().filter_map(|pod| ns.pods.get(pod)).collect(),
+                members
+                    .iter()
+                    .filter_map(|pod| ns.pods.get(pod).map(|w| &**w))
+                    .collect(),
                 &self.nodes,
             )
         } else {
@@ -649,8 +701,7 @@ impl Translator {
                 .namespaces
                 .get(&key.0)
                 .and_then(|ns| ns.pods.get(&key.1))
-                .cloned()
-                .map(ResourceBody::Workload);
+                .map(|w| ResourceBody::Workload(Workload::clone(w)));
             self.publish(
                 ResourceKey::new(Kind::Workload, format!("{}/{}", key.0, key.1)),
                 body,
