@@ -197,6 +197,7 @@ pub struct Interner {
     named_ports: HashSet<Arc<[NamedPort]>>,
     endpoint_ports: HashSet<Arc<[Option<u16>]>>,
     lists: HashSet<Arc<[Name]>>,
+    profiles: HashSet<Arc<Profile>>,
     /// How many values were kept after the last sweep.
     swept_at: usize,
 }
@@ -272,9 +273,28 @@ impl Interner {
         Self::shared(&mut self.lists, Arc::from(list))
     }
 
+    /// The shared copy of a workload profile (its names, labels and ports
+    /// shared too).
+    pub fn profile(&mut self, profile: Profile) -> Arc<Profile> {
+        // Most pods have a sibling already here: one lookup, by content.
+        if let Some(shared) = self.profiles.get(&profile) {
+            return shared.clone();
+        }
+        let profile = Profile {
+            namespace: self.name(&profile.namespace),
+            service_account: self.name(&profile.service_account),
+            labels: self.labels(profile.labels.iter()),
+            ports: self.named_ports(profile.ports.to_vec()),
+            mesh: profile.mesh,
+            controller: profile.controller.as_deref().map(|c| self.name(c)),
+        };
+        Self::shared(&mut self.profiles, Arc::new(profile))
+    }
+
     /// Values held.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.profiles.len()
+            + self.names.len()
             + self.labels.len()
             + self.named_ports.len()
             + self.endpoint_ports.len()
@@ -292,7 +312,8 @@ impl Interner {
         if self.len() < 1024 || self.len() < 2 * self.swept_at {
             return;
         }
-        // Sets first: they hold names.
+        // Profiles first: they hold the rest, and sets hold names.
+        self.profiles.retain(|p| Arc::strong_count(p) > 1);
         self.labels.retain(|l| Arc::strong_count(&l.0) > 1);
         self.named_ports.retain(|p| Arc::strong_count(p) > 1);
         self.endpoint_ports.retain(|p| Arc::strong_count(p) > 1);
@@ -302,24 +323,50 @@ impl Interner {
     }
 }
 
-/// A pod as the data path needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Workload {
+/// What the pods of one template have in common (the replicas of a
+/// Deployment, the pods of a DaemonSet): namespace, service account,
+/// labels, named ports, controller and enrolment. Shared through an
+/// [`Interner`], so a pod costs its name, node and addresses and a pointer
+/// to its profile.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Profile {
     pub namespace: Name,
-    pub name: Name,
-    /// Node the pod runs on; `None` while it is not scheduled.
-    pub node: Option<Name>,
     pub service_account: Name,
-    pub addresses: Box<[IpAddr]>,
     pub labels: Labels,
     pub ports: Arc<[NamedPort]>,
-    pub ready: bool,
-    pub terminating: bool,
     /// Its traffic is carried by the mesh (HBONE capable).
     pub mesh: bool,
     /// The workload the pod belongs to (its Deployment, StatefulSet,
     /// DaemonSet, CronJob or Job), for telemetry; `None`: the pod alone.
     pub controller: Option<Name>,
+}
+
+/// A pod as the data path needs it. Its shared part ([`Profile`]) reads as
+/// its own fields (`w.namespace`, `w.labels`...) through `Deref`; writing
+/// one (tests, fixtures) copies the profile first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub name: Name,
+    /// Node the pod runs on; `None` while it is not scheduled.
+    pub node: Option<Name>,
+    pub addresses: Box<[IpAddr]>,
+    pub ready: bool,
+    pub terminating: bool,
+    #[serde(flatten)]
+    pub profile: Arc<Profile>,
+}
+
+impl std::ops::Deref for Workload {
+    type Target = Profile;
+    fn deref(&self) -> &Profile {
+        &self.profile
+    }
+}
+
+impl std::ops::DerefMut for Workload {
+    fn deref_mut(&mut self) -> &mut Profile {
+        Arc::make_mut(&mut self.profile)
+    }
 }
 
 impl Workload {
@@ -577,6 +624,21 @@ mod tests {
         }]);
         // Interned names inside sets are the same shared strings.
         assert!(Arc::ptr_eq(&ports[0].name, &interner.name("http")));
+        // The pods of one template share one profile, whose parts are the
+        // interned ones.
+        let profile = Profile {
+            namespace: "shop".into(),
+            service_account: "web".into(),
+            labels: [("app", "web")].into_iter().collect(),
+            ports: Arc::from([]),
+            mesh: true,
+            controller: Some("web".into()),
+        };
+        let first = interner.profile(profile.clone());
+        let second = interner.profile(profile);
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(Arc::ptr_eq(&first.namespace, &interner.name("shop")));
+        drop((first, second));
         // Held: kept by a sweep. Dropped: forgotten once the interner is
         // large enough to sweep.
         drop((b, c, n2, p2));

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -190,9 +191,11 @@ pub enum ResourceBody {
     /// Boxed: the largest body, and the rarest (one per ten or so
     /// workloads); inline it would size every resource.
     Service(Box<Service>),
-    Node(Node),
-    Policy(Policy),
-    PeerGroup(PeerGroup),
+    // Boxed too: nodes, policies and peer groups are few next to pods, and
+    // a pod's resource is no larger than the largest body.
+    Node(Box<Node>),
+    Policy(Box<Policy>),
+    PeerGroup(Box<PeerGroup>),
 }
 
 impl ResourceBody {
@@ -315,13 +318,13 @@ impl VersionedResource {
                 ResourceBody::Service(Box::new(service_from_proto(s, interner).map_err(fail)?))
             }
             Some(proto::resource::Body::Node(n)) => {
-                ResourceBody::Node(node_from_proto(n).map_err(fail)?)
+                ResourceBody::Node(Box::new(node_from_proto(n).map_err(fail)?))
             }
             Some(proto::resource::Body::Policy(p)) => {
-                ResourceBody::Policy(policy_from_proto(p).map_err(fail)?)
+                ResourceBody::Policy(Box::new(policy_from_proto(p).map_err(fail)?))
             }
             Some(proto::resource::Body::PeerGroup(g)) => {
-                ResourceBody::PeerGroup(peer_group_from_proto(g).map_err(fail)?)
+                ResourceBody::PeerGroup(Box::new(peer_group_from_proto(g).map_err(fail)?))
             }
         };
         if !body.is_under(&key) {
@@ -476,7 +479,7 @@ fn workload_from_proto(
 ) -> Result<Workload, FieldError> {
     required(&w.namespace, "namespace")?;
     required(&w.name, "name")?;
-    let ports = w
+    let ports: Vec<NamedPort> = w
         .ports
         .into_iter()
         .enumerate()
@@ -488,19 +491,22 @@ fn workload_from_proto(
             })
         })
         .collect::<Result<_, FieldError>>()?;
+    let profile = Profile {
+        namespace: w.namespace.into(),
+        service_account: w.service_account.into(),
+        labels: w.labels.into_iter().collect(),
+        ports: Arc::from(ports),
+        mesh: w.mesh,
+        controller: non_empty(w.controller).map(Name::from),
+    };
     Ok(Workload {
         addresses: ips_from_bytes(&w.addresses, "addresses")?,
-        namespace: interner.name(&w.namespace),
         // Unique to the pod: not worth a place in the interner.
         name: w.name.into(),
         node: interner.optional(&w.node),
-        service_account: interner.name(&w.service_account),
-        labels: interner.labels(&w.labels),
-        ports: interner.named_ports(ports),
         ready: w.ready,
         terminating: w.terminating,
-        mesh: w.mesh,
-        controller: interner.optional(&w.controller),
+        profile: interner.profile(profile),
     })
 }
 
@@ -945,22 +951,24 @@ mod tests {
 
     fn workload() -> Workload {
         Workload {
-            namespace: "default".into(),
             name: "web-1".into(),
             node: Some("node-a".into()),
-            service_account: "web".into(),
             addresses: vec!["10.0.1.5".parse().unwrap()].into(),
-            labels: Labels::from(BTreeMap::from([("app".into(), "web".into())])),
-            ports: vec![NamedPort {
-                name: "web".into(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }]
-            .into(),
             ready: true,
             terminating: false,
-            mesh: true,
-            controller: None,
+            profile: Arc::new(Profile {
+                namespace: "default".into(),
+                service_account: "web".into(),
+                labels: Labels::from(BTreeMap::from([("app".into(), "web".into())])),
+                ports: vec![NamedPort {
+                    name: "web".into(),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                }]
+                .into(),
+                mesh: true,
+                controller: None,
+            }),
         }
     }
 
@@ -969,7 +977,7 @@ mod tests {
         let bodies = [
             ResourceBody::Service(Box::new(service())),
             ResourceBody::Workload(workload()),
-            ResourceBody::Node(Node {
+            ResourceBody::Node(Box::new(Node {
                 name: "node-a".into(),
                 addresses: vec![NodeAddress {
                     kind: "InternalIP".into(),
@@ -977,8 +985,8 @@ mod tests {
                 }],
                 hbone: Some("192.168.0.2:15008".parse().unwrap()),
                 zone: None,
-            }),
-            ResourceBody::Policy(Policy {
+            })),
+            ResourceBody::Policy(Box::new(Policy {
                 namespace: "default".into(),
                 name: "deny".into(),
                 selected: vec!["default/web-1".into()],
@@ -1010,13 +1018,13 @@ mod tests {
                     }],
                 }],
                 egress_rules: vec![],
-            }),
-            ResourceBody::PeerGroup(PeerGroup {
+            })),
+            ResourceBody::PeerGroup(Box::new(PeerGroup {
                 namespace: "other".into(),
                 group: "3f9a0c1d2e4b5a69".into(),
                 pods: vec!["client".into(), "client-2".into()],
                 selector: "namespaces {team=a} pods {role=client}".into(),
-            }),
+            })),
         ];
         for body in bodies {
             let wire = VersionedResource::encode(&body);
@@ -1110,12 +1118,12 @@ mod tests {
     #[test]
     fn a_peer_group_names_its_namespace_group_and_pods() {
         let group = |namespace: &str, group: &str, pod: &str| {
-            VersionedResource::encode(&ResourceBody::PeerGroup(PeerGroup {
+            VersionedResource::encode(&ResourceBody::PeerGroup(Box::new(PeerGroup {
                 namespace: namespace.into(),
                 group: group.into(),
                 pods: vec![pod.into()],
                 selector: String::new(),
-            }))
+            })))
         };
         let decoded = VersionedResource::decode(group("shop", "g1", "web")).unwrap();
         assert_eq!(decoded.key, ResourceKey::new(Kind::PeerGroup, "shop/g1"));

@@ -673,7 +673,7 @@ mod tests {
     use ferry_api::{Kind, ResourceBody, VersionedResource};
 
     fn node(name: &str, ip: &str) -> (ResourceKey, Published) {
-        let body = ResourceBody::Node(Node {
+        let body = ResourceBody::Node(Box::new(Node {
             name: name.into(),
             addresses: vec![NodeAddress {
                 kind: "InternalIP".into(),
@@ -681,7 +681,7 @@ mod tests {
             }],
             hbone: None,
             zone: None,
-        });
+        }));
         (
             body.key(),
             Published::new(&VersionedResource::encode(&body), Scope::AllNodes),

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 fn node(name: &str, ip: &str) -> (ResourceKey, Published) {
-    let body = ResourceBody::Node(Node {
+    let body = ResourceBody::Node(Box::new(Node {
         name: name.into(),
         addresses: vec![NodeAddress {
             kind: "InternalIP".into(),
@@ -25,7 +25,7 @@ fn node(name: &str, ip: &str) -> (ResourceKey, Published) {
         }],
         hbone: None,
         zone: None,
-    });
+    }));
     (
         body.key(),
         Published::new(&VersionedResource::encode(&body), Scope::AllNodes),

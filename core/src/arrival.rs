@@ -212,7 +212,7 @@ mod tests {
             workload("a2", "10.0.2.1", "n2", true),
             workload("legacy", "10.0.2.9", "n2", false),
         ];
-        bodies.push(ResourceBody::Policy(Policy {
+        bodies.push(ResourceBody::Policy(Box::new(Policy {
             namespace: "shop".into(),
             name: "a2-from-a1".into(),
             selected: vec!["shop/a2".into()],
@@ -226,13 +226,13 @@ mod tests {
                 ports: vec![],
             }],
             egress_rules: vec![],
-        }));
-        bodies.push(ResourceBody::PeerGroup(PeerGroup {
+        })));
+        bodies.push(ResourceBody::PeerGroup(Box::new(PeerGroup {
             namespace: "shop".into(),
             group: "g-a1".into(),
             pods: vec!["a1".into()],
             selector: "pods {app=a1} in namespace shop".into(),
-        }));
+        })));
         ConfigStore::holding(&bodies).snapshot()
     }
 

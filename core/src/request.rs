@@ -315,7 +315,7 @@ mod tests {
             LOCAL,
             false,
         )));
-        bodies.push(ResourceBody::Policy(Policy {
+        bodies.push(ResourceBody::Policy(Box::new(Policy {
             namespace: "shop".into(),
             name: "a1-out".into(),
             selected: vec!["shop/a1".into()],
@@ -329,7 +329,7 @@ mod tests {
                 }],
                 ports: vec![],
             }],
-        }));
+        })));
         ConfigStore::holding(&bodies).snapshot()
     }
 

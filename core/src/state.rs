@@ -824,17 +824,19 @@ mod tests {
 
     fn workload(name: &str, ip: &str) -> ResourceBody {
         ResourceBody::Workload(Workload {
-            namespace: "default".into(),
             name: name.into(),
             node: Some("n1".into()),
-            service_account: "default".into(),
             addresses: vec![ip.parse().unwrap()].into(),
-            labels: Default::default(),
-            ports: vec![].into(),
             ready: true,
             terminating: false,
-            mesh: true,
-            controller: None,
+            profile: Arc::new(ferry_api::model::Profile {
+                namespace: "default".into(),
+                service_account: "default".into(),
+                labels: Default::default(),
+                ports: vec![].into(),
+                mesh: true,
+                controller: None,
+            }),
         })
     }
 
@@ -1054,7 +1056,7 @@ mod tests {
     }
 
     fn node(name: &str, addresses: &[(&str, &str)]) -> ResourceBody {
-        ResourceBody::Node(Node {
+        ResourceBody::Node(Box::new(Node {
             name: name.into(),
             addresses: addresses
                 .iter()
@@ -1065,7 +1067,7 @@ mod tests {
                 .collect(),
             hbone: None,
             zone: None,
-        })
+        }))
     }
 
     fn service(name: &str, service_type: ServiceType, node_ports: &[Option<u16>]) -> ResourceBody {
@@ -1212,7 +1214,7 @@ mod tests {
     #[test]
     fn versions_report_what_is_held() {
         let store = ConfigStore::default();
-        let node = ResourceBody::Node(Node {
+        let node = ResourceBody::Node(Box::new(Node {
             name: "n1".into(),
             addresses: vec![NodeAddress {
                 kind: "InternalIP".into(),
@@ -1220,7 +1222,7 @@ mod tests {
             }],
             hbone: Some("10.1.0.1:15008".parse().unwrap()),
             zone: None,
-        });
+        }));
         let wire = VersionedResource::encode(&node);
         store.apply(response(1, &[node], &[]));
         let versions = store.snapshot().versions();

@@ -283,12 +283,12 @@ mod tests {
     use ferry_api::ResourceBody;
 
     fn node(name: &str) -> ResourceBody {
-        ResourceBody::Node(Node {
+        ResourceBody::Node(Box::new(Node {
             name: name.into(),
             addresses: vec![],
             hbone: Some("10.1.0.1:15008".parse().unwrap()),
             zone: None,
-        })
+        }))
     }
 
     #[test]

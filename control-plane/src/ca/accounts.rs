@@ -99,17 +99,19 @@ mod tests {
 
     fn workload(name: &str, node: &str, sa: &str, mesh: bool) -> Change {
         let body = ResourceBody::Workload(Workload {
-            namespace: "shop".into(),
             name: name.into(),
             node: Some(node.into()),
-            service_account: sa.into(),
             addresses: vec![].into(),
-            labels: Default::default(),
-            ports: vec![].into(),
             ready: true,
             terminating: false,
-            mesh,
-            controller: None,
+            profile: Arc::new(ferry_api::model::Profile {
+                namespace: "shop".into(),
+                service_account: sa.into(),
+                labels: Default::default(),
+                ports: vec![].into(),
+                mesh,
+                controller: None,
+            }),
         });
         Change::Upsert(
             body.key(),

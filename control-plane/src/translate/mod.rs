@@ -693,7 +693,7 @@ impl Translator {
             let body = self
                 .nodes
                 .get(&key)
-                .map(|n| ResourceBody::Node(objects::node(n, &self.options)));
+                .map(|n| ResourceBody::Node(Box::new(objects::node(n, &self.options))));
             self.publish(ResourceKey::new(Kind::Node, key), body, &mut changes);
         }
         for key in dirty.workloads {
@@ -750,7 +750,7 @@ impl Translator {
                     .extend(compiled.group_ids().map(str::to_owned));
                 compiled.nodes = nodes.clone();
             }
-            let body = ResourceBody::Policy(compiled.to_model());
+            let body = ResourceBody::Policy(Box::new(compiled.to_model()));
             self.publish_scoped(
                 resource_key,
                 Some(body),
@@ -772,7 +772,7 @@ impl Translator {
             match self.groups.share(&namespace, &id) {
                 Some((group, nodes)) => {
                     let scope = Scope::Nodes(Arc::new(nodes.clone()));
-                    let body = ResourceBody::PeerGroup(group);
+                    let body = ResourceBody::PeerGroup(Box::new(group));
                     self.publish_scoped(key, Some(body), scope, &mut changes);
                 }
                 None => self.publish_scoped(key, None, Scope::AllNodes, &mut changes),

@@ -100,7 +100,13 @@ pub fn workload(
         return None;
     }
     let spec = pod.spec.as_ref();
-    let labels = interner.labels(pod.metadata.labels.iter().flatten());
+    let labels: Labels = pod
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut addresses: Vec<IpAddr> = status
         .and_then(|s| s.pod_ips.as_ref())
         .into_iter()
@@ -110,7 +116,7 @@ pub fn workload(
     if addresses.is_empty() {
         addresses.extend(status.and_then(|s| s.pod_ip.as_deref()?.parse::<IpAddr>().ok()));
     }
-    let ports = spec
+    let ports: Vec<model::NamedPort> = spec
         .into_iter()
         .flat_map(|s| s.containers.iter())
         .flat_map(|c| c.ports.iter().flatten())
@@ -127,26 +133,35 @@ pub fn workload(
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True");
+    let mesh = !host_network(pod) && in_mesh(&labels, namespace_labels, options);
+    let profile = model::Profile {
+        namespace: pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default")
+            .into(),
+        service_account: spec
+            .and_then(|s| s.service_account_name.as_deref())
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+            .into(),
+        labels,
+        ports: ports.into(),
+        // Host-network pods share the node's address: nothing to capture.
+        mesh,
+        controller: controller(pod).map(Name::from),
+    };
     Some(model::Workload {
-        namespace: interner.name(pod.metadata.namespace.as_deref().unwrap_or("default")),
         name: pod.metadata.name.as_deref().unwrap_or_default().into(),
         node: interner.optional(
             spec.and_then(|s| s.node_name.as_deref())
                 .unwrap_or_default(),
         ),
-        service_account: interner.name(
-            spec.and_then(|s| s.service_account_name.as_deref())
-                .filter(|n| !n.is_empty())
-                .unwrap_or("default"),
-        ),
         addresses: addresses.into(),
-        ports: interner.named_ports(ports),
         ready,
         terminating: pod.metadata.deletion_timestamp.is_some(),
-        // Host-network pods share the node's address: nothing to capture.
-        mesh: !host_network(pod) && in_mesh(&labels, namespace_labels, options),
-        controller: controller(pod).map(|c| interner.name(&c)),
-        labels,
+        profile: interner.profile(profile),
     })
 }
 

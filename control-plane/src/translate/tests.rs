@@ -138,7 +138,7 @@ fn decoded(t: &Translator) -> Model {
         let fresh = match resource.body {
             ResourceBody::Service(s) => m.services.insert(name.to_string(), *s).is_none(),
             ResourceBody::Workload(w) => m.workloads.insert(name.to_string(), w).is_none(),
-            ResourceBody::Node(n) => m.nodes.insert(name.to_string(), n).is_none(),
+            ResourceBody::Node(n) => m.nodes.insert(name.to_string(), *n).is_none(),
             ResourceBody::Policy(_) | ResourceBody::PeerGroup(_) => continue,
         };
         assert!(fresh, "{key} published twice");
@@ -330,22 +330,24 @@ status:
     assert_eq!(
         workload(&t, "shop/web-1"),
         model::Workload {
-            namespace: "shop".into(),
             name: "web-1".into(),
             node: Some("node-a".into()),
-            service_account: "web-sa".into(),
             addresses: ips(&["10.0.1.5"]).into(),
-            labels: labels(&[("app", "web"), ("version", "v1")]).into(),
-            ports: vec![
-                named_port("http", 8080, Protocol::Tcp),
-                named_port("dns", 53, Protocol::Udp),
-                named_port("metrics", 9100, Protocol::Sctp),
-            ]
-            .into(),
             ready: true,
             terminating: false,
-            mesh: true,
-            controller: None,
+            profile: std::sync::Arc::new(model::Profile {
+                namespace: "shop".into(),
+                service_account: "web-sa".into(),
+                labels: labels(&[("app", "web"), ("version", "v1")]).into(),
+                ports: vec![
+                    named_port("http", 8080, Protocol::Tcp),
+                    named_port("dns", 53, Protocol::Udp),
+                    named_port("metrics", 9100, Protocol::Sctp),
+                ]
+                .into(),
+                mesh: true,
+                controller: None,
+            }),
         }
     );
 }
@@ -2531,7 +2533,7 @@ fn published_policy(t: &Translator, name: &str) -> model::Policy {
     let key = ferry_api::ResourceKey::new(ferry_api::Kind::Policy, name);
     let p = &t.published()[&key];
     match VersionedResource::decode(p.resource().unwrap()).map(|r| r.body) {
-        Ok(ResourceBody::Policy(p)) => p,
+        Ok(ResourceBody::Policy(p)) => *p,
         other => panic!("{name}: {other:?}"),
     }
 }

@@ -36,27 +36,29 @@ pub(crate) fn node(
         kind: "ExternalIP".into(),
         address: a.into(),
     }));
-    ResourceBody::Node(Node {
+    ResourceBody::Node(Box::new(Node {
         name: name.into(),
         addresses,
         hbone: hbone.then(|| SocketAddr::new(ip(internal), 15008)),
         zone: None,
-    })
+    }))
 }
 
 pub(crate) fn pod(name: &str, address: &str, node: &str, mesh: bool) -> Workload {
     Workload {
-        namespace: "shop".into(),
         name: name.into(),
         node: Some(node.into()),
-        service_account: "default".into(),
         addresses: vec![ip(address)].into(),
-        labels: Default::default(),
-        ports: vec![].into(),
         ready: true,
         terminating: false,
-        mesh,
-        controller: None,
+        profile: Arc::new(ferry_api::model::Profile {
+            namespace: "shop".into(),
+            service_account: "default".into(),
+            labels: Default::default(),
+            ports: vec![].into(),
+            mesh,
+            controller: None,
+        }),
     }
 }
 

@@ -668,17 +668,19 @@ mod tests {
 
     fn pod(name: &str, ip: &str, node: &str, mesh: bool) -> ResourceBody {
         ResourceBody::Workload(Workload {
-            namespace: "shop".into(),
             name: name.into(),
             node: Some(node.into()),
-            service_account: "default".into(),
             addresses: vec![ip.parse().unwrap()].into(),
-            labels: Default::default(),
-            ports: vec![].into(),
             ready: true,
             terminating: false,
-            mesh,
-            controller: None,
+            profile: std::sync::Arc::new(ferry_api::model::Profile {
+                namespace: "shop".into(),
+                service_account: "default".into(),
+                labels: Default::default(),
+                ports: vec![].into(),
+                mesh,
+                controller: None,
+            }),
         })
     }
 
@@ -930,7 +932,7 @@ COMMIT
     #[test]
     fn pod_traffic_goes_to_the_node_address_when_it_is_known() {
         use ferry_api::model::{Node, NodeAddress};
-        let node = ResourceBody::Node(Node {
+        let node = ResourceBody::Node(Box::new(Node {
             name: "node-a".into(),
             addresses: vec![
                 NodeAddress {
@@ -944,7 +946,7 @@ COMMIT
             ],
             hbone: None,
             zone: None,
-        });
+        }));
         let mut web = pod("web", "10.244.1.10", "node-a", true);
         if let ResourceBody::Workload(w) = &mut web {
             w.addresses = [w.addresses[0], "fd00:244:1::10".parse().unwrap()].into();
