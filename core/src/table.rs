@@ -137,6 +137,18 @@ impl<T: Keyed + Clone> Table<T> {
         Err(slots.len())
     }
 
+    /// Where the entry with this key is: its shard and slot.
+    fn position<Q>(&self, key: &Q) -> Option<((usize, usize), usize)>
+    where
+        T::Key: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let at = self.locate(hash);
+        let i = Self::find(self.shard(at)?, hash as u32, key).ok()?;
+        Some((at, i))
+    }
+
     /// The entry with this key.
     pub fn get<Q>(&self, key: &Q) -> Option<&T>
     where
@@ -178,9 +190,7 @@ impl<T: Keyed + Clone> Table<T> {
         T::Key: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
-        let at = self.locate(hash);
-        let i = Self::find(self.shard(at)?, hash as u32, key).ok()?;
+        let (at, i) = self.position(key)?;
         Some(&mut self.shard_mut(at, 0)[i].value)
     }
 
@@ -230,9 +240,7 @@ impl<T: Keyed + Clone> Table<T> {
         T::Key: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = self.hash(key);
-        let at = self.locate(hash);
-        let i = Self::find(self.shard(at)?, hash as u32, key).ok()?;
+        let (at, i) = self.position(key)?;
         let slots = self.shard_mut(at, 0);
         let removed = slots.remove(i).value;
         if slots.is_empty() {
