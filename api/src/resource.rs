@@ -297,7 +297,9 @@ impl VersionedResource {
     ) -> Result<Self, ResourceError> {
         let key = resource.key.as_ref().and_then(|k| {
             let kind = Kind::from_proto(k.kind)?;
-            (!k.name.is_empty()).then(|| ResourceKey::new(kind, interner.name(&k.name)))
+            // Unique to the resource: not worth a place in the interner
+            // (a store shares it with whatever refers to the resource).
+            (!k.name.is_empty()).then(|| ResourceKey::new(kind, k.name.as_str()))
         });
         let Some(key) = key else {
             return Err(ResourceError {
@@ -639,8 +641,9 @@ fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Serv
             Ok(Endpoint {
                 address: ip_from_bytes(&e.address, || format!("endpoints[{i}].address"))?,
                 ports: interner.endpoint_ports(ports),
-                // The workload's key, shared with the workload's own.
-                workload: interner.optional(&e.workload),
+                // A workload's key: a store may share it with the
+                // workload's own (see `ferry_core::state`).
+                workload: non_empty(e.workload).map(Name::from),
                 node: interner.optional(&e.node),
                 ready: e.ready,
                 serving: e.serving,

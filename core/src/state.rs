@@ -313,6 +313,23 @@ impl ProxyState {
         }
     }
 
+    /// Points a service's endpoints at the keys of the workloads this
+    /// state holds, so that a pod's key is stored once however many
+    /// services it backs (a workload that comes later is not looked for:
+    /// the endpoint keeps its own copy until its service changes).
+    fn share_workload_keys(&self, resource: &mut VersionedResource) {
+        let ResourceBody::Service(service) = &mut resource.body else {
+            return;
+        };
+        for endpoint in &mut service.endpoints {
+            if let Some(name) = &endpoint.workload {
+                if let Some(held) = self.lookup(Kind::Workload, name) {
+                    endpoint.workload = Some(held.key.name.clone());
+                }
+            }
+        }
+    }
+
     /// Returns the room the tables grew into while a delta was applied.
     fn shrink_to_fit(&mut self) {
         self.resources.shrink_to_fit();
@@ -763,9 +780,15 @@ impl ConfigStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         next.revision = response.revision;
         next.updated_at = Some(std::time::SystemTime::now());
-        for resource in response.resources {
+        // Workloads first: the services after them share their keys.
+        let (workloads, others): (Vec<_>, Vec<_>) = response
+            .resources
+            .into_iter()
+            .partition(|r| matches!(r.body, Some(ferry_api::proto::resource::Body::Workload(_))));
+        for resource in workloads.into_iter().chain(others) {
             match VersionedResource::decode_with(resource, &mut interner) {
-                Ok(decoded) => {
+                Ok(mut decoded) => {
+                    next.share_workload_keys(&mut decoded);
                     next.insert(Arc::new(decoded));
                     report.applied += 1;
                 }
@@ -821,6 +844,25 @@ mod tests {
     use super::*;
     use ferry_api::model::NodeAddress;
     use ferry_api::proto;
+
+    #[test]
+    fn endpoints_share_their_workloads_keys() {
+        // The service first: the store applies workloads before it.
+        let mut bodies = vec![ResourceBody::Service(Box::new(crate::route::tests::web()))];
+        bodies.extend(crate::route::tests::cluster());
+        let state = ConfigStore::holding(&bodies).snapshot();
+        let service = state.service("shop/web").unwrap();
+        let mut shared = 0;
+        for e in &service.endpoints {
+            let Some(name) = &e.workload else { continue };
+            let held = state
+                .get(&ResourceKey::new(Kind::Workload, name.clone()))
+                .unwrap();
+            assert!(Arc::ptr_eq(name, &held.key.name), "{name}");
+            shared += 1;
+        }
+        assert!(shared >= 2, "{shared} endpoints with workloads");
+    }
 
     fn workload(name: &str, ip: &str) -> ResourceBody {
         ResourceBody::Workload(Workload {
