@@ -40,8 +40,8 @@ impl Protocol {
 
 /// A shared, immutable string: cloning it takes a reference count. Names
 /// that repeat across a cluster (namespaces, nodes, service accounts,
-/// label keys and values, workload keys) are stored once per process
-/// through an [`Interner`].
+/// label keys and values) are stored once per store through an
+/// [`Interner`].
 pub type Name = Arc<str>;
 
 /// A named container port.
@@ -187,9 +187,9 @@ impl Serialize for Labels {
 /// Stores each distinct name, label set and port list once, so that the
 /// pods of one template, the endpoints of one service and everything on
 /// one node share them: a proxy holding a whole cluster keeps each
-/// namespace, node, service account, label and workload key once, and a
-/// reference count per use. One per store (the proxy's configuration, the
-/// control plane's translator); not shared between threads.
+/// namespace, node, service account and label once, and a reference count
+/// per use. One per store (the proxy's configuration, the control plane's
+/// translator); not shared between threads.
 #[derive(Debug, Default)]
 pub struct Interner {
     names: HashSet<Name>,
