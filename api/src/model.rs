@@ -198,6 +198,7 @@ pub struct Interner {
     endpoint_ports: HashSet<Arc<[Option<u16>]>>,
     lists: HashSet<Arc<[Name]>>,
     profiles: HashSet<Arc<Profile>>,
+    placements: HashSet<Arc<Placement>>,
     /// How many values were kept after the last sweep.
     swept_at: usize,
 }
@@ -291,9 +292,24 @@ impl Interner {
         Self::shared(&mut self.profiles, Arc::new(profile))
     }
 
+    /// The shared copy of an endpoint's placement.
+    pub fn placement(&mut self, placement: Placement) -> Arc<Placement> {
+        if let Some(shared) = self.placements.get(&placement) {
+            return shared.clone();
+        }
+        let placement = Placement {
+            hostname: placement.hostname,
+            zone: placement.zone.as_deref().map(|z| self.name(z)),
+            zone_hints: self.names(placement.zone_hints.iter()),
+            node_hints: self.names(placement.node_hints.iter()),
+        };
+        Self::shared(&mut self.placements, Arc::new(placement))
+    }
+
     /// Values held.
     pub fn len(&self) -> usize {
         self.profiles.len()
+            + self.placements.len()
             + self.names.len()
             + self.labels.len()
             + self.named_ports.len()
@@ -314,6 +330,7 @@ impl Interner {
         }
         // Profiles first: they hold the rest, and sets hold names.
         self.profiles.retain(|p| Arc::strong_count(p) > 1);
+        self.placements.retain(|p| Arc::strong_count(p) > 1);
         self.labels.retain(|l| Arc::strong_count(&l.0) > 1);
         self.named_ports.retain(|p| Arc::strong_count(p) > 1);
         self.endpoint_ports.retain(|p| Arc::strong_count(p) > 1);
@@ -420,7 +437,24 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
-/// One backend of a Service.
+/// Where an endpoint is and who should use it: its hostname, its node's
+/// zone and its topology hints. The endpoints on one node share one
+/// (through an [`Interner`]): most have no hostname and the same zone and
+/// hints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Default)]
+pub struct Placement {
+    pub hostname: Option<Name>,
+    /// The zone of the endpoint's node (`topology.kubernetes.io/zone`).
+    pub zone: Option<Name>,
+    /// Topology hints: the zones (`hints.forZones`) and the nodes
+    /// (`hints.forNodes`) that should use this endpoint. Empty: no hint.
+    pub zone_hints: Arc<[Name]>,
+    pub node_hints: Arc<[Name]>,
+}
+
+/// One backend of a Service. Its placement reads as its own fields
+/// (`e.zone`, `e.node_hints`...) through `Deref`; writing one copies it
+/// first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     /// `namespace/name` of the backing workload; `None` for a bare address.
@@ -433,13 +467,21 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub hostname: Option<Name>,
-    /// The zone of the endpoint's node (`topology.kubernetes.io/zone`).
-    pub zone: Option<Name>,
-    /// Topology hints: the zones (`hints.forZones`) and the nodes
-    /// (`hints.forNodes`) that should use this endpoint. Empty: no hint.
-    pub zone_hints: Arc<[Name]>,
-    pub node_hints: Arc<[Name]>,
+    #[serde(flatten)]
+    pub placement: Arc<Placement>,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = Placement;
+    fn deref(&self) -> &Placement {
+        &self.placement
+    }
+}
+
+impl std::ops::DerefMut for Endpoint {
+    fn deref_mut(&mut self) -> &mut Placement {
+        Arc::make_mut(&mut self.placement)
+    }
 }
 
 /// A Kubernetes Service with its endpoints.

@@ -648,10 +648,20 @@ fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Serv
                 ready: e.ready,
                 serving: e.serving,
                 terminating: e.terminating,
-                hostname: non_empty(e.hostname).map(Name::from),
-                zone: interner.optional(&e.zone),
-                zone_hints: interner.names(&e.zone_hints),
-                node_hints: interner.names(&e.node_hints),
+                placement: interner.placement(Placement {
+                    hostname: non_empty(e.hostname).map(Name::from),
+                    zone: non_empty(e.zone).map(Name::from),
+                    zone_hints: e
+                        .zone_hints
+                        .iter()
+                        .map(|z| Name::from(z.as_str()))
+                        .collect(),
+                    node_hints: e
+                        .node_hints
+                        .iter()
+                        .map(|n| Name::from(n.as_str()))
+                        .collect(),
+                }),
             })
         })
         .collect::<Result<Vec<_>, FieldError>>()?;
@@ -942,10 +952,12 @@ mod tests {
                 ready: true,
                 serving: true,
                 terminating: false,
-                hostname: None,
-                node_hints: Vec::new().into(),
-                zone: None,
-                zone_hints: Vec::new().into(),
+                placement: Arc::new(Placement {
+                    hostname: None,
+                    node_hints: Vec::new().into(),
+                    zone: None,
+                    zone_hints: Vec::new().into(),
+                }),
             }],
             selector: true,
             traffic_distribution: None,

@@ -486,10 +486,12 @@ fn workload_endpoints(
                 ready,
                 serving: w.ready,
                 terminating: w.terminating,
-                hostname: None,
-                zone: zone.clone(),
-                zone_hints: zone_hints.clone(),
-                node_hints: node_hints.clone(),
+                placement: Arc::new(ferry_api::model::Placement {
+                    hostname: None,
+                    zone: zone.clone(),
+                    zone_hints: zone_hints.clone(),
+                    node_hints: node_hints.clone(),
+                }),
             });
         }
     }
@@ -576,10 +578,12 @@ fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endp
                     ready,
                     serving,
                     terminating,
-                    hostname: ep.hostname.as_deref().map(Name::from),
-                    zone: ep.zone.as_deref().filter(|z| !z.is_empty()).map(Name::from),
-                    zone_hints,
-                    node_hints,
+                    placement: Arc::new(ferry_api::model::Placement {
+                        hostname: ep.hostname.as_deref().map(Name::from),
+                        zone: ep.zone.as_deref().filter(|z| !z.is_empty()).map(Name::from),
+                        zone_hints,
+                        node_hints,
+                    }),
                 });
             }
         }

@@ -102,10 +102,12 @@ pub(crate) fn ep(pod: &str, address: &str, node: &str, ports: &[Option<u16>]) ->
         ready: true,
         serving: true,
         terminating: false,
-        hostname: None,
-        node_hints: Vec::new().into(),
-        zone: None,
-        zone_hints: Vec::new().into(),
+        placement: Arc::new(ferry_api::model::Placement {
+            hostname: None,
+            node_hints: Vec::new().into(),
+            zone: None,
+            zone_hints: Vec::new().into(),
+        }),
     }
 }
 

@@ -754,10 +754,12 @@ mod tests {
                 ready: true,
                 serving: true,
                 terminating: false,
-                hostname: None,
-                node_hints: Vec::new().into(),
-                zone: None,
-                zone_hints: Vec::new().into(),
+                placement: std::sync::Arc::new(ferry_api::model::Placement {
+                    hostname: None,
+                    node_hints: Vec::new().into(),
+                    zone: None,
+                    zone_hints: Vec::new().into(),
+                }),
             });
         }
         service

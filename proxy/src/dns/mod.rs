@@ -387,10 +387,12 @@ mod tests {
                     ready: *ready,
                     serving: *ready,
                     terminating: false,
-                    hostname: None,
-                    node_hints: Vec::new().into(),
-                    zone: None,
-                    zone_hints: Vec::new().into(),
+                    placement: Arc::new(ferry_api::model::Placement {
+                        hostname: None,
+                        node_hints: Vec::new().into(),
+                        zone: None,
+                        zone_hints: Vec::new().into(),
+                    }),
                 })
                 .collect(),
             selector: true,
