@@ -312,7 +312,11 @@ impl Translator {
                 SourceEvent::Delete(r) => self.delete(&r, &mut dirty),
             }
         }
-        self.flush(dirty)
+        let changes = self.flush(dirty);
+        // Pods that went, or changed labels, leave profiles and names that
+        // nothing holds: forgotten once the interner has doubled.
+        self.interner.sweep();
+        changes
     }
 
     fn namespace(&mut self, name: &str) -> &mut NamespaceState {

@@ -2755,3 +2755,35 @@ fn a_policy_edit_keeps_the_groups_both_versions_use() {
     );
     assert_eq!(shares(&t).len(), before.len() - 1);
 }
+
+#[test]
+fn the_interner_forgets_what_departed_pods_left() {
+    // Rounds of 3,000 pods with labels of their own (a profile each), each
+    // round replacing the one before: what the interner holds stays within
+    // twice one round's values (it sweeps when it has doubled), where
+    // keeping everything would grow by a round's worth each time.
+    let mut t = translator();
+    let round = |r: usize| -> Vec<String> {
+        (0..3_000)
+            .map(|i| format!("kind: Pod\nmetadata: {{name: p{r}-{i}, namespace: shop, labels: {{run: r{r}-{i}}}}}\nspec: {{containers: [{{name: app}}]}}\n"))
+            .collect()
+    };
+    t.apply(applies(&round(0)));
+    let one_round = t.interner.len();
+    assert!(
+        one_round > 3_000,
+        "{one_round} values for 3,000 distinct pods"
+    );
+    for r in 1..6 {
+        let mut events = applies(&round(r));
+        events.extend(
+            (0..3_000).map(|i| delete(ObjectKind::Pod, "shop", &format!("p{}-{i}", r - 1))),
+        );
+        t.apply(events);
+        assert!(
+            t.interner.len() <= 2 * one_round + 100,
+            "round {r}: {} values held, one round is {one_round}",
+            t.interner.len()
+        );
+    }
+}
