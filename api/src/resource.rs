@@ -295,13 +295,9 @@ impl VersionedResource {
         resource: proto::Resource,
         interner: &mut Interner,
     ) -> Result<Self, ResourceError> {
-        let key = resource.key.as_ref().and_then(|k| {
-            let kind = Kind::from_proto(k.kind)?;
-            // Unique to the resource: not worth a place in the interner
-            // (a store shares it with whatever refers to the resource).
-            (!k.name.is_empty()).then(|| ResourceKey::new(kind, k.name.as_str()))
-        });
-        let Some(key) = key else {
+        // The key is unique to the resource: not worth a place in the
+        // interner (a store shares it with whatever refers to the resource).
+        let Some(key) = resource.key.as_ref().and_then(ResourceKey::from_proto) else {
             return Err(ResourceError {
                 key: ResourceKey::new(Kind::Workload, "<missing>"),
                 message: "key: missing, of unknown kind, or with an empty name".into(),
