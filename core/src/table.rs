@@ -224,14 +224,18 @@ impl<T: Keyed + Clone> Table<T> {
         T::Key: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if !self.contains_key(key) {
-            self.insert(make());
-        }
-        match self.get_mut(key) {
-            Some(entry) => entry,
-            // `make` built an entry under another key: a caller's bug.
-            None => unreachable!("get_or_insert_with: the new entry has another key"),
-        }
+        let (at, i) = match self.position(key) {
+            Some(found) => found,
+            None => {
+                self.insert(make());
+                match self.position(key) {
+                    Some(found) => found,
+                    // `make` built an entry under another key: a caller's bug.
+                    None => unreachable!("get_or_insert_with: the new entry has another key"),
+                }
+            }
+        };
+        &mut self.shard_mut(at, 0)[i].value
     }
 
     /// Removes the entry with this key.
@@ -247,9 +251,7 @@ impl<T: Keyed + Clone> Table<T> {
             self.drop_shard(at);
         }
         self.len -= 1;
-        if self.bits > 0 && self.len < (MAX_AVERAGE / 8) << self.bits {
-            self.resize(self.bits - 1);
-        }
+        self.fewer_shards();
         Some(removed)
     }
 
@@ -277,8 +279,19 @@ impl<T: Keyed + Clone> Table<T> {
                 self.drop_shard(at);
             }
         }
-        while self.bits > 0 && self.len < (MAX_AVERAGE / 8) << self.bits {
-            self.resize(self.bits - 1);
+        self.fewer_shards();
+    }
+
+    /// Halves the shards while they average far fewer entries than
+    /// [`MAX_AVERAGE`].
+    fn fewer_shards(&mut self) {
+        let bits = self.bits;
+        let mut fewer = bits;
+        while fewer > 0 && self.len < (MAX_AVERAGE / 8) << fewer {
+            fewer -= 1;
+        }
+        if fewer != bits {
+            self.resize(fewer);
         }
     }
 
