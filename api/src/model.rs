@@ -71,10 +71,15 @@ impl Labels {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
+        self.value(key).map(|v| &**v)
+    }
+
+    /// A label's value, shared (a clone is a reference count).
+    pub fn value(&self, key: &str) -> Option<&Name> {
         self.0
             .binary_search_by(|(k, _)| (**k).cmp(key))
             .ok()
-            .map(|i| &*self.0[i].1)
+            .map(|i| &self.0[i].1)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -263,11 +268,6 @@ impl Interner {
         Self::shared(&mut self.named_ports, Arc::from(ports))
     }
 
-    /// The shared copy of an endpoint's resolved ports.
-    pub fn endpoint_ports(&mut self, ports: Vec<Option<u16>>) -> Arc<[Option<u16>]> {
-        Self::shared(&mut self.endpoint_ports, Arc::from(ports))
-    }
-
     /// The shared copy of a list of names (topology hints).
     pub fn names<S: AsRef<str>>(&mut self, list: impl IntoIterator<Item = S>) -> Arc<[Name]> {
         let list: Vec<Name> = list.into_iter().map(|n| self.name(n.as_ref())).collect();
@@ -298,6 +298,8 @@ impl Interner {
             return shared.clone();
         }
         let placement = Placement {
+            node: placement.node.as_deref().map(|n| self.name(n)),
+            ports: Self::shared(&mut self.endpoint_ports, placement.ports),
             hostname: placement.hostname,
             zone: placement.zone.as_deref().map(|z| self.name(z)),
             zone_hints: self.names(placement.zone_hints.iter()),
@@ -363,14 +365,93 @@ pub struct Profile {
 /// one (tests, fixtures) copies the profile first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Workload {
-    pub name: Name,
+    /// `namespace/name`, the name of the pod's resource key; its name is
+    /// what follows the slash ([`Workload::name`]). The key a store files
+    /// the pod under shares it: a pod's name is stored once. Its namespace
+    /// is the profile's (checked when a pod is decoded).
+    #[serde(rename = "name", serialize_with = "serialize_pod_name")]
+    pub key: Name,
     /// Node the pod runs on; `None` while it is not scheduled.
     pub node: Option<Name>,
-    pub addresses: Box<[IpAddr]>,
+    pub addresses: Addresses,
     pub ready: bool,
     pub terminating: bool,
     #[serde(flatten)]
     pub profile: Arc<Profile>,
+}
+
+/// A pod's addresses, read as a slice. Most pods have one (two when dual
+/// stack): one is kept in place, more in one allocation.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Addresses(AddressList);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum AddressList {
+    One(IpAddr),
+    /// None or several (an empty box does not allocate).
+    Many(Box<[IpAddr]>),
+}
+
+impl std::ops::Deref for Addresses {
+    type Target = [IpAddr];
+    fn deref(&self) -> &[IpAddr] {
+        match &self.0 {
+            AddressList::One(ip) => std::slice::from_ref(ip),
+            AddressList::Many(ips) => ips,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Addresses {
+    type Item = &'a IpAddr;
+    type IntoIter = std::slice::Iter<'a, IpAddr>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Self(AddressList::Many(Box::default()))
+    }
+}
+
+impl From<Vec<IpAddr>> for Addresses {
+    fn from(ips: Vec<IpAddr>) -> Self {
+        match *ips {
+            [one] => Self(AddressList::One(one)),
+            _ => Self(AddressList::Many(ips.into_boxed_slice())),
+        }
+    }
+}
+
+impl FromIterator<IpAddr> for Addresses {
+    fn from_iter<I: IntoIterator<Item = IpAddr>>(iter: I) -> Self {
+        let mut iter = iter.into_iter();
+        let Some(first) = iter.next() else {
+            return Self::default();
+        };
+        match iter.next() {
+            None => Self(AddressList::One(first)),
+            Some(second) => {
+                let mut all = vec![first, second];
+                all.extend(iter);
+                all.into()
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Addresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Addresses {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
 }
 
 impl std::ops::Deref for Workload {
@@ -386,10 +467,29 @@ impl std::ops::DerefMut for Workload {
     }
 }
 
+fn serialize_pod_name<S: serde::Serializer>(key: &Name, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(pod_name(key))
+}
+
+/// The name part of a `namespace/name` key.
+fn pod_name(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(_, name)| name)
+}
+
 impl Workload {
+    /// The name of a pod in `namespace`: its key, `namespace/name`.
+    pub fn key_of(namespace: &str, name: &str) -> Name {
+        Name::from(format!("{namespace}/{name}"))
+    }
+
+    /// The pod's name (without its namespace).
+    pub fn name(&self) -> &str {
+        pod_name(&self.key)
+    }
+
     /// The workload's resource name, `namespace/name`.
-    pub fn key_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+    pub fn key_name(&self) -> &Name {
+        &self.key
     }
 
     /// The container port with this name and protocol, for a named targetPort.
@@ -437,12 +537,18 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
-/// Where an endpoint is and who should use it: its hostname, its node's
-/// zone and its topology hints. The endpoints on one node share one
-/// (through an [`Interner`]): most have no hostname and the same zone and
-/// hints.
+/// Where an endpoint runs, what it serves there and who should use it:
+/// its node, its resolved ports, its hostname, its node's zone and its
+/// topology hints. The endpoints of one service on one node share one
+/// (through an [`Interner`]): most have no hostname and the same ports,
+/// zone and hints, so an endpoint costs its workload, address and flags
+/// and a pointer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Default)]
 pub struct Placement {
+    pub node: Option<Name>,
+    /// Resolved target port for each entry of [`Service::ports`], same order;
+    /// `None` where this endpoint does not serve that port.
+    pub ports: Arc<[Option<u16>]>,
     pub hostname: Option<Name>,
     /// The zone of the endpoint's node (`topology.kubernetes.io/zone`).
     pub zone: Option<Name>,
@@ -453,17 +559,13 @@ pub struct Placement {
 }
 
 /// One backend of a Service. Its placement reads as its own fields
-/// (`e.zone`, `e.node_hints`...) through `Deref`; writing one copies it
-/// first.
+/// (`e.node`, `e.ports`, `e.zone`...) through `Deref`; writing one copies
+/// it first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     /// `namespace/name` of the backing workload; `None` for a bare address.
     pub workload: Option<Name>,
     pub address: IpAddr,
-    pub node: Option<Name>,
-    /// Resolved target port for each entry of [`Service::ports`], same order;
-    /// `None` where this endpoint does not serve that port.
-    pub ports: Arc<[Option<u16>]>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -487,10 +589,10 @@ impl std::ops::DerefMut for Endpoint {
 /// A Kubernetes Service with its endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Name,
     /// `name.namespace.svc.<cluster domain>`.
-    pub hostname: String,
+    pub hostname: Name,
     pub service_type: ServiceType,
     pub cluster_ips: Vec<IpAddr>,
     pub headless: bool,
@@ -646,6 +748,28 @@ mod tests {
     }
 
     #[test]
+    fn addresses_read_as_the_list_they_were_made_from() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for list in [
+            vec![],
+            vec![ip("10.0.0.1")],
+            vec![ip("10.0.0.1"), ip("fd00::1")],
+            vec![ip("10.0.0.1"), ip("10.0.0.2"), ip("fd00::1")],
+        ] {
+            let from_vec = Addresses::from(list.clone());
+            let collected: Addresses = list.iter().copied().collect();
+            assert_eq!(&*from_vec, &list[..]);
+            assert_eq!(from_vec, collected);
+            assert_eq!(
+                serde_json::to_string(&from_vec).unwrap(),
+                serde_json::to_string(&list).unwrap()
+            );
+        }
+        // One address is kept in place: a pod's resource is no larger for it.
+        assert!(std::mem::size_of::<Addresses>() <= 24);
+    }
+
+    #[test]
     fn the_interner_shares_equal_values_and_forgets_unused_ones() {
         let mut interner = Interner::new();
         let a = interner.labels([("app", "web"), ("tier", "1")]);
@@ -656,9 +780,24 @@ mod tests {
         let n1 = interner.name("ns-1/pod");
         let n2 = interner.name("ns-1/pod");
         assert!(Arc::ptr_eq(&n1, &n2));
-        let p1 = interner.endpoint_ports(vec![Some(80), None]);
-        let p2 = interner.endpoint_ports(vec![Some(80), None]);
+        // The endpoints of one node share a placement, and placements
+        // that differ share what they have in common.
+        let on = |node: &str, ports: &[Option<u16>]| Placement {
+            node: Some(node.into()),
+            ports: Arc::from(ports),
+            ..Placement::default()
+        };
+        let p1 = interner.placement(on("node-1", &[Some(80), None]));
+        let p2 = interner.placement(on("node-1", &[Some(80), None]));
         assert!(Arc::ptr_eq(&p1, &p2));
+        let p3 = interner.placement(on("node-2", &[Some(80), None]));
+        assert!(!Arc::ptr_eq(&p1, &p3));
+        assert!(Arc::ptr_eq(&p1.ports, &p3.ports));
+        let p4 = interner.placement(on("node-1", &[Some(81)]));
+        assert!(Arc::ptr_eq(
+            p1.node.as_ref().unwrap(),
+            p4.node.as_ref().unwrap()
+        ));
         let ports = interner.named_ports(vec![NamedPort {
             name: "http".into(),
             port: 8080,

@@ -202,7 +202,7 @@ impl ResourceBody {
     /// The key this body is stored under.
     pub fn key(&self) -> ResourceKey {
         match self {
-            ResourceBody::Workload(w) => ResourceKey::new(Kind::Workload, w.key_name()),
+            ResourceBody::Workload(w) => ResourceKey::new(Kind::Workload, w.key.clone()),
             ResourceBody::Service(s) => ResourceKey::new(Kind::Service, s.key_name()),
             ResourceBody::Node(n) => ResourceKey::new(Kind::Node, n.name.clone()),
             ResourceBody::Policy(p) => ResourceKey::new(Kind::Policy, p.key_name()),
@@ -213,16 +213,10 @@ impl ResourceBody {
     /// Whether this body belongs under `key` (its kind and name), without
     /// building the key.
     fn is_under(&self, key: &ResourceKey) -> bool {
-        let namespaced = |namespace: &str, name: &str| {
-            let full = &*key.name;
-            full.len() == namespace.len() + 1 + name.len()
-                && full.starts_with(namespace)
-                && full[namespace.len()..].starts_with('/')
-                && full.ends_with(name)
-        };
+        let namespaced = |namespace: &str, name: &str| is_key_of(&key.name, namespace, name);
         match self {
             ResourceBody::Workload(w) => {
-                key.kind == Kind::Workload && namespaced(&w.namespace, &w.name)
+                key.kind == Kind::Workload && namespaced(&w.namespace, w.name())
             }
             ResourceBody::Service(s) => {
                 key.kind == Kind::Service && namespaced(&s.namespace, &s.name)
@@ -310,7 +304,7 @@ impl VersionedResource {
         let body = match resource.body {
             None => return Err(fail(FieldError::new("body", "missing"))),
             Some(proto::resource::Body::Workload(w)) => {
-                ResourceBody::Workload(workload_from_proto(w, interner).map_err(fail)?)
+                ResourceBody::Workload(workload_from_proto(w, &key.name, interner).map_err(fail)?)
             }
             Some(proto::resource::Body::Service(s)) => {
                 ResourceBody::Service(Box::new(service_from_proto(s, interner).map_err(fail)?))
@@ -341,6 +335,14 @@ impl VersionedResource {
 }
 
 // ---- field helpers ----
+
+/// Whether `key` is `namespace/name`.
+fn is_key_of(key: &str, namespace: &str, name: &str) -> bool {
+    key.len() == namespace.len() + 1 + name.len()
+        && key.starts_with(namespace)
+        && key[namespace.len()..].starts_with('/')
+        && key.ends_with(name)
+}
 
 fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
     match ip {
@@ -446,7 +448,7 @@ fn required(value: &str, field: &str) -> Result<(), FieldError> {
 fn workload_to_proto(w: &Workload) -> proto::Workload {
     proto::Workload {
         namespace: w.namespace.to_string(),
-        name: w.name.to_string(),
+        name: w.name().to_string(),
         node: text(&w.node),
         service_account: w.service_account.to_string(),
         addresses: w.addresses.iter().map(ip_bytes).collect(),
@@ -471,12 +473,22 @@ fn workload_to_proto(w: &Workload) -> proto::Workload {
     }
 }
 
+/// A pod, its name shared with `key` (the name of the key it came under)
+/// when that is its own.
 fn workload_from_proto(
     w: proto::Workload,
+    key: &Name,
     interner: &mut Interner,
 ) -> Result<Workload, FieldError> {
     required(&w.namespace, "namespace")?;
     required(&w.name, "name")?;
+    // The key the pod came under, shared, when it is the pod's (if it is
+    // not, the resource is refused for it).
+    let key = if is_key_of(key, &w.namespace, &w.name) {
+        key.clone()
+    } else {
+        Workload::key_of(&w.namespace, &w.name)
+    };
     let ports: Vec<NamedPort> = w
         .ports
         .into_iter()
@@ -499,8 +511,7 @@ fn workload_from_proto(
     };
     Ok(Workload {
         addresses: ips_from_bytes(&w.addresses, "addresses")?,
-        // Unique to the pod: not worth a place in the interner.
-        name: w.name.into(),
+        key,
         node: interner.optional(&w.node),
         ready: w.ready,
         terminating: w.terminating,
@@ -521,9 +532,9 @@ fn service_type_to_proto(t: ServiceType) -> i32 {
 
 fn service_to_proto(s: &Service) -> proto::Service {
     proto::Service {
-        namespace: s.namespace.clone(),
-        name: s.name.clone(),
-        hostname: s.hostname.clone(),
+        namespace: s.namespace.to_string(),
+        name: s.name.to_string(),
+        hostname: s.hostname.to_string(),
         r#type: service_type_to_proto(s.service_type),
         cluster_ips: s.cluster_ips.iter().map(ip_bytes).collect(),
         headless: s.headless,
@@ -591,7 +602,7 @@ fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Serv
         }
     };
     let port_count = s.ports.len();
-    let ports = s
+    let mut ports: Vec<ServicePort> = s
         .ports
         .into_iter()
         .enumerate()
@@ -614,6 +625,9 @@ fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Serv
             })
         })
         .collect::<Result<_, FieldError>>()?;
+    // Collected in place, as the endpoints below: without this the vector
+    // keeps the room the decoder grew (four ports for one).
+    ports.shrink_to_fit();
     let mut endpoints = s
         .endpoints
         .into_iter()
@@ -633,18 +647,18 @@ fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Serv
                 .iter()
                 .enumerate()
                 .map(|(j, p)| optional_port(*p, || format!("endpoints[{i}].ports[{j}]")))
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Endpoint {
                 address: ip_from_bytes(&e.address, || format!("endpoints[{i}].address"))?,
-                ports: interner.endpoint_ports(ports),
                 // A workload's key: a store may share it with the
                 // workload's own (see `ferry_core::state`).
                 workload: non_empty(e.workload).map(Name::from),
-                node: interner.optional(&e.node),
                 ready: e.ready,
                 serving: e.serving,
                 terminating: e.terminating,
                 placement: interner.placement(Placement {
+                    node: non_empty(e.node).map(Name::from),
+                    ports: Arc::from(ports),
                     hostname: non_empty(e.hostname).map(Name::from),
                     zone: non_empty(e.zone).map(Name::from),
                     zone_hints: e
@@ -662,10 +676,11 @@ fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Serv
         })
         .collect::<Result<Vec<_>, FieldError>>()?;
     // Collected in place: the vector would keep the decoded messages'
-    // capacity (a proto endpoint is larger than the model's).
+    // room (a proto endpoint is larger than the model's).
     endpoints.shrink_to_fit();
     Ok(Service {
-        hostname: s.hostname,
+        // Shared with the store's telemetry labels.
+        hostname: s.hostname.into(),
         service_type,
         cluster_ips: ips_from_bytes(&s.cluster_ips, "clusterIPs")?,
         headless: s.headless,
@@ -685,8 +700,8 @@ fn service_from_proto(s: proto::Service, interner: &mut Interner) -> Result<Serv
         endpoints,
         selector: s.selector,
         traffic_distribution: non_empty(s.traffic_distribution),
-        namespace: s.namespace,
-        name: s.name,
+        namespace: interner.name(&s.namespace),
+        name: interner.name(&s.name),
     })
 }
 
@@ -943,12 +958,12 @@ mod tests {
             endpoints: vec![Endpoint {
                 workload: Some("default/web-1".into()),
                 address: "10.0.1.5".parse().unwrap(),
-                node: Some("node-a".into()),
-                ports: vec![Some(8080)].into(),
                 ready: true,
                 serving: true,
                 terminating: false,
                 placement: Arc::new(Placement {
+                    node: Some("node-a".into()),
+                    ports: vec![Some(8080)].into(),
                     hostname: None,
                     node_hints: Vec::new().into(),
                     zone: None,
@@ -962,7 +977,7 @@ mod tests {
 
     fn workload() -> Workload {
         Workload {
-            name: "web-1".into(),
+            key: "default/web-1".into(),
             node: Some("node-a".into()),
             addresses: vec!["10.0.1.5".parse().unwrap()].into(),
             ready: true,

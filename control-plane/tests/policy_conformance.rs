@@ -102,7 +102,7 @@ impl Cluster {
             .flat_map(|ns| PODS.iter().map(move |p| format!("{ns}/{p}")))
             .map(|key| state.workload(&key).unwrap_or_else(|| panic!("{key}")))
             .collect();
-        let party = |w: &Workload| state.workload_party(&w.key_name()).unwrap();
+        let party = |w: &Workload| state.workload_party(&w.key).unwrap();
         pods.iter()
             .map(|from| {
                 pods.iter()

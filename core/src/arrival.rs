@@ -131,7 +131,7 @@ fn decide(
                         "plaintext from {} claims mesh pod {}/{}, whose traffic arrives over mTLS",
                         peer.ip(),
                         w.namespace,
-                        w.name
+                        w.name()
                     ))),
                 );
             }
@@ -174,7 +174,7 @@ fn tunnel_source(
             "source {} is {}/{} (service account {}), not the peer identity {namespace}/{service_account}",
             address.ip(),
             w.namespace,
-            w.name,
+            w.name(),
             w.service_account
         )),
         None => Err(format!("source {} is not a known workload", address.ip())),

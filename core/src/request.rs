@@ -572,9 +572,6 @@ mod tests {
             sa("10.0.3.1:80"),
             Instant::now(),
         );
-        assert_eq!(
-            request.source.map(|w| w.key_name()).as_deref(),
-            Some("shop/client")
-        );
+        assert_eq!(request.source.map(|w| &*w.key), Some("shop/client"));
     }
 }

@@ -45,9 +45,11 @@ pub struct ProxyState {
     services_by_ip: Table<(IpAddr, Entry)>,
     /// InternalIP and ExternalIP addresses of nodes.
     nodes_by_ip: Table<(IpAddr, Entry)>,
-    /// The workloads of each node, by key: what runs here is found
-    /// without scanning the cluster.
-    workloads_by_node: Table<(Name, imbl::OrdSet<Name>)>,
+    /// The workloads of each node, sorted by key: what runs here is found
+    /// without scanning the cluster. A pointer per pod: a delta copies a
+    /// node's list the first time it changes it (a snapshot may hold it)
+    /// and edits its own copy in place after that.
+    workloads_by_node: Table<(Name, Arc<Vec<Entry>>)>,
     /// Node ports of NodePort and LoadBalancer services.
     services_by_node_port: Table<(u16, Entry)>,
     /// Policies ready for evaluation, by policy name, and the policies
@@ -61,8 +63,9 @@ pub struct ProxyState {
     /// connection's metrics take reference counts, not allocations.
     /// One shared `PeerLabels` per distinct (namespace, app, identity):
     /// pods of one app share it, so labels cost a map entry per pod.
-    peer_sets: Table<(String, Arc<PeerLabels>)>,
-    service_hosts: Table<(String, Arc<ServiceLabels>)>,
+    peer_sets: Table<Arc<PeerLabels>>,
+    /// By host name.
+    service_hosts: Table<Arc<ServiceLabels>>,
     trust_domain: Arc<str>,
     /// When the last delta was applied.
     updated_at: Option<std::time::SystemTime>,
@@ -92,8 +95,9 @@ impl Owned for WorkloadAt {
     }
 }
 
-/// How telemetry names a workload (see docs/observability.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How telemetry names a workload (see docs/observability.md). The pods
+/// of one app share one, found by its contents.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerLabels {
     /// `app.kubernetes.io/name`, else `app`, else the pod's name.
     pub workload: Arc<str>,
@@ -106,7 +110,7 @@ pub struct PeerLabels {
 
 /// A workload as Istio's standard metrics name it (its `source_*` and
 /// `destination_*` labels).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IstioPeer {
     /// The pod's controller (Deployment, StatefulSet...), else the pod.
     pub workload: Arc<str>,
@@ -122,10 +126,19 @@ pub struct IstioPeer {
     pub version: Arc<str>,
 }
 
+/// The values telemetry gives a label a workload lacks.
+static LATEST: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::from("latest"));
+static UNKNOWN: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::from("unknown"));
+/// The principal of a workload outside the mesh.
+static EMPTY: std::sync::LazyLock<Name> = std::sync::LazyLock::new(|| Name::from(""));
+
 impl IstioPeer {
-    fn of(w: &Workload) -> [&str; 5] {
-        let label = |names: &[&str]| names.iter().find_map(|n| w.labels.get(n));
-        let workload = w.controller.as_deref().unwrap_or(&w.name);
+    /// Shared with the workload's names (its labels, its controller), so
+    /// that a label set costs its pointers, not copies of its strings.
+    /// `None` stands for the pod's own name.
+    fn of(w: &Workload) -> [Option<&Name>; 5] {
+        let label = |names: &[&str]| names.iter().find_map(|n| w.labels.value(n));
+        let workload = w.controller.as_ref();
         [
             workload,
             label(&[
@@ -133,15 +146,17 @@ impl IstioPeer {
                 "app.kubernetes.io/name",
                 "app",
             ])
-            .unwrap_or(workload),
-            label(&[
-                "service.istio.io/canonical-revision",
-                "app.kubernetes.io/version",
-                "version",
-            ])
-            .unwrap_or("latest"),
-            label(&["app", "app.kubernetes.io/name"]).unwrap_or("unknown"),
-            label(&["version", "app.kubernetes.io/version"]).unwrap_or("unknown"),
+            .or(workload),
+            Some(
+                label(&[
+                    "service.istio.io/canonical-revision",
+                    "app.kubernetes.io/version",
+                    "version",
+                ])
+                .unwrap_or(&LATEST),
+            ),
+            Some(label(&["app", "app.kubernetes.io/name"]).unwrap_or(&UNKNOWN)),
+            Some(label(&["version", "app.kubernetes.io/version"]).unwrap_or(&UNKNOWN)),
         ]
     }
 }
@@ -156,30 +171,24 @@ pub struct ServiceLabels {
 }
 
 impl PeerLabels {
-    /// The name telemetry gives a workload.
-    fn app(w: &Workload) -> &str {
+    /// The name telemetry gives a workload; `None`: the pod's own name.
+    fn app(w: &Workload) -> Option<&Name> {
         w.labels
-            .get("app.kubernetes.io/name")
-            .or_else(|| w.labels.get("app"))
-            .unwrap_or(&w.name)
-    }
-
-    /// What makes two workloads' labels equal.
-    fn set_key(w: &Workload) -> String {
-        let service_account = if w.mesh { &*w.service_account } else { "" };
-        let istio = IstioPeer::of(w).join("\0");
-        format!(
-            "{}\0{}\0{}\0{istio}",
-            w.namespace,
-            Self::app(w),
-            service_account
-        )
+            .value("app.kubernetes.io/name")
+            .or_else(|| w.labels.value("app"))
     }
 
     fn of(w: &Workload, trust_domain: &str) -> Self {
-        let workload = Self::app(w);
+        // The pod's name is copied only where it stands in for a label.
+        let mut pod: Option<Name> = None;
+        let mut or_pod = |name: Option<&Name>| match name {
+            Some(name) => name.clone(),
+            None => pod.get_or_insert_with(|| Name::from(w.name())).clone(),
+        };
+        let [workload, canonical_service, canonical_revision, app, version] =
+            IstioPeer::of(w).map(&mut or_pod);
         Self {
-            workload: Arc::from(workload),
+            workload: or_pod(Self::app(w)),
             namespace: w.namespace.clone(),
             principal: if w.mesh {
                 Arc::from(
@@ -191,20 +200,30 @@ impl PeerLabels {
                     .to_string(),
                 )
             } else {
-                Arc::from("")
+                EMPTY.clone()
             },
-            istio: {
-                let [workload, canonical_service, canonical_revision, app, version] =
-                    IstioPeer::of(w).map(Arc::<str>::from);
-                IstioPeer {
-                    workload,
-                    canonical_service,
-                    canonical_revision,
-                    app,
-                    version,
-                }
+            istio: IstioPeer {
+                workload,
+                canonical_service,
+                canonical_revision,
+                app,
+                version,
             },
         }
+    }
+}
+
+impl Keyed for Arc<PeerLabels> {
+    type Key = PeerLabels;
+    fn key(&self) -> &PeerLabels {
+        self
+    }
+}
+
+impl Keyed for Arc<ServiceLabels> {
+    type Key = str;
+    fn key(&self) -> &str {
+        &self.host
     }
 }
 
@@ -309,7 +328,7 @@ impl ProxyState {
         if self.peer_sets.len() > 1024 && self.peer_sets.len() > self.workloads_by_ip.len() {
             // Held only by the set map: no pod has them.
             self.peer_sets
-                .retain(|(_, labels)| Arc::strong_count(labels) > 1);
+                .retain(|labels| Arc::strong_count(labels) > 1);
         }
     }
 
@@ -363,7 +382,7 @@ impl ProxyState {
 
     /// The telemetry labels of a service, shared.
     pub fn service_label(&self, service: &Service) -> Option<&Arc<ServiceLabels>> {
-        self.service_hosts.value(service.hostname.as_str())
+        self.service_hosts.get(&*service.hostname)
     }
 
     /// When the last delta was applied (`None` before the first).
@@ -400,8 +419,8 @@ impl ProxyState {
         self.workloads_by_node
             .value(node)
             .into_iter()
-            .flat_map(|keys| keys.iter())
-            .filter_map(|key| match &self.lookup(Kind::Workload, key)?.body {
+            .flat_map(|entries| entries.iter())
+            .filter_map(|entry| match &entry.body {
                 ResourceBody::Workload(w) => Some(w),
                 _ => None,
             })
@@ -543,22 +562,30 @@ impl ProxyState {
         }
     }
 
+    /// Where the workload `key` is (or would go) in a node's list.
+    fn node_position(entries: &[Entry], key: &str) -> Result<usize, usize> {
+        entries.binary_search_by(|e| (*e.key.name).cmp(key))
+    }
+
     fn unindex(&mut self, old: &Entry) {
         let key = &old.key;
         match &old.body {
             ResourceBody::Workload(w) => {
                 Self::unindex_keys(&mut self.workloads_by_ip, w.addresses.iter().copied(), key);
                 if let Some(node) = &w.node {
-                    if let Some((_, keys)) = self.workloads_by_node.get_mut(&**node) {
-                        keys.remove(&key.name);
-                        if keys.is_empty() {
-                            self.workloads_by_node.remove(&**node);
+                    if let Some((_, entries)) = self.workloads_by_node.get_mut(&**node) {
+                        if let Ok(at) = Self::node_position(entries, &key.name) {
+                            if entries.len() == 1 {
+                                self.workloads_by_node.remove(&**node);
+                            } else {
+                                Arc::make_mut(entries).remove(at);
+                            }
                         }
                     }
                 }
             }
             ResourceBody::Service(s) => {
-                self.service_hosts.remove(s.hostname.as_str());
+                self.service_hosts.remove(&*s.hostname);
                 Self::unindex_keys(&mut self.services_by_ip, Self::service_ips(s), key);
                 Self::unindex_keys(
                     &mut self.services_by_node_port,
@@ -598,17 +625,21 @@ impl ProxyState {
         match &entry.body {
             ResourceBody::Workload(w) => {
                 if let Some(node) = &w.node {
-                    self.workloads_by_node
+                    let entries = &mut self
+                        .workloads_by_node
                         .get_or_insert_with(&**node, || (node.clone(), Default::default()))
-                        .1
-                        .insert(entry.key.name.clone());
+                        .1;
+                    match Self::node_position(entries, &entry.key.name) {
+                        Ok(at) => Arc::make_mut(entries)[at] = entry.clone(),
+                        Err(at) => Arc::make_mut(entries).insert(at, entry.clone()),
+                    }
                 }
-                let set = PeerLabels::set_key(w);
-                let labels = match self.peer_sets.value(set.as_str()) {
+                let labels = PeerLabels::of(w, &self.trust_domain);
+                let labels = match self.peer_sets.get(&labels) {
                     Some(shared) => shared.clone(),
                     None => {
-                        let labels = Arc::new(PeerLabels::of(w, &self.trust_domain));
-                        self.peer_sets.insert((set, labels.clone()));
+                        let labels = Arc::new(labels);
+                        self.peer_sets.insert(labels.clone());
                         labels
                     }
                 };
@@ -623,14 +654,11 @@ impl ProxyState {
                 }
             }
             ResourceBody::Service(s) => {
-                self.service_hosts.insert((
-                    s.hostname.clone(),
-                    Arc::new(ServiceLabels {
-                        host: Arc::from(s.hostname.as_str()),
-                        name: Arc::from(s.name.as_str()),
-                        namespace: Arc::from(s.namespace.as_str()),
-                    }),
-                ));
+                self.service_hosts.insert(Arc::new(ServiceLabels {
+                    host: s.hostname.clone(),
+                    name: s.name.clone(),
+                    namespace: s.namespace.clone(),
+                }));
                 Self::index_keys(&mut self.services_by_ip, Self::service_ips(s), &entry);
                 Self::index_keys(
                     &mut self.services_by_node_port,
@@ -866,7 +894,7 @@ mod tests {
 
     fn workload(name: &str, ip: &str) -> ResourceBody {
         ResourceBody::Workload(Workload {
-            name: name.into(),
+            key: Workload::key_of("default", name),
             node: Some("n1".into()),
             addresses: vec![ip.parse().unwrap()].into(),
             ready: true,
@@ -908,8 +936,8 @@ mod tests {
             before
                 .workload_by_ip(&"10.0.0.1".parse().unwrap())
                 .unwrap()
-                .name,
-            "a".into()
+                .name(),
+            "a"
         );
         assert!(before.workload("default/b").is_none());
         let after = store.snapshot();
@@ -919,8 +947,8 @@ mod tests {
             after
                 .workload_by_ip(&"10.0.0.2".parse().unwrap())
                 .unwrap()
-                .name,
-            "b".into()
+                .name(),
+            "b"
         );
     }
 
@@ -964,7 +992,7 @@ mod tests {
             &[],
         ));
         let names = |s: &ProxyState, node: &str| -> Vec<String> {
-            s.workloads_on(node).map(|w| w.name.to_string()).collect()
+            s.workloads_on(node).map(|w| w.name().to_string()).collect()
         };
         let s = store.snapshot();
         assert_eq!(names(&s, "n1"), ["a", "b"]);
@@ -1117,7 +1145,7 @@ mod tests {
         ResourceBody::Service(Box::new(Service {
             namespace: "default".into(),
             name: name.into(),
-            hostname: format!("{name}.default.svc.cluster.local"),
+            hostname: format!("{name}.default.svc.cluster.local").into(),
             service_type,
             cluster_ips: vec![],
             headless: false,
@@ -1234,7 +1262,7 @@ mod tests {
         let s = store.snapshot();
         assert!(s.service_by_node_port(30081).is_none());
         assert_eq!(
-            s.service_by_node_port(30080).map(|svc| svc.name.as_str()),
+            s.service_by_node_port(30080).map(|svc| &*svc.name),
             Some("lb")
         );
 

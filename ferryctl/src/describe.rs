@@ -188,7 +188,7 @@ pub fn view(
     certificate: Option<Certificate>,
     to: Option<&str>,
 ) -> Result<PodView, String> {
-    let key = workload.key_name();
+    let key = workload.key.to_string();
     let mut services = Vec::new();
     for r in state.iter() {
         let ResourceBody::Service(s) = &r.body else {

@@ -22,7 +22,7 @@ fn protocol_name(p: Protocol) -> &'static str {
 }
 
 fn party<'a>(state: &'a ProxyState, w: &Workload) -> Party<'a> {
-    state.workload_party(&w.key_name()).unwrap_or(Party {
+    state.workload_party(&w.key).unwrap_or(Party {
         workload: None,
         key: None,
         ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
@@ -79,8 +79,8 @@ pub fn reachability(dir: PathBuf, ports: Vec<u16>, output: Output) -> ExitCode {
                         protocol,
                     );
                     results.push(Reach {
-                        from: from.key_name(),
-                        to: to.key_name(),
+                        from: from.key.to_string(),
+                        to: to.key.to_string(),
                         port: *port,
                         protocol: protocol_name(protocol),
                         allowed: verdict.allowed,
@@ -98,7 +98,7 @@ pub fn reachability(dir: PathBuf, ports: Vec<u16>, output: Output) -> ExitCode {
             }
         },
         Output::Table => {
-            let names: Vec<String> = pods.iter().map(|w| w.key_name()).collect();
+            let names: Vec<String> = pods.iter().map(|w| w.key.to_string()).collect();
             let width = names.iter().map(String::len).max().unwrap_or(4).max(4);
             let mut index = 0;
             for port in &ports {

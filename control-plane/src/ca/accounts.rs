@@ -99,7 +99,7 @@ mod tests {
 
     fn workload(name: &str, node: &str, sa: &str, mesh: bool) -> Change {
         let body = ResourceBody::Workload(Workload {
-            name: name.into(),
+            key: Workload::key_of("shop", name),
             node: Some(node.into()),
             addresses: vec![].into(),
             ready: true,

@@ -153,7 +153,10 @@ pub fn workload(
         controller: controller(pod).map(Name::from),
     };
     Some(model::Workload {
-        name: pod.metadata.name.as_deref().unwrap_or_default().into(),
+        key: model::Workload::key_of(
+            &profile.namespace,
+            pod.metadata.name.as_deref().unwrap_or_default(),
+        ),
         node: interner.optional(
             spec.and_then(|s| s.node_name.as_deref())
                 .unwrap_or_default(),
@@ -404,7 +407,7 @@ pub fn service(
         endpoints.retain(|e| families.contains(&e.address.is_ipv4()));
     }
     model::Service {
-        hostname: format!("{name}.{namespace}.svc.{}", options.cluster_domain),
+        hostname: format!("{name}.{namespace}.svc.{}", options.cluster_domain).into(),
         service_type,
         cluster_ips: if headless || service_type == ServiceType::ExternalName {
             Vec::new()
@@ -429,8 +432,8 @@ pub fn service(
         endpoints,
         selector: service_selector(svc).is_some(),
         traffic_distribution: spec.traffic_distribution.clone().filter(|t| !t.is_empty()),
-        namespace,
-        name,
+        namespace: namespace.into(),
+        name: name.into(),
     }
 }
 
@@ -476,17 +479,17 @@ fn workload_endpoints(
             _ => (none.clone(), none),
         };
         let resolved: Arc<[Option<u16>]> = resolved.into();
-        let key = Name::from(w.key_name());
+        let key = w.key.clone();
         for address in &w.addresses {
             out.push(Endpoint {
                 workload: Some(key.clone()),
                 address: *address,
-                node: w.node.clone(),
-                ports: resolved.clone(),
                 ready,
                 serving: w.ready,
                 terminating: w.terminating,
                 placement: Arc::new(ferry_api::model::Placement {
+                    node: w.node.clone(),
+                    ports: resolved.clone(),
                     hostname: None,
                     zone: zone.clone(),
                     zone_hints: zone_hints.clone(),
@@ -573,12 +576,12 @@ fn slice_endpoints(ports: &[ServicePort], slices: &[&EndpointSlice]) -> Vec<Endp
                 out.push(Endpoint {
                     workload: workload.as_deref().map(Name::from),
                     address,
-                    node: ep.node_name.as_deref().map(Name::from),
-                    ports: endpoint_ports.into(),
                     ready,
                     serving,
                     terminating,
                     placement: Arc::new(ferry_api::model::Placement {
+                        node: ep.node_name.as_deref().map(Name::from),
+                        ports: endpoint_ports.into(),
                         hostname: ep.hostname.as_deref().map(Name::from),
                         zone: ep.zone.as_deref().filter(|z| !z.is_empty()).map(Name::from),
                         zone_hints,

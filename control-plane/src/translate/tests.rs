@@ -330,7 +330,7 @@ status:
     assert_eq!(
         workload(&t, "shop/web-1"),
         model::Workload {
-            name: "web-1".into(),
+            key: "shop/web-1".into(),
             node: Some("node-a".into()),
             addresses: ips(&["10.0.1.5"]).into(),
             ready: true,
@@ -486,7 +486,7 @@ fn pod_without_namespace_lands_in_default() {
     let t = translated(&["kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: app}]}\n"]);
     let w = workload(&t, "default/p");
     assert_eq!(
-        (&*w.namespace, &*w.name, w.node.as_deref()),
+        (&*w.namespace, w.name(), w.node.as_deref()),
         ("default", "p", None)
     );
 }
@@ -744,12 +744,12 @@ spec:
             endpoints: vec![Endpoint {
                 workload: Some("shop/a".into()),
                 address: "10.0.0.1".parse().unwrap(),
-                node: Some("node-a".into()),
-                ports: vec![Some(8080), Some(5353)].into(),
                 ready: true,
                 serving: true,
                 terminating: false,
                 placement: std::sync::Arc::new(ferry_api::model::Placement {
+                    node: Some("node-a".into()),
+                    ports: vec![Some(8080), Some(5353)].into(),
                     hostname: None,
                     node_hints: Vec::new().into(),
                     zone: None,
@@ -795,7 +795,7 @@ fn service_hostname_is_name_namespace_svc_cluster_domain() {
         t.apply(applies(&[format!(
             "kind: Service\nmetadata: {metadata}\nspec: {{ports: [{{port: 80}}]}}\n"
         )]));
-        assert_eq!(service(&t, key).hostname, want, "case {name}");
+        assert_eq!(&*service(&t, key).hostname, want, "case {name}");
     }
 }
 

@@ -288,13 +288,13 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
                 local_node,
                 from.mesh,
                 workload.node.as_deref(),
-                Some(&key),
+                Some(key),
             );
             let address = dialed.or_else(|| workload.addresses.first().copied());
             Explanation {
                 endpoints: address
                     .map(|address| RouteEndpoint {
-                        pod: Some(key.as_str().into()),
+                        pod: Some(key.clone()),
                         address,
                         port,
                         node: workload.node.clone(),

@@ -46,7 +46,7 @@ pub(crate) fn node(
 
 pub(crate) fn pod(name: &str, address: &str, node: &str, mesh: bool) -> Workload {
     Workload {
-        name: name.into(),
+        key: Workload::key_of("shop", name),
         node: Some(node.into()),
         addresses: vec![ip(address)].into(),
         ready: true,
@@ -97,12 +97,12 @@ pub(crate) fn ep(pod: &str, address: &str, node: &str, ports: &[Option<u16>]) ->
     Endpoint {
         workload: (!pod.is_empty()).then(|| format!("shop/{pod}").into()),
         address: ip(address),
-        node: (!node.is_empty()).then(|| node.into()),
-        ports: ports.to_vec().into(),
         ready: true,
         serving: true,
         terminating: false,
         placement: Arc::new(ferry_api::model::Placement {
+            node: (!node.is_empty()).then(|| node.into()),
+            ports: ports.to_vec().into(),
             hostname: None,
             node_hints: Vec::new().into(),
             zone: None,
@@ -132,7 +132,7 @@ pub(crate) fn service(
     Service {
         namespace: "shop".into(),
         name: name.into(),
-        hostname: format!("{name}.shop.svc.cluster.local"),
+        hostname: format!("{name}.shop.svc.cluster.local").into(),
         service_type: ServiceType::ClusterIP,
         cluster_ips: cluster_ip.map(ip).into_iter().collect(),
         headless: false,
@@ -208,7 +208,7 @@ fn cluster_ip_maps_each_port_to_its_target_port() {
     let cases = [("10.96.0.10:80", 0, 8080), ("10.96.0.10:9090", 1, 9091)];
     for (dest, want_index, want_target) in cases {
         let (svc, index, access, policy) = expect_service(plan(&s, Origin::Cluster, sa(dest)));
-        assert_eq!(svc.name, "backend", "{dest}");
+        assert_eq!(&*svc.name, "backend", "{dest}");
         assert_eq!(index, want_index, "{dest}");
         assert_eq!(access, Access::ClusterIp, "{dest}");
         assert_eq!(policy, TrafficPolicy::Cluster, "{dest}");
@@ -261,7 +261,7 @@ fn a_cluster_ip_on_a_port_the_service_does_not_define_is_refused() {
                 service: Some(svc),
                 reason,
             } => {
-                assert_eq!(svc.name, want_service, "{dest}");
+                assert_eq!(&*svc.name, want_service, "{dest}");
                 assert_eq!(reason, want_reason, "{dest}");
             }
             other => panic!("{dest}: expected a refusal, got {other:?}"),
@@ -362,7 +362,7 @@ fn every_service_address_and_its_traffic_policy() {
             _ => LOCAL,
         };
         let (svc, index, access, policy) = expect_service(planned);
-        assert_eq!(svc.name, "web", "{dest}");
+        assert_eq!(&*svc.name, "web", "{dest}");
         assert_eq!(index, 0, "{dest}");
         assert_eq!(access, want_access, "{dest}");
         assert_eq!(policy, want_policy, "{dest}");
@@ -417,7 +417,7 @@ fn addresses_that_are_not_a_service_port_fall_through() {
         let got = match plan(&s, Origin::Cluster, sa(dest)) {
             Plan::Workload { workload, port } => {
                 assert_eq!(port, sa(dest).port());
-                format!("pod {}", workload.name)
+                format!("pod {}", workload.name())
             }
             Plan::Passthrough => "passthrough".into(),
             other => format!("{other:?}"),
@@ -452,7 +452,7 @@ fn a_pod_ip_is_that_pod_and_its_mode_depends_on_where_it_runs() {
     for (dest, want_pod, want_mode) in cases {
         match plan(&s, Origin::Cluster, sa(dest)) {
             Plan::Workload { workload, port } => {
-                assert_eq!(workload.name, want_pod.into(), "{dest}");
+                assert_eq!(workload.name(), want_pod, "{dest}");
                 assert_eq!(port, 8080, "{dest}");
             }
             other => panic!("{dest}: expected a pod, got {other:?}"),
@@ -505,7 +505,7 @@ fn a_headless_service_is_reached_through_its_pods() {
     // Its backends by pod IP.
     match plan(&s, Origin::Cluster, sa("10.0.2.1:5432")) {
         Plan::Workload { workload, port } => {
-            assert_eq!((&*workload.name, port), ("a2", 5432));
+            assert_eq!((workload.name(), port), ("a2", 5432));
         }
         other => panic!("expected a pod, got {other:?}"),
     }

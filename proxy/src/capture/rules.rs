@@ -242,7 +242,7 @@ impl CaptureRules {
                     continue;
                 }
                 if let Some(interface) = routes.pod_interface(*ip) {
-                    found.insert(format!("{}/{}", w.namespace, w.name), interface);
+                    found.insert(w.key.to_string(), interface);
                 }
             }
         }
@@ -668,7 +668,7 @@ mod tests {
 
     fn pod(name: &str, ip: &str, node: &str, mesh: bool) -> ResourceBody {
         ResourceBody::Workload(Workload {
-            name: name.into(),
+            key: Workload::key_of("shop", name),
             node: Some(node.into()),
             addresses: vec![ip.parse().unwrap()].into(),
             ready: true,
@@ -693,7 +693,7 @@ mod tests {
         ResourceBody::Service(Box::new(Service {
             namespace: "shop".into(),
             name: name.into(),
-            hostname: format!("{name}.shop.svc.cluster.local"),
+            hostname: format!("{name}.shop.svc.cluster.local").into(),
             service_type: if lb.is_some() {
                 ServiceType::LoadBalancer
             } else if node_port.is_some() {
@@ -749,12 +749,12 @@ mod tests {
             s.endpoints.push(ferry_api::model::Endpoint {
                 workload: Some(format!("shop/{workload}").into()),
                 address: ip.parse().unwrap(),
-                node: Some("node-b".into()),
-                ports: vec![Some(8080)].into(),
                 ready: true,
                 serving: true,
                 terminating: false,
                 placement: std::sync::Arc::new(ferry_api::model::Placement {
+                    node: Some("node-b".into()),
+                    ports: vec![Some(8080)].into(),
                     hostname: None,
                     node_hints: Vec::new().into(),
                     zone: None,
@@ -899,7 +899,9 @@ COMMIT
     fn each_family_gets_its_own_addresses() {
         let mut dual = pod("web", "10.244.1.10", "node-a", true);
         if let ResourceBody::Workload(w) = &mut dual {
-            w.addresses = [w.addresses[0], "fd00:244:1::10".parse().unwrap()].into();
+            w.addresses = [w.addresses[0], "fd00:244:1::10".parse().unwrap()]
+                .into_iter()
+                .collect();
         }
         let mut svc = service("api", "10.96.0.20", None, None);
         if let ResourceBody::Service(s) = &mut svc {
@@ -951,7 +953,9 @@ COMMIT
         }));
         let mut web = pod("web", "10.244.1.10", "node-a", true);
         if let ResourceBody::Workload(w) = &mut web {
-            w.addresses = [w.addresses[0], "fd00:244:1::10".parse().unwrap()].into();
+            w.addresses = [w.addresses[0], "fd00:244:1::10".parse().unwrap()]
+                .into_iter()
+                .collect();
         }
         let s = state(&[node, web]);
         let v4 = rules().render_family(&s, Family::V4);

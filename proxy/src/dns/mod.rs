@@ -362,7 +362,7 @@ mod tests {
         ResourceBody::Service(Box::new(Service {
             namespace: "shop".into(),
             name: name.into(),
-            hostname: format!("{name}.shop.svc.cluster.local"),
+            hostname: format!("{name}.shop.svc.cluster.local").into(),
             service_type: if external.is_some() {
                 ServiceType::ExternalName
             } else {
@@ -382,12 +382,12 @@ mod tests {
                 .map(|(ip, ready)| Endpoint {
                     workload: None,
                     address: ip.parse().unwrap(),
-                    node: None,
-                    ports: vec![].into(),
                     ready: *ready,
                     serving: *ready,
                     terminating: false,
                     placement: Arc::new(ferry_api::model::Placement {
+                        node: None,
+                        ports: vec![].into(),
                         hostname: None,
                         node_hints: Vec::new().into(),
                         zone: None,
