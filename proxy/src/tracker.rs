@@ -35,9 +35,11 @@ pub struct TrackedConnection {
 }
 
 impl TrackedConnection {
-    /// Resolves when a policy update no longer allows the connection.
-    pub async fn revoked(&self) {
-        self.closed.notified().await;
+    /// Resolves when a policy update no longer allows the connection. The
+    /// future owns what it waits on: a relay holds it beside the tracking.
+    pub fn revoked(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let closed = self.closed.clone();
+        async move { closed.notified().await }
     }
 }
 

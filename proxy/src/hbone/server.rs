@@ -17,6 +17,7 @@ use super::H2Settings;
 use crate::inbound::Inbound;
 use crate::telemetry::metrics::{FailureReason, Reporter};
 use crate::telemetry::Parties;
+use futures::FutureExt;
 
 /// Why an HBONE connection ended badly; TLS failures are counted.
 #[derive(Debug, thiserror::Error)]
@@ -225,10 +226,13 @@ impl HboneServer {
             let inbound = self.inbound.clone();
             let identity = identity.clone();
             let guard = open.enter();
-            tokio::spawn(async move {
-                inbound.stream(tunnel, respond, identity, peer).await;
-                drop(guard);
-            });
+            // `map`, not an `async move` block awaiting the stream: that
+            // would hold the stream's arguments twice in every task.
+            tokio::spawn(
+                inbound
+                    .stream(tunnel, respond, identity, peer)
+                    .map(move |()| drop(guard)),
+            );
         }
         Ok(())
     }

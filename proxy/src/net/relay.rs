@@ -10,9 +10,13 @@
 //! failed connection still reports what it carried.
 
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use h2::{RecvStream, SendStream};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -113,40 +117,80 @@ impl Ended {
 
 /// Relays between `tcp` and `peer` until both directions end or `revoked`
 /// resolves (the connection is then dropped: both ends see a reset).
-pub async fn relay(
+///
+/// Built from its parts rather than written as one `async fn`: an async
+/// function keeps its arguments for its whole life, so moving them into
+/// the futures it awaits would hold them twice. Every open connection's
+/// task holds this future; see docs/benchmarks.md.
+pub fn relay(
     tcp: TcpStream,
     peer: Peer,
     revoked: impl Future<Output = ()>,
-) -> (Transferred, Ended) {
-    let from_tcp = AtomicU64::new(0);
-    let to_tcp = AtomicU64::new(0);
-    let copy = async {
-        let (reader, writer) = tcp.into_split();
-        match peer {
-            Peer::Tcp(upstream) => {
-                let (up_reader, up_writer) = upstream.into_split();
-                tokio::join!(
-                    copy_tcp(reader, up_writer, &from_tcp),
-                    copy_tcp(up_reader, writer, &to_tcp),
-                );
-            }
-            Peer::H2 { send, recv } => {
-                tokio::join!(
-                    tcp_to_h2(reader, send, &from_tcp),
-                    h2_to_tcp(recv, writer, &to_tcp),
-                );
-            }
+) -> impl Future<Output = (Transferred, Ended)> {
+    let counts = Arc::new(Counts::default());
+    UntilRevoked {
+        copy: copy_both(tcp, peer, counts.clone()),
+        revoked,
+    }
+    .map(move |ended| {
+        let transferred = Transferred {
+            from_tcp: counts.from_tcp.load(Ordering::Relaxed),
+            to_tcp: counts.to_tcp.load(Ordering::Relaxed),
+        };
+        (transferred, ended)
+    })
+}
+
+/// Bytes forwarded so far each way: read when the relay ends, also when
+/// it is revoked mid-way.
+#[derive(Debug, Default)]
+struct Counts {
+    from_tcp: AtomicU64,
+    to_tcp: AtomicU64,
+}
+
+async fn copy_both(tcp: TcpStream, peer: Peer, counts: Arc<Counts>) {
+    let (reader, writer) = tcp.into_split();
+    match peer {
+        Peer::Tcp(upstream) => {
+            let (up_reader, up_writer) = upstream.into_split();
+            tokio::join!(
+                copy_tcp(reader, up_writer, &counts.from_tcp),
+                copy_tcp(up_reader, writer, &counts.to_tcp),
+            );
         }
-    };
-    let ended = tokio::select! {
-        _ = copy => Ended::Completed,
-        _ = revoked => Ended::Revoked,
-    };
-    let transferred = Transferred {
-        from_tcp: from_tcp.load(Ordering::Relaxed),
-        to_tcp: to_tcp.load(Ordering::Relaxed),
-    };
-    (transferred, ended)
+        Peer::H2 { send, recv } => {
+            tokio::join!(
+                tcp_to_h2(reader, send, &counts.from_tcp),
+                h2_to_tcp(recv, writer, &counts.to_tcp),
+            );
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `copy` until it ends or `revoked` resolves, whichever is first.
+    struct UntilRevoked<C, R> {
+        #[pin]
+        copy: C,
+        #[pin]
+        revoked: R,
+    }
+}
+
+impl<C: Future<Output = ()>, R: Future<Output = ()>> Future for UntilRevoked<C, R> {
+    type Output = Ended;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = self.project();
+        if this.copy.poll(cx).is_ready() {
+            return Poll::Ready(Ended::Completed);
+        }
+        if this.revoked.poll(cx).is_ready() {
+            return Poll::Ready(Ended::Revoked);
+        }
+        Poll::Pending
+    }
 }
 
 /// One direction between two sockets; EOF shuts the writer down.

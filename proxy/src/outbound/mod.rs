@@ -10,6 +10,7 @@
 //! HBONE pool presenting the source workload's identity. [`Outbound::relay`]
 //! moves the bytes ([`crate::net::relay`]).
 
+use futures::FutureExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -475,23 +476,35 @@ impl Outbound {
     }
 
     /// Copies between the client and its upstream until both sides are
-    /// done, or until a policy update revokes the connection.
-    pub async fn relay(client: tokio::net::TcpStream, connected: Connected) -> Transferred {
-        // A pooled connection's stream slot is held until the end.
-        let (peer, _slot) = match connected.upstream {
+    /// done, or until a policy update revokes the connection. Built from
+    /// the relay, not an `async fn`: that would keep `connected` and
+    /// `client` for the connection's life beside the relay holding them.
+    pub fn relay(
+        client: tokio::net::TcpStream,
+        connected: Connected,
+    ) -> impl std::future::Future<Output = Transferred> {
+        let Connected {
+            upstream,
+            tracked,
+            telemetry,
+            ..
+        } = connected;
+        let (peer, slot) = match upstream {
             Upstream::Tcp(upstream) => (Peer::Tcp(upstream), None),
             Upstream::Hbone(stream) => (
                 Peer::H2 {
                     send: stream.send,
                     recv: stream.recv,
                 },
+                // A pooled connection's stream slot is held until the end.
                 Some(stream.slot),
             ),
         };
-        let (transferred, ended) = relay(client, peer, connected.tracked.revoked()).await;
-        connected
-            .telemetry
-            .close(transferred.from_tcp, transferred.to_tcp, ended.as_str());
-        transferred
+        let revoked = tracked.revoked();
+        relay(client, peer, revoked).map(move |(transferred, ended)| {
+            telemetry.close(transferred.from_tcp, transferred.to_tcp, ended.as_str());
+            drop((slot, tracked));
+            transferred
+        })
     }
 }
