@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::future::Either;
+use futures::FutureExt;
 use tokio::net::TcpListener;
 
 use crate::net::original_destination;
@@ -75,42 +77,41 @@ pub fn parse_mark(text: &str) -> Result<(u32, u32), String> {
     Ok((mark, mask))
 }
 
-/// Serves redirected connections until the task is dropped.
+/// Serves redirected connections until the task is dropped. A
+/// connection's original destination is read before its task starts;
+/// the task is its connection, then its relay, chained (`then`): it holds
+/// one stage at a time (see `outbound::socks5::session`).
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
     ferry_process::accept::serve(listener, "capture", |client, peer| {
-        let outbound = outbound.clone();
-        async move {
-            // Not redirected, the "original" destination is this socket's
-            // own address: serving it would loop.
-            let local = client
-                .local_addr()
-                .map(|l| SocketAddr::new(l.ip().to_canonical(), l.port()))
-                .ok();
-            let destination = match original_destination(&client) {
-                Ok(d) if Some(d) != local => d,
-                Ok(_) => {
-                    tracing::debug!(%peer, "connection to the capture port itself: closed");
-                    return;
-                }
-                Err(e) => {
-                    tracing::info!(%peer, error = %e, "no original destination (not redirected?): closed");
-                    return;
-                }
-            };
-            let _ = client.set_nodelay(true);
-            match outbound
-                .connect(peer, Destination::Address(destination))
-                .await
-            {
-                Ok(connected) => {
-                    Outbound::relay(client, connected).await;
-                }
-                Err(e) => {
-                    // Dropping the socket resets the client: "connection refused" semantics.
-                    tracing::debug!(%peer, %destination, error = %e, "captured connection refused");
-                }
+        // Not redirected, the "original" destination is this socket's
+        // own address: serving it would loop.
+        let local = client
+            .local_addr()
+            .map(|l| SocketAddr::new(l.ip().to_canonical(), l.port()))
+            .ok();
+        let destination = match original_destination(&client) {
+            Ok(d) if Some(d) != local => d,
+            Ok(_) => {
+                tracing::debug!(%peer, "connection to the capture port itself: closed");
+                return Either::Left(std::future::ready(()));
             }
-        }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "no original destination (not redirected?): closed");
+                return Either::Left(std::future::ready(()));
+            }
+        };
+        let _ = client.set_nodelay(true);
+        let outbound = outbound.clone();
+        let connect =
+            async move { outbound.connect(peer, Destination::Address(destination)).await };
+        Either::Right(connect.then(move |connected| match connected {
+            Ok(connected) => Either::Left(Outbound::relay(client, connected).map(drop)),
+            Err(e) => {
+                // Dropping the socket resets the client: "connection refused" semantics.
+                tracing::debug!(%peer, %destination, error = %e, "captured connection refused");
+                Either::Right(std::future::ready(()))
+            }
+        }))
     })
     .await
 }
