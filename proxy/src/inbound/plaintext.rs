@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use ferry_core::arrival::{self, Arrival, InboundRefusal};
 use ferry_core::policy::Check;
+use futures::future::Either;
+use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Inbound;
@@ -28,31 +30,69 @@ pub struct PlaintextInbound {
 }
 
 impl PlaintextInbound {
-    /// Serves until the task is dropped.
+    /// Serves until the task is dropped. A connection is admitted before
+    /// its task starts; the task is its connection to the pod, then its
+    /// relay, chained: it holds one stage at a time (see
+    /// [`Inbound::stream`]).
     pub async fn serve(self, listener: TcpListener) {
         let this = Arc::new(self);
-        ferry_process::accept::serve(listener, "inbound plaintext", |tcp, peer| {
-            let this = this.clone();
-            async move {
-                if let Err((reason, detail)) = this.connection(tcp, peer).await {
-                    tracing::info!(%peer, %detail, "inbound plaintext connection refused");
-                    let state = this.inbound.store.snapshot();
-                    let parties = Parties {
-                        source: state.peer_labels(&peer.ip()).cloned(),
-                        ..Parties::default()
-                    };
-                    this.inbound.telemetry.failure(
-                        Reporter::Destination,
-                        &parties,
-                        reason,
-                        peer,
-                        &"-",
-                        &detail,
-                    );
+        ferry_process::accept::serve(listener, "inbound plaintext", |client, peer| {
+            let (target, check, parties) = match this.admitted(&client, peer) {
+                Ok(admitted) => admitted,
+                Err(refused) => {
+                    this.refused(peer, refused);
+                    return Either::Left(std::future::ready(()));
                 }
-            }
+            };
+            let this = this.clone();
+            let connect = {
+                let inbound = this.inbound.clone();
+                async move {
+                    let (tracked, telemetry, upstream) = inbound
+                        .open_pod(check, &parties, Carried::Plaintext, peer, target, None)
+                        .await;
+                    (tracked, telemetry, upstream)
+                }
+            };
+            Either::Right(connect.then(move |(tracked, mut telemetry, upstream)| {
+                let upstream = match upstream {
+                    Ok(upstream) => upstream,
+                    Err(e) => {
+                        drop((tracked, telemetry));
+                        this.refused(peer, (FailureReason::ConnectError, e.to_string()));
+                        return Either::Left(std::future::ready(()));
+                    }
+                };
+                let _ = client.set_nodelay(true);
+                telemetry.established();
+                // The TCP side is the client.
+                Either::Right(relay(client, Peer::Tcp(upstream), tracked.revoked()).map(
+                    move |(transferred, ended)| {
+                        telemetry.close(transferred.from_tcp, transferred.to_tcp, ended.as_str());
+                        drop(tracked);
+                    },
+                ))
+            }))
         })
         .await
+    }
+
+    /// Logs and counts a refused connection.
+    fn refused(&self, peer: SocketAddr, (reason, detail): (FailureReason, String)) {
+        tracing::info!(%peer, %detail, "inbound plaintext connection refused");
+        let state = self.inbound.store.snapshot();
+        let parties = Parties {
+            source: state.peer_labels(&peer.ip()).cloned(),
+            ..Parties::default()
+        };
+        self.inbound.telemetry.failure(
+            Reporter::Destination,
+            &parties,
+            reason,
+            peer,
+            &"-",
+            &detail,
+        );
     }
 
     /// The policy check for a plaintext connection, or why it is refused
@@ -81,12 +121,14 @@ impl PlaintextInbound {
         })
     }
 
-    async fn connection(
+    /// Where a connection was going, its policy check and its parties, or
+    /// why it is refused.
+    fn admitted(
         &self,
-        client: TcpStream,
+        client: &TcpStream,
         peer: SocketAddr,
-    ) -> Result<(), (FailureReason, String)> {
-        let target = crate::net::original_destination(&client).map_err(|e| {
+    ) -> Result<(SocketAddr, Check, Parties), (FailureReason, String)> {
+        let target = crate::net::original_destination(client).map_err(|e| {
             (
                 FailureReason::Refused,
                 format!("no original destination (not redirected?): {e}"),
@@ -95,24 +137,12 @@ impl PlaintextInbound {
         let check = self.admit(peer, target).inspect_err(|_| {
             self.inbound.tracker.count_denied();
         })?;
-        let parties = {
-            let state = self.inbound.store.snapshot();
-            Parties {
-                source: state.peer_labels(&peer.ip()).cloned(),
-                destination: state.peer_labels(&target.ip()).cloned(),
-                service: None,
-            }
+        let state = self.inbound.store.snapshot();
+        let parties = Parties {
+            source: state.peer_labels(&peer.ip()).cloned(),
+            destination: state.peer_labels(&target.ip()).cloned(),
+            service: None,
         };
-        let (tracked, mut telemetry, upstream) = self
-            .inbound
-            .open_pod(check, &parties, Carried::Plaintext, peer, target, None)
-            .await;
-        let upstream = upstream.map_err(|e| (FailureReason::ConnectError, e.to_string()))?;
-        let _ = client.set_nodelay(true);
-        telemetry.established();
-        // The TCP side is the client.
-        let (transferred, ended) = relay(client, Peer::Tcp(upstream), tracked.revoked()).await;
-        telemetry.close(transferred.from_tcp, transferred.to_tcp, ended.as_str());
-        Ok(())
+        Ok((target, check, parties))
     }
 }
