@@ -487,11 +487,6 @@ impl Workload {
         pod_name(&self.key)
     }
 
-    /// The workload's resource name, `namespace/name`.
-    pub fn key_name(&self) -> &Name {
-        &self.key
-    }
-
     /// The container port with this name and protocol, for a named targetPort.
     pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
         self.ports

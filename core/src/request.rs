@@ -346,11 +346,7 @@ mod tests {
                         node,
                     },
                 ..
-            }) => format!(
-                "hbone {} -> {} via {node}",
-                source.key_name(),
-                destination.key_name()
-            ),
+            }) => format!("hbone {} -> {} via {node}", source.key, destination.key),
             Ok(admitted) => format!("{} {}", admitted.carry.mode().as_str(), admitted.endpoint),
             Err(Refusal::Refused(reason)) => format!("refused: {reason}"),
             Err(Refusal::NoEndpoints(_)) => "no endpoints".into(),

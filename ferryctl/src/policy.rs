@@ -53,7 +53,7 @@ pub fn reachability(dir: PathBuf, ports: Vec<u16>, output: Output) -> ExitCode {
             _ => None,
         })
         .collect();
-    pods.sort_by_key(|w| w.key_name());
+    pods.sort_by(|a, b| a.key.cmp(&b.key));
     let mut ports = ports;
     if ports.is_empty() {
         let declared: std::collections::BTreeSet<u16> = pods

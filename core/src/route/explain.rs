@@ -229,7 +229,7 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
     let local_node = from
         .node
         .as_deref()
-        .ok_or_else(|| format!("pod {} is not scheduled on a node", from.key_name()))?;
+        .ok_or_else(|| format!("pod {} is not scheduled on a node", from.key))?;
     let (host, port) = split_host_port(to)?;
     let (route, via, dialed) = match host.parse::<IpAddr>() {
         Ok(ip) => {
@@ -282,7 +282,7 @@ pub fn explain(state: &ProxyState, from: &Workload, to: &str) -> Result<Explanat
             ..Explanation::bare(RouteMode::Passthrough, Some(service), None)
         },
         Plan::Workload { workload, port } => {
-            let key = workload.key_name();
+            let key = &workload.key;
             let mode = mode_for(
                 state,
                 local_node,
