@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -17,7 +18,6 @@ use super::H2Settings;
 use crate::inbound::Inbound;
 use crate::telemetry::metrics::{FailureReason, Reporter};
 use crate::telemetry::Parties;
-use futures::FutureExt;
 
 /// Why an HBONE connection ended badly; TLS failures are counted.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,6 @@
 //! HBONE pool presenting the source workload's identity. [`Outbound::relay`]
 //! moves the bytes ([`crate::net::relay`]).
 
-use futures::FutureExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use ferry_api::identity::Identity;
 use ferry_core::request::{self, Admitted, Carry, Refusal};
 use ferry_core::route::{self, LoadBalancer, Mode, NameTarget};
 use ferry_core::state::{ConfigStore, ProxyState};
+use futures::FutureExt;
 
 use crate::hbone::{HbonePool, HboneStream, PoolKey, TunnelError};
 use crate::net::connect::ConnectError;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures::future::Either;
 use futures::FutureExt;
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
