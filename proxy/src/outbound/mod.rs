@@ -235,14 +235,39 @@ impl Outbound {
         client: SocketAddr,
         destination: Destination,
     ) -> Result<Connected, OutboundError> {
-        Box::pin(self.decide_and_connect(client, destination)).await
+        Box::pin(self.decide_and_connect(client, destination, std::future::ready)).await
     }
 
-    async fn decide_and_connect(
+    /// [`Outbound::connect`], calling `admitted` (and awaiting what it
+    /// returns) once the connection is decided and allowed here, before
+    /// the upstream is opened: SOCKS5 answers its client then, so that the
+    /// client's first bytes are on their way while the tunnel opens
+    /// (`outbound::socks5`). Every failure after that point (the upstream
+    /// unreachable, the destination's proxy refusing) is still counted,
+    /// logged and retried here, but the client was already told yes.
+    pub async fn connect_announced<F, A>(
         &self,
         client: SocketAddr,
         destination: Destination,
-    ) -> Result<Connected, OutboundError> {
+        admitted: F,
+    ) -> Result<Connected, OutboundError>
+    where
+        F: FnOnce(()) -> A,
+        A: std::future::Future<Output = ()>,
+    {
+        Box::pin(self.decide_and_connect(client, destination, admitted)).await
+    }
+
+    async fn decide_and_connect<F, A>(
+        &self,
+        client: SocketAddr,
+        destination: Destination,
+        admitted_hook: F,
+    ) -> Result<Connected, OutboundError>
+    where
+        F: FnOnce(()) -> A,
+        A: std::future::Future<Output = ()>,
+    {
         let state = self.store.snapshot();
         let source = state.peer_labels(&client.ip()).cloned();
         let client_pod = state
@@ -313,6 +338,7 @@ impl Outbound {
         };
         let result = match decided.outcome {
             Ok(admitted) => {
+                admitted_hook(()).await;
                 let keep = keeps_address(admitted.endpoint);
                 self.open(client, client_is_local_pod, keep, admitted, &mut parties)
                     .await

@@ -3,6 +3,19 @@
 //! path as transparent capture, so applications and tests can use the mesh
 //! without capture rules. The source pod is identified by the client
 //! socket's IP address.
+//!
+//! The client is answered as soon as its connection is decided and
+//! allowed by this proxy (configuration, route, endpoint, egress policy),
+//! before the upstream is opened: its first bytes then travel while the
+//! HBONE stream opens, instead of after the destination's proxy answered
+//! (one round trip through both proxies fewer per connection; ztunnel
+//! answers earlier still, before deciding anything). What this proxy
+//! refuses gets its reply code ([`reply_code`]); a failure after the
+//! answer (the destination's proxy denying or refusing, an unreachable
+//! endpoint with no other to retry) resets the client's connection, as it
+//! would a captured one, and is counted and logged by the outbound path
+//! with its reason. Retries on another endpoint still happen before any
+//! byte is relayed.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -37,8 +50,7 @@ pub mod reply {
 /// The SOCKS5 reply for a failed connection, from its reason
 /// ([`OutboundError::reason`], the same one metrics and logs use):
 ///
-/// - a NetworkPolicy denial (here or at the destination's proxy) is
-///   "connection not allowed by ruleset" (2);
+/// - a NetworkPolicy denial is "connection not allowed by ruleset" (2);
 /// - no endpoint, or a service port that does not exist, is "connection
 ///   refused" (5), as kube-proxy rejects such connections; so is an
 ///   upstream that actively refused;
@@ -179,7 +191,7 @@ fn session(
     })
 }
 
-/// The handshake, the connection upstream and the reply: the client, its
+/// The handshake, the reply and the connection upstream: the client, its
 /// connection and where it asked to go, ready to relay.
 async fn setup(
     outbound: Arc<Outbound>,
@@ -190,16 +202,36 @@ async fn setup(
     let destination = tokio::time::timeout(handshake_timeout, read_destination(&mut client))
         .await
         .map_err(|_| SocksError::Timeout)??;
-    let connected = match outbound.connect(peer, destination.clone()).await {
-        Ok(connected) => connected,
-        Err(e) => {
+    // Answered as soon as the connection is decided and allowed here (see
+    // the module doc): `answered` holds the reply's outcome once sent.
+    let mut answered: Option<std::io::Result<()>> = None;
+    let (answer, stream) = (&mut answered, &mut client);
+    let result = outbound
+        .connect_announced(peer, destination.clone(), move |()| async move {
+            *answer = Some(send_reply(stream, reply::SUCCEEDED).await);
+        })
+        .await;
+    match (result, answered) {
+        (Ok(connected), Some(Ok(()))) => Ok((client, connected, destination)),
+        // The client left before its answer: nothing to relay.
+        (_, Some(Err(e))) => Err(e.into()),
+        (Err(e), None) => {
             send_reply(&mut client, reply_code(&e)).await?;
             tracing::info!(%peer, ?destination, reason = e.reason().as_str(), error = %e, "outbound connection refused");
-            return Err(e.into());
+            Err(e.into())
         }
-    };
-    send_reply(&mut client, reply::SUCCEEDED).await?;
-    Ok((client, connected, destination))
+        (Err(e), Some(Ok(()))) => {
+            // Told yes, then the upstream failed (counted and logged as a
+            // failure by the outbound path): the client sees its
+            // connection reset, as a captured connection would.
+            let _ = client.set_zero_linger();
+            Err(e.into())
+        }
+        (Ok(connected), None) => {
+            send_reply(&mut client, reply::SUCCEEDED).await?;
+            Ok((client, connected, destination))
+        }
+    }
 }
 
 /// Serves SOCKS5 until the task is dropped; a client has
