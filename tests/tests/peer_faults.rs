@@ -2,13 +2,17 @@
 //! (SIGSTOP: its sockets stay open, nothing answers) must not hang new
 //! connections. Connections to a service fail over to an endpoint behind
 //! another node within the connect deadline, and the pool drops the dead
-//! connection once its keepalive PING goes unanswered.
+//! connection once its keepalive PING goes unanswered. A client's first
+//! bytes, sent ahead of the destination proxy's answer, survive a retry on
+//! another endpoint.
 
 use std::time::{Duration, Instant};
 
-use ferry_tests::net::who_answers;
+use ferry_tests::net::{read_banner, socks5_connect, who_answers};
+use ferry_tests::prom;
 use ferry_tests::two_nodes::{mtls, Cluster};
-use ferry_tests::MeshOptions;
+use ferry_tests::{http_get, MeshOptions};
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_peer_proxy_does_not_hang_new_connections() -> anyhow::Result<()> {
@@ -122,4 +126,73 @@ async fn concurrent_connections_share_few_pooled_connections() -> anyhow::Result
     });
     closed.map_err(|e| e.context(c.mesh.diagnostics()))?;
     Ok(())
+}
+
+/// The client speaks first, right after its SOCKS5 answer: its bytes go out
+/// behind the CONNECT, before node-b answers. When the endpoint is a pod
+/// with nothing listening, node-b refuses (503) and node-a retries another
+/// endpoint (on node-b again, or its own pod); the bytes are sent there
+/// once, and the client's exchange goes on as if the first attempt had
+/// not happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_survive_a_retry_on_another_endpoint() -> anyhow::Result<()> {
+    const N: u8 = 47;
+    let c = Cluster::start(N, mtls()).await?;
+    // A ready pod of the service with nothing listening on its port.
+    std::fs::write(
+        c.mesh.manifests.path().join("dead.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: backend-dead, namespace: shop, labels: {{app: backend}}}}\nspec:\n  nodeName: node-b\n  serviceAccountName: backend\n  containers: [{{name: c, image: echo, ports: [{{name: api, containerPort: 9090}}]}}]\nstatus:\n  phase: Running\n  podIP: 127.{N}.2.13\n  conditions: [{{type: Ready, status: \"True\"}}]\n"
+        ),
+    )?;
+    tokio::task::block_in_place(|| {
+        c.mesh.wait_all("four endpoints", |d| {
+            ferry_tests::resource(d, "service", "shop/backend")
+                .and_then(|s| s["endpoints"].as_array().cloned())
+                .is_some_and(|e| e.len() == 4)
+        })
+    })?;
+    let socks = c.socks("node-a")?;
+    let vip = format!("10.96.{N}.20");
+    let failed_before = refused_by_b(&c)?;
+    let mut answered = Vec::new();
+    // Round robin over four endpoints: every fourth connection meets the
+    // dead one first.
+    for i in 0..8 {
+        let mut stream = socks5_connect(socks, c.client(), &vip, 80).await?;
+        let first = format!("first-{i}\n");
+        stream.write_all(first.as_bytes()).await?;
+        stream.write_all(b"second\n").await?;
+        let who = read_banner(&mut stream).await?;
+        assert_eq!(
+            read_banner(&mut stream).await?,
+            format!("first-{i}"),
+            "{who}"
+        );
+        // Once, not replayed twice: the next line is the second one.
+        assert_eq!(read_banner(&mut stream).await?, "second", "{who}");
+        answered.push(who);
+    }
+    answered.sort();
+    answered.dedup();
+    assert_eq!(answered, ["backend-a", "backend-b1", "backend-b2"]);
+    // The dead endpoint was tried (node-b refused it) before the retries.
+    assert!(
+        refused_by_b(&c)? >= failed_before + 2.0,
+        "{}",
+        c.mesh.diagnostics()
+    );
+    Ok(())
+}
+
+/// Connections node-b's proxy failed to make to a pod (its metrics).
+fn refused_by_b(c: &Cluster) -> anyhow::Result<f64> {
+    let admin = c.mesh.proxy("node-b")?.admin;
+    let (status, text) = tokio::task::block_in_place(|| http_get(admin, "/metrics"))?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}: {text}");
+    Ok(prom::sum(
+        &prom::parse(&text),
+        "ferry_connection_failures_total",
+        &[("reporter", "destination")],
+    ))
 }

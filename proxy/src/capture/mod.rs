@@ -102,9 +102,13 @@ pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
         };
         let _ = client.set_nodelay(true);
         let outbound = outbound.clone();
-        let connect =
-            async move { outbound.connect(peer, Destination::Address(destination)).await };
-        Either::Right(connect.then(move |connected| match connected {
+        let connect = async move {
+            let connected = outbound
+                .connect(peer, Destination::Address(destination), &client)
+                .await;
+            (client, connected)
+        };
+        Either::Right(connect.then(move |(client, connected)| match connected {
             Ok(connected) => Either::Left(Outbound::relay(client, connected).map(drop)),
             Err(e) => {
                 // Dropping the socket resets the client: "connection refused" semantics.

@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use super::{H2Settings, TunnelError, FORWARDED, TRACEPARENT};
 use crate::identity::IdentityManager;
+use crate::outbound::early::EarlyData;
 
 /// Pool key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -243,12 +244,15 @@ impl HbonePool {
 
     /// Opens a stream to `target` (a pod address on the destination node),
     /// with the W3C `traceparent` of the connection's span when tracing.
+    /// With `early`, the client's first bytes go out behind the CONNECT
+    /// while its answer is awaited ([`EarlyData`]).
     pub async fn connect(
         &self,
         key: &PoolKey,
         target: SocketAddr,
         client: SocketAddr,
         traceparent: Option<http::HeaderValue>,
+        early: Option<&mut EarlyData<'_>>,
     ) -> Result<HboneStream, TunnelError> {
         let (sender, slot) = self.checkout(key).await?;
         let mut sender = tokio::time::timeout(self.timeouts.connect, sender.ready())
@@ -262,8 +266,14 @@ impl HbonePool {
         if let Some(value) = traceparent {
             request.headers_mut().insert(TRACEPARENT, value);
         }
-        let (response, send) = sender.send_request(request, false)?;
-        let response = tokio::time::timeout(self.timeouts.connect, response)
+        let (response, mut send) = sender.send_request(request, false)?;
+        let answer = async {
+            match early {
+                Some(early) => early.send_while_answering(&mut send, response).await,
+                None => response.await,
+            }
+        };
+        let response = tokio::time::timeout(self.timeouts.connect, answer)
             .await
             .map_err(|_| TunnelError::Timeout(key.node))??;
         if response.status() != http::StatusCode::OK {

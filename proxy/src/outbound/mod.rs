@@ -27,7 +27,10 @@ use crate::telemetry::metrics::{FailureReason, Reporter};
 use crate::telemetry::{ConnectionTelemetry, Parties, Telemetry};
 use crate::tracker::{ConnectionTracker, TrackedConnection};
 
+pub mod early;
 pub mod socks5;
+
+use early::EarlyData;
 
 /// Where a client wants to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +113,9 @@ pub struct Connected {
     pub mode: Mode,
     /// Metrics, span and access log of the connection.
     pub telemetry: ConnectionTelemetry,
+    /// The client's bytes the upstream was given while it opened
+    /// ([`EarlyData`]); the relay carries the rest.
+    pub early_bytes: u64,
 }
 
 /// The outbound side of a node proxy.
@@ -230,12 +236,16 @@ impl Outbound {
     /// relaying, and inline it would size the caller's future, and so its
     /// task, for the connection's whole life (about 18 KiB per open
     /// connection, measured: docs/benchmarks.md).
+    ///
+    /// `stream` is the client's connection: its first bytes go out while
+    /// an HBONE stream waits for its answer ([`EarlyData`]).
     pub async fn connect(
         &self,
         client: SocketAddr,
         destination: Destination,
+        stream: &tokio::net::TcpStream,
     ) -> Result<Connected, OutboundError> {
-        Box::pin(self.decide_and_connect(client, destination, std::future::ready)).await
+        Box::pin(self.decide_and_connect(client, destination, stream, std::future::ready)).await
     }
 
     /// [`Outbound::connect`], calling `admitted` (and awaiting what it
@@ -249,19 +259,21 @@ impl Outbound {
         &self,
         client: SocketAddr,
         destination: Destination,
+        stream: &tokio::net::TcpStream,
         admitted: F,
     ) -> Result<Connected, OutboundError>
     where
         F: FnOnce(()) -> A,
         A: std::future::Future<Output = ()>,
     {
-        Box::pin(self.decide_and_connect(client, destination, admitted)).await
+        Box::pin(self.decide_and_connect(client, destination, stream, admitted)).await
     }
 
     async fn decide_and_connect<F, A>(
         &self,
         client: SocketAddr,
         destination: Destination,
+        stream: &tokio::net::TcpStream,
         admitted_hook: F,
     ) -> Result<Connected, OutboundError>
     where
@@ -336,12 +348,20 @@ impl Outbound {
             }) => Some(*node),
             _ => None,
         };
+        let mut early = EarlyData::new(stream);
         let result = match decided.outcome {
             Ok(admitted) => {
                 admitted_hook(()).await;
                 let keep = keeps_address(admitted.endpoint);
-                self.open(client, client_is_local_pod, keep, admitted, &mut parties)
-                    .await
+                self.open(
+                    client,
+                    client_is_local_pod,
+                    keep,
+                    admitted,
+                    &mut parties,
+                    &mut early,
+                )
+                .await
             }
             Err(refusal) => {
                 if let Refusal::Denied(_) = refusal {
@@ -373,8 +393,15 @@ impl Outbound {
                         target = admitted.endpoint;
                         parties.destination = state.peer_labels(&target.ip()).cloned();
                         let keep = keeps_address(admitted.endpoint);
-                        self.open(client, client_is_local_pod, keep, admitted, &mut parties)
-                            .await
+                        self.open(
+                            client,
+                            client_is_local_pod,
+                            keep,
+                            admitted,
+                            &mut parties,
+                            &mut early,
+                        )
+                        .await
                     }
                     None => Err(e),
                 }
@@ -416,7 +443,9 @@ impl Outbound {
         })
     }
 
-    /// Carries out an admitted decision.
+    /// Carries out an admitted decision. The client's early bytes go
+    /// with an HBONE stream's CONNECT; bytes an earlier attempt sent are
+    /// sent again on this one ([`EarlyData`]).
     async fn open(
         &self,
         client: SocketAddr,
@@ -424,6 +453,7 @@ impl Outbound {
         keeps_address: bool,
         admitted: Admitted<'_>,
         parties: &mut Parties,
+        early: &mut EarlyData<'_>,
     ) -> Result<Connected, OutboundError> {
         let endpoint = admitted.endpoint;
         let mode = admitted.carry.mode();
@@ -485,10 +515,23 @@ impl Outbound {
                     node,
                 };
                 Upstream::Hbone(
-                    pool.connect(&key, endpoint, client, telemetry.traceparent())
+                    pool.connect(&key, endpoint, client, telemetry.traceparent(), Some(early))
                         .await?,
                 )
             }
+        };
+        let upstream = match upstream {
+            Upstream::Tcp(mut tcp) => {
+                early
+                    .replay(&mut tcp)
+                    .await
+                    .map_err(|source| ConnectError::Io {
+                        address: endpoint,
+                        source,
+                    })?;
+                Upstream::Tcp(tcp)
+            }
+            hbone => hbone,
         };
         telemetry.established();
         Ok(Connected {
@@ -498,6 +541,7 @@ impl Outbound {
             endpoint,
             mode,
             telemetry,
+            early_bytes: early.len(),
         })
     }
 
@@ -513,6 +557,7 @@ impl Outbound {
             upstream,
             tracked,
             telemetry,
+            early_bytes,
             ..
         } = connected;
         let (peer, slot) = match upstream {
@@ -527,7 +572,8 @@ impl Outbound {
             ),
         };
         let revoked = tracked.revoked();
-        relay(client, peer, revoked).map(move |(transferred, ended)| {
+        relay(client, peer, revoked).map(move |(mut transferred, ended)| {
+            transferred.from_tcp += early_bytes;
             telemetry.close(transferred.from_tcp, transferred.to_tcp, ended.as_str());
             drop((slot, tracked));
             transferred

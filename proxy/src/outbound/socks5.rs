@@ -160,9 +160,28 @@ where
 }
 
 async fn send_reply<S: AsyncWrite + Unpin>(stream: &mut S, code: u8) -> std::io::Result<()> {
-    stream
-        .write_all(&[VERSION, code, 0, 1, 0, 0, 0, 0, 0, 0])
-        .await
+    stream.write_all(&reply_bytes(code)).await
+}
+
+/// [`send_reply`] through a shared reference, while the outbound path
+/// holds one too (it reads the client's first bytes as the tunnel opens).
+async fn send_reply_shared(stream: &TcpStream, code: u8) -> std::io::Result<()> {
+    let reply = reply_bytes(code);
+    let mut written = 0;
+    while written < reply.len() {
+        stream.writable().await?;
+        match stream.try_write(&reply[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A reply to CONNECT: the code, and an unspecified IPv4 bound address.
+fn reply_bytes(code: u8) -> [u8; 10] {
+    [VERSION, code, 0, 1, 0, 0, 0, 0, 0, 0]
 }
 
 /// One SOCKS5 client: its handshake and connection, then its relay. Two
@@ -205,10 +224,11 @@ async fn setup(
     // Answered as soon as the connection is decided and allowed here (see
     // the module doc): `answered` holds the reply's outcome once sent.
     let mut answered: Option<std::io::Result<()>> = None;
-    let (answer, stream) = (&mut answered, &mut client);
+    let answer = &mut answered;
+    let stream = &client;
     let result = outbound
-        .connect_announced(peer, destination.clone(), move |()| async move {
-            *answer = Some(send_reply(stream, reply::SUCCEEDED).await);
+        .connect_announced(peer, destination.clone(), stream, move |()| async move {
+            *answer = Some(send_reply_shared(stream, reply::SUCCEEDED).await);
         })
         .await;
     match (result, answered) {
