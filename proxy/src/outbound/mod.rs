@@ -350,50 +350,13 @@ impl Outbound {
         };
         let mut early = EarlyData::new(stream);
         let result = match decided.outcome {
-            Ok(admitted) => {
+            Ok(mut admitted) => {
                 admitted_hook(()).await;
-                let keep = keeps_address(admitted.endpoint);
-                self.open(
-                    client,
-                    client_is_local_pod,
-                    keep,
-                    admitted,
-                    &mut parties,
-                    &mut early,
-                )
-                .await
-            }
-            Err(refusal) => {
-                if let Refusal::Denied(_) = refusal {
-                    self.tracker.count_denied();
-                }
-                Err(refusal.into())
-            }
-        };
-        // A service's endpoint (or its node's proxy) that cannot be
-        // reached: once, another endpoint of the same service, on another
-        // node when the failure was the node's proxy. Refusals and TLS
-        // failures are not retried.
-        let result = match result {
-            Err(e) if decided.service.is_some() && e.reason() == FailureReason::ConnectError => {
-                // Only when the node's proxy itself failed (connect, TLS,
-                // HTTP/2, its CONNECT reply timing out) is the whole node
-                // avoided; an endpoint its proxy could not reach is just
-                // that endpoint.
-                let failed_node = match &e {
-                    OutboundError::Tunnel(TunnelError::Refused { .. }) => None,
-                    OutboundError::Tunnel(_) => first_node,
-                    _ => None,
-                };
-                match self.another_endpoint(&state, client, address, target, failed_node) {
-                    Some(admitted) => {
-                        // One client connection, one outcome: the failed
-                        // attempt is logged, the retry's result is counted.
-                        tracing::info!(%client, failed = %target, retry = %admitted.endpoint, error = %e, "endpoint unreachable: retrying once on another endpoint");
-                        target = admitted.endpoint;
-                        parties.destination = state.peer_labels(&target.ip()).cloned();
-                        let keep = keeps_address(admitted.endpoint);
-                        self.open(
+                let mut retried = false;
+                loop {
+                    let keep = keeps_address(admitted.endpoint);
+                    let opened = self
+                        .open(
                             client,
                             client_is_local_pod,
                             keep,
@@ -401,12 +364,51 @@ impl Outbound {
                             &mut parties,
                             &mut early,
                         )
-                        .await
-                    }
-                    None => Err(e),
+                        .await;
+                    // A service's endpoint (or its node's proxy) that
+                    // cannot be reached: once, another endpoint of the same
+                    // service, on another node when the failure was the
+                    // node's proxy. Refusals and TLS failures are not
+                    // retried.
+                    let e = match opened {
+                        Err(e)
+                            if !retried
+                                && decided.service.is_some()
+                                && e.reason() == FailureReason::ConnectError =>
+                        {
+                            e
+                        }
+                        other => break other,
+                    };
+                    // Only when the node's proxy itself failed (connect,
+                    // TLS, HTTP/2, its CONNECT reply timing out) is the
+                    // whole node avoided; an endpoint its proxy could not
+                    // reach is just that endpoint.
+                    let failed_node = match &e {
+                        OutboundError::Tunnel(TunnelError::Refused { .. }) => None,
+                        OutboundError::Tunnel(_) => first_node,
+                        _ => None,
+                    };
+                    let Some(next) =
+                        self.another_endpoint(&state, client, address, target, failed_node)
+                    else {
+                        break Err(e);
+                    };
+                    // One client connection, one outcome: the failed
+                    // attempt is logged, the retry's result is counted.
+                    tracing::info!(%client, failed = %target, retry = %next.endpoint, error = %e, "endpoint unreachable: retrying once on another endpoint");
+                    target = next.endpoint;
+                    parties.destination = state.peer_labels(&target.ip()).cloned();
+                    admitted = next;
+                    retried = true;
                 }
             }
-            other => other,
+            Err(refusal) => {
+                if let Refusal::Denied(_) = refusal {
+                    self.tracker.count_denied();
+                }
+                Err(refusal.into())
+            }
         };
         if let Err(e) = &result {
             self.telemetry
