@@ -39,13 +39,31 @@ pub fn init_tracing(format: LogFormat) {
 pub fn log_filter(value: Option<&str>) -> tracing_subscriber::filter::Targets {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     let info = || Targets::new().with_default(LevelFilter::INFO);
-    match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => info(),
-        Some(value) => value.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!("RUST_LOG={value:?} is not a log filter ({e}): logging at info");
-            info()
-        }),
+    let Some(value) = value else {
+        return info();
+    };
+    // Blank directives are skipped and each one trimmed (`Targets` would
+    // read "info," as a last directive that turns everything but errors
+    // off); span and field filters are refused, not taken for targets
+    // that never match.
+    let directives: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return info();
     }
+    if let Some(span) = directives.iter().find(|d| d.contains(['[', '{'])) {
+        eprintln!(
+            "RUST_LOG={value:?}: {span:?} filters by span or field, which Ferry does not support (targets and levels only): logging at info"
+        );
+        return info();
+    }
+    directives.join(",").parse::<Targets>().unwrap_or_else(|e| {
+        eprintln!("RUST_LOG={value:?} is not a log filter ({e}): logging at info");
+        info()
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -88,8 +106,20 @@ mod tests {
 
     #[test]
     fn a_bad_rust_log_falls_back_to_info() {
-        let bad = log_filter(Some("ferry=loud"));
-        assert!(bad.would_enable("ferry", &Level::INFO));
-        assert!(!bad.would_enable("ferry", &Level::DEBUG));
+        for bad in ["ferry=loud", "ferry[conn]=debug", "h2{id=1}=trace"] {
+            let filter = log_filter(Some(bad));
+            assert!(filter.would_enable("ferry", &Level::INFO), "{bad}");
+            assert!(!filter.would_enable("ferry", &Level::DEBUG), "{bad}");
+        }
+    }
+
+    #[test]
+    fn blank_directives_and_spaces_are_ignored() {
+        let trailing = log_filter(Some("info,"));
+        assert!(trailing.would_enable("ferry_proxy", &Level::INFO));
+        let spaced = log_filter(Some("warn, ferry_proxy=debug ,"));
+        assert!(spaced.would_enable("ferry_proxy", &Level::DEBUG));
+        assert!(!spaced.would_enable("h2", &Level::INFO));
+        assert!(log_filter(Some(" , ")).would_enable("h2", &Level::INFO));
     }
 }

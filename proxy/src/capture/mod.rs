@@ -111,7 +111,10 @@ pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>) {
         Either::Right(connect.then(move |(client, connected)| match connected {
             Ok(connected) => Either::Left(Outbound::relay(client, connected).map(drop)),
             Err(e) => {
-                // Dropping the socket resets the client: "connection refused" semantics.
+                // The client is reset ("connection refused" semantics),
+                // also when its first bytes were read (`EarlyData`): a
+                // plain close would look like an empty answer.
+                let _ = client.set_zero_linger();
                 tracing::debug!(%peer, %destination, error = %e, "captured connection refused");
                 Either::Right(std::future::ready(()))
             }

@@ -14,9 +14,15 @@
 //! The bytes are kept until the answer: when it is a refusal and the
 //! outbound path retries on another endpoint, they are sent again there
 //! (on its stream, or written to its TCP connection) before the relay
-//! goes on with the rest, so a retry loses nothing.
+//! goes on with the rest, so a retry loses nothing. An attempt that failed
+//! any other way once it had them (no answer in time, the tunnel broken)
+//! may have delivered them: it is not retried ([`EarlyData::may_retry`]),
+//! so no pod gets them twice.
 
 use bytes::{Bytes, BytesMut};
+
+use super::OutboundError;
+use crate::hbone::TunnelError;
 use h2::client::ResponseFuture;
 use h2::{RecvStream, SendStream};
 use tokio::io::AsyncWriteExt;
@@ -30,8 +36,11 @@ pub const EARLY_BYTES: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct EarlyData<'c> {
     client: &'c TcpStream,
-    /// Read from the client and sent, kept for a retry.
+    /// Read from the client, kept until an upstream has answered for them.
     sent: Option<Bytes>,
+    /// The current attempt handed them to its upstream: whether they
+    /// reached a pod depends on how it ends.
+    exposed: bool,
     /// Nothing more is read early: one read was made, or the client had
     /// ended (its EOF is left for the relay to read again).
     finished: bool,
@@ -42,8 +51,18 @@ impl<'c> EarlyData<'c> {
         Self {
             client,
             sent: None,
+            exposed: false,
             finished: false,
         }
+    }
+
+    /// Whether an attempt that failed with `error` may be retried on
+    /// another endpoint: always when it was not given the early bytes;
+    /// when it was, only if its destination refused the connection (an
+    /// answer other than 200: nothing was passed on to a pod). A timeout
+    /// or a broken tunnel after the bytes left may have delivered them.
+    pub fn may_retry(&self, error: &OutboundError) -> bool {
+        !self.exposed || matches!(error, OutboundError::Tunnel(TunnelError::Refused { .. }))
     }
 
     /// Bytes of the client's that its upstream has been given (they are
@@ -64,8 +83,10 @@ impl<'c> EarlyData<'c> {
         send: &mut SendStream<Bytes>,
         response: ResponseFuture,
     ) -> Result<http::Response<RecvStream>, h2::Error> {
+        self.exposed = false;
         if let Some(sent) = &self.sent {
             send.send_data(sent.clone(), false)?;
+            self.exposed = true;
         }
         let mut response = std::pin::pin!(response);
         let client = self.client;
@@ -82,10 +103,14 @@ impl<'c> EarlyData<'c> {
                     match client.try_read_buf(&mut buf) {
                         Ok(0) => self.finished = true,
                         Ok(_) => {
+                            // Kept before sending: a send that fails (the
+                            // stream reset by a refusing peer) leaves them
+                            // for the retry.
                             let bytes = buf.freeze();
-                            send.send_data(bytes.clone(), false)?;
-                            self.sent = Some(bytes);
+                            self.sent = Some(bytes.clone());
                             self.finished = true;
+                            send.send_data(bytes, false)?;
+                            self.exposed = true;
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         // A failing client is the relay's to find out.
@@ -99,9 +124,13 @@ impl<'c> EarlyData<'c> {
 
     /// Writes the bytes an earlier attempt sent to `upstream` (a retry
     /// that ends on a plain TCP connection).
-    pub async fn replay(&self, upstream: &mut TcpStream) -> std::io::Result<()> {
+    pub async fn replay(&mut self, upstream: &mut TcpStream) -> std::io::Result<()> {
+        self.exposed = false;
         match &self.sent {
-            Some(sent) => upstream.write_all(sent).await,
+            Some(sent) => {
+                self.exposed = true;
+                upstream.write_all(sent).await
+            }
             None => Ok(()),
         }
     }
@@ -157,19 +186,19 @@ mod tests {
         // the early bytes are there, so the client's wait ends only if they
         // were sent ahead of the answer. It refuses, as a destination proxy
         // whose pod is gone would.
-        let server = tokio::spawn(async move {
+        let (seen, first) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
             let (request, mut respond) = server.accept().await.unwrap().unwrap();
             let mut body = request.into_body();
-            let first = body.data().await.unwrap().unwrap();
+            let _ = seen.send(body.data().await.unwrap().unwrap());
             respond
                 .send_response(
                     http::Response::builder().status(503).body(()).unwrap(),
                     true,
                 )
                 .unwrap();
-            // Keep the connection driven until the client has its answer.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server.accept()).await;
-            first
+            // Drive the connection until the client closes it.
+            while server.accept().await.is_some() {}
         });
         let mut early = EarlyData::new(&proxied);
         sender = sender.ready().await.unwrap();
@@ -182,7 +211,19 @@ mod tests {
         .expect("answered once the early bytes arrived")
         .unwrap();
         assert_eq!(answer.status(), 503);
-        assert_eq!(&server.await.unwrap()[..], b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(&first.await.unwrap()[..], b"GET / HTTP/1.1\r\n\r\n");
+        // Given the bytes, a refusal may be retried (nothing reached a
+        // pod), a missing answer may not (they may have).
+        assert!(
+            early.may_retry(&OutboundError::Tunnel(TunnelError::Refused {
+                status: http::StatusCode::SERVICE_UNAVAILABLE
+            }))
+        );
+        assert!(
+            !early.may_retry(&OutboundError::Tunnel(TunnelError::Timeout(
+                "127.0.0.1:15008".parse().unwrap()
+            )))
+        );
         // Kept for the retry: replayed to a plain upstream, and nothing
         // more was taken from the client than that one read.
         assert_eq!(early.len(), 18);
@@ -202,7 +243,7 @@ mod tests {
     async fn a_silent_client_waits_for_the_answer_and_sends_nothing() {
         let (_app, proxied) = tcp_pair().await;
         let (mut sender, mut server) = h2_pair().await;
-        let server = tokio::spawn(async move {
+        tokio::spawn(async move {
             let (_request, mut respond) = server.accept().await.unwrap().unwrap();
             respond
                 .send_response(
@@ -210,7 +251,8 @@ mod tests {
                     false,
                 )
                 .unwrap();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server.accept()).await;
+            // Drive the connection until the client closes it.
+            while server.accept().await.is_some() {}
         });
         let mut early = EarlyData::new(&proxied);
         sender = sender.ready().await.unwrap();
@@ -221,6 +263,9 @@ mod tests {
             .unwrap();
         assert_eq!(answer.status(), 200);
         assert!(early.is_empty());
-        server.await.unwrap();
+        // Given nothing, any failure of this attempt may be retried.
+        assert!(early.may_retry(&OutboundError::Tunnel(TunnelError::Timeout(
+            "127.0.0.1:15008".parse().unwrap()
+        ))));
     }
 }

@@ -350,6 +350,14 @@ impl Outbound {
         };
         let mut early = EarlyData::new(stream);
         let result = match decided.outcome {
+            // Without mesh credentials nothing can be carried over HBONE:
+            // refused here, before anyone is told yes.
+            Ok(Admitted {
+                carry: Carry::Hbone { .. },
+                ..
+            }) if self.pool.is_none() => Err(OutboundError::Unsupported(
+                "this proxy has no mesh credentials (HBONE disabled)",
+            )),
             Ok(mut admitted) => {
                 admitted_hook(()).await;
                 let mut retried = false;
@@ -374,7 +382,8 @@ impl Outbound {
                         Err(e)
                             if !retried
                                 && decided.service.is_some()
-                                && e.reason() == FailureReason::ConnectError =>
+                                && e.reason() == FailureReason::ConnectError
+                                && early.may_retry(&e) =>
                         {
                             e
                         }

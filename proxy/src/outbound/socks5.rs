@@ -9,13 +9,16 @@
 //! before the upstream is opened: its first bytes then travel while the
 //! HBONE stream opens, instead of after the destination's proxy answered
 //! (one round trip through both proxies fewer per connection; ztunnel
-//! answers earlier still, before deciding anything). What this proxy
-//! refuses gets its reply code ([`reply_code`]); a failure after the
-//! answer (the destination's proxy denying or refusing, an unreachable
-//! endpoint with no other to retry) resets the client's connection, as it
-//! would a captured one, and is counted and logged by the outbound path
-//! with its reason. Retries on another endpoint still happen before any
-//! byte is relayed.
+//! answers earlier still, before deciding anything). What the decision
+//! refuses (no configuration, no route or endpoint, an egress policy, no
+//! mesh credentials for the tunnel) gets its reply code ([`reply_code`]);
+//! a failure after the answer (the destination's proxy denying or
+//! refusing, an unreachable endpoint with no other to retry, a failed
+//! mTLS handshake or a missing certificate) resets the client's
+//! connection, as it would a captured one, and is counted and logged by
+//! the outbound path with its reason. Retries on another endpoint still
+//! happen, unless the client's first bytes may already have reached a pod
+//! ([`crate::outbound::early`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
