@@ -14,15 +14,17 @@
 //! The bytes are kept until the answer: when it is a refusal and the
 //! outbound path retries on another endpoint, they are sent again there
 //! (on its stream, or written to its TCP connection) before the relay
-//! goes on with the rest, so a retry loses nothing. An attempt that failed
-//! any other way once it had them (no answer in time, the tunnel broken)
-//! may have delivered them: it is not retried ([`EarlyData::may_retry`]),
-//! so no pod gets them twice.
+//! goes on with the rest, so a retry loses nothing.
+//!
+//! The one case where a retry can deliver them twice: the destination's
+//! proxy admitted the connection and passed them to its pod, and then its
+//! answer never arrived (the network between the nodes broke after it
+//! left). The source proxy cannot tell that from a destination proxy that
+//! froze before answering, where the retry is what keeps the connection
+//! alive (the fault suite's "destination proxy frozen"); it retries, as a
+//! client whose connection timed out would. docs/reliability.md says so.
 
 use bytes::{Bytes, BytesMut};
-
-use super::OutboundError;
-use crate::hbone::TunnelError;
 use h2::client::ResponseFuture;
 use h2::{RecvStream, SendStream};
 use tokio::io::AsyncWriteExt;
@@ -38,9 +40,6 @@ pub struct EarlyData<'c> {
     client: &'c TcpStream,
     /// Read from the client, kept until an upstream has answered for them.
     sent: Option<Bytes>,
-    /// The current attempt handed them to its upstream: whether they
-    /// reached a pod depends on how it ends.
-    exposed: bool,
     /// Nothing more is read early: one read was made, or the client had
     /// ended (its EOF is left for the relay to read again).
     finished: bool,
@@ -51,18 +50,8 @@ impl<'c> EarlyData<'c> {
         Self {
             client,
             sent: None,
-            exposed: false,
             finished: false,
         }
-    }
-
-    /// Whether an attempt that failed with `error` may be retried on
-    /// another endpoint: always when it was not given the early bytes;
-    /// when it was, only if its destination refused the connection (an
-    /// answer other than 200: nothing was passed on to a pod). A timeout
-    /// or a broken tunnel after the bytes left may have delivered them.
-    pub fn may_retry(&self, error: &OutboundError) -> bool {
-        !self.exposed || matches!(error, OutboundError::Tunnel(TunnelError::Refused { .. }))
     }
 
     /// Bytes of the client's that its upstream has been given (they are
@@ -83,10 +72,8 @@ impl<'c> EarlyData<'c> {
         send: &mut SendStream<Bytes>,
         response: ResponseFuture,
     ) -> Result<http::Response<RecvStream>, h2::Error> {
-        self.exposed = false;
         if let Some(sent) = &self.sent {
             send.send_data(sent.clone(), false)?;
-            self.exposed = true;
         }
         let mut response = std::pin::pin!(response);
         let client = self.client;
@@ -110,7 +97,6 @@ impl<'c> EarlyData<'c> {
                             self.sent = Some(bytes.clone());
                             self.finished = true;
                             send.send_data(bytes, false)?;
-                            self.exposed = true;
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         // A failing client is the relay's to find out.
@@ -124,13 +110,9 @@ impl<'c> EarlyData<'c> {
 
     /// Writes the bytes an earlier attempt sent to `upstream` (a retry
     /// that ends on a plain TCP connection).
-    pub async fn replay(&mut self, upstream: &mut TcpStream) -> std::io::Result<()> {
-        self.exposed = false;
+    pub async fn replay(&self, upstream: &mut TcpStream) -> std::io::Result<()> {
         match &self.sent {
-            Some(sent) => {
-                self.exposed = true;
-                upstream.write_all(sent).await
-            }
+            Some(sent) => upstream.write_all(sent).await,
             None => Ok(()),
         }
     }
@@ -212,18 +194,6 @@ mod tests {
         .unwrap();
         assert_eq!(answer.status(), 503);
         assert_eq!(&first.await.unwrap()[..], b"GET / HTTP/1.1\r\n\r\n");
-        // Given the bytes, a refusal may be retried (nothing reached a
-        // pod), a missing answer may not (they may have).
-        assert!(
-            early.may_retry(&OutboundError::Tunnel(TunnelError::Refused {
-                status: http::StatusCode::SERVICE_UNAVAILABLE
-            }))
-        );
-        assert!(
-            !early.may_retry(&OutboundError::Tunnel(TunnelError::Timeout(
-                "127.0.0.1:15008".parse().unwrap()
-            )))
-        );
         // Kept for the retry: replayed to a plain upstream, and nothing
         // more was taken from the client than that one read.
         assert_eq!(early.len(), 18);
@@ -263,9 +233,5 @@ mod tests {
             .unwrap();
         assert_eq!(answer.status(), 200);
         assert!(early.is_empty());
-        // Given nothing, any failure of this attempt may be retried.
-        assert!(early.may_retry(&OutboundError::Tunnel(TunnelError::Timeout(
-            "127.0.0.1:15008".parse().unwrap()
-        ))));
     }
 }

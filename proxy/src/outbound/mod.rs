@@ -382,8 +382,7 @@ impl Outbound {
                         Err(e)
                             if !retried
                                 && decided.service.is_some()
-                                && e.reason() == FailureReason::ConnectError
-                                && early.may_retry(&e) =>
+                                && e.reason() == FailureReason::ConnectError =>
                         {
                             e
                         }
