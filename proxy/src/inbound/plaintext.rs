@@ -48,10 +48,9 @@ impl PlaintextInbound {
             let connect = {
                 let inbound = this.inbound.clone();
                 async move {
-                    let (tracked, telemetry, upstream) = inbound
+                    inbound
                         .open_pod(check, &parties, Carried::Plaintext, peer, target, None)
-                        .await;
-                    (tracked, telemetry, upstream)
+                        .await
                 }
             };
             Either::Right(connect.then(move |(tracked, mut telemetry, upstream)| {

@@ -32,6 +32,11 @@ pub mod socks5;
 
 use early::EarlyData;
 
+/// Why a proxy without mesh credentials carries nothing over HBONE: it
+/// refuses such connections before a SOCKS5 client is answered, and on a
+/// retry that would need a tunnel.
+const NO_MESH_CREDENTIALS: &str = "this proxy has no mesh credentials (HBONE disabled)";
+
 /// Where a client wants to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -355,9 +360,7 @@ impl Outbound {
             Ok(Admitted {
                 carry: Carry::Hbone { .. },
                 ..
-            }) if self.pool.is_none() => Err(OutboundError::Unsupported(
-                "this proxy has no mesh credentials (HBONE disabled)",
-            )),
+            }) if self.pool.is_none() => Err(OutboundError::Unsupported(NO_MESH_CREDENTIALS)),
             Ok(mut admitted) => {
                 admitted_hook(()).await;
                 let mut retried = false;
@@ -508,9 +511,10 @@ impl Outbound {
                 destination,
                 node,
             } => {
-                let pool = self.pool.as_ref().ok_or(OutboundError::Unsupported(
-                    "this proxy has no mesh credentials (HBONE disabled)",
-                ))?;
+                let pool = self
+                    .pool
+                    .as_ref()
+                    .ok_or(OutboundError::Unsupported(NO_MESH_CREDENTIALS))?;
                 let key = PoolKey {
                     source: Identity::new(
                         &self.trust_domain,

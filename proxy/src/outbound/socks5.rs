@@ -17,7 +17,7 @@
 //! mTLS handshake or a missing certificate) resets the client's
 //! connection, as it would a captured one, and is counted and logged by
 //! the outbound path with its reason. Retries on another endpoint still
-//! happen, unless the client's first bytes may already have reached a pod
+//! happen, with the client's first bytes sent again
 //! ([`crate::outbound::early`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
