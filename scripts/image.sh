@@ -35,7 +35,8 @@ container engine: mmdebstrap (Debian bookworm, iptables, ca-certificates)
 plus the binaries, written with umoci as an OCI layout and archive.
 
   --binaries DIR  take ${bins[*]} from DIR
-                  (default: cargo build --release --locked, target/release)
+                  (default: cargo build --release --locked,
+                  target/<host triple>/release)
   --out DIR       output directory (default: target/image); writes
                   DIR/oci (layout, tag TAG), DIR/ferry-TAG.oci.tar and
                   DIR/cache (the Debian root filesystem, reused)
@@ -129,7 +130,8 @@ if [ -z "$binaries" ]; then
   for p in "${packages[@]}"; do pflags+=(-p "$p"); done
   log "cargo build --release --locked --bins ${pflags[*]}"
   (cd "$root" && FERRY_GIT_COMMIT=$commit cargo build --release --locked --bins "${pflags[@]}") >&2
-  binaries="${CARGO_TARGET_DIR:-$root/target}/release"
+  # .cargo/config.toml builds for the host triple by name.
+  binaries="${CARGO_TARGET_DIR:-$root/target}/$(rustc -vV | sed -n 's/^host: //p')/release"
 fi
 [ -d "$binaries" ] || die "no such directory: $binaries"
 binaries=$(cd "$binaries" && pwd)

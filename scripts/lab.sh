@@ -17,4 +17,5 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 scripts/deps.sh
 cargo build --quiet --workspace --bins
-exec target/debug/ferryctl lab up "$@"
+# .cargo/config.toml builds for the host triple by name: binaries are under it.
+exec "target/$(rustc -vV | sed -n 's/^host: //p')/debug/ferryctl" lab up "$@"

@@ -25,7 +25,8 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 command -v curl >/dev/null || { echo "curl not found: apt-get install curl" >&2; exit 1; }
 
 cargo build --quiet --bins
-bin=target/debug
+# .cargo/config.toml builds for the host triple by name: binaries are under it.
+bin=target/$(rustc -vV | sed -n 's/^host: //p')/debug
 logs=$(mktemp -d -t ferry-local.XXXXXX)
 pids=()
 cleanup() {

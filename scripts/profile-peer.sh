@@ -13,12 +13,12 @@
 #   LOAD  dl      N curl downloads of the 2 GiB file through node-a (default)
 #         cps     benchclient.py cps for SECS seconds (new connections)
 #         lat     benchclient.py latency (64 B request/response)
-#   BIN   folder of the binaries (default target/release); WRAP: a command
+#   BIN   folder of the binaries (default target/<host triple>/release); WRAP: a command
 #         to run the proxies under. Prints GB/s per download, the proxies'
 #         CPU ticks and CPU seconds per GB, and their RSS.
 set -euo pipefail
 PEER=${PEER_WORK:?set PEER_WORK to the folder of the peer benchmark}
-BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
+BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/$(rustc -vV | sed -n 's/^host: //p')/release}
 MODE=${MODE:-perf}
 WRAP=${WRAP:-}
 N=${N:-3}

@@ -12,7 +12,7 @@
 //!
 //! Run (loopback only; inside a network namespace of its own):
 //! `cargo bench -p ferry-control-plane --bench fanout --no-run`, then
-//! `unshare -n sh -c 'ip link set lo up && target/release/deps/fanout-<hash> [N...]'`
+//! `unshare -n sh -c 'ip link set lo up && target/x86_64-unknown-linux-gnu/release/deps/fanout-<hash> [N...]'`
 //! (default N: 1000 5000).
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@
 //!
 //! Run (loopback only, inside a network namespace of its own):
 //! `cargo bench -p ferry-control-plane --bench startup --no-run`, then
-//! `unshare -n sh -c 'ip link set lo up && target/release/deps/startup-<hash>'`.
+//! `unshare -n sh -c 'ip link set lo up && target/x86_64-unknown-linux-gnu/release/deps/startup-<hash>'`.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

@@ -7,6 +7,7 @@
 //! listeners, bound before anything is served so that a port in use fails
 //! the start with a clear error.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -160,7 +161,7 @@ pub struct App {
     socks5: TcpListener,
     hbone: Option<(HboneServer, TcpListener)>,
     capture: Option<TcpListener>,
-    capture_rules: Option<(CaptureRules, Vec<String>, Option<ReturnRouting>)>,
+    capture_rules: Option<(Arc<CaptureRules>, Vec<String>, Option<ReturnRouting>)>,
     plaintext: Option<(PlaintextInbound, TcpListener)>,
     dns: Option<(DnsServer, UdpSocket, TcpListener)>,
     saved: Option<Arc<StateDir>>,
@@ -435,7 +436,7 @@ impl App {
                     }
                     ClientAddress::Node => None,
                 };
-                Some((rules, applied, returns))
+                Some((Arc::new(rules), applied, returns))
             }
             _ => None,
         };
@@ -500,57 +501,23 @@ impl App {
     }
 
     /// Serves until a shutdown signal, then removes the capture rules.
+    ///
+    /// Each long-running part (the control-plane stream, every listener,
+    /// the identity and capture-rule keepers, the signal) is a task of its
+    /// own: a wake-up polls only the part it is for, and each is polled on
+    /// a small stack frame of its own (one `select!` over all of them was
+    /// one function with a 170 KiB frame, and every accepted connection
+    /// polled all fifteen). Serving ends when the first of them ends.
     pub async fn run(self) -> anyhow::Result<()> {
         let config = &self.config;
         tracing::info!(version = ferry_api::build::LONG_VERSION, node = %config.node, admin = %config.listeners.admin, socks5 = %config.listeners.socks5, hbone = %config.listeners.hbone, control_plane = %config.xds.urls.join(","), mtls = self.identities.is_some(), "proxy starting");
         let store = self.store.clone();
-        let (admin, admin_listener) = self.admin;
-        let identity_task = optional(
-            self.identities
-                .map(|identities| identities.run(store.clone(), self.xds.connects())),
-        );
-        let hbone_task = optional(self.hbone.map(|(server, listener)| server.serve(listener)));
-        let save_task = optional(
-            self.saved
-                .zip(config.state.as_ref())
-                .map(|(dir, settings)| dir.follow(store.clone(), settings.save_settle)),
-        );
-        let capture_task = optional(
-            self.capture
-                .map(|listener| crate::capture::serve(listener, self.outbound.clone())),
-        );
-        let rules_task = optional(
-            self.capture_rules
-                .as_ref()
-                .map(|(rules, applied, _)| rules.follow(store.clone(), applied.clone())),
-        );
-        let plaintext_task = optional(
-            self.plaintext
-                .map(|(inbound, listener)| inbound.serve(listener)),
-        );
-        let dns_task = optional(self.dns.map(|(server, udp, tcp)| server.serve(udp, tcp)));
-        let stats_task = optional(self.stats.map(|listener| {
-            admin
-                .clone()
-                .serve(listener, Surface::Stats, config.admin_limits)
-        }));
-        let sweeper = {
-            let outbound = self.outbound.clone();
-            let every = config.affinity_sweep;
-            async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    outbound.load_balancer().sweep(std::time::Instant::now());
-                }
-            }
-        };
-        let handover_task = optional(
-            self.handover
-                .map(|(offer, socket)| offer.serve(socket, HANDOVER_TIMEOUT)),
-        );
-        let xds_task = self.xds.run();
-        tokio::pin!(xds_task);
+        let mut services = Services::default();
+        let connects = self.xds.connects();
+        let xds = self.xds;
+        services.spawn(Service::ControlPlane, move || xds.run());
         let mut inherited = self.inherited;
+        let mut ended = None;
         if inherited.from_predecessor() && !store.is_ready() {
             // Taking over with no saved configuration (the predecessor had
             // not saved it yet): the predecessor goes on serving until the
@@ -566,7 +533,7 @@ impl App {
                 }
             };
             tokio::select! {
-                _ = &mut xds_task => {}
+                first = services.first_ended() => ended = Some(first),
                 _ = configured => tracing::info!("configured by the control plane: taking over"),
                 // Shorter than the predecessor waits for `SERVING`.
                 _ = tokio::time::sleep(HANDOVER_TIMEOUT * 4) => {
@@ -577,31 +544,90 @@ impl App {
         // Every listener is served from here on: the proxy this one
         // replaces (if any) stops accepting and drains.
         inherited.serving();
+        let (admin, admin_listener) = self.admin;
+        let limits = config.admin_limits;
+        let admin_too = admin.clone();
+        services.spawn(Service::Admin, move || {
+            admin_too.serve(admin_listener, Surface::Admin, limits)
+        });
+        if let Some(listener) = self.stats {
+            services.spawn(Service::Stats, move || {
+                admin.serve(listener, Surface::Stats, limits)
+            });
+        }
+        let (socks5, outbound) = (self.socks5, self.outbound.clone());
+        let handshake = config.timeouts.socks5_handshake;
+        services.spawn(Service::Socks5, move || {
+            crate::outbound::socks5::serve(socks5, outbound, handshake)
+        });
+        if let Some(identities) = self.identities {
+            let store = store.clone();
+            services.spawn(Service::Identity, move || identities.run(store, connects));
+        }
+        if let Some((dir, settings)) = self.saved.zip(config.state.as_ref()) {
+            let (store, settle) = (store.clone(), settings.save_settle);
+            services.spawn(Service::Save, move || dir.follow(store, settle));
+        }
+        if let Some((server, listener)) = self.hbone {
+            services.spawn(Service::Hbone, move || server.serve(listener));
+        }
+        let outbound = self.outbound.clone();
+        let every = config.affinity_sweep;
+        services.spawn(Service::AffinitySweep, move || async move {
+            loop {
+                tokio::time::sleep(every).await;
+                outbound.load_balancer().sweep(std::time::Instant::now());
+            }
+        });
+        if let Some(listener) = self.capture {
+            let outbound = self.outbound.clone();
+            services.spawn(Service::Capture, move || {
+                crate::capture::serve(listener, outbound)
+            });
+        }
+        if let Some((rules, applied, _)) = &self.capture_rules {
+            let (rules, applied, store) = (rules.clone(), applied.clone(), store.clone());
+            services.spawn(Service::CaptureRules, move || async move {
+                rules.follow(store, applied).await
+            });
+        }
+        if let Some((inbound, listener)) = self.plaintext {
+            services.spawn(Service::Plaintext, move || inbound.serve(listener));
+        }
+        if let Some((server, udp, tcp)) = self.dns {
+            services.spawn(Service::Dns, move || server.serve(udp, tcp));
+        }
+        if let Some((offer, socket)) = self.handover {
+            services.spawn(Service::Handover, move || {
+                offer.serve(socket, HANDOVER_TIMEOUT)
+            });
+        }
+        let tracker = self.tracker.clone();
+        services.spawn(Service::Tracker, move || tracker.run(store));
+        services.spawn(Service::Signal, ferry_process::shutdown_signal);
+        let ended = match ended {
+            Some(ended) => ended,
+            None => services.first_ended().await,
+        };
         let mut handed_over = false;
-        tokio::select! {
-            _ = &mut xds_task => {}
-            _ = handover_task => {
+        let mut failed = None;
+        match ended {
+            Ok(Service::Handover) => {
                 handed_over = true;
                 tracing::info!("a successor serves on this node: no longer accepting; draining");
             }
-            _ = admin.clone().serve(admin_listener, Surface::Admin, config.admin_limits) => {}
-            _ = stats_task => {}
-            _ = crate::outbound::socks5::serve(self.socks5, self.outbound.clone(), config.timeouts.socks5_handshake) => {}
-            _ = identity_task => {}
-            _ = save_task => {}
-            _ = hbone_task => {}
-            _ = sweeper => {}
-            _ = capture_task => {}
-            _ = rules_task => {}
-            _ = plaintext_task => {}
-            _ = dns_task => {}
-            _ = self.tracker.clone().run(store.clone()) => {}
-            _ = ferry_process::shutdown_signal() => tracing::info!("proxy stopping"),
+            Ok(Service::Signal) => tracing::info!("proxy stopping"),
+            Ok(service) => tracing::info!(task = ?service, "a serving task ended: proxy stopping"),
+            Err(e) => {
+                tracing::error!(error = %e, "a serving task failed: proxy stopping");
+                failed = Some(e);
+            }
         }
         // The listeners are closed (their tasks are gone); connections
         // already open run in their own tasks: peers are told to open new
         // streams elsewhere (GOAWAY), and what is open may finish, up to
         // the drain timeout.
+        services.stop().await;
         self.stopping.send_replace(true);
         drain(&self.tracker, config.drain_timeout).await;
         // The successor keeps the rules; removed only when no one takes
@@ -616,7 +642,66 @@ impl App {
                 tracing::warn!(error = %e, "removing capture rules failed; the next start repairs them");
             }
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(anyhow::anyhow!(e).context("a serving task failed")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The proxy's long-running parts, each a task of its own
+/// ([`App::run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    ControlPlane,
+    Handover,
+    Admin,
+    Stats,
+    Socks5,
+    Identity,
+    Save,
+    Hbone,
+    AffinitySweep,
+    Capture,
+    CaptureRules,
+    Plaintext,
+    Dns,
+    Tracker,
+    Signal,
+}
+
+/// The tasks of [`App::run`]; dropping it aborts them.
+#[derive(Debug, Default)]
+struct Services(tokio::task::JoinSet<Service>);
+
+impl Services {
+    /// Spawns the future `task` makes. It is made here, not in
+    /// [`App::run`]: each is built in this frame and moved to the heap
+    /// before the next is made, so `run` does not hold all of them on its
+    /// stack at once.
+    #[inline(never)]
+    fn spawn<F>(&mut self, service: Service, task: impl FnOnce() -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let task = task();
+        self.0.spawn(async move {
+            task.await;
+            service
+        });
+    }
+
+    /// Waits for the first task to end: which one it was, or why it
+    /// failed (a panic). The signal task never leaves the set empty; an
+    /// empty set is taken as the signal.
+    async fn first_ended(&mut self) -> Result<Service, tokio::task::JoinError> {
+        self.0.join_next().await.unwrap_or(Ok(Service::Signal))
+    }
+
+    /// Aborts every task still running and waits until each is gone (its
+    /// listener closed).
+    async fn stop(&mut self) {
+        self.0.shutdown().await;
     }
 }
 
@@ -645,12 +730,4 @@ async fn drain(tracker: &ConnectionTracker, timeout: std::time::Duration) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     tracing::info!("every connection finished");
-}
-
-/// A task that runs only when configured; otherwise never finishes.
-async fn optional(task: Option<impl std::future::Future<Output = ()>>) {
-    match task {
-        Some(task) => task.await,
-        None => std::future::pending().await,
-    }
 }

@@ -1,6 +1,8 @@
 //! `ferry-proxy`: the node proxy. Parses its flags into a
 //! [`ferry_proxy::config::Config`] and runs [`ferry_proxy::app::App`].
 
+use std::time::Duration;
+
 use clap::Parser;
 use ferry_proxy::app::App;
 use ferry_proxy::config::{Args, Config};
@@ -31,5 +33,57 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?,
     };
-    runtime.block_on(async { tokio::spawn(async { App::build(config).await?.run().await }).await? })
+    runtime.block_on(async {
+        tokio::spawn(trim_allocation_cache());
+        tokio::spawn(async { App::build(config).await?.run().await }).await?
+    })
+}
+
+/// Once a second, the allocation cache of the thread this task runs on
+/// (jemalloc's tcache: up to 200 freed blocks of each small size and 20 of
+/// each size up to 32 KiB) goes back to the arena, whose background thread
+/// returns the pages that emptied to the kernel a second later
+/// (`dirty_decay_ms`, .cargo/config.toml). jemalloc itself trims the cache
+/// only as allocations come: after a burst of traffic, an idle proxy would
+/// keep what its last connections freed (500-700 KiB after a few requests,
+/// docs/benchmarks.md) for as long as it stays idle. Under load the cache
+/// refills within microseconds of a flush.
+///
+/// With the default single runtime thread that is every connection's
+/// thread; with more (`--worker-threads`), the others are trimmed by
+/// jemalloc's own collection only.
+async fn trim_allocation_cache() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(code) = flush_thread_cache() {
+            // EFAULT: the cache is turned off (`_RJEM_MALLOC_CONF=tcache:false`).
+            tracing::debug!(code, "jemalloc thread cache not flushed: not trimming it");
+            return;
+        }
+    }
+}
+
+/// jemalloc's `thread.tcache.flush`: the calling thread's cached free
+/// blocks go back to their arena. Returns jemalloc's error code.
+#[allow(unsafe_code)]
+fn flush_thread_cache() -> Result<(), i32> {
+    // SAFETY: `thread.tcache.flush` reads and writes nothing: null pointers
+    // and a zero length are how it is called (jemalloc's mallctl(3)); the
+    // name is a NUL-terminated string that outlives the call.
+    let code = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"thread.tcache.flush".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(code)
+    }
 }
