@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks for building and testing
 # Ferry (when run as root; otherwise says what is missing): make (jemalloc
-# is built from source with the proxy), iproute2,
+# is built from source with the proxy), libc6-dev (static glibc), iproute2,
 # iptables and nftables, curl, ping, python3 with venv (the lab's pods and
 # the chart tests), g++ (libFuzzer, built with the fuzz targets),
 # prometheus (promtool evaluates the chart's alert expressions; the lab can
@@ -19,6 +19,9 @@ if command -v python3 >/dev/null 2>&1; then
 else
   need+=(python3-venv)
 fi
+# The binaries are linked statically against glibc (.cargo/config.toml):
+# libc.a and the static-pie start file come with libc6-dev.
+[ -e "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need+=(libc6-dev)
 [ ${#need[@]} -gt 0 ] || exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing Debian packages: ${need[*]} (install them as root, e.g. apt-get install ${need[*]})" >&2
