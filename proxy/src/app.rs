@@ -731,3 +731,53 @@ async fn drain(tracker: &ConnectionTracker, timeout: std::time::Duration) {
     }
     tracing::info!("every connection finished");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drops a flag when dropped: tells whether a task's future is gone.
+    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_task_to_end_is_named_and_the_others_are_gone_after_stop() {
+        let mut services = Services::default();
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guard = Dropped(gone.clone());
+        services.spawn(Service::Admin, move || async move {
+            let _guard = guard;
+            std::future::pending::<()>().await
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        services.spawn(Service::Signal, move || async move {
+            let _ = rx.await;
+        });
+        tx.send(()).ok();
+        assert_eq!(services.first_ended().await.ok(), Some(Service::Signal));
+        assert!(!gone.load(std::sync::atomic::Ordering::SeqCst));
+        services.stop().await;
+        assert!(gone.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_reported_as_a_failure() {
+        let mut services = Services::default();
+        services.spawn(Service::Admin, || std::future::pending::<()>());
+        services.spawn(Service::Dns, || async { panic!("DNS task failed") });
+        let ended = services.first_ended().await;
+        assert!(ended.is_err_and(|e| e.is_panic()));
+        services.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_empty_set_ends_as_the_signal_would() {
+        let mut services = Services::default();
+        assert_eq!(services.first_ended().await.ok(), Some(Service::Signal));
+    }
+}

@@ -87,3 +87,15 @@ fn flush_thread_cache() -> Result<(), i32> {
         Err(code)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The control's name is jemalloc's (a wrong one is `ENOENT`), and the
+    /// cache is on by default (`EFAULT` otherwise).
+    #[test]
+    fn the_thread_cache_flushes() {
+        let blocks: Vec<Vec<u8>> = (0..64).map(|i| vec![0; 1024 + i]).collect();
+        drop(blocks);
+        assert_eq!(super::flush_thread_cache(), Ok(()));
+    }
+}
