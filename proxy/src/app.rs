@@ -768,7 +768,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_task_is_reported_as_a_failure() {
         let mut services = Services::default();
-        services.spawn(Service::Admin, || std::future::pending::<()>());
+        services.spawn(Service::Admin, std::future::pending::<()>);
         services.spawn(Service::Dns, || async { panic!("DNS task failed") });
         let ended = services.first_ended().await;
         assert!(ended.is_err_and(|e| e.is_panic()));
