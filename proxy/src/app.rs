@@ -609,20 +609,15 @@ impl App {
             Some(ended) => ended,
             None => services.first_ended().await,
         };
-        let mut handed_over = false;
-        let mut failed = None;
-        match ended {
+        match &ended {
             Ok(Service::Handover) => {
-                handed_over = true;
                 tracing::info!("a successor serves on this node: no longer accepting; draining");
             }
             Ok(Service::Signal) => tracing::info!("proxy stopping"),
             Ok(service) => tracing::info!(task = ?service, "a serving task ended: proxy stopping"),
-            Err(e) => {
-                tracing::error!(error = %e, "a serving task failed: proxy stopping");
-                failed = Some(e);
-            }
+            Err(e) => tracing::error!(error = %e, "a serving task failed: proxy stopping"),
         }
+        let handed_over = matches!(ended, Ok(Service::Handover));
         // The listeners are closed (their tasks are gone); connections
         // already open run in their own tasks: peers are told to open new
         // streams elsewhere (GOAWAY), and what is open may finish, up to
@@ -642,10 +637,9 @@ impl App {
                 tracing::warn!(error = %e, "removing capture rules failed; the next start repairs them");
             }
         }
-        match failed {
-            Some(e) => Err(anyhow::anyhow!(e).context("a serving task failed")),
-            None => Ok(()),
-        }
+        ended
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!(e).context("a serving task failed"))
     }
 }
 
