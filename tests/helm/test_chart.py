@@ -1913,13 +1913,24 @@ def binary_options(path: Path) -> dict[str, list[str] | None]:
     return options
 
 
+def host_triple() -> str:
+    """The triple cargo builds for here (`rustc -vV`'s host line)."""
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.startswith("host: "):
+            return line.removeprefix("host: ").strip()
+    raise RuntimeError(f"rustc -vV printed no host line:\n{out}")
+
+
 def check_flags_exist(docs: list[dict[str, Any]], counts: dict[str, int]) -> None:
     """Every flag the chart passes is one the binaries accept (their --help),
     with a value they accept where they list the possible ones; and the
     schema's choices for those values are the binaries' own."""
     binaries: dict[str, Path | None] = {}
     for name in ("ferry-control-plane", "ferry-proxy"):
-        built = [REPO / "target" / profile / name for profile in ("debug", "release")]
+        # .cargo/config.toml names the target, so cargo puts the binaries
+        # under target/<host triple>/<profile>.
+        built = [REPO / "target" / host_triple() / profile / name for profile in ("debug", "release")]
         built = [p for p in built if p.is_file()]
         # The newest build, debug or release.
         binaries[name] = max(built, key=lambda p: p.stat().st_mtime) if built else None
