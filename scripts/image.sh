@@ -23,8 +23,6 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bins=(ferry-proxy ferry-control-plane ferryctl ferry-certs)
-# cargo packages of the binaries above (certs-dev/ is ferry-certs).
-packages=(ferry-proxy ferry-control-plane ferryctl ferry-certs)
 
 usage() {
   cat <<EOF
@@ -35,7 +33,7 @@ container engine: mmdebstrap (Debian bookworm, iptables, ca-certificates)
 plus the binaries, written with umoci as an OCI layout and archive.
 
   --binaries DIR  take ${bins[*]} from DIR
-                  (default: cargo build --release --locked,
+                  (default: scripts/release.sh builds them into
                   target/<host triple>/release)
   --out DIR       output directory (default: target/image); writes
                   DIR/oci (layout, tag TAG), DIR/ferry-TAG.oci.tar and
@@ -126,10 +124,9 @@ created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 source_url=${FERRY_IMAGE_SOURCE:-https://github.com/ferry-mesh/ferry}
 
 if [ -z "$binaries" ]; then
-  pflags=()
-  for p in "${packages[@]}"; do pflags+=(-p "$p"); done
-  log "cargo build --release --locked --bins ${pflags[*]}"
-  (cd "$root" && FERRY_GIT_COMMIT=$commit cargo build --release --locked --bins "${pflags[@]}") >&2
+  # The proxy in a cargo run of its own: scripts/release.sh says why.
+  log "scripts/release.sh"
+  FERRY_GIT_COMMIT=$commit "$root/scripts/release.sh" >&2
   # .cargo/config.toml builds for the host triple by name.
   binaries="${CARGO_TARGET_DIR:-$root/target}/$(rustc -vV | sed -n 's/^host: //p')/release"
 fi

@@ -13,7 +13,8 @@
 #   LOAD  dl      N curl downloads of the 2 GiB file through node-a (default)
 #         cps     benchclient.py cps for SECS seconds (new connections)
 #         lat     benchclient.py latency (64 B request/response)
-#   BIN   folder of the binaries (default target/<host triple>/release); WRAP: a command
+#   BIN   folder of the binaries (default target/<host triple>/release, as
+#         scripts/release.sh builds them); WRAP: a command
 #         to run the proxies under. Prints GB/s per download, the proxies'
 #         CPU ticks and CPU seconds per GB, and their RSS.
 set -euo pipefail

@@ -14,7 +14,7 @@
 //! the cost; `ferry-bench flows` does the same for the flow log
 //! (`--flow-history 0` vs its default). Every loop is bounded in count and
 //! time. Run with the release binaries:
-//! `cargo build --release --bins && cargo run --release -p ferry-tests --bin ferry-bench [telemetry|flows]`.
+//! `scripts/release.sh && cargo run --release -p ferry-tests --bin ferry-bench [telemetry|flows]`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
