@@ -18,7 +18,8 @@
 # compiler then lays out the code the proxy runs apart from the code it
 # does not, and optimizes the paths by how often they run. That build has
 # other compiler flags, so it uses a target folder of its own
-# (target/pgo-use) and its binary is copied over the plain one.
+# (target/pgo-use) and its binary is copied into the release folder (the
+# plain proxy is built only without a profile).
 # FERRY_PGO=0 builds without the profile.
 #
 # The proxy is built last, so its binary is the one left in the folder; a
@@ -29,10 +30,11 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 out=${CARGO_TARGET_DIR:-target}/$host/release
 
 cargo build --release --locked --bins -p ferry-control-plane -p ferryctl -p ferry-certs "$@"
-cargo build --release --locked --bins -p ferry-proxy "$@"
 
 profile=$PWD/proxy/pgo/ferry-proxy.profdata
-if [ "${FERRY_PGO:-1}" != 0 ] && [ -f "$profile" ]; then
+if [ "${FERRY_PGO:-1}" = 0 ] || [ ! -f "$profile" ]; then
+  cargo build --release --locked --bins -p ferry-proxy "$@"
+else
   # cargo does not watch the file a flag names: a copy named by its hash
   # puts the profile's content into the flags, so a new profile rebuilds.
   mkdir -p target/pgo-use

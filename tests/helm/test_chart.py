@@ -1927,10 +1927,11 @@ def check_flags_exist(docs: list[dict[str, Any]], counts: dict[str, int]) -> Non
     with a value they accept where they list the possible ones; and the
     schema's choices for those values are the binaries' own."""
     binaries: dict[str, Path | None] = {}
+    # .cargo/config.toml names the target, so cargo puts the binaries under
+    # target/<host triple>/<profile>.
+    target = REPO / "target" / host_triple()
     for name in ("ferry-control-plane", "ferry-proxy"):
-        # .cargo/config.toml names the target, so cargo puts the binaries
-        # under target/<host triple>/<profile>.
-        built = [REPO / "target" / host_triple() / profile / name for profile in ("debug", "release")]
+        built = [target / profile / name for profile in ("debug", "release")]
         built = [p for p in built if p.is_file()]
         # The newest build, debug or release.
         binaries[name] = max(built, key=lambda p: p.stat().st_mtime) if built else None
