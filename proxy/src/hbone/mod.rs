@@ -41,6 +41,12 @@ pub struct H2Settings {
     pub max_send_buffer: usize,
     /// Concurrent streams per connection.
     pub max_streams: u32,
+    /// Most TLS ciphertext a connection queues before it writes it to the
+    /// socket (bytes). rustls's default, 64 KiB, cut every 256 KiB DATA
+    /// frame into four `writev`s; with room for a whole frame (and what
+    /// h2 writes with it) each goes out in one. The queue is emptied after
+    /// every write, so only a socket that cannot take it holds this much.
+    pub tls_send_buffer: usize,
 }
 
 impl Default for H2Settings {
@@ -51,6 +57,7 @@ impl Default for H2Settings {
             max_frame: 256 * 1024,
             max_send_buffer: 1 << 20,
             max_streams: 100,
+            tls_send_buffer: 512 * 1024,
         }
     }
 }
@@ -105,4 +112,18 @@ pub enum TunnelError {
     Refused { status: http::StatusCode },
     #[error("invalid CONNECT target {0}")]
     Target(#[from] http::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_queue_takes_a_whole_data_frame() {
+        let s = H2Settings::default();
+        // A frame is its payload and a 9-byte header, sealed in records of
+        // at most 16 KiB, each 22 bytes longer (header, type, AEAD tag).
+        let records = (s.max_frame as usize + 9).div_ceil(16 * 1024);
+        assert!(s.tls_send_buffer >= s.max_frame as usize + 9 + records * 22);
+    }
 }

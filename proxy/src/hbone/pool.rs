@@ -198,7 +198,7 @@ impl HbonePool {
                 node: key.node,
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
             })?;
-        let tls = tokio::time::timeout(
+        let mut tls = tokio::time::timeout(
             self.timeouts.handshake,
             tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp),
         )
@@ -208,6 +208,9 @@ impl HbonePool {
             node: key.node,
             source,
         })?;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(self.settings.tls_send_buffer));
         let (sender, connection) = tokio::time::timeout(
             self.timeouts.handshake,
             self.settings.client().handshake::<_, Bytes>(tls),

@@ -167,10 +167,13 @@ impl HboneServer {
         peer: SocketAddr,
     ) -> Result<(), ConnectionError> {
         let _ = tcp.set_nodelay(true);
-        let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp))
+        let mut tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp))
             .await
             .map_err(|_| ConnectionError::Tls("TLS handshake timed out".into()))?
             .map_err(|e| ConnectionError::Tls(format!("TLS handshake failed: {e}")))?;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(self.settings.tls_send_buffer));
         let identity = tls
             .get_ref()
             .1
