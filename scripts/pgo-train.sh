@@ -13,6 +13,7 @@
 # rustup's llvm-tools component (llvm-profdata of the compiler's LLVM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/build.sh
 : "${PEER_WORK:?set PEER_WORK to the folder of the peer benchmark}"
 
 host=$(rustc -vV | sed -n 's/^host: //p')
@@ -23,10 +24,9 @@ trap 'rm -rf "$raw"' EXIT
 
 # The control plane and certificate tool as they ship; the proxy
 # instrumented, in a target folder of its own (its flags differ).
-# The same packages as scripts/release.sh, so this reuses its build.
-cargo build --release --locked --bins -p ferry-control-plane -p ferryctl -p ferry-certs
-cargo build --release --locked --bins -p ferry-proxy --target-dir target/pgo-gen \
-  --config "target.'cfg(all(target_os = \"linux\", target_env = \"gnu\"))'.rustflags=[\"-Cprofile-generate=$raw\"]"
+# The same build as scripts/release.sh's, so each reuses the other's.
+build_tools
+build_proxy_with target/pgo-gen "-Cprofile-generate=$raw"
 bin=target/pgo-gen/$host/release
 cp "target/$host/release/ferry-control-plane" "target/$host/release/ferry-certs" "$bin/"
 

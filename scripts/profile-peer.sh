@@ -44,17 +44,19 @@ curl -s -o /dev/null --interface 127.77.1.10 --socks5 127.77.0.1:1080 -r 0-10000
 case $MODE in
   perf) perf record -F 999 -g -p $A,$B -o "$OUT/perf.data" >/dev/null 2>&1 & P=$!;;
   strace) strace -c -f -p $A -o "$OUT/strace-a.txt" & P=$!; strace -c -f -p $B -o "$OUT/strace-b.txt" & P2=$!;;
-  stat) perf stat -e page-faults,context-switches -p $A,$B -o "$OUT/stat.txt" & P=$!;;
+  stat) perf stat -e page-faults,context-switches,cpu-migrations -p $A,$B -o "$OUT/stat.txt" & P=$!;;
   *) P=;;
 esac
 sleep 0.5
 t0=$(awk '{s+=$14+$15} END {print s}' /proc/$A/stat /proc/$B/stat)
+w0a=$(cut -d" " -f2 /proc/$A/schedstat); w0b=$(cut -d" " -f2 /proc/$B/schedstat)
 if [ "${LOAD:-dl}" = cps ]; then python3 $PEER/benchclient.py cps --bind 127.77.1.10 --socks 127.77.0.1:1080 --target 127.77.2.10:9000 --seconds ${SECS:-5};
 elif [ "${LOAD:-dl}" = lat ]; then python3 $PEER/benchclient.py latency --bind 127.77.1.10 --socks 127.77.0.1:1080 --target 127.77.2.10:9000;
 else for i in $(seq $N); do curl -s -o /dev/null -w '%{speed_download}\n' --interface 127.77.1.10 --socks5 127.77.0.1:1080 $URL; done; fi
 [ -n "$P" ] && { kill -INT $P; wait $P || true; }
 [ -n "${P2:-}" ] && { kill -INT $P2; wait $P2 || true; }
 t1=$(awk '{s+=$14+$15} END {print s}' /proc/$A/stat /proc/$B/stat)
-awk -v t=$((t1 - t0)) -v n="$N" -v load="${LOAD:-dl}" 'BEGIN { printf "cpu-ticks %d", t; if (load == "dl") printf " cpu-s/GB %.3f", t / 100 / (n * 2.147483648); print "" }'
+w1a=$(cut -d" " -f2 /proc/$A/schedstat); w1b=$(cut -d" " -f2 /proc/$B/schedstat)
+awk -v t=$((t1 - t0)) -v wa=$((w1a - w0a)) -v wb=$((w1b - w0b)) -v n="$N" -v load="${LOAD:-dl}" 'BEGIN { printf "cpu-ticks %d", t; if (load == "dl") printf " cpu-s/GB %.3f", t / 100 / (n * 2.147483648); printf " runqueue-wait-ms a %d b %d", wa / 1e6, wb / 1e6; print "" }'
 grep -E 'VmRSS' /proc/$A/status /proc/$B/status
-[ "$MODE" != stat ] || awk -v n=$N '/page-faults|context-switches/ {gsub(",","",$1); printf "%s/GB %.3g  ", $2, $1/(n*2.147483648)} END {print ""}' "$OUT/stat.txt"
+[ "$MODE" != stat ] || awk -v n=$N '/page-faults|context-switches|cpu-migrations/ {gsub(",","",$1); printf "%s/GB %.3g  ", $2, $1/(n*2.147483648)} END {print ""}' "$OUT/stat.txt"

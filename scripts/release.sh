@@ -26,10 +26,11 @@
 # later `cargo build --release` of the whole workspace replaces it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/build.sh
 host=$(rustc -vV | sed -n 's/^host: //p')
 out=${CARGO_TARGET_DIR:-target}/$host/release
 
-cargo build --release --locked --bins -p ferry-control-plane -p ferryctl -p ferry-certs "$@"
+build_tools "$@"
 
 profile=$PWD/proxy/pgo/ferry-proxy.profdata
 if [ "${FERRY_PGO:-1}" = 0 ] || [ ! -f "$profile" ]; then
@@ -41,10 +42,7 @@ else
   sum=$(sha256sum "$profile" | cut -c1-16)
   [ -f "target/pgo-use/$sum.profdata" ] || cp "$profile" "target/pgo-use/$sum.profdata"
   profile=$PWD/target/pgo-use/$sum.profdata
-  # --config adds to .cargo/config.toml's flags for the target (arrays
-  # from several configs are joined).
-  cargo build --release --locked --bins -p ferry-proxy --target-dir target/pgo-use \
-    --config "target.'cfg(all(target_os = \"linux\", target_env = \"gnu\"))'.rustflags=[\"-Cprofile-use=$profile\"]" "$@" \
+  build_proxy_with target/pgo-use "-Cprofile-use=$profile" "$@" \
     || { echo "release.sh: the build with proxy/pgo/ferry-proxy.profdata failed; record a new profile (scripts/pgo-train.sh) or set FERRY_PGO=0" >&2; exit 1; }
   # A new file, not a write through cargo's hard link to its own copy.
   cp --remove-destination "target/pgo-use/$host/release/ferry-proxy" "$out/ferry-proxy"
