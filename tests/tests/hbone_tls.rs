@@ -1,6 +1,7 @@
 //! The HBONE listener of a real proxy refuses every bad peer: a client
 //! certificate from another CA, from another trust domain, an expired one,
-//! a server identity other than the one expected, and plaintext.
+//! a server identity other than the one expected, and plaintext; and it
+//! resumes no TLS session.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -53,12 +54,25 @@ async fn attempt(
 ) -> Result<String, String> {
     let config = ferry_proxy::identity::tls::client_config(roots, client, expected)
         .map_err(|e| e.to_string())?;
+    attempt_with(hbone, Arc::new(config), asked)
+        .await
+        .map(|(banner, _)| banner)
+}
+
+/// [`attempt`] with a given client config; also says how the TLS
+/// handshake went (full or resumed).
+async fn attempt_with(
+    hbone: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    asked: &Identity,
+) -> Result<(String, Option<rustls::HandshakeKind>), String> {
     let tcp = TcpStream::connect(hbone).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(asked.server_name()).map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
+    let kind = tls.get_ref().1.handshake_kind();
     let (mut sender, connection) = h2::client::handshake(tls)
         .await
         .map_err(|e| format!("h2: {e}"))?;
@@ -81,7 +95,7 @@ async fn attempt(
         .await
         .ok_or("no data")?
         .map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&data).trim().to_string())
+    Ok((String::from_utf8_lossy(&data).trim().to_string(), kind))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,6 +135,25 @@ async fn the_hbone_listener_refuses_bad_peers() -> anyhow::Result<()> {
     )
     .await;
     assert_eq!(control, Ok("backend".to_string()), "{}", mesh.diagnostics());
+
+    // No session resumption, even for a client that keeps sessions: each
+    // connection's certificates are verified anew (the listener issues
+    // no tickets and stores no sessions).
+    let mut keeping =
+        ferry_proxy::identity::tls::client_config(roots.clone(), good.clone(), backend.clone())?;
+    keeping.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    let keeping = Arc::new(keeping);
+    for round in 0..2 {
+        let (banner, kind) = attempt_with(hbone, keeping.clone(), &backend)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!(banner, "backend");
+        assert_eq!(
+            kind,
+            Some(rustls::HandshakeKind::Full),
+            "connection {round}"
+        );
+    }
 
     // A certificate from another CA.
     let other_ca = Authority::generate(&td, hour)?;

@@ -159,6 +159,11 @@ pub fn client_config(
         }))
         .with_client_cert_resolver(Arc::new(FixedClientCert(source)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No session resumption: HBONE connections are pooled and long-lived,
+    // the listeners issue no tickets, and a config is built per
+    // connection, so a session cache (rustls's default holds 256, 14 KB
+    // allocated up front) would never be used.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
@@ -248,5 +253,12 @@ pub fn server_config(identities: Arc<IdentityManager>) -> Result<rustls::ServerC
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(LocalWorkloadCerts { identities }));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Every connection is a full handshake: the client's certificate is
+    // verified against the roots and trust domain of the moment (a resumed
+    // session would carry the identity of an earlier handshake across a
+    // root rotation). rustls's defaults would send two tickets after each
+    // handshake and keep up to 256 sessions, client chains included.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }
