@@ -189,16 +189,18 @@ impl Inbound {
         let parent = crate::telemetry::trace::parent_from(request.headers());
         let body = request.into_body();
         let connect = async move {
-            let (tracked, mut telemetry, upstream) = self
-                .open_pod(
-                    check,
-                    &parties,
-                    Carried::Hbone,
-                    source,
-                    target,
-                    Some(&parent),
-                )
-                .await;
+            // Boxed: the connect is short-lived and larger than the relay
+            // that follows; unboxed, every stream's task would keep its
+            // room for as long as the stream is open.
+            let (tracked, mut telemetry, upstream) = Box::pin(self.open_pod(
+                check,
+                &parties,
+                Carried::Hbone,
+                source,
+                target,
+                Some(&parent),
+            ))
+            .await;
             let upstream = match upstream {
                 Ok(tcp) => tcp,
                 Err(e) => {

@@ -52,12 +52,30 @@ impl ReadBuffer {
 
     /// Reads what the socket has into `buf` (after what is already
     /// there), waiting until it has something. `Ok(0)` is EOF.
-    async fn read(&mut self, reader: &OwnedReadHalf) -> std::io::Result<usize> {
-        if std::mem::take(&mut self.drained) {
-            self.release();
-            reader.readable().await?;
-        }
+    ///
+    /// A poll function, not an `async fn` awaiting `readable()`: that
+    /// future (tokio's waiter, 232 bytes with its state) sat in every
+    /// open connection's task for each direction that reads TCP; the
+    /// socket's own read-readiness slot needs none (one task reads each
+    /// socket).
+    fn read<'a>(
+        &'a mut self,
+        reader: &'a OwnedReadHalf,
+    ) -> impl Future<Output = std::io::Result<usize>> + 'a {
+        poll_fn(move |cx| self.poll_read(cx, reader))
+    }
+
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &OwnedReadHalf,
+    ) -> Poll<std::io::Result<usize>> {
         loop {
+            if self.drained {
+                self.release();
+                std::task::ready!(reader.as_ref().poll_read_ready(cx))?;
+                self.drained = false;
+            }
             // `reserve` reclaims the allocation when every chunk split off
             // it has been dropped (usually so: h2 drops a chunk once it is
             // written), and allocates otherwise.
@@ -70,13 +88,11 @@ impl ReadBuffer {
                     } else if n < self.size / 4 {
                         self.size = FIRST_READ;
                     }
-                    return Ok(n);
+                    return Poll::Ready(Ok(n));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.release();
-                    reader.readable().await?;
-                }
-                Err(e) => return Err(e),
+                // Readiness was stale (`try_io` cleared it): wait.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.drained = true,
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }

@@ -260,14 +260,16 @@ async fn setup(
 /// Serves SOCKS5 until the task is dropped; a client has
 /// `handshake_timeout` to say where it goes.
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, handshake_timeout: Duration) {
+    // `map`, not an `async move` block awaiting the session: the block
+    // would keep room for what it moved into the session (88 bytes in
+    // every connection's task).
     ferry_process::accept::serve(listener, "socks5", |client, peer| {
-        let outbound = outbound.clone();
-        async move {
-            let _ = client.set_nodelay(true);
-            if let Err(e) = session(outbound, handshake_timeout, client, peer).await {
+        let _ = client.set_nodelay(true);
+        session(outbound.clone(), handshake_timeout, client, peer).map(move |ended| {
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "SOCKS5 session ended");
             }
-        }
+        })
     })
     .await
 }
