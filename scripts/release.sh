@@ -34,7 +34,7 @@ build_tools "$@"
 
 profile=$PWD/proxy/pgo/ferry-proxy.profdata
 if [ "${FERRY_PGO:-1}" = 0 ] || [ ! -f "$profile" ]; then
-  cargo build --release --locked --bins -p ferry-proxy "$@"
+  build_proxy "$@"
 else
   # cargo does not watch the file a flag names: a copy named by its hash
   # puts the profile's content into the flags, so a new profile rebuilds.

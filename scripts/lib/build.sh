@@ -8,6 +8,11 @@ build_tools() {
   cargo build --release --locked --bins -p ferry-control-plane -p ferryctl -p ferry-certs "$@"
 }
 
+# The proxy, alone.
+build_proxy() {
+  cargo build --release --locked --bins -p ferry-proxy "$@"
+}
+
 # build_proxy_with TARGET_DIR FLAG [cargo arguments]: the proxy with one more
 # compiler flag, in a target folder of its own (other flags, other
 # artifacts). --config adds FLAG to .cargo/config.toml's flags for the
@@ -15,6 +20,6 @@ build_tools() {
 build_proxy_with() {
   local dir=$1 flag=$2
   shift 2
-  cargo build --release --locked --bins -p ferry-proxy --target-dir "$dir" \
+  build_proxy --target-dir "$dir" \
     --config "target.'cfg(all(target_os = \"linux\", target_env = \"gnu\"))'.rustflags=[\"$flag\"]" "$@"
 }

@@ -87,6 +87,12 @@ impl H2Settings {
     pub fn server(&self) -> h2::server::Builder {
         tuned!(h2::server::Builder::new(), self)
     }
+
+    /// Sizes the send queue of an HBONE connection's TLS, client or
+    /// server side ([`H2Settings::tls_send_buffer`]).
+    pub fn size_tls_queue<Data>(&self, tls: &mut rustls::ConnectionCommon<Data>) {
+        tls.set_buffer_limit(Some(self.tls_send_buffer));
+    }
 }
 
 /// Why a tunnel could not be opened.

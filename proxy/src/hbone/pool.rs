@@ -208,9 +208,7 @@ impl HbonePool {
             node: key.node,
             source,
         })?;
-        tls.get_mut()
-            .1
-            .set_buffer_limit(Some(self.settings.tls_send_buffer));
+        self.settings.size_tls_queue(tls.get_mut().1);
         let (sender, connection) = tokio::time::timeout(
             self.timeouts.handshake,
             self.settings.client().handshake::<_, Bytes>(tls),

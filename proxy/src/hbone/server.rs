@@ -171,9 +171,7 @@ impl HboneServer {
             .await
             .map_err(|_| ConnectionError::Tls("TLS handshake timed out".into()))?
             .map_err(|e| ConnectionError::Tls(format!("TLS handshake failed: {e}")))?;
-        tls.get_mut()
-            .1
-            .set_buffer_limit(Some(self.settings.tls_send_buffer));
+        self.settings.size_tls_queue(tls.get_mut().1);
         let identity = tls
             .get_ref()
             .1

@@ -13,7 +13,9 @@
 //! Both keep the connection tracked, so a policy update that no longer
 //! allows it closes it.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,11 +48,35 @@ pub struct Inbound {
     pub sources: Arc<crate::net::transparent::SourceAddresses>,
 }
 
+/// What [`Inbound::open_pod`] gives: the connection's tracking and
+/// telemetry, and the connection to the pod.
+type OpenedPod = (
+    crate::tracker::TrackedConnection,
+    crate::telemetry::ConnectionTelemetry,
+    Result<tokio::net::TcpStream, ConnectError>,
+);
+
 impl Inbound {
     /// Opens the local pod for an admitted connection: tracks its check
     /// (a policy update may revoke it), starts its telemetry, connects.
     /// The same for both ways in (HBONE and plaintext).
-    async fn open_pod(
+    ///
+    /// Boxed: the connect is short-lived and larger than the relay that
+    /// follows it in the same task; unboxed, every connection's task would
+    /// keep room for it for as long as the connection is open.
+    fn open_pod<'a>(
+        &'a self,
+        check: ferry_core::policy::Check,
+        parties: &'a Parties,
+        carried: Carried,
+        source: SocketAddr,
+        target: SocketAddr,
+        parent: Option<&'a opentelemetry::Context>,
+    ) -> Pin<Box<impl Future<Output = OpenedPod> + 'a>> {
+        Box::pin(self.connect_pod(check, parties, carried, source, target, parent))
+    }
+
+    async fn connect_pod(
         &self,
         check: ferry_core::policy::Check,
         parties: &Parties,
@@ -58,11 +84,7 @@ impl Inbound {
         source: SocketAddr,
         target: SocketAddr,
         parent: Option<&opentelemetry::Context>,
-    ) -> (
-        crate::tracker::TrackedConnection,
-        crate::telemetry::ConnectionTelemetry,
-        Result<tokio::net::TcpStream, ConnectError>,
-    ) {
+    ) -> OpenedPod {
         let tracked = self.tracker.track(check);
         let telemetry = self.telemetry.begin(
             Reporter::Destination,
@@ -189,18 +211,16 @@ impl Inbound {
         let parent = crate::telemetry::trace::parent_from(request.headers());
         let body = request.into_body();
         let connect = async move {
-            // Boxed: the connect is short-lived and larger than the relay
-            // that follows; unboxed, every stream's task would keep its
-            // room for as long as the stream is open.
-            let (tracked, mut telemetry, upstream) = Box::pin(self.open_pod(
-                check,
-                &parties,
-                Carried::Hbone,
-                source,
-                target,
-                Some(&parent),
-            ))
-            .await;
+            let (tracked, mut telemetry, upstream) = self
+                .open_pod(
+                    check,
+                    &parties,
+                    Carried::Hbone,
+                    source,
+                    target,
+                    Some(&parent),
+                )
+                .await;
             let upstream = match upstream {
                 Ok(tcp) => tcp,
                 Err(e) => {

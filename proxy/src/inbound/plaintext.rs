@@ -47,17 +47,10 @@ impl PlaintextInbound {
             let this = this.clone();
             let connect = {
                 let inbound = this.inbound.clone();
-                // Boxed, as for HBONE streams (`Inbound::stream`).
                 async move {
-                    Box::pin(inbound.open_pod(
-                        check,
-                        &parties,
-                        Carried::Plaintext,
-                        peer,
-                        target,
-                        None,
-                    ))
-                    .await
+                    inbound
+                        .open_pod(check, &parties, Carried::Plaintext, peer, target, None)
+                        .await
                 }
             };
             Either::Right(connect.then(move |(tracked, mut telemetry, upstream)| {
