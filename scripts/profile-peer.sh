@@ -16,7 +16,8 @@
 #   BIN   folder of the binaries (default target/<host triple>/release, as
 #         scripts/release.sh builds them); WRAP: a command
 #         to run the proxies under. Prints GB/s per download, the proxies'
-#         CPU ticks and CPU seconds per GB, and their RSS.
+#         CPU ticks and CPU seconds per GB, their run-queue wait, their
+#         context switches (voluntary and involuntary) and their RSS.
 set -euo pipefail
 PEER=${PEER_WORK:?set PEER_WORK to the folder of the peer benchmark}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/$(rustc -vV | sed -n 's/^host: //p')/release}
@@ -50,6 +51,9 @@ esac
 sleep 0.5
 t0=$(awk '{s+=$14+$15} END {print s}' /proc/$A/stat /proc/$B/stat)
 w0a=$(cut -d" " -f2 /proc/$A/schedstat); w0b=$(cut -d" " -f2 /proc/$B/schedstat)
+# Context switches of every thread of both proxies: voluntary (it slept) and not.
+switches() { cat /proc/$A/task/*/status /proc/$B/task/*/status | awk '/^voluntary_ctxt/ {v+=$2} /^nonvoluntary_ctxt/ {n+=$2} END {print v, n}'; }
+s0=$(switches)
 if [ "${LOAD:-dl}" = cps ]; then python3 $PEER/benchclient.py cps --bind 127.77.1.10 --socks 127.77.0.1:1080 --target 127.77.2.10:9000 --seconds ${SECS:-5};
 elif [ "${LOAD:-dl}" = lat ]; then python3 $PEER/benchclient.py latency --bind 127.77.1.10 --socks 127.77.0.1:1080 --target 127.77.2.10:9000;
 else for i in $(seq $N); do curl -s -o /dev/null -w '%{speed_download}\n' --interface 127.77.1.10 --socks5 127.77.0.1:1080 $URL; done; fi
@@ -57,6 +61,8 @@ else for i in $(seq $N); do curl -s -o /dev/null -w '%{speed_download}\n' --inte
 [ -n "${P2:-}" ] && { kill -INT $P2; wait $P2 || true; }
 t1=$(awk '{s+=$14+$15} END {print s}' /proc/$A/stat /proc/$B/stat)
 w1a=$(cut -d" " -f2 /proc/$A/schedstat); w1b=$(cut -d" " -f2 /proc/$B/schedstat)
+s1=$(switches)
+echo "$s0 $s1" | awk '{printf "context switches: voluntary %d, involuntary %d\n", $3 - $1, $4 - $2}'
 awk -v t=$((t1 - t0)) -v wa=$((w1a - w0a)) -v wb=$((w1b - w0b)) -v n="$N" -v load="${LOAD:-dl}" 'BEGIN { printf "cpu-ticks %d", t; if (load == "dl") printf " cpu-s/GB %.3f", t / 100 / (n * 2.147483648); printf " runqueue-wait-ms a %d b %d", wa / 1e6, wb / 1e6; print "" }'
 grep -E 'VmRSS' /proc/$A/status /proc/$B/status
 [ "$MODE" != stat ] || awk -v n=$N '/page-faults|context-switches|cpu-migrations/ {gsub(",","",$1); printf "%s/GB %.3g  ", $2, $1/(n*2.147483648)} END {print ""}' "$OUT/stat.txt"
