@@ -176,6 +176,25 @@ pub fn parse_manifest(file: &Path, text: &str) -> ParsedFile {
     out
 }
 
+/// The object a document names (`metadata.name`, and `metadata.namespace`
+/// or `default` for namespaced kinds); `None` without a name.
+fn object_ref_of(value: &serde_yaml::Value, kind: ObjectKind) -> Option<ObjectRef> {
+    let name = str_at(value, &["metadata", "name"]).unwrap_or_default();
+    if name.is_empty() {
+        return None;
+    }
+    let namespace = if kind.is_namespaced() {
+        str_at(value, &["metadata", "namespace"]).unwrap_or("default")
+    } else {
+        ""
+    };
+    Some(ObjectRef::new(
+        kind,
+        namespace.to_string(),
+        name.to_string(),
+    ))
+}
+
 /// One document of a manifest file (or one item of a `kind: List`):
 /// typed, defaulted and validated into `out`.
 fn read_document(
@@ -233,41 +252,43 @@ fn read_document(
         }
         return;
     }
-    let Some(object_kind) = ObjectKind::from_type(api_version, kind) else {
-        let known = [
-            "Namespace",
-            "Node",
-            "Pod",
-            "Service",
-            "EndpointSlice",
-            "NetworkPolicy",
-        ];
-        if known.contains(&kind) {
+    // A kind Ferry reads, under an apiVersion it does not (or the kind
+    // misspelt in case only): the document is broken, not someone else's
+    // business. Ignoring it would delete the object's last good version,
+    // a NetworkPolicy's among them.
+    let meant = ObjectKind::from_kind(kind, true)
+        .map(|k| (k, "apiVersion"))
+        .or_else(|| ObjectKind::from_kind(kind, false).map(|k| (k, "kind")));
+    let object_kind = match (ObjectKind::from_type(api_version, kind), meant) {
+        (Some(object_kind), _) => object_kind,
+        (None, Some((object_kind, field))) => {
+            let object_ref = object_ref_of(&value, object_kind);
+            let message = if field == "kind" {
+                format!("{kind:?} is not a kind; {} is meant?", object_kind.as_str())
+            } else {
+                format!("{api_version:?} is not supported for kind {kind}")
+            };
             out.problems.push(problem(
                 line,
-                None,
-                Some("apiVersion".into()),
-                format!("{api_version:?} is not supported for kind {kind}"),
+                object_ref.clone(),
+                Some(field.into()),
+                message,
             ));
-        } else {
+            match object_ref {
+                Some(r) => out.broken.push(r),
+                None => out.unidentified_broken = true,
+            }
+            return;
+        }
+        (None, None) => {
             // Other kinds (Deployments, ConfigMaps...) are not Ferry's
             // business; they are counted, so nothing is skipped silently.
             let name = str_at(&value, &["metadata", "name"]).unwrap_or("?");
             out.ignored.push(format!("{kind} {name}"));
+            return;
         }
-        return;
     };
-    let name = str_at(&value, &["metadata", "name"])
-        .unwrap_or_default()
-        .to_string();
-    let namespace = if object_kind.is_namespaced() {
-        str_at(&value, &["metadata", "namespace"])
-            .unwrap_or("default")
-            .to_string()
-    } else {
-        String::new()
-    };
-    let object_ref = (!name.is_empty()).then(|| ObjectRef::new(object_kind, namespace, name));
+    let object_ref = object_ref_of(&value, object_kind);
     let parsed = match object_kind {
         ObjectKind::Namespace => typed(value).map(|o| K8sObject::Namespace(Box::new(o))),
         ObjectKind::Node => typed(value).map(|o| K8sObject::Node(Box::new(o))),
@@ -1035,8 +1056,64 @@ metadata: {name: shop}
         );
         assert_eq!(
             parsed.problems[0].to_string(),
-            "c.yaml:1: document 1: apiVersion: \"discovery.k8s.io/v1beta1\" is not supported for kind EndpointSlice"
+            "c.yaml:1: document 1 (EndpointSlice default/x): apiVersion: \"discovery.k8s.io/v1beta1\" is not supported for kind EndpointSlice"
         );
+    }
+
+    #[test]
+    fn a_known_kind_under_another_api_version_keeps_its_last_good_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("policy.yaml");
+        let good = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                    metadata: {name: deny, namespace: shop}\nspec: {podSelector: {}}\n";
+        std::fs::write(&a, good).unwrap();
+        let mut source = ManifestSource::new(dir.path());
+        assert_eq!(
+            names(&source.rescan().unwrap().0),
+            ["+NetworkPolicy shop/deny"]
+        );
+
+        // An apiVersion Ferry does not read: the policy stays, named.
+        std::fs::write(
+            &a,
+            good.replace("networking.k8s.io/v1", "networking.k8s.io/v1beta1"),
+        )
+        .unwrap();
+        let (events, problems) = source.rescan().unwrap();
+        assert!(events.is_empty(), "{:?}", names(&events));
+        assert!(
+            problems[0].to_string().ends_with(
+                "policy.yaml:1: document 1 (NetworkPolicy shop/deny): apiVersion: \
+                 \"networking.k8s.io/v1beta1\" is not supported for kind NetworkPolicy"
+            ),
+            "{}",
+            problems[0]
+        );
+        assert_eq!(source.object_count(), 1);
+
+        // The kind misspelt in case: the same.
+        std::fs::write(
+            &a,
+            good.replace("kind: NetworkPolicy", "kind: Networkpolicy"),
+        )
+        .unwrap();
+        let (events, problems) = source.rescan().unwrap();
+        assert!(events.is_empty(), "{:?}", names(&events));
+        assert!(
+            problems[0].to_string().ends_with(
+                "policy.yaml:1: document 1 (NetworkPolicy shop/deny): kind: \
+                 \"Networkpolicy\" is not a kind; NetworkPolicy is meant?"
+            ),
+            "{}",
+            problems[0]
+        );
+        assert_eq!(source.object_count(), 1);
+
+        // Another kind altogether is someone else's: the policy is gone.
+        std::fs::write(&a, good.replace("kind: NetworkPolicy", "kind: ConfigMap")).unwrap();
+        let (events, problems) = source.rescan().unwrap();
+        assert!(problems.is_empty());
+        assert_eq!(names(&events), ["-NetworkPolicy shop/deny"]);
     }
 
     #[test]

@@ -38,6 +38,28 @@ impl ObjectKind {
         }
     }
 
+    /// Every kind Ferry reads.
+    pub const ALL: [Self; 6] = [
+        Self::Namespace,
+        Self::Node,
+        Self::Pod,
+        Self::Service,
+        Self::EndpointSlice,
+        Self::NetworkPolicy,
+    ];
+
+    /// The kind Ferry reads under this name (`exact`, or in any case),
+    /// whatever its `apiVersion`.
+    pub fn from_kind(kind: &str, exact: bool) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| {
+            if exact {
+                k.as_str() == kind
+            } else {
+                k.as_str().eq_ignore_ascii_case(kind)
+            }
+        })
+    }
+
     /// Namespaced kinds default to the `default` namespace.
     pub fn is_namespaced(self) -> bool {
         !matches!(self, Self::Namespace | Self::Node)
