@@ -219,6 +219,11 @@ impl ConfigCache {
                 }
             }
             if first {
+                // What came before the empty cache is no base for a delta
+                // any more: a stream behind this revision gets everything.
+                // Entries left from before would otherwise be trimmed
+                // later and move the floor back below this revision.
+                inner.log.clear();
                 inner.log_floor = revision;
             }
             // Only revisions older than this one are trimmed: a commit
@@ -229,7 +234,7 @@ impl ConfigCache {
                 && inner.log.front().is_some_and(|e| e.revision < revision)
             {
                 if let Some(entry) = inner.log.pop_front() {
-                    inner.log_floor = entry.revision;
+                    inner.log_floor = inner.log_floor.max(entry.revision);
                 }
             }
             revision
@@ -905,6 +910,32 @@ mod tests {
         assert_eq!(names(&delta).0, ["a"]);
         let (_, delta) = cache.delta("x", Held::InSyncAt(0), &none).unwrap();
         assert_eq!(names(&delta).0, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_stream_from_before_the_mesh_emptied_gets_everything_after_it_refills() {
+        let cache = ConfigCache::with_log_capacity(2);
+        let none = HashMap::new();
+        let (ka, a) = node("a", "10.0.0.1");
+        cache.commit(vec![Change::Upsert(ka.clone(), a)]);
+        let (_, a2) = node("a", "10.0.0.2");
+        cache.commit(vec![Change::Upsert(ka.clone(), a2)]);
+        // Revision 3 empties the mesh; revision 4 refills it (a first
+        // configuration again, not logged); revision 5 trims the log.
+        cache.commit(vec![Change::Remove(ka)]);
+        let (kb, b) = node("b", "10.0.0.3");
+        let (kc, c) = node("c", "10.0.0.4");
+        cache.commit(vec![Change::Upsert(kb.clone(), b), Change::Upsert(kc, c)]);
+        let (_, b2) = node("b", "10.0.0.5");
+        cache.commit(vec![Change::Upsert(kb, b2)]);
+        // A stream that last saw revision 3 must not get revision 5 alone
+        // (it would never hear of c).
+        assert_eq!(
+            cache.delta("x", Held::InSyncAt(3), &none).unwrap_err(),
+            FellBehind { seen: 3, floor: 4 }
+        );
+        let (_, delta) = cache.delta("x", Held::InSyncAt(4), &none).unwrap();
+        assert_eq!(names(&delta).0, ["b"]);
     }
 
     #[test]
