@@ -4,7 +4,11 @@
 //!
 //! Half-close is honoured in both directions: EOF from one side becomes a
 //! TCP shutdown (or END_STREAM) on the other, and the opposite direction
-//! goes on. HTTP/2 flow control is respected: data is sent only within the
+//! goes on. An abort is passed on as one: a TCP reset (or a read or write
+//! error) becomes a reset of the HTTP/2 stream (RST_STREAM) or of the
+//! other TCP connection, and a reset stream a TCP reset, never a clean
+//! EOF that would make a cut-off transfer look complete. A revoked
+//! connection is reset too. HTTP/2 flow control is respected: data is sent only within the
 //! capacity the peer grants, and received data is released as soon as it
 //! is written. Bytes are counted as they are forwarded, so a revoked or
 //! failed connection still reports what it carried.
@@ -19,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use h2::{RecvStream, SendStream};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 /// Reads adapt to the traffic. A connection holds no read buffer while
@@ -60,7 +64,7 @@ impl ReadBuffer {
     /// socket).
     fn read<'a>(
         &'a mut self,
-        reader: &'a OwnedReadHalf,
+        reader: &'a TcpStream,
     ) -> impl Future<Output = std::io::Result<usize>> + 'a {
         poll_fn(move |cx| self.poll_read(cx, reader))
     }
@@ -68,12 +72,12 @@ impl ReadBuffer {
     fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
-        reader: &OwnedReadHalf,
+        reader: &TcpStream,
     ) -> Poll<std::io::Result<usize>> {
         loop {
             if self.drained {
                 self.release();
-                std::task::ready!(reader.as_ref().poll_read_ready(cx))?;
+                std::task::ready!(reader.poll_read_ready(cx))?;
                 self.drained = false;
             }
             // `reserve` reclaims the allocation when every chunk split off
@@ -118,10 +122,10 @@ impl ReadBuffer {
 /// (tokio clears only the readiness it had when the read began).
 ///
 /// Returns the bytes read and whether the socket was drained.
-fn read_draining(reader: &OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<(usize, bool)> {
+fn read_draining(reader: &TcpStream, buf: &mut BytesMut) -> std::io::Result<(usize, bool)> {
     let room = buf.capacity() - buf.len();
     let mut short = None;
-    match reader.as_ref().try_io(tokio::io::Interest::READABLE, || {
+    match reader.try_io(tokio::io::Interest::READABLE, || {
         let n = reader.try_read_buf(buf)?;
         if n < room {
             short = Some(n);
@@ -158,8 +162,11 @@ pub struct Transferred {
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
-    /// Both directions finished (EOF, reset or error).
+    /// Both directions reached EOF.
     Completed,
+    /// One side was reset, or reading or writing failed: the other side
+    /// was reset in turn.
+    Reset,
     /// The revocation future resolved first (a policy update).
     Revoked,
 }
@@ -169,6 +176,7 @@ impl Ended {
     pub fn as_str(self) -> &'static str {
         match self {
             Ended::Completed => "completed",
+            Ended::Reset => "reset",
             Ended::Revoked => "revoked by policy",
         }
     }
@@ -208,22 +216,61 @@ struct Counts {
     to_tcp: AtomicU64,
 }
 
-async fn copy_both(tcp: TcpStream, peer: Peer, counts: Arc<Counts>) {
-    let (reader, writer) = tcp.into_split();
-    match peer {
+/// A direction that ended on a reset or an error rather than EOF.
+#[derive(Debug)]
+struct Aborted;
+
+/// A relayed socket that is reset (`SO_LINGER` 0) when dropped, unless the
+/// relay ended cleanly: dropped after an abort, a revocation or a cancelled
+/// task, its peer sees a reset, not an EOF.
+struct ResetUnlessClean {
+    stream: TcpStream,
+    clean: bool,
+}
+
+impl ResetUnlessClean {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            clean: false,
+        }
+    }
+}
+
+impl Drop for ResetUnlessClean {
+    fn drop(&mut self) {
+        if !self.clean {
+            let _ = self.stream.set_zero_linger();
+        }
+    }
+}
+
+/// Both directions, until both reach EOF or either aborts (the other is
+/// then dropped mid-way: the sockets are reset, the HTTP/2 stream is reset
+/// by h2 when its handles go).
+async fn copy_both(tcp: TcpStream, peer: Peer, counts: Arc<Counts>) -> Ended {
+    let mut tcp = ResetUnlessClean::new(tcp);
+    let (reader, writer) = tcp.stream.split();
+    let outcome = match peer {
         Peer::Tcp(upstream) => {
-            let (up_reader, up_writer) = upstream.into_split();
-            tokio::join!(
+            let mut upstream = ResetUnlessClean::new(upstream);
+            let (up_reader, up_writer) = upstream.stream.split();
+            let outcome = tokio::try_join!(
                 copy_tcp(reader, up_writer, &counts.from_tcp),
                 copy_tcp(up_reader, writer, &counts.to_tcp),
             );
+            upstream.clean = outcome.is_ok();
+            outcome
         }
-        Peer::H2 { send, recv } => {
-            tokio::join!(
-                tcp_to_h2(reader, send, &counts.from_tcp),
-                h2_to_tcp(recv, writer, &counts.to_tcp),
-            );
-        }
+        Peer::H2 { send, recv } => tokio::try_join!(
+            tcp_to_h2(reader, send, &counts.from_tcp),
+            h2_to_tcp(recv, writer, &counts.to_tcp),
+        ),
+    };
+    tcp.clean = outcome.is_ok();
+    match outcome {
+        Ok(_) => Ended::Completed,
+        Err(Aborted) => Ended::Reset,
     }
 }
 
@@ -237,13 +284,13 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<C: Future<Output = ()>, R: Future<Output = ()>> Future for UntilRevoked<C, R> {
+impl<C: Future<Output = Ended>, R: Future<Output = ()>> Future for UntilRevoked<C, R> {
     type Output = Ended;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let this = self.project();
-        if this.copy.poll(cx).is_ready() {
-            return Poll::Ready(Ended::Completed);
+        if let Poll::Ready(ended) = this.copy.poll(cx) {
+            return Poll::Ready(ended);
         }
         if this.revoked.poll(cx).is_ready() {
             return Poll::Ready(Ended::Revoked);
@@ -252,70 +299,98 @@ impl<C: Future<Output = ()>, R: Future<Output = ()>> Future for UntilRevoked<C, 
     }
 }
 
-/// One direction between two sockets; EOF shuts the writer down.
-async fn copy_tcp(reader: OwnedReadHalf, mut writer: OwnedWriteHalf, count: &AtomicU64) {
+/// One direction between two sockets: EOF shuts the writer down; a read
+/// or write error aborts (both sockets are then reset).
+async fn copy_tcp(
+    reader: ReadHalf<'_>,
+    mut writer: WriteHalf<'_>,
+    count: &AtomicU64,
+) -> Result<(), Aborted> {
     let mut buffer = ReadBuffer::new();
     loop {
-        match buffer.read(&reader).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if writer.write_all(&buffer.buf).await.is_err() {
-                    break;
-                }
-                buffer.buf.clear();
-                count.fetch_add(n as u64, Ordering::Relaxed);
-            }
+        let n = buffer.read(reader.as_ref()).await.map_err(|_| Aborted)?;
+        if n == 0 {
+            // The write side may already be gone (the peer reset): then
+            // this direction has nothing left to finish either.
+            return writer.shutdown().await.map_err(|_| Aborted);
         }
+        writer.write_all(&buffer.buf).await.map_err(|_| Aborted)?;
+        buffer.buf.clear();
+        count.fetch_add(n as u64, Ordering::Relaxed);
     }
-    let _ = writer.shutdown().await;
 }
 
-/// TCP to an HTTP/2 stream: EOF becomes END_STREAM, a read error a reset.
-/// Each read is split off and handed to h2 as is (no copy).
-async fn tcp_to_h2(reader: OwnedReadHalf, mut send: SendStream<Bytes>, count: &AtomicU64) {
+/// Whether an HTTP/2 error ends a stream gracefully: a reset with
+/// NO_ERROR is how a peer that has answered in full says it wants no more
+/// (RFC 9113, section 8.1).
+fn graceful(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::NO_ERROR)
+}
+
+/// TCP to an HTTP/2 stream: EOF becomes END_STREAM, a read error a reset
+/// (CANCEL). Each read is split off and handed to h2 as is (no copy).
+async fn tcp_to_h2(
+    reader: ReadHalf<'_>,
+    mut send: SendStream<Bytes>,
+    count: &AtomicU64,
+) -> Result<(), Aborted> {
     let mut buffer = ReadBuffer::new();
     loop {
-        match buffer.read(&reader).await {
+        match buffer.read(reader.as_ref()).await {
             Ok(0) => {
-                let _ = send.send_data(Bytes::new(), true);
-                return;
+                return match send.send_data(Bytes::new(), true) {
+                    Err(e) if !graceful(&e) => Err(Aborted),
+                    _ => Ok(()),
+                };
             }
             Ok(_) => {}
             Err(_) => {
                 send.send_reset(h2::Reason::CANCEL);
-                return;
+                return Err(Aborted);
             }
         }
         let mut chunk = buffer.buf.split().freeze();
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
-            match poll_fn(|cx| send.poll_capacity(cx)).await {
+            let sent = match poll_fn(|cx| send.poll_capacity(cx)).await {
                 Some(Ok(0)) => continue,
                 Some(Ok(capacity)) => {
                     let part = chunk.split_to(capacity.min(chunk.len()));
                     let n = part.len() as u64;
-                    if send.send_data(part, false).is_err() {
-                        return;
-                    }
-                    count.fetch_add(n, Ordering::Relaxed);
+                    send.send_data(part, false).map(|()| n)
                 }
-                Some(Err(_)) | None => return,
-            }
+                Some(Err(e)) => Err(e),
+                // The stream closed for sending without an error.
+                None => return Ok(()),
+            };
+            match sent {
+                Ok(n) => count.fetch_add(n, Ordering::Relaxed),
+                Err(e) if graceful(&e) => return Ok(()),
+                Err(_) => return Err(Aborted),
+            };
         }
     }
 }
 
-/// An HTTP/2 stream to TCP: END_STREAM shuts the TCP write side down.
-async fn h2_to_tcp(mut recv: RecvStream, mut writer: OwnedWriteHalf, count: &AtomicU64) {
-    while let Some(Ok(data)) = recv.data().await {
-        let n = data.len();
-        if writer.write_all(&data).await.is_err() {
-            break;
+/// An HTTP/2 stream to TCP: END_STREAM shuts the TCP write side down; a
+/// reset stream aborts (the TCP connection is reset).
+async fn h2_to_tcp(
+    mut recv: RecvStream,
+    mut writer: WriteHalf<'_>,
+    count: &AtomicU64,
+) -> Result<(), Aborted> {
+    loop {
+        match recv.data().await {
+            Some(Ok(data)) => {
+                let n = data.len();
+                writer.write_all(&data).await.map_err(|_| Aborted)?;
+                let _ = recv.flow_control().release_capacity(n);
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Some(Err(e)) if !graceful(&e) => return Err(Aborted),
+            Some(Err(_)) | None => return writer.shutdown().await.map_err(|_| Aborted),
         }
-        let _ = recv.flow_control().release_capacity(n);
-        count.fetch_add(n as u64, Ordering::Relaxed);
     }
-    let _ = writer.shutdown().await;
 }
 
 #[cfg(test)]
@@ -344,8 +419,7 @@ mod tests {
             .connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (proxied, _) = listener.accept().await.unwrap();
-        let (reader, _writer) = proxied.into_split();
+        let (reader, _) = listener.accept().await.unwrap();
         let burst = FIRST_READ + 2 * FIRST_READ + 4 * FIRST_READ;
         client.write_all(&vec![7u8; burst]).await.unwrap();
         let mut buffer = ReadBuffer::new();
@@ -376,11 +450,11 @@ mod tests {
     #[tokio::test]
     async fn a_short_read_marks_the_socket_drained_and_later_bytes_still_arrive() {
         let (mut client, proxied) = pair().await;
-        let (reader, _writer) = proxied.into_split();
+        let reader = &proxied;
         let mut buffer = ReadBuffer::new();
         for round in 0..3u8 {
             client.write_all(&[round; 10]).await.unwrap();
-            let n = tokio::time::timeout(std::time::Duration::from_secs(5), buffer.read(&reader))
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), buffer.read(reader))
                 .await
                 .expect("bytes written after a drained read are read")
                 .unwrap();
@@ -394,27 +468,27 @@ mod tests {
         client.write_all(&[9; 8]).await.unwrap();
         reader.readable().await.unwrap();
         let room = full.capacity();
-        let (n, drained) = read_draining(&reader, &mut full).unwrap();
+        let (n, drained) = read_draining(reader, &mut full).unwrap();
         assert_eq!((n, drained), (room, false));
         drop(client);
         let mut rest = BytesMut::with_capacity(64);
         reader.readable().await.unwrap();
-        let (n, drained) = read_draining(&reader, &mut rest).unwrap();
+        let (n, drained) = read_draining(reader, &mut rest).unwrap();
         assert_eq!((n, drained), (8 - room, true));
     }
 
     #[tokio::test]
     async fn an_idle_reader_gives_its_buffer_back() {
         let (mut client, proxied) = pair().await;
-        let (reader, _writer) = proxied.into_split();
+        let reader = &proxied;
         client.write_all(b"hello").await.unwrap();
         let mut buffer = ReadBuffer::new();
-        assert_eq!(buffer.read(&reader).await.unwrap(), 5);
+        assert_eq!(buffer.read(reader).await.unwrap(), 5);
         buffer.buf.clear();
         assert!(buffer.buf.capacity() >= FIRST_READ);
         // Nothing more to read: the buffer is released before waiting.
         {
-            let waiting = buffer.read(&reader);
+            let waiting = buffer.read(reader);
             tokio::pin!(waiting);
             assert!(futures::poll!(waiting.as_mut()).is_pending());
         }
@@ -465,8 +539,134 @@ mod tests {
         let (transferred, ended) = relay.await.unwrap();
         assert_eq!(ended, Ended::Revoked);
         assert_eq!(transferred.from_tcp, 3);
-        // Both ends are closed.
+        // Both ends are reset, not closed as if the transfer were whole.
         let mut rest = Vec::new();
-        assert_eq!(server.read_to_end(&mut rest).await.unwrap_or(0), 0);
+        assert_reset(server.read_to_end(&mut rest).await);
+        assert_reset(client.read_to_end(&mut rest).await);
+    }
+
+    /// A read that ended in a reset, not in EOF.
+    fn assert_reset(read: std::io::Result<usize>) {
+        match read {
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+            Ok(n) => panic!("EOF after {n} bytes, where a reset was due"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_upstream_resets_the_client_and_eof_stays_clean() {
+        // Reset: the server aborts mid-answer.
+        let (mut client, proxied) = pair().await;
+        let (upstream, server) = pair().await;
+        let task = tokio::spawn(relay(proxied, Peer::Tcp(upstream), std::future::pending()));
+        let mut server = server;
+        server.write_all(b"partial").await.unwrap();
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.unwrap();
+        server.set_zero_linger().unwrap();
+        drop(server);
+        let mut rest = Vec::new();
+        assert_reset(client.read_to_end(&mut rest).await);
+        assert_eq!(task.await.unwrap().1, Ended::Reset);
+
+        // EOF both ways: a clean close, every byte delivered.
+        let (mut client, proxied) = pair().await;
+        let (upstream, mut server) = pair().await;
+        let task = tokio::spawn(relay(proxied, Peer::Tcp(upstream), std::future::pending()));
+        server.write_all(&[7u8; 300_000]).await.unwrap();
+        drop(server);
+        client.shutdown().await.unwrap();
+        let mut all = Vec::new();
+        assert_eq!(client.read_to_end(&mut all).await.unwrap(), 300_000);
+        assert_eq!(task.await.unwrap().1, Ended::Completed);
+    }
+
+    /// An HTTP/2 stream relayed to `proxied`: the relay's task and the
+    /// server's end of the stream (its request body and its respond handle).
+    async fn h2_relay(
+        proxied: TcpStream,
+    ) -> (
+        tokio::task::JoinHandle<(Transferred, Ended)>,
+        RecvStream,
+        SendStream<Bytes>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (client, server) = (client.unwrap(), server.unwrap().0);
+        let (server, client) =
+            tokio::join!(h2::server::handshake(server), h2::client::handshake(client));
+        let (mut sender, connection) = client.unwrap();
+        tokio::spawn(connection);
+        let mut server: h2::server::Connection<TcpStream, Bytes> = server.unwrap();
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, send) = sender.send_request(request, false).unwrap();
+        let (request, mut respond) = server.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while server.accept().await.is_some() {} });
+        let server_send = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        let recv = response.await.unwrap().into_body();
+        let relay = tokio::spawn(relay(
+            proxied,
+            Peer::H2 { send, recv },
+            std::future::pending(),
+        ));
+        (relay, request.into_body(), server_send)
+    }
+
+    #[tokio::test]
+    async fn a_reset_stream_resets_the_tcp_connection() {
+        let (mut client, proxied) = pair().await;
+        let (relay, _body, mut server_send) = h2_relay(proxied).await;
+        server_send
+            .send_data(Bytes::from_static(b"partial"), false)
+            .unwrap();
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.unwrap();
+        server_send.send_reset(h2::Reason::INTERNAL_ERROR);
+        let mut rest = Vec::new();
+        assert_reset(client.read_to_end(&mut rest).await);
+        assert_eq!(relay.await.unwrap().1, Ended::Reset);
+    }
+
+    #[tokio::test]
+    async fn a_reset_tcp_connection_resets_the_stream() {
+        let (client, proxied) = pair().await;
+        let (relay, mut body, _server_send) = h2_relay(proxied).await;
+        let mut client = client;
+        client.write_all(b"partial").await.unwrap();
+        assert_eq!(&body.data().await.unwrap().unwrap()[..], b"partial");
+        client.set_zero_linger().unwrap();
+        drop(client);
+        match body.data().await {
+            Some(Err(e)) => assert_eq!(e.reason(), Some(h2::Reason::CANCEL), "{e}"),
+            other => panic!("the stream ended with {other:?}, where a reset was due"),
+        }
+        assert_eq!(relay.await.unwrap().1, Ended::Reset);
+    }
+
+    #[tokio::test]
+    async fn end_stream_and_eof_close_an_h2_relay_cleanly() {
+        let (mut client, proxied) = pair().await;
+        let (relay, mut body, mut server_send) = h2_relay(proxied).await;
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut up = Vec::new();
+        while let Some(chunk) = body.data().await {
+            up.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(up, b"ping");
+        server_send
+            .send_data(Bytes::from_static(b"pong"), true)
+            .unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong");
+        assert_eq!(relay.await.unwrap().1, Ended::Completed);
     }
 }
