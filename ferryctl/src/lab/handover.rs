@@ -6,6 +6,10 @@
 //!   capture) completes with every byte and the right SHA-256;
 //! - a mesh pod of node-a opens a new connection to a Service every 10 ms
 //!   (endpoints on both nodes): none fails;
+//! - a mesh pod of node-b opens a new connection to a pod of node-a every
+//!   10 ms while another connection between them stays open (so the
+//!   retiring proxy keeps draining the HBONE connection it sent GOAWAY
+//!   on): none fails;
 //! - a pod outside the mesh on node-b keeps trying a mesh pod of node-a
 //!   that its policy does not admit: every attempt stays refused;
 //! - the link between the nodes carries only TLS meanwhile;
@@ -77,6 +81,19 @@ while attempts<limit and not os.path.exists(stop):
         errors[str(e)]=errors.get(str(e),0)+1
     time.sleep(max(0,interval-(time.monotonic()-t)))
 print('done',attempts,failures,errors,flush=True)
+";
+
+/// Opens one keep-alive HTTP connection, asks once, and holds it idle
+/// until the stop file (at most 60 s). Prints `holding`, then `released`.
+const HOLDER: &str = "import socket,sys,time,os
+host,port,stop=sys.argv[1],int(sys.argv[2]),sys.argv[3]
+c=socket.create_connection((host,port),timeout=5)
+c.sendall(b'GET /held HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')
+print('holding' if c.recv(4096).startswith(b'HTTP/1.1 200') else 'refused',flush=True)
+t=time.monotonic()
+while not os.path.exists(stop) and time.monotonic()-t<60: time.sleep(0.05)
+c.close()
+print('released',flush=True)
 ";
 
 /// Tries a connection every `interval` seconds (sending nothing) until the
@@ -156,6 +173,33 @@ impl Lab {
                 &stop_arg,
             ],
         )?;
+        // And into node-a: a new connection every 10 ms from a pod on
+        // node-b to node-a's frontend by pod IP (no other endpoint to
+        // retry on), over node-b's pooled HBONE connection. A connection
+        // held open on it meanwhile keeps the retiring proxy draining it
+        // after its GOAWAY: new streams must go to its successor.
+        let mut holder = self.spawn_in(
+            "shop/backend-2",
+            "python3",
+            &["-c", HOLDER, "10.244.1.10", "8080", &stop_arg],
+        )?;
+        wait_for("the held connection", Duration::from_secs(10), || {
+            Ok(holder.log().contains("holding").then_some(()))
+        })?;
+        let mut inbound_ticker = self.spawn_in(
+            "shop/backend-2",
+            "python3",
+            &[
+                "-c",
+                TICKER,
+                "10.244.1.10",
+                "8080",
+                &marker,
+                "0.01",
+                "6000",
+                &stop_arg,
+            ],
+        )?;
         // Refused by the backend's policy, through node-a's inbound
         // plaintext listener; at most 60 s.
         let mut knocker = self.spawn_in(
@@ -172,10 +216,10 @@ impl Lab {
             ],
         )?;
         wait_for("the load to start", Duration::from_secs(10), || {
-            Ok(
-                (ticker.log().contains("ticking") && knocker.log().contains("knocking"))
-                    .then_some(()),
-            )
+            Ok((ticker.log().contains("ticking")
+                && inbound_ticker.log().contains("ticking")
+                && knocker.log().contains("knocking"))
+            .then_some(()))
         })?;
 
         let capture = self.start_link_capture("node-a", &[&marker[1..]])?;
@@ -191,7 +235,11 @@ impl Lab {
         let handed = handovers();
         std::fs::write(&stop, b"")?;
         wait_for("the load to stop", Duration::from_secs(30), || {
-            Ok((!ticker.is_running() && !knocker.is_running()).then_some(()))
+            Ok((!ticker.is_running()
+                && !inbound_ticker.is_running()
+                && !knocker.is_running()
+                && !holder.is_running())
+            .then_some(()))
         })?;
         let captured = capture.finish();
         handed?;
@@ -225,23 +273,33 @@ impl Lab {
                 .map(str::to_string)
                 .collect()
         };
-        let ticks = counts(ticker.log());
-        let (attempts, failures) = (
-            ticks.first().cloned().unwrap_or_default(),
-            ticks.get(1).cloned().unwrap_or_default(),
-        );
-        results.push(CheckResult {
-            what: "a new connection every 10 ms through node-a during the handovers: shop/frontend -> http://10.96.0.21/".into(),
-            ok: failures == "0" && attempts.parse::<u32>().unwrap_or(0) > 0,
-            saw: if ticks.is_empty() {
-                format!("the client printed no summary: {}", ticker.log())
-            } else {
-                format!(
-                    "{attempts} connections, {failures} failed {}",
-                    ticks.get(2..).map(|e| e.join(" ")).unwrap_or_default()
-                )
-            },
-        });
+        let ticked = |what: &str, log: String| {
+            let ticks = counts(log.clone());
+            let (attempts, failures) = (
+                ticks.first().cloned().unwrap_or_default(),
+                ticks.get(1).cloned().unwrap_or_default(),
+            );
+            CheckResult {
+                what: what.into(),
+                ok: failures == "0" && attempts.parse::<u32>().unwrap_or(0) > 0,
+                saw: if ticks.is_empty() {
+                    format!("the client printed no summary: {log}")
+                } else {
+                    format!(
+                        "{attempts} connections, {failures} failed {}",
+                        ticks.get(2..).map(|e| e.join(" ")).unwrap_or_default()
+                    )
+                },
+            }
+        };
+        results.push(ticked(
+            "a new connection every 10 ms through node-a during the handovers: shop/frontend -> http://10.96.0.21/",
+            ticker.log(),
+        ));
+        results.push(ticked(
+            "a new connection every 10 ms from node-b into node-a during the handovers: shop/backend-2 -> http://10.244.1.10:8080/",
+            inbound_ticker.log(),
+        ));
         let knocks = counts(knocker.log());
         let (tries, admitted) = (
             knocks.first().cloned().unwrap_or_default(),

@@ -118,6 +118,19 @@ pub enum TunnelError {
     Refused { status: http::StatusCode },
     #[error("invalid CONNECT target {0}")]
     Target(#[from] http::Error),
+    /// The failure of an open that several connections waited for.
+    #[error(transparent)]
+    Shared(std::sync::Arc<TunnelError>),
+}
+
+impl TunnelError {
+    /// The failure itself, also when it was shared.
+    pub fn root(&self) -> &TunnelError {
+        match self {
+            TunnelError::Shared(e) => e.root(),
+            e => e,
+        }
+    }
 }
 
 #[cfg(test)]

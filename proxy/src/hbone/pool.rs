@@ -7,7 +7,11 @@
 //! server proves it in the TLS handshake. A connection carries at most
 //! `max_streams` concurrent streams; past that a new one is opened.
 //! Opening is single-flight: connections that miss the pool at the same
-//! time wait for one handshake per key instead of each starting its own.
+//! time wait for one handshake per key instead of each starting its own,
+//! and share its failure too (a dead peer costs them one timeout, not one
+//! each in turn). A pooled connection that can take no new stream (the
+//! peer sent GOAWAY: it is stopping or handing over) is dropped from the
+//! pool at the first refusal, and the stream is opened on a fresh one.
 //!
 //! A pooled connection is watched by its own task: an HTTP/2 PING every
 //! `keepalive_interval` must be answered within `keepalive_timeout`, or the
@@ -43,6 +47,17 @@ struct PooledConnection {
     sender: h2::client::SendRequest<Bytes>,
     streams: Arc<AtomicUsize>,
     closed: Arc<AtomicBool>,
+}
+
+/// What a checkout hands out: a connection's sender, the stream's slot
+/// on it, and the connection's `closed` flag (set when it refuses streams).
+type Checkout = (h2::client::SendRequest<Bytes>, StreamSlot, Arc<AtomicBool>);
+
+/// The lock of a key being opened, with the last open's failure: callers
+/// that waited on that open take its answer.
+#[derive(Debug, Default)]
+struct Opening {
+    failed: Option<(Instant, Arc<TunnelError>)>,
 }
 
 /// Counts a stream against its connection until dropped.
@@ -94,7 +109,7 @@ pub struct PoolTimeouts {
 pub struct HbonePool {
     connections: DashMap<PoolKey, Vec<PooledConnection>>,
     /// One lock per key being opened: single-flight handshakes.
-    opening: DashMap<PoolKey, Arc<tokio::sync::Mutex<()>>>,
+    opening: DashMap<PoolKey, Arc<tokio::sync::Mutex<Opening>>>,
     identities: Arc<IdentityManager>,
     settings: H2Settings,
     timeouts: PoolTimeouts,
@@ -139,14 +154,18 @@ impl HbonePool {
     }
 
     /// A pooled connection with a free stream slot, if any.
-    fn reuse(&self, key: &PoolKey) -> Option<(h2::client::SendRequest<Bytes>, StreamSlot)> {
+    fn reuse(&self, key: &PoolKey) -> Option<Checkout> {
         let mut entry = self.connections.get_mut(key)?;
         entry.retain(|c| !c.closed.load(Ordering::Acquire));
         let limit = self.settings.max_streams as usize;
         for c in entry.iter() {
             let taken = c.streams.fetch_add(1, Ordering::AcqRel);
             if taken < limit {
-                return Some((c.sender.clone(), StreamSlot(c.streams.clone())));
+                return Some((
+                    c.sender.clone(),
+                    StreamSlot(c.streams.clone()),
+                    c.closed.clone(),
+                ));
             }
             c.streams.fetch_sub(1, Ordering::AcqRel);
         }
@@ -155,20 +174,34 @@ impl HbonePool {
 
     /// A stream slot on a pooled connection, opening one if none is free.
     /// Callers that miss at the same time queue on the key's lock: the
-    /// first opens, the others then find its connection.
-    async fn checkout(
-        &self,
-        key: &PoolKey,
-    ) -> Result<(h2::client::SendRequest<Bytes>, StreamSlot), TunnelError> {
+    /// first opens, the others then find its connection, or its failure.
+    async fn checkout(&self, key: &PoolKey) -> Result<Checkout, TunnelError> {
         if let Some(found) = self.reuse(key) {
             return Ok(found);
         }
+        let asked = Instant::now();
         let lock = self.opening.entry(key.clone()).or_default().clone();
         let opened = {
-            let _single = lock.lock().await;
-            match self.reuse(key) {
-                Some(found) => Ok(found),
-                None => self.open(key).await,
+            let mut opening = lock.lock().await;
+            match (self.reuse(key), &opening.failed) {
+                (Some(found), _) => Ok(found),
+                // The open this caller waited for failed: so does this
+                // caller, at once, rather than trying the same dead peer
+                // again after everyone queued before it.
+                (None, Some((at, error))) if *at >= asked => {
+                    Err(TunnelError::Shared(error.clone()))
+                }
+                (None, _) => match self.open(key).await {
+                    Ok(opened) => {
+                        opening.failed = None;
+                        Ok(opened)
+                    }
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        opening.failed = Some((Instant::now(), e.clone()));
+                        Err(TunnelError::Shared(e))
+                    }
+                },
             }
         };
         // The last one out removes the lock (the map holds one reference).
@@ -178,10 +211,7 @@ impl HbonePool {
         opened
     }
 
-    async fn open(
-        &self,
-        key: &PoolKey,
-    ) -> Result<(h2::client::SendRequest<Bytes>, StreamSlot), TunnelError> {
+    async fn open(&self, key: &PoolKey) -> Result<Checkout, TunnelError> {
         let source_cert = self
             .identities
             .wait_certified(&key.source, self.timeouts.certificate)
@@ -216,6 +246,21 @@ impl HbonePool {
         .await
         .map_err(|_| TunnelError::Timeout(key.node))??;
         self.handshakes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(source = %key.source, destination = %key.destination, node = %key.node, "HBONE connection established");
+        Ok(self.adopt(key, sender, connection))
+    }
+
+    /// Pools a connection that has done its handshakes, watched by its
+    /// own task ([`watch_connection`]), and takes its first stream slot.
+    fn adopt<T>(
+        &self,
+        key: &PoolKey,
+        sender: h2::client::SendRequest<Bytes>,
+        connection: h2::client::Connection<T, Bytes>,
+    ) -> Checkout
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let closed = Arc::new(AtomicBool::new(false));
         let streams = Arc::new(AtomicUsize::new(1));
         tokio::spawn(watch_connection(
@@ -225,7 +270,6 @@ impl HbonePool {
             closed.clone(),
             self.timeouts,
         ));
-        tracing::debug!(source = %key.source, destination = %key.destination, node = %key.node, "HBONE connection established");
         // Opening is rare: a good time to forget connections that ended
         // under keys nobody uses any more.
         self.connections.retain(|_, list| {
@@ -238,9 +282,9 @@ impl HbonePool {
             .push(PooledConnection {
                 sender: sender.clone(),
                 streams: streams.clone(),
-                closed,
+                closed: closed.clone(),
             });
-        Ok((sender, StreamSlot(streams)))
+        (sender, StreamSlot(streams), closed)
     }
 
     /// Opens a stream to `target` (a pod address on the destination node),
@@ -255,10 +299,26 @@ impl HbonePool {
         traceparent: Option<http::HeaderValue>,
         early: Option<&mut EarlyData<'_>>,
     ) -> Result<HboneStream, TunnelError> {
-        let (sender, slot) = self.checkout(key).await?;
-        let mut sender = tokio::time::timeout(self.timeouts.connect, sender.ready())
-            .await
-            .map_err(|_| TunnelError::Timeout(key.node))??;
+        let mut retried = false;
+        let (mut sender, slot) = loop {
+            let (sender, slot, closed) = self.checkout(key).await?;
+            match tokio::time::timeout(self.timeouts.connect, sender.ready()).await {
+                Err(_) => return Err(TunnelError::Timeout(key.node)),
+                Ok(Ok(sender)) => break (sender, slot),
+                // The connection takes no new stream: the peer sent GOAWAY
+                // (it is stopping, or handing over to its successor) or the
+                // connection failed. It leaves the pool now, not when its
+                // last stream ends, and the stream goes on a fresh one.
+                Ok(Err(e)) => {
+                    closed.store(true, Ordering::Release);
+                    if retried {
+                        return Err(e.into());
+                    }
+                    tracing::debug!(node = %key.node, error = %e, "pooled HBONE connection takes no new stream: opening another");
+                    retried = true;
+                }
+            }
+        };
         let mut request = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri(target.to_string())
@@ -370,4 +430,135 @@ async fn watch_connection<T>(
         }
     }
     closed.store(true, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::CertificateSettings;
+
+    /// A pool whose identities have no CA: a fresh connection fails on its
+    /// source certificate after `certificate`.
+    fn pool() -> HbonePool {
+        let identities = IdentityManager::new(
+            "node-a",
+            "cluster.local",
+            rustls::RootCertStore::empty(),
+            None,
+            CertificateSettings {
+                ttl: Duration::ZERO,
+                retry_initial: Duration::from_secs(1),
+                retry_max: Duration::from_secs(1),
+                review_interval: Duration::from_secs(60),
+            },
+        );
+        let second = Duration::from_secs(1);
+        HbonePool::new(
+            identities,
+            H2Settings::default(),
+            PoolTimeouts {
+                connect: second,
+                handshake: second,
+                certificate: Duration::from_millis(50),
+                keepalive_interval: 60 * second,
+                keepalive_timeout: 10 * second,
+                idle: 60 * second,
+            },
+        )
+    }
+
+    fn key() -> PoolKey {
+        PoolKey {
+            source: Identity::new("cluster.local", "shop", "frontend"),
+            destination: Identity::new("cluster.local", "shop", "backend"),
+            node: "127.0.0.1:15008".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_got_goaway_leaves_the_pool_and_the_stream_goes_to_a_new_one() {
+        let pool = pool();
+        let key = key();
+        // A pooled connection to a peer that keeps one stream open and
+        // then sends GOAWAY, as a proxy handing over does.
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (goaway_sent, goaway) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut connection = h2::server::handshake(server_io).await.unwrap();
+            let (_request, mut respond) = connection.accept().await.unwrap().unwrap();
+            let _open = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            connection.graceful_shutdown();
+            let _ = goaway_sent.send(());
+            while connection.accept().await.is_some() {}
+        });
+        let (sender, connection) = h2::client::handshake(client_io).await.unwrap();
+        let (sender, _slot, _closed) = pool.adopt(&key, sender, connection);
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, _send) = sender
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        let _open = response.await.unwrap();
+        goaway.await.unwrap();
+        // The client has read the GOAWAY once the connection refuses streams.
+        let probe = pool.connections.get(&key).unwrap()[0].sender.clone();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while probe.clone().ready().await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(pool.stats().connections, 1);
+
+        // The next stream does not fail on it: the connection leaves the
+        // pool and a new one is opened (which, without a CA here, fails on
+        // the source certificate).
+        let target = "10.0.0.1:80".parse().unwrap();
+        let client = "10.0.0.2:4000".parse().unwrap();
+        let failed = pool
+            .connect(&key, target, client, None, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(failed.root(), TunnelError::NoCertificate(_)),
+            "{failed}"
+        );
+        assert_eq!(pool.stats().connections, 0);
+    }
+
+    /// On tokio's clock, paused: it moves only to the next timer, so the
+    /// time the callers took is exactly the certificate waits they made.
+    #[tokio::test(start_paused = true)]
+    async fn callers_waiting_on_a_failed_open_share_its_failure() {
+        let pool = Arc::new(pool());
+        let key = key();
+        let started = tokio::time::Instant::now();
+        let target = "10.0.0.1:80".parse().unwrap();
+        let client = "10.0.0.2:4000".parse().unwrap();
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                let key = key.clone();
+                tokio::spawn(async move { pool.connect(&key, target, client, None, None).await })
+            })
+            .collect();
+        for caller in callers {
+            let failed = caller.await.unwrap().unwrap_err();
+            assert!(
+                matches!(failed.root(), TunnelError::NoCertificate(_)),
+                "{failed}"
+            );
+        }
+        // One certificate wait (50 ms) for all eight, not one each in turn.
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+    }
 }

@@ -77,7 +77,7 @@ impl OutboundError {
             OutboundError::Refusal(Refusal::Denied(_)) => FailureReason::PolicyDenied,
             OutboundError::Unresolved(_) => FailureReason::Unresolved,
             OutboundError::Unreachable(_) => FailureReason::ConnectError,
-            OutboundError::Tunnel(e) => match e {
+            OutboundError::Tunnel(e) => match e.root() {
                 TunnelError::Tls { .. }
                 | TunnelError::Config(_)
                 | TunnelError::NoCertificate(_) => FailureReason::TlsFailure,
