@@ -157,8 +157,13 @@ impl HbonePool {
     fn reuse(&self, key: &PoolKey) -> Option<Checkout> {
         let mut entry = self.connections.get_mut(key)?;
         entry.retain(|c| !c.closed.load(Ordering::Acquire));
-        let limit = self.settings.max_streams as usize;
         for c in entry.iter() {
+            // Ours, or the peer's if lower (its SETTINGS_MAX_CONCURRENT_STREAMS:
+            // a peer configured otherwise, during a rollout): past it a
+            // stream would wait in `ready()` instead of going to a new
+            // connection.
+            let limit =
+                (self.settings.max_streams as usize).min(c.sender.current_max_send_streams());
             let taken = c.streams.fetch_add(1, Ordering::AcqRel);
             if taken < limit {
                 return Some((
@@ -533,6 +538,41 @@ mod tests {
             "{failed}"
         );
         assert_eq!(pool.stats().connections, 0);
+    }
+
+    #[tokio::test]
+    async fn a_peer_allowing_fewer_streams_gets_a_second_connection_sooner() {
+        let pool = pool();
+        let key = key();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut connection = h2::server::Builder::new()
+                .max_concurrent_streams(1)
+                .handshake::<_, Bytes>(server_io)
+                .await
+                .unwrap();
+            let (_request, mut respond) = connection.accept().await.unwrap().unwrap();
+            let _open = respond
+                .send_response(http::Response::new(()), false)
+                .unwrap();
+            while connection.accept().await.is_some() {}
+        });
+        let (sender, connection) = h2::client::handshake(client_io).await.unwrap();
+        let (sender, _slot, _closed) = pool.adopt(&key, sender, connection);
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, _send) = sender
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        let _open = response.await.unwrap();
+        // Its one stream is taken: the next one needs another connection.
+        assert!(pool.reuse(&key).is_none());
     }
 
     /// On tokio's clock, paused: it moves only to the next timer, so the
