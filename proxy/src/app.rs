@@ -336,6 +336,8 @@ impl App {
                     settings: config.h2,
                     handshake_timeout: config.timeouts.tls_handshake,
                     idle_timeout: config.timeouts.hbone_idle,
+                    keepalive_interval: config.timeouts.hbone_keepalive_interval,
+                    keepalive_timeout: config.timeouts.hbone_keepalive_timeout,
                     stopping: stopping.subscribe(),
                     inbound: inbound.clone(),
                 },

@@ -167,7 +167,8 @@ pub struct Args {
     /// first).
     #[arg(long, env = "FERRY_HBONE_POOL_IDLE", default_value = "5m", value_parser = duration)]
     pub hbone_pool_idle: Duration,
-    /// How often a pooled HBONE connection is PINGed.
+    /// How often an HBONE connection is PINGed, by the client (its pooled
+    /// connections) and by the listener (connections from other nodes).
     #[arg(long, env = "FERRY_HBONE_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = duration)]
     pub hbone_keepalive_interval: Duration,
     /// How long the answer to a PING may take before the connection is

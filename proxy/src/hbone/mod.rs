@@ -95,6 +95,72 @@ impl H2Settings {
     }
 }
 
+/// HTTP/2 PING keepalive of one HBONE connection, client or listener side:
+/// a PING every `interval` when none is outstanding, and the peer is taken
+/// for dead when one goes unanswered for `timeout`. A peer proxy that
+/// froze, or a node that went away without closing its connections, would
+/// otherwise hold them (and the pod connections relayed on them) forever.
+pub(crate) struct Keepalive {
+    ping: Option<h2::PingPong>,
+    tick: tokio::time::Interval,
+    timeout: std::time::Duration,
+    awaiting: Option<tokio::time::Instant>,
+}
+
+impl Keepalive {
+    pub(crate) fn new(
+        ping: Option<h2::PingPong>,
+        interval: std::time::Duration,
+        timeout: std::time::Duration,
+    ) -> Self {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        Self {
+            ping,
+            tick,
+            timeout,
+            awaiting: None,
+        }
+    }
+
+    /// Resolves when the peer is found dead: a PING unanswered for the
+    /// timeout, or one that can no longer be sent or answered (the
+    /// connection failed). Cancel-safe: a `select!` branch.
+    pub(crate) async fn dead(&mut self) {
+        let Some(ping) = self.ping.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            match self.awaiting {
+                Some(sent) => {
+                    tokio::select! {
+                        pong = std::future::poll_fn(|cx| ping.poll_pong(cx)) => {
+                            if pong.is_err() {
+                                return;
+                            }
+                            self.awaiting = None;
+                        }
+                        () = tokio::time::sleep_until(sent + self.timeout) => return,
+                    }
+                }
+                None => {
+                    self.tick.tick().await;
+                    if ping.send_ping(h2::Ping::opaque()).is_err() {
+                        return;
+                    }
+                    self.awaiting = Some(tokio::time::Instant::now());
+                }
+            }
+        }
+    }
+
+    /// How long the peer may take to answer.
+    pub(crate) fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+}
+
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -136,6 +202,48 @@ impl TunnelError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// On tokio's paused clock: it moves on only when every task waits.
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_finds_a_peer_that_stops_answering() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut connection = h2::server::handshake(server_io).await.unwrap();
+            tokio::select! {
+                _ = connection.accept() => {}
+                _ = frozen => {}
+            }
+            // Frozen: the connection is kept, nothing reads it.
+            std::future::pending::<()>().await;
+            drop(connection);
+        });
+        let (_sender, mut connection) = h2::client::handshake(client_io).await.unwrap();
+        let mut keepalive = Keepalive::new(
+            connection.ping_pong(),
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+        );
+        // While the peer answers, three PINGs go by and it is alive.
+        tokio::select! {
+            _ = &mut connection => panic!("the connection ended"),
+            () = keepalive.dead() => panic!("a peer that answers was taken for dead"),
+            () = tokio::time::sleep(Duration::from_secs(35)) => {}
+        }
+        let _ = freeze.send(());
+        let started = tokio::time::Instant::now();
+        tokio::select! {
+            _ = &mut connection => panic!("the connection ended"),
+            () = keepalive.dead() => {}
+        }
+        // Found within the next PING and its timeout.
+        assert!(
+            started.elapsed() <= Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn tls_queue_takes_a_whole_data_frame() {

@@ -30,7 +30,7 @@ use ferry_api::identity::Identity;
 use h2::{RecvStream, SendStream};
 use serde::Serialize;
 
-use super::{H2Settings, TunnelError, FORWARDED, TRACEPARENT};
+use super::{H2Settings, Keepalive, TunnelError, FORWARDED, TRACEPARENT};
 use crate::identity::IdentityManager;
 use crate::outbound::early::EarlyData;
 
@@ -372,15 +372,16 @@ async fn watch_connection<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut ping = connection.ping_pong();
+    let mut keepalive = Keepalive::new(
+        connection.ping_pong(),
+        timeouts.keepalive_interval,
+        timeouts.keepalive_timeout,
+    );
     let mut tick = tokio::time::interval(timeouts.keepalive_interval.min(timeouts.idle));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
-    let mut last_ping = Instant::now();
-    let mut awaiting: Option<Instant> = None;
     let mut idle_since: Option<Instant> = None;
     loop {
-        let pong_deadline = awaiting.map(|sent| sent + timeouts.keepalive_timeout);
         tokio::select! {
             ended = &mut connection => {
                 if let Err(e) = ended {
@@ -388,22 +389,8 @@ async fn watch_connection<T>(
                 }
                 break;
             }
-            pong = std::future::poll_fn(|cx| match ping.as_mut() {
-                Some(ping) => ping.poll_pong(cx),
-                None => std::task::Poll::Pending,
-            }), if awaiting.is_some() => {
-                if pong.is_err() {
-                    break;
-                }
-                awaiting = None;
-            }
-            () = async {
-                match pong_deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                tracing::warn!(%node, timeout = ?timeouts.keepalive_timeout, "peer proxy did not answer a keepalive PING: HBONE connection dropped");
+            () = keepalive.dead() => {
+                tracing::warn!(%node, timeout = ?keepalive.timeout(), "peer proxy did not answer a keepalive PING: HBONE connection dropped");
                 break;
             }
             _ = tick.tick() => {
@@ -421,15 +408,6 @@ async fn watch_connection<T>(
                     }
                 } else {
                     idle_since = None;
-                }
-                if awaiting.is_none() && last_ping.elapsed() >= timeouts.keepalive_interval {
-                    if let Some(ping) = ping.as_mut() {
-                        if ping.send_ping(h2::Ping::opaque()).is_err() {
-                            break;
-                        }
-                        last_ping = Instant::now();
-                        awaiting = Some(last_ping);
-                    }
                 }
             }
         }

@@ -39,6 +39,12 @@ pub struct HboneServer {
     /// (gracefully: GOAWAY, so a stream being opened is not lost).
     pub idle_timeout: Duration,
     pub inbound: Arc<Inbound>,
+    /// The client proxy is PINGed this often, and taken for dead (its
+    /// connection dropped, its streams and their pod connections reset)
+    /// when it does not answer within the timeout: a node that went away
+    /// without closing would otherwise hold them for ever.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
     /// Becomes true when the proxy stops: every connection is sent GOAWAY
     /// (its open streams go on; new ones go to another proxy or wait).
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -139,7 +145,7 @@ impl HboneServer {
             async move {
                 let local = tcp.local_addr().ok();
                 if let Err(e) = this.clone().connection(acceptor, tcp, peer).await {
-                    tracing::info!(%peer, error = %e, "HBONE connection refused");
+                    tracing::info!(%peer, error = %e, "HBONE connection failed");
                     if let ConnectionError::Tls(_) = e {
                         let target: &dyn std::fmt::Display = match &local {
                             Some(l) => l,
@@ -193,9 +199,20 @@ impl HboneServer {
         let open = Arc::new(OpenStreams::default());
         let mut closing = false;
         let mut stopping = self.stopping.clone();
+        let mut keepalive = super::Keepalive::new(
+            connection.ping_pong(),
+            self.keepalive_interval,
+            self.keepalive_timeout,
+        );
         loop {
             let next = tokio::select! {
                 next = connection.accept() => next,
+                () = keepalive.dead() => {
+                    return Err(ConnectionError::Other(format!(
+                        "the client proxy did not answer a keepalive PING within {:?}: HBONE connection dropped",
+                        keepalive.timeout()
+                    )));
+                }
                 stop = stopping.wait_for(|stop| *stop), if !closing => {
                     if stop.is_ok() {
                         tracing::debug!(%peer, %identity, "proxy stopping: HBONE connection sent GOAWAY");
