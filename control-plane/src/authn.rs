@@ -42,6 +42,11 @@ pub struct ReviewLimits {
     pub in_flight: usize,
     /// Outcomes remembered at most (expired ones are dropped first).
     pub remembered: usize,
+    /// Longest a caller waits for its review, its turn included: an API
+    /// server that stalls, or a flood of unknown tokens ahead of it, is
+    /// answered `UNAVAILABLE` (the proxy retries) instead of holding the
+    /// caller and a review slot for the client's own read timeout.
+    pub answer_within: Duration,
 }
 
 impl Default for ReviewLimits {
@@ -51,6 +56,7 @@ impl Default for ReviewLimits {
             refused_for: Duration::from_secs(10),
             in_flight: 8,
             remembered: 10_000,
+            answer_within: Duration::from_secs(10),
         }
     }
 }
@@ -241,19 +247,28 @@ impl TokenReviewer {
         if let Some(outcome) = self.cached(purpose, token) {
             return outcome;
         }
-        let _permit = self
-            .reviews
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("shutting down"))?;
-        // Another caller may have reviewed it while this one waited.
-        if let Some(outcome) = self.cached(purpose, token) {
-            return outcome;
-        }
-        let outcome = match purpose {
-            Purpose::Node => self.review(token).await,
-            Purpose::Viewer => self.review_viewer(token).await,
-        };
+        let within = self.limits.answer_within;
+        let outcome = tokio::time::timeout(within, async {
+            let _permit = self
+                .reviews
+                .acquire()
+                .await
+                .map_err(|_| Status::unavailable("shutting down"))?;
+            // Another caller may have reviewed it while this one waited.
+            if let Some(outcome) = self.cached(purpose, token) {
+                return outcome;
+            }
+            match purpose {
+                Purpose::Node => self.review(token).await,
+                Purpose::Viewer => self.review_viewer(token).await,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::unavailable(format!(
+                "the token could not be reviewed within {within:?} (the API server is slow, or reviews are queued)"
+            )))
+        });
         // API trouble is not the token's fault: not remembered.
         let remember = match &outcome {
             Ok(_) => true,
@@ -451,6 +466,43 @@ pub fn authenticated_node<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On tokio's paused clock: it moves on only when every task waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_api_server_is_answered_unavailable_in_time() {
+        // An API server that takes connections and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url: http::Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let client = Client::try_from(kube::Config::new(url)).unwrap();
+        let limits = ReviewLimits {
+            in_flight: 1,
+            ..ReviewLimits::default()
+        };
+        let reviewer = std::sync::Arc::new(TokenReviewer::new(
+            client,
+            "ferry",
+            "ferry-system",
+            "ferry-proxy",
+            limits,
+        ));
+        let started = tokio::time::Instant::now();
+        // Two callers, one review slot: the second waits its turn, within
+        // the same bound.
+        let second = {
+            let reviewer = reviewer.clone();
+            tokio::spawn(async move { reviewer.node("other").await })
+        };
+        let first = reviewer.node("token").await.unwrap_err();
+        assert_eq!(first.code(), tonic::Code::Unavailable, "{first}");
+        let second = second.await.unwrap().unwrap_err();
+        assert_eq!(second.code(), tonic::Code::Unavailable, "{second}");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        // Not the token's fault: not remembered.
+        assert!(reviewer.cached(Purpose::Node, "token").is_none());
+        drop(listener);
+    }
 
     #[tokio::test]
     async fn the_status_api_admits_nobody_anonymous() {
