@@ -189,7 +189,7 @@ impl App {
             metrics,
             pki,
             mut watch,
-            translating,
+            mut translating,
             metrics_task,
         } = self;
         tracing::info!(version = ferry_api::build::LONG_VERSION, listen = %listener.local_addr()?, source = ?config.source, "control plane serving");
@@ -264,7 +264,13 @@ impl App {
             tokio::time::sleep(drain_timeout).await;
         };
         let outcome = tokio::select! {
+            // The translator before the source: when it panics, the source
+            // sees its events' receiver gone and ends without an error of
+            // its own.
+            biased;
             served = server => served.context("config server failed"),
+            // It ends cleanly only after the source (its events end there).
+            Err(e) = &mut translating => Err(anyhow::anyhow!("the translator failed: {e}")),
             watched = &mut watch => watched
                 .context("source panicked")
                 .and_then(|w| w.context("source stopped")),
