@@ -7,7 +7,7 @@
 //! holds.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -287,12 +287,30 @@ impl App {
     }
 }
 
+/// Warns when the mesh root has less than 30 days left: the certificates
+/// it signs end with it (their lifetimes are cut to the root's), so the
+/// mesh stops at its expiry unless the CA is rotated before.
+fn warn_if_root_expires_soon(authority: &ferry_pki::Authority) {
+    const SOON: Duration = Duration::from_secs(30 * 86_400);
+    let left = authority
+        .not_after()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    if left < SOON {
+        tracing::warn!(
+            days_left = left.as_secs() / 86_400,
+            "the mesh root CA expires soon: rotate it (workload certificates end with it)"
+        );
+    }
+}
+
 /// The mesh CA and server credential from a `ferry-certs init` folder;
 /// proxies present node credentials.
 fn files_pki(dir: &std::path::Path, config: &Config) -> anyhow::Result<MeshPki> {
     use ferry_pki::{files, Authority, Credential};
     let authority = Authority::load(dir)
         .with_context(|| format!("--tls-dir {}: loading the mesh CA", dir.display()))?;
+    warn_if_root_expires_soon(&authority);
     let server = Credential::load(
         &dir.join(files::CONTROL_PLANE_CERT),
         &dir.join(files::CONTROL_PLANE_KEY),
@@ -342,6 +360,7 @@ async fn cluster_pki(client: &kube::Client, ca: &ClusterCa) -> anyhow::Result<Me
     )
     .await
     .context("--ca-secret")?;
+    warn_if_root_expires_soon(&authority);
     publish_root(client, ns, &ca.root_configmap, authority.cert_pem())
         .await
         .context("--ca-root-configmap: publishing the CA root")?;

@@ -2,7 +2,7 @@
 //! credentials and signs workload CSRs for its own trust domain.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ferry_api::identity::{Identity, NodeIdentity};
 use rcgen::{
@@ -19,6 +19,8 @@ pub struct Authority {
     cert_pem: String,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// When the root expires: nothing it signs may outlive it.
+    not_after: SystemTime,
 }
 
 impl std::fmt::Debug for Authority {
@@ -61,6 +63,7 @@ impl Authority {
         params.subject_alt_names =
             vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         validity(&mut params, lifetime);
+        let not_after = SystemTime::from(params.not_after);
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
         let key_pem = key.serialize_pem();
@@ -69,6 +72,7 @@ impl Authority {
             issuer: Issuer::new(params, key),
             cert_pem,
             key_pem,
+            not_after,
         })
     }
 
@@ -98,6 +102,19 @@ impl Authority {
             .ok_or_else(|| CertError::NoTrustDomain {
                 path: origin.to_path_buf(),
             })?;
+        let not_after = crate::not_after(&der).map_err(|reason| CertError::Parse {
+            path: origin.to_path_buf(),
+            what: "certificate",
+            reason,
+        })?;
+        if not_after <= SystemTime::now() {
+            return Err(CertError::Expired {
+                path: origin.to_path_buf(),
+                not_after: not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            });
+        }
         let key = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| CertError::Parse {
             path: origin.to_path_buf(),
@@ -109,6 +126,7 @@ impl Authority {
             cert_pem,
             key_pem,
             issuer,
+            not_after,
         })
     }
 
@@ -135,13 +153,29 @@ impl Authority {
         &self.cert_pem
     }
 
+    /// When the root certificate expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// `lifetime`, cut to what is left of the root's: a certificate that
+    /// outlived its issuer would fail verification before its own end,
+    /// unnoticed by the renewal that waits for that end.
+    fn within_root(&self, lifetime: Duration) -> Duration {
+        let left = self
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        lifetime.min(left)
+    }
+
     fn issue(
         &self,
         mut params: CertificateParams,
         lifetime: Duration,
     ) -> Result<Credential, CertError> {
         let key = KeyPair::generate()?;
-        validity(&mut params, lifetime);
+        validity(&mut params, self.within_root(lifetime));
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Credential {
             cert_pem: cert.pem(),
@@ -238,7 +272,7 @@ impl Authority {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, lifetime);
+        validity(&mut params, self.within_root(lifetime));
         Ok(params.signed_by(&csr.public_key, &self.issuer)?.pem())
     }
 }
@@ -249,6 +283,41 @@ mod tests {
     use crate::{pem_der, workload_csr};
 
     const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn an_expired_root_is_refused_and_nothing_outlives_a_root() {
+        // Expired: refused when loaded, naming where it came from.
+        let gone = Authority::generate("example.org", Duration::ZERO).unwrap();
+        let err = Authority::from_pem(
+            gone.cert_pem().to_string(),
+            gone.key_pem().to_string(),
+            Path::new("secret ferry-system/ferry-ca"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("secret ferry-system/ferry-ca: the CA certificate expired at"),
+            "{err}"
+        );
+        // An hour left: a day's workload certificate ends with the root.
+        let ca = Authority::generate("example.org", Duration::from_secs(3600)).unwrap();
+        let (identity, csr) = ca
+            .read_csr(
+                &workload_csr(&Identity::new("example.org", "shop", "web"))
+                    .unwrap()
+                    .0,
+            )
+            .unwrap();
+        let signed = ca.sign_workload(&identity, &csr, DAY).unwrap();
+        let ends = crate::not_after(&pem_der(&signed).unwrap()).unwrap();
+        assert!(
+            ends <= ca.not_after(),
+            "{ends:?} after {:?}",
+            ca.not_after()
+        );
+        let node = ca.issue_node("node-a", DAY).unwrap();
+        assert!(crate::not_after(&pem_der(&node.cert_pem).unwrap()).unwrap() <= ca.not_after());
+    }
 
     #[test]
     fn ca_round_trips_through_files_with_its_trust_domain() {

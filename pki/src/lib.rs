@@ -63,6 +63,8 @@ pub enum CertError {
     Mismatch { cert: PathBuf, key: PathBuf },
     #[error("{path}: the CA certificate carries no spiffe://<trust domain> URI SAN")]
     NoTrustDomain { path: PathBuf },
+    #[error("{path}: the CA certificate expired at {not_after} (Unix time): every certificate it signed fails; rotate the mesh CA")]
+    Expired { path: PathBuf, not_after: u64 },
     #[error("certificate signing request refused: {0}")]
     Csr(String),
     #[error("signing failed: {0}")]
