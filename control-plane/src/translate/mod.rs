@@ -169,6 +169,20 @@ struct NamespaceState {
 }
 
 impl NamespaceState {
+    /// Nothing left to remember: no Namespace object, and nothing in it.
+    fn is_empty(&self) -> bool {
+        self.labels.is_none()
+            && self.pods.is_empty()
+            && self.host_network.is_empty()
+            && self.services.is_empty()
+            && self.selector_index.is_empty()
+            && self.members.is_empty()
+            && self.pod_services.is_empty()
+            && self.slices.is_empty()
+            && self.slices_by_service.is_empty()
+            && self.policies.is_empty()
+    }
+
     fn selector_pair(selector: &BTreeMap<String, String>) -> Option<(String, String)> {
         selector.iter().next().map(|(k, v)| (k.clone(), v.clone()))
     }
@@ -306,13 +320,32 @@ impl Translator {
     /// changed, each once.
     pub fn apply(&mut self, events: impl IntoIterator<Item = SourceEvent>) -> Vec<Change> {
         let mut dirty = Dirty::default();
+        // Namespaces something was deleted from: forgotten below if that
+        // left them empty (clusters that create and delete namespaces all
+        // day would otherwise keep one entry each, and scan them).
+        let mut emptied = BTreeSet::new();
         for event in events {
             match event {
                 SourceEvent::Apply(object) => self.upsert(object, &mut dirty),
-                SourceEvent::Delete(r) => self.delete(&r, &mut dirty),
+                SourceEvent::Delete(r) => {
+                    self.delete(&r, &mut dirty);
+                    emptied.insert(match r.kind {
+                        ObjectKind::Namespace => r.name,
+                        _ => r.namespace,
+                    });
+                }
             }
         }
         let changes = self.flush(dirty);
+        for namespace in emptied {
+            if self
+                .namespaces
+                .get(&namespace)
+                .is_some_and(NamespaceState::is_empty)
+            {
+                self.namespaces.remove(&namespace);
+            }
+        }
         // Pods that went, or changed labels, leave profiles and names that
         // nothing holds: forgotten once the interner has doubled.
         self.interner.sweep();

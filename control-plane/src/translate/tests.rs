@@ -2787,3 +2787,31 @@ fn the_interner_forgets_what_departed_pods_left() {
         );
     }
 }
+
+#[test]
+fn a_namespace_emptied_of_everything_is_forgotten() {
+    let mut t = translated(&[
+        "kind: Namespace\nmetadata: {name: tmp}\n".to_string(),
+        pod("tmp", "p", "{app: x}", "10.244.1.50"),
+        svc("tmp", "s", "{app: x}"),
+    ]);
+    assert!(t.namespaces.contains_key("tmp"));
+    // The pod and the service go: the Namespace object is still there.
+    step(
+        &mut t,
+        vec![
+            delete(ObjectKind::Pod, "tmp", "p"),
+            delete(ObjectKind::Service, "tmp", "s"),
+        ],
+    );
+    assert!(t.namespaces.contains_key("tmp"));
+    // And then the namespace: nothing is left of it.
+    step(&mut t, vec![delete(ObjectKind::Namespace, "", "tmp")]);
+    assert!(!t.namespaces.contains_key("tmp"));
+    // It comes back as it was.
+    step(
+        &mut t,
+        applies(&[pod("tmp", "p", "{app: x}", "10.244.1.50")]),
+    );
+    assert!(find_workload(&t, "tmp/p").is_some());
+}
