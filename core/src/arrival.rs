@@ -144,6 +144,7 @@ fn decide(
         port: target.port(),
         egress: false,
         ingress: true,
+        decided_at: state.revision(),
     };
     let outcome = state
         .enforce(&check)

@@ -402,6 +402,10 @@ pub struct Check {
     pub port: u16,
     pub egress: bool,
     pub ingress: bool,
+    /// The revision of the configuration the connection was admitted on
+    /// ([`crate::state::ProxyState::revision`]): one tracked after a newer
+    /// configuration arrived is judged again against it.
+    pub decided_at: u64,
 }
 
 /// A connection NetworkPolicy does not allow: the direction that refused it

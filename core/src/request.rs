@@ -280,6 +280,7 @@ fn admit<'s>(
         port: endpoint.port(),
         egress: true,
         ingress: carry == Carry::Direct,
+        decided_at: state.revision(),
     };
     state.enforce(&check)?;
     Ok(Admitted {

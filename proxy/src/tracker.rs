@@ -54,7 +54,12 @@ impl ConnectionTracker {
         Arc::new(Self::default())
     }
 
-    pub fn track(self: &Arc<Self>, check: Check) -> TrackedConnection {
+    /// Tracks a connection admitted on `check`. A configuration that
+    /// arrived after the decision (during a DNS lookup, a SOCKS5 reply, the
+    /// wait for the task to run) may have been rechecked before the
+    /// connection was tracked: it is judged against the current one here,
+    /// once it is tracked, so no update can pass between the two unseen.
+    pub fn track(self: &Arc<Self>, check: Check, store: &ConfigStore) -> TrackedConnection {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(Notify::new());
         self.open.insert(
@@ -64,6 +69,15 @@ impl ConnectionTracker {
                 closed: closed.clone(),
             },
         );
+        let current = store.snapshot();
+        if current.revision() != check.decided_at {
+            if let Err(reason) = current.enforce(&check) {
+                tracing::info!(source = %check.source, destination = %check.destination, port = check.port, %reason, "closing a connection a configuration that arrived meanwhile no longer allows");
+                // A stored permit: the relay's `revoked()` resolves at once.
+                closed.notify_one();
+                self.closed_by_update.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         TrackedConnection {
             id,
             tracker: self.clone(),
@@ -101,5 +115,83 @@ impl ConnectionTracker {
         while changes.changed().await.is_ok() {
             self.recheck(&store.snapshot());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::model::{Policy, Profile, Workload};
+    use ferry_api::proto::DeltaResponse;
+    use ferry_api::{ResourceBody, VersionedResource};
+
+    fn workload(name: &str, ip: &str) -> ResourceBody {
+        ResourceBody::Workload(Workload {
+            key: Workload::key_of("shop", name),
+            node: Some("n1".into()),
+            addresses: vec![ip.parse().unwrap()].into(),
+            ready: true,
+            terminating: false,
+            profile: Arc::new(Profile {
+                namespace: "shop".into(),
+                service_account: name.into(),
+                labels: Default::default(),
+                ports: vec![].into(),
+                mesh: true,
+                controller: None,
+            }),
+        })
+    }
+
+    /// Isolates `shop/b`'s ingress: nothing may reach it.
+    fn isolate_b() -> ResourceBody {
+        ResourceBody::Policy(Box::new(Policy {
+            namespace: "shop".into(),
+            name: "deny-b".into(),
+            selected: vec!["shop/b".into()],
+            ingress: true,
+            egress: false,
+            ingress_rules: vec![],
+            egress_rules: vec![],
+        }))
+    }
+
+    fn check(decided_at: u64) -> Check {
+        Check {
+            source: "10.0.0.1".parse().unwrap(),
+            destination: "10.0.0.2".parse().unwrap(),
+            port: 80,
+            egress: false,
+            ingress: true,
+            decided_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_policy_that_arrived_before_tracking_closes_the_connection() {
+        let store = ConfigStore::holding(&[workload("a", "10.0.0.1"), workload("b", "10.0.0.2")]);
+        let tracker = ConnectionTracker::new();
+        // Allowed at revision 1, and tracked at revision 1: it stays open.
+        let kept = tracker.track(check(1), &store);
+        // The policy arrives (and is rechecked: nothing tracked yet)...
+        store.apply(DeltaResponse {
+            nonce: "2".into(),
+            revision: 2,
+            resources: vec![VersionedResource::encode(&isolate_b())],
+            removed: vec![],
+        });
+        assert_eq!(tracker.recheck(&store.snapshot()), 1);
+        drop(kept);
+        // ...before a connection admitted at revision 1 is tracked: it is
+        // judged against revision 2 there, and closed.
+        let late = tracker.track(check(1), &store);
+        tokio::time::timeout(std::time::Duration::from_secs(5), late.revoked())
+            .await
+            .unwrap();
+        assert_eq!(tracker.closed_by_update.load(Ordering::Relaxed), 2);
+        // One admitted at revision 2 was judged on it already.
+        let current = tracker.track(check(2), &store);
+        assert_eq!(tracker.closed_by_update.load(Ordering::Relaxed), 2);
+        drop(current);
     }
 }

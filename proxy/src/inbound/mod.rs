@@ -85,7 +85,7 @@ impl Inbound {
         target: SocketAddr,
         parent: Option<&opentelemetry::Context>,
     ) -> OpenedPod {
-        let tracked = self.tracker.track(check);
+        let tracked = self.tracker.track(check, &self.store);
         let telemetry = self.telemetry.begin(
             Reporter::Destination,
             parties,

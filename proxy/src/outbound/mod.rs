@@ -470,7 +470,7 @@ impl Outbound {
     ) -> Result<Connected, OutboundError> {
         let endpoint = admitted.endpoint;
         let mode = admitted.carry.mode();
-        let tracked = self.tracker.track(admitted.check);
+        let tracked = self.tracker.track(admitted.check, &self.store);
         // The span starts now so the tunnel can carry it; the connection
         // is counted as opened once the upstream answers.
         let mut telemetry = self.telemetry.begin(
