@@ -14,6 +14,21 @@ use tokio::sync::Notify;
 struct Tracked {
     check: Check,
     closed: Arc<Notify>,
+    /// Told to close: counted once, whatever the updates until it does.
+    revoked: std::sync::atomic::AtomicBool,
+}
+
+impl Tracked {
+    /// Tells the connection to close, once; whether this call did.
+    fn revoke(&self) -> bool {
+        if self.revoked.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        // A stored permit when nobody waits yet: the relay's `revoked()`
+        // then resolves at once.
+        self.closed.notify_one();
+        true
+    }
 }
 
 /// Open connections, re-checked whenever the config changes.
@@ -67,15 +82,16 @@ impl ConnectionTracker {
             Tracked {
                 check,
                 closed: closed.clone(),
+                revoked: Default::default(),
             },
         );
         let current = store.snapshot();
         if current.revision() != check.decided_at {
             if let Err(reason) = current.enforce(&check) {
-                tracing::info!(source = %check.source, destination = %check.destination, port = check.port, %reason, "closing a connection a configuration that arrived meanwhile no longer allows");
-                // A stored permit: the relay's `revoked()` resolves at once.
-                closed.notify_one();
-                self.closed_by_update.fetch_add(1, Ordering::Relaxed);
+                if self.open.get(&id).is_some_and(|t| t.revoke()) {
+                    tracing::info!(source = %check.source, destination = %check.destination, port = check.port, %reason, "closing a connection a configuration that arrived meanwhile no longer allows");
+                    self.closed_by_update.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         TrackedConnection {
@@ -98,10 +114,14 @@ impl ConnectionTracker {
     pub fn recheck(&self, state: &ProxyState) -> usize {
         let mut closed = 0;
         for entry in self.open.iter() {
+            if entry.revoked.load(Ordering::Acquire) {
+                continue;
+            }
             if let Err(reason) = state.enforce(&entry.check) {
-                tracing::info!(source = %entry.check.source, destination = %entry.check.destination, port = entry.check.port, %reason, "closing a connection the updated policy no longer allows");
-                entry.closed.notify_one();
-                closed += 1;
+                if entry.revoke() {
+                    tracing::info!(source = %entry.check.source, destination = %entry.check.destination, port = entry.check.port, %reason, "closing a connection the updated policy no longer allows");
+                    closed += 1;
+                }
             }
         }
         self.closed_by_update
@@ -189,6 +209,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(tracker.closed_by_update.load(Ordering::Relaxed), 2);
+        // Another update before its relay ends: it is not counted again.
+        assert_eq!(tracker.recheck(&store.snapshot()), 0);
+        assert_eq!(tracker.closed_by_update.load(Ordering::Relaxed), 2);
+        drop(late);
         // One admitted at revision 2 was judged on it already.
         let current = tracker.track(check(2), &store);
         assert_eq!(tracker.closed_by_update.load(Ordering::Relaxed), 2);

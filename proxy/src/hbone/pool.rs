@@ -60,6 +60,26 @@ struct Opening {
     failed: Option<(Instant, Arc<TunnelError>)>,
 }
 
+/// A caller's hold on a key's [`Opening`] lock. The last one out removes
+/// the lock from the pool, also when its checkout is cancelled midway.
+struct OpeningLock<'a>(Arc<tokio::sync::Mutex<Opening>>, &'a HbonePool, &'a PoolKey);
+
+impl<'a> OpeningLock<'a> {
+    fn take(pool: &'a HbonePool, key: &'a PoolKey) -> Self {
+        let lock = pool.opening.entry(key.clone()).or_default().clone();
+        Self(lock, pool, key)
+    }
+}
+
+impl Drop for OpeningLock<'_> {
+    fn drop(&mut self) {
+        // The map holds one reference and this hold another.
+        self.1.opening.remove_if(self.2, |_, l| {
+            Arc::strong_count(l) <= 2 && Arc::ptr_eq(l, &self.0)
+        });
+    }
+}
+
 /// Counts a stream against its connection until dropped.
 #[derive(Debug)]
 pub struct StreamSlot(Arc<AtomicUsize>);
@@ -185,9 +205,9 @@ impl HbonePool {
             return Ok(found);
         }
         let asked = Instant::now();
-        let lock = self.opening.entry(key.clone()).or_default().clone();
+        let lock = OpeningLock::take(self, key);
         let opened = {
-            let mut opening = lock.lock().await;
+            let mut opening = lock.0.lock().await;
             match (self.reuse(key), &opening.failed) {
                 (Some(found), _) => Ok(found),
                 // The open this caller waited for failed: so does this
@@ -209,10 +229,6 @@ impl HbonePool {
                 },
             }
         };
-        // The last one out removes the lock (the map holds one reference).
-        self.opening.remove_if(key, |_, l| {
-            Arc::strong_count(l) <= 2 && Arc::ptr_eq(l, &lock)
-        });
         opened
     }
 
@@ -578,5 +594,13 @@ mod tests {
         }
         // One certificate wait (50 ms) for all eight, not one each in turn.
         assert_eq!(started.elapsed(), Duration::from_millis(50));
+        // The last one out took the key's lock away.
+        assert!(pool.opening.is_empty());
+        // So does a checkout cancelled while it waits.
+        let waiting = pool.connect(&key, target, client, None, None);
+        assert!(tokio::time::timeout(Duration::from_millis(10), waiting)
+            .await
+            .is_err());
+        assert!(pool.opening.is_empty());
     }
 }
