@@ -93,6 +93,111 @@ impl Authenticator {
     }
 }
 
+/// How often the token of an open stream is reviewed again: 1,000 proxies
+/// cost the API server about three TokenReviews a second.
+pub const STREAM_REVIEW_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What bounds a long-lived stream (a proxy's config stream) opened with a
+/// request's credential: a node credential ends with its certificate, a
+/// service account token is reviewed again every
+/// [`STREAM_REVIEW_INTERVAL`] (the pod deleted, the token expired or
+/// revoked); none is unbounded. Checked once when the
+/// stream opened, a credential would otherwise hold it for ever.
+pub struct StreamBound {
+    kind: BoundKind,
+    next_review: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for StreamBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        let kind = match &self.kind {
+            BoundKind::Unbounded => "unbounded".to_string(),
+            BoundKind::Until(at) => format!("until {at:?}"),
+            BoundKind::Token { .. } => "token, reviewed again".to_string(),
+        };
+        f.debug_struct("StreamBound")
+            .field("kind", &kind)
+            .field("next_review", &self.next_review)
+            .finish()
+    }
+}
+
+enum BoundKind {
+    Unbounded,
+    Until(std::time::SystemTime),
+    Token {
+        auth: std::sync::Arc<Authenticator>,
+        token: String,
+    },
+}
+
+impl Authenticator {
+    /// The bound of a stream opened with `request` (already authenticated
+    /// by [`Authenticator::node`]).
+    pub fn stream_bound<T>(self: &std::sync::Arc<Self>, request: &Request<T>) -> StreamBound {
+        let kind = match &**self {
+            Authenticator::None => BoundKind::Unbounded,
+            Authenticator::NodeCertificate { .. } => request
+                .peer_certs()
+                .and_then(|certs| certs.first().cloned())
+                .and_then(|leaf| ferry_pki::not_after(leaf.as_ref()).ok())
+                .map_or(BoundKind::Unbounded, BoundKind::Until),
+            Authenticator::ServiceAccountToken(_) => match bearer(request) {
+                Some(token) => BoundKind::Token {
+                    auth: self.clone(),
+                    token: token.to_string(),
+                },
+                None => BoundKind::Unbounded,
+            },
+        };
+        StreamBound {
+            kind,
+            next_review: tokio::time::Instant::now() + STREAM_REVIEW_INTERVAL,
+        }
+    }
+}
+
+impl StreamBound {
+    /// Resolves, with the refusal to end the stream with, once the
+    /// credential no longer holds for `node`. A review the API server
+    /// cannot answer is not the credential's fault: the stream goes on and
+    /// the review is tried again later. Cancel-safe (a `select!` branch):
+    /// the time of the next review is kept across calls.
+    pub async fn ended(&mut self, node: &str) -> Status {
+        match &self.kind {
+            BoundKind::Unbounded => std::future::pending().await,
+            BoundKind::Until(at) => {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::sleep(left).await;
+                Status::unauthenticated("the node credential expired: reconnect with a renewed one")
+            }
+            BoundKind::Token { auth, token } => {
+                let Authenticator::ServiceAccountToken(reviewer) = &**auth else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep_until(self.next_review).await;
+                    let outcome = reviewer.node(token).await;
+                    self.next_review = tokio::time::Instant::now() + STREAM_REVIEW_INTERVAL;
+                    match outcome {
+                        Ok(reviewed) if reviewed == node => {}
+                        Ok(reviewed) => {
+                            return Status::permission_denied(format!(
+                                "the token is now for node {reviewed}, not {node}"
+                            ))
+                        }
+                        Err(status) if status.code() == tonic::Code::Unavailable => {}
+                        Err(status) => return status,
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The RBAC check a status caller's token must pass: verb `get` on
 /// resource `meshstatus` of API group `ferry.dev`, in the control plane's
 /// namespace.
@@ -501,6 +606,53 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         // Not the token's fault: not remembered.
         assert!(reviewer.cached(Purpose::Node, "token").is_none());
+        drop(listener);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_with_its_node_credential_and_outlives_api_trouble() {
+        // A node credential: the stream ends when its certificate does.
+        let mut bound = StreamBound {
+            kind: BoundKind::Until(std::time::SystemTime::now() + Duration::from_secs(30)),
+            next_review: tokio::time::Instant::now(),
+        };
+        let started = tokio::time::Instant::now();
+        let ended = bound.ended("node-a").await;
+        assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(29),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A token whose reviews the API server never answers: the stream
+        // goes on (the reviews time out as UNAVAILABLE and are tried again).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url: http::Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let client = Client::try_from(kube::Config::new(url)).unwrap();
+        let auth = std::sync::Arc::new(Authenticator::ServiceAccountToken(Box::new(
+            TokenReviewer::new(
+                client,
+                "ferry",
+                "ferry-system",
+                "ferry-proxy",
+                ReviewLimits::default(),
+            ),
+        )));
+        let mut bound = StreamBound {
+            kind: BoundKind::Token {
+                auth,
+                token: "token".into(),
+            },
+            next_review: tokio::time::Instant::now(),
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(600), bound.ended("node-a"))
+                .await
+                .is_err()
+        );
         drop(listener);
     }
 

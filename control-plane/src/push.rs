@@ -402,6 +402,7 @@ impl ConfigDiscovery for ConfigDiscoveryService {
     ) -> Result<Response<Self::DeltaConfigStream>, Status> {
         let peer = request.remote_addr();
         let authenticated = self.auth.node(&request).await?;
+        let bound = self.auth.stream_bound(&request);
         // The node credential's expiry, for the status API.
         let credential_not_after = request
             .peer_certs()
@@ -431,7 +432,7 @@ impl ConfigDiscovery for ConfigDiscoveryService {
         let status = self.board.open(status);
         let session = NodeSession::new(first, self.cache.clone(), self.metrics.clone(), status);
         tracing::info!(node = %session.node, ?peer, held = session.reported.as_ref().map_or(0, HashMap::len), "proxy subscribed");
-        tokio::spawn(session.run(requests, tx, self.stopping.clone()));
+        tokio::spawn(session.run(requests, tx, self.stopping.clone(), bound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -495,7 +496,9 @@ impl NodeSession {
         mut requests: Streaming<DeltaRequest>,
         tx: mpsc::Sender<Result<DeltaResponse, Status>>,
         mut stopping: tokio::sync::watch::Receiver<bool>,
+        mut bound: crate::authn::StreamBound,
     ) {
+        let node = self.node.clone();
         let mut revisions = self.cache.subscribe();
         self.metrics.connected_proxies.inc();
         let metrics = self.metrics.clone();
@@ -556,6 +559,11 @@ impl NodeSession {
                     if changed.is_err() {
                         break;
                     }
+                }
+                refused = bound.ended(&node) => {
+                    tracing::info!(node = %self.node, %refused, "the proxy's credential no longer holds: closing its stream");
+                    let _ = tx.send(Err(refused)).await;
+                    break;
                 }
                 () = async {
                     // No sender (no shutdown wired): never stops.
