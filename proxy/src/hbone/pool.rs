@@ -474,6 +474,29 @@ mod tests {
         }
     }
 
+    /// Pools a connection over `client_io` and opens one stream on it,
+    /// answered by the peer: the stream's slot and handles, to keep it open.
+    async fn adopt_with_a_stream(
+        pool: &HbonePool,
+        key: &PoolKey,
+        client_io: tokio::io::DuplexStream,
+    ) -> (StreamSlot, SendStream<Bytes>, http::Response<RecvStream>) {
+        let (sender, connection) = h2::client::handshake(client_io).await.unwrap();
+        let (sender, slot, _closed) = pool.adopt(key, sender, connection);
+        let request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("10.0.0.1:80")
+            .body(())
+            .unwrap();
+        let (response, send) = sender
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        (slot, send, response.await.unwrap())
+    }
+
     #[tokio::test]
     async fn a_connection_that_got_goaway_leaves_the_pool_and_the_stream_goes_to_a_new_one() {
         let pool = pool();
@@ -492,20 +515,7 @@ mod tests {
             let _ = goaway_sent.send(());
             while connection.accept().await.is_some() {}
         });
-        let (sender, connection) = h2::client::handshake(client_io).await.unwrap();
-        let (sender, _slot, _closed) = pool.adopt(&key, sender, connection);
-        let request = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri("10.0.0.1:80")
-            .body(())
-            .unwrap();
-        let (response, _send) = sender
-            .ready()
-            .await
-            .unwrap()
-            .send_request(request, false)
-            .unwrap();
-        let _open = response.await.unwrap();
+        let _open = adopt_with_a_stream(&pool, &key, client_io).await;
         goaway.await.unwrap();
         // The client has read the GOAWAY once the connection refuses streams.
         let probe = pool.connections.get(&key).unwrap()[0].sender.clone();
@@ -551,20 +561,7 @@ mod tests {
                 .unwrap();
             while connection.accept().await.is_some() {}
         });
-        let (sender, connection) = h2::client::handshake(client_io).await.unwrap();
-        let (sender, _slot, _closed) = pool.adopt(&key, sender, connection);
-        let request = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri("10.0.0.1:80")
-            .body(())
-            .unwrap();
-        let (response, _send) = sender
-            .ready()
-            .await
-            .unwrap()
-            .send_request(request, false)
-            .unwrap();
-        let _open = response.await.unwrap();
+        let _open = adopt_with_a_stream(&pool, &key, client_io).await;
         // Its one stream is taken: the next one needs another connection.
         assert!(pool.reuse(&key).is_none());
     }
