@@ -433,6 +433,7 @@ impl Config {
                 retry_initial: Duration::from_millis(500),
                 retry_max: Duration::from_secs(30),
                 review_interval: Duration::from_secs(30),
+                request_timeout: Duration::from_secs(10),
             },
             timeouts: Timeouts {
                 connect: args.connect_timeout,

@@ -449,6 +449,7 @@ mod tests {
                 retry_initial: Duration::from_secs(1),
                 retry_max: Duration::from_secs(1),
                 review_interval: Duration::from_secs(60),
+                request_timeout: Duration::from_secs(10),
             },
         );
         let second = Duration::from_secs(1);

@@ -43,6 +43,11 @@ pub struct CertificateSettings {
     pub retry_max: Duration,
     /// How often the identities are reviewed when nothing else happens.
     pub review_interval: Duration,
+    /// Longest one certificate request may take. A CA that takes the
+    /// request and never answers (its handler stuck: HTTP/2 PINGs are
+    /// still answered) would otherwise hold renewal for every identity of
+    /// the node until their certificates expire.
+    pub request_timeout: Duration,
 }
 
 pub mod tls;
@@ -63,6 +68,8 @@ pub enum IdentityError {
     Roots(String),
     #[error(transparent)]
     Token(#[from] crate::identity::token::TokenError),
+    #[error("the CA did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// A certificate in use.
@@ -301,7 +308,14 @@ impl IdentityManager {
             ttl_seconds: u32::try_from(self.settings.ttl.as_secs()).unwrap_or(u32::MAX),
         });
         crate::identity::token::authorize(self.token.get(), &mut request)?;
-        let response = ca.sign(request).await?.into_inner();
+        let within = self.settings.request_timeout;
+        // The CA is told the deadline too (grpc-timeout), and it is kept
+        // here whatever the CA does with it.
+        request.set_timeout(within);
+        let response = tokio::time::timeout(within, ca.sign(request))
+            .await
+            .map_err(|_| IdentityError::Timeout(within))??
+            .into_inner();
         let cert = workload_cert(
             identity,
             &response.cert_chain_pem,
@@ -470,6 +484,49 @@ impl IdentityManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On tokio's paused clock: it moves on only when every task waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_ca_that_never_answers_fails_the_request_in_time() {
+        // A CA that takes connections and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ca = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            listener.local_addr().unwrap()
+        ))
+        .unwrap()
+        .connect_lazy();
+        let identities = IdentityManager::new(
+            "node-a",
+            "cluster.local",
+            RootCertStore::empty(),
+            Some(ca),
+            CertificateSettings {
+                ttl: Duration::ZERO,
+                retry_initial: Duration::from_secs(1),
+                retry_max: Duration::from_secs(1),
+                review_interval: Duration::from_secs(60),
+                request_timeout: Duration::from_secs(10),
+            },
+        );
+        let started = tokio::time::Instant::now();
+        let fetched = tokio::time::timeout(
+            Duration::from_secs(60),
+            identities.fetch(&Identity::new("cluster.local", "shop", "web")),
+        )
+        .await
+        .expect("the request was still waiting after a minute");
+        // tonic keeps the deadline it sends (a cancelled request), or the
+        // proxy's own does: the request fails at 10 s either way.
+        let failed = fetched.unwrap_err();
+        assert!(
+            matches!(&failed, IdentityError::Timeout(_))
+                || matches!(&failed, IdentityError::Refused(s) if s.code() == tonic::Code::Cancelled),
+            "{failed}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        drop(listener);
+    }
 
     #[test]
     fn renewal_is_halfway_through_the_usable_window() {
