@@ -489,7 +489,16 @@ impl CaptureRules {
     /// dropped, and every [`CaptureRules::recheck`] puts the jumps back in
     /// first place if another agent (kube-proxy, the CNI) inserted rules
     /// ahead of them. A failed update is retried (the previous rules stay).
-    pub async fn follow(&self, store: std::sync::Arc<ConfigStore>, mut applied: Vec<String>) {
+    ///
+    /// The iptables and ip commands run on tokio's blocking threads: one
+    /// can wait seconds for the xtables lock (kube-proxy or the CNI holds
+    /// it), and on the proxy's single runtime thread that wait would stop
+    /// the data path.
+    pub async fn follow(
+        self: std::sync::Arc<Self>,
+        store: std::sync::Arc<ConfigStore>,
+        mut applied: Vec<String>,
+    ) {
         let mut changes = store.subscribe();
         applied.resize(self.families.len(), String::new());
         // A failed update is retried, sooner first (a busy xtables lock),
@@ -510,7 +519,11 @@ impl CaptureRules {
                     if wanted == *applied {
                         continue;
                     }
-                    match self.apply(*family, &wanted) {
+                    let (family_, wanted_) = (*family, wanted.clone());
+                    match self
+                        .off_runtime(move |rules| rules.apply(family_, &wanted_))
+                        .await
+                    {
                         Ok(()) => {
                             tracing::info!(
                                 family = ?family,
@@ -527,7 +540,14 @@ impl CaptureRules {
                 }
             }
             if store.is_ready() {
-                self.check_interface(&state, &mut reported);
+                let state = state.clone();
+                let mut last = reported.take();
+                reported = self
+                    .off_runtime(move |rules| {
+                        rules.check_interface(&state, &mut last);
+                        last
+                    })
+                    .await;
             }
             if failed {
                 tokio::time::sleep(retry.next_delay()).await;
@@ -541,15 +561,32 @@ impl CaptureRules {
                     }
                 }
                 _ = recheck.tick() => {
-                    for family in &self.families {
-                        match self.ensure_jumps_first(*family) {
-                            Ok(true) => tracing::warn!(family = ?family, "rules had been put ahead of the capture jumps (kube-proxy or the CNI?): moved the jumps back first"),
-                            Ok(false) => {}
-                            Err(e) => tracing::warn!(family = ?family, error = %e, "checking the capture jumps failed"),
+                    self.off_runtime(|rules| {
+                        for family in &rules.families {
+                            match rules.ensure_jumps_first(*family) {
+                                Ok(true) => tracing::warn!(family = ?family, "rules had been put ahead of the capture jumps (kube-proxy or the CNI?): moved the jumps back first"),
+                                Ok(false) => {}
+                                Err(e) => tracing::warn!(family = ?family, error = %e, "checking the capture jumps failed"),
+                            }
                         }
-                    }
+                    })
+                    .await;
                 }
             }
+        }
+    }
+
+    /// Runs `work` (iptables and ip commands) on a blocking thread.
+    async fn off_runtime<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        work: impl FnOnce(&CaptureRules) -> T + Send + 'static,
+    ) -> T {
+        let rules = self.clone();
+        match tokio::task::spawn_blocking(move || work(&rules)).await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down: so is this task.
+            Err(_) => std::future::pending().await,
         }
     }
 
