@@ -431,6 +431,9 @@ impl App {
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "cannot route replies to connections made from clients' addresses: servers see the node's address");
+                                // What went in before the failure (one
+                                // family, some chains) is not left behind.
+                                returns.remove();
                                 sources.unavailable();
                                 None
                             }
