@@ -159,6 +159,14 @@ impl Authenticator {
 }
 
 impl StreamBound {
+    /// When the node credential the stream was opened with expires.
+    pub fn credential_not_after(&self) -> Option<std::time::SystemTime> {
+        match self.kind {
+            BoundKind::Until(at) => Some(at),
+            _ => None,
+        }
+    }
+
     /// Resolves, with the refusal to end the stream with, once the
     /// credential no longer holds for `node`. A review the API server
     /// cannot answer is not the credential's fault: the stream goes on and
@@ -572,15 +580,21 @@ pub fn authenticated_node<T>(
 mod tests {
     use super::*;
 
-    /// On tokio's paused clock: it moves on only when every task waits.
-    #[tokio::test(start_paused = true)]
-    async fn a_stalled_api_server_is_answered_unavailable_in_time() {
-        // An API server that takes connections and never answers.
+    /// An API server that takes connections and never answers, and a
+    /// client of it (the listener must be kept while it is used).
+    fn stalled_api_server() -> (std::net::TcpListener, Client) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url: http::Uri = format!("http://{}", listener.local_addr().unwrap())
             .parse()
             .unwrap();
         let client = Client::try_from(kube::Config::new(url)).unwrap();
+        (listener, client)
+    }
+
+    /// On tokio's paused clock: it moves on only when every task waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_api_server_is_answered_unavailable_in_time() {
+        let (listener, client) = stalled_api_server();
         let limits = ReviewLimits {
             in_flight: 1,
             ..ReviewLimits::default()
@@ -627,11 +641,7 @@ mod tests {
 
         // A token whose reviews the API server never answers: the stream
         // goes on (the reviews time out as UNAVAILABLE and are tried again).
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url: http::Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let client = Client::try_from(kube::Config::new(url)).unwrap();
+        let (listener, client) = stalled_api_server();
         let auth = std::sync::Arc::new(Authenticator::ServiceAccountToken(Box::new(
             TokenReviewer::new(
                 client,

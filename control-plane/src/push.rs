@@ -403,11 +403,6 @@ impl ConfigDiscovery for ConfigDiscoveryService {
         let peer = request.remote_addr();
         let authenticated = self.auth.node(&request).await?;
         let bound = self.auth.stream_bound(&request);
-        // The node credential's expiry, for the status API.
-        let credential_not_after = request
-            .peer_certs()
-            .and_then(|certs| certs.first().cloned())
-            .and_then(|leaf| ferry_pki::not_after(leaf.as_ref()).ok());
         let mut requests = request.into_inner();
         let first = match requests.next().await {
             Some(Ok(first)) => first,
@@ -428,7 +423,8 @@ impl ConfigDiscovery for ConfigDiscoveryService {
         }
         let (tx, rx) = mpsc::channel(4);
         let mut status = crate::status::StreamStatus::new(&first.node, peer);
-        status.credential_not_after = credential_not_after;
+        // The node credential's expiry, for the status API.
+        status.credential_not_after = bound.credential_not_after();
         let status = self.board.open(status);
         let session = NodeSession::new(first, self.cache.clone(), self.metrics.clone(), status);
         tracing::info!(node = %session.node, ?peer, held = session.reported.as_ref().map_or(0, HashMap::len), "proxy subscribed");

@@ -105,6 +105,18 @@ pub struct ParsedFile {
     pub ignored: Vec<String>,
 }
 
+impl ParsedFile {
+    /// A document is broken: its object's last good version is kept, or,
+    /// when the document does not say which object it is, every object
+    /// the file held.
+    fn mark_broken(&mut self, object: Option<ObjectRef>) {
+        match object {
+            Some(r) => self.broken.push(r),
+            None => self.unidentified_broken = true,
+        }
+    }
+}
+
 /// Splits a YAML stream into documents, with the 1-based line each starts on.
 fn split_documents(text: &str) -> Vec<(usize, String)> {
     let mut docs = Vec::new();
@@ -274,10 +286,7 @@ fn read_document(
                 Some(field.into()),
                 message,
             ));
-            match object_ref {
-                Some(r) => out.broken.push(r),
-                None => out.unidentified_broken = true,
-            }
+            out.mark_broken(object_ref);
             return;
         }
         (None, None) => {
@@ -302,10 +311,7 @@ fn read_document(
         Err((field, message)) => {
             out.problems
                 .push(problem(line, object_ref.clone(), field, message));
-            match object_ref {
-                Some(r) => out.broken.push(r),
-                None => out.unidentified_broken = true,
-            }
+            out.mark_broken(object_ref);
             return;
         }
     };
@@ -324,10 +330,7 @@ fn read_document(
             fp.message,
         ));
     }
-    match object_ref {
-        Some(r) => out.broken.push(r),
-        None => out.unidentified_broken = true,
-    }
+    out.mark_broken(object_ref);
 }
 
 /// Parses files (`path`, text) as [`parse_manifest`] does, each object

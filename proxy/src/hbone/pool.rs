@@ -444,13 +444,7 @@ mod tests {
             "cluster.local",
             rustls::RootCertStore::empty(),
             None,
-            CertificateSettings {
-                ttl: Duration::ZERO,
-                retry_initial: Duration::from_secs(1),
-                retry_max: Duration::from_secs(1),
-                review_interval: Duration::from_secs(60),
-                request_timeout: Duration::from_secs(10),
-            },
+            CertificateSettings::for_tests(),
         );
         let second = Duration::from_secs(1);
         HbonePool::new(

@@ -53,6 +53,20 @@ pub struct CertificateSettings {
 pub mod tls;
 pub mod token;
 
+#[cfg(test)]
+impl CertificateSettings {
+    /// The CA's own lifetime, one-second retries, a 10 s request deadline.
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            ttl: Duration::ZERO,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+            review_interval: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Errors of one certificate request.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -501,13 +515,7 @@ mod tests {
             "cluster.local",
             RootCertStore::empty(),
             Some(ca),
-            CertificateSettings {
-                ttl: Duration::ZERO,
-                retry_initial: Duration::from_secs(1),
-                retry_max: Duration::from_secs(1),
-                review_interval: Duration::from_secs(60),
-                request_timeout: Duration::from_secs(10),
-            },
+            CertificateSettings::for_tests(),
         );
         let started = tokio::time::Instant::now();
         let fetched = tokio::time::timeout(

@@ -8,7 +8,9 @@
 //! error) becomes a reset of the HTTP/2 stream (RST_STREAM) or of the
 //! other TCP connection, and a reset stream a TCP reset, never a clean
 //! EOF that would make a cut-off transfer look complete. A revoked
-//! connection is reset too. HTTP/2 flow control is respected: data is sent only within the
+//! connection is reset too.
+//!
+//! HTTP/2 flow control is respected: data is sent only within the
 //! capacity the peer grants, and received data is released as soon as it
 //! is written. Bytes are counted as they are forwarded, so a revoked or
 //! failed connection still reports what it carried.
