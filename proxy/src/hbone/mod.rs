@@ -6,6 +6,8 @@
 //!   once per key however many connections ask at the same time.
 //! - [`server`]: the listener side, [`HboneServer`]: terminates mutual TLS
 //!   and HTTP/2 and hands each CONNECT stream to [`crate::inbound`].
+//! - [`record`]: TLS 1.3 records after rustls's handshake, sealed and
+//!   opened in place ([`record::RecordStream`]).
 //! - [`H2Settings`]: the HTTP/2 settings both sides use (one place).
 //!
 //! The bytes of a stream are moved by [`crate::net::relay`].
@@ -15,6 +17,7 @@ use std::net::SocketAddr;
 use ferry_api::identity::Identity;
 
 pub mod pool;
+pub mod record;
 pub mod server;
 
 pub use pool::{HbonePool, HboneStream, PoolKey, PoolStats};
@@ -42,10 +45,10 @@ pub struct H2Settings {
     /// Concurrent streams per connection.
     pub max_streams: u32,
     /// Most TLS ciphertext a connection queues before it writes it to the
-    /// socket (bytes). rustls's default, 64 KiB, cut every 256 KiB DATA
-    /// frame into four `writev`s; with room for a whole frame (and what
-    /// h2 writes with it) each goes out in one. The queue is emptied after
-    /// every write, so only a socket that cannot take it holds this much.
+    /// socket (bytes): room for a whole DATA frame and what h2 writes with
+    /// it, so each goes out in one `write` (rustls's default, 64 KiB, cut
+    /// every 256 KiB frame into four). The queue is given back once it is
+    /// written, so only a socket that cannot take it holds this much.
     pub tls_send_buffer: usize,
 }
 
@@ -86,12 +89,6 @@ impl H2Settings {
     /// A server builder with these settings.
     pub fn server(&self) -> h2::server::Builder {
         tuned!(h2::server::Builder::new(), self)
-    }
-
-    /// Sizes the send queue of an HBONE connection's TLS, client or
-    /// server side ([`H2Settings::tls_send_buffer`]).
-    pub fn size_tls_queue<Data>(&self, tls: &mut rustls::ConnectionCommon<Data>) {
-        tls.set_buffer_limit(Some(self.tls_send_buffer));
     }
 }
 

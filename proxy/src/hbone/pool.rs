@@ -248,21 +248,26 @@ impl HbonePool {
             .map_err(|e| TunnelError::Tls {
                 node: key.node,
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            })?;
-        let mut tls = tokio::time::timeout(
+            })?
+            .to_owned();
+        let tls = tokio::time::timeout(
             self.timeouts.handshake,
-            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp),
+            super::record::connect(
+                Arc::new(config),
+                server_name,
+                tcp,
+                self.settings.tls_send_buffer,
+            ),
         )
         .await
         .map_err(|_| TunnelError::Timeout(key.node))?
-        .map_err(|source| TunnelError::Tls {
+        .map_err(|e| TunnelError::Tls {
             node: key.node,
-            source,
+            source: e.into(),
         })?;
-        self.settings.size_tls_queue(tls.get_mut().1);
         let (sender, connection) = tokio::time::timeout(
             self.timeouts.handshake,
-            self.settings.client().handshake::<_, Bytes>(tls),
+            self.settings.client().handshake::<_, Bytes>(tls.stream),
         )
         .await
         .map_err(|_| TunnelError::Timeout(key.node))??;

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
 use super::H2Settings;
 use crate::inbound::Inbound;
@@ -138,13 +137,11 @@ impl HboneServer {
     /// Serves until the task is dropped.
     pub async fn serve(self, listener: TcpListener) {
         let this = Arc::new(self);
-        let acceptor = TlsAcceptor::from(this.tls.clone());
         ferry_process::accept::serve(listener, "hbone", |tcp, peer| {
             let this = this.clone();
-            let acceptor = acceptor.clone();
             async move {
                 let local = tcp.local_addr().ok();
-                if let Err(e) = this.clone().connection(acceptor, tcp, peer).await {
+                if let Err(e) = this.clone().connection(tcp, peer).await {
                     tracing::info!(%peer, error = %e, "HBONE connection failed");
                     if let ConnectionError::Tls(_) = e {
                         let target: &dyn std::fmt::Display = match &local {
@@ -168,28 +165,29 @@ impl HboneServer {
 
     async fn connection(
         self: Arc<Self>,
-        acceptor: TlsAcceptor,
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> Result<(), ConnectionError> {
         let _ = tcp.set_nodelay(true);
-        let mut tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp))
-            .await
-            .map_err(|_| ConnectionError::Tls("TLS handshake timed out".into()))?
-            .map_err(|e| ConnectionError::Tls(format!("TLS handshake failed: {e}")))?;
-        self.settings.size_tls_queue(tls.get_mut().1);
+        let tls = tokio::time::timeout(
+            self.handshake_timeout,
+            super::record::accept(self.tls.clone(), tcp, self.settings.tls_send_buffer),
+        )
+        .await
+        .map_err(|_| ConnectionError::Tls("TLS handshake timed out".into()))?
+        .map_err(|e| ConnectionError::Tls(format!("TLS handshake failed: {e}")))?;
         let identity = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
+            .peer_certificate
+            .as_ref()
             .map(crate::identity::tls::identity_of)
             .transpose()
             .map_err(|e| ConnectionError::Other(e.to_string()))?
             .ok_or_else(|| ConnectionError::Tls("no client certificate".into()))?;
         let mut connection = tokio::time::timeout(
             self.handshake_timeout,
-            self.settings.server().handshake::<_, bytes::Bytes>(tls),
+            self.settings
+                .server()
+                .handshake::<_, bytes::Bytes>(tls.stream),
         )
         .await
         .map_err(|_| ConnectionError::Other("HTTP/2 handshake timed out".into()))?

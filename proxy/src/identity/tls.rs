@@ -164,6 +164,8 @@ pub fn client_config(
     // connection, so a session cache (rustls's default holds 256, 14 KB
     // allocated up front) would never be used.
     config.resumption = rustls::client::Resumption::disabled();
+    // The records after the handshake are Ferry's (crate::hbone::record).
+    config.enable_secret_extraction = true;
     Ok(config)
 }
 
@@ -259,6 +261,8 @@ pub fn server_config(identities: Arc<IdentityManager>) -> Result<rustls::ServerC
     // root rotation). rustls's defaults would send two tickets after each
     // handshake and keep up to 256 sessions, client chains included.
     config.send_tls13_tickets = 0;
+    // The records after the handshake are Ferry's (crate::hbone::record).
+    config.enable_secret_extraction = true;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }
